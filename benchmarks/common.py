@@ -1,0 +1,111 @@
+"""Shared benchmark helpers: test data, timing, peak memory of a child process, the table."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+@dataclass
+class Row:
+    """One measurement: ``name``, seconds, bytes moved, and optionally the baseline it is
+    compared with (its name and seconds) and the peak RSS in MB of the measured process."""
+
+    name: str
+    seconds: float
+    nbytes: int = 0
+    baseline: str | None = None
+    baseline_seconds: float | None = None
+    peak_rss_mb: float | None = None
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.baseline_seconds:
+            return self.seconds / self.baseline_seconds
+        return None
+
+    @property
+    def mb_per_s(self) -> float | None:
+        return self.nbytes / MiB / self.seconds if self.nbytes and self.seconds else None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "seconds": round(self.seconds, 3),
+            "bytes": self.nbytes,
+            "MiB_per_s": round(self.mb_per_s, 1) if self.mb_per_s else None,
+            "baseline": self.baseline,
+            "baseline_seconds": round(self.baseline_seconds, 3) if self.baseline_seconds else None,
+            "ratio": round(self.ratio, 2) if self.ratio else None,
+            "peak_rss_mb": round(self.peak_rss_mb, 1) if self.peak_rss_mb else None,
+            "note": self.note,
+        }
+
+
+def print_rows(rows: list[Row]) -> None:
+    head = f"{'benchmark':44} {'seconds':>8} {'MiB/s':>8} {'baseline':>26} {'ratio':>6} {'RSS MB':>7}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        base = f"{r.baseline} {r.baseline_seconds:.2f}s" if r.baseline and r.baseline_seconds else ""
+        print(
+            f"{r.name:44} {r.seconds:8.2f} {(r.mb_per_s or 0):8.1f} {base:>26} "
+            f"{(f'{r.ratio:.2f}x' if r.ratio else ''):>6} {(f'{r.peak_rss_mb:.0f}' if r.peak_rss_mb else ''):>7}"
+            + (f"  {r.note}" if r.note else "")
+        )
+
+
+def make_file(path: Path, size: int, *, seed: int = 0) -> Path:
+    """Write ``size`` bytes of incompressible data, streaming (never all in memory)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    block = os.urandom(4 * MiB) if seed == 0 else (bytes([seed % 251]) * 16 + os.urandom(16)) * (4 * MiB // 32)
+    with open(path, "wb") as fh:
+        left = size
+        while left > 0:
+            n = min(left, len(block))
+            fh.write(block[:n])
+            left -= n
+    return path
+
+
+def drop_caches_if_possible() -> None:
+    """Sync (and drop the page cache when root), so each run starts from the same state."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as fh:
+            fh.write("3\n")
+    except OSError:
+        pass
+
+
+def timed_run(cmd: list[str], **kw: object) -> tuple[float, float]:
+    """Run ``cmd``; return (wall seconds, peak RSS in MB of that child).
+
+    Uses ``wait4`` so the RSS is this child's own, not the maximum over earlier children.
+    """
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, **kw)  # type: ignore[call-overload]
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    return seconds, usage.ru_maxrss / 1024.0
+
+
+def peak_rss_mb_of(pid: int) -> float:
+    """VmHWM of a live process, in MB (read before it exits)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0

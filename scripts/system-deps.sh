@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the system programs the tests, demo and benchmarks use. Each entry is
+# "command:debian-package". As root (CI, the dev machines here) missing ones are installed
+# with apt-get; otherwise we print what is missing: the tests that need it skip with a reason
+# locally and fail under CI=true.
+set -uo pipefail
+needs=(
+  "sshd:openssh-server"
+  "ssh:openssh-client"
+  "rsync:rsync"
+  "etcd:etcd-server"
+  "dnsmasq:dnsmasq-base"
+  "curl:curl"
+)
+missing=()
+for entry in "${needs[@]}"; do
+  cmd=${entry%%:*}; pkg=${entry#*:}
+  if ! command -v "$cmd" >/dev/null 2>&1 && [[ ! -x /usr/sbin/$cmd ]]; then
+    missing+=("$pkg")
+  fi
+done
+((${#missing[@]})) || exit 0
+if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+  echo "system-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || { echo "system-deps: apt-get install ${missing[*]} failed" >&2; exit 1; }
+else
+  echo "system-deps: missing ${missing[*]} (not root: install them with apt-get; tests needing them will skip)" >&2
+fi
+exit 0

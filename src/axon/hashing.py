@@ -1,0 +1,150 @@
+"""sha256 of files, fast and only when needed.
+
+* :func:`sha256_file` reads with a large reused buffer (``readinto``): hashlib releases the
+  GIL on big updates, so several files hash in parallel threads near ``openssl dgst`` speed.
+* :class:`HashIndex` remembers the digest of a file keyed by its identity (device, inode,
+  size, mtime_ns, ctime_ns). ctime cannot be set from user space, so a file rewritten with a
+  faked mtime is still re-hashed. ``verify`` of an unchanged model reads no file bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+CHUNK = 4 * 1024 * 1024
+
+ProgressFn = Callable[[int], None]
+
+
+def sha256_file(path: str | os.PathLike[str], on_bytes: ProgressFn | None = None) -> str:
+    """Hex sha256 of a file, streaming; ``on_bytes(n)`` is called after each chunk."""
+    h = hashlib.sha256()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while True:
+            n = fh.readinto(view)  # type: ignore[attr-defined]
+            if not n:
+                break
+            h.update(view[:n])
+            if on_bytes is not None:
+                on_bytes(n)
+    return h.hexdigest()
+
+
+def file_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class HashIndex:
+    """A small sqlite cache of file digests keyed by absolute path and file identity.
+
+    Safe to share between threads and processes (sqlite locking; one connection per thread).
+    A missing or corrupt index is rebuilt silently: it is only a cache.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._local = threading.local()
+
+    def _db(self) -> sqlite3.Connection | None:
+        if self.path is None:
+            return None
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, dev INT, ino INT,"
+                    " size INT, mtime INT, ctime INT, sha256 TEXT)"
+                )
+            except sqlite3.DatabaseError:
+                # A corrupt index: drop it, it is only a cache.
+                self.path.unlink(missing_ok=True)
+                db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, dev INT, ino INT,"
+                    " size INT, mtime INT, ctime INT, sha256 TEXT)"
+                )
+            self._local.db = db
+        return db
+
+    def lookup(self, path: Path, st: os.stat_result | None = None) -> str | None:
+        """The remembered digest if the file is unchanged since it was hashed, else None."""
+        db = self._db()
+        if db is None:
+            return None
+        st = st or os.stat(path)
+        row = db.execute(
+            "SELECT dev, ino, size, mtime, ctime, sha256 FROM hashes WHERE path = ?",
+            (str(Path(path).absolute()),),
+        ).fetchone()
+        if row and tuple(row[:5]) == file_key(st):
+            return str(row[5])
+        return None
+
+    def remember(self, path: Path, st: os.stat_result, sha256: str) -> None:
+        db = self._db()
+        if db is None:
+            return
+        db.execute(
+            "INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (str(Path(path).absolute()), *file_key(st), sha256),
+        )
+
+    def forget_under(self, root: Path) -> None:
+        db = self._db()
+        if db is None:
+            return
+        prefix = str(Path(root).absolute()).rstrip("/") + "/"
+        db.execute("DELETE FROM hashes WHERE substr(path, 1, ?) = ?", (len(prefix), prefix))
+
+    def digest(self, path: Path, *, full: bool = False, on_bytes: ProgressFn | None = None) -> str:
+        """sha256 of ``path``: from the index when unchanged (unless ``full``), else hashed."""
+        st = os.stat(path)
+        if not full:
+            known = self.lookup(path, st)
+            if known is not None:
+                if on_bytes is not None:
+                    on_bytes(st.st_size)
+                return known
+        sha = sha256_file(path, on_bytes)
+        after = os.stat(path)
+        if file_key(after) == file_key(st):  # not modified while we read it
+            self.remember(path, after, sha)
+        return sha
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+
+def hash_files(
+    paths: Iterable[Path],
+    *,
+    index: HashIndex | None = None,
+    full: bool = False,
+    workers: int | None = None,
+    on_bytes: ProgressFn | None = None,
+) -> dict[Path, str]:
+    """sha256 of many files, in parallel threads; ``on_bytes`` must be thread-safe."""
+    idx = index or HashIndex(None)
+    todo = list(paths)
+    if not todo:
+        return {}
+    n = workers or min(len(todo), max(2, os.cpu_count() or 2))
+    if n == 1 or len(todo) == 1:
+        return {p: idx.digest(p, full=full, on_bytes=on_bytes) for p in todo}
+    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="axon-hash") as pool:
+        digests = list(pool.map(lambda p: idx.digest(p, full=full, on_bytes=on_bytes), todo))
+    return dict(zip(todo, digests, strict=True))

@@ -1,0 +1,111 @@
+"""The transport contract: how the bytes of one model get to one place.
+
+A transport only moves bytes. It does not print (it reports through ``on_bytes``), read
+config (it is built from a resolved target), or decide retries (the publish orchestrator
+in :mod:`axon.publish` does, by opening a new session which resumes). Each transport
+translates its backend's exceptions into :mod:`axon.errors` at one boundary.
+
+Life of a publish on one target::
+
+    session = transport.open(ref, manifest)      # what does the target already have?
+    for entry in session.needed:                 # only what is missing
+        session.send(entry, local_path, on_bytes)  # resumes from session.offset(entry)
+    session.prepare()                            # staged + verified, not visible yet
+    info = session.commit()                      # visible in one atomic step
+    # or session.abort() on any failure: nothing partial is ever visible
+
+``open`` is cheap to call again after a failure: files fully sent before are not needed any
+more, and a partly sent file resumes at ``offset``. Re-publishing an unchanged model yields
+``session.unchanged`` true and nothing needed.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from axon.manifest import FileEntry, Manifest
+from axon.refs import ModelRef
+
+OnBytes = Callable[[int], None]
+
+
+def _nothing(_: int) -> None:
+    pass
+
+
+@dataclass
+class CommitInfo:
+    """Where the model became visible. ``path`` is the path *as the instance sees it*."""
+
+    location: str  # human-readable: "ssh://mlos@host/var/lib/mlos/models/ns/name/v1"
+    path: str | None = None  # instance-side directory, for POST /models/register
+    registered: bool = False  # the target registered it itself (API upload)
+    details: dict[str, object] = field(default_factory=dict)
+
+
+class Session(ABC):
+    """One attempt at publishing one model version to one place."""
+
+    #: files (unique by sha256 for content-addressed targets) that must still be sent
+    needed: list[FileEntry]
+    #: True when the target already holds exactly this manifest: nothing to send
+    unchanged: bool = False
+
+    def offset(self, entry: FileEntry) -> int:
+        """Bytes of ``entry`` already on the target (resume point). 0 by default."""
+        return 0
+
+    @abstractmethod
+    def send(self, entry: FileEntry, source: Path, on_bytes: OnBytes = _nothing) -> None:
+        """Send ``source`` (the local file for ``entry``) from :meth:`offset` to its end.
+
+        Must stream (bounded memory). Verifies size (and sha256 where the target can) before
+        returning; raises :class:`axon.errors.TransportError` subclasses on failure.
+        """
+
+    @abstractmethod
+    def prepare(self) -> None:
+        """Stage everything, verified, without making it visible (for ``--atomic``)."""
+
+    @abstractmethod
+    def commit(self) -> CommitInfo:
+        """Make the staged model visible in one atomic step (calls :meth:`prepare` if needed)."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Drop everything staged; the previous version stays as it was."""
+
+
+class Transport(ABC):
+    """A way of moving bytes to one place (a directory, an SSH host, an API, a bucket)."""
+
+    #: "filesystem", "nfs", "ssh", "api", "s3" ...
+    method: str = "abstract"
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where this transport writes, for messages: ``ssh://mlos@host:22/var/lib/mlos/models``."""
+
+    @abstractmethod
+    def open(self, ref: ModelRef, manifest: Manifest) -> Session:
+        """Start (or resume) publishing ``ref`` with ``manifest`` (strict: real sizes and sha256)."""
+
+    @abstractmethod
+    def fetch_manifest(self, ref: ModelRef) -> Manifest | None:
+        """The manifest of ``ref`` as published on the target now, or None if absent."""
+
+    def instance_path(self, ref: ModelRef) -> str | None:
+        """The model directory as the instance sees it (for register), if it has one."""
+        return None
+
+    def close(self) -> None:
+        """Release connections. Transports are also context managers."""
+
+    def __enter__(self) -> Transport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
