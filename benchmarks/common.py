@@ -50,22 +50,32 @@ class Row:
 
 
 def print_rows(rows: list[Row]) -> None:
-    head = f"{'benchmark':44} {'seconds':>8} {'MiB/s':>8} {'baseline':>26} {'ratio':>6} {'RSS MB':>7}"
+    head = (
+        f"{'benchmark':44} {'seconds':>8} {'MiB/s':>8} {'baseline':>26} {'ratio':>6} {'RSS MB':>7}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
-        base = f"{r.baseline} {r.baseline_seconds:.2f}s" if r.baseline and r.baseline_seconds else ""
+        base = (
+            f"{r.baseline} {r.baseline_seconds:.2f}s" if r.baseline and r.baseline_seconds else ""
+        )
+        ratio = f"{r.ratio:.2f}x" if r.ratio else ""
+        rss = f"{r.peak_rss_mb:.0f}" if r.peak_rss_mb else ""
+        note = f"  {r.note}" if r.note else ""
         print(
             f"{r.name:44} {r.seconds:8.2f} {(r.mb_per_s or 0):8.1f} {base:>26} "
-            f"{(f'{r.ratio:.2f}x' if r.ratio else ''):>6} {(f'{r.peak_rss_mb:.0f}' if r.peak_rss_mb else ''):>7}"
-            + (f"  {r.note}" if r.note else "")
+            f"{ratio:>6} {rss:>7}{note}"
         )
 
 
 def make_file(path: Path, size: int, *, seed: int = 0) -> Path:
     """Write ``size`` bytes of incompressible data, streaming (never all in memory)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    block = os.urandom(4 * MiB) if seed == 0 else (bytes([seed % 251]) * 16 + os.urandom(16)) * (4 * MiB // 32)
+    block = (
+        os.urandom(4 * MiB)
+        if seed == 0
+        else (bytes([seed % 251]) * 16 + os.urandom(16)) * (4 * MiB // 32)
+    )
     with open(path, "wb") as fh:
         left = size
         while left > 0:

@@ -78,9 +78,9 @@ class AxonError(Exception):
         self.status = status
 
     def __str__(self) -> str:
-        prefix = f"{self.target}: " if self.target and not self.message.startswith(
-            self.target
-        ) else ""
+        prefix = (
+            f"{self.target}: " if self.target and not self.message.startswith(self.target) else ""
+        )
         text = prefix + self.message
         if self.hint:
             text += f" ({self.hint})"

@@ -29,7 +29,7 @@ def sha256_file(path: str | os.PathLike[str], on_bytes: ProgressFn | None = None
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as fh:
         while True:
-            n = fh.readinto(view)  # type: ignore[attr-defined]
+            n = fh.readinto(view)
             if not n:
                 break
             h.update(view[:n])

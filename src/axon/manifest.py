@@ -44,6 +44,7 @@ def check_relpath(path: str, *, field: str = "path", source: str | None = None) 
     Refuses absolute paths, ``..``, ``.`` and empty segments, backslashes, NUL and control
     characters, and over-long paths: every one of these could write outside the model dir.
     """
+
     def bad(why: str) -> ManifestError:
         return ManifestError(
             f"unsafe file path {path!r}: {why}",
@@ -165,9 +166,7 @@ class Manifest:
         metadata: dict[str, Any] = {"name": name, "namespace": namespace, "version": version}
         if description:
             metadata["description"] = description
-        return cls(
-            {"apiVersion": API_VERSION, "kind": "Model", "metadata": metadata, "spec": spec}
-        )
+        return cls({"apiVersion": API_VERSION, "kind": "Model", "metadata": metadata, "spec": spec})
 
     # ---- accessors -----------------------------------------------------------------
     def _section(self, *keys: str) -> dict[str, Any]:
@@ -312,12 +311,18 @@ class Manifest:
                 err(f"{field}.size", f"negative size {size}")
             elif strict and size is None:
                 err(f"{field}.size", f"missing for {path!r}")
-            if sha not in (None, "") and not (isinstance(sha, str) and _SHA256.fullmatch(sha.lower())):
+            if sha not in (None, "") and not (
+                isinstance(sha, str) and _SHA256.fullmatch(sha.lower())
+            ):
                 err(f"{field}.sha256", f"not a sha256 hex digest: {sha!r:.80}")
             elif strict and isinstance(sha, str) and sha and sha != sha.lower():
                 err(f"{field}.sha256", "must be lowercase hex")
             elif strict and not sha:
-                err(f"{field}.sha256", f"missing for {path!r}", "run `axon verify --full` or reinstall")
+                err(
+                    f"{field}.sha256",
+                    f"missing for {path!r}",
+                    "run `axon verify --full` or reinstall",
+                )
         # a file and a directory of the same name cannot both exist
         for path in seen:
             parent = PurePosixPath(path).parent

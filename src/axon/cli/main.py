@@ -23,9 +23,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("axon.cli.cache_cmds:verify_cmd", "Check a cached model against its manifest."),
     "uninstall": ("axon.cli.cache_cmds:uninstall_cmd", "Remove a model from the cache."),
     "targets": ("axon.cli.targets_cmds:targets_group", "List and inspect publish targets."),
-    "publish": ("axon.cli.publish_cmds:publish_cmd", "Publish a model to an instance, cluster or storage."),
-    "register": ("axon.cli.publish_cmds:register_cmd", "Tell an instance about a model it already has."),
-    "status": ("axon.cli.publish_cmds:status_cmd", "Show whether a target has a model, and in what state."),
+    "publish": (
+        "axon.cli.publish_cmds:publish_cmd",
+        "Publish a model to an instance, cluster or storage.",
+    ),
+    "register": (
+        "axon.cli.publish_cmds:register_cmd",
+        "Tell an instance about a model it already has.",
+    ),
+    "status": (
+        "axon.cli.publish_cmds:status_cmd",
+        "Show whether a target has a model, and in what state.",
+    ),
 }
 
 

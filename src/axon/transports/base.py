@@ -87,11 +87,11 @@ class Transport(ABC):
 
     @abstractmethod
     def describe(self) -> str:
-        """Where this transport writes, for messages: ``ssh://mlos@host:22/var/lib/mlos/models``."""
+        """Where this transport writes, for messages (``ssh://mlos@host/var/lib/mlos/models``)."""
 
     @abstractmethod
     def open(self, ref: ModelRef, manifest: Manifest) -> Session:
-        """Start (or resume) publishing ``ref`` with ``manifest`` (strict: real sizes and sha256)."""
+        """Start (or resume) publishing ``ref``; ``manifest`` is strict (real sizes, sha256)."""
 
     @abstractmethod
     def fetch_manifest(self, ref: ModelRef) -> Manifest | None:
@@ -101,7 +101,7 @@ class Transport(ABC):
         """The model directory as the instance sees it (for register), if it has one."""
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most transports hold nothing
         """Release connections. Transports are also context managers."""
 
     def __enter__(self) -> Transport:
