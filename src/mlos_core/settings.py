@@ -1,0 +1,42 @@
+"""Server settings: the contract between the ``mlos-core serve`` command and the app."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MODELS_DIR = Path("/var/lib/mlos/models")
+DEFAULT_PORT = 8080
+DEFAULT_UPLOAD_TTL = 24 * 3600.0
+LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)?\s*", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4, "p": 1024**5}
+
+
+def parse_size(text: str) -> int:
+    """``"10G"``, ``"512MiB"``, ``"1000"`` -> bytes (binary units). ValueError otherwise."""
+    m = _SIZE.fullmatch(text)
+    if not m:
+        raise ValueError(f"not a size: {text!r} (use e.g. 500M, 10G, 1073741824)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+@dataclass
+class Settings:
+    """Everything the app needs to know; built by the CLI (or a test) once at start."""
+
+    models_dir: Path = DEFAULT_MODELS_DIR
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    tokens_file: Path | None = None
+    instance_id: str = "mlos-core"
+    max_upload_size: int | None = None  # bytes of one model (all files); None = no limit
+    upload_ttl: float = DEFAULT_UPLOAD_TTL  # seconds an idle resumable upload is kept
+    durable: bool = True  # fsync before making anything visible (off only for benchmarks)
+
+    @property
+    def state_dir(self) -> Path:
+        """Server housekeeping (blobs, staging, uploads) lives on the models filesystem."""
+        return self.models_dir / ".mlos"
