@@ -1,0 +1,360 @@
+"""The ``api`` access method: upload to an MLOS Core over HTTP (docs/upload-protocol.md).
+
+Protocol, as this client drives it::
+
+    POST /v1/uploads {model_id, manifest}      -> upload_id, needed [{sha256, size, offset}]
+    PUT  /v1/uploads/{id}/blobs/{sha256}       body streamed from Upload-Offset to the end
+    POST /v1/uploads/{id}/prepare              staged + verified, not visible (for --atomic)
+    POST /v1/uploads/{id}/commit               one atomic rename + register on the server
+    DELETE /v1/uploads/{id}                    abort
+
+The server deduplicates by sha256 (``needed`` is per unique blob) and keeps partial blobs,
+so re-opening after a cut connection resumes at ``offset``. :class:`ApiClient` is the one
+place where httpx exceptions and HTTP statuses become :mod:`axon.errors`; the notify and
+status code reuse it for ``/models/register`` and ``/models/{id}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from axon.errors import (
+    AuthenticationError,
+    AxonError,
+    NoSpaceError,
+    RemoteError,
+    TargetPermissionError,
+    TargetUnreachableError,
+    TransportError,
+)
+from axon.manifest import FileEntry, Manifest
+from axon.refs import ModelRef
+from axon.transports.base import CommitInfo, OnBytes, Session, Transport, _nothing
+
+if TYPE_CHECKING:
+    from axon.targets import InstanceTarget
+
+CHUNK = 4 * 1024 * 1024  # big chunks: few syscalls and Python round trips per GiB
+DEFAULT_TIMEOUT = 30.0
+
+
+def quote_id(model_id: str) -> str:
+    """Percent-encode a whole model id for a URL path (COMPAT: ``hf%2Fbert%40latest``)."""
+    return quote(model_id, safe="")
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _retryable(exc: AxonError, value: bool) -> AxonError:
+    # read by axon.publish.instance to decide whether re-opening the session may help
+    exc.retryable = value  # type: ignore[attr-defined]
+    return exc
+
+
+class ApiClient:
+    """A small JSON client of one MLOS Core; every failure becomes an axon error.
+
+    ``name`` is the target name used in messages (defaults to the endpoint).
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        name: str | None = None,
+    ) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self.name = name or self.endpoint
+        headers = {"User-Agent": "axon-publish"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._client = httpx.Client(
+            base_url=self.endpoint,
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            # never route loopback traffic through an environment proxy
+            trust_env=not _is_loopback(self.endpoint),
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        ok: tuple[int, ...] = (200, 201),
+        **kw: Any,
+    ) -> httpx.Response:
+        """Send one request; raise the matching axon error unless the status is in ``ok``.
+
+        ``what`` names the step for messages ("upload of weights.bin", "register").
+        """
+        url = self.endpoint + path
+        try:
+            resp = self._client.request(method, path, **kw)
+        except httpx.TimeoutException as exc:
+            raise _retryable(
+                TargetUnreachableError(
+                    f"{what}: {self.endpoint} did not answer in time ({type(exc).__name__})",
+                    target=self.name,
+                    url=url,
+                    hint="check the instance is up and reachable; re-running resumes",
+                ),
+                True,
+            ) from exc
+        except httpx.ConnectError as exc:
+            raise _retryable(
+                TargetUnreachableError(
+                    f"{what}: cannot connect to {self.endpoint} ({exc})",
+                    target=self.name,
+                    url=url,
+                    hint="check the instance is running and the endpoint/port is right",
+                ),
+                True,
+            ) from exc
+        except httpx.TransportError as exc:
+            raise _retryable(
+                TargetUnreachableError(
+                    f"{what}: connection to {self.endpoint} lost ({type(exc).__name__}: {exc})",
+                    target=self.name,
+                    url=url,
+                    hint="check the network; re-running resumes where it stopped",
+                ),
+                True,
+            ) from exc
+        if resp.status_code not in ok:
+            raise self.error_for(resp, what=what)
+        return resp
+
+    def json(self, method: str, path: str, *, what: str, **kw: Any) -> dict[str, Any]:
+        resp = self.request(method, path, what=what, **kw)
+        return _body(resp)
+
+    def error_for(self, resp: httpx.Response, *, what: str) -> AxonError:
+        """The axon error for an unexpected HTTP answer (status, server code and message)."""
+        body = _body(resp)
+        status = resp.status_code
+        detail = str(body.get("message") or resp.reason_phrase or "").strip()
+        code = str(body.get("code") or "")
+        text = f"{what}: {self.endpoint} answered {status}" + (f": {detail}" if detail else "")
+
+        def make(cls: type[AxonError], hint: str, retry: bool = False) -> AxonError:
+            err = cls(text, hint=hint, target=self.name, url=str(resp.request.url), status=status)
+            return _retryable(err, retry)
+
+        if status == 401:
+            return make(AuthenticationError, "the instance refused the token: set token/token_env")
+        if status == 403:
+            return make(TargetPermissionError, "the token may not write this namespace")
+        if status == 507 or code == "insufficient_storage":
+            return make(NoSpaceError, "free space on the instance's models disk")
+        if status == 413:
+            return make(NoSpaceError, "the file is over the server's upload size limit")
+        expired = status == 404 and "/v1/uploads/" in str(resp.request.url)  # re-open helps
+        retry = expired or status >= 500 or status in (408, 409, 429) or code == "checksum_mismatch"
+        return make(RemoteError, "re-run to retry" if retry else "see the server's log", retry)
+
+
+def _body(resp: httpx.Response) -> dict[str, Any]:
+    try:
+        data = resp.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _stream(path: Path, offset: int, length: int, on_bytes: OnBytes) -> Iterator[bytes]:
+    """The bytes of ``path`` from ``offset``, ``length`` of them, in big chunks."""
+    with open(path, "rb", buffering=0) as fh:
+        fh.seek(offset)
+        left = length
+        while left > 0:
+            chunk = fh.read(min(CHUNK, left))
+            if not chunk:
+                raise TransportError(
+                    f"{path} became shorter while it was being sent",
+                    path=str(path),
+                    hint="do not change cached models during a publish",
+                )
+            left -= len(chunk)
+            yield chunk
+            on_bytes(len(chunk))
+
+
+class ApiSession(Session):
+    """One open upload (``upload_id``) on the server."""
+
+    def __init__(
+        self, client: ApiClient, ref: ModelRef, manifest: Manifest, answer: dict[str, Any]
+    ) -> None:
+        self.client = client
+        self.ref = ref
+        self.upload_id = str(answer.get("upload_id", ""))
+        self.unchanged = bool(answer.get("unchanged", False))
+        by_sha = {f.sha256: f for f in manifest.files}
+        self._offsets: dict[str, int] = {}
+        self.needed: list[FileEntry] = []
+        for item in answer.get("needed") or []:
+            sha = str(item.get("sha256", ""))
+            entry = by_sha.get(sha)
+            if entry is None:
+                raise RemoteError(
+                    f"upload of {ref}: server asked for unknown blob {sha[:12]}",
+                    target=client.name,
+                    hint="the server's answer does not match the manifest; check its version",
+                )
+            self._offsets[sha] = int(item.get("offset") or 0)
+            self.needed.append(entry)
+        self._prepared = False
+        self._done = False
+
+    def _path(self, suffix: str = "") -> str:
+        return f"/v1/uploads/{quote(self.upload_id, safe='')}{suffix}"
+
+    def offset(self, entry: FileEntry) -> int:
+        return self._offsets.get(entry.sha256, 0)
+
+    def send(self, entry: FileEntry, source: Path, on_bytes: OnBytes = _nothing) -> None:
+        """PUT the blob from the server's offset; a 409 re-syncs the offset once."""
+        for _ in range(2):
+            offset = self.offset(entry)
+            if offset >= entry.size and entry.size > 0:
+                return
+            resp = self.client.request(
+                "PUT",
+                self._path(f"/blobs/{entry.sha256}"),
+                what=f"upload of {entry.path}",
+                ok=(200, 201, 409),
+                content=_stream(source, offset, entry.size - offset, on_bytes),
+                headers={"Upload-Offset": str(offset), "Content-Length": str(entry.size - offset)},
+            )
+            body = _body(resp)
+            self._offsets[entry.sha256] = int(body.get("offset") or 0)
+            if resp.status_code == 201 or body.get("complete") is True:
+                self._offsets[entry.sha256] = entry.size
+                return
+            if resp.status_code == 200:
+                break  # body ended early: let the orchestrator re-open and resume
+        raise _retryable(
+            RemoteError(
+                f"upload of {entry.path} stopped at byte {self.offset(entry)} of {entry.size}",
+                target=self.client.name,
+                hint="re-running resumes from there",
+            ),
+            True,
+        )
+
+    def prepare(self) -> None:
+        if not self._prepared:
+            self.client.request("POST", self._path("/prepare"), what=f"prepare {self.ref}")
+            self._prepared = True
+
+    def commit(self) -> CommitInfo:
+        body = self.client.json("POST", self._path("/commit"), what=f"commit {self.ref}")
+        self._done = True
+        path = body.get("path")
+        return CommitInfo(
+            location=f"{self.client.endpoint}/models/{quote_id(self.ref.id)}",
+            path=str(path) if path else None,
+            registered=True,
+            details=body,
+        )
+
+    def abort(self) -> None:
+        if self._done or not self.upload_id:
+            return
+        self._done = True
+        # best effort: the server expires idle uploads by itself
+        with contextlib.suppress(TransportError):
+            self.client.request("DELETE", self._path(), what="abort", ok=(200, 202, 204, 404))
+
+
+class ApiTransport(Transport):
+    """Publish through the MLOS Core upload API (``access_method: api``)."""
+
+    method = "api"
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        name: str | None = None,
+    ) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self.client = ApiClient(self.endpoint, token=token, timeout=timeout, name=name)
+
+    @classmethod
+    def from_target(cls, target: InstanceTarget) -> ApiTransport:
+        token = target.token or _env_token(target)
+        timeout = float(getattr(target, "timeout", None) or DEFAULT_TIMEOUT)
+        return cls(target.endpoint, token=token, timeout=timeout, name=target.name)
+
+    def describe(self) -> str:
+        return self.endpoint
+
+    def open(self, ref: ModelRef, manifest: Manifest) -> ApiSession:
+        answer = self.client.json(
+            "POST",
+            "/v1/uploads",
+            what=f"open upload of {ref}",
+            json={"model_id": ref.id, "manifest": manifest.data},
+        )
+        return ApiSession(self.client, ref, manifest, answer)
+
+    def fetch_manifest(self, ref: ModelRef) -> Manifest | None:
+        """The manifest the server holds for ``ref`` (None when it has none)."""
+        what = f"manifest of {ref}"
+        resp = self.client.request(
+            "GET", f"/v1/models/{quote_id(ref.id)}/manifest", what=what, ok=(200, 404, 405)
+        )
+        if resp.status_code == 200:
+            return Manifest.from_text(resp.content, source=f"{self.endpoint}:{ref.id}")
+        info = self.model_info(ref)
+        data = info.get("manifest") if info else None
+        if isinstance(data, dict):
+            return Manifest(data, source=f"{self.endpoint}:{ref.id}")
+        if isinstance(data, str):
+            return Manifest.from_text(data, source=f"{self.endpoint}:{ref.id}")
+        return None
+
+    def model_info(self, ref: ModelRef) -> dict[str, Any] | None:
+        """``GET /models/{id}``: the registration record, or None when not registered."""
+        resp = self.client.request(
+            "GET", f"/models/{quote_id(ref.id)}", what=f"status of {ref}", ok=(200, 404)
+        )
+        if resp.status_code == 404:
+            return None
+        body = _body(resp)
+        model = body.get("model")
+        return model if isinstance(model, dict) else body
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _env_token(target: InstanceTarget) -> str | None:
+    name = getattr(target, "token_env", None)
+    return os.environ.get(name) if name else None
