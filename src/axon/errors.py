@@ -22,6 +22,7 @@ Hierarchy::
     │   ├── TargetPermissionError (PermissionError)
     │   ├── NoSpaceError                          ENOSPC / 507 on the target
     │   └── RemoteError                           the target answered with an error
+    │       └── BucketNotFoundError (FileNotFoundError)  an S3 bucket that does not exist
     ├── NotifyError                               files published, instance not told
     ├── DiscoveryError (ConnectionError)          service discovery failed
     └── PublishError                              some targets of a publish failed
@@ -200,6 +201,10 @@ class NoSpaceError(TransportError):
 
 class RemoteError(TransportError):
     """The target answered, but with an error (HTTP 4xx/5xx, a failed remote command)."""
+
+
+class BucketNotFoundError(RemoteError, FileNotFoundError):
+    """An object-store target (S3) whose bucket does not exist."""
 
 
 class NotifyError(AxonError):
