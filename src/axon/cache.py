@@ -1,0 +1,396 @@
+"""The developer's model cache, laid out like the upstream Go axon's (COMPAT.md)::
+
+    <cache_dir>/                          default ~/.axon/cache ($AXON_HOME/cache)
+    ├── .hash-index.sqlite                digests of unchanged files (axon.hashing.HashIndex)
+    └── models/
+        └── <namespace>/<name...>/<version>/
+            ├── manifest.yaml             every file with size + sha256
+            ├── .axon_metadata.json       installed_at (RFC3339), namespace, name, version
+            ├── <ns>-<name>-<ver>.axon    (upstream only, optional) tar.gz of the files
+            └── config.json, model.safetensors, tokenizer/..., ...
+
+A model directory appears in one rename (:func:`axon.fsutil.atomic_dir`), so a reader (or an
+interrupted install) never sees half a model. Listing follows upstream: every directory under
+``models/`` holding ``.axon_metadata.json`` (or ``manifest.yaml``) is a model; its relative
+path is ``namespace/name.../version``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from axon.errors import IntegrityError, InvalidReferenceError, ManifestError, ModelNotFoundError
+from axon.fsutil import atomic_write_text, is_staging_leftover, remove_tree, staging_name
+from axon.hashing import HashIndex, hash_files
+from axon.manifest import MANIFEST_NAME, FileEntry, Manifest, check_relpath
+from axon.refs import ModelRef
+
+if TYPE_CHECKING:
+    from axon.config import Config
+
+METADATA_NAME = ".axon_metadata.json"
+INDEX_NAME = ".hash-index.sqlite"
+OnBytes = Callable[[int], None]
+# Aliases: inside Cache, ``list`` is the method, not the builtin.
+_Refs = list[ModelRef]
+_Entries = list[FileEntry]
+
+
+def _now_rfc3339() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class CachedModel:
+    """A model in the cache: where it is, its manifest (as stored) and its metadata."""
+
+    ref: ModelRef
+    path: Path
+    manifest: Manifest
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_size(self) -> int:
+        return self.manifest.total_size
+
+    @property
+    def installed_at(self) -> str | None:
+        value = self.metadata.get("installed_at")
+        return str(value) if value else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ref": str(self.ref),
+            "namespace": self.ref.namespace,
+            "name": self.ref.name,
+            "version": self.ref.version,
+            "path": str(self.path),
+            "files": len(self.manifest.files),
+            "size": self.total_size,
+            "framework": self.manifest.framework,
+            "format": self.manifest.execution_format,
+            "installed_at": self.installed_at,
+        }
+
+
+@dataclass
+class VerifyReport:
+    """What ``axon verify`` found. ``files_hashed``: files whose bytes were read."""
+
+    ref: ModelRef
+    path: Path
+    missing: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)  # "path: why"
+    files_checked: int = 0
+    files_hashed: int = 0
+    bytes_hashed: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.extra or self.corrupt)
+
+    @property
+    def problems(self) -> list[str]:
+        return (
+            [f"missing: {p}" for p in self.missing]
+            + [f"corrupt: {p}" for p in self.corrupt]
+            + [f"extra: {p}" for p in self.extra]
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ref": str(self.ref),
+            "path": str(self.path),
+            "ok": self.ok,
+            "missing": self.missing,
+            "extra": self.extra,
+            "corrupt": self.corrupt,
+            "files_checked": self.files_checked,
+            "files_hashed": self.files_hashed,
+            "bytes_hashed": self.bytes_hashed,
+        }
+
+
+def housekeeping_names(ref: ModelRef) -> set[str]:
+    """Top-level names in a model dir that are not model files."""
+    return {MANIFEST_NAME, METADATA_NAME, ref.archive_name}
+
+
+def walk_files(root: Path, *, skip_top: set[str] | frozenset[str] = frozenset()) -> Iterator[str]:
+    """Relative POSIX paths of the regular files (and symlinks to files) under ``root``."""
+    for dirpath, dirs, files in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        dirs[:] = sorted(d for d in dirs if not is_staging_leftover(d))
+        for name in sorted(files):
+            if is_staging_leftover(name):
+                continue
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/")
+            if rel_dir == "." and name in skip_top:
+                continue
+            yield rel
+
+
+def _safe(path: str) -> bool:
+    try:
+        check_relpath(path)
+    except ManifestError:
+        return False
+    return True
+
+
+class Cache:
+    """The dev cache at ``root`` (``cache_dir``). Models live under ``root/models``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.models_dir = self.root / "models"
+        self.index = HashIndex(self.root / INDEX_NAME)
+
+    @classmethod
+    def from_config(cls, config: Config | None = None) -> Cache:
+        if config is None:
+            from axon.config import load_config
+
+            config = load_config()
+        return cls(config.cache_dir)
+
+    def path_for(self, ref: ModelRef) -> Path:
+        return self.models_dir.joinpath(*ref.parts)
+
+    # ---- reading -------------------------------------------------------------------
+    def exists(self, ref: ModelRef) -> bool:
+        return self._model_dir_ok(self.path_for(ref))
+
+    @staticmethod
+    def _model_dir_ok(path: Path) -> bool:
+        return path.is_dir() and (
+            (path / METADATA_NAME).is_file() or (path / MANIFEST_NAME).is_file()
+        )
+
+    def get(self, ref: ModelRef | str) -> CachedModel:
+        """The cached model, or :class:`ModelNotFoundError` with what *is* there."""
+        ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
+        path = self.path_for(ref)
+        if not self._model_dir_ok(path):
+            raise ModelNotFoundError(
+                f"{ref} is not in the cache", path=str(path), hint=self._not_found_hint(ref)
+            )
+        if not (path / MANIFEST_NAME).is_file():
+            raise ManifestError(
+                "model has no manifest.yaml",
+                path=str(path / MANIFEST_NAME),
+                hint=f"reinstall it: axon uninstall {ref} && axon install SOURCE --as {ref}",
+            )
+        manifest = Manifest.load(path / MANIFEST_NAME)
+        return CachedModel(ref, path, manifest, self._metadata(path))
+
+    def _not_found_hint(self, ref: ModelRef) -> str:
+        parent = self.path_for(ref).parent
+        versions = (
+            sorted(p.name for p in parent.iterdir() if self._model_dir_ok(p))
+            if parent.is_dir()
+            else []
+        )
+        if versions:
+            return f"installed versions of {ref.namespace}/{ref.name}: {', '.join(versions)}"
+        return f"install it first: axon install SOURCE --as {ref} (or see `axon list`)"
+
+    @staticmethod
+    def _metadata(path: Path) -> dict[str, Any]:
+        try:
+            data = json.loads((path / METADATA_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def list(self) -> builtins.list[CachedModel]:
+        """Every model in the cache, sorted by reference. Unreadable entries are skipped."""
+        out: builtins.list[CachedModel] = []
+        for ref in self.refs():
+            try:
+                out.append(self.get(ref))
+            except (ManifestError, ModelNotFoundError):
+                continue
+        return out
+
+    def refs(self) -> _Refs:
+        """References of every model directory (upstream rule: metadata file marks a model)."""
+        refs: _Refs = []
+        if not self.models_dir.is_dir():
+            return refs
+        for dirpath, dirs, files in os.walk(self.models_dir):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            if METADATA_NAME in files or MANIFEST_NAME in files:
+                rel = Path(dirpath).relative_to(self.models_dir).parts
+                with contextlib.suppress(InvalidReferenceError):
+                    refs.append(ModelRef.from_parts(rel))
+                dirs.clear()  # a model dir holds no nested models
+        return sorted(refs)
+
+    # ---- checking ------------------------------------------------------------------
+    def verify(
+        self, ref: ModelRef | str, *, full: bool = False, on_bytes: OnBytes | None = None
+    ) -> VerifyReport:
+        """Compare the model dir with its manifest: missing, extra and corrupt files.
+
+        Unchanged files (same inode, size, mtime, ctime) are checked against the hash index
+        without reading their bytes, unless ``full``.
+        """
+        model = self.get(ref)
+        report = VerifyReport(model.ref, model.path)
+        entries = model.manifest.files
+        if not model.manifest.problems() and not entries:
+            entries = self._entries_from_dir(model)
+        for problem in model.manifest.problems():
+            report.corrupt.append(f"{MANIFEST_NAME}: {problem.field}: {problem.message}")
+        entries = [e for e in entries if _safe(e.path)]
+        present: dict[str, Path] = {}
+        for entry in entries:
+            p = model.path / entry.path
+            if p.is_file():
+                present[entry.path] = p
+            else:
+                report.missing.append(entry.path)
+        listed = {e.path for e in entries}
+        skip = housekeeping_names(model.ref)
+        report.extra = [r for r in walk_files(model.path, skip_top=skip) if r not in listed]
+        report.files_checked = len(present)
+        digests = self._hash(present.values(), full=full, on_bytes=on_bytes, report=report)
+        for entry in entries:
+            found = present.get(entry.path)
+            if found is None:
+                continue
+            size = found.stat().st_size
+            if entry.size and size != entry.size:
+                report.corrupt.append(f"{entry.path}: size {size}, manifest says {entry.size}")
+            elif entry.known and digests[found] != entry.sha256:
+                report.corrupt.append(f"{entry.path}: sha256 {digests[p][:12]}... does not match")
+        return report
+
+    def _hash(
+        self,
+        paths: Any,
+        *,
+        full: bool,
+        on_bytes: OnBytes | None,
+        report: VerifyReport | None = None,
+    ) -> dict[Path, str]:
+        todo = list(paths)
+        if report is not None:
+            for p in todo:
+                if full or self.index.lookup(p) is None:
+                    report.files_hashed += 1
+                    report.bytes_hashed += p.stat().st_size
+        return hash_files(todo, index=self.index, full=full, on_bytes=on_bytes)
+
+    def _entries_from_dir(self, model: CachedModel) -> _Entries:
+        # Upstream manifests sometimes list no files: the directory is then the truth.
+        skip = housekeeping_names(model.ref)
+        return [FileEntry(rel, 0, "") for rel in walk_files(model.path, skip_top=skip)]
+
+    def checked_manifest(
+        self, ref: ModelRef | str, *, full: bool = False, on_bytes: OnBytes | None = None
+    ) -> Manifest:
+        """A strict manifest of the cached model, every listed file checked against its bytes.
+
+        Missing sizes/digests (upstream manifests) are filled in; any missing or mismatching
+        file raises :class:`IntegrityError` listing each one. Cheap when nothing changed.
+        """
+        model = self.get(ref)
+        model.manifest.validate()
+        entries = model.manifest.files or self._entries_from_dir(model)
+        problems: builtins.list[str] = []
+        present = []
+        for entry in entries:
+            p = model.path / entry.path
+            if p.is_file():
+                present.append(p)
+            else:
+                problems.append(f"missing: {entry.path}")
+        digests = self._hash(present, full=full, on_bytes=on_bytes)
+        out: _Entries = []
+        for entry in entries:
+            p = model.path / entry.path
+            if p not in digests:
+                continue
+            size, sha = p.stat().st_size, digests[p]
+            if entry.size and entry.size != size:
+                problems.append(f"corrupt: {entry.path}: size {size}, manifest says {entry.size}")
+            elif entry.known and entry.sha256 != sha:
+                problems.append(f"corrupt: {entry.path}: sha256 does not match the manifest")
+            out.append(FileEntry(entry.path, size, sha))
+        if problems:
+            raise IntegrityError(
+                f"{model.ref}: {len(problems)} file(s) do not match the manifest: "
+                + "; ".join(problems[:10])
+                + (" ..." if len(problems) > 10 else ""),
+                problems=problems,
+                path=str(model.path),
+                hint=f"run `axon verify {model.ref}` for details, or reinstall the model",
+            )
+        manifest = model.manifest.with_files(out)
+        m = manifest.metadata
+        if not (m.get("namespace") and m.get("name") and m.get("version")):
+            manifest = manifest.with_identity(
+                model.ref.namespace, model.ref.name, model.ref.version
+            )
+        return manifest.validate(strict=True)
+
+    # ---- writing -------------------------------------------------------------------
+    def write_package_files(
+        self, staged: Path, ref: ModelRef, manifest: Manifest, *, source: str | None = None
+    ) -> None:
+        """Write ``manifest.yaml`` and ``.axon_metadata.json`` into a staged model dir."""
+        manifest.validate(strict=True)
+        atomic_write_text(staged / MANIFEST_NAME, manifest.to_yaml(), durable=False)
+        meta: dict[str, Any] = {
+            "installed_at": _now_rfc3339(),
+            "namespace": ref.namespace,
+            "name": ref.name,
+            "version": ref.version,
+        }
+        if source:
+            meta["source"] = source
+        atomic_write_text(staged / METADATA_NAME, json.dumps(meta, indent=2) + "\n", durable=False)
+
+    def remember_digests(self, ref: ModelRef, files: _Entries) -> None:
+        """After a commit, record digests under the final paths (rename keeps the inode)."""
+        base = self.path_for(ref)
+        for entry in files:
+            p = base / entry.path
+            try:
+                self.index.remember(p, p.stat(), entry.sha256)
+            except OSError:
+                continue
+
+    def uninstall(self, ref: ModelRef | str) -> Path:
+        """Remove a model: renamed aside first (atomic to readers), then deleted."""
+        ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
+        path = self.path_for(ref)
+        if not self._model_dir_ok(path):
+            raise ModelNotFoundError(
+                f"{ref} is not in the cache", path=str(path), hint=self._not_found_hint(ref)
+            )
+        aside = staging_name(path, "old")
+        os.rename(path, aside)
+        remove_tree(aside)
+        self.index.forget_under(path)
+        self._prune_empty(path.parent)
+        return path
+
+    def _prune_empty(self, directory: Path) -> None:
+        while directory != self.models_dir and self.models_dir in directory.parents:
+            try:
+                directory.rmdir()
+            except OSError:
+                return
+            directory = directory.parent

@@ -1,0 +1,337 @@
+"""``~/.axon/config.yaml``: the cache location and the publish targets.
+
+The config is plain dataclasses (cheap to import); :func:`load_config` validates the YAML with
+pydantic, imported only then, and turns every problem into a :class:`~axon.errors.ConfigError`
+naming the file and the dotted key (``mlos_targets.core-1.ssh_port``).
+
+Compatible with the upstream Go axon (COMPAT.md): ``home_dir``, ``cache_dir``, ``log_level``,
+``registry``, ``download``; the seed adds ``mlos_targets:`` and ``clusters:``::
+
+    cache_dir: ~/.axon/cache
+    mlos_targets:
+      mlos-core-1: {endpoint: http://mlos-core-1:8080, access_method: ssh, ssh_user: mlos,
+                    storage_path: /var/lib/mlos/models}
+      mlos-cluster-prod: {type: cluster, instances: [mlos-core-1, mlos-core-2:8080]}
+      shared: {type: network_storage, storage_type: nfs, storage_path: nfs://repo/models}
+    clusters:
+      edge: {instances: [http://10.0.0.5:8080], strategy: round-robin}
+
+``AXON_HOME`` replaces the whole ``~/.axon`` (also inside ``cache_dir: ~/.axon/...``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from axon.errors import ConfigError
+
+CONFIG_NAME = "config.yaml"
+DEFAULT_TIMEOUT = 30.0
+
+TargetType = Literal["instance", "cluster", "network_storage"]
+StorageType = Literal["filesystem", "api", "nfs", "s3"]
+AccessMethod = Literal["filesystem", "ssh", "api", "nfs"]
+Strategy = Literal["all", "first-available", "round-robin"]
+
+# pydantic reads this from plain dataclasses: an unknown key is an error, not ignored.
+_FORBID: dict[str, Any] = {"extra": "forbid"}
+
+
+def axon_home() -> Path:
+    """``$AXON_HOME`` when set (tests, demos), else ``~/.axon``."""
+    env = os.environ.get("AXON_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".axon"
+
+
+def expand_path(value: str | os.PathLike[str]) -> Path:
+    """Expand ``~``; ``~/.axon`` means :func:`axon_home` so AXON_HOME moves everything."""
+    text = os.fspath(value)
+    if text == "~/.axon" or text.startswith("~/.axon/"):
+        return axon_home() / text[len("~/.axon/") :] if text != "~/.axon" else axon_home()
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else axon_home() / path
+
+
+@dataclass
+class RegistryConfig:
+    """Upstream ``registry:`` section (kept for compatibility)."""
+
+    __pydantic_config__: ClassVar[dict[str, Any]] = _FORBID
+    url: str | None = None
+    mirrors: list[str] = field(default_factory=list)
+    enable_huggingface: bool = True
+    huggingface_token: str | None = None
+    timeout: int | float | None = None
+
+
+@dataclass
+class DownloadConfig:
+    """Upstream ``download:`` section (kept for compatibility)."""
+
+    __pydantic_config__: ClassVar[dict[str, Any]] = _FORBID
+    parallel: int | None = None
+    max_retries: int | None = None
+    verify_checksums: bool = True
+
+
+@dataclass
+class TargetConfig:
+    """One entry of ``mlos_targets:``. ``type`` is filled in by :func:`load_config`:
+    given explicitly, or ``cluster`` when it has instances/discovery, ``network_storage`` for
+    nfs/s3 storage without an endpoint, else ``instance``."""
+
+    __pydantic_config__: ClassVar[dict[str, Any]] = _FORBID
+    type: TargetType | None = None
+    endpoint: str | None = None
+    storage_type: StorageType | None = None
+    storage_path: str | None = None
+    access_method: AccessMethod | None = None
+    ssh_host: str | None = None
+    ssh_user: str | None = None
+    ssh_port: int | None = None
+    ssh_key: str | None = None
+    ssh_options: list[str] = field(default_factory=list)
+    token: str | None = None
+    token_env: str | None = None
+    dir_mode: int | None = None
+    file_mode: int | None = None
+    timeout: float | None = None
+    instances: list[str] = field(default_factory=list)
+    strategy: Strategy | None = None
+    discovery: str | None = None
+    max_parallel: int | None = None
+    notify_instances: list[str] = field(default_factory=list)
+    mount_path: str | None = None
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+
+    def resolved_token(self) -> str | None:
+        """``token``, else the value of the environment variable ``token_env``."""
+        if self.token:
+            return self.token
+        return os.environ.get(self.token_env) if self.token_env else None
+
+
+@dataclass
+class ClusterConfig(TargetConfig):
+    """One entry of ``clusters:`` (the seed's first cluster form). Same keys as a target;
+    the instance keys (access_method, storage_path, ssh_*, token...) are defaults for members."""
+
+    __pydantic_config__: ClassVar[dict[str, Any]] = _FORBID
+
+
+@dataclass
+class Config:
+    """The whole config file. ``path`` is where it was (or would be) read from."""
+
+    __pydantic_config__: ClassVar[dict[str, Any]] = _FORBID
+    home_dir: str | None = None
+    cache_dir: Path = field(default_factory=lambda: axon_home() / "cache")
+    log_level: str | None = None
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    mlos_targets: dict[str, TargetConfig] = field(default_factory=dict)
+    clusters: dict[str, ClusterConfig] = field(default_factory=dict)
+    path: Path = field(default_factory=lambda: axon_home() / CONFIG_NAME)
+
+    @property
+    def target_names(self) -> list[str]:
+        """Every configured target and cluster name, sorted."""
+        return sorted(set(self.mlos_targets) | set(self.clusters))
+
+
+def default_config_path() -> Path:
+    return axon_home() / CONFIG_NAME
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Read and validate the config file; a missing default file means all defaults.
+
+    Raises :class:`ConfigError` with ``path`` (the file) and ``key`` (dotted) on broken YAML,
+    unknown keys, wrong types, bad modes and clusters with neither instances nor discovery.
+    """
+    explicit = path is not None
+    cfg_path = Path(path) if path is not None else default_config_path()
+    raw = _read_yaml(cfg_path, explicit=explicit)
+    if raw is None:
+        return Config(path=cfg_path)
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"top level is {type(raw).__name__}, expected a mapping of keys",
+            path=str(cfg_path),
+            hint="see README 'The config file' for an example",
+        )
+    raw.pop("path", None)  # never taken from the file
+    _normalise_modes(raw, cfg_path)
+    config = _validate(raw, cfg_path)
+    config.path = cfg_path
+    config.cache_dir = expand_path(raw.get("cache_dir") or "~/.axon/cache")
+    for section in ("mlos_targets", "clusters"):
+        for name, target in getattr(config, section).items():
+            _finish_target(target, f"{section}.{name}", cfg_path, cluster=section == "clusters")
+    return config
+
+
+def _read_yaml(cfg_path: Path, *, explicit: bool) -> Any:
+    import yaml
+
+    try:
+        text = cfg_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(
+                "config file not found", path=str(cfg_path), hint="run `axon init` to create one"
+            ) from None
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", path=str(cfg_path)) from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(
+            f"not valid YAML{where}: {problem}",
+            path=str(cfg_path),
+            hint="fix the syntax (indentation, quotes, ':' after keys)",
+        ) from exc
+
+
+def _parse_mode(value: Any, key: str, cfg_path: Path) -> Any:
+    """``"0755"``/``"0o755"``/``"755"`` (octal text) or an int (YAML ``0755`` is octal)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            value = int(value.removeprefix("0o"), 8)
+        except ValueError:
+            raise ConfigError(
+                f"{value!r} is not an octal file mode",
+                path=str(cfg_path),
+                key=key,
+                hint='write it quoted, e.g. dir_mode: "0755"',
+            ) from None
+    if isinstance(value, int) and not 0 <= value <= 0o7777:
+        raise ConfigError(
+            f"{value} is outside 0..0o7777",
+            path=str(cfg_path),
+            key=key,
+            hint='write it quoted, e.g. file_mode: "0644"',
+        )
+    return value
+
+
+def _normalise_modes(raw: dict[str, Any], cfg_path: Path) -> None:
+    for section in ("mlos_targets", "clusters"):
+        entries = raw.get(section)
+        if not isinstance(entries, dict):
+            continue
+        for name, entry in entries.items():
+            if not isinstance(entry, dict):
+                continue
+            for mode_key in ("dir_mode", "file_mode"):
+                if mode_key in entry:
+                    key = f"{section}.{name}.{mode_key}"
+                    entry[mode_key] = _parse_mode(entry[mode_key], key, cfg_path)
+
+
+def _validate(raw: dict[str, Any], cfg_path: Path) -> Config:
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        return TypeAdapter(Config).validate_python(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0]
+        key = ".".join(str(p) for p in first["loc"]) or None
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        message, hint = _describe(first, key)
+        raise ConfigError(message + more, path=str(cfg_path), key=key, hint=hint) from None
+
+
+def _describe(err: Any, key: str | None) -> tuple[str, str | None]:
+    kind = err["type"]
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        allowed = _allowed_keys(err["loc"])
+        return "unknown key", f"known keys here: {', '.join(allowed)}" if allowed else None
+    got = err.get("input")
+    shown = repr(got) if not isinstance(got, dict | list) else type(got).__name__
+    if kind == "literal_error":
+        return f"{shown} is not allowed; expected {err['ctx']['expected']}", None
+    return f"{err['msg'].replace('Input should', 'should')}, got {shown:.80}", None
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    cls: Any = Config
+    if len(loc) >= 3 and loc[0] in ("mlos_targets", "clusters"):
+        cls = TargetConfig
+    elif len(loc) >= 2 and loc[0] == "registry":
+        cls = RegistryConfig
+    elif len(loc) >= 2 and loc[0] == "download":
+        cls = DownloadConfig
+    return sorted(f.name for f in fields(cls) if f.name != "path")
+
+
+def _looks_like_storage(target: TargetConfig) -> bool:
+    if target.storage_type in ("nfs", "s3") and not target.endpoint:
+        return True
+    return (target.storage_path or "").startswith(("nfs://", "s3://", "file://"))
+
+
+def _finish_target(target: TargetConfig, key: str, cfg_path: Path, *, cluster: bool) -> None:
+    """Infer ``type`` and check what a type needs."""
+    if target.type is None:
+        if cluster or target.instances or target.discovery:
+            target.type = "cluster"
+        elif _looks_like_storage(target):
+            target.type = "network_storage"
+        else:
+            target.type = "instance"
+    if target.type == "cluster" and not target.instances and not target.discovery:
+        raise ConfigError(
+            "a cluster needs instances or a discovery source",
+            path=str(cfg_path),
+            key=f"{key}.instances",
+            hint="add `instances: [host:8080, ...]` or `discovery: etcd://host:2379`",
+        )
+    if target.type == "network_storage" and not target.storage_path:
+        raise ConfigError(
+            "network storage needs storage_path (a path, nfs:// or s3:// URL)",
+            path=str(cfg_path),
+            key=f"{key}.storage_path",
+        )
+    for attr in ("timeout", "max_parallel", "ssh_port"):
+        value = getattr(target, attr)
+        if value is not None and value <= 0:
+            raise ConfigError(
+                f"must be positive, got {value}", path=str(cfg_path), key=f"{key}.{attr}"
+            )
+
+
+def write_default_config(path: Path, cache_dir: Path) -> None:
+    """Write a starter config (used by ``axon init``); never overwrites an existing file."""
+    from axon.fsutil import atomic_write_text
+
+    text = (
+        "# axon configuration (see README: 'The config file')\n"
+        f"cache_dir: {cache_dir}\n"
+        "\n"
+        "# Publish targets. Examples:\n"
+        "# mlos_targets:\n"
+        "#   mlos-core-1:\n"
+        "#     endpoint: http://mlos-core-1:8080\n"
+        "#     access_method: ssh            # filesystem | ssh | api | nfs\n"
+        "#     ssh_user: mlos\n"
+        "#     storage_path: /var/lib/mlos/models\n"
+        "#   mlos-cluster-prod:\n"
+        "#     type: cluster\n"
+        "#     instances: [mlos-core-1, mlos-core-2:8080]\n"
+        "mlos_targets: {}\n"
+        "clusters: {}\n"
+    )
+    atomic_write_text(path, text)
