@@ -1,0 +1,267 @@
+"""Publishing one model to one MLOS Core instance: stage (with retries) -> commit -> notify.
+
+Retries: a transient failure (connection lost, timeout, 5xx, upload expired) is followed by
+a new :meth:`Transport.open`, which resumes: whole files already sent are no longer needed
+and a partly sent file continues at the target's offset. Waits double from
+``options.backoff`` up to ``options.max_backoff``; after ``options.retries`` retries the last
+error is raised, naming the target and the number of attempts. Failures that a retry cannot
+fix (refused credentials, no space, permission denied) fail at once.
+
+:func:`stage_on_instance` stops before the commit so a cluster publish can stage everywhere
+and commit only when every instance staged (``--atomic``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from axon.errors import (
+    AuthenticationError,
+    AxonError,
+    NoSpaceError,
+    RemoteError,
+    TargetPermissionError,
+    TargetUnreachableError,
+)
+from axon.progress import NULL_PROGRESS, Progress
+from axon.publish.notify import notify_instance
+from axon.publish.plan import InstanceResult, PreparedModel, PublishOptions
+from axon.transports.base import CommitInfo, Session, Transport
+
+if TYPE_CHECKING:
+    from axon.targets import InstanceTarget
+
+
+def is_transient(exc: BaseException) -> bool:
+    """May a new attempt (re-open + resume) succeed where this one failed?"""
+    explicit = getattr(exc, "retryable", None)
+    if explicit is not None:
+        return bool(explicit)
+    if isinstance(exc, AuthenticationError | TargetPermissionError | NoSpaceError):
+        return False
+    if isinstance(exc, TargetUnreachableError):
+        return True
+    if isinstance(exc, RemoteError):
+        return exc.status is None or (exc.status >= 500 and exc.status != 507)
+    return False
+
+
+@dataclass
+class _Counters:
+    """Bytes and blobs sent across every attempt (thread-safe: clusters share progress)."""
+
+    bytes_sent: int = 0
+    sent_sha: set[str] = field(default_factory=set)
+    attempts: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, n: int) -> None:
+        with self.lock:
+            self.bytes_sent += n
+
+
+class StagedPublish:
+    """A model fully sent and staged on one instance, not yet visible.
+
+    :meth:`commit` makes it visible (and notifies); :meth:`abort` drops it. Either returns
+    or raises once; a StagedPublish is not reusable.
+    """
+
+    def __init__(
+        self,
+        model: PreparedModel,
+        target: InstanceTarget,
+        options: PublishOptions,
+        progress: Progress,
+        transport: Transport,
+    ) -> None:
+        self.model = model
+        self.target = target
+        self.options = options
+        self.progress = progress
+        self.transport = transport
+        self.session: Session | None = None
+        self.counters = _Counters()
+        self.started = time.monotonic()
+
+    # ---- staging -------------------------------------------------------------------
+    def stage(self) -> None:
+        """Open, send what is missing, prepare: retried with backoff on transient errors."""
+        self._retrying(self._attempt_stage)
+
+    def _attempt_stage(self) -> None:
+        self.counters.attempts += 1
+        session = self.transport.open(self.model.ref, self.model.manifest)
+        self.session = session
+        for entry in session.needed:
+            self._send(session, entry)
+        session.prepare()
+
+    def _send(self, session: Session, entry: Any) -> None:
+        key = f"{self.target.name}:{entry.path}"
+        offset = session.offset(entry)
+        self.progress.begin(key, entry.path, entry.size)
+        if offset:
+            self.progress.advance(key, offset)
+
+        def on_bytes(n: int) -> None:
+            self.counters.add(n)
+            self.progress.advance(key, n)
+
+        try:
+            session.send(entry, self.model.source(entry), on_bytes)
+        except AxonError as exc:
+            self.progress.end(key, ok=False, note=exc.message)
+            raise
+        self.counters.sent_sha.add(entry.sha256)
+        self.progress.end(key, note="resumed" if offset else "")
+
+    def _retrying(self, step: Any) -> Any:
+        delay = self.options.backoff
+        for attempt in range(self.options.retries + 1):
+            try:
+                return step()
+            except AxonError as exc:
+                if not is_transient(exc) or attempt == self.options.retries:
+                    if attempt:
+                        exc.message = f"gave up after {attempt + 1} attempts: {exc.message}"
+                    exc.target = exc.target or self.target.name
+                    raise
+                self.progress.message(
+                    f"{self.target.name}: {exc.message}; retrying in {delay:.1f} s "
+                    f"({attempt + 1}/{self.options.retries})"
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, self.options.max_backoff)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ---- commit / abort ------------------------------------------------------------
+    def commit(self) -> InstanceResult:
+        """Make the model visible, then notify unless the target registered it itself."""
+        info: CommitInfo = self._retrying(self._attempt_commit)
+        result = self._result(info)
+        if info.registered:
+            result.registered = result.notified = True
+        elif self.options.notify:
+            try:
+                notify_instance(
+                    self.target,
+                    self.model.ref,
+                    info.path or self.transport.instance_path(self.model.ref),
+                    manifest=self.model.manifest,
+                    timeout=min(self.options.timeout, 30.0),
+                )
+            except AxonError as exc:
+                result.error, result.exit_code, result.ok = exc.to_dict(), exc.exit_code, False
+                return result
+            result.registered = result.notified = True
+        return result
+
+    def _attempt_commit(self) -> CommitInfo:
+        if self.session is None:
+            self._attempt_stage()
+        assert self.session is not None
+        try:
+            return self.session.commit()
+        except AxonError as exc:
+            if is_transient(exc):
+                self.session = None  # the next attempt re-opens and resumes
+            raise
+
+    def abort(self) -> None:
+        """Drop what was staged; the previous version stays. Never raises."""
+        if self.session is not None:
+            # best effort: the target cleans stale staging by itself
+            with contextlib.suppress(AxonError):
+                self.session.abort()
+            self.session = None
+
+    def _result(self, info: CommitInfo) -> InstanceResult:
+        files = self.model.manifest.files
+        sent = sum(1 for f in files if f.sha256 in self.counters.sent_sha)
+        return InstanceResult(
+            target=self.target.name,
+            method=self.transport.method,
+            location=info.location,
+            path=info.path,
+            files_sent=sent,
+            files_skipped=len(files) - sent,
+            bytes_sent=self.counters.bytes_sent,
+            seconds=round(time.monotonic() - self.started, 3),
+            attempts=self.counters.attempts,
+            ok=True,
+        )
+
+
+def stage_on_instance(
+    model: PreparedModel,
+    target: InstanceTarget,
+    options: PublishOptions,
+    progress: Progress = NULL_PROGRESS,
+    *,
+    transport: Transport | None = None,
+) -> StagedPublish:
+    """Send and stage ``model`` on ``target`` without making it visible (raises on failure)."""
+    from axon.transports import transport_for
+
+    staged = StagedPublish(model, target, options, progress, transport or transport_for(target))
+    try:
+        staged.stage()
+    except BaseException:
+        staged.transport.close()
+        raise
+    return staged
+
+
+def publish_to_instance(
+    model: PreparedModel,
+    target: InstanceTarget,
+    options: PublishOptions,
+    progress: Progress = NULL_PROGRESS,
+) -> InstanceResult:
+    """Publish ``model`` to one instance; every failure is in the result, never raised."""
+    from axon.transports import transport_for
+
+    started = time.monotonic()
+    transport: Transport | None = None
+    staged: StagedPublish | None = None
+    try:
+        transport = transport_for(target)
+        staged = StagedPublish(model, target, options, progress, transport)
+        staged.stage()
+        return staged.commit()
+    except AxonError as exc:
+        if staged is not None and not is_transient(exc):
+            staged.abort()  # keep partial data of transient failures: a re-run resumes
+        return _failed(target, transport, staged, exc, started)
+    finally:
+        if transport is not None:
+            transport.close()
+
+
+def _failed(
+    target: InstanceTarget,
+    transport: Transport | None,
+    staged: StagedPublish | None,
+    exc: AxonError,
+    started: float,
+) -> InstanceResult:
+    method = transport.method if transport is not None else target.access_method
+    where = transport.describe() if transport is not None else target.endpoint
+    counters = staged.counters if staged is not None else _Counters()
+    return InstanceResult(
+        target=target.name,
+        method=method,
+        location=where,
+        path=None,
+        bytes_sent=counters.bytes_sent,
+        seconds=round(time.monotonic() - started, 3),
+        attempts=counters.attempts,
+        error=exc.to_dict(),
+        ok=False,
+        exit_code=exc.exit_code,
+    )
