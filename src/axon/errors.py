@@ -25,7 +25,8 @@ Hierarchy::
     │       └── BucketNotFoundError (FileNotFoundError)  an S3 bucket that does not exist
     ├── NotifyError                               files published, instance not told
     ├── DiscoveryError (ConnectionError)          service discovery failed
-    └── PublishError                              some targets of a publish failed
+    ├── PublishError                              some targets of a publish failed
+    └── OptionError (ValueError)                  option values that contradict (exit 2)
 
 The CLI maps each class to an exit code (``exit_code`` below, documented in the README)
 and prints ``str(error)``; tracebacks only with ``AXON_DEBUG=1`` or ``--debug``.
@@ -225,6 +226,13 @@ class PublishError(AxonError):
         self.result = result
         if all_failed:
             self.exit_code = EXIT_ALL_FAILED
+
+
+class OptionError(AxonError, ValueError):
+    """Option values the library cannot act on (``--min-success 0``, ``--atomic`` with
+    ``--batch-size``): a usage error, exit 2."""
+
+    exit_code = EXIT_USAGE
 
 
 __all__ = [name for name in dir() if name.endswith("Error") or name.startswith("EXIT_")]
