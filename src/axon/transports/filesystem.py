@@ -1,0 +1,302 @@
+"""Publish to a directory on this machine: a local models dir, an NFS mount, a shared dir.
+
+The model lands at ``<root>/<ns>/<name>/<version>/`` through the staged-directory protocol of
+:mod:`axon.transports.stagedir` (deterministic staging dir next to the final one, resume by
+offset, hash while writing, fsync, one atomic swap). Files the current version already holds
+with the same sha256 (and a matching size on disk) are hard-linked into the new version, not
+copied; re-publishing an unchanged model writes nothing.
+
+The planning half (:func:`plan_session`) and the error translation (:func:`translate`) are
+shared with :mod:`axon.transports.ssh`, which runs the same protocol on a remote host.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from axon.errors import (
+    AxonError,
+    NoSpaceError,
+    TargetPermissionError,
+    TargetUnreachableError,
+    TransportError,
+)
+from axon.manifest import FileEntry, Manifest
+from axon.refs import ModelRef
+from axon.transports import stagedir
+from axon.transports.base import CommitInfo, OnBytes, Session, Transport, _nothing
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from axon.targets import InstanceTarget
+
+DEFAULT_ROOT = "/var/lib/mlos/models"
+
+_PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+# ---- planning (shared with ssh) -----------------------------------------------------------
+@dataclass
+class StagePlan:
+    """What a session must do, computed from the target's :func:`stagedir.status`."""
+
+    digest: str  # sha256 of the manifest text: names the staging dir
+    manifest_text: str
+    unchanged: bool = False
+    needed: list[FileEntry] = field(default_factory=list)  # one entry per missing sha256
+    paths: dict[str, list[str]] = field(default_factory=dict)  # sha256 -> paths to place at
+    offsets: dict[str, int] = field(default_factory=dict)  # sha256 -> bytes already there
+    links: list[tuple[str, str]] = field(default_factory=list)  # (current path, new path)
+    expected: list[tuple[str, int]] = field(default_factory=list)  # every (path, size)
+
+
+def manifest_digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _current_manifest(text: str | None) -> Manifest | None:
+    if text is None:
+        return None
+    try:
+        return Manifest.from_text(text)
+    except AxonError:
+        return None  # unreadable: treat the target as holding nothing reusable
+
+
+def plan_session(manifest: Manifest, status: dict[str, Any]) -> StagePlan:
+    """Compare ``manifest`` with what the target holds; trust sizes on disk, not names."""
+    text = manifest.to_yaml()
+    plan = StagePlan(digest=manifest_digest(text), manifest_text=text)
+    files = manifest.files
+    plan.expected = [(f.path, f.size) for f in files]
+    on_disk: dict[str, int] = status.get("current") or {}
+    current = _current_manifest(status.get("manifest"))
+    same = current is not None and current.data == manifest.data
+    if same and all(on_disk.get(f.path) == f.size for f in files):
+        plan.unchanged = True
+        return plan
+    reusable: dict[str, str] = {}
+    for f in current.files if current is not None else []:
+        if f.known and on_disk.get(f.path) == f.size:
+            reusable.setdefault(f.sha256, f.path)
+    staged: dict[str, int] = status.get("staged") or {}
+    partials: dict[str, int] = status.get("partials") or {}
+    for f in files:
+        if staged.get(f.path) == f.size:
+            continue  # placed (verified) by an earlier attempt
+        if f.sha256 in reusable:
+            plan.links.append((reusable[f.sha256], f.path))
+            continue
+        if f.sha256 not in plan.paths:
+            plan.paths[f.sha256] = []
+            plan.needed.append(f)
+            have = partials.get(f.sha256, 0)
+            plan.offsets[f.sha256] = have if have <= f.size else 0
+        plan.paths[f.sha256].append(f.path)
+    return plan
+
+
+# ---- errors (shared with ssh) -------------------------------------------------------------
+def translate(exc: BaseException, *, target: str, root: str) -> AxonError:
+    """Turn an OSError or :class:`stagedir.StageError` (local or remote) into our errors."""
+    if isinstance(exc, AxonError):
+        return exc
+    if isinstance(exc, stagedir.StageError):
+        return _from_code(exc.code, exc.message, None, exc.path, target=target, root=root)
+    if isinstance(exc, OSError):
+        return _from_code(
+            "oserror", exc.strerror or str(exc), exc.errno, exc.filename, target, root
+        )
+    return TransportError(f"{type(exc).__name__}: {exc}", target=target, path=root)
+
+
+def _from_code(
+    code: str, message: str, err: int | None, path: str | None, target: str, root: str
+) -> AxonError:
+    where = path or root
+    if code == "oserror" and err in _PERMISSION:
+        return TargetPermissionError(
+            f"permission denied writing {where} ({message})",
+            target=target,
+            path=where,
+            hint=f"give the publishing user write access to {root}, or publish through the API",
+        )
+    if code == "oserror" and err in _NO_SPACE:
+        return NoSpaceError(
+            f"no space left writing {where}",
+            target=target,
+            path=where,
+            hint=f"free space on the filesystem of {root} (staging needs the model's size)",
+        )
+    if code == "oserror" and err == errno.ENOENT and where == root:
+        return TargetUnreachableError(
+            f"models directory {root} does not exist",
+            target=target,
+            path=root,
+            hint="create it, fix storage_path in ~/.axon/config.yaml, or mount the NFS share",
+        )
+    if code == "checksum_mismatch":
+        return TransportError(
+            f"{message} at {where}",
+            target=target,
+            path=where,
+            hint="the partial data was dropped; publish again (did the cached file change?)",
+        )
+    return TransportError(f"{message} at {where}", target=target, path=where)
+
+
+# ---- the transport ----------------------------------------------------------------------
+class FilesystemTransport(Transport):
+    """A models directory on this machine (``method`` "filesystem" or "nfs")."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        dir_mode: int | None = None,
+        file_mode: int | None = None,
+        method: str = "filesystem",
+        name: str | None = None,
+        instance_root: str | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.dir_mode = dir_mode
+        self.file_mode = file_mode
+        self.method = method
+        self.name = name or str(self.root)
+        # the models dir as the instance sees it (an NFS mount may differ from ours)
+        self.instance_root = instance_root or str(self.root)
+
+    @classmethod
+    def from_target(cls, target: InstanceTarget) -> Self:
+        return cls(
+            Path(target.storage_path or DEFAULT_ROOT),
+            dir_mode=target.dir_mode,
+            file_mode=target.file_mode,
+            method=target.access_method if target.access_method == "nfs" else "filesystem",
+            name=target.name,
+        )
+
+    def describe(self) -> str:
+        return f"{self.method}://{self.root}" if self.method == "nfs" else str(self.root)
+
+    def instance_path(self, ref: ModelRef) -> str | None:
+        return f"{self.instance_root.rstrip('/')}/{ref.relpath}"
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """Run a :mod:`stagedir` operation, translating its failures at this one boundary."""
+        try:
+            return fn(*args, **kw)
+        except (OSError, stagedir.StageError) as exc:
+            raise translate(exc, target=self.name, root=str(self.root)) from exc
+
+    def open(self, ref: ModelRef, manifest: Manifest) -> FilesystemSession:
+        text = manifest.to_yaml()
+        status = self.call(stagedir.status, str(self.root), str(ref.relpath), manifest_digest(text))
+        return FilesystemSession(self, ref, plan_session(manifest, status))
+
+    def fetch_manifest(self, ref: ModelRef) -> Manifest | None:
+        status = self.call(stagedir.status, str(self.root), str(ref.relpath))
+        text = status.get("manifest")
+        if text is None:
+            return None
+        return Manifest.from_text(text, source=f"{self.describe()}/{ref.relpath}/manifest.yaml")
+
+
+class FilesystemSession(Session):
+    """One publish of one model into a local models directory."""
+
+    def __init__(self, transport: FilesystemTransport, ref: ModelRef, plan: StagePlan) -> None:
+        self.t = transport
+        self.ref = ref
+        self.plan = plan
+        self.rel = str(ref.relpath)
+        self.needed = list(plan.needed)
+        self.unchanged = plan.unchanged
+        self._sent: set[str] = set()
+        self._prepared = False
+
+    def offset(self, entry: FileEntry) -> int:
+        return self.plan.offsets.get(entry.sha256, 0)
+
+    def _blob(self, entry: FileEntry) -> dict[str, Any]:
+        return {
+            "sha256": entry.sha256,
+            "size": entry.size,
+            "offset": self.offset(entry),
+            "paths": self.plan.paths.get(entry.sha256, [entry.path]),
+        }
+
+    def send(self, entry: FileEntry, source: Path, on_bytes: OnBytes = _nothing) -> None:
+        blob = self._blob(entry)
+        with open(source, "rb", buffering=0) as fh:
+            fh.seek(blob["offset"])
+            result = self.t.call(
+                stagedir.receive,
+                str(self.t.root),
+                self.rel,
+                self.plan.digest,
+                blob,
+                fh.readinto,
+                on_bytes,
+                self.t.dir_mode,
+                self.t.file_mode,
+            )
+        if not result["complete"]:
+            self.plan.offsets[entry.sha256] = int(result["offset"])
+            raise TransportError(
+                f"{source} ended after {result['offset']} of {entry.size} bytes",
+                target=self.t.name,
+                path=str(source),
+                hint="the cached file changed since it was hashed: run `axon verify` and retry",
+            )
+        self.plan.offsets[entry.sha256] = entry.size
+        self._sent.add(entry.sha256)
+
+    def _check_all_sent(self) -> None:
+        missing = [e.path for e in self.needed if e.sha256 not in self._sent]
+        if missing:
+            raise TransportError(
+                f"cannot prepare {self.ref}: {len(missing)} file(s) not sent ({missing[0]}, ...)",
+                target=self.t.name,
+                hint="send every file of session.needed before prepare/commit",
+            )
+
+    def prepare(self) -> None:
+        if self.unchanged or self._prepared:
+            return
+        self._check_all_sent()
+        self.t.call(
+            stagedir.prepare,
+            str(self.t.root),
+            self.rel,
+            self.plan.digest,
+            self.plan.manifest_text,
+            [list(e) for e in self.plan.expected],
+            [list(link) for link in self.plan.links],
+            self.t.dir_mode,
+            self.t.file_mode,
+        )
+        self._prepared = True
+
+    def commit(self) -> CommitInfo:
+        final = str(self.t.root / self.ref.relpath)
+        details: dict[str, object] = {"unchanged": self.unchanged}
+        if not self.unchanged:
+            self.prepare()
+            out = self.t.call(stagedir.commit, str(self.t.root), self.rel, self.plan.digest)
+            details["swap"] = out["how"]
+            details["linked"] = len(self.plan.links)
+        return CommitInfo(location=final, path=self.t.instance_path(self.ref), details=details)
+
+    def abort(self) -> None:
+        if os.path.isdir(self.t.root):
+            self.t.call(stagedir.abort, str(self.t.root), self.rel, self.plan.digest)

@@ -1,0 +1,460 @@
+"""The staged-directory protocol, shared by the filesystem, NFS and SSH transports.
+
+This module is **standard library only** and runs in two places: in-process for the
+filesystem/NFS transport, and on the remote host for the SSH transport (shipped as
+``python3 -c <this source> <op> <json>``; remote Python >= 3.7). So the protocol that keeps a
+model directory whole is written once::
+
+    <root>/<ns>/<name>/<version>/                 the published model (manifest.yaml + files)
+    <root>/<ns>/<name>/.<version>.staging-<d16>/   staging for one (ref, manifest digest)
+        .axon-partial/<sha256>                    a file being received (resume point = size)
+        <path> ...                                files received, verified and placed
+
+* ``status``: what the target holds: the current manifest text, the sizes of the files of
+  the current version and of the staging dir, and the partial blobs (resume offsets).
+* ``receive``: append bytes to a partial blob at its offset (hashing the existing prefix and
+  every new byte while writing), check size + sha256, fsync, place it at each path.
+* ``prepare``: hard-link unchanged files from the current version, write manifest.yaml,
+  apply modes, fsync the directories: complete and durable, not yet visible.
+* ``commit``: swap the staging dir in (``renameat2(RENAME_EXCHANGE)``, else rename-aside +
+  rename-in: a window of microseconds with no directory, never a partial one).
+* ``abort``: delete the staging dir; the current version is untouched.
+
+The staging name is deterministic (it contains the manifest digest), so a publish killed at
+any point resumes where it stopped; a different manifest gets a different staging dir.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import hashlib
+import json
+import os
+import shutil
+import signal
+import stat
+import sys
+import threading
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # remote Pythons (>= 3.7) cannot subscript collections.abc at runtime
+    from collections.abc import Callable
+
+    Reader = Callable[[memoryview], int]
+    Progress = Callable[[int], None]
+
+MANIFEST = "manifest.yaml"
+PARTIAL = ".axon-partial"
+CHUNK = 4 * 1024 * 1024
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+class StageError(Exception):
+    """A protocol failure that is not an OSError; ``code`` is machine-readable."""
+
+    def __init__(self, code: str, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.path = path
+
+
+# ---- layout ----------------------------------------------------------------------------
+def final_dir(root: str, rel: str) -> str:
+    return os.path.join(root, *rel.split("/"))
+
+
+def staging_dir(root: str, rel: str, digest: str) -> str:
+    parent, version = os.path.split(final_dir(root, rel))
+    return os.path.join(parent, f".{version}.staging-{digest[:16]}")
+
+
+def _check_root(root: str) -> None:
+    if not os.path.isdir(root):
+        raise FileNotFoundError(errno.ENOENT, "models directory does not exist", root)
+
+
+def _makedirs(path: str, dir_mode: int | None) -> None:
+    """mkdir -p, applying ``dir_mode`` to each directory it creates."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent and parent != path:
+        _makedirs(parent, dir_mode)
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        return
+    if dir_mode is not None:
+        os.chmod(path, dir_mode)
+
+
+def _sizes_under(top: str, skip: str = "") -> dict[str, int]:
+    """{relative posix path: size} of the regular files under ``top``."""
+    out: dict[str, int] = {}
+    if not os.path.isdir(top):
+        return out
+    for dirpath, dirs, files in os.walk(top):
+        if skip and skip in dirs and dirpath == top:
+            dirs.remove(skip)
+        for name in files:
+            full = os.path.join(dirpath, name)
+            st = os.lstat(full)
+            if stat.S_ISREG(st.st_mode):
+                out[os.path.relpath(full, top).replace(os.sep, "/")] = st.st_size
+    return out
+
+
+def _fsync_path(path: str, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ---- status ----------------------------------------------------------------------------
+def status(root: str, rel: str, digest: str = "") -> dict[str, Any]:
+    """What the target holds for ``rel`` (and the staging dir of ``digest``)."""
+    _check_root(root)
+    final = final_dir(root, rel)
+    manifest = None
+    try:
+        with open(os.path.join(final, MANIFEST), "rb") as fh:
+            manifest = fh.read().decode("utf-8", "replace")
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    current = _sizes_under(final) if manifest is not None else {}
+    current.pop(MANIFEST, None)
+    staged: dict[str, int] = {}
+    partials: dict[str, int] = {}
+    if digest:
+        stage = staging_dir(root, rel, digest)
+        staged = _sizes_under(stage, skip=PARTIAL)
+        staged.pop(MANIFEST, None)
+        partials = _sizes_under(os.path.join(stage, PARTIAL))
+    return {"manifest": manifest, "current": current, "staged": staged, "partials": partials}
+
+
+# ---- receive ---------------------------------------------------------------------------
+def _hash_prefix(fd: int, length: int, h: Any) -> None:
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    pos = 0
+    while pos < length:
+        n = os.preadv(fd, [view[: min(CHUNK, length - pos)]], pos)
+        if n <= 0:
+            raise StageError("offset_mismatch", "partial file shrank while reading it")
+        h.update(view[:n])
+        pos += n
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while len(data):
+        n = os.write(fd, data)
+        data = data[n:]
+
+
+def _fill(read: Reader, view: memoryview) -> int:
+    """Read until ``view`` is full or EOF (pipes return little at a time)."""
+    got = 0
+    while got < len(view):
+        n = read(view[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def receive(
+    root: str,
+    rel: str,
+    digest: str,
+    blob: dict[str, Any],
+    read: Reader,
+    on_bytes: Progress = lambda n: None,
+    dir_mode: int | None = None,
+    file_mode: int | None = None,
+) -> dict[str, Any]:
+    """Receive one blob ``{"sha256", "size", "offset", "paths"}`` from ``read``.
+
+    Returns ``{"complete": True}`` once verified and placed at every path, or
+    ``{"complete": False, "offset": n}`` when the input ended early (kept for resume).
+    """
+    _check_root(root)
+    sha, size, offset = str(blob["sha256"]), int(blob["size"]), int(blob["offset"])
+    stage = staging_dir(root, rel, digest)
+    part_dir = os.path.join(stage, PARTIAL)
+    _makedirs(part_dir, dir_mode)
+    part = os.path.join(part_dir, sha)
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o644 if file_mode is None else file_mode)
+    try:
+        have = os.fstat(fd).st_size
+        if have > size:  # not a prefix of this blob: start over
+            os.ftruncate(fd, 0)
+            have = 0
+        if have != offset:
+            raise StageError(
+                "offset_mismatch", f"partial file holds {have} bytes, not {offset}", part
+            )
+        h = hashlib.sha256()
+        rfd = os.open(part, os.O_RDONLY)
+        try:
+            _hash_prefix(rfd, offset, h)
+        finally:
+            os.close(rfd)
+        os.lseek(fd, offset, os.SEEK_SET)
+        got = offset + _pump(fd, read, h, size - offset, on_bytes)
+        if got < size:
+            return {"complete": False, "offset": got}
+        extra = bytearray(1)
+        if read(memoryview(extra)):
+            os.ftruncate(fd, 0)
+            raise StageError("size_mismatch", f"more than the expected {size} bytes", part)
+        if h.hexdigest() != sha:
+            os.ftruncate(fd, 0)
+            raise StageError(
+                "checksum_mismatch",
+                f"sha256 {h.hexdigest()} of the received bytes is not the expected {sha}",
+                part,
+            )
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if file_mode is not None:
+        os.chmod(part, file_mode)
+    _place(part, stage, list(blob["paths"]), dir_mode)
+    return {"complete": True, "offset": size}
+
+
+def _pump(fd: int, read: Reader, h: Any, limit: int, on_bytes: Progress) -> int:
+    bufs = [bytearray(CHUNK), bytearray(CHUNK)]
+    threads: list[threading.Thread] = []
+    errors: list[BaseException] = []
+    total, k, reported = 0, 0, 0
+
+    def guarded(fn: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # re-raised in the main thread
+                errors.append(exc)
+
+        return run
+
+    def wait() -> None:
+        for t in threads:
+            t.join()
+        threads.clear()
+        if errors:
+            raise errors[0]
+
+    try:
+        while total < limit:
+            view = memoryview(bufs[k])[: min(CHUNK, limit - total)]
+            n = _fill(read, view)
+            wait()
+            if reported < total:  # the previous chunk is now written and hashed
+                on_bytes(total - reported)
+                reported = total
+            if n == 0:
+                break
+            chunk = view[:n]
+            jobs = (lambda c=chunk: _write_all(fd, c), lambda c=chunk: h.update(c))
+            for fn in jobs:
+                threads.append(threading.Thread(target=guarded(fn)))
+                threads[-1].start()
+            total += n
+            k ^= 1
+        wait()
+    finally:
+        for t in threads:
+            t.join()
+    if reported < total:
+        on_bytes(total - reported)
+    return total
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+            raise
+        shutil.copyfile(src, dst)  # copy_file_range / sendfile, reflink where supported
+
+
+def _place(part: str, stage: str, paths: list[str], dir_mode: int | None) -> None:
+    """Move a verified blob to its first path and link it at the others."""
+    first = os.path.join(stage, *paths[0].split("/"))
+    _makedirs(os.path.dirname(first), dir_mode)
+    os.replace(part, first)
+    for path in paths[1:]:
+        dst = os.path.join(stage, *path.split("/"))
+        _makedirs(os.path.dirname(dst), dir_mode)
+        if os.path.lexists(dst):
+            os.unlink(dst)
+        _link_or_copy(first, dst)
+
+
+# ---- prepare / commit / abort ------------------------------------------------------------
+def prepare(
+    root: str,
+    rel: str,
+    digest: str,
+    manifest: str,
+    expected: list[list[Any]],
+    links: list[list[str]],
+    dir_mode: int | None = None,
+    file_mode: int | None = None,
+) -> dict[str, Any]:
+    """Complete the staging dir: link ``links`` ([current path, new path]) from the current
+    version, check every ``expected`` [path, size], write manifest.yaml, apply modes, fsync.
+    """
+    _check_root(root)
+    final = final_dir(root, rel)
+    stage = staging_dir(root, rel, digest)
+    _makedirs(stage, dir_mode)
+    for src, dst in links:
+        target = os.path.join(stage, *dst.split("/"))
+        if os.path.lexists(target):
+            continue
+        _makedirs(os.path.dirname(target), dir_mode)
+        _link_or_copy(os.path.join(final, *src.split("/")), target)
+    shutil.rmtree(os.path.join(stage, PARTIAL), ignore_errors=True)
+    have = _sizes_under(stage)
+    want = {str(p): int(s) for p, s in expected}
+    wrong = sorted(p for p, s in want.items() if have.get(p) != s)
+    if wrong:
+        raise StageError(
+            "incomplete",
+            f"{len(wrong)} file(s) missing or of the wrong size in staging: {wrong[:5]}",
+            stage,
+        )
+    for extra in set(have) - set(want) - {MANIFEST}:
+        os.unlink(os.path.join(stage, *extra.split("/")))
+    _write_manifest(stage, manifest, file_mode)
+    for dirpath, _dirs, files in os.walk(stage, topdown=False):
+        if file_mode is not None:
+            for name in files:
+                os.chmod(os.path.join(dirpath, name), file_mode)
+        if dir_mode is not None:
+            os.chmod(dirpath, dir_mode)
+        _fsync_path(dirpath, directory=True)
+    _fsync_path(os.path.dirname(stage), directory=True)
+    return {"path": stage}
+
+
+def _write_manifest(stage: str, text: str, file_mode: int | None) -> None:
+    tmp = os.path.join(stage, f".{MANIFEST}.tmp-axon")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _write_all(fd, memoryview(text.encode("utf-8")))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, 0o644 if file_mode is None else file_mode)
+    os.replace(tmp, os.path.join(stage, MANIFEST))
+
+
+def _exchange(a: str, b: str) -> bool:
+    """renameat2(RENAME_EXCHANGE): swap two paths atomically. False where unsupported."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), a)
+
+
+def commit(root: str, rel: str, digest: str) -> dict[str, Any]:
+    """Make the prepared staging dir visible at the final path in one step."""
+    _check_root(root)
+    final = final_dir(root, rel)
+    stage = staging_dir(root, rel, digest)
+    if not os.path.exists(os.path.join(stage, MANIFEST)):
+        raise StageError("not_prepared", "nothing prepared to commit", stage)
+    parent = os.path.dirname(final)
+    how = "rename"
+    if not os.path.lexists(final):
+        os.rename(stage, final)
+    elif _exchange(stage, final):
+        how = "exchange"  # ``stage`` now holds the previous version
+        shutil.rmtree(stage, ignore_errors=True)
+    else:
+        # No RENAME_EXCHANGE (old kernel, some NFS servers): for the microseconds between
+        # these two renames the path is absent, never partial.
+        how = "aside"
+        old = stage + ".old"
+        os.rename(final, old)
+        os.rename(stage, final)
+        shutil.rmtree(old, ignore_errors=True)
+    _fsync_path(parent, directory=True)
+    return {"path": final, "how": how}
+
+
+def abort(root: str, rel: str, digest: str) -> dict[str, Any]:
+    """Drop the staging dir of ``digest``; the current version stays as it is."""
+    stage = staging_dir(root, rel, digest)
+    shutil.rmtree(stage, ignore_errors=True)
+    return {"path": stage}
+
+
+# ---- remote entry point ------------------------------------------------------------------
+def _error(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, StageError):
+        return {"ok": False, "code": exc.code, "message": exc.message, "path": exc.path}
+    if isinstance(exc, OSError):
+        return {
+            "ok": False,
+            "code": "oserror",
+            "errno": exc.errno,
+            "errname": errno.errorcode.get(exc.errno or 0, ""),
+            "message": exc.strerror or str(exc),
+            "path": exc.filename or "",
+        }
+    return {"ok": False, "code": "internal", "message": f"{type(exc).__name__}: {exc}"}
+
+
+def main(argv: list[str]) -> int:
+    """``<op> <json params>``; ``receive`` reads the blob bytes from stdin, ``prepare`` its
+    params from stdin. Prints one JSON line; exit status 0 ok, 3 protocol/OS error."""
+    # A dropped connection must leave a resumable partial file, not kill us mid-write.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    op = argv[1]
+    params = json.loads(argv[2]) if len(argv) > 2 else json.loads(sys.stdin.read())
+    stdin = sys.stdin.buffer.raw  # type: ignore[union-attr]
+    try:
+        if op == "status":
+            out = status(**params)
+        elif op == "receive":
+            out = receive(read=stdin.readinto, **params)
+        elif op == "prepare":
+            out = prepare(**params)
+        elif op == "commit":
+            out = commit(**params)
+        elif op == "abort":
+            out = abort(**params)
+        else:
+            raise StageError("usage", f"unknown operation {op!r}")
+        out["ok"] = True
+        code = 0
+    except Exception as exc:
+        out, code = _error(exc), 3
+    sys.stdout.write(json.dumps(out) + "\n")
+    sys.stdout.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
