@@ -1,0 +1,222 @@
+"""``axon publish``, ``axon register`` and ``axon status``: parse, call the library, render.
+
+Each command calls one function of :mod:`axon.publish`; nothing here touches a transport.
+Output modes: human (progress bars on stderr, a summary on stdout), ``--json`` (one JSON
+object on stdout, also for errors) and ``--quiet`` (errors only). Exit codes come from the
+result (see :mod:`axon.errors`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import click
+
+from axon.errors import EXIT_INTEGRITY, EXIT_NOT_FOUND, AxonError
+
+DEFAULT_TARGET = "localhost"
+STRATEGIES = ("all", "first-available", "round-robin")
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
+
+
+def _fail(exc: AxonError, as_json: bool) -> NoReturn:
+    """Errors raised before any target ran: one JSON object or one line, then the exit code."""
+    if as_json:
+        click.echo(json.dumps({"ok": False, "exit_code": exc.exit_code, "error": exc.to_dict()}))
+        sys.exit(exc.exit_code)
+    raise exc  # axon.cli.main prints the one line
+
+
+def _error_line(error: dict[str, Any], fallback_target: str) -> str:
+    target = error.get("target") or fallback_target
+    text = str(error.get("message") or error.get("type") or "failed")
+    if not text.startswith(str(target)):
+        text = f"{target}: {text}"
+    if error.get("hint"):
+        text += f" ({error['hint']})"
+    return text
+
+
+# ---- options shared by cluster and storage targets ---------------------------------------
+# Cluster (axon.publish.cluster) and storage (axon.publish.storage) controls. Values land on
+# PublishOptions fields when it has one, else in PublishOptions.extra: add an option here and
+# the module reads it by name, nothing else to wire.
+TARGET_OPTIONS: list[Callable[[Any], Any]] = [
+    click.option("--atomic", is_flag=True, help="Cluster: stage everywhere, then switch all."),
+    click.option("--strategy", type=click.Choice(STRATEGIES), help="Cluster: override strategy."),
+    click.option("--max-parallel", type=click.IntRange(1), help="Cluster: instances at once."),
+    click.option("--fail-fast", is_flag=True, help="Cluster: stop at the first failure."),
+    click.option("--min-success", help="Cluster: successes needed, N or P%."),
+    click.option("--batch-size", type=click.IntRange(1), help="Cluster: rolling batches of N."),
+]
+
+
+def _with_target_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(TARGET_OPTIONS):
+        func = option(func)
+    return func
+
+
+def build_options(**values: Any) -> Any:
+    """PublishOptions from the parsed CLI values (unknown names go to ``extra``)."""
+    import dataclasses
+
+    from axon.publish import PublishOptions
+
+    known = {f.name for f in dataclasses.fields(PublishOptions)}
+    fields = {k: v for k, v in values.items() if k in known}
+    extra = {k: v for k, v in values.items() if k not in known and v not in (None, False)}
+    return PublishOptions(**fields, extra=extra)
+
+
+@click.command("publish")
+@click.argument("ref")
+@click.option(
+    "--target",
+    "-t",
+    default=DEFAULT_TARGET,
+    show_default=True,
+    help="Configured target name, host, IP, http(s)://host:port URL, or storage URL/path.",
+)
+@click.option("--validate/--no-validate", default=True, help="Check every sha256 first.")
+@click.option("--notify/--no-notify", default=True, help="Register after a file copy.")
+@click.option("--dry-run", is_flag=True, help="Show what would be sent where; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON result object.")
+@click.option("--quiet", "-q", is_flag=True, help="Print errors only.")
+@click.option("--retries", type=click.IntRange(0, 100), default=5, show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True)
+@click.option("--full-verify", is_flag=True, help="Re-hash every file, ignoring the index.")
+@_with_target_options
+def publish_cmd(ref: str, target: str, as_json: bool, quiet: bool, **values: Any) -> None:
+    """Publish a cached model REF (namespace/name[@version]) to an instance, a cluster or
+    shared storage. Only what the target lacks is sent; the model becomes visible at once."""
+    from axon.cli.progress_view import progress_sink
+    from axon.publish import publish
+
+    options = build_options(**values)
+    try:
+        with progress_sink(enabled=not (as_json or quiet or options.dry_run)) as progress:
+            result = publish(ref, target, options, progress)
+    except AxonError as exc:
+        _fail(exc, as_json)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    elif result.dry_run:
+        _render_plans(result)
+    else:
+        _render_results(result, quiet)
+    sys.exit(result.exit_code)
+
+
+def _render_plans(result: Any) -> None:
+    for plan in result.plans:
+        state = "unchanged, nothing to send" if plan.unchanged else "would send"
+        click.echo(
+            f"dry run: {result.model_id} -> {plan.target} ({plan.method}) {plan.location}: "
+            f"{state} {plan.files_to_send}/{len(plan.files)} files, "
+            f"{_human_bytes(plan.bytes_to_send)}"
+        )
+        for f in plan.files:
+            mark = "send" if f.send else "skip"
+            click.echo(f"  {mark}  {f.path}  {_human_bytes(f.size)}")
+    for other in result.results:  # a cluster/storage module's own dry-run result
+        click.echo(json.dumps(other.to_dict(), indent=2))
+
+
+def _render_results(result: Any, quiet: bool) -> None:
+    for item in result.results:
+        inner = getattr(item, "results", None)
+        for r in inner if isinstance(inner, list) else [item]:
+            _render_one(result.model_id, r, quiet)
+        summary = getattr(item, "summary", None)
+        if isinstance(inner, list) and not quiet:
+            text = summary() if callable(summary) else f"{item.__class__.__name__}: ok={item.ok}"
+            click.echo(text)
+
+
+def _render_one(model_id: str, r: Any, quiet: bool) -> None:
+    name = str(getattr(r, "target", "") or "")
+    if not getattr(r, "ok", False) and getattr(r, "error", None):
+        click.echo(f"axon: error: {_error_line(r.error, name)}", err=True)
+        return
+    if quiet:
+        return
+    sent, skipped = getattr(r, "files_sent", 0), getattr(r, "files_skipped", 0)
+    tail = " (unchanged: nothing sent)" if sent == 0 else ""
+    registered = ", registered" if getattr(r, "registered", False) else ""
+    click.echo(
+        f"published {model_id} -> {name} ({getattr(r, 'method', '?')}): {sent} sent, "
+        f"{skipped} skipped, {_human_bytes(getattr(r, 'bytes_sent', 0))} in "
+        f"{getattr(r, 'seconds', 0.0):.2f} s{registered}{tail}"
+    )
+    click.echo(f"  at {getattr(r, 'location', '')}")
+
+
+@click.command("register")
+@click.argument("ref")
+@click.option(
+    "--target",
+    "-t",
+    default=None,
+    help="Instance to tell (default: $MLOS_CORE_ENDPOINT, else localhost).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the server's answer as JSON.")
+def register_cmd(ref: str, target: str | None, as_json: bool) -> None:
+    """Register REF with an MLOS Core instance that already has its files (upstream
+    compatible: POST /models/register)."""
+    from axon.publish import register
+
+    spec = target or os.environ.get("MLOS_CORE_ENDPOINT") or DEFAULT_TARGET
+    try:
+        answer = register(ref, spec)
+    except AxonError as exc:
+        _fail(exc, as_json)
+    if as_json:
+        click.echo(json.dumps({"ok": True, "target": spec, "response": answer}, indent=2))
+    else:
+        endpoint = answer.get("inference_endpoint")
+        click.echo(f"registered {ref} on {spec}" + (f" ({endpoint})" if endpoint else ""))
+
+
+@click.command("status")
+@click.argument("ref")
+@click.option("--target", "-t", default=DEFAULT_TARGET, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--full-verify", is_flag=True, help="Re-hash the cached files.")
+def status_cmd(ref: str, target: str, as_json: bool, full_verify: bool) -> None:
+    """Is REF on the target, which version, do its checksums match the cache, is it
+    registered? Exit 0 when present and matching, 3 when absent, 5 when it differs."""
+    from axon.publish import status
+
+    try:
+        st = status(ref, target, full=full_verify)
+    except AxonError as exc:
+        _fail(exc, as_json)
+    code = 0 if st.ok else (EXIT_NOT_FOUND if not st.present else EXIT_INTEGRITY)
+    if as_json:
+        click.echo(json.dumps(st.to_dict(), indent=2))
+        sys.exit(code)
+    reg = {True: "yes", False: "no", None: "unknown"}[st.registered]
+    if st.present:
+        match = {True: "yes", False: "NO", None: "unknown"}[st.checksums_match]
+        click.echo(f"{st.model_id} on {st.target} ({st.method}): present at {st.location}")
+        click.echo(f"  version: {st.version or '?'}  checksums match cache: {match}")
+        for path in st.mismatched:
+            click.echo(f"  differs: {path}")
+    else:
+        click.echo(f"{st.model_id} on {st.target} ({st.method}): not present")
+    click.echo(f"  registered: {reg}")
+    if st.error:
+        click.echo(f"  note: {_error_line(st.error, st.target)}", err=True)
+    sys.exit(code)
