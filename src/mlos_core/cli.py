@@ -6,9 +6,11 @@ import ipaddress
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
+from mlos_core.discovery import discovery_options, registration_from_options
 from mlos_core.settings import (
     DEFAULT_MODELS_DIR,
     DEFAULT_PORT,
@@ -72,8 +74,11 @@ def _is_loopback(host: str) -> bool:
     type=float,
     help="Seconds an idle resumable upload is kept before it expires.",
 )
-@click.option("--no-fsync", is_flag=True, help="Skip fsync (tests/benchmarks only: not crash safe).")
+@click.option(
+    "--no-fsync", is_flag=True, help="Skip fsync (tests/benchmarks only: not crash safe)."
+)
 @click.option("--log-level", default="info", show_default=True)
+@discovery_options
 def serve(
     host: str,
     port: int,
@@ -84,6 +89,7 @@ def serve(
     upload_ttl: float,
     no_fsync: bool,
     log_level: str,
+    **discovery: Any,
 ) -> None:
     """Run the MLOS Core HTTP server."""
     import uvicorn
@@ -113,14 +119,22 @@ def serve(
         durable=not no_fsync,
     )
     app = create_app(settings)
-    uvicorn.run(
-        app,
+    # Registered with service discovery (--discovery) while serving; removed on clean exit.
+    with registration_from_options(
+        discovery,
         host=host,
         port=port,
-        log_level=log_level.lower(),
-        access_log=False,  # our middleware logs one line per request
-        timeout_keep_alive=30,
-    )
+        instance_id=instance_id,
+        storage_path=str(settings.models_dir),
+    ):
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level.lower(),
+            access_log=False,  # our middleware logs one line per request
+            timeout_keep_alive=30,
+        )
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ import base64
 import json
 import logging
 import os
+import signal
 import threading
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
@@ -196,6 +197,10 @@ def registrar_for(uri: str, record: InstanceRecord, ttl: float, timeout: float =
     )
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
 class Registration:
     """Registers at ``start()``, renews every ``ttl/3`` in a thread, removes at ``stop()``."""
 
@@ -204,6 +209,7 @@ class Registration:
         self.interval = max(0.5, ttl / 3)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="discovery-keepalive", daemon=True)
+        self._old_sigterm: Any = None
 
     def start(self) -> Registration:
         self._attempt(self.registrar.register)
@@ -231,12 +237,18 @@ class Registration:
         self._attempt(self.registrar.deregister)
 
     def __enter__(self) -> Registration:
+        # uvicorn handles SIGTERM, then re-raises it once the server has stopped; with the
+        # default handler that would kill us before __exit__ deregisters. Make it an exit.
+        if threading.current_thread() is threading.main_thread():
+            self._old_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
         return self.start()
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+        if self._old_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._old_sigterm)
 
 
 def registered(

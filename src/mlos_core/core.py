@@ -1,0 +1,269 @@
+"""The server's state and operations, independent of HTTP: storage, registry, uploads, locks.
+
+Blocking file work runs in worker threads; the event loop only coordinates. A per-model
+asyncio lock serialises commits of one model (two concurrent uploads end with one complete
+version); different models never wait for each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from axon.errors import AxonError, ManifestError
+from axon.fsutil import clean_leftovers, remove_tree
+from axon.manifest import MANIFEST_NAME, Manifest
+from axon.refs import ModelRef
+from mlos_core.blobs import BlobStore
+from mlos_core.errors import ApiError, bad_request, not_found, too_large
+from mlos_core.metrics import Metrics
+from mlos_core.registry import ModelEntry, Registry, entry_from_manifest, inference_endpoint
+from mlos_core.settings import Settings
+from mlos_core.tenants import Tenants
+from mlos_core.uploads import Upload, UploadStore, expires_at, new_upload_id
+from mlos_core.versions import VersionStore
+
+log = logging.getLogger("mlos_core")
+
+
+def parse_ref(model_id: Any) -> ModelRef:
+    if not isinstance(model_id, str) or not model_id:
+        raise bad_request("model_id is required: 'namespace/name@version'", code="invalid_id")
+    try:
+        return ModelRef.parse(model_id)
+    except AxonError as exc:
+        raise bad_request(str(exc), code="invalid_id") from exc
+
+
+def parse_manifest(raw: Any, ref: ModelRef, *, strict: bool) -> Manifest:
+    """A manifest from text or a mapping, validated, with its identity set to ``ref``."""
+    try:
+        if isinstance(raw, str | bytes):
+            manifest = Manifest.from_text(raw, source="manifest")
+        elif isinstance(raw, dict):
+            manifest = Manifest(raw, source="manifest")
+        else:
+            raise bad_request("manifest is required (manifest.yaml text or a JSON object)")
+        manifest.validate(strict=strict)
+    except ManifestError as exc:
+        raise bad_request(f"invalid manifest: {exc}", code="invalid_manifest") from exc
+    return manifest.with_identity(ref.namespace, ref.name, ref.version)
+
+
+class Core:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.models_dir = settings.models_dir
+        self.state_dir = settings.state_dir
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        self.blobs = BlobStore(self.state_dir, durable=settings.durable)
+        self.versions = VersionStore(self.models_dir, self.blobs, durable=settings.durable)
+        self.registry = Registry(self.state_dir / "registry.json", durable=settings.durable)
+        self.uploads = UploadStore(self.state_dir, ttl=settings.upload_ttl)
+        self.tenants = Tenants(settings.tokens_file)
+        self.metrics = Metrics()
+        self._model_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.blob_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.gc_lock = asyncio.Lock()
+
+    # ---- life cycle -----------------------------------------------------------------
+    def startup(self) -> None:
+        """Clean crash leftovers, expire old uploads, load the registry, scan the models."""
+        removed = self.versions.clean_leftovers()
+        removed += clean_leftovers(self.models_dir)
+        for upload in self.uploads.all():
+            if upload.staged:  # staging was just wiped: the upload must prepare again
+                upload.staged = None
+                self.uploads.save(upload)
+        if removed:
+            log.info("removed %d leftover(s) of interrupted writes", len(removed))
+        self.expire_uploads()
+        self.registry.load()
+        self.scan()
+
+    def scan(self) -> tuple[int, int]:
+        """Register every complete model under the models dir; return (found, new)."""
+        found = self.versions.scan()
+        entries = [entry_from_manifest(f.ref, f.path, f.manifest, "scan") for f in found]
+        return len(found), self.registry.put_many(entries)
+
+    def expire_uploads(self) -> int:
+        expired = self.uploads.expired()
+        for upload in expired:
+            log.info("upload %s of %s expired", upload.upload_id, upload.model_id)
+            self.drop_upload(upload)
+        protected = self.protected_blobs()
+        self.blobs.gc_partials(protected, min_age=self.settings.upload_ttl)
+        self.blobs.gc(protected, min_age=self.settings.upload_ttl)
+        return len(expired)
+
+    def protected_blobs(self) -> set[str]:
+        out: set[str] = set()
+        for u in self.uploads.all():
+            out.update(u.blobs())
+        return out
+
+    def drop_upload(self, upload: Upload) -> None:
+        if upload.staged:
+            remove_tree(Path(upload.staged))
+        self.uploads.delete(upload.upload_id)
+        others = self.protected_blobs()
+        for sha in upload.blobs():
+            if sha not in others:
+                self.blobs.drop_partial(sha)
+
+    def model_lock(self, ref: ModelRef) -> asyncio.Lock:
+        return self._model_locks[ref.id]
+
+    # ---- uploads --------------------------------------------------------------------
+    def check_size(self, total: int) -> None:
+        limit = self.settings.max_upload_size
+        if limit is not None and total > limit:
+            raise too_large(
+                f"model is {total} bytes, over this server's --max-upload-size of {limit} bytes"
+            )
+
+    def open_upload(self, ref: ModelRef, manifest: Manifest, tenant: str) -> Upload:
+        files = manifest.files
+        self.check_size(sum(f.size for f in files))
+        upload = Upload(new_upload_id(), ref.id, tenant, manifest.data)
+        self.uploads.save(upload)
+        return upload
+
+    def describe(self, upload: Upload) -> dict[str, Any]:
+        """The answer to open / GET: what is still needed, what the server has."""
+        needed, have = [], []
+        paths = upload.paths_by_blob()
+        for sha, size in upload.blobs().items():
+            offset = self.blobs.offset(sha, size)
+            if offset >= size:
+                have += paths[sha]
+            else:
+                needed.append({"sha256": sha, "size": size, "offset": offset, "paths": paths[sha]})
+        last = self.uploads.last_activity(upload.upload_id)
+        return {
+            "status": "success",
+            "upload_id": upload.upload_id,
+            "model_id": upload.model_id,
+            "unchanged": self.is_unchanged(upload.ref, upload.manifest_obj()),
+            "needed": needed,
+            "have": sorted(have),
+            "state": "prepared" if upload.staged else "open",
+            "expires_at": expires_at(last, self.settings.upload_ttl),
+        }
+
+    def is_unchanged(self, ref: ModelRef, manifest: Manifest) -> bool:
+        path = self.versions.path_for(ref)
+        try:
+            current = Manifest.load(path / MANIFEST_NAME)
+        except ManifestError:
+            return False
+        return current.data == manifest.data
+
+    def prepare(self, upload: Upload) -> Path:
+        """Build the complete, verified model dir in staging (blocking: run in a thread)."""
+        if upload.staged and Path(upload.staged).is_dir():
+            return Path(upload.staged)
+        staged = self.versions.new_staging()
+        try:
+            self.versions.build(staged, upload.manifest_obj())
+        except BaseException:
+            remove_tree(staged)
+            raise
+        upload.staged = str(staged)
+        self.uploads.save(upload)
+        return staged
+
+    def publish_staged(self, staged: Path, ref: ModelRef, manifest: Manifest) -> ModelEntry:
+        """Make a prepared dir visible and register it (blocking; hold the model lock)."""
+        final = self.versions.publish(staged, ref)
+        entry = entry_from_manifest(ref, final, manifest, "upload")
+        self.registry.put(entry)
+        return entry
+
+    async def commit(self, upload: Upload) -> dict[str, Any]:
+        ref, manifest = upload.ref, upload.manifest_obj()
+        async with self.model_lock(ref):
+            if self.is_unchanged(ref, manifest) and not upload.staged:
+                entry = entry_from_manifest(ref, self.versions.path_for(ref), manifest, "upload")
+                await asyncio.to_thread(self.registry.put, entry)
+            else:
+                staged = await asyncio.to_thread(self.prepare, upload)
+                entry = await asyncio.to_thread(self.publish_staged, staged, ref, manifest)
+            self.uploads.delete(upload.upload_id)
+        self.metrics.upload("resumable", True)
+        return register_answer(entry, "committed")
+
+    # ---- registry operations ----------------------------------------------------------
+    def get_entry(self, ref: ModelRef) -> ModelEntry:
+        entry = self.registry.get(ref.id)
+        if entry is None:
+            raise not_found(
+                f"model {ref.id} is not registered on this instance "
+                "(GET /models lists what is; publish it or POST /models/scan)",
+                code="unknown_model",
+            )
+        return entry
+
+    async def delete_model(self, ref: ModelRef) -> dict[str, Any]:
+        async with self.model_lock(ref):
+            entry = self.registry.remove(ref.id)
+            removed = await asyncio.to_thread(self.versions.delete, ref)
+        if entry is None and not removed:
+            raise not_found(f"model {ref.id} is not registered on this instance")
+        async with self.gc_lock:
+            await asyncio.to_thread(self.blobs.gc, self.protected_blobs())
+        return {"status": "success", "model_id": ref.id, "message": "deleted"}
+
+    async def rollback(self, ref: ModelRef) -> dict[str, Any]:
+        async with self.model_lock(ref):
+            final = await asyncio.to_thread(self.versions.rollback, ref)
+            try:
+                manifest = Manifest.load(final)
+            except ManifestError as exc:
+                raise ApiError(500, "corrupt_model", f"{final}: {exc}") from exc
+            entry = entry_from_manifest(ref, final, manifest, "upload")
+            self.registry.put(entry)
+        return register_answer(entry, "rolled back to the previous version")
+
+    def register(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /models/register`` (upstream payload: ``path`` or ``model_path``)."""
+        ref = parse_ref(body.get("model_id"))
+        raw_path = body.get("path") or body.get("model_path")
+        path = Path(str(raw_path)) if raw_path else self.versions.path_for(ref)
+        if not path.is_dir():
+            raise not_found(
+                f"model directory {path} does not exist on this instance; copy the model "
+                "there first (or upload it with POST /models/upload)",
+                code="path_not_found",
+            )
+        try:
+            manifest = Manifest.load(path)
+            entry = entry_from_manifest(ref, path, manifest, "register")
+        except ManifestError:
+            entry = ModelEntry(id=ref.id, name=ref.name, path=str(path), source="register")
+        entry.framework = body.get("framework") or entry.framework
+        entry.execution_format = body.get("execution_format") or entry.execution_format
+        entry.description = body.get("description") or entry.description
+        existed = self.registry.put(entry)
+        return register_answer(entry, "already registered" if existed else "registered")
+
+
+def register_answer(entry: ModelEntry, message: str) -> dict[str, Any]:
+    return {
+        "status": "success",
+        "message": message,
+        "model_id": entry.id,
+        "name": entry.name,
+        "path": entry.path,
+        "framework": entry.framework,
+        "inference_endpoint": inference_endpoint(entry.id),
+    }
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,166 @@
+"""The resumable upload protocol (docs/upload-protocol.md) and rollback: ``/v1/...`` routes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from mlos_core.blobs import BlobWriter, check_sha256
+from mlos_core.core import Core, parse_manifest, parse_ref
+from mlos_core.errors import ApiError, bad_request
+from mlos_core.receive import receive_blob
+from mlos_core.uploads import Upload
+
+
+def core_of(request: Request) -> Core:
+    core: Core = request.app.state.core
+    return core
+
+
+async def json_body(request: Request, limit: int = 32 * 1024 * 1024) -> dict[str, Any]:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, "too_large", f"JSON body over {limit} bytes")
+    try:
+        data = json.loads(body or b"{}")
+    except ValueError as exc:
+        raise bad_request(f"body is not valid JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(data, dict):
+        raise bad_request("body must be a JSON object", code="invalid_json")
+    return data
+
+
+def owned_upload(core: Core, request: Request) -> Upload:
+    """The upload named in the path, if the caller's tenant may write its namespace."""
+    upload = core.uploads.get(request.path_params["upload_id"])
+    core.tenants.authorize(request.headers.get("authorization"), upload.ref.namespace)
+    return upload
+
+
+async def open_upload(request: Request) -> JSONResponse:
+    core = core_of(request)
+    body = await json_body(request)
+    ref = parse_ref(body.get("model_id"))
+    tenant = core.tenants.authorize(request.headers.get("authorization"), ref.namespace)
+    manifest = parse_manifest(body.get("manifest"), ref, strict=True)
+    async with core.gc_lock:
+        upload = core.open_upload(ref, manifest, tenant.name)
+        answer = await asyncio.to_thread(core.describe, upload)
+    have = set(answer["have"])
+    core.metrics.deduplicated(sum(f.size for f in manifest.files if f.path in have))
+    return JSONResponse(answer, status_code=201)
+
+
+async def get_upload(request: Request) -> JSONResponse:
+    core = core_of(request)
+    upload = owned_upload(core, request)
+    return JSONResponse(await asyncio.to_thread(core.describe, upload))
+
+
+def _blob_of(upload: Upload, request: Request) -> tuple[str, int]:
+    sha = check_sha256(request.path_params["sha256"])
+    size = upload.blobs().get(sha)
+    if size is None:
+        raise ApiError(
+            404, "unknown_blob", f"upload {upload.upload_id} has no file with sha256 {sha}"
+        )
+    return sha, size
+
+
+def _offset_header(request: Request) -> int:
+    raw = request.headers.get("upload-offset", "0")
+    if not raw.isdigit():
+        raise bad_request(f"Upload-Offset must be a byte count, got {raw[:40]!r}")
+    return int(raw)
+
+
+async def head_blob(request: Request) -> Response:
+    core = core_of(request)
+    upload = core.uploads.get(request.path_params["upload_id"])
+    sha, size = _blob_of(upload, request)
+    offset = core.blobs.offset(sha, size)
+    return Response(headers={"Upload-Offset": str(offset), "Upload-Length": str(size)})
+
+
+async def put_blob(request: Request) -> Response:
+    core = core_of(request)
+    upload = owned_upload(core, request)
+    sha, size = _blob_of(upload, request)
+    offset = _offset_header(request)
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and offset + int(declared) > size:
+        raise bad_request(
+            f"body of {declared} bytes from offset {offset} is longer than the blob "
+            f"({size} bytes); nothing stored",
+            code="size_mismatch",
+        )
+    core.uploads.touch(upload.upload_id)
+    async with core.blob_locks[sha]:
+        if core.blobs.has(sha, size):  # another upload completed it meanwhile
+            async for _ in request.stream():
+                pass
+            return _blob_answer(sha, size, True, 201)
+        writer = BlobWriter(core.blobs, sha, size, offset)
+        try:
+            complete = await receive_blob(request.stream(), writer, core.metrics.received)
+        except ClientDisconnect:
+            return Response(status_code=499)  # nobody is listening any more
+        finally:
+            core.uploads.touch(upload.upload_id)
+    return _blob_answer(sha, writer.offset, complete, 201 if complete else 200)
+
+
+def _blob_answer(sha: str, offset: int, complete: bool, status: int) -> JSONResponse:
+    body = {"status": "success", "sha256": sha, "offset": offset, "complete": complete}
+    return JSONResponse(body, status_code=status)
+
+
+async def prepare_upload(request: Request) -> JSONResponse:
+    core = core_of(request)
+    upload = owned_upload(core, request)
+    async with core.model_lock(upload.ref):
+        await asyncio.to_thread(core.prepare, upload)
+    return JSONResponse({"status": "success", "upload_id": upload.upload_id, "state": "prepared"})
+
+
+async def commit_upload(request: Request) -> JSONResponse:
+    core = core_of(request)
+    upload = owned_upload(core, request)
+    try:
+        return JSONResponse(await core.commit(upload))
+    except ApiError:
+        core.metrics.upload("resumable", False)
+        raise
+
+
+async def abort_upload(request: Request) -> JSONResponse:
+    core = core_of(request)
+    upload = owned_upload(core, request)
+    await asyncio.to_thread(core.drop_upload, upload)
+    return JSONResponse({"status": "success", "upload_id": upload.upload_id, "state": "aborted"})
+
+
+async def rollback_model(request: Request) -> JSONResponse:
+    core = core_of(request)
+    ref = parse_ref(request.path_params["model_id"])
+    core.tenants.authorize(request.headers.get("authorization"), ref.namespace)
+    return JSONResponse(await core.rollback(ref))
+
+
+ROUTES = [
+    Route("/v1/uploads", open_upload, methods=["POST"]),
+    Route("/v1/uploads/{upload_id}", get_upload, methods=["GET"]),
+    Route("/v1/uploads/{upload_id}", abort_upload, methods=["DELETE"]),
+    Route("/v1/uploads/{upload_id}/blobs/{sha256}", put_blob, methods=["PUT"]),
+    Route("/v1/uploads/{upload_id}/blobs/{sha256}", head_blob, methods=["HEAD"]),
+    Route("/v1/uploads/{upload_id}/prepare", prepare_upload, methods=["POST"]),
+    Route("/v1/uploads/{upload_id}/commit", commit_upload, methods=["POST"]),
+    Route("/v1/models/{model_id:path}/rollback", rollback_model, methods=["POST"]),
+]

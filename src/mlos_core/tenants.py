@@ -1,0 +1,113 @@
+"""Tenants: who may write which namespaces (``--tokens FILE``).
+
+The tokens file is YAML::
+
+    tenants:
+      acme:
+        tokens: ["s3cret-acme"]            # plain tokens, or
+        token_sha256: ["9f86d08..."]       # sha256 hex of tokens (keeps secrets off disk)
+        namespaces: ["acme", "acme-*"]     # shell-style patterns; "*" = every namespace
+      ops:
+        tokens: ["s3cret-ops"]
+        namespaces: ["*"]
+
+Without a tokens file every write is allowed (and the server binds loopback by default).
+With one, a write needs ``Authorization: Bearer <token>``: 401 without or with an unknown
+token, 403 when the token's tenant does not own the model's namespace. Reads stay open.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import hmac
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from mlos_core.errors import ApiError
+
+
+@dataclass(frozen=True)
+class Tenant:
+    name: str
+    namespaces: tuple[str, ...]
+
+    def owns(self, namespace: str) -> bool:
+        return any(fnmatch.fnmatchcase(namespace, pat) for pat in self.namespaces)
+
+
+ANONYMOUS = Tenant("anonymous", ("*",))
+
+
+class TokensFileError(ValueError):
+    pass
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class Tenants:
+    """Token -> tenant lookup. ``Tenants(None)`` allows everything (no tokens file)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._by_digest: dict[str, Tenant] = {}
+        if path is not None:
+            self._load(path)
+
+    @property
+    def enabled(self) -> bool:
+        return self.path is not None
+
+    def _load(self, path: Path) -> None:
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise TokensFileError(f"{path}: cannot read tokens file: {exc}") from exc
+        tenants = raw.get("tenants") if isinstance(raw, dict) else None
+        if not isinstance(tenants, dict) or not tenants:
+            raise TokensFileError(f"{path}: expected a 'tenants:' mapping (see README)")
+        for name, spec in tenants.items():
+            if not isinstance(spec, dict):
+                raise TokensFileError(f"{path}: tenants.{name} must be a mapping")
+            namespaces = spec.get("namespaces") or []
+            if not isinstance(namespaces, list) or not all(isinstance(n, str) for n in namespaces):
+                raise TokensFileError(f"{path}: tenants.{name}.namespaces must be a list")
+            tenant = Tenant(str(name), tuple(namespaces))
+            digests = [_digest(str(t)) for t in spec.get("tokens") or []]
+            digests += [str(d).lower() for d in spec.get("token_sha256") or []]
+            if not digests:
+                raise TokensFileError(f"{path}: tenants.{name} has no tokens")
+            for d in digests:
+                self._by_digest[d] = tenant
+
+    def authenticate(self, authorization: str | None) -> Tenant:
+        """The tenant of a request's ``Authorization`` header; 401 when it has none."""
+        if not self.enabled:
+            return ANONYMOUS
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(
+                401,
+                "unauthorized",
+                "this server needs 'Authorization: Bearer <token>' for writes",
+            )
+        digest = _digest(token.strip())
+        for known, tenant in self._by_digest.items():
+            if hmac.compare_digest(known, digest):
+                return tenant
+        raise ApiError(401, "unauthorized", "unknown token (ask the server's operator for one)")
+
+    def authorize(self, authorization: str | None, namespace: str) -> Tenant:
+        """401/403 unless the request's tenant may write ``namespace``."""
+        tenant = self.authenticate(authorization)
+        if not tenant.owns(namespace):
+            raise ApiError(
+                403,
+                "forbidden",
+                f"tenant {tenant.name!r} may not write namespace {namespace!r}; nothing changed",
+            )
+        return tenant

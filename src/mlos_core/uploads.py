@@ -1,0 +1,121 @@
+"""Resumable upload sessions (docs/upload-protocol.md), persisted so they survive a restart.
+
+One JSON file per open upload under ``<models-dir>/.mlos/uploads/<upload_id>.json``; its
+mtime is the last activity, so an upload idle longer than ``--upload-ttl`` expires. The
+bytes themselves live in the blob store (``partial/`` while being received), shared by
+every upload that needs the same content.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from axon.fsutil import atomic_write_text
+from axon.manifest import FileEntry, Manifest
+from axon.refs import ModelRef
+from mlos_core.errors import ApiError, not_found
+
+_ID_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+@dataclass
+class Upload:
+    upload_id: str
+    model_id: str
+    tenant: str
+    manifest: dict[str, Any]
+    created: float = field(default_factory=time.time)
+    staged: str | None = None  # prepared (complete, not visible) model dir
+
+    @property
+    def ref(self) -> ModelRef:
+        return ModelRef.parse(self.model_id)
+
+    def manifest_obj(self) -> Manifest:
+        return Manifest(self.manifest)
+
+    def blobs(self) -> dict[str, int]:
+        """sha256 -> size of every unique content of the model."""
+        return {f.sha256: f.size for f in self.manifest_obj().files}
+
+    def paths_by_blob(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for f in self.manifest_obj().files:
+            out.setdefault(f.sha256, []).append(f.path)
+        return out
+
+
+def new_upload_id() -> str:
+    return "u-" + secrets.token_hex(12)
+
+
+def expires_at(last_activity: float, ttl: float) -> str:
+    return datetime.fromtimestamp(last_activity + ttl, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class UploadStore:
+    def __init__(self, state_dir: Path, *, ttl: float) -> None:
+        self.dir = state_dir / "uploads"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.ttl = ttl
+
+    def _path(self, upload_id: str) -> Path:
+        if not upload_id.startswith("u-") or len(upload_id) > 64 or set(upload_id) - _ID_CHARS:
+            raise not_found(f"no upload {upload_id[:70]!r} (bad id)", code="unknown_upload")
+        return self.dir / f"{upload_id}.json"
+
+    def save(self, upload: Upload) -> None:
+        atomic_write_text(self._path(upload.upload_id), json.dumps(asdict(upload)), durable=False)
+
+    def get(self, upload_id: str) -> Upload:
+        path = self._path(upload_id)
+        try:
+            raw = json.loads(path.read_text())
+            upload = Upload(**raw)
+        except FileNotFoundError:
+            raise not_found(
+                f"no upload {upload_id!r}: it was committed, aborted or expired; "
+                "open a new one with POST /v1/uploads",
+                code="unknown_upload",
+            ) from None
+        except (ValueError, TypeError) as exc:
+            raise ApiError(500, "corrupt_upload", f"upload {upload_id} state unreadable") from exc
+        return upload
+
+    def touch(self, upload_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self._path(upload_id))
+
+    def last_activity(self, upload_id: str) -> float:
+        try:
+            return os.stat(self._path(upload_id)).st_mtime
+        except FileNotFoundError:
+            return time.time()
+
+    def delete(self, upload_id: str) -> None:
+        self._path(upload_id).unlink(missing_ok=True)
+
+    def all(self) -> list[Upload]:
+        out = []
+        for p in self.dir.glob("u-*.json"):
+            try:
+                out.append(self.get(p.stem))
+            except ApiError:
+                p.unlink(missing_ok=True)
+        return out
+
+    def expired(self) -> list[Upload]:
+        now = time.time()
+        return [u for u in self.all() if now - self.last_activity(u.upload_id) > self.ttl]
+
+
+def unique_files(files: list[FileEntry]) -> dict[str, int]:
+    return {f.sha256: f.size for f in files}

@@ -1,0 +1,224 @@
+"""Version directories: build from blobs, make visible atomically, keep one previous generation.
+
+Layout under ``<models-dir>``::
+
+    <ns>/<name...>/<version>/          visible model: manifest.yaml + files (hard links to blobs)
+    .mlos/staging/<id>/                a prepared version, complete and fsynced, not visible
+    .mlos/previous/<ns>/<name>/<ver>/  the generation a re-publish replaced (for rollback)
+    .mlos/trash/                       trees being deleted
+
+A version becomes visible with one ``rename`` (new) or ``renameat2(RENAME_EXCHANGE)``
+(replacement): a reader sees the old tree or the new one, never a mix. Everything under
+``staging/`` and ``trash/`` is a leftover after a crash and is removed at start-up.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from axon.errors import AxonError
+from axon.fsutil import exchange, fsync_dir, remove_tree
+from axon.manifest import MANIFEST_NAME, FileEntry, Manifest
+from axon.refs import ModelRef
+from mlos_core.blobs import BlobStore
+from mlos_core.errors import ApiError, no_space, not_found
+
+log = logging.getLogger("mlos_core.versions")
+
+
+@dataclass
+class FoundModel:
+    ref: ModelRef
+    path: Path
+    manifest: Manifest
+
+
+class VersionStore:
+    def __init__(self, models_dir: Path, blobs: BlobStore, *, durable: bool = True) -> None:
+        self.models_dir = models_dir
+        self.state_dir = models_dir / ".mlos"
+        self.staging_dir = self.state_dir / "staging"
+        self.previous_dir = self.state_dir / "previous"
+        self.trash_dir = self.state_dir / "trash"
+        self.blobs = blobs
+        self.durable = durable
+        for d in (self.staging_dir, self.previous_dir, self.trash_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def clean_leftovers(self) -> list[Path]:
+        """Remove staging and trash trees (crash leftovers); called at start-up."""
+        removed = []
+        for d in (self.staging_dir, self.trash_dir):
+            for p in d.iterdir():
+                remove_tree(p)
+                removed.append(p)
+        return removed
+
+    def path_for(self, ref: ModelRef) -> Path:
+        return self.models_dir / ref.relpath
+
+    # ---- building -------------------------------------------------------------------
+    def new_staging(self) -> Path:
+        path = self.staging_dir / uuid.uuid4().hex
+        path.mkdir()
+        return path
+
+    def build(self, staged: Path, manifest: Manifest) -> None:
+        """Fill ``staged`` with hard links to each file's blob + manifest.yaml; fsync dirs."""
+        dirs = {staged}
+        try:
+            for entry in manifest.files:
+                self._link(staged, entry, dirs)
+            with open(staged / MANIFEST_NAME, "w", encoding="utf-8") as fh:
+                fh.write(manifest.to_yaml())
+                if self.durable:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise no_space("the staged model directory") from exc
+            raise
+        if self.durable:
+            for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
+                fsync_dir(d)
+
+    def _link(self, staged: Path, entry: FileEntry, dirs: set[Path]) -> None:
+        blob = self.blobs.path(entry.sha256)
+        try:
+            st = os.stat(blob)
+        except FileNotFoundError:
+            raise ApiError(
+                409,
+                "missing_blob",
+                f"{entry.path}: content {entry.sha256[:12]} has not been uploaded; "
+                "send it, then commit again",
+            ) from None
+        if st.st_size != entry.size:
+            raise ApiError(
+                422,
+                "size_mismatch",
+                f"{entry.path}: manifest says {entry.size} bytes, content {entry.sha256[:12]} "
+                f"has {st.st_size}",
+            )
+        dest = staged / entry.path
+        if dest.parent != staged:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            parent = dest.parent
+            while parent != staged:
+                dirs.add(parent)
+                parent = parent.parent
+        os.link(blob, dest)
+
+    # ---- making visible ---------------------------------------------------------------
+    def publish(self, staged: Path, ref: ModelRef) -> Path:
+        """Make ``staged`` the visible version of ``ref``; keep the replaced one as previous."""
+        final = self.path_for(ref)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(staged, final)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            self._swap_in(staged, final, ref)
+        if self.durable:
+            fsync_dir(final.parent)
+        return final
+
+    def _swap_in(self, staged: Path, final: Path, ref: ModelRef) -> None:
+        if exchange(staged, final):
+            self._keep_previous(staged, ref)  # ``staged`` holds the old tree now
+            return
+        aside = self.trash_dir / uuid.uuid4().hex
+        os.rename(final, aside)  # no exchange: a microsecond gap with no directory
+        os.rename(staged, final)
+        self._keep_previous(aside, ref)
+
+    def _keep_previous(self, old: Path, ref: ModelRef) -> None:
+        prev = self.previous_dir / ref.relpath
+        prev.parent.mkdir(parents=True, exist_ok=True)
+        if prev.exists():
+            doomed = self.trash_dir / uuid.uuid4().hex
+            os.rename(prev, doomed)
+            remove_tree(doomed)
+        os.rename(old, prev)
+
+    def rollback(self, ref: ModelRef) -> Path:
+        """Swap the previous generation back in (rolling back twice rolls forward)."""
+        prev = self.previous_dir / ref.relpath
+        final = self.path_for(ref)
+        if not prev.is_dir():
+            raise not_found(f"{ref.id}: no previous version kept on this instance")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if not final.exists():
+            os.rename(prev, final)
+        elif not exchange(prev, final):
+            aside = self.trash_dir / uuid.uuid4().hex
+            os.rename(final, aside)
+            os.rename(prev, final)
+            os.rename(aside, prev)
+        if self.durable:
+            fsync_dir(final.parent)
+        return final
+
+    def delete(self, ref: ModelRef) -> bool:
+        """Remove the visible version and its previous generation. False if absent."""
+        found = False
+        for path in (self.path_for(ref), self.previous_dir / ref.relpath):
+            if path.is_dir():
+                doomed = self.trash_dir / uuid.uuid4().hex
+                os.rename(path, doomed)
+                remove_tree(doomed)
+                found = True
+        self._prune_empty(self.path_for(ref).parent)
+        return found
+
+    def _prune_empty(self, d: Path) -> None:
+        while d != self.models_dir and d.is_dir():
+            try:
+                d.rmdir()
+            except OSError:
+                return
+            d = d.parent
+
+    # ---- finding ----------------------------------------------------------------------
+    def scan(self) -> list[FoundModel]:
+        """Every complete model under the models dir (manifest.yaml + every listed file)."""
+        found: list[FoundModel] = []
+        for dirpath, dirs, files in os.walk(self.models_dir):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            if MANIFEST_NAME not in files:
+                continue
+            path = Path(dirpath)
+            rel = path.relative_to(self.models_dir).parts
+            dirs.clear()  # a model dir does not nest models
+            try:
+                ref = ModelRef.from_parts(rel)
+                manifest = Manifest.load(path)
+            except AxonError as exc:
+                log.warning("scan: skipping %s: %s", path, exc)
+                continue
+            missing = incomplete_files(path, manifest)
+            if missing:
+                log.warning("scan: skipping incomplete %s: %s", path, ", ".join(missing[:5]))
+                continue
+            found.append(FoundModel(ref, path, manifest))
+        return found
+
+
+def incomplete_files(path: Path, manifest: Manifest) -> list[str]:
+    """Listed files that are missing or (when a size is given) of the wrong size."""
+    bad = []
+    for entry in manifest.files:
+        try:
+            st = os.stat(path / entry.path)
+        except OSError:
+            bad.append(f"{entry.path} missing")
+            continue
+        if entry.size and st.st_size != entry.size:
+            bad.append(f"{entry.path} has {st.st_size} bytes, manifest says {entry.size}")
+    return bad
