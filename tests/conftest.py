@@ -13,6 +13,7 @@ pytest_plugins = [
     "tests.fixtures.sshd",
     "tests.fixtures.s3",
     "tests.fixtures.etcd",
+    "tests.fixtures.proxy",
 ]
 
 
