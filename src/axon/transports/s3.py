@@ -269,8 +269,11 @@ class S3Store:
 
     # ---- reads ---------------------------------------------------------------------
     def check_bucket(self) -> None:
-        """Raise a clear error when the bucket is missing or the credentials are refused."""
-        self.call("head_bucket")
+        """Raise a clear error when the bucket is missing or the credentials are refused.
+
+        A GET, not HEAD: a HEAD error has no body, so a bad key and a denied one look alike.
+        """
+        self.call("list_objects_v2", Prefix=self.key(), MaxKeys=1)
 
     def head(self, key: str) -> dict[str, Any] | None:
         """HEAD ``key``: its metadata, or None when absent."""

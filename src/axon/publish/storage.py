@@ -1,0 +1,255 @@
+"""Publishing to network storage that many instances read (the seed's Option B).
+
+One publish writes the model once to the storage, then tells each of the target's
+``notify_instances`` about it; the result reports the storage write and every instance::
+
+    shared dir / file://   FilesystemTransport on the directory      then POST /models/register
+    nfs://server/export     FilesystemTransport on its local mount    then POST /models/register
+    s3://bucket/prefix      S3Transport (blobs, then manifest)        then POST /models/scan
+                                                                       (the instance pulls) and
+                                                                       GET /models/{id}
+
+On a directory the write is the same stage -> fsync -> rename as for one instance, so an
+instance scanning the share mid-publish sees the old version or the new one, complete. On S3
+the manifest is written last (see :mod:`axon.transports.s3`). Retries and resume come from
+:class:`axon.publish.instance.StagedPublish`, which works on any transport.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, cast
+
+from axon.errors import EXIT_NOT_NOTIFIED, AxonError, NotifyError
+from axon.progress import NULL_PROGRESS, Progress
+from axon.publish.instance import StagedPublish
+from axon.publish.notify import is_registered, notify_instance
+from axon.publish.plan import InstancePlan, PlannedFile, PreparedModel, PublishOptions
+from axon.transports.base import Transport
+
+if TYPE_CHECKING:
+    from axon.targets import InstanceTarget, StorageTarget
+
+
+@dataclass
+class InstanceNotice:
+    """How telling one instance about the published model went."""
+
+    target: str
+    endpoint: str
+    action: str  # "register" (shared dir / NFS) or "scan" (S3: the instance pulls)
+    registered: bool = False
+    seconds: float = 0.0
+    error: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class StorageResult:
+    """The outcome of one storage publish: the write, then one notice per instance."""
+
+    target: str
+    storage_type: str
+    location: str  # where the model is now: a directory or s3://bucket/prefix/ns/name/v
+    files_sent: int = 0
+    files_skipped: int = 0
+    bytes_sent: int = 0
+    seconds: float = 0.0
+    attempts: int = 0
+    published: bool = False
+    error: dict[str, Any] | None = None
+    instances: list[InstanceNotice] = field(default_factory=list)
+    plans: list[InstancePlan] | None = None  # dry run only
+
+    @property
+    def ok(self) -> bool:
+        return self.published and all(n.ok for n in self.instances)
+
+    @property
+    def exit_code(self) -> int:
+        if self.error is not None:
+            return int(self.error.get("exit_code") or 1)
+        return 0 if self.ok else EXIT_NOT_NOTIFIED
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if k != "plans"}
+        data["instances"] = [{**asdict(n), "ok": n.ok} for n in self.instances]
+        data.update(ok=self.ok, exit_code=self.exit_code)
+        if self.plans is not None:
+            data["plans"] = [p.to_dict() for p in self.plans]
+        return data
+
+
+def storage_transport(storage: StorageTarget, options: PublishOptions | None = None) -> Transport:
+    """The transport writing to ``storage`` (S3, or a directory: shared, file:// or NFS).
+
+    ``options.extra["s3"]`` (a dict of :class:`~axon.transports.s3.S3Settings` fields) tunes
+    S3 multipart uploads.
+    """
+    if storage.storage_type == "s3" or storage.location.startswith("s3://"):
+        from axon.transports.s3 import S3Settings, S3Transport
+
+        tuning = (options.extra.get("s3") if options else None) or {}
+        return S3Transport.from_target(storage, settings=S3Settings(**tuning))
+    from axon.mounts import resolve_location
+    from axon.transports.filesystem import FilesystemTransport
+
+    root = resolve_location(storage.location, mount_path=storage.mount_path, target=storage.name)
+    method = "nfs" if storage.location.startswith("nfs://") else "filesystem"
+    return FilesystemTransport(root, method=method, name=storage.name)
+
+
+def plan_storage(
+    model: PreparedModel, storage: StorageTarget, options: PublishOptions | None = None
+) -> InstancePlan:
+    """What a publish to ``storage`` would send (``--dry-run``); reads, never writes."""
+    with storage_transport(storage, options) as transport:
+        remote = transport.fetch_manifest(model.ref)
+        unchanged = remote is not None and remote.data == model.manifest.data
+        missing = _missing_content(transport, model) if not unchanged else set()
+        location = transport.describe()
+    files = [PlannedFile(f.path, f.size, send=f.sha256 in missing) for f in model.manifest.files]
+    return InstancePlan(
+        target=storage.name,
+        method=transport.method,
+        location=f"{location.rstrip('/')}/{model.ref.relpath}",
+        path=None,
+        files=files,
+        unchanged=unchanged,
+    )
+
+
+def _missing_content(transport: Transport, model: PreparedModel) -> set[str]:
+    from axon.transports.s3 import S3Transport
+
+    if isinstance(transport, S3Transport):
+        store = transport.store
+        return {f.sha256 for f in model.manifest.files if not store.has_blob(f)}
+    remote = transport.fetch_manifest(model.ref)
+    have = {f.sha256 for f in remote.files} if remote is not None else set()
+    return {f.sha256 for f in model.manifest.files} - have
+
+
+def publish_to_storage(
+    model: PreparedModel,
+    storage: StorageTarget,
+    options: PublishOptions,
+    progress: Progress = NULL_PROGRESS,
+) -> StorageResult:
+    """Write ``model`` to ``storage`` once, then notify its instances. Never raises for
+    target failures: they are in the result (one entry per instance)."""
+    started = time.monotonic()
+    result = StorageResult(
+        target=storage.name, storage_type=storage.storage_type, location=storage.location
+    )
+    if options.dry_run:
+        result.plans = [plan_storage(model, storage, options)]
+        result.published = True
+        return result
+    transport: Transport | None = None
+    staged: StagedPublish | None = None
+    try:
+        transport = storage_transport(storage, options)
+        # StagedPublish only uses the target's name; storage notifications are ours (below).
+        staged = StagedPublish(
+            model,
+            cast("InstanceTarget", storage),
+            dataclasses.replace(options, notify=False),
+            progress,
+            transport,
+        )
+        staged.stage()
+        written = staged.commit()
+    except AxonError as exc:
+        result.error = {**exc.to_dict(), "exit_code": exc.exit_code}
+        if staged is not None:
+            result.attempts = staged.counters.attempts
+            result.bytes_sent = staged.counters.bytes_sent
+        result.seconds = round(time.monotonic() - started, 3)
+        return result
+    finally:
+        if transport is not None:
+            transport.close()
+    result.published = True
+    result.location = written.location
+    result.files_sent, result.files_skipped = written.files_sent, written.files_skipped
+    result.bytes_sent, result.attempts = written.bytes_sent, written.attempts
+    if options.notify:
+        result.instances = [
+            notify_reader(inst, storage, model, written.path, options)
+            for inst in storage.notify_instances
+        ]
+    result.seconds = round(time.monotonic() - started, 3)
+    return result
+
+
+def notify_reader(
+    instance: InstanceTarget,
+    storage: StorageTarget,
+    model: PreparedModel,
+    written_path: str | None,
+    options: PublishOptions,
+) -> InstanceNotice:
+    """Tell one reader of ``storage`` about ``model``: register its path, or (S3) ask it to
+    scan, which makes it pull the new version, and check that it registered it."""
+    started = time.monotonic()
+    is_s3 = storage.storage_type == "s3" or storage.location.startswith("s3://")
+    notice = InstanceNotice(instance.name, instance.endpoint, "scan" if is_s3 else "register")
+    timeout = min(options.timeout, 120.0)
+    try:
+        if is_s3:
+            _scan(instance, timeout)
+            if not is_registered(instance, model.ref, timeout=timeout):
+                raise NotifyError(
+                    f"{model.ref} is in {storage.location} but {instance.name} did not register "
+                    "it after a scan",
+                    target=instance.name,
+                    url=instance.endpoint,
+                    hint=f"start the instance with --models-url {storage.location} (and "
+                    "--s3-endpoint-url for a non-AWS store), then run axon publish again",
+                )
+        else:
+            notify_instance(
+                instance,
+                model.ref,
+                _reader_path(instance, model, written_path),
+                manifest=model.manifest,
+                timeout=timeout,
+            )
+        notice.registered = True
+    except AxonError as exc:
+        notice.error = {**exc.to_dict(), "exit_code": exc.exit_code}
+    notice.seconds = round(time.monotonic() - started, 3)
+    return notice
+
+
+def _reader_path(instance: InstanceTarget, model: PreparedModel, written: str | None) -> str | None:
+    """The model directory as ``instance`` sees it: under its own ``storage_path`` when the
+    share is mounted elsewhere there, else where we wrote it."""
+    root = instance.storage_path
+    if root and "://" not in root:
+        return f"{root.rstrip('/')}/{model.ref.relpath}"
+    return written
+
+
+def _scan(instance: InstanceTarget, timeout: float) -> None:
+    from axon.transports.api import ApiClient, _env_token
+
+    token = instance.token or _env_token(instance)
+    client = ApiClient(instance.endpoint, token=token, timeout=timeout, name=instance.name)
+    try:
+        client.request("POST", "/models/scan", what="scan for new models", ok=(200, 201, 202))
+    except AxonError as exc:
+        raise NotifyError(
+            f"could not ask {instance.name} to scan: {exc.message}",
+            target=instance.name,
+            url=f"{instance.endpoint.rstrip('/')}/models/scan",
+            hint="once the instance is up, POST /models/scan or re-run the publish",
+        ) from exc
+    finally:
+        client.close()
