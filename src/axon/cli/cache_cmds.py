@@ -1,0 +1,218 @@
+"""``axon init | install | list | info | verify | uninstall``: the dev cache commands.
+
+Each parses its options, calls one function of :mod:`axon.cache` / :mod:`axon.install`, and
+renders the result through :class:`axon.cli.output.Output`. Errors propagate to
+:func:`axon.cli.main.main`, which prints one line and exits with the error's code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from axon.cli.output import Output, human_bytes, json_option, quiet_option
+
+if TYPE_CHECKING:
+    from axon.cache import Cache, CachedModel
+    from axon.progress import Progress
+
+
+def _cache() -> Cache:
+    from axon.cache import Cache
+
+    return Cache.from_config()
+
+
+@contextmanager
+def _progress(out: Output) -> Iterator[Progress]:
+    from axon.cli.progress_view import progress_sink
+
+    with progress_sink(enabled=out.human) as sink:
+        yield sink
+
+
+@click.command("init")
+@json_option
+def init_cmd(as_json: bool) -> None:
+    """Create the config file (if missing) and the cache directories."""
+    from axon.config import axon_home, default_config_path, load_config, write_default_config
+
+    out = Output(as_json=as_json)
+    path = default_config_path()
+    created = not path.exists()
+    if created:
+        write_default_config(path, axon_home() / "cache")
+    config = load_config()
+    (config.cache_dir / "models").mkdir(parents=True, exist_ok=True)
+    if as_json:
+        out.json({"config": str(path), "created": created, "cache_dir": str(config.cache_dir)})
+        return
+    out.line(f"config: {path}{' (created)' if created else ' (exists, left as is)'}")
+    out.line(f"cache:  {config.cache_dir}")
+
+
+@click.command("install")
+@click.argument("source")
+@click.option(
+    "--as", "as_ref", metavar="REF", help="Install as namespace/name[@version] (default: from "
+    "the source's manifest, or hf/<repo>@<revision> for the Hub)."
+)  # fmt: skip
+@json_option
+@quiet_option
+def install_cmd(source: str, as_ref: str | None, as_json: bool, quiet: bool) -> None:
+    """Install SOURCE into the cache: a model directory, a .axon archive or hf/<repo>[@rev]."""
+    from axon.cache import Cache
+    from axon.config import load_config
+    from axon.install import install_source
+
+    out = Output(as_json=as_json, quiet=quiet)
+    config = load_config()
+    with _progress(out) as progress:
+        model = install_source(
+            source,
+            as_ref=as_ref,
+            cache=Cache(config.cache_dir),
+            progress=progress,
+            hf_token=config.registry.huggingface_token,
+        )
+    if as_json:
+        out.json(model.to_dict())
+        return
+    fmt = model.manifest.execution_format or "unknown format"
+    fw = f" ({model.manifest.framework})" if model.manifest.framework else ""
+    out.line(
+        f"installed {model.ref}: {len(model.manifest.files)} files, "
+        f"{human_bytes(model.total_size)}, {fmt}{fw}"
+    )
+    out.line(f"  {model.path}")
+
+
+@click.command("list")
+@json_option
+def list_cmd(as_json: bool) -> None:
+    """List the models in the cache."""
+    out = Output(as_json=as_json)
+    cache = _cache()
+    models = cache.list()
+    if as_json:
+        out.json({"cache_dir": str(cache.root), "models": [m.to_dict() for m in models]})
+        return
+    if not models:
+        out.line(f"no models in {cache.models_dir} (add one with `axon install SOURCE`)")
+        return
+    rows = [
+        (
+            str(m.ref),
+            m.manifest.execution_format or "",
+            len(m.manifest.files),
+            human_bytes(m.total_size),
+            m.installed_at or "",
+        )
+        for m in models
+    ]
+    out.table(["MODEL", "FORMAT", "FILES", "SIZE", "INSTALLED"], rows)
+
+
+@click.command("info")
+@click.argument("ref")
+@json_option
+def info_cmd(ref: str, as_json: bool) -> None:
+    """Show a cached model: where it is, its format, io and files."""
+    out = Output(as_json=as_json)
+    model = _cache().get(ref)
+    if as_json:
+        out.json({**model.to_dict(), "metadata": model.metadata, "manifest": model.manifest.data})
+        return
+    _render_info(out, model)
+
+
+def _render_info(out: Output, model: CachedModel) -> None:
+    m = model.manifest
+    out.fields(
+        [
+            ("model", str(model.ref)),
+            ("path", str(model.path)),
+            ("format", m.execution_format),
+            ("framework", m.framework),
+            ("description", m.metadata.get("description")),
+            ("installed", model.installed_at),
+            ("source", model.metadata.get("source")),
+            ("size", f"{human_bytes(model.total_size)} in {len(m.files)} files"),
+        ]
+    )
+    io = m.data.get("spec", {}).get("io") if isinstance(m.data.get("spec"), dict) else None
+    if isinstance(io, dict):
+        for direction in ("inputs", "outputs"):
+            names = [_tensor_text(t) for t in io.get(direction) or [] if isinstance(t, dict)]
+            if names:
+                out.line(f"{direction + ':':<12} {', '.join(names)}")
+    out.line()
+    rows = [(f.path, human_bytes(f.size), f.sha256[:16] or "-") for f in m.files]
+    out.table(["FILE", "SIZE", "SHA256"], rows)
+
+
+def _tensor_text(tensor: dict[str, Any]) -> str:
+    shape = tensor.get("shape")
+    dims = "x".join("?" if d == -1 else str(d) for d in shape) if isinstance(shape, list) else ""
+    return f"{tensor.get('name')} {tensor.get('dtype', '')}[{dims}]"
+
+
+@click.command("verify")
+@click.argument("ref")
+@click.option("--full", is_flag=True, help="Re-read every file, even unchanged ones.")
+@json_option
+@quiet_option
+@click.pass_context
+def verify_cmd(ctx: click.Context, ref: str, full: bool, as_json: bool, quiet: bool) -> None:
+    """Check a cached model against its manifest: missing, extra and corrupt files.
+
+    Files unchanged since they were last hashed (same inode, size, mtime and ctime) are not
+    read again unless --full.
+    """
+    from axon.errors import IntegrityError
+
+    out = Output(as_json=as_json, quiet=quiet)
+    cache = _cache()
+    with _progress(out) as progress:
+        model = cache.get(ref)
+        progress.begin("verify", f"verifying {model.ref}", model.total_size or None)
+        report = cache.verify(
+            model.ref, full=full, on_bytes=lambda n: progress.advance("verify", n)
+        )
+        progress.end("verify", ok=report.ok)
+    if as_json:
+        out.json(report.to_dict())
+        if not report.ok:
+            ctx.exit(IntegrityError.exit_code)
+        return
+    if report.ok:
+        out.line(
+            f"ok: {report.ref}: {report.files_checked} files match the manifest "
+            f"({report.files_hashed} read, {human_bytes(report.bytes_hashed)})"
+        )
+        return
+    for problem in report.problems:
+        click.echo(f"  {problem}", err=True)
+    raise IntegrityError(
+        f"{report.ref}: {len(report.problems)} problem(s): " + "; ".join(report.problems[:10]),
+        problems=report.problems,
+        path=str(report.path),
+        hint=f"reinstall it (axon install SOURCE --as {report.ref})",
+    )
+
+
+@click.command("uninstall")
+@click.argument("ref")
+@json_option
+@quiet_option
+def uninstall_cmd(ref: str, as_json: bool, quiet: bool) -> None:
+    """Remove a model from the cache."""
+    out = Output(as_json=as_json, quiet=quiet)
+    path = _cache().uninstall(ref)
+    if as_json:
+        out.json({"removed": ref, "path": str(path)})
+        return
+    out.line(f"removed {ref} ({path})")

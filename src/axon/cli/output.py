@@ -1,0 +1,97 @@
+"""One output object for every command: human text, ``--json`` or ``--quiet``.
+
+Human tables use rich, imported only when a table is drawn (``axon --help`` stays fast).
+JSON goes to stdout as one object; human results go to stdout, notes to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+F = Callable[..., Any]
+
+
+def human_bytes(n: float) -> str:
+    """``4.2 MiB``-style sizes (binary units, as ``du -h``)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+@dataclass
+class Output:
+    """How a command prints: ``as_json`` (one JSON object), ``quiet`` (errors only)."""
+
+    as_json: bool = False
+    quiet: bool = False
+
+    @property
+    def human(self) -> bool:
+        return not self.as_json and not self.quiet
+
+    def json(self, data: Any) -> None:
+        click.echo(json.dumps(data, indent=2, default=str))
+
+    def line(self, text: str = "") -> None:
+        """A result line on stdout (human mode only)."""
+        if self.human:
+            click.echo(text)
+
+    def note(self, text: str) -> None:
+        """A side remark on stderr (human mode only)."""
+        if self.human:
+            click.echo(text, err=True)
+
+    def table(
+        self, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str | None = None
+    ) -> None:
+        """A human table (rich, imported only now); plain text when stdout is not a tty."""
+        if not self.human:
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console(soft_wrap=True)
+        if not console.is_terminal:
+            _plain_table(columns, rows, title)
+            return
+        table = Table(title=title, show_edge=False, header_style="bold")
+        for col in columns:
+            table.add_column(col, overflow="fold")
+        for row in rows:
+            table.add_row(*("" if v is None else str(v) for v in row))
+        console.print(table)
+
+    def fields(self, pairs: Sequence[tuple[str, Any]]) -> None:
+        """``key: value`` lines, aligned."""
+        if not self.human:
+            return
+        width = max((len(k) for k, _ in pairs), default=0)
+        for key, value in pairs:
+            if value not in (None, "", []):
+                click.echo(f"{key + ':':<{width + 1}} {value}")
+
+
+def _plain_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None) -> None:
+    text_rows = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in text_rows]) for i, c in enumerate(columns)]
+    if title:
+        click.echo(title)
+    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in text_rows:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")(func)
+
+
+def quiet_option(func: F) -> F:
+    return click.option("-q", "--quiet", is_flag=True, help="Print errors only.")(func)
