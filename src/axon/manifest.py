@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import yaml
-
 from axon.errors import ManifestError
 
 MANIFEST_NAME = "manifest.yaml"
@@ -112,6 +110,8 @@ class Manifest:
                 raise ManifestError(f"not UTF-8 text ({exc})", path=source) from exc
         if len(text) > MAX_MANIFEST_BYTES:
             raise ManifestError("larger than 16 MiB", path=source)
+        import yaml  # here, not at the top: `axon --help` must not pay for it
+
         try:
             data = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
         except (yaml.YAMLError, json.JSONDecodeError, RecursionError) as exc:
@@ -344,6 +344,8 @@ class Manifest:
 
     # ---- writing -------------------------------------------------------------------
     def to_yaml(self) -> str:
+        import yaml
+
         return yaml.safe_dump(self.data, sort_keys=False, allow_unicode=True)
 
     def to_json(self) -> str:
