@@ -29,6 +29,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -37,6 +38,7 @@ import signal
 import stat
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # remote Pythons (>= 3.7) cannot subscript collections.abc at runtime
@@ -108,6 +110,37 @@ def _sizes_under(top: str, skip: str = "") -> dict[str, int]:
     return out
 
 
+def _lock(fd: int, kind: int, wait: float, path: str) -> None:
+    """flock ``fd``, waiting up to ``wait`` s: a receiver cut mid-file may still be writing
+    its last chunk, and two publishers must never append to the same partial file."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, kind | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise StageError("busy", "another transfer is writing this file", path) from None
+            time.sleep(0.05)
+
+
+def _partial_sizes(part_dir: str) -> dict[str, int]:
+    """Sizes of the partial blobs, each read once no receiver holds it."""
+    out: dict[str, int] = {}
+    for sha, _size in _sizes_under(part_dir).items():
+        path = os.path.join(part_dir, sha)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            _lock(fd, fcntl.LOCK_SH, 5.0, path)
+            out[sha] = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+    return out
+
+
 def _fsync_path(path: str, directory: bool = False) -> None:
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
     try:
@@ -135,7 +168,7 @@ def status(root: str, rel: str, digest: str = "") -> dict[str, Any]:
         stage = staging_dir(root, rel, digest)
         staged = _sizes_under(stage, skip=PARTIAL)
         staged.pop(MANIFEST, None)
-        partials = _sizes_under(os.path.join(stage, PARTIAL))
+        partials = _partial_sizes(os.path.join(stage, PARTIAL))
     return {"manifest": manifest, "current": current, "staged": staged, "partials": partials}
 
 
@@ -178,10 +211,13 @@ def receive(
     on_bytes: Progress = lambda n: None,
     dir_mode: int | None = None,
     file_mode: int | None = None,
+    ready: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Receive one blob ``{"sha256", "size", "offset", "paths"}`` from ``read``.
 
-    Returns ``{"complete": True}`` once verified and placed at every path, or
+    ``ready()`` is called once the partial file is locked and its prefix hashed, just before
+    the first byte is read (the remote tells the client to start streaming). Returns
+    ``{"complete": True}`` once verified and placed at every path, or
     ``{"complete": False, "offset": n}`` when the input ended early (kept for resume).
     """
     _check_root(root)
@@ -192,6 +228,7 @@ def receive(
     part = os.path.join(part_dir, sha)
     fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o644 if file_mode is None else file_mode)
     try:
+        _lock(fd, fcntl.LOCK_EX, 5.0, part)
         have = os.fstat(fd).st_size
         if have > size:  # not a prefix of this blob: start over
             os.ftruncate(fd, 0)
@@ -207,6 +244,8 @@ def receive(
         finally:
             os.close(rfd)
         os.lseek(fd, offset, os.SEEK_SET)
+        if ready is not None:
+            ready()
         got = offset + _pump(fd, read, h, size - offset, on_bytes)
         if got < size:
             return {"complete": False, "offset": got}
@@ -426,34 +465,74 @@ def _error(exc: BaseException) -> dict[str, Any]:
     return {"ok": False, "code": "internal", "message": f"{type(exc).__name__}: {exc}"}
 
 
+def _reply(out: Any, answer: dict[str, Any]) -> None:
+    out.write((json.dumps(answer) + "\n").encode("utf-8"))
+    out.flush()
+
+
+def _serve_receive(inp: Any, out: Any, params: dict[str, Any]) -> dict[str, Any]:
+    blob = params["blob"]
+    left = [int(blob["size"]) - int(blob["offset"])]
+
+    def read(view: memoryview) -> int:
+        if left[0] <= 0:
+            return 0
+        n = int(inp.readinto(view[: min(len(view), left[0])]) or 0)
+        left[0] -= n
+        return n
+
+    return receive(read=read, ready=lambda: _reply(out, {"ok": True, "ready": True}), **params)
+
+
+def serve(inp: Any, out: Any) -> int:
+    """Answer requests until EOF: one JSON line ``{"op", "params"}`` in, one JSON line out.
+
+    ``receive`` is a dialogue: request line, ``{"ready": true}`` (or an error: then no bytes
+    follow), exactly ``size - offset`` raw bytes, result line. After a failure mid-bytes, or
+    input that ends early (a cut connection), the framing is lost: answer and exit.
+    """
+    ops: dict[str, Callable[..., dict[str, Any]]] = {
+        "status": status,
+        "prepare": prepare,
+        "commit": commit,
+        "abort": abort,
+    }
+    while True:
+        line = inp.readline()
+        if not line:
+            return 0
+        streaming = False
+        try:
+            req = json.loads(line)
+            op, params = req.get("op"), req.get("params") or {}
+            if op == "receive":
+                streaming = True
+                answer = _serve_receive(inp, out, params)
+                if not answer["complete"]:
+                    answer["ok"] = True
+                    _reply(out, answer)
+                    return 0
+            elif op in ops:
+                answer = ops[op](**params)
+            else:
+                raise StageError("usage", f"unknown operation {op!r}")
+            answer["ok"] = True
+        except Exception as exc:
+            _reply(out, _error(exc))
+            if streaming:
+                return 3
+            continue
+        _reply(out, answer)
+
+
 def main(argv: list[str]) -> int:
-    """``<op> <json params>``; ``receive`` reads the blob bytes from stdin, ``prepare`` its
-    params from stdin. Prints one JSON line; exit status 0 ok, 3 protocol/OS error."""
+    """Entry point on the remote host: ``serve`` on stdin/stdout."""
     # A dropped connection must leave a resumable partial file, not kill us mid-write.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    op = argv[1]
-    params = json.loads(argv[2]) if len(argv) > 2 else json.loads(sys.stdin.read())
-    stdin = sys.stdin.buffer.raw  # type: ignore[union-attr]
     try:
-        if op == "status":
-            out = status(**params)
-        elif op == "receive":
-            out = receive(read=stdin.readinto, **params)
-        elif op == "prepare":
-            out = prepare(**params)
-        elif op == "commit":
-            out = commit(**params)
-        elif op == "abort":
-            out = abort(**params)
-        else:
-            raise StageError("usage", f"unknown operation {op!r}")
-        out["ok"] = True
-        code = 0
-    except Exception as exc:
-        out, code = _error(exc), 3
-    sys.stdout.write(json.dumps(out) + "\n")
-    sys.stdout.flush()
-    return code
+        return serve(sys.stdin.buffer, sys.stdout.buffer)
+    except BrokenPipeError:  # the client went away; partial files are kept for resume
+        return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,458 @@
+"""Publish to a models directory on another host over SSH, with the system OpenSSH client.
+
+The remote side runs the same staged-directory protocol as the filesystem transport: the
+stdlib-only :mod:`axon.transports.stagedir` is shipped as ``python3 -c <source> <op>`` (the
+host needs Python >= 3.7, nothing else). So remotely too: only missing files move, unchanged
+files are hard-linked from the current version, a cut transfer resumes at its offset, every
+received byte is hashed on the remote while it is written, and the new version appears with
+one ``renameat2(RENAME_EXCHANGE)`` (rename-aside + rename-in where unavailable).
+
+Connections: one ControlMaster per transport, its socket in a private temp dir, started once
+(``ssh -M -N -f``) and shared by every operation; each file travels in its own channel,
+streamed from the file into ssh's stdin (``sendfile``). ``BatchMode=yes``: never a password
+prompt. Keys come from the usual places and ``~/.ssh/config``, or ``ssh_key``. When the user
+sets no cipher we prefer AES-GCM (hardware accelerated almost everywhere), falling back to
+OpenSSH's defaults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from axon.errors import (
+    AuthenticationError,
+    AxonError,
+    RemoteError,
+    TargetUnreachableError,
+    TransportError,
+)
+from axon.manifest import FileEntry, Manifest
+from axon.refs import ModelRef
+from axon.transports import stagedir
+from axon.transports.base import CommitInfo, OnBytes, Session, Transport, _nothing
+from axon.transports.filesystem import (
+    DEFAULT_ROOT,
+    StagePlan,
+    error_from_code,
+    manifest_digest,
+    plan_session,
+)
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from axon.targets import InstanceTarget
+
+CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr"
+SEND_CHUNK = 4 * 1024 * 1024
+_HELPER = Path(stagedir.__file__).read_text(encoding="utf-8")
+
+_UNREACHABLE = (
+    "connection refused",
+    "connection timed out",
+    "operation timed out",
+    "no route to host",
+    "could not resolve hostname",
+    "network is unreachable",
+    "connection closed",
+    "connection reset",
+    "kex_exchange_identification",
+    "broken pipe",
+    "timed out",
+)
+
+
+class SshTransport(Transport):
+    """``root`` on ``host``, reached with the system ``ssh`` client."""
+
+    method = "ssh"
+
+    def __init__(
+        self,
+        host: str,
+        *,
+        user: str | None = None,
+        port: int = 22,
+        key: str | os.PathLike[str] | None = None,
+        options: Sequence[str] = (),
+        root: str,
+        dir_mode: int | None = None,
+        file_mode: int | None = None,
+        timeout: float = 30.0,
+        name: str | None = None,
+        python: str = "python3",
+    ) -> None:
+        self.host = host
+        self.user = user
+        self.port = int(port or 22)
+        self.key = os.fspath(key) if key else None
+        self.options = list(options)
+        self.root = root.rstrip("/") or "/"
+        self.dir_mode = dir_mode
+        self.file_mode = file_mode
+        self.timeout = timeout
+        self.python = python
+        self.name = name or self.where
+        self._ctl_dir: str | None = None
+        self._master = False
+        self._helper: subprocess.Popen[bytes] | None = None
+        self._errfile: IO[bytes] | None = None
+
+    @classmethod
+    def from_target(cls, target: InstanceTarget) -> Self:
+        host = target.ssh_host
+        if not host:
+            from urllib.parse import urlsplit
+
+            host = urlsplit(target.endpoint).hostname or target.name
+        return cls(
+            host,
+            user=target.ssh_user,
+            port=target.ssh_port or 22,
+            key=target.ssh_key,
+            options=list(target.ssh_options or ()),
+            root=target.storage_path or DEFAULT_ROOT,
+            dir_mode=target.dir_mode,
+            file_mode=target.file_mode,
+            timeout=target.timeout,
+            name=target.name,
+        )
+
+    # ---- description ---------------------------------------------------------------------
+    @property
+    def where(self) -> str:
+        """``user@host:port`` for messages."""
+        return f"{self.user + '@' if self.user else ''}{self.host}:{self.port}"
+
+    def describe(self) -> str:
+        user = f"{self.user}@" if self.user else ""
+        return f"ssh://{user}{self.host}:{self.port}{self.root}"
+
+    def instance_path(self, ref: ModelRef) -> str | None:
+        return f"{self.root.rstrip('/')}/{ref.relpath}"
+
+    # ---- ssh plumbing --------------------------------------------------------------------
+    def _user_sets(self, key: str) -> bool:
+        return any(key.lower() in opt.lower() for opt in self.options)
+
+    def ssh_args(self) -> list[str]:
+        """The ``ssh`` command line up to (and including) the host, without the command."""
+        args = ["ssh", "-p", str(self.port), "-o", "BatchMode=yes"]
+        args += ["-o", f"ConnectTimeout={max(1, int(self.timeout))}"]
+        args += ["-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3"]
+        if self._ctl_dir:
+            args += ["-o", f"ControlPath={self._ctl_dir}/cm-%C"]
+        if self.key:
+            args += ["-i", self.key, "-o", "IdentitiesOnly=yes"]
+        if self.user:
+            args += ["-l", self.user]
+        if not self._user_sets("ciphers") and "-c" not in self.options:
+            args += ["-o", f"Ciphers={CIPHERS}"]
+        for opt in self.options:
+            args += shlex.split(opt) if opt.startswith("-") else ["-o", opt]
+        return [*args, "-o", "Compression=no", self.host]
+
+    def _connect(self) -> None:
+        """Start the ControlMaster once; every later ssh call rides on it."""
+        if self._master:
+            return
+        self._ctl_dir = tempfile.mkdtemp(prefix="axon-ssh-")
+        cmd = self.ssh_args()
+        cmd[1:1] = ["-M", "-N", "-f", "-o", "ControlPersist=300"]
+        with tempfile.TemporaryFile() as err:
+            try:
+                rc = subprocess.run(
+                    cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                    timeout=self.timeout + 5, check=False,
+                ).returncode  # fmt: skip
+            except subprocess.TimeoutExpired as exc:
+                raise self._unreachable("no answer in time") from exc
+            except FileNotFoundError as exc:
+                raise TransportError(
+                    "the ssh client is not installed",
+                    target=self.name,
+                    hint="install OpenSSH (apt-get install openssh-client)",
+                ) from exc
+            err.seek(0)
+            stderr = err.read().decode("utf-8", "replace")
+        if rc != 0:
+            raise self._ssh_failure(stderr)
+        self._master = True
+
+    def close(self) -> None:
+        self._drop_helper()
+        if self._master and self._ctl_dir:
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                subprocess.run(
+                    [*self.ssh_args()[:-1], "-O", "exit", self.host],
+                    stdin=subprocess.DEVNULL, capture_output=True, timeout=10, check=False,
+                )  # fmt: skip
+        self._master = False
+        if self._ctl_dir:
+            shutil.rmtree(self._ctl_dir, ignore_errors=True)
+            self._ctl_dir = None
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    # ---- the remote helper: one ssh channel, one Python, many requests --------------------
+    def _helper_proc(self) -> subprocess.Popen[bytes]:
+        if self._helper is not None and self._helper.poll() is None:
+            return self._helper
+        self._drop_helper()
+        self._connect()
+        remote = f"{shlex.quote(self.python)} -c {shlex.quote(_HELPER)} serve"
+        self._errfile = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _drop_helper
+        self._helper = subprocess.Popen(
+            [*self.ssh_args(), "--", remote],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._errfile,
+        )  # fmt: skip
+        return self._helper
+
+    def _drop_helper(self) -> tuple[int | None, str]:
+        """Stop the helper (EOF first: it exits cleanly); its exit status and stderr."""
+        proc, self._helper = self._helper, None
+        rc: int | None = None
+        if proc is not None:
+            with contextlib.suppress(OSError, ValueError):
+                proc.stdin.close()  # type: ignore[union-attr]
+            try:
+                rc = proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                rc = proc.wait()
+            for stream in (proc.stdout,):
+                with contextlib.suppress(OSError):
+                    stream.close()  # type: ignore[union-attr]
+        stderr = ""
+        if self._errfile is not None:
+            with contextlib.suppress(OSError):
+                self._errfile.seek(0)
+                stderr = self._errfile.read().decode("utf-8", "replace")
+                self._errfile.close()
+            self._errfile = None
+        return rc, stderr
+
+    def request(self, op: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Send one request to the remote helper; its answer, or our error."""
+        proc = self._helper_proc()
+        line = json.dumps({"op": op, "params": params}).encode("utf-8") + b"\n"
+        try:
+            proc.stdin.write(line)  # type: ignore[union-attr]
+            proc.stdin.flush()  # type: ignore[union-attr]
+        except (BrokenPipeError, OSError):
+            pass  # it died: read_answer says why
+        return self.read_answer()
+
+    def read_answer(self) -> dict[str, Any]:
+        proc = self._helper
+        while proc is not None:
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            if not line:
+                break
+            try:
+                answer = json.loads(line)
+            except ValueError:
+                continue  # noise from a login script
+            if not isinstance(answer, dict):
+                continue
+            if answer.get("ok"):
+                return answer
+            raise error_from_code(
+                str(answer.get("code")),
+                str(answer.get("message")),
+                answer.get("errno"),
+                answer.get("path") or None,
+                target=self.name,
+                root=self.root,
+                host=self.where,
+            )
+        rc, stderr = self._drop_helper()
+        raise self._died(rc, stderr)
+
+    def _died(self, rc: int | None, stderr: str) -> AxonError:
+        if rc == 255:
+            return self._ssh_failure(stderr)
+        if rc == 127 or "not found" in stderr:
+            return RemoteError(
+                f"{self.python} not found on {self.where}",
+                target=self.name,
+                hint="install python3 (>= 3.7) on the host, or publish through the API",
+            )
+        tail = stderr.strip().splitlines()[-1:] or [f"exit status {rc}"]
+        return RemoteError(f"remote helper failed on {self.where}: {tail[0]}", target=self.name)
+
+    def _unreachable(self, why: str) -> TargetUnreachableError:
+        return TargetUnreachableError(
+            f"cannot reach {self.where} over ssh: {why}",
+            target=self.name,
+            hint=f"is sshd running there? check ssh_host/ssh_port; try: ssh -p {self.port} "
+            f"{self.user + '@' if self.user else ''}{self.host} true",
+        )
+
+    def _ssh_failure(self, stderr: str) -> AxonError:
+        text = stderr.strip()
+        low = text.lower()
+        last = text.splitlines()[-1] if text else "ssh exited with status 255"
+        if "permission denied" in low:
+            return AuthenticationError(
+                f"{self.where} refused the ssh key ({last})",
+                target=self.name,
+                hint="check ssh_user and ssh_key in ~/.axon/config.yaml, or that the public "
+                "key is in the user's authorized_keys",
+            )
+        if "host key verification failed" in low or "remote host identification" in low:
+            return AuthenticationError(
+                f"host key of {self.where} is unknown or changed",
+                target=self.name,
+                hint=f"verify it, then: ssh-keyscan -p {self.port} {self.host} >> "
+                "~/.ssh/known_hosts",
+            )
+        if ("no such file" in low or "not accessible" in low) and self.key:
+            return AuthenticationError(
+                f"cannot read ssh key {self.key}", target=self.name, hint="fix ssh_key"
+            )
+        if any(marker in low for marker in _UNREACHABLE):
+            return self._unreachable(last)
+        return TargetUnreachableError(f"ssh to {self.where} failed: {last}", target=self.name)
+
+    # ---- the Transport contract -------------------------------------------------------------
+    def _params(self, ref: ModelRef, digest: str = "") -> dict[str, Any]:
+        return {"root": self.root, "rel": str(ref.relpath), "digest": digest}
+
+    def open(self, ref: ModelRef, manifest: Manifest) -> SshSession:
+        digest = manifest_digest(manifest.to_yaml())
+        status = self.request("status", self._params(ref, digest))
+        return SshSession(self, ref, plan_session(manifest, status))
+
+    def fetch_manifest(self, ref: ModelRef) -> Manifest | None:
+        status = self.request("status", self._params(ref))
+        text = status.get("manifest")
+        if text is None:
+            return None
+        return Manifest.from_text(text, source=f"{self.describe()}/{ref.relpath}/manifest.yaml")
+
+
+class SshSession(Session):
+    """One publish of one model to one SSH host."""
+
+    def __init__(self, transport: SshTransport, ref: ModelRef, plan: StagePlan) -> None:
+        self.t = transport
+        self.ref = ref
+        self.plan = plan
+        self.needed = list(plan.needed)
+        self.unchanged = plan.unchanged
+        self._sent: set[str] = set()
+        self._prepared = False
+
+    def _params(self, **extra: Any) -> dict[str, Any]:
+        return {**self.t._params(self.ref, self.plan.digest), **extra}
+
+    def offset(self, entry: FileEntry) -> int:
+        return self.plan.offsets.get(entry.sha256, 0)
+
+    def send(self, entry: FileEntry, source: Path, on_bytes: OnBytes = _nothing) -> None:
+        offset = self.offset(entry)
+        blob = {
+            "sha256": entry.sha256,
+            "size": entry.size,
+            "offset": offset,
+            "paths": self.plan.paths.get(entry.sha256, [entry.path]),
+        }
+        params = self._params(blob=blob, dir_mode=self.t.dir_mode, file_mode=self.t.file_mode)
+        with open(source, "rb") as src:
+            self.t.request("receive", params)  # answers "ready" once it can take the bytes
+            proc = self.t._helper
+            assert proc is not None and proc.stdin is not None
+            try:
+                sent = _stream(src, proc.stdin, offset, entry.size - offset, on_bytes)
+                answer = self.t.read_answer() if sent else self._short(entry, offset)
+            except BaseException:
+                self.t._drop_helper()  # the remote keeps what it got: the next open resumes
+                raise
+        if not answer.get("complete"):
+            self.t._drop_helper()
+            self.plan.offsets[entry.sha256] = int(answer.get("offset", 0))
+            raise TargetUnreachableError(
+                f"transfer of {entry.path} to {self.t.where} stopped at byte "
+                f"{answer.get('offset')}",
+                target=self.t.name,
+                hint="publish again: it resumes from there",
+            )
+        self.plan.offsets[entry.sha256] = entry.size
+        self._sent.add(entry.sha256)
+
+    def _short(self, entry: FileEntry, offset: int) -> dict[str, Any]:
+        raise TransportError(
+            f"the cached file for {entry.path} is shorter than its manifest size {entry.size}",
+            target=self.t.name,
+            hint="the cache changed since it was hashed: run `axon verify` and publish again",
+        )
+
+    def prepare(self) -> None:
+        if self.unchanged or self._prepared:
+            return
+        missing = [e.path for e in self.needed if e.sha256 not in self._sent]
+        if missing:
+            raise TransportError(
+                f"cannot prepare {self.ref}: {len(missing)} file(s) not sent ({missing[0]}, ...)",
+                target=self.t.name,
+                hint="send every file of session.needed before prepare/commit",
+            )
+        params = self._params(
+            manifest=self.plan.manifest_text,
+            expected=[list(e) for e in self.plan.expected],
+            links=[list(link) for link in self.plan.links],
+            dir_mode=self.t.dir_mode,
+            file_mode=self.t.file_mode,
+        )
+        self.t.request("prepare", params)
+        self._prepared = True
+
+    def commit(self) -> CommitInfo:
+        details: dict[str, object] = {"unchanged": self.unchanged}
+        if not self.unchanged:
+            self.prepare()
+            out = self.t.request("commit", self._params())
+            details["swap"] = out.get("how")
+            details["linked"] = len(self.plan.links)
+        path = self.t.instance_path(self.ref)
+        return CommitInfo(location=f"{self.t.describe()}/{self.ref.relpath}", path=path,
+                          details=details)  # fmt: skip
+
+    def abort(self) -> None:
+        self.t.request("abort", self._params())
+
+
+def _stream(src: IO[bytes], dst: IO[bytes], offset: int, count: int, on_bytes: OnBytes) -> bool:
+    """Copy ``count`` bytes of ``src`` from ``offset`` into the pipe ``dst`` (zero-copy).
+
+    False when ``src`` ended early; a remote that stops reading shows in its answer.
+    """
+    dst.flush()
+    out_fd, in_fd = dst.fileno(), src.fileno()
+    with contextlib.suppress(OSError, AttributeError):
+        import fcntl
+
+        fcntl.fcntl(out_fd, fcntl.F_SETPIPE_SZ, 1024 * 1024)
+    pos, end = offset, offset + count
+    try:
+        while pos < end:
+            n = os.sendfile(out_fd, in_fd, pos, min(SEND_CHUNK, end - pos))
+            if n == 0:
+                return False
+            pos += n
+            on_bytes(n)
+    except BrokenPipeError:
+        pass
+    return True
