@@ -77,7 +77,7 @@ def lookup(uri: str, cluster: str, *, timeout: float) -> DiscoveryResult:
     result = DiscoveryResult(uri, cluster)
     for entry in entries:
         try:
-            result.members.append(parse_record(entry_record(entry), cluster=cluster))
+            result.members.append(parse_record(entry_record(entry, cluster), cluster=cluster))
         except RecordError as exc:
             result.warnings.append(f"service {_service_id(entry)}: malformed record: {exc}")
     result.members.sort(key=lambda m: m.instance_id)
@@ -91,9 +91,10 @@ def lookup(uri: str, cluster: str, *, timeout: float) -> DiscoveryResult:
     return result
 
 
-def entry_record(entry: Any) -> dict[str, Any]:
+def entry_record(entry: Any, cluster: str) -> dict[str, Any]:
     """An instance record from one ``/v1/health/service`` entry: Service.Meta, completed with
-    the service's own ID/address/port when the meta lacks them."""
+    the service's own ID/address/port when the meta lacks them (the tag filter already chose
+    the cluster, so a hand-registered service without Meta is still a member)."""
     if not isinstance(entry, dict) or not isinstance(entry.get("Service"), dict):
         raise RecordError("entry has no Service object")
     service: dict[str, Any] = entry["Service"]
@@ -102,6 +103,7 @@ def entry_record(entry: Any) -> dict[str, Any]:
         raise RecordError("Service.Meta is not an object")
     record: dict[str, Any] = dict(meta)
     record.setdefault("instance_id", service.get("ID"))
+    record.setdefault("cluster_name", cluster)
     if not record.get("endpoint"):
         node = entry.get("Node") if isinstance(entry.get("Node"), dict) else {}
         address = service.get("Address") or (node or {}).get("Address")
