@@ -340,6 +340,15 @@ class ApiTransport(Transport):
             return Manifest.from_text(data, source=f"{self.endpoint}:{ref.id}")
         return None
 
+    def matches(self, ref: ModelRef, manifest: Manifest) -> bool:
+        """Does the server hold exactly ``manifest`` for ``ref``? (opens, then drops, an upload)
+
+        The upload protocol has no manifest download; its ``unchanged`` answer is the check.
+        """
+        session = self.open(ref, manifest)
+        session.abort()
+        return session.unchanged
+
     def model_info(self, ref: ModelRef) -> dict[str, Any] | None:
         """``GET /models/{id}``: the registration record, or None when not registered."""
         resp = self.client.request(
