@@ -1,0 +1,151 @@
+"""config.yaml loading: defaults, AXON_HOME, upstream keys, and every kind of bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from axon.config import axon_home as get_home
+from axon.config import expand_path, load_config
+from axon.errors import EXIT_CONFIG, ConfigError
+
+
+def write(home: Path, text: str) -> Path:
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_axon_home_follows_env(axon_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert get_home() == axon_home
+    monkeypatch.delenv("AXON_HOME")
+    assert get_home() == Path.home() / ".axon"
+
+
+def test_defaults_without_a_file(axon_home: Path) -> None:
+    config = load_config()
+    assert config.cache_dir == axon_home / "cache"
+    assert config.path == axon_home / "config.yaml"
+    assert config.mlos_targets == {} and config.clusters == {}
+
+
+def test_tilde_axon_means_axon_home(axon_home: Path) -> None:
+    write(axon_home, "cache_dir: ~/.axon/cache\n")
+    assert load_config().cache_dir == axon_home / "cache"
+    assert expand_path("~/.axon") == axon_home
+    assert expand_path("/abs/dir") == Path("/abs/dir")
+
+
+def test_upstream_keys_and_seed_sections(axon_home: Path, tmp_path: Path) -> None:
+    write(
+        axon_home,
+        f"""
+home_dir: ~/.axon
+cache_dir: {tmp_path / "c"}
+log_level: info
+registry: {{url: "https://example.invalid", mirrors: [], enable_huggingface: true,
+           huggingface_token: "", timeout: 30}}
+download: {{parallel: 4, max_retries: 3, verify_checksums: true}}
+mlos_targets:
+  mlos-core-1:
+    endpoint: http://mlos-core-1:8080
+    storage_type: filesystem
+    storage_path: /var/lib/mlos/models
+    access_method: ssh
+    ssh_user: mlos
+    dir_mode: "0750"
+    file_mode: 0640
+  mlos-cluster-prod:
+    instances: [mlos-core-1:8080, mlos-core-2:8080]
+    storage_type: filesystem
+    storage_path: /var/lib/mlos/models
+  mlos-shared-repo:
+    storage_type: nfs
+    storage_path: nfs://mlos-repo/models
+clusters:
+  edge: {{instances: ["http://10.0.0.1:8080"], strategy: round-robin}}
+  found: {{discovery: "etcd://127.0.0.1:2379"}}
+""",
+    )
+    config = load_config()
+    assert config.cache_dir == tmp_path / "c"
+    assert config.download.parallel == 4
+    t = config.mlos_targets
+    assert t["mlos-core-1"].type == "instance"
+    assert t["mlos-core-1"].dir_mode == 0o750 and t["mlos-core-1"].file_mode == 0o640
+    assert t["mlos-cluster-prod"].type == "cluster"  # inferred from instances
+    assert t["mlos-shared-repo"].type == "network_storage"  # inferred from nfs storage
+    assert config.clusters["edge"].strategy == "round-robin"
+    assert config.clusters["found"].discovery == "etcd://127.0.0.1:2379"
+    assert config.target_names == sorted(
+        ["mlos-core-1", "mlos-cluster-prod", "mlos-shared-repo", "edge", "found"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        ("mlos_targets:\n  a: {endpoint: x, colour: red}\n", "mlos_targets.a.colour", "unknown"),
+        ("cache_dirr: /x\n", "cache_dirr", "unknown key"),
+        ("mlos_targets:\n  a: {ssh_port: abc}\n", "mlos_targets.a.ssh_port", "integer"),
+        ("mlos_targets:\n  a: {access_method: ftp}\n", "mlos_targets.a.access_method", "ftp"),
+        ("clusters:\n  c: {instances: []}\n", "clusters.c.instances", "instances or a discovery"),
+        ("mlos_targets:\n  c: {type: cluster}\n", "mlos_targets.c.instances", "instances"),
+        ("clusters:\n  c: {instances: a}\n", "clusters.c.instances", "list"),
+        ("mlos_targets:\n  a: {dir_mode: '0999'}\n", "mlos_targets.a.dir_mode", "octal"),
+        ("mlos_targets:\n  a: {timeout: -1}\n", "mlos_targets.a.timeout", "positive"),
+        ("mlos_targets:\n  s: {type: network_storage}\n", "mlos_targets.s.storage_path", "storage"),
+        ("mlos_targets: [a, b]\n", "mlos_targets", "dictionary"),
+        ("download: {parallel: many}\n", "download.parallel", "integer"),
+    ],
+)
+def test_bad_config_names_file_and_key(axon_home: Path, text: str, key: str, words: str) -> None:
+    path = write(axon_home, text)
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    err = info.value
+    assert err.path == str(path)
+    assert err.key == key
+    assert words in str(err)
+    assert str(err).startswith(f"{path}: {key}: ")
+    assert err.exit_code == EXIT_CONFIG
+
+
+def test_unknown_key_hint_lists_known_keys(axon_home: Path) -> None:
+    write(axon_home, "mlos_targets:\n  a: {endpont: http://x:1}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert "endpoint" in (info.value.hint or "")
+
+
+def test_broken_yaml_says_where(axon_home: Path) -> None:
+    path = write(axon_home, "mlos_targets:\n  a: {endpoint: [unclosed\n")
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert info.value.path == str(path)
+    assert "not valid YAML at line" in str(info.value)
+
+
+def test_top_level_must_be_a_mapping(axon_home: Path) -> None:
+    write(axon_home, "- just\n- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config()
+
+
+def test_empty_file_is_defaults(axon_home: Path) -> None:
+    write(axon_home, "# nothing yet\n")
+    assert load_config().mlos_targets == {}
+
+
+def test_explicit_missing_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found") as info:
+        load_config(tmp_path / "nope.yaml")
+    assert "axon init" in (info.value.hint or "")
+
+
+def test_token_env(axon_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(axon_home, "mlos_targets:\n  a: {endpoint: 'http://h:1', token_env: MY_TOKEN}\n")
+    monkeypatch.setenv("MY_TOKEN", "s3cret")
+    assert load_config().mlos_targets["a"].resolved_token() == "s3cret"
