@@ -29,15 +29,24 @@ async def pump(
     pending: asyncio.Future[None] | None = None
     buf = bytearray()
     try:
-        async for chunk in chunks:
-            buf += chunk
-            if len(buf) >= BATCH:
-                if pending is not None:
-                    await pending
-                pending = loop.run_in_executor(None, write, buf)
-                if on_bytes is not None:
-                    on_bytes(len(buf))
-                buf = bytearray()
+        try:
+            async for chunk in chunks:
+                buf += chunk
+                if len(buf) >= BATCH:
+                    if pending is not None:
+                        await pending
+                    pending = loop.run_in_executor(None, write, buf)
+                    if on_bytes is not None:
+                        on_bytes(len(buf))
+                    buf = bytearray()
+        except ClientDisconnect:
+            # keep every byte that arrived: the client resumes from the offset we report
+            if pending is not None:
+                await pending
+                pending = None
+            if buf:
+                await loop.run_in_executor(None, write, buf)
+            raise
         if pending is not None:
             await pending
             pending = None

@@ -1,0 +1,164 @@
+"""mlos-core's MLOS Core API (COMPAT.md) over real HTTP against the real server process."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import yaml
+
+from tests.fixtures.mlos import manifest_for, upload_resumable
+
+FILES = {"weights.bin": b"w" * 1000, "config.json": b'{"a": 1}', "tok/vocab.txt": b"a\nb\n"}
+
+
+def write_model(root: Path, model_path: str, files: dict[str, bytes]) -> Path:
+    d = root / model_path
+    for rel, data in files.items():
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        (d / rel).write_bytes(data)
+    ns, name, version = model_path.split("/")[0], "/".join(model_path.split("/")[1:-1]), ""
+    version = model_path.split("/")[-1]
+    (d / "manifest.yaml").write_text(yaml.safe_dump(manifest_for(f"{ns}/{name}@{version}", files)))
+    return d
+
+
+def test_health_stats_metrics_openapi(mlos_server):
+    srv = mlos_server(instance_id="core-a")
+    health = httpx.get(f"{srv.url}/health").json()
+    assert health["status"] == "healthy" and health["service"] == "mlos-core"
+    assert health["version"] and health["timestamp"].endswith("Z")
+    stats = httpx.get(f"{srv.url}/stats").json()
+    assert stats["status"] == "success" and stats["instance_id"] == "core-a"
+    metrics = httpx.get(f"{srv.url}/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    assert "mlos_models 0" in metrics.text and "mlos_upload_bytes_total" in metrics.text
+    doc = httpx.get(f"{srv.url}/openapi.json").json()
+    assert doc["openapi"].startswith("3.") and "/v1/uploads" in doc["paths"]
+    assert "/models/upload" in doc["paths"]
+    # one log line per request, with method, path and status
+    assert '"GET /stats" 200' in srv.log()
+
+
+def test_startup_scan_registers_complete_models_only(mlos_server, tmp_path):
+    models = tmp_path / "models"
+    write_model(models, "hf/bert/v1", FILES)
+    write_model(models, "hf/google/flan-t5/latest", FILES)
+    broken = write_model(models, "hf/broken/v1", FILES)
+    (broken / "weights.bin").unlink()  # incomplete: never registered
+    srv = mlos_server(models_dir=models)
+    listing = httpx.get(f"{srv.url}/models").json()
+    assert listing["status"] == "success"
+    assert {m["id"] for m in listing["models"]} == {"hf/bert@v1", "hf/google/flan-t5@latest"}
+    assert listing["total"] == 2
+    # a model copied in later appears after POST /models/scan (what upstream publish calls)
+    write_model(models, "hf/late/v2", FILES)
+    scan = httpx.post(f"{srv.url}/models/scan").json()
+    assert scan["status"] == "success" and scan["new"] == 1
+    assert httpx.get(f"{srv.url}/models/hf%2Flate%40v2").status_code == 200
+
+
+def test_register_upstream_payloads_and_ids(mlos_server, tmp_path):
+    srv = mlos_server()
+    d = write_model(tmp_path / "elsewhere", "ns/m/v1", FILES)
+    r = httpx.post(
+        f"{srv.url}/models/register",
+        json={"model_id": "ns/m@v1", "name": "m", "framework": "pytorch", "path": str(d)},
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "success" and body["model_id"] == "ns/m@v1"
+    assert body["inference_endpoint"] == "/models/ns/m@v1/inference"
+    # older callers send model_path; registering again is still a success
+    again = httpx.post(
+        f"{srv.url}/models/register", json={"model_id": "ns/m@v1", "model_path": str(d)}
+    )
+    assert again.status_code == 200 and "already registered" in again.json()["message"]
+    # percent-encoded and raw ids reach the same model
+    for path in ("/models/ns%2Fm%40v1", "/models/ns/m@v1"):
+        got = httpx.get(srv.url + path)
+        assert got.status_code == 200 and got.json()["id"] == "ns/m@v1"
+    inf = httpx.post(f"{srv.url}/models/ns%2Fm%40v1/inference", json={"input_ids": [[1, 2, 3]]})
+    assert inf.status_code == 200 and inf.json()["status"] == "success"
+    assert "no inference engine" in inf.json()["note"] and "outputs" not in inf.json()
+    inf = httpx.post(
+        f"{srv.url}/models/ns/m@v1/inference?include_outputs=true", json={"x": [[1.0]]}
+    )
+    assert "outputs" in inf.json()
+    # the registration survives a restart (kept in .mlos/registry.json)
+    srv.restart()
+    assert httpx.get(f"{srv.url}/models/ns/m@v1").status_code == 200
+
+
+def test_register_errors(mlos_server, tmp_path):
+    srv = mlos_server()
+    r = httpx.post(f"{srv.url}/models/register", json={"name": "no id"})
+    assert r.status_code == 400 and r.json()["status"] == "error"
+    r = httpx.post(
+        f"{srv.url}/models/register", json={"model_id": "ns/m@v1", "path": str(tmp_path / "nope")}
+    )
+    assert r.status_code == 404 and "does not exist" in r.json()["message"]
+    r = httpx.post(f"{srv.url}/models/register", content=b"{not json")
+    assert r.status_code == 400 and r.json()["code"] == "invalid_json"
+    assert httpx.get(f"{srv.url}/models/ns/unknown@v1").status_code == 404
+    assert httpx.post(f"{srv.url}/models/ns/unknown@v1/inference", json={}).status_code == 404
+    assert httpx.delete(f"{srv.url}/models/ns/unknown@v1").status_code == 404
+    for bad in ("/models/..%2Fetc%40v1", "/models/ns/%00x@v1", "/models/" + "a" * 600 + "/b"):
+        r = httpx.get(srv.url + bad)
+        assert r.status_code == 400, (bad, r.text)
+        assert r.json()["status"] == "error" and r.json()["message"]
+
+
+def test_delete_removes_files_and_registration(mlos_server):
+    srv = mlos_server()
+    upload_resumable(srv.url, "ns/gone@v1", FILES)
+    model_dir = srv.models_dir / "ns" / "gone" / "v1"
+    assert (model_dir / "weights.bin").read_bytes() == FILES["weights.bin"]
+    r = httpx.delete(f"{srv.url}/models/ns%2Fgone%40v1")
+    assert r.status_code == 200 and r.json()["status"] == "success"
+    assert not model_dir.exists()
+    assert httpx.get(f"{srv.url}/models/ns/gone@v1").status_code == 404
+    # unreferenced blobs are garbage-collected
+    sha = hashlib.sha256(FILES["weights.bin"]).hexdigest()
+    assert not (srv.models_dir / ".mlos" / "blobs" / "sha256" / sha[:2] / sha).exists()
+
+
+def test_multipart_upload_with_curl(mlos_server, tmp_path):
+    srv = mlos_server()
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "w.bin").write_bytes(b"x" * 5000)
+    (src / "config.json").write_text("{}")
+    # an upstream-style manifest: sizes 0, empty sha256 -> filled in by the server
+    (src / "manifest.yaml").write_text(
+        "apiVersion: v1\nkind: Model\nmetadata: {name: m, namespace: ns, version: v1}\n"
+        "spec:\n  format:\n    files:\n      - {path: w.bin, size: 0, sha256: ''}\n"
+        "      - {path: sub/config.json}\n"
+    )
+    out = subprocess.run(
+        [
+            "curl", "-sS", "-F", "model_id=ns/m@v1", "-F", f"manifest=@{src / 'manifest.yaml'}",
+            "-F", f"model_files=@{src / 'w.bin'};filename=w.bin",
+            "-F", f"model_files=@{src / 'config.json'};filename=sub/config.json",
+            "-w", "\n%{http_code}", f"{srv.url}/models/upload",
+        ],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    body, code = out.stdout.rsplit("\n", 1)
+    assert code == "201", body
+    d = srv.models_dir / "ns" / "m" / "v1"
+    assert (d / "sub" / "config.json").read_text() == "{}"
+    written = yaml.safe_load((d / "manifest.yaml").read_text())
+    sizes = {f["path"]: f["size"] for f in written["spec"]["format"]["files"]}
+    assert sizes == {"w.bin": 5000, "sub/config.json": 2}
+    assert httpx.get(f"{srv.url}/models/ns/m@v1").status_code == 200
+
+
+def test_cli_help_and_loud_warning_for_public_bind(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "mlos_core", "serve", "--help"], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and "--max-upload-size" in out.stdout and "--tokens" in out.stdout
