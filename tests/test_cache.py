@@ -1,0 +1,188 @@
+"""The dev cache: upstream layout, listing, verify (cheap and --full), checked_manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+import axon.hashing
+from axon.cache import METADATA_NAME, Cache
+from axon.config import load_config
+from axon.errors import IntegrityError, ManifestError, ModelNotFoundError
+from axon.refs import ModelRef
+
+UPSTREAM_MANIFEST = """apiVersion: v1
+kind: Model
+metadata:
+  name: google/flan-t5
+  namespace: hf
+  version: latest
+spec:
+  framework: {name: PyTorch, version: "2.1"}
+  format:
+    type: pytorch
+    files:
+      - {path: pytorch_model.bin, size: 0, sha256: ""}
+      - {path: config.json, size: 0, sha256: ""}
+"""
+
+
+def upstream_model(cache: Cache) -> Path:
+    """A model dir exactly as the Go axon writes it (size 0, empty sha256, .axon archive)."""
+    d = cache.models_dir / "hf" / "google" / "flan-t5" / "latest"
+    d.mkdir(parents=True)
+    (d / "manifest.yaml").write_text(UPSTREAM_MANIFEST)
+    (d / METADATA_NAME).write_text(
+        json.dumps(
+            {
+                "installed_at": "2024-05-01T10:00:00Z",
+                "namespace": "hf",
+                "name": "google/flan-t5",
+                "version": "latest",
+            }
+        )
+    )
+    (d / "pytorch_model.bin").write_bytes(b"\x00weights" * 100)
+    (d / "config.json").write_text('{"model_type": "t5"}')
+    (d / "hf-google_flan-t5-latest.axon").write_bytes(b"not really a tarball")
+    return d
+
+
+@pytest.fixture
+def cache(axon_home: Path) -> Cache:
+    return Cache.from_config(load_config())
+
+
+def test_upstream_cache_lists_and_reads(cache: Cache) -> None:
+    path = upstream_model(cache)
+    models = cache.list()
+    assert [str(m.ref) for m in models] == ["hf/google/flan-t5@latest"]
+    model = cache.get("hf/google/flan-t5")
+    assert model.path == path
+    assert model.installed_at == "2024-05-01T10:00:00Z"
+    assert model.manifest.framework == "PyTorch"
+
+
+def test_upstream_manifest_is_checked_and_filled_in(cache: Cache) -> None:
+    path = upstream_model(cache)
+    manifest = cache.checked_manifest(ModelRef.parse("hf/google/flan-t5"))
+    by_path = {f.path: f for f in manifest.files}
+    data = (path / "pytorch_model.bin").read_bytes()
+    assert by_path["pytorch_model.bin"].sha256 == hashlib.sha256(data).hexdigest()
+    assert by_path["pytorch_model.bin"].size == len(data)
+    assert manifest.problems(strict=True) == []
+    # the stored manifest is not rewritten
+    assert "size: 0" in (path / "manifest.yaml").read_text()
+
+
+def test_upstream_archive_is_not_an_extra_file(cache: Cache) -> None:
+    upstream_model(cache)
+    report = cache.verify("hf/google/flan-t5@latest")
+    assert report.ok, report.problems
+
+
+def test_installed_model_verifies_without_reading(
+    cache: Cache, installed_model: ModelRef, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[str] = []
+    real = axon.hashing.sha256_file
+
+    def spy(path: str | os.PathLike[str], on_bytes: object = None) -> str:
+        reads.append(str(path))
+        return real(path, on_bytes)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(axon.hashing, "sha256_file", spy)
+    report = cache.verify(installed_model)
+    assert report.ok and report.files_checked == 6
+    assert (report.files_hashed, report.bytes_hashed) == (0, 0)
+    assert reads == []
+    full = cache.verify(installed_model, full=True)
+    assert full.ok and full.files_hashed == 6 and len(reads) == 6
+
+
+def test_verify_names_missing_extra_and_corrupt(cache: Cache, installed_model: ModelRef) -> None:
+    d = cache.path_for(installed_model)
+    (d / "tokenizer.json").unlink()
+    (d / "notes.txt").write_text("hi")
+    (d / "1_Pooling" / "config.json").write_text('{"word_embedding_dimension": 64}')
+    report = cache.verify(installed_model)
+    assert not report.ok
+    assert report.missing == ["tokenizer.json"]
+    assert report.extra == ["notes.txt"]
+    assert len(report.corrupt) == 1 and report.corrupt[0].startswith("1_Pooling/config.json")
+
+
+def test_same_size_and_restored_mtime_is_caught_by_ctime(
+    cache: Cache, installed_model: ModelRef
+) -> None:
+    p = cache.path_for(installed_model) / "model.safetensors"
+    st = p.stat()
+    data = bytearray(p.read_bytes())
+    data[-1] ^= 0xFF
+    time.sleep(0.01)  # let ctime move on coarse clocks
+    p.write_bytes(bytes(data))
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert p.stat().st_size == st.st_size and p.stat().st_mtime_ns == st.st_mtime_ns
+    report = cache.verify(installed_model)
+    assert [c.split(":")[0] for c in report.corrupt] == ["model.safetensors"]
+    with pytest.raises(IntegrityError) as info:
+        cache.checked_manifest(installed_model)
+    assert any("model.safetensors" in p for p in info.value.problems)
+
+
+def test_checked_manifest_reports_missing(cache: Cache, installed_model: ModelRef) -> None:
+    (cache.path_for(installed_model) / "vocab.txt").unlink()
+    with pytest.raises(IntegrityError) as info:
+        cache.checked_manifest(installed_model)
+    assert info.value.problems == ["missing: vocab.txt"]
+
+
+def test_get_unknown_model_hints_at_versions(cache: Cache, installed_model: ModelRef) -> None:
+    with pytest.raises(ModelNotFoundError) as info:
+        cache.get(installed_model.with_version("v2"))
+    assert "v1" in (info.value.hint or "")
+    with pytest.raises(ModelNotFoundError, match="not in the cache"):
+        cache.get("nobody/nothing")
+
+
+def test_model_without_manifest(cache: Cache) -> None:
+    d = cache.models_dir / "ns" / "m" / "v1"
+    d.mkdir(parents=True)
+    (d / METADATA_NAME).write_text("{}")
+    with pytest.raises(ManifestError, match="no manifest"):
+        cache.get("ns/m@v1")
+    assert cache.list() == []  # skipped, not a crash
+
+
+def test_manifest_with_unsafe_path_is_reported_not_followed(cache: Cache, tmp_path: Path) -> None:
+    d = cache.models_dir / "ns" / "evil" / "v1"
+    d.mkdir(parents=True)
+    (tmp_path / "secret").write_text("x")
+    (d / "manifest.yaml").write_text(
+        "kind: Model\nspec:\n  format:\n    files:\n      - {path: ../../../../../secret}\n"
+    )
+    report = cache.verify("ns/evil@v1")
+    assert not report.ok
+    assert any("unsafe file path" in c for c in report.corrupt)
+    with pytest.raises(ManifestError):
+        cache.checked_manifest("ns/evil@v1")
+
+
+def test_staging_leftovers_are_not_models(cache: Cache, installed_model: ModelRef) -> None:
+    (cache.models_dir / ".install.staging-abc").mkdir()
+    (cache.models_dir / ".install.staging-abc" / METADATA_NAME).write_text("{}")
+    assert [m.ref for m in cache.list()] == [installed_model]
+
+
+def test_uninstall(cache: Cache, installed_model: ModelRef) -> None:
+    path = cache.uninstall(installed_model)
+    assert not path.exists()
+    assert not (cache.models_dir / "hf").exists()  # empty parents pruned
+    assert cache.list() == []
+    with pytest.raises(ModelNotFoundError):
+        cache.uninstall(installed_model)
