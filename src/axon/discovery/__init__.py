@@ -91,8 +91,9 @@ def discover(uri: str, cluster: str, *, timeout: float = 5.0) -> list[Member]:
 
 def member_target(member: Member, template: InstanceTarget | None = None) -> InstanceTarget:
     """An ``InstanceTarget`` for a discovered member, so a discovered cluster publishes exactly
-    like a static one. Access settings (method, token, ssh, modes, timeout) come from
-    ``template`` (the cluster's defaults); without one the member is reached through its API."""
+    like a static one. Access settings (method, token, ssh user/key/options, modes, timeout)
+    come from ``template`` (the cluster's defaults); without one the member is reached through
+    its API. The member's own host is used for ssh, its own storage path when it reported one."""
     import dataclasses
 
     from axon.targets import InstanceTarget
@@ -103,10 +104,16 @@ def member_target(member: Member, template: InstanceTarget | None = None) -> Ins
             endpoint=member.endpoint,
             access_method="api",
             storage_path=member.storage_path,
+            origin="cluster",
         )
+    ssh_host = template.ssh_host
+    if template.access_method == "ssh":
+        ssh_host = urlsplit(member.endpoint).hostname
     return dataclasses.replace(
         template,
         name=member.instance_id,
         endpoint=member.endpoint,
         storage_path=member.storage_path or template.storage_path,
+        ssh_host=ssh_host,
+        origin="cluster",
     )
