@@ -62,7 +62,7 @@ def _backend(uri: str, cluster: str) -> Callable[..., DiscoveryResult]:
     scheme = urlsplit(uri).scheme.lower()
     spec = BACKENDS.get(scheme)
     if spec is None:
-        known = ", ".join(sorted({s.split("+")[0] + "://" for s in BACKENDS}))
+        known = "etcd://, consul://, k8s:// or dns+srv://"
         raise DiscoveryError(
             f"unknown discovery scheme {scheme + '://' if scheme else uri!r} for cluster"
             f" '{cluster}'",
