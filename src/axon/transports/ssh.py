@@ -190,6 +190,11 @@ class SshTransport(Transport):
 
     def close(self) -> None:
         self._drop_helper()
+        self._forget_master()
+
+    def _forget_master(self) -> None:
+        """Stop the ControlMaster; the next call starts a fresh one (after a cut connection
+        its socket may be stale)."""
         if self._master and self._ctl_dir:
             with contextlib.suppress(OSError, subprocess.SubprocessError):
                 subprocess.run(
@@ -282,6 +287,7 @@ class SshTransport(Transport):
 
     def _died(self, rc: int | None, stderr: str) -> AxonError:
         if rc == 255:
+            self._forget_master()
             return self._ssh_failure(stderr)
         if rc == 127 or "not found" in stderr:
             return RemoteError(
