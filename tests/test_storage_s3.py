@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,26 +15,13 @@ from axon.manifest import FileEntry, Manifest
 from axon.publish.plan import PreparedModel, PublishOptions
 from axon.publish.storage import StorageResult, publish_to_storage
 from axon.refs import ModelRef
+from axon.targets import StorageTarget
 from axon.transports.s3 import BLOBS, S3Store, S3Transport
 from tests.fixtures.common import free_port
 from tests.fixtures.s3 import S3Server
 
 MiB = 1024 * 1024
 SMALL = {"multipart_threshold": 5 * MiB, "part_size": 5 * MiB, "max_concurrency": 3}
-
-
-@dataclass
-class Storage:
-    """The interface of axon.targets.StorageTarget (what publish_to_storage reads)."""
-
-    name: str
-    storage_type: str
-    location: str
-    mount_path: str | None = None
-    endpoint_url: str | None = None
-    region: str | None = None
-    profile: str | None = None
-    notify_instances: list[Any] = field(default_factory=list)
 
 
 def make_model(root: Path, ref: str, files: dict[str, bytes]) -> PreparedModel:
@@ -53,9 +39,11 @@ def make_model(root: Path, ref: str, files: dict[str, bytes]) -> PreparedModel:
 def publish(
     model: PreparedModel, s3: S3Server, bucket: str, *, prefix: str = "models", **opts: Any
 ) -> StorageResult:
-    storage = Storage("shared-s3", "s3", f"s3://{bucket}/{prefix}", endpoint_url=s3.endpoint_url)
+    storage = StorageTarget(
+        "shared-s3", "s3", f"s3://{bucket}/{prefix}", endpoint_url=s3.endpoint_url
+    )
     options = PublishOptions(retries=opts.pop("retries", 1), backoff=0.05, extra={"s3": SMALL})
-    return publish_to_storage(model, storage, options)  # type: ignore[arg-type]
+    return publish_to_storage(model, storage, options)
 
 
 def keys(s3: S3Server, bucket: str) -> list[str]:
@@ -196,8 +184,10 @@ def test_wrong_credentials(
 
 def test_endpoint_unreachable(tmp_path: Path, s3: S3Server) -> None:
     model = make_model(tmp_path / "m", "hf/x@v1", {"a": b"a"})
-    storage = Storage("dead", "s3", "s3://b/p", endpoint_url=f"http://127.0.0.1:{free_port()}")
-    result = publish_to_storage(model, storage, PublishOptions(retries=0))  # type: ignore[arg-type]
+    storage = StorageTarget(
+        "dead", "s3", "s3://b/p", endpoint_url=f"http://127.0.0.1:{free_port()}"
+    )
+    result = publish_to_storage(model, storage, PublishOptions(retries=0))
     assert result.error is not None
     assert result.error["type"] == TargetUnreachableError.__name__
     assert "127.0.0.1" in result.error["message"]

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from mlos_core.discovery import discovery_options, registration_from_options
+from mlos_core.remote_sync import pop_remote_options, remote_options
 from mlos_core.settings import (
     DEFAULT_MODELS_DIR,
     DEFAULT_PORT,
@@ -79,6 +80,7 @@ def _is_loopback(host: str) -> bool:
 )
 @click.option("--log-level", default="info", show_default=True)
 @discovery_options
+@remote_options
 def serve(
     host: str,
     port: int,
@@ -117,6 +119,7 @@ def serve(
         max_upload_size=max_upload_size,
         upload_ttl=upload_ttl,
         durable=not no_fsync,
+        **pop_remote_options(discovery),
     )
     app = create_app(settings)
     # Registered with service discovery (--discovery) while serving; removed on clean exit.

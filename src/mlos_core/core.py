@@ -48,10 +48,12 @@ def parse_manifest(raw: Any, ref: ModelRef, *, strict: bool) -> Manifest:
             manifest = Manifest(raw, source="manifest")
         else:
             raise bad_request("manifest is required (manifest.yaml text or a JSON object)")
+        # the model id is authoritative for the identity (metadata may be missing)
+        manifest = manifest.with_identity(ref.namespace, ref.name, ref.version)
         manifest.validate(strict=strict)
     except ManifestError as exc:
         raise bad_request(f"invalid manifest: {exc}", code="invalid_manifest") from exc
-    return manifest.with_identity(ref.namespace, ref.name, ref.version)
+    return manifest
 
 
 class Core:
@@ -87,6 +89,10 @@ class Core:
 
     def scan(self) -> tuple[int, int]:
         """Register every complete model under the models dir; return (found, new)."""
+        if self.settings.models_url:  # first pull what is new in S3 (mlos_core.remote_sync)
+            from mlos_core.remote_sync import sync_models
+
+            sync_models(self)
         found = self.versions.scan()
         entries = [entry_from_manifest(f.ref, f.path, f.manifest, "scan") for f in found]
         return len(found), self.registry.put_many(entries)

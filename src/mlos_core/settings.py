@@ -35,6 +35,11 @@ class Settings:
     max_upload_size: int | None = None  # bytes of one model (all files); None = no limit
     upload_ttl: float = DEFAULT_UPLOAD_TTL  # seconds an idle resumable upload is kept
     durable: bool = True  # fsync before making anything visible (off only for benchmarks)
+    # an instance reading S3 storage (mlos_core.remote_sync): pulled at start-up and on scan
+    models_url: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_profile: str | None = None
 
     @property
     def state_dir(self) -> Path:

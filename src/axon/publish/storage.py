@@ -100,7 +100,7 @@ def storage_transport(storage: StorageTarget, options: PublishOptions | None = N
     from axon.transports.filesystem import FilesystemTransport
 
     root = resolve_location(storage.location, mount_path=storage.mount_path, target=storage.name)
-    method = "nfs" if storage.location.startswith("nfs://") else "filesystem"
+    method = "nfs" if storage.storage_type == "nfs" else "filesystem"
     return FilesystemTransport(root, method=method, name=storage.name)
 
 
