@@ -128,6 +128,7 @@ def _install(
         digests = populate(staged)
         base = _take_base_manifest(staged)
         final_ref = ref or _ref_from_manifest(base, source)
+        _drop_housekeeping(staged, digests, final_ref)
         _check_against_base(base, digests, source)
         manifest = build_manifest(final_ref, staged, digests, base)
         cache.write_package_files(staged, final_ref, manifest, source=source)
@@ -139,6 +140,14 @@ def _install(
     cache.remember_digests(final_ref, manifest.files)
     progress.message(f"installed {final_ref} ({len(manifest.files)} files)")
     return cache.get(final_ref)
+
+
+def _drop_housekeeping(staged: Path, digests: dict[str, Digest], ref: ModelRef) -> None:
+    """Our own bookkeeping files from a source that was itself a cache dir are not model
+    files (upstream's ``<ns>-<name>-<ver>.axon`` would double every publish)."""
+    for name in (MANIFEST_NAME, METADATA_NAME, ref.archive_name):
+        digests.pop(name, None)
+        (staged / name).unlink(missing_ok=True)
 
 
 def _take_base_manifest(staged: Path) -> Manifest | None:
@@ -244,7 +253,7 @@ def source_files(root: Path) -> list[str]:
             if not stat.S_ISREG(st.st_mode):
                 raise SourceError(f"{full}: not a regular file (device, fifo or socket)", path=full)
             rel = name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/")
-            out.append(check_relpath(rel, source=str(root)))
+            out.append(rel if rel == MANIFEST_NAME else check_relpath(rel, source=str(root)))
     if not out:
         raise SourceError(f"{root}: empty directory, no model files", path=str(root))
     return sorted(out)
@@ -305,6 +314,8 @@ def _member_name(member: tarfile.TarInfo, archive: Path) -> str | None:
             path=str(archive),
             hint="a .axon archive may only hold regular files and directories",
         )
+    if name == MANIFEST_NAME:
+        return name  # the package's own manifest: read as the base, never kept as a file
     try:
         return check_relpath(name, field="archive member", source=str(archive))
     except ManifestError as exc:

@@ -1,0 +1,373 @@
+"""axon install: directories, .axon archives (good, corrupt, malicious), hf/ sources,
+atomicity, and format/io detection."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from axon.cache import Cache
+from axon.detect import detect, format_of
+from axon.errors import (
+    IntegrityError,
+    InvalidReferenceError,
+    SourceError,
+    TargetUnreachableError,
+    UnsafeArchiveError,
+)
+from axon.install import classify_source, install_source, parse_hf_source
+from axon.manifest import Manifest
+from axon.refs import ModelRef
+
+MakeDir = Callable[..., Path]
+
+
+@pytest.fixture
+def cache(axon_home: Path) -> Cache:
+    return Cache.from_config()
+
+
+def leftovers(cache: Cache) -> list[str]:
+    if not cache.models_dir.exists():
+        return []
+    return [p.name for p in cache.models_dir.iterdir() if p.name.startswith(".")]
+
+
+# ---- directories ---------------------------------------------------------------------------
+def test_install_dir_writes_strict_manifest(cache: Cache, make_model_dir: MakeDir) -> None:
+    src = make_model_dir()
+    model = install_source(str(src), as_ref="hf/tiny-bert@v1", cache=cache)
+    m = model.manifest
+    assert m.problems(strict=True) == []
+    files = {f.path: f for f in m.files}
+    assert set(files) == {
+        "1_Pooling/config.json",
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+    }
+    data = (src / "model.safetensors").read_bytes()
+    assert files["model.safetensors"].sha256 == hashlib.sha256(data).hexdigest()
+    assert files["model.safetensors"].size == len(data)
+    assert (m.execution_format, m.framework) == ("safetensors", "PyTorch")
+    io_spec = m.data["spec"]["io"]
+    assert [t["name"] for t in io_spec["inputs"]] == [
+        "input_ids",
+        "attention_mask",
+        "token_type_ids",
+    ]
+    assert io_spec["outputs"][0]["shape"] == [-1, -1, 32]
+    assert model.metadata["namespace"] == "hf" and model.metadata["version"] == "v1"
+    assert model.metadata["installed_at"].endswith("Z")
+    assert leftovers(cache) == []
+
+
+def test_hf_snapshot_symlinks_are_followed(cache: Cache, tmp_path: Path) -> None:
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    (blobs / "abc").write_bytes(b"weights")
+    snap = tmp_path / "snapshots" / "rev"
+    (snap / "onnx").mkdir(parents=True)
+    (snap / "onnx" / "model.onnx").symlink_to(blobs / "abc")
+    model = install_source(str(snap), as_ref="hf/snap@rev", cache=cache)
+    p = model.path / "onnx" / "model.onnx"
+    assert not p.is_symlink() and p.read_bytes() == b"weights"
+    assert model.manifest.execution_format == "onnx"
+
+
+def test_reinstall_replaces_the_version_whole(cache: Cache, make_model_dir: MakeDir) -> None:
+    install_source(str(make_model_dir()), as_ref="ns/m@v1", cache=cache)
+    src2 = make_model_dir(extra={"new.txt": b"new"})
+    (src2 / "vocab.txt").unlink()
+    model = install_source(str(src2), as_ref="ns/m@v1", cache=cache)
+    assert not (model.path / "vocab.txt").exists()
+    assert (model.path / "new.txt").read_bytes() == b"new"
+    assert cache.verify(model.ref).ok
+
+
+def test_manifest_in_source_gives_the_ref_and_is_checked(
+    cache: Cache, make_model_dir: MakeDir
+) -> None:
+    first = install_source(str(make_model_dir()), as_ref="team/bert@v3", cache=cache)
+    # an installed model dir is itself a valid source (its manifest names it)
+    copy = install_source(str(first.path), cache=Cache(cache.root.parent / "other-cache"))
+    assert copy.ref == ModelRef.parse("team/bert@v3")
+    # ... and a damaged one is refused
+    (first.path / "vocab.txt").write_text("changed")
+    with pytest.raises(IntegrityError) as info:
+        install_source(str(first.path), as_ref="team/bert@v4", cache=cache)
+    assert any("vocab.txt" in p for p in info.value.problems)
+    assert not cache.exists(ModelRef.parse("team/bert@v4"))
+
+
+def test_dir_without_manifest_needs_as(cache: Cache, make_model_dir: MakeDir) -> None:
+    with pytest.raises(SourceError, match="cannot tell which reference") as info:
+        install_source(str(make_model_dir()), cache=cache)
+    assert "--as" in (info.value.hint or "")
+    assert leftovers(cache) == []
+
+
+def test_missing_source(cache: Cache, tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="no such directory or file"):
+        install_source(str(tmp_path / "nope"), as_ref="a/b", cache=cache)
+
+
+def test_plain_file_is_not_a_source(cache: Cache, tmp_path: Path) -> None:
+    f = tmp_path / "weights.bin"
+    f.write_bytes(b"x")
+    with pytest.raises(SourceError, match="not a model directory"):
+        install_source(str(f), as_ref="a/b", cache=cache)
+
+
+def test_empty_dir(cache: Cache, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceError, match="empty directory"):
+        install_source(str(tmp_path / "empty"), as_ref="a/b", cache=cache)
+
+
+@pytest.mark.parametrize("ref", ["../x", "a/../b", "/abs/x", "a/b@", "a/b@c@d", "nons", "a/b\x00"])
+def test_bad_reference(cache: Cache, make_model_dir: MakeDir, ref: str) -> None:
+    with pytest.raises(InvalidReferenceError):
+        install_source(str(make_model_dir()), as_ref=ref, cache=cache)
+
+
+def test_fifo_in_source_is_refused(cache: Cache, make_model_dir: MakeDir) -> None:
+    src = make_model_dir()
+    os.mkfifo(src / "pipe")
+    with pytest.raises(SourceError, match="not a regular file"):
+        install_source(str(src), as_ref="a/b", cache=cache)
+
+
+class Interrupt:
+    """A progress sink that presses Ctrl-C once some bytes were copied."""
+
+    def begin(self, key: str, description: str, total: int | None = None) -> None:
+        pass
+
+    def advance(self, key: str, nbytes: int) -> None:
+        raise KeyboardInterrupt
+
+    def end(self, key: str, *, ok: bool = True, note: str = "") -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+
+def test_interrupted_install_leaves_nothing(cache: Cache, make_model_dir: MakeDir) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        install_source(str(make_model_dir()), as_ref="a/b@v1", cache=cache, progress=Interrupt())
+    assert cache.list() == []
+    assert leftovers(cache) == []
+
+
+def test_interrupted_reinstall_keeps_the_old_version(cache: Cache, make_model_dir: MakeDir) -> None:
+    old = install_source(str(make_model_dir()), as_ref="a/b@v1", cache=cache)
+    before = {f.path: f.sha256 for f in old.manifest.files}
+    with pytest.raises(KeyboardInterrupt):
+        install_source(
+            str(make_model_dir(seed=7)), as_ref="a/b@v1", cache=cache, progress=Interrupt()
+        )
+    after = cache.get("a/b@v1")
+    assert {f.path: f.sha256 for f in after.manifest.files} == before
+    assert cache.verify(after.ref).ok
+
+
+# ---- archives ------------------------------------------------------------------------------
+def make_archive(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
+    with tarfile.open(path, "w:gz") as tf:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+            else:
+                tf.addfile(info)
+    return path
+
+
+def reg(name: str) -> tarfile.TarInfo:
+    return tarfile.TarInfo(name)
+
+
+def test_install_archive(cache: Cache, make_model_dir: MakeDir, tmp_path: Path) -> None:
+    src = make_model_dir()
+    archive = tmp_path / "m.axon"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(src, arcname=".")
+    model = install_source(str(archive), as_ref="hf/tiny-bert@v2", cache=cache)
+    assert (model.path / "1_Pooling" / "config.json").is_file()
+    assert len(model.manifest.files) == 6
+    assert cache.verify(model.ref).ok
+
+
+def test_archive_with_top_dir_and_manifest(
+    cache: Cache, make_model_dir: MakeDir, tmp_path: Path
+) -> None:
+    first = install_source(str(make_model_dir()), as_ref="team/m@v1", cache=cache)
+    archive = tmp_path / first.ref.archive_name
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(first.path, arcname="team-m")
+    other = Cache(tmp_path / "cache2")
+    model = install_source(str(archive), cache=other)
+    assert model.ref == first.ref  # from the manifest inside
+    assert {f.path for f in model.manifest.files} == {f.path for f in first.manifest.files}
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "data", "words"),
+    [
+        ("../evil.txt", tarfile.REGTYPE, b"x", "outside"),
+        ("a/../../evil.txt", tarfile.REGTYPE, b"x", "outside"),
+        ("/etc/evil", tarfile.REGTYPE, b"x", "outside"),
+        ("link", tarfile.SYMTYPE, None, "symlink"),
+        ("hard", tarfile.LNKTYPE, None, "hard link"),
+        ("dev", tarfile.CHRTYPE, None, "device"),
+        ("blk", tarfile.BLKTYPE, None, "device"),
+        ("fifo", tarfile.FIFOTYPE, None, "fifo"),
+    ],
+)
+def test_malicious_archives_are_refused(
+    cache: Cache, tmp_path: Path, name: str, kind: bytes, data: bytes | None, words: str
+) -> None:
+    bad = tarfile.TarInfo(name)
+    bad.type = kind
+    if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+        bad.linkname = "/etc/passwd"
+    archive = make_archive(tmp_path / "bad.axon", [(reg("config.json"), b"{}"), (bad, data)])
+    with pytest.raises(UnsafeArchiveError, match=words):
+        install_source(str(archive), as_ref="a/b@v1", cache=cache)
+    assert cache.list() == [] and leftovers(cache) == []
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_duplicate_member_refused(cache: Cache, tmp_path: Path) -> None:
+    archive = make_archive(
+        tmp_path / "dup.axon", [(reg("config.json"), b"{}"), (reg("./config.json"), b"{2}")]
+    )
+    with pytest.raises(UnsafeArchiveError, match="twice"):
+        install_source(str(archive), as_ref="a/b@v1", cache=cache)
+
+
+def test_truncated_archive(cache: Cache, make_model_dir: MakeDir, tmp_path: Path) -> None:
+    src = make_model_dir(weights_size=200_000)
+    archive = tmp_path / "t.axon"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(src, arcname=".")
+    data = archive.read_bytes()
+    archive.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SourceError, match=r"not a valid \.axon archive"):
+        install_source(str(archive), as_ref="a/b@v1", cache=cache)
+    assert cache.list() == [] and leftovers(cache) == []
+
+
+def test_garbage_archive(cache: Cache, tmp_path: Path) -> None:
+    archive = tmp_path / "g.axon"
+    archive.write_bytes(os.urandom(4096))
+    with pytest.raises(SourceError, match=r"not a valid \.axon archive"):
+        install_source(str(archive), as_ref="a/b@v1", cache=cache)
+
+
+def test_archive_manifest_mismatch(cache: Cache, tmp_path: Path) -> None:
+    manifest = Manifest.new(
+        namespace="a", name="b", version="v1", files=[]
+    ).data  # then list a file with a wrong digest
+    manifest["spec"]["format"]["files"] = [{"path": "config.json", "size": 2, "sha256": "0" * 64}]
+    text = Manifest(manifest).to_yaml().encode()
+    archive = make_archive(
+        tmp_path / "mm.axon", [(reg("manifest.yaml"), text), (reg("config.json"), b"{}")]
+    )
+    with pytest.raises(IntegrityError, match=r"config\.json"):
+        install_source(str(archive), cache=cache)
+
+
+# ---- Hugging Face --------------------------------------------------------------------------
+def test_parse_hf_source() -> None:
+    assert parse_hf_source("hf/google/flan-t5@main") == ("google/flan-t5", "main")
+    assert parse_hf_source("hf/bert-base-uncased") == ("bert-base-uncased", None)
+    with pytest.raises(InvalidReferenceError):
+        parse_hf_source("hf/../etc")
+    assert classify_source("hf/some/repo") == "hf"
+
+
+def test_hf_without_network_is_a_clear_error(
+    cache: Cache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("huggingface_hub")
+    import huggingface_hub.constants as hf_constants
+
+    from tests.fixtures.common import free_port
+
+    # A closed loopback port stands in for "no network"; nothing leaves this machine.
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setattr(hf_constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
+    with pytest.raises((TargetUnreachableError, SourceError)) as info:
+        install_source("hf/someone/tiny-model", cache=cache)
+    assert "hf/someone/tiny-model" in str(info.value)
+    assert cache.list() == []
+
+
+# ---- detection -----------------------------------------------------------------------------
+def test_format_of() -> None:
+    assert format_of("onnx/encoder_model.onnx") == "onnx"
+    assert format_of("model-00001-of-00002.safetensors") == "safetensors"
+    assert format_of("pytorch_model.bin") == "pytorch"
+    assert format_of("training_args.bin") is None
+    assert format_of("model.pt") == "pytorch"
+    assert format_of("tf_model.h5") == "tensorflow"
+    assert format_of("saved_model/saved_model.pb") == "tensorflow"
+    assert format_of("llama-q4_k_m.gguf") == "gguf"
+    assert format_of("model.tflite") == "tflite"
+    assert format_of("tokenizer.json") is None
+
+
+def test_detect_prefers_onnx_and_names_encoders() -> None:
+    det = detect(
+        ["model.safetensors", "onnx/encoder_model.onnx", "onnx/decoder_model.onnx", "x.json"]
+    )
+    assert (det.execution_format, det.framework) == ("onnx", "ONNX")
+    assert [(f["path"], f["type"]) for f in det.execution_files] == [
+        ("onnx/decoder_model.onnx", "decoder"),
+        ("onnx/encoder_model.onnx", "encoder"),
+    ]
+    assert det.multi_encoder is False
+    clip = detect(["text_encoder/model.onnx", "vision_encoder/model.onnx"])
+    assert clip.multi_encoder is True
+
+
+@pytest.mark.parametrize(
+    ("config", "inputs", "output"),
+    [
+        ({"model_type": "gpt2", "vocab_size": 50257}, ["input_ids", "attention_mask"], "logits"),
+        (
+            {"model_type": "t5", "vocab_size": 32128},
+            ["input_ids", "attention_mask", "decoder_input_ids"],
+            "logits",
+        ),
+        ({"model_type": "vit", "image_size": 384}, ["pixel_values"], "logits"),
+        ({"model_type": "whisper"}, ["input_features", "decoder_input_ids"], "logits"),
+        ({"model_type": "distilbert"}, ["input_ids", "attention_mask"], "last_hidden_state"),
+    ],
+)
+def test_io_schema_families(config: dict[str, object], inputs: list[str], output: str) -> None:
+    det = detect(["model.safetensors"], config)
+    assert det.io is not None
+    assert [t["name"] for t in det.io["inputs"]] == inputs
+    assert det.io["outputs"][0]["name"] == output
+    if config["model_type"] == "vit":
+        assert det.io["inputs"][0]["shape"] == [-1, 3, 384, 384]
+
+
+def test_unknown_family_has_no_io() -> None:
+    assert detect(["w.gguf"], {"model_type": "something-new"}).io is None
+    assert detect(["w.gguf"]).execution_format == "gguf"
