@@ -156,6 +156,10 @@ class ClusterResult:
             "matrix": self.matrix.to_dict() if self.matrix else None,
         }
 
+    def summary(self) -> str:
+        """:meth:`summary_lines` as one text (what ``axon publish`` prints)."""
+        return "\n".join(self.summary_lines())
+
     def summary_lines(self) -> list[str]:
         """The seed's summary as plain text: succeeded n/N, then each failure and its reason."""
         head = f"cluster {self.cluster} ({self.strategy}): succeeded {self.succeeded}/{self.total}"

@@ -20,6 +20,7 @@ All-or-nothing, per access method::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import subprocess
@@ -27,7 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -171,19 +172,21 @@ def fan_out(
     result is None); instances already running finish (each bounded by its own timeouts).
     """
     results: dict[str, InstanceResult | None] = {t.name: None for t in targets}
-    if not targets:
-        return results
+    pending = list(targets)
     workers = max(1, min(max_parallel, len(targets)))
+    running: dict[Future[InstanceResult], InstanceTarget] = {}
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="axon-cluster") as pool:
-        futures = {pool.submit(run_guarded, work, t): t for t in targets}
-        for fut in as_completed(futures):
-            if fut.cancelled():
-                continue
-            result = fut.result()
-            results[futures[fut].name] = result
-            if fail_fast and not result.ok:
-                for other in futures:
-                    other.cancel()
+        # launch only into free slots, so --fail-fast really stops launching
+        while pending or running:
+            while pending and len(running) < workers:
+                target = pending.pop(0)
+                running[pool.submit(run_guarded, work, target)] = target
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                result = fut.result()
+                results[running.pop(fut).name] = result
+                if fail_fast and not result.ok:
+                    pending.clear()
     return results
 
 
@@ -329,13 +332,17 @@ def status_matrix(
 
 # ---- all-or-nothing: previous versions kept aside -------------------------------------------
 class Backup:
-    """The previous version of a model on one instance, kept until every commit succeeded."""
+    """The previous version of a model on one instance, kept until every commit succeeded.
+
+    ``unchanged`` (the instance already held exactly this model) means nothing to undo.
+    """
 
     def __init__(self, target: InstanceTarget, ref: ModelRef) -> None:
         self.target, self.ref = target, ref
         self.method = target.access_method
         self.saved: str | None = None  # where the previous version was linked aside
         self.existed = False
+        self.unchanged = False
 
     def _final(self) -> PurePosixPath:
         if not self.target.storage_path:
@@ -346,9 +353,13 @@ class Backup:
             )
         return PurePosixPath(self.target.storage_path) / self.ref.relpath
 
-    def save(self) -> None:
+    def save(self, *, unchanged: bool = False) -> None:
         """Hard-link the current version dir aside (API instances keep it server-side)."""
+        self.unchanged = unchanged
+        if unchanged:
+            return
         if self.method == "api":
+            self.existed = _api_has(self.target, self.ref)
             return
         final = self._final()
         aside = final.parent / f".{final.name}.rollback-{uuid.uuid4().hex[:12]}"
@@ -364,8 +375,10 @@ class Backup:
 
     def restore(self) -> None:
         """Put the previous version back (or remove the new one if there was none)."""
+        if self.unchanged:
+            return
         if self.method == "api":
-            _api_rollback(self.target, self.ref)
+            _api_undo(self.target, self.ref, rollback=self.existed)
             return
         final = self._final()
         if self.method == "ssh":
@@ -379,13 +392,13 @@ class Backup:
         else:
             remove_tree(Path(final))
         self.saved = None
-        if self.existed:
+        if self.existed:  # the instance may have cached the new manifest: tell it again
             from axon.publish.notify import notify_instance
 
             notify_instance(self.target, self.ref, str(final))
 
     def drop(self) -> None:
-        """Every commit succeeded: the copy aside is no longer needed."""
+        """Every commit succeeded (or was undone): the copy aside is no longer needed."""
         if self.saved is None:
             return
         if self.method == "ssh":
@@ -427,19 +440,30 @@ def _ssh(target: InstanceTarget, command: str, *, check: bool = True) -> int:
     return proc.returncode
 
 
-def _api_rollback(target: InstanceTarget, ref: ModelRef) -> None:
+def _api_has(target: InstanceTarget, ref: ModelRef) -> bool:
+    from axon.publish.notify import is_registered
+
+    return is_registered(target, ref, timeout=HEALTH_TIMEOUT)
+
+
+def _api_undo(target: InstanceTarget, ref: ModelRef, *, rollback: bool) -> None:
+    """``POST /v1/models/{id}/rollback`` (the server kept the replaced generation), or
+    ``DELETE /models/{id}`` when the instance did not have the model before."""
     import httpx
 
-    url = _url(target, f"/v1/models/{quote(ref.id, safe='')}/rollback")
+    qid = quote(ref.id, safe="")
+    method, url = ("POST", _url(target, f"/v1/models/{qid}/rollback"))
+    if not rollback:
+        method, url = ("DELETE", _url(target, f"/models/{qid}"))
     try:
-        resp = httpx.post(url, headers=_headers(target), timeout=target.timeout or 30.0)
+        resp = httpx.request(method, url, headers=_headers(target), timeout=HEALTH_TIMEOUT * 2)
     except httpx.HTTPError as exc:
         raise TargetUnreachableError(
-            f"rollback failed: POST {url}: {exc}", target=target.name, url=url
+            f"undo failed: {method} {url}: {exc}", target=target.name, url=url
         ) from exc
     if resp.status_code != 200:
         raise RemoteError(
-            f"rollback refused: POST {url} answered HTTP {resp.status_code}: {resp.text[:200]}",
+            f"undo refused: {method} {url} answered HTTP {resp.status_code}: {resp.text[:200]}",
             target=target.name,
             url=url,
             status=resp.status_code,
@@ -538,12 +562,23 @@ def run_atomic(
     """Stage on every instance; only if all staged, commit on all; if a commit fails, put the
     committed instances back on their previous version. ``stage`` returns an object with
     ``commit()`` (-> InstanceResult) and ``abort()`` (H4's StagedPublish)."""
-    out = RolloutOutcome(batches=[[t.name for t in members]])
     staged = parallel_map(members, stage, max_parallel)
+    try:
+        return _switch_all(members, staged, ref, max_parallel)
+    finally:
+        for value, _exc in staged.values():
+            with contextlib.suppress(Exception):
+                value.transport.close()
+
+
+def _switch_all(
+    members: list[InstanceTarget], staged: dict[str, Outcome], ref: ModelRef, max_parallel: int
+) -> RolloutOutcome:
+    out = RolloutOutcome(batches=[[t.name for t in members]])
     backups = {t.name: Backup(t, ref) for t in members}
     saved = parallel_map(
         [t for t in members if staged[t.name][1] is None],
-        lambda t: backups[t.name].save(),
+        lambda t: backups[t.name].save(unchanged=_unchanged(staged[t.name][0])),
         max_parallel,
     )
     refused = [
@@ -563,6 +598,11 @@ def run_atomic(
         return out
     _roll_back(members, staged, committed, backups, broken, out, max_parallel)
     return out
+
+
+def _unchanged(staged: Any) -> bool:
+    """The instance already holds exactly this model (its session needs nothing)."""
+    return bool(getattr(getattr(staged, "session", None), "unchanged", False))
 
 
 def _commit_failed(outcome: Outcome) -> bool:

@@ -1,0 +1,169 @@
+"""Cluster publishing, the parts that need no server: --min-success arithmetic, option
+checks, the round-robin state file, result aggregation and exit codes."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from axon.errors import EXIT_ALL_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, OptionError
+from axon.publish import PublishOptions
+from axon.publish.cluster import (
+    ClusterOptions,
+    ClusterResult,
+    _check_options,
+    parse_min_success,
+    round_robin_record,
+    round_robin_start,
+)
+from axon.publish.plan import InstanceResult
+from axon.publish.rollout import FAILED, PUBLISHED, UNUSED, InstanceLine
+
+
+@pytest.mark.parametrize(
+    ("value", "wanted", "required"),
+    [(None, 3, 3), ("2", 3, 2), (1, 3, 1), ("60%", 3, 2), ("100%", 3, 3), ("1%", 10, 1),
+     ("66.7%", 3, 3), ("50%", 4, 2), ("50%", 5, 3)],
+)  # fmt: skip
+def test_min_success_counts_and_percentages(value: object, wanted: int, required: int) -> None:
+    assert parse_min_success(value, wanted) == required  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", ["0", "4", "abc", "0%", "101%", "-1", "%"])
+def test_min_success_rejects_impossible_values(value: str) -> None:
+    with pytest.raises(OptionError) as info:
+        parse_min_success(value, 3)
+    assert info.value.exit_code == EXIT_USAGE
+    assert "--min-success" in str(info.value)
+
+
+def test_contradicting_options_are_refused_before_anything_moves() -> None:
+    with pytest.raises(OptionError, match="cannot be combined"):
+        _check_options(ClusterOptions(atomic=True, batch_size=2), "all")
+    with pytest.raises(OptionError, match="need strategy 'all'"):
+        _check_options(ClusterOptions(batch_size=2), "round-robin")
+    with pytest.raises(OptionError, match="unknown cluster strategy"):
+        _check_options(ClusterOptions(), "random")
+    _check_options(ClusterOptions(atomic=True), "all")  # fine
+
+
+def test_cluster_options_come_from_publish_options_fields_and_extra() -> None:
+    opts = PublishOptions(
+        atomic=True, strategy="all", max_parallel=3, extra={"min_success": "2", "fail_fast": True}
+    )
+    got = ClusterOptions.from_options(opts)
+    assert got == ClusterOptions(
+        strategy="all", max_parallel=3, fail_fast=True, min_success="2", atomic=True
+    )
+
+
+def test_round_robin_position_persists_per_cluster(axon_home: Path) -> None:
+    assert round_robin_start("prod", 3) == 0
+    round_robin_record("prod", 0, 3, "core-1")
+    round_robin_record("edge", 1, 2, "edge-2")
+    assert round_robin_start("prod", 3) == 1
+    assert round_robin_start("edge", 2) == 0  # wraps
+    round_robin_record("prod", 2, 3, "core-3")
+    assert round_robin_start("prod", 3) == 0
+    state = json.loads((axon_home / "state" / "round-robin.json").read_text())
+    assert state["clusters"]["prod"]["last"] == "core-3"
+    assert not list((axon_home / "state").glob(".*tmp*")), "atomic write left a temp file"
+
+
+def test_round_robin_survives_a_damaged_state_file(axon_home: Path) -> None:
+    path = axon_home / "state" / "round-robin.json"
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    assert round_robin_start("prod", 3) == 0
+    round_robin_record("prod", 1, 3, "b")
+    assert json.loads(path.read_text())["clusters"]["prod"]["next"] == 2
+
+
+def test_round_robin_records_from_many_threads_stay_valid_json(axon_home: Path) -> None:
+    def record(i: int) -> None:
+        round_robin_record(f"c{i % 4}", i, 100, f"m{i}")
+
+    threads = [threading.Thread(target=record, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    state = json.loads((axon_home / "state" / "round-robin.json").read_text())
+    assert sorted(state["clusters"]) == ["c0", "c1", "c2", "c3"]
+
+
+def _result(name: str, ok: bool) -> InstanceResult:
+    return InstanceResult(
+        target=name,
+        method="api",
+        location=f"http://{name}",
+        path=None,
+        ok=ok,
+        error=None if ok else {"type": "RemoteError", "message": "refused", "hint": "fix it"},
+    )
+
+
+def test_exit_codes_partial_all_failed_and_quorum() -> None:
+    def cluster(states: dict[str, str], required: int) -> ClusterResult:
+        results = [_result(n, s == PUBLISHED) for n, s in states.items()]
+        return ClusterResult("prod", "all", results, states, required, len(states))
+
+    ok = cluster({"a": PUBLISHED, "b": PUBLISHED}, 2)
+    assert (ok.exit_code, ok.outcome, ok.succeeded) == (EXIT_OK, "ok", 2)
+    partial = cluster({"a": PUBLISHED, "b": FAILED}, 2)
+    assert (partial.exit_code, partial.outcome) == (EXIT_PARTIAL, "partial")
+    quorum = cluster({"a": PUBLISHED, "b": FAILED, "c": PUBLISHED}, 2)
+    assert (quorum.exit_code, quorum.outcome, quorum.ok) == (EXIT_OK, "partial", True)
+    none = cluster({"a": FAILED, "b": FAILED}, 1)
+    assert (none.exit_code, none.outcome) == (EXIT_ALL_FAILED, "failed")
+    text = partial.summary()
+    assert "succeeded 1/2" in text and "b: refused (fix it)" in text
+    data = partial.to_dict()
+    assert [i["state"] for i in data["instances"]] == [PUBLISHED, FAILED]
+    assert data["exit_code"] == EXIT_PARTIAL and data["succeeded"] == 1
+
+
+def test_summary_marks_unused_members_without_calling_them_failures() -> None:
+    states = {"a": FAILED, "b": PUBLISHED, "c": UNUSED}
+    results = [_result("a", False), _result("b", True), _result("c", False)]
+    res = ClusterResult("prod", "first-available", results, states, 1, 1)
+    assert res.ok and res.exit_code == EXIT_OK
+    lines = res.summary_lines()
+    assert any(line.strip() == "unused  c" for line in lines)
+    assert [r.target for r in res.failures] == ["a"]
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, object]] = []
+
+    def begin(self, key: str, description: str, total: int | None = None) -> None:
+        self.events.append(("begin", key, total))
+
+    def advance(self, key: str, nbytes: int) -> None:
+        self.events.append(("advance", key, nbytes))
+
+    def end(self, key: str, *, ok: bool = True, note: str = "") -> None:
+        self.events.append(("end", key, ok))
+
+    def message(self, text: str) -> None:
+        self.events.append(("message", text, None))
+
+
+def test_instance_line_folds_file_tasks_into_one_line_never_past_total() -> None:
+    rec = _Recorder()
+    line = InstanceLine(rec, "core-1", 100)
+    line.start("core-1 (api)")
+    line.begin("core-1:a.bin", "a.bin", 60)
+    line.advance("core-1:a.bin", 60)
+    line.end("core-1:a.bin")
+    line.advance("core-1:b.bin", 70)  # a resumed file may re-report bytes
+    line.message("retrying")
+    line.finish(ok=True)
+    keys = {key for kind, key, _ in rec.events if kind in ("begin", "advance", "end")}
+    assert keys == {"core-1"}
+    assert sum(int(n) for kind, _, n in rec.events if kind == "advance") == 100  # type: ignore[call-overload]
+    assert ("message", "core-1: retrying", None) in rec.events

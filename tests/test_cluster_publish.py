@@ -1,0 +1,256 @@
+"""Cluster publishing against several real ``mlos-core`` instances on loopback: each
+strategy, round-robin persistence across runs, partial failure, all down, fail-fast and
+quorum. Rollout control (batches, --atomic) and the status matrix: test_cluster_rollout.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+import yaml
+
+from axon.errors import EXIT_ALL_FAILED, EXIT_OK, EXIT_PARTIAL
+from axon.publish import PublishOptions, publish
+from axon.publish.cluster import ClusterResult
+from axon.refs import ModelRef
+
+pytestmark = pytest.mark.slow
+
+
+# ---- helpers shared with test_cluster_rollout.py --------------------------------------------
+def write_config(
+    home: Path, clusters: dict[str, Any], targets: dict[str, Any] | None = None
+) -> Path:
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "config.yaml"
+    path.write_text(yaml.safe_dump({"mlos_targets": targets or {}, "clusters": clusters}))
+    return path
+
+
+def cluster_of(*servers: Any, **settings: Any) -> dict[str, Any]:
+    """A ``clusters:`` entry listing the servers by URL (the api access method)."""
+    return {"instances": [s.url for s in servers], "storage_type": "api", **settings}
+
+
+class Recorder:
+    """A thread-safe progress sink that remembers every call."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+        self.on_end: Any = None
+
+    def begin(self, key: str, description: str, total: int | None = None) -> None:
+        with self.lock:
+            self.events.append(("begin", key))
+
+    def advance(self, key: str, nbytes: int) -> None:
+        pass
+
+    def end(self, key: str, *, ok: bool = True, note: str = "") -> None:
+        with self.lock:
+            self.events.append(("end", f"{key}:{ok}:{note}"))
+        if self.on_end is not None:
+            self.on_end(key, ok, note)
+
+    def message(self, text: str) -> None:
+        with self.lock:
+            self.events.append(("message", text))
+
+
+def run_cluster(ref: ModelRef | str, target: str, progress: Any = None, **kw: Any) -> ClusterResult:
+    known = {"atomic", "strategy", "max_parallel", "validate", "notify", "timeout", "retries"}
+    opts = PublishOptions(
+        retries=kw.pop("retries", 0),
+        timeout=kw.pop("timeout", 5.0),
+        **{k: kw.pop(k) for k in list(kw) if k in known},
+        extra=kw,
+    )
+    result = publish(ref, target, opts, progress or Recorder())
+    assert len(result.results) == 1
+    cluster = result.results[0]
+    assert isinstance(cluster, ClusterResult)
+    assert result.exit_code == cluster.exit_code
+    return cluster
+
+
+def registered(server: Any, ref: ModelRef | str) -> bool:
+    url = f"{server.url}/models/{quote(str(ref), safe='')}"
+    return httpx.get(url, timeout=5).status_code == 200
+
+
+def on_disk(server: Any, ref: ModelRef) -> dict[str, str]:
+    """``{path: sha256}`` of the model's manifest in the server's models dir ({} if absent)."""
+    path = server.models_dir / ref.relpath / "manifest.yaml"
+    if not path.exists():
+        return {}
+    data = yaml.safe_load(path.read_text())
+    return {f["path"]: f["sha256"] for f in data["spec"]["format"]["files"]}
+
+
+def cached_files(axon_home: Path, ref: ModelRef) -> dict[str, str]:
+    from axon.cache import Cache
+
+    manifest = Cache.from_config().checked_manifest(ref)
+    return {f.path: f.sha256 for f in manifest.files}
+
+
+@pytest.fixture
+def three(mlos_server: Any) -> list[Any]:
+    return [mlos_server(no_fsync=True) for _ in range(3)]
+
+
+# ---- strategy: all --------------------------------------------------------------------------
+def test_all_publishes_every_instance_in_parallel_hashing_once(
+    three: list[Any], installed_model: ModelRef, axon_home: Path
+) -> None:
+    write_config(axon_home, {"prod": cluster_of(*three)})
+    rec = Recorder()
+    res = run_cluster(installed_model, "prod", rec)
+    assert (res.exit_code, res.succeeded, res.total, res.outcome) == (EXIT_OK, 3, 3, "ok")
+    want = cached_files(axon_home, installed_model)
+    for server in three:
+        assert registered(server, installed_model)
+        assert on_disk(server, installed_model) == want
+    # the model is validated/hashed once per publish, not once per instance
+    assert sum(1 for kind, key in rec.events if kind == "begin" and key == "verify") == 1
+    # the live view: exactly one progress line per instance (file tasks folded into it)
+    lines = {key for kind, key in rec.events if kind == "begin" and key != "verify"}
+    assert lines == {r.target for r in res.results}
+    assert {r["state"] for r in res.to_dict()["instances"]} == {"published"}
+
+
+def test_one_instance_down_is_a_partial_failure_naming_it(
+    three: list[Any], installed_model: ModelRef, axon_home: Path
+) -> None:
+    write_config(axon_home, {"prod": cluster_of(*three)})
+    three[1].kill()
+    res = run_cluster(installed_model, "prod")
+    assert (res.exit_code, res.succeeded, res.outcome) == (EXIT_PARTIAL, 2, "partial")
+    assert registered(three[0], installed_model) and registered(three[2], installed_model)
+    [failed] = res.failures
+    assert failed.target == three[1].url
+    assert failed.error and "127.0.0.1" in json.dumps(failed.error)
+    assert f"succeeded 2/3" in res.summary()
+
+
+def test_every_instance_down_is_a_total_failure(
+    three: list[Any], installed_model: ModelRef, axon_home: Path
+) -> None:
+    write_config(axon_home, {"prod": cluster_of(*three)})
+    for server in three:
+        server.kill()
+    res = run_cluster(installed_model, "prod")
+    assert (res.exit_code, res.succeeded, res.outcome) == (EXIT_ALL_FAILED, 0, "failed")
+    assert len(res.failures) == 3
+
+
+def test_fail_fast_cancels_instances_not_started(
+    three: list[Any], installed_model: ModelRef, axon_home: Path
+) -> None:
+    write_config(axon_home, {"prod": cluster_of(*three)})
+    three[0].kill()
+    res = run_cluster(installed_model, "prod", max_parallel=1, fail_fast=True)
+    states = [res.states[r.target] for r in res.results]
+    assert states == ["failed", "cancelled", "cancelled"]
+    assert res.exit_code == EXIT_ALL_FAILED
+    assert not registered(three[1], installed_model) and not registered(three[2], installed_model)
+
+
+def test_without_fail_fast_a_failure_does_not_stop_the_others(
+    three: list[Any], installed_model: ModelRef, axon_home: Path
+) -> None:
+    write_config(axon_home, {"prod": cluster_of(*three)})
+    three[0].kill()
+    res = run_cluster(installed_model, "prod", max_parallel=1)
+    assert [res.states[r.target] for r in res.results] == ["failed", "published", "published"]
+
+
+@pytest.mark.parametrize(
+    ("quorum", "code"), [("2", EXIT_OK), ("60%", EXIT_OK), ("100%", EXIT_PARTIAL)]
+)
+def test_min_success_decides_when_partial_counts_as_success(
+    three: list[Any], installed_model: ModelRef, axon_home: Path, quorum: str, code: int
+) -> None:
+    write_config(axon_home, {"prod": cluster_of(*three)})
+    three[2].kill()
+    res = run_cluster(installed_model, "prod", min_success=quorum)
+    assert res.succeeded == 2 and res.exit_code == code
+
+
+# ---- strategy: first-available --------------------------------------------------------------
+def test_first_available_skips_unhealthy_and_stops_at_the_first_success(
+    three: list[Any], installed_model: ModelRef, axon_home: Path
+) -> None:
+    write_config(axon_home, {"prod": cluster_of(*three, strategy="first-available")})
+    three[0].kill()
+    res = run_cluster(installed_model, "prod")
+    assert [res.states[r.target] for r in res.results] == ["unhealthy", "published", "unused"]
+    assert res.exit_code == EXIT_OK and res.succeeded == 1
+    assert registered(three[1], installed_model)
+    assert not registered(three[2], installed_model)
+    assert "GET" in str(res.results[0].error) and "/health" in str(res.results[0].error)
+
+
+def test_strategy_option_overrides_the_config(
+    three: list[Any], installed_model: ModelRef, axon_home: Path
+) -> None:
+    write_config(axon_home, {"prod": cluster_of(*three, strategy="all")})
+    res = run_cluster(installed_model, "prod", strategy="first-available")
+    assert res.strategy == "first-available" and res.succeeded == 1
+    assert registered(three[0], installed_model) and not registered(three[1], installed_model)
+
+
+def test_first_available_with_nobody_healthy_fails_totally(
+    three: list[Any], installed_model: ModelRef, axon_home: Path
+) -> None:
+    write_config(axon_home, {"prod": cluster_of(*three, strategy="first-available")})
+    for server in three:
+        server.kill()
+    res = run_cluster(installed_model, "prod")
+    assert res.exit_code == EXIT_ALL_FAILED
+    assert set(res.states.values()) == {"unhealthy"}
+
+
+# ---- strategy: round-robin ------------------------------------------------------------------
+def _axon(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "axon", *args], capture_output=True, text=True, timeout=120,
+        env=dict(os.environ),
+    )  # fmt: skip
+
+
+def test_round_robin_moves_on_each_publish_and_persists_across_runs(
+    three: list[Any], make_model_dir: Any, install_model: Any, axon_home: Path
+) -> None:
+    write_config(axon_home, {"rr": cluster_of(*three, strategy="round-robin")})
+    refs = [install_model(make_model_dir(seed=i), f"hf/tiny-bert@v{i}") for i in range(1, 5)]
+    for ref in refs:  # each publish is a separate process: the position lives on disk
+        proc = _axon("publish", str(ref), "--target", "rr", "--json", "--retries", "0")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    holders = [[i for i, s in enumerate(three) if registered(s, ref)] for ref in refs]
+    assert holders == [[0], [1], [2], [0]]
+    state = json.loads((axon_home / "state" / "round-robin.json").read_text())
+    assert state["clusters"]["rr"]["next"] == 1
+
+
+def test_round_robin_skips_a_dead_instance_and_continues_after_it(
+    three: list[Any], make_model_dir: Any, install_model: Any, axon_home: Path
+) -> None:
+    write_config(axon_home, {"rr": cluster_of(*three, strategy="round-robin")})
+    v1 = install_model(make_model_dir(seed=1), "hf/tiny-bert@v1")
+    v2 = install_model(make_model_dir(seed=2), "hf/tiny-bert@v2")
+    three[0].kill()
+    first = run_cluster(v1, "rr")
+    assert first.succeeded == 1 and registered(three[1], v1)
+    second = run_cluster(v2, "rr")
+    assert registered(three[2], v2) and not registered(three[1], v2)
+    assert second.states[three[2].url] == "published"
