@@ -110,47 +110,64 @@ def translate(exc: BaseException, *, target: str, root: str) -> AxonError:
     if isinstance(exc, AxonError):
         return exc
     if isinstance(exc, stagedir.StageError):
-        return _from_code(exc.code, exc.message, None, exc.path, target=target, root=root)
+        return error_from_code(exc.code, exc.message, None, exc.path, target=target, root=root)
     if isinstance(exc, OSError):
-        return _from_code(
-            "oserror", exc.strerror or str(exc), exc.errno, exc.filename, target, root
+        message = exc.strerror or str(exc)
+        return error_from_code(
+            "oserror", message, exc.errno, exc.filename, target=target, root=root
         )
     return TransportError(f"{type(exc).__name__}: {exc}", target=target, path=root)
 
 
-def _from_code(
-    code: str, message: str, err: int | None, path: str | None, target: str, root: str
+def error_from_code(
+    code: str,
+    message: str,
+    err: int | None,
+    path: str | None,
+    *,
+    target: str,
+    root: str,
+    host: str = "",
 ) -> AxonError:
+    """Our error for a :mod:`stagedir` failure; ``host`` ("user@host:port") when remote."""
     where = path or root
+    on = f" on {host}" if host else ""
     if code == "oserror" and err in _PERMISSION:
         return TargetPermissionError(
-            f"permission denied writing {where} ({message})",
+            f"permission denied writing {where}{on} ({message})",
             target=target,
             path=where,
-            hint=f"give the publishing user write access to {root}, or publish through the API",
+            hint=f"give the publishing user write access to {root}{on}, or publish through the API",
         )
     if code == "oserror" and err in _NO_SPACE:
         return NoSpaceError(
-            f"no space left writing {where}",
+            f"no space left writing {where}{on}",
             target=target,
             path=where,
-            hint=f"free space on the filesystem of {root} (staging needs the model's size)",
+            hint=f"free space on the filesystem of {root}{on} (staging needs the model's size)",
         )
     if code == "oserror" and err == errno.ENOENT and where == root:
         return TargetUnreachableError(
-            f"models directory {root} does not exist",
+            f"models directory {root}{on} does not exist",
             target=target,
             path=root,
             hint="create it, fix storage_path in ~/.axon/config.yaml, or mount the NFS share",
         )
     if code == "checksum_mismatch":
         return TransportError(
-            f"{message} at {where}",
+            f"{message} at {where}{on}",
             target=target,
             path=where,
             hint="the partial data was dropped; publish again (did the cached file change?)",
         )
-    return TransportError(f"{message} at {where}", target=target, path=where)
+    if code == "busy":
+        return TransportError(
+            f"{message}: {where}{on}",
+            target=target,
+            path=where,
+            hint="another publish of this model is running; wait for it, then retry",
+        )
+    return TransportError(f"{message} at {where}{on}", target=target, path=where)
 
 
 # ---- the transport ----------------------------------------------------------------------
@@ -177,11 +194,19 @@ class FilesystemTransport(Transport):
 
     @classmethod
     def from_target(cls, target: InstanceTarget) -> Self:
+        """``storage_path`` is a local path, or an ``nfs://``/``file://`` URL of a share
+        mounted here (found through :mod:`axon.mounts`)."""
+        location = target.storage_path or DEFAULT_ROOT
+        root = Path(location)
+        if location.startswith(("nfs://", "file://")):
+            from axon.mounts import resolve_location
+
+            root = resolve_location(location, target=target.name)
         return cls(
-            Path(target.storage_path or DEFAULT_ROOT),
+            root,
             dir_mode=target.dir_mode,
             file_mode=target.file_mode,
-            method=target.access_method if target.access_method == "nfs" else "filesystem",
+            method="nfs" if target.access_method == "nfs" else "filesystem",
             name=target.name,
         )
 

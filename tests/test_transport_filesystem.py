@@ -1,0 +1,191 @@
+"""Filesystem/NFS transport: what the conformance suite does not cover (errors, modes, links,
+kill -9 mid-publish). Small real filesystems (tmpfs) stand in for a full or read-only target."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from axon.errors import NoSpaceError, TargetPermissionError, TargetUnreachableError
+from axon.targets import InstanceTarget
+from axon.transports.filesystem import FilesystemTransport
+from tests.fixtures.common import require
+from tests.test_transport_conformance import REF, base_files, dir_snapshot, publish, write_model
+
+MiB = 1024 * 1024
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, *options: str) -> Iterator[Path]:
+    """Mount a small tmpfs at ``path`` (``size=1m``, ``ro``...); skip when mount is denied."""
+    path.mkdir(parents=True, exist_ok=True)
+    opts = ",".join(options) or "size=4m"
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", opts, "axon-test", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    require(proc.returncode == 0, f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
+
+
+def test_missing_root_is_a_clear_error(tmp_path: Path) -> None:
+    root = tmp_path / "no-such-dir"
+    manifest = write_model(tmp_path / "src", base_files())
+    with pytest.raises(TargetUnreachableError) as info:
+        FilesystemTransport(root, name="local").open(REF, manifest)
+    assert str(root) in str(info.value)
+    assert info.value.hint and "storage_path" in info.value.hint
+    assert not root.exists()
+
+
+def test_read_only_target_is_a_permission_error(tmp_path: Path) -> None:
+    manifest = write_model(tmp_path / "src", base_files())
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as root:
+        with pytest.raises(TargetPermissionError) as info:
+            publish(FilesystemTransport(root, name="ro-target"), tmp_path / "src", manifest)
+        assert str(root) in str(info.value) and info.value.target == "ro-target"
+        assert "write access" in (info.value.hint or "")
+
+
+def test_full_target_is_no_space_and_keeps_the_previous_version(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "small", "size=1m") as root:
+        transport = FilesystemTransport(root)
+        small = write_model(tmp_path / "v1", base_files())
+        publish(transport, tmp_path / "v1", small)
+        big = write_model(tmp_path / "v2", {"weights.bin": os.urandom(2 * MiB)})
+        session = transport.open(REF, big)
+        with pytest.raises(NoSpaceError) as info:
+            for entry in session.needed:
+                session.send(entry, tmp_path / "v2" / entry.path)
+        assert str(root) in str(info.value)
+        session.abort()
+        snap = dir_snapshot(root / REF.relpath)
+        assert (
+            snap is not None and snap["config.json"] == (tmp_path / "v1/config.json").read_bytes()
+        )
+        assert [p.name for p in (root / REF.relpath).parent.iterdir()] == [REF.version]
+
+
+def test_modes_are_applied(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    root.mkdir()
+    manifest = write_model(tmp_path / "src", base_files())
+    publish(FilesystemTransport(root, dir_mode=0o750, file_mode=0o640), tmp_path / "src", manifest)
+    final = root / REF.relpath
+    for path in [final, final / "tokenizer", root / REF.namespace]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o750, path
+    for path in [final / "config.json", final / "tokenizer/vocab.txt", final / "manifest.yaml"]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
+
+
+def test_unchanged_files_are_hard_linked_not_copied(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    root.mkdir()
+    transport = FilesystemTransport(root)
+    files = base_files()
+    publish(transport, tmp_path / "src", write_model(tmp_path / "src", files))
+    before = (root / REF.relpath / "weights.bin").stat().st_ino
+    files["config.json"] = b"{}"
+    info, sent, _ = publish(transport, tmp_path / "src", write_model(tmp_path / "src", files))
+    assert sent == 2
+    assert (root / REF.relpath / "weights.bin").stat().st_ino == before
+    assert info.details["linked"] == 2
+
+
+def test_unchanged_republish_writes_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    root.mkdir()
+    transport = FilesystemTransport(root)
+    manifest = write_model(tmp_path / "src", base_files())
+    publish(transport, tmp_path / "src", manifest)
+    final = root / REF.relpath
+    stamps = {p: p.stat().st_mtime_ns for p in [final, final.parent, *final.rglob("*")]}
+    info, sent, _ = publish(transport, tmp_path / "src", manifest)
+    assert sent == 0 and info.details["unchanged"] is True
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert sorted(p.name for p in final.parent.iterdir()) == [REF.version]
+
+
+_SLOW_PUBLISH = """
+import sys, time
+from pathlib import Path
+from axon.manifest import Manifest
+from axon.refs import ModelRef
+from axon.transports.filesystem import FilesystemTransport
+root, src = Path(sys.argv[1]), Path(sys.argv[2])
+manifest = Manifest.load(src / "manifest.yaml")
+session = FilesystemTransport(root).open(ModelRef.parse(sys.argv[3]), manifest)
+for entry in session.needed:
+    session.send(entry, src / entry.path, lambda n: time.sleep(0.2))
+session.commit()
+"""
+
+
+def test_kill_9_mid_publish_keeps_the_old_version_and_resumes(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    root.mkdir()
+    transport = FilesystemTransport(root)
+    old = write_model(tmp_path / "old", base_files())
+    publish(transport, tmp_path / "old", old)
+    src = tmp_path / "new"
+    new = write_model(src, {"big.bin": os.urandom(32 * MiB)})
+    (src / "manifest.yaml").write_text(new.to_yaml())
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_PUBLISH, str(root), str(src), str(REF)])
+    parts = root / REF.relpath.parent
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        partial = [p for p in parts.rglob(".axon-partial/*") if p.stat().st_size > 0]
+        if partial:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert partial, "the child never started writing"
+    snap = dir_snapshot(root / REF.relpath)
+    assert snap is not None and snap["weights.bin"] == (tmp_path / "old/weights.bin").read_bytes()
+    session = transport.open(REF, new)
+    assert 0 < session.offset(session.needed[0]) < 32 * MiB
+    info, sent, _ = publish(transport, src, new)
+    assert sent == 32 * MiB - session.offset(session.needed[0])
+    snap = dir_snapshot(root / REF.relpath)
+    assert snap is not None and snap["big.bin"] == (src / "big.bin").read_bytes()
+    assert info.details["unchanged"] is False
+
+
+def test_from_target_and_instance_path(tmp_path: Path) -> None:
+    target = InstanceTarget(
+        name="local",
+        endpoint="http://localhost:8080",
+        access_method="nfs",
+        storage_path=str(tmp_path),
+        dir_mode=0o755,
+        file_mode=0o644,
+    )
+    transport = FilesystemTransport.from_target(target)
+    assert transport.root == tmp_path and transport.method == "nfs"
+    assert (transport.dir_mode, transport.file_mode, transport.name) == (0o755, 0o644, "local")
+    assert transport.instance_path(REF) == f"{tmp_path}/{REF.relpath}"
+    assert transport.describe() == f"nfs://{tmp_path}"
+    with pytest.raises(TargetUnreachableError):
+        FilesystemTransport.from_target(
+            InstanceTarget(
+                name="share",
+                endpoint="http://h:8080",
+                access_method="nfs",
+                storage_path="nfs://nowhere.invalid/export/models",
+            )
+        )
