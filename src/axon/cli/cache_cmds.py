@@ -165,8 +165,7 @@ def _tensor_text(tensor: dict[str, Any]) -> str:
 @click.option("--full", is_flag=True, help="Re-read every file, even unchanged ones.")
 @json_option
 @quiet_option
-@click.pass_context
-def verify_cmd(ctx: click.Context, ref: str, full: bool, as_json: bool, quiet: bool) -> None:
+def verify_cmd(ref: str, full: bool, as_json: bool, quiet: bool) -> None:
     """Check a cached model against its manifest: missing, extra and corrupt files.
 
     Files unchanged since they were last hashed (same inode, size, mtime and ctime) are not
@@ -186,7 +185,7 @@ def verify_cmd(ctx: click.Context, ref: str, full: bool, as_json: bool, quiet: b
     if as_json:
         out.json(report.to_dict())
         if not report.ok:
-            ctx.exit(IntegrityError.exit_code)
+            raise SystemExit(IntegrityError.exit_code)  # the report is the output
         return
     if report.ok:
         out.line(
