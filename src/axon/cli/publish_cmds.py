@@ -8,6 +8,7 @@ result (see :mod:`axon.errors`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -101,12 +102,11 @@ def build_options(**values: Any) -> Any:
 def publish_cmd(ref: str, target: str, as_json: bool, quiet: bool, **values: Any) -> None:
     """Publish a cached model REF (namespace/name[@version]) to an instance, a cluster or
     shared storage. Only what the target lacks is sent; the model becomes visible at once."""
-    from axon.cli.progress_view import progress_sink
     from axon.publish import publish
 
     options = build_options(**values)
     try:
-        with progress_sink(enabled=not (as_json or quiet or options.dry_run)) as progress:
+        with _progress(enabled=not (as_json or quiet or options.dry_run)) as progress:
             result = publish(ref, target, options, progress)
     except AxonError as exc:
         _fail(exc, as_json)
@@ -117,6 +117,17 @@ def publish_cmd(ref: str, target: str, as_json: bool, quiet: bool, **values: Any
     else:
         _render_results(result, quiet)
     sys.exit(result.exit_code)
+
+
+def _progress(*, enabled: bool) -> Any:
+    """Bars only on a terminal; rich is not even imported otherwise (fast scripted runs)."""
+    if enabled and sys.stderr.isatty():
+        from axon.cli.progress_view import progress_sink
+
+        return progress_sink(enabled=True)
+    from axon.progress import NULL_PROGRESS
+
+    return contextlib.nullcontext(NULL_PROGRESS)
 
 
 def _render_plans(result: Any) -> None:
