@@ -1,0 +1,171 @@
+"""SSH transport against a real OpenSSH sshd on 127.0.0.1: every failure a user can meet
+(refused connection, wrong key, unknown host key, permission denied, no space, no python3),
+a connection cut mid-file (the ControlMaster is killed) that resumes, quoting and modes."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from axon.errors import (
+    AuthenticationError,
+    NoSpaceError,
+    RemoteError,
+    TargetPermissionError,
+    TargetUnreachableError,
+)
+from axon.targets import InstanceTarget
+from axon.transports.ssh import SshTransport
+from tests.fixtures.common import free_port
+from tests.test_transport_conformance import REF, base_files, dir_snapshot, publish, write_model
+from tests.test_transport_filesystem import tmpfs
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> tuple[Path, Any]:
+    src = tmp_path / "src"
+    return src, write_model(src, base_files())
+
+
+def test_refused_connection(sshd: Any, model: tuple[Path, Any]) -> None:
+    port = free_port()
+    with sshd.transport(port=port) as transport, pytest.raises(TargetUnreachableError) as info:
+        transport.open(REF, model[1])
+    assert f"{sshd.user}@127.0.0.1:{port}" in str(info.value)
+    assert "refused" in str(info.value).lower() and info.value.hint
+
+
+def test_wrong_key_is_an_authentication_error(sshd: Any, model: tuple[Path, Any]) -> None:
+    transport = sshd.transport(key=sshd.wrong_key_path)
+    with transport, pytest.raises(AuthenticationError) as info:
+        transport.open(REF, model[1])
+    assert f"{sshd.user}@127.0.0.1:{sshd.port}" in str(info.value)
+    assert "ssh_key" in (info.value.hint or "")
+
+
+def test_unknown_host_key_is_refused(sshd: Any, model: tuple[Path, Any], tmp_path: Path) -> None:
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    options = [f"UserKnownHostsFile={empty}", "StrictHostKeyChecking=yes"]
+    with sshd.transport(options=options) as transport, pytest.raises(AuthenticationError) as info:
+        transport.open(REF, model[1])
+    assert "host key" in str(info.value) and "ssh-keyscan" in (info.value.hint or "")
+
+
+def test_missing_root_names_the_host(sshd: Any, model: tuple[Path, Any], tmp_path: Path) -> None:
+    root = tmp_path / "absent"
+    with sshd.transport(root) as transport, pytest.raises(TargetUnreachableError) as info:
+        transport.open(REF, model[1])
+    assert str(root) in str(info.value) and f"127.0.0.1:{sshd.port}" in str(info.value)
+
+
+def test_missing_python_on_the_host(sshd: Any, model: tuple[Path, Any]) -> None:
+    transport = sshd.transport(python="no-such-python3")
+    with transport, pytest.raises(RemoteError) as info:
+        transport.open(REF, model[1])
+    assert "no-such-python3 not found" in str(info.value)
+
+
+def test_permission_denied(sshd: Any, model: tuple[Path, Any], tmp_path: Path) -> None:
+    # The sshd user is root here, so mode bits cannot refuse a write: a read-only mount does.
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as root, sshd.transport(root) as transport:
+        with pytest.raises(TargetPermissionError) as info:
+            publish(transport, *model)
+        assert str(root) in str(info.value) and f"127.0.0.1:{sshd.port}" in str(info.value)
+
+
+def test_no_space_keeps_the_previous_version(sshd: Any, tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "small", "size=1m") as root, sshd.transport(root) as transport:
+        publish(transport, tmp_path / "v1", write_model(tmp_path / "v1", base_files()))
+        big = write_model(tmp_path / "v2", {"weights.bin": os.urandom(2 * MiB)})
+        session = transport.open(REF, big)
+        with pytest.raises(NoSpaceError) as info:
+            for entry in session.needed:
+                session.send(entry, tmp_path / "v2" / entry.path)
+        assert "no space" in str(info.value) and f"127.0.0.1:{sshd.port}" in str(info.value)
+        session.abort()
+        snap = dir_snapshot(root / REF.relpath)
+        assert snap is not None
+        assert snap["weights.bin"] == (tmp_path / "v1/weights.bin").read_bytes()
+
+
+def _master_pid(transport: SshTransport) -> int:
+    out = subprocess.run(
+        [*transport.ssh_args()[:-1], "-O", "check", transport.host],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    match = re.search(r"pid=(\d+)", out.stderr + out.stdout)
+    assert match, out.stderr
+    return int(match.group(1))
+
+
+def test_connection_cut_mid_file_resumes(sshd: Any, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    manifest = write_model(src, {"big.bin": os.urandom(24 * MiB)})
+    with sshd.transport(tmp_path / "models") as transport:
+        (tmp_path / "models").mkdir()
+        session = transport.open(REF, manifest)
+        master = _master_pid(transport)
+        calls = [0]
+
+        def cut_the_wire(_n: int) -> None:
+            calls[0] += 1
+            if calls[0] == 2:
+                os.kill(master, 9)  # the TCP connection dies with the ControlMaster
+
+        with pytest.raises(TargetUnreachableError):
+            session.send(session.needed[0], src / "big.bin", cut_the_wire)
+        session = transport.open(REF, manifest)  # reconnects
+        offset = session.offset(session.needed[0])
+        assert 0 < offset < 24 * MiB
+        _info, sent, _ = publish(transport, src, manifest)
+        assert sent == 24 * MiB - offset
+        snap = dir_snapshot(tmp_path / "models" / REF.relpath)
+        assert snap is not None and snap["big.bin"] == (src / "big.bin").read_bytes()
+
+
+def test_awkward_root_is_quoted_and_modes_apply(
+    sshd: Any, model: tuple[Path, Any], tmp_path: Path
+) -> None:
+    root = tmp_path / "models $(touch pwned) 'q' \"d\""
+    root.mkdir()
+    with sshd.transport(root, dir_mode=0o750, file_mode=0o640) as transport:
+        info, _sent, _ = publish(transport, *model)
+    final = root / REF.relpath
+    assert info.path == str(final)
+    assert not (Path.home() / "pwned").exists() and not Path("pwned").exists()
+    assert stat.S_IMODE(final.stat().st_mode) == 0o750
+    assert stat.S_IMODE((final / "config.json").stat().st_mode) == 0o640
+    assert dir_snapshot(final) is not None
+
+
+def test_from_target_and_command_line() -> None:
+    target = InstanceTarget(
+        name="core-1",
+        endpoint="http://core-1.example:8080",
+        access_method="ssh",
+        storage_path="/srv/models",
+        ssh_user="mlos",
+        ssh_port=2222,
+        ssh_key="/keys/id",
+        ssh_options=["Ciphers=aes256-ctr"],
+    )
+    transport = SshTransport.from_target(target)
+    assert transport.host == "core-1.example" and transport.root == "/srv/models"
+    assert transport.describe() == "ssh://mlos@core-1.example:2222/srv/models"
+    args = transport.ssh_args()
+    assert args[-1] == "core-1.example" and "BatchMode=yes" in args
+    assert args[1:3] == ["-p", "2222"] and "-i" in args and "mlos" in args
+    assert not any(a.startswith("Ciphers=aes128") for a in args)  # the user's choice wins
+    assert SshTransport("h", root="/m").ssh_args().count("-o") >= 5
+    assert any(a.startswith("Ciphers=aes128-gcm") for a in SshTransport("h", root="/m").ssh_args())
