@@ -1,0 +1,74 @@
+"""sha256 streaming and the hash index (unchanged files are not read again)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+import axon.hashing
+from axon.hashing import HashIndex, hash_files, sha256_file
+
+
+def test_sha256_file_streams_and_reports(tmp_path: Path) -> None:
+    data = os.urandom(axon.hashing.CHUNK * 2 + 123)
+    p = tmp_path / "f"
+    p.write_bytes(data)
+    seen: list[int] = []
+    assert sha256_file(p, seen.append) == hashlib.sha256(data).hexdigest()
+    assert sum(seen) == len(data) and len(seen) == 3
+
+
+def test_index_skips_unchanged_and_catches_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = HashIndex(tmp_path / "idx.sqlite")
+    p = tmp_path / "f"
+    p.write_bytes(b"one")
+    calls: list[Path] = []
+    real = axon.hashing.sha256_file
+
+    def spy(path: Path, on_bytes: object = None) -> str:
+        calls.append(Path(path))
+        return real(path, on_bytes)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(axon.hashing, "sha256_file", spy)
+    first = index.digest(p)
+    assert index.digest(p) == first and len(calls) == 1  # second time from the index
+    assert index.digest(p, full=True) == first and len(calls) == 2
+    st = p.stat()
+    p.write_bytes(b"two")  # same size; restore mtime: ctime still moves
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert index.digest(p) == hashlib.sha256(b"two").hexdigest()
+
+
+def test_corrupt_index_is_rebuilt(tmp_path: Path) -> None:
+    path = tmp_path / "idx.sqlite"
+    path.write_bytes(b"this is not sqlite" * 100)
+    p = tmp_path / "f"
+    p.write_bytes(b"x")
+    assert HashIndex(path).digest(p) == hashlib.sha256(b"x").hexdigest()
+
+
+def test_hash_files_parallel(tmp_path: Path) -> None:
+    paths = []
+    for i in range(6):
+        p = tmp_path / f"f{i}"
+        p.write_bytes(bytes([i]) * (1000 + i))
+        paths.append(p)
+    got = hash_files(paths, index=HashIndex(tmp_path / "i.sqlite"))
+    assert got == {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+    assert hash_files([]) == {}
+
+
+def test_forget_under(tmp_path: Path) -> None:
+    index = HashIndex(tmp_path / "i.sqlite")
+    (tmp_path / "d").mkdir()
+    p = tmp_path / "d" / "f"
+    p.write_bytes(b"x")
+    index.digest(p)
+    assert index.lookup(p) is not None
+    index.forget_under(tmp_path / "d")
+    assert index.lookup(p) is None
