@@ -359,7 +359,10 @@ class Backup:
         if unchanged:
             return
         if self.method == "api":
-            self.existed = _api_has(self.target, self.ref)
+            try:
+                self.existed = _api_has(self.target, self.ref)
+            except AxonError:  # cannot ask: its commit will fail too; undo = server rollback
+                self.existed = True
             return
         final = self._final()
         aside = final.parent / f".{final.name}.rollback-{uuid.uuid4().hex[:12]}"
