@@ -16,7 +16,7 @@ from typing import Any
 
 from axon.errors import AxonError, ManifestError
 from axon.fsutil import clean_leftovers, remove_tree
-from axon.manifest import MANIFEST_NAME, Manifest
+from axon.manifest import API_VERSION, MANIFEST_NAME, Manifest
 from axon.refs import ModelRef
 from mlos_core.blobs import BlobStore
 from mlos_core.errors import ApiError, bad_request, not_found, too_large
@@ -50,6 +50,8 @@ def parse_manifest(raw: Any, ref: ModelRef, *, strict: bool) -> Manifest:
             raise bad_request("manifest is required (manifest.yaml text or a JSON object)")
         # the model id is authoritative for the identity (metadata may be missing)
         manifest = manifest.with_identity(ref.namespace, ref.name, ref.version)
+        manifest.data.setdefault("apiVersion", API_VERSION)
+        manifest.data.setdefault("kind", "Model")
         manifest.validate(strict=strict)
     except ManifestError as exc:
         raise bad_request(f"invalid manifest: {exc}", code="invalid_manifest") from exc
