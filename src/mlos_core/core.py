@@ -147,10 +147,10 @@ class Core:
         needed, have = [], []
         paths = upload.paths_by_blob()
         for sha, size in upload.blobs().items():
-            offset = self.blobs.offset(sha, size)
-            if offset >= size:
+            if self.blobs.has(sha, size):
                 have += paths[sha]
             else:
+                offset = self.blobs.offset(sha, size)
                 needed.append({"sha256": sha, "size": size, "offset": offset, "paths": paths[sha]})
         last = self.uploads.last_activity(upload.upload_id)
         return {
