@@ -116,7 +116,7 @@ async def inference(request: Request, model_id: str) -> JSONResponse:
     answer: dict[str, Any] = {
         "status": "success",
         "model_id": entry.id,
-        "inputs": shapes,
+        "input_shapes": shapes,
         "inference_time_ms": 0.0,
         "note": "mlos-core (Python) stores and registers models; it has no inference engine, "
         "so no real outputs are computed",
