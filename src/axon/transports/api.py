@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 
 CHUNK = 4 * 1024 * 1024  # big chunks: few syscalls and Python round trips per GiB
 DEFAULT_TIMEOUT = 30.0
+SETTLE_SECONDS = 2.0  # longest wait for a cut blob's offset to stop moving
 
 
 def quote_id(model_id: str) -> str:
@@ -228,6 +230,34 @@ class ApiSession(Session):
             self.needed.append(entry)
         self._prepared = False
         self._done = False
+        #: blobs whose PUT was cut in this transport: shared by its sessions
+        self.interrupted: set[str] = set()
+
+    def settle(self, interrupted: set[str]) -> None:
+        """After a cut PUT the server may still be storing what arrived: wait (briefly) until
+        the blob's offset stops moving, so the resume starts from every byte it kept."""
+        self.interrupted = interrupted
+        for entry in self.needed:
+            if entry.sha256 not in interrupted:
+                continue
+            interrupted.discard(entry.sha256)
+            last, still = self.offset(entry), 0
+            deadline = time.monotonic() + SETTLE_SECONDS
+            while time.monotonic() < deadline and still < 3:
+                time.sleep(0.05)
+                now = self._head_offset(entry)
+                still = still + 1 if now == last else 0
+                if now == last and now > 0:
+                    break
+                last = now
+            self._offsets[entry.sha256] = last
+
+    def _head_offset(self, entry: FileEntry) -> int:
+        resp = self.client.request(
+            "HEAD", self._path(f"/blobs/{entry.sha256}"), what=f"offset of {entry.path}"
+        )
+        value = resp.headers.get("Upload-Offset", "0")
+        return int(value) if value.isdigit() else 0
 
     def _path(self, suffix: str = "") -> str:
         return f"/v1/uploads/{quote(self.upload_id, safe='')}{suffix}"
@@ -241,14 +271,21 @@ class ApiSession(Session):
             offset = self.offset(entry)
             if offset >= entry.size and entry.size > 0:
                 return
-            resp = self.client.request(
-                "PUT",
-                self._path(f"/blobs/{entry.sha256}"),
-                what=f"upload of {entry.path}",
-                ok=(200, 201, 409),
-                content=_stream(source, offset, entry.size - offset, on_bytes),
-                headers={"Upload-Offset": str(offset), "Content-Length": str(entry.size - offset)},
-            )
+            try:
+                resp = self.client.request(
+                    "PUT",
+                    self._path(f"/blobs/{entry.sha256}"),
+                    what=f"upload of {entry.path}",
+                    ok=(200, 201, 409),
+                    content=_stream(source, offset, entry.size - offset, on_bytes),
+                    headers={
+                        "Upload-Offset": str(offset),
+                        "Content-Length": str(entry.size - offset),
+                    },
+                )
+            except BaseException:
+                self.interrupted.add(entry.sha256)  # the next open() waits for the offset
+                raise
             body = _body(resp)
             self._offsets[entry.sha256] = int(body.get("offset") or 0)
             if resp.status_code == 201 or body.get("complete") is True:
@@ -305,6 +342,7 @@ class ApiTransport(Transport):
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.client = ApiClient(self.endpoint, token=token, timeout=timeout, name=name)
+        self._interrupted: set[str] = set()
 
     @classmethod
     def from_target(cls, target: InstanceTarget) -> ApiTransport:
@@ -322,7 +360,9 @@ class ApiTransport(Transport):
             what=f"open upload of {ref}",
             json={"model_id": ref.id, "manifest": manifest.data},
         )
-        return ApiSession(self.client, ref, manifest, answer)
+        session = ApiSession(self.client, ref, manifest, answer)
+        session.settle(self._interrupted)
+        return session
 
     def fetch_manifest(self, ref: ModelRef) -> Manifest | None:
         """The manifest the server holds for ``ref`` (None when it has none)."""
