@@ -89,7 +89,6 @@ def test_killed_instance_drops_out_after_ttl_and_new_one_joins(
     wait_ids(etcd_server, ["core-a", "core-b"])
     a.kill()  # SIGKILL: no deregistration, the lease must expire
     killed_at = time.monotonic()
-    assert ids(discover(etcd_server.discovery_uri, "prod")) == ["core-a", "core-b"]
     wait_ids(etcd_server, ["core-b"], timeout=TTL + 10)
     gone_after = time.monotonic() - killed_at
     assert gone_after <= TTL + 5, f"killed instance stayed {gone_after:.1f}s (ttl {TTL}s)"
