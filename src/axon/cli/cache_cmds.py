@@ -196,7 +196,8 @@ def verify_cmd(ref: str, full: bool, as_json: bool, quiet: bool) -> None:
     for problem in report.problems:
         click.echo(f"  {problem}", err=True)
     raise IntegrityError(
-        f"{report.ref}: {len(report.problems)} problem(s): " + "; ".join(report.problems[:10]),
+        f"{report.ref} does not match its manifest: {len(report.problems)} problem(s), "
+        "listed above",
         problems=report.problems,
         path=str(report.path),
         hint=f"reinstall it (axon install SOURCE --as {report.ref})",
