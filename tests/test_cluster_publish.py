@@ -254,3 +254,32 @@ def test_round_robin_skips_a_dead_instance_and_continues_after_it(
     second = run_cluster(v2, "rr")
     assert registered(three[2], v2) and not registered(three[1], v2)
     assert second.states[three[2].url] == "published"
+
+
+# ---- the command line -----------------------------------------------------------------------
+def test_cli_summary_json_and_status_matrix(
+    three: list[Any], installed_model: ModelRef, axon_home: Path
+) -> None:
+    write_config(axon_home, {"prod": cluster_of(*three)})
+    three[2].kill()
+    proc = _axon("publish", str(installed_model), "--target", "prod", "--retries", "0")
+    assert proc.returncode == EXIT_PARTIAL, proc.stderr
+    assert "succeeded 2/3" in proc.stdout and three[2].url in proc.stdout
+    proc = _axon("publish", str(installed_model), "-t", "prod", "--json", "--retries", "0")
+    data = json.loads(proc.stdout)
+    [cluster] = data["results"]
+    assert [i["state"] for i in cluster["instances"]] == ["published", "published", "failed"]
+    assert cluster["instances"][2]["error"]["message"]
+    assert proc.returncode == EXIT_PARTIAL == data["exit_code"]
+
+    proc = _axon("status", str(installed_model), "--target", "prod")
+    assert proc.returncode == EXIT_PARTIAL, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any(three[0].url in line and line.count("yes") == 4 for line in lines), proc.stdout
+    assert "instances DIFFER" in proc.stdout
+    proc = _axon("status", str(installed_model), "--target", "prod", "--json")
+    rows = json.loads(proc.stdout)["instances"]
+    assert [r["registered"] for r in rows] == [True, True, None]
+
+    proc = _axon("publish", str(installed_model), "-t", "prod", "--min-success", "9")
+    assert proc.returncode == 2 and "--min-success 9" in proc.stderr

@@ -147,6 +147,10 @@ def _render_plans(result: Any) -> None:
 
 def _render_results(result: Any, quiet: bool) -> None:
     for item in result.results:
+        if hasattr(item, "summary_lines"):  # a cluster (H7): n/N, then each instance's state
+            if not (quiet and item.ok):
+                click.echo(item.summary(), err=quiet)
+            continue
         inner = getattr(item, "results", None)
         for r in inner if isinstance(inner, list) else [item]:
             _render_one(result.model_id, r, quiet)
@@ -207,9 +211,19 @@ def register_cmd(ref: str, target: str | None, as_json: bool) -> None:
 @click.option("--full-verify", is_flag=True, help="Re-hash the cached files.")
 def status_cmd(ref: str, target: str, as_json: bool, full_verify: bool) -> None:
     """Is REF on the target, which version, do its checksums match the cache, is it
-    registered? Exit 0 when present and matching, 3 when absent, 5 when it differs."""
+    registered? Exit 0 when present and matching, 3 when absent, 5 when it differs.
+    For a cluster: a matrix instance x (present, checksum ok, registered); exit 0 when every
+    instance agrees, 9 when some do, 10 when none does."""
     from axon.publish import status
+    from axon.publish.cluster import cluster_status_for
 
+    try:
+        matrix = cluster_status_for(ref, target, full=full_verify)
+    except AxonError as exc:
+        _fail(exc, as_json)
+    if matrix is not None:
+        click.echo(json.dumps(matrix.to_dict(), indent=2) if as_json else "\n".join(matrix.lines()))
+        sys.exit(matrix.exit_code)
     try:
         st = status(ref, target, full=full_verify)
     except AxonError as exc:

@@ -51,7 +51,10 @@ from axon.publish.rollout import (
 )
 
 if TYPE_CHECKING:
+    from axon.cache import Cache
+    from axon.config import Config
     from axon.publish.plan import InstanceResult, PreparedModel, PublishOptions
+    from axon.refs import ModelRef
     from axon.targets import ClusterTarget, InstanceTarget
 
 STRATEGIES = ("all", "first-available", "round-robin")
@@ -442,3 +445,30 @@ def cluster_status(
     cached checksums, and registered? (``model`` from prepare_model(validate=False).)"""
     members = cluster_members(cluster)
     return rollout.status_matrix(cluster.name, members, model, max_parallel=max_parallel)
+
+
+def cluster_status_for(
+    ref_or_str: ModelRef | str,
+    target_spec: str,
+    *,
+    config: Config | None = None,
+    cache: Cache | None = None,
+    full: bool = False,
+) -> StatusMatrix | None:
+    """The status matrix when ``target_spec`` names a cluster; None for any other target
+    (``axon.publish.status`` handles a single instance). The model must be in the cache:
+    its checksums are what every instance is compared with."""
+    from axon.cache import Cache
+    from axon.config import load_config
+    from axon.publish.plan import prepare_model
+    from axon.refs import ModelRef
+    from axon.targets import ClusterTarget, resolve_target
+
+    config = config if config is not None else load_config()
+    target = resolve_target(target_spec, config)
+    if not isinstance(target, ClusterTarget):
+        return None
+    ref = ref_or_str if isinstance(ref_or_str, ModelRef) else ModelRef.parse(ref_or_str)
+    cache = cache if cache is not None else Cache.from_config(config)
+    model = prepare_model(cache, ref, validate=True, full=full)
+    return cluster_status(model, target)

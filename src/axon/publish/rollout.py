@@ -34,7 +34,14 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from axon.errors import AxonError, RemoteError, TargetUnreachableError
+from axon.errors import (
+    EXIT_ALL_FAILED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    AxonError,
+    RemoteError,
+    TargetUnreachableError,
+)
 from axon.fsutil import remove_tree, replace_dir
 from axon.progress import Progress
 
@@ -288,9 +295,18 @@ class StatusMatrix:
             r.healthy and r.present and r.checksum_ok and r.registered for r in self.rows
         )
 
+    @property
+    def exit_code(self) -> int:
+        """0 when consistent, 9 when only some instances are right, 10 when none is."""
+        if self.consistent:
+            return EXIT_OK
+        right = any(r.healthy and r.present and r.checksum_ok and r.registered for r in self.rows)
+        return EXIT_PARTIAL if right else EXIT_ALL_FAILED
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "ref": self.ref,
+            "exit_code": self.exit_code,
             "cluster": self.cluster,
             "consistent": self.consistent,
             "instances": [r.to_dict() for r in self.rows],
