@@ -149,3 +149,22 @@ def test_token_env(axon_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write(axon_home, "mlos_targets:\n  a: {endpoint: 'http://h:1', token_env: MY_TOKEN}\n")
     monkeypatch.setenv("MY_TOKEN", "s3cret")
     assert load_config().mlos_targets["a"].resolved_token() == "s3cret"
+
+
+def test_readme_example_config_loads_and_resolves(axon_home: Path) -> None:
+    from axon.targets import resolve_target
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("<!-- section:cache")[1].split("<!-- /section:cache")[0]
+    example = section.split("```yaml\n")[1].split("```")[0]
+    config = load_config(write(axon_home, example))
+    kinds = {name: resolve_target(name, config).kind for name in config.target_names}
+    assert kinds == {
+        "mlos-core-1": "instance",
+        "mlos-core-2": "instance",
+        "mlos-cluster-prod": "cluster",
+        "mlos-shared-repo": "network_storage",
+        "mlos-s3": "network_storage",
+        "mlos-cluster-staging": "cluster",
+        "mlos-cluster-edge": "cluster",
+    }
