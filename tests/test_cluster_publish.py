@@ -283,3 +283,15 @@ def test_cli_summary_json_and_status_matrix(
 
     proc = _axon("publish", str(installed_model), "-t", "prod", "--min-success", "9")
     assert proc.returncode == 2 and "--min-success 9" in proc.stderr
+
+
+def test_dry_run_plans_every_member_and_changes_nothing(
+    three: list[Any], installed_model: ModelRef, axon_home: Path
+) -> None:
+    write_config(axon_home, {"prod": cluster_of(*three)})
+    opts = PublishOptions(dry_run=True, timeout=5.0)
+    result = publish(installed_model, "prod", opts)
+    assert result.exit_code == 0 and result.results == []
+    assert [p.target for p in result.plans] == [s.url for s in three]
+    assert all(p.files_to_send == len(p.files) > 0 for p in result.plans)
+    assert not any(registered(s, installed_model) for s in three)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from axon.errors import EXIT_ALL_FAILED, EXIT_OK, EXIT_PARTIAL, OptionError
+from axon.errors import EXIT_ALL_FAILED, EXIT_OK, EXIT_PARTIAL, AxonError, OptionError
 from axon.fsutil import atomic_write_text
 from axon.progress import NULL_PROGRESS, Progress
 from axon.publish import rollout
@@ -106,6 +106,7 @@ class ClusterResult:
     stopped: str | None = None  # why a rollout stopped early
     batches: list[list[str]] = field(default_factory=list)
     matrix: StatusMatrix | None = None  # who has what, after a stopped rollout
+    plans: list[Any] | None = None  # --dry-run: an InstancePlan per member that would get it
 
     @property
     def total(self) -> int:
@@ -323,6 +324,8 @@ def publish_to_cluster(
     wanted = len(members) if strategy == "all" else 1
     required = parse_min_success(opts.min_success, wanted) if members else 1
     parallel = opts.max_parallel or cluster.max_parallel or min(DEFAULT_MAX_PARALLEL, len(members))
+    if options.dry_run:
+        return _dry_run(model, cluster, members, strategy, required, wanted, parallel)
     if strategy == "all":
         outcome = _publish_all(model, cluster, members, options, opts, parallel, progress)
     else:
@@ -340,6 +343,35 @@ def publish_to_cluster(
     if outcome.stopped and opts.batch_size:
         result.matrix = rollout.status_matrix(cluster.name, members, model, max_parallel=parallel)
     result.seconds = time.monotonic() - started
+    return result
+
+
+def _dry_run(
+    model: PreparedModel,
+    cluster: ClusterTarget,
+    members: list[InstanceTarget],
+    strategy: str,
+    required: int,
+    wanted: int,
+    parallel: int,
+) -> ClusterResult:
+    """Plans only: every member for ``all``, else the member the strategy would try first."""
+    from axon.publish.plan import InstancePlan, plan_instance
+
+    if strategy != "all" and members:
+        start = round_robin_start(cluster.name, len(members)) if strategy == "round-robin" else 0
+        members = [members[start]]
+
+    def plan(target: InstanceTarget) -> InstancePlan:
+        try:
+            return plan_instance(model, target)
+        except (AxonError, OSError) as exc:
+            where = f"cannot plan: {exc}"
+            return InstancePlan(target.name, target.access_method, where, None, [], False)
+
+    plans = list(rollout.parallel_map(members, plan, parallel).values())
+    result = ClusterResult(cluster.name, strategy, [], {}, required, wanted)
+    result.plans = [value for value, _exc in plans]
     return result
 
 
