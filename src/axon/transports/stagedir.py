@@ -2,8 +2,8 @@
 
 This module is **standard library only** and runs in two places: in-process for the
 filesystem/NFS transport, and on the remote host for the SSH transport (shipped as
-``python3 -c <this source> <op> <json>``; remote Python >= 3.7). So the protocol that keeps a
-model directory whole is written once::
+``python3 -c <this source> serve``, answering JSON-line requests on stdin; remote Python
+>= 3.7). So the protocol that keeps a model directory whole is written once::
 
     <root>/<ns>/<name>/<version>/                 the published model (manifest.yaml + files)
     <root>/<ns>/<name>/.<version>.staging-<d16>/   staging for one (ref, manifest digest)
@@ -26,6 +26,7 @@ any point resumes where it stopped; a different manifest gets a different stagin
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -529,6 +530,9 @@ def main(argv: list[str]) -> int:
     """Entry point on the remote host: ``serve`` on stdin/stdout."""
     # A dropped connection must leave a resumable partial file, not kill us mid-write.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # a larger pipe from sshd: fewer wake-ups per MiB (1031 = F_SETPIPE_SZ on Linux)
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(0, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1024 * 1024)
     try:
         return serve(sys.stdin.buffer, sys.stdout.buffer)
     except BrokenPipeError:  # the client went away; partial files are kept for resume
