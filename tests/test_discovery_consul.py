@@ -136,12 +136,30 @@ def test_registrar_payload_and_deregister(recorded_api: RecordedApi) -> None:
     assert deregister.path == "/v1/agent/service/deregister/core-1"
 
 
+def test_registrar_registers_again_when_the_agent_lost_the_service(
+    recorded_api: RecordedApi,
+) -> None:
+    recorded_api.route("PUT", "/v1/agent/service/register", None)
+    recorded_api.route("GET", "/v1/agent/service/core-1", {"ID": "core-1", "Service": "mlos-core"})
+    record = InstanceRecord("core-1", "http://127.0.0.1:8081", "prod", None)
+    registrar = ConsulRegistrar(f"consul://{recorded_api.hostport}", record, ttl=6, timeout=5)
+    registrar.keepalive()  # the agent knows it: nothing to do
+    assert [r.method for r in recorded_api.requests] == ["GET"]
+    del recorded_api.routes[("GET", "/v1/agent/service/core-1")]  # now the agent answers 404
+    registrar.keepalive()
+    assert [(r.method, r.path) for r in recorded_api.requests[1:]] == [
+        ("GET", "/v1/agent/service/core-1"),
+        ("PUT", "/v1/agent/service/register"),
+    ]
+
+
 @pytest.mark.slow
 def test_mlos_core_serve_registers_and_deregisters(
     recorded_api: RecordedApi, mlos_server: Any
 ) -> None:
     recorded_api.route("PUT", "/v1/agent/service/register", None)
     recorded_api.route("PUT", "/v1/agent/service/deregister/core-c", None)
+    recorded_api.route("GET", "/v1/agent/service/core-c", {"ID": "core-c"})
     srv = mlos_server(
         cluster="prod", discovery=f"consul://{recorded_api.hostport}", instance_id="core-c"
     )
@@ -149,5 +167,9 @@ def test_mlos_core_serve_registers_and_deregisters(
     assert body["Meta"]["endpoint"] == srv.url
     assert body["Meta"]["storage_path"] == str(srv.models_dir.absolute())
     srv.stop()
-    wait_for(lambda: len(recorded_api.requests) == 2, timeout=5, what="deregistration")
-    assert recorded_api.requests[1].path == "/v1/agent/service/deregister/core-c"
+
+    def puts() -> list[str]:
+        return [r.path for r in recorded_api.requests if r.method == "PUT"]
+
+    wait_for(lambda: len(puts()) == 2, timeout=5, what="deregistration")
+    assert puts() == ["/v1/agent/service/register", "/v1/agent/service/deregister/core-c"]

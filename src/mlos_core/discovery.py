@@ -14,8 +14,9 @@ Backends (the same URIs ``axon`` discovers with):
   down for longer than the TTL), the next renewal grants a new one and writes the key again.
 - ``consul://host:port``: the local agent registers service ``mlos-core`` (ID = instance id,
   tag ``mlos-cluster=<cluster>``, the record as Meta) with an HTTP check on ``/health`` every
-  ``ttl/3`` seconds; critical for a minute -> consul deregisters it. Clean shutdown
-  deregisters. ``CONSUL_HTTP_TOKEN`` is sent as the ACL token.
+  ``ttl/3`` seconds; critical for a minute -> consul deregisters it. Every ``ttl/3`` we check
+  the agent still has the service and register it again if not. Clean shutdown deregisters.
+  ``CONSUL_HTTP_TOKEN`` is sent as the ACL token.
 - ``k8s://...``: nothing to do: the Service's selector lists ready pods by itself.
 
 Registration never stops the server from serving: failures are logged and retried.
@@ -162,7 +163,16 @@ class ConsulRegistrar:
         log.info("registered service %s with consul", self.record.instance_id)
 
     def keepalive(self) -> None:
-        pass  # the agent runs the HTTP check itself
+        """The agent runs the health check itself; we only put the service back if the agent
+        lost it (agent restarted without its data dir, or reaped it after a long outage)."""
+        path = f"/v1/agent/service/{quote(self.record.instance_id, safe='')}"
+        try:
+            response = httpx.get(f"{self.base}{path}", headers=self.headers, timeout=self.timeout)
+        except httpx.HTTPError as exc:
+            raise ConnectionError(f"consul agent {self.base}: {exc}") from exc
+        if response.status_code == 404:
+            log.warning("consul agent lost service %s; registering again", self.record.instance_id)
+            self.register()
 
     def deregister(self) -> None:
         self._put(f"/v1/agent/service/deregister/{quote(self.record.instance_id, safe='')}")
