@@ -1,0 +1,132 @@
+"""Reader checkers: what a reader of a target can see must be whole models only.
+
+A *visible* model is a directory (no hidden segment under the root) that holds
+``manifest.yaml``. It is whole when every file its manifest lists is there with that size and
+sha256, and nothing else is (bookkeeping names aside). A file outside every visible model
+(and outside hidden staging/bookkeeping dirs) is a partial model a reader could trip on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from axon.manifest import MANIFEST_NAME, Manifest
+
+BOOKKEEPING = {MANIFEST_NAME, ".axon_metadata.json"}
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _visible_files(root: Path) -> list[str]:
+    out = []
+    for dirpath, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        rel = os.path.relpath(dirpath, root)
+        out += [f if rel == "." else f"{rel}/{f}" for f in files if not f.startswith(".")]
+    return out
+
+
+def check_model_dir(model_dir: Path) -> list[str]:
+    """Problems of one visible model dir (empty: it is whole and unmixed)."""
+    try:
+        manifest = Manifest.load(model_dir)
+    except Exception as exc:  # an unreadable manifest is a torn write: report, don't raise
+        return [f"{model_dir}: unreadable manifest: {exc}"]
+    problems = []
+    listed = {f.path: f for f in manifest.files}
+    for entry in listed.values():
+        path = model_dir / entry.path
+        if not path.is_file():
+            problems.append(f"{model_dir}: missing {entry.path}")
+        elif path.stat().st_size != entry.size:
+            problems.append(f"{model_dir}: {entry.path} has {path.stat().st_size} bytes")
+        elif entry.known and sha256_file(path) != entry.sha256:
+            problems.append(f"{model_dir}: {entry.path} does not match its sha256")
+    for rel in _visible_files(model_dir):
+        if rel not in listed and rel not in BOOKKEEPING and not rel.endswith(".axon"):
+            problems.append(f"{model_dir}: {rel} is not in the manifest (mixed versions?)")
+    return problems
+
+
+def check_fs_root(root: Path) -> tuple[int, list[str]]:
+    """(visible models, problems) for a models root as a filesystem reader sees it."""
+    model_dirs = sorted(p.parent for p in _manifests(root))
+    problems = []
+    covered: set[str] = set()
+    for model_dir in model_dirs:
+        problems += check_model_dir(model_dir)
+        covered.add(str(model_dir.relative_to(root)))
+    for rel in _visible_files(root):
+        parts = rel.split("/")
+        if not any("/".join(parts[:i]) in covered for i in range(1, len(parts))):
+            problems.append(f"{root}: {rel} belongs to no visible model (partial model)")
+    return len(model_dirs), problems
+
+
+def _manifests(root: Path) -> list[Path]:
+    found = []
+    for dirpath, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if MANIFEST_NAME in files and os.path.relpath(dirpath, root).count("/") >= 2:
+            found.append(Path(dirpath) / MANIFEST_NAME)
+            dirs[:] = []  # files below a model dir belong to it
+    return found
+
+
+def check_s3(client: Any, bucket: str, prefix: str) -> tuple[int, list[str]]:
+    """(visible models, problems) for an S3 layout (see axon.transports.s3): every committed
+    manifest's blobs exist, whole, with the right content."""
+    base = prefix.strip("/") + "/" if prefix.strip("/") else ""
+    keys = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base):
+        keys += [o["Key"] for o in page.get("Contents", [])]
+    manifests = [k for k in keys if k.endswith("/" + MANIFEST_NAME)]
+    problems = []
+    for key in manifests:
+        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        try:
+            manifest = Manifest.from_text(body, source=key)
+        except Exception as exc:
+            problems.append(f"{key}: unreadable manifest: {exc}")
+            continue
+        for entry in manifest.files:
+            blob = f"{base}.blobs/sha256/{entry.sha256}"
+            try:
+                data = client.get_object(Bucket=bucket, Key=blob)["Body"].read()
+            except Exception as exc:
+                problems.append(f"{key}: blob of {entry.path} missing ({exc})")
+                continue
+            if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
+                problems.append(f"{key}: blob of {entry.path} is partial or wrong")
+    return len(manifests), problems
+
+
+def check_registered(url: str, models_dir: Path) -> list[str]:
+    """Every model the server lists is a whole model dir on its disk."""
+    answer = httpx.get(f"{url}/models", timeout=10).json()
+    problems = []
+    for model in answer["models"]:
+        ns, _, rest = model["id"].partition("/")
+        name, _, version = rest.partition("@")
+        model_dir = models_dir / ns / name / version
+        if not (model_dir / MANIFEST_NAME).is_file():
+            problems.append(f"{url}: lists {model['id']} but {model_dir} has no manifest")
+        else:
+            problems += check_model_dir(model_dir)
+    return problems
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """rel path -> sha256 of every visible file under ``root`` (for 'nothing changed')."""
+    return {rel: sha256_file(root / rel) for rel in sorted(_visible_files(root))}
