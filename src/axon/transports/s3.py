@@ -509,11 +509,11 @@ class S3Session(Session):
         """Check every blob the manifest names is in the bucket, complete."""
         missing = self._missing(self.blobs)
         if missing:
-            raise IntegrityError(
-                f"{len(missing)} blob(s) of {self.ref} are not in {self.store.url}",
-                problems=[f"{b.path}: blob {b.sha256} missing" for b in missing],
+            raise TransportError(
+                f"cannot commit {self.ref}: {len(missing)} file(s) not in {self.store.url} "
+                f"({missing[0].path}, ...)",
                 target=self.store.url,
-                hint="publish again: the missing files will be sent",
+                hint="send every file of session.needed before prepare/commit",
             )
         self.prepared = True
 
