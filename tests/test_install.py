@@ -371,3 +371,41 @@ def test_io_schema_families(config: dict[str, object], inputs: list[str], output
 def test_unknown_family_has_no_io() -> None:
     assert detect(["w.gguf"], {"model_type": "something-new"}).io is None
     assert detect(["w.gguf"]).execution_format == "gguf"
+
+
+SLOW_INSTALL = """
+import sys, time
+from pathlib import Path
+from axon.cache import Cache
+from axon.install import install_source
+
+class Slow:
+    def begin(self, key, description, total=None): pass
+    def advance(self, key, nbytes): time.sleep(60)
+    def end(self, key, *, ok=True, note=""): pass
+    def message(self, text): pass
+
+install_source(sys.argv[1], as_ref="a/b@v1", cache=Cache(Path(sys.argv[2])), progress=Slow())
+"""
+
+
+def test_sigkill_mid_install_leaves_no_model(cache: Cache, make_model_dir: MakeDir) -> None:
+    import subprocess
+    import sys
+    import time
+
+    src = make_model_dir()
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_INSTALL, str(src), str(cache.root)])
+    try:
+        deadline = time.monotonic() + 30
+        while not leftovers(cache) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert leftovers(cache), "the install never started staging"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert cache.list() == []  # the half-written staging dir is not a model
+    assert not cache.exists(ModelRef.parse("a/b@v1"))
+    assert cache.clean_stale(max_age=3600) == []  # too recent: could be a running install
+    assert len(cache.clean_stale(max_age=0)) == 1
+    assert leftovers(cache) == []

@@ -28,7 +28,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from axon.errors import IntegrityError, InvalidReferenceError, ManifestError, ModelNotFoundError
-from axon.fsutil import atomic_write_text, is_staging_leftover, remove_tree, staging_name
+from axon.fsutil import (
+    atomic_write_text,
+    clean_leftovers,
+    is_staging_leftover,
+    remove_tree,
+    staging_name,
+)
 from axon.hashing import HashIndex, hash_files
 from axon.manifest import MANIFEST_NAME, FileEntry, Manifest, check_relpath
 from axon.refs import ModelRef
@@ -371,6 +377,10 @@ class Cache:
                 self.index.remember(p, p.stat(), entry.sha256)
             except OSError:
                 continue
+
+    def clean_stale(self, max_age: float = 3600.0) -> builtins.list[Path]:
+        """Remove staging dirs left by installs killed more than ``max_age`` seconds ago."""
+        return clean_leftovers(self.models_dir, min_age=max_age)
 
     def uninstall(self, ref: ModelRef | str) -> Path:
         """Remove a model: renamed aside first (atomic to readers), then deleted."""

@@ -176,9 +176,15 @@ def atomic_write_text(path: Path, text: str, **kw: object) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), **kw)  # type: ignore[arg-type]
 
 
-def clean_leftovers(root: Path, *, max_depth: int = 8) -> list[Path]:
-    """Remove staging/old/tmp leftovers of interrupted writes under ``root``; return them."""
+def clean_leftovers(root: Path, *, max_depth: int = 8, min_age: float = 0.0) -> list[Path]:
+    """Remove staging/old/tmp leftovers of interrupted writes under ``root``; return them.
+
+    ``min_age`` (seconds since last change) spares the staging dirs of writes still running.
+    """
+    import time
+
     removed: list[Path] = []
+    newest = time.time() - min_age
     if not root.is_dir():
         return removed
     base_depth = len(root.parts)
@@ -187,6 +193,8 @@ def clean_leftovers(root: Path, *, max_depth: int = 8) -> list[Path]:
         for name in list(dirs) + files:
             if is_staging_leftover(name):
                 p = Path(dirpath) / name
+                if min_age and _mtime(p) > newest:
+                    continue
                 remove_tree(p)
                 removed.append(p)
                 if name in dirs:
@@ -194,3 +202,10 @@ def clean_leftovers(root: Path, *, max_depth: int = 8) -> list[Path]:
         if depth >= max_depth:
             dirs.clear()
     return removed
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.lstat().st_mtime
+    except OSError:
+        return 0.0

@@ -122,6 +122,7 @@ def _install(
     # Staged in a hidden dir under models/ (same filesystem as the final place, skipped by
     # listing); it becomes the model dir in one rename, or is removed on any failure.
     cache.models_dir.mkdir(parents=True, exist_ok=True)
+    cache.clean_stale()  # what an install killed with SIGKILL long ago left behind
     staged = staging_name(cache.models_dir / "install")
     staged.mkdir()
     try:
