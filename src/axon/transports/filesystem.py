@@ -105,6 +105,12 @@ def plan_session(manifest: Manifest, status: dict[str, Any]) -> StagePlan:
 
 
 # ---- errors (shared with ssh) -------------------------------------------------------------
+def retryable(exc: AxonError, value: bool) -> AxonError:
+    """Tell the publish orchestrator whether a new attempt (re-open + resume) can help."""
+    exc.retryable = value  # type: ignore[attr-defined]
+    return exc
+
+
 def translate(exc: BaseException, *, target: str, root: str) -> AxonError:
     """Turn an OSError or :class:`stagedir.StageError` (local or remote) into our errors."""
     if isinstance(exc, AxonError):
@@ -147,26 +153,29 @@ def error_from_code(
             hint=f"free space on the filesystem of {root}{on} (staging needs the model's size)",
         )
     if code == "oserror" and err == errno.ENOENT and where == root:
-        return TargetUnreachableError(
+        missing = TargetUnreachableError(
             f"models directory {root}{on} does not exist",
             target=target,
             path=root,
             hint="create it, fix storage_path in ~/.axon/config.yaml, or mount the NFS share",
         )
+        return retryable(missing, False)
     if code == "checksum_mismatch":
-        return TransportError(
+        mismatch = TransportError(
             f"{message} at {where}{on}",
             target=target,
             path=where,
             hint="the partial data was dropped; publish again (did the cached file change?)",
         )
-    if code == "busy":
-        return TransportError(
+        return retryable(mismatch, True)
+    if code in ("busy", "offset_mismatch"):
+        busy = TransportError(
             f"{message}: {where}{on}",
             target=target,
             path=where,
-            hint="another publish of this model is running; wait for it, then retry",
+            hint="another publish of this model may be running; wait for it, then retry",
         )
+        return retryable(busy, True)
     return TransportError(f"{message} at {where}{on}", target=target, path=where)
 
 

@@ -45,6 +45,7 @@ from axon.transports.filesystem import (
     error_from_code,
     manifest_digest,
     plan_session,
+    retryable,
 )
 
 if TYPE_CHECKING:
@@ -290,11 +291,12 @@ class SshTransport(Transport):
             self._forget_master()
             return self._ssh_failure(stderr)
         if rc == 127 or "not found" in stderr:
-            return RemoteError(
+            missing = RemoteError(
                 f"{self.python} not found on {self.where}",
                 target=self.name,
                 hint="install python3 (>= 3.7) on the host, or publish through the API",
             )
+            return retryable(missing, False)
         tail = stderr.strip().splitlines()[-1:] or [f"exit status {rc}"]
         return RemoteError(f"remote helper failed on {self.where}: {tail[0]}", target=self.name)
 
