@@ -169,3 +169,22 @@ def test_help_is_light_and_errors_have_no_traceback(axon_home: Path, tmp_path: P
     bad = run_axon("install", str(tmp_path / "nothing"), "--as", "a/b", env=env)
     assert bad.returncode == EXIT_INVALID
     assert "Traceback" not in bad.stderr and "no such directory" in bad.stderr
+
+
+def test_targets_show_discovery_failure_still_shows_config(axon, axon_home: Path) -> None:  # type: ignore[no-untyped-def]
+    from axon.errors import EXIT_DISCOVERY
+    from tests.fixtures.common import free_port
+
+    axon_home.mkdir(parents=True)
+    (axon_home / "config.yaml").write_text(
+        f"clusters:\n  edge: {{discovery: 'etcd://127.0.0.1:{free_port()}', strategy: all}}\n"
+    )
+    r = axon("targets", "show", "edge", "--timeout", "1")
+    assert r.code == EXIT_DISCOVERY
+    assert "etcd://127.0.0.1" in r.out and "strategy" in r.out
+    assert r.err.startswith("axon: error: ")
+    js = axon("targets", "show", "edge", "--json", "--timeout", "1")
+    assert js.code == EXIT_DISCOVERY
+    assert js.json()["discovery_error"]["type"] == "DiscoveryError"
+    skip = axon("targets", "show", "edge", "--no-discover", "--json")
+    assert skip.code == 0 and "discovered" not in skip.json()

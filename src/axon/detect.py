@@ -96,6 +96,7 @@ def file_role(path: str) -> str:
 def detect(files: Iterable[str], config_json: dict[str, Any] | None = None) -> Detection:
     """Detect format, framework, execution files and (from ``config_json``) the io schema."""
     by_format: dict[str, list[str]] = {}
+    files = list(files)
     for rel in files:
         fmt = format_of(rel)
         if fmt:
@@ -116,6 +117,11 @@ def detect(files: Iterable[str], config_json: dict[str, Any] | None = None) -> D
         if isinstance(model_type, str):
             det.model_type = model_type
             det.io = io_schema(model_type, config_json)
+            if det.io and "tokenizer.json" not in files:
+                for tensor in det.io["inputs"]:
+                    pre = tensor.get("preprocessing")
+                    if pre and pre.get("type") == "tokenizer":
+                        pre.pop("tokenizer", None)  # the model ships no tokenizer.json
     return det
 
 

@@ -293,7 +293,9 @@ def _write_hashing(fin: IO[bytes], dst: Path, on_bytes: OnBytes) -> Digest:
             h.update(chunk)
             while chunk:
                 written = fout.write(chunk)
-                chunk = chunk[written:] if written else chunk
+                if not written:
+                    raise OSError(f"could not write {dst}")
+                chunk = chunk[written:]
             size += n
             on_bytes(n)
     return Digest(size, h.hexdigest())

@@ -76,7 +76,7 @@ def install_cmd(source: str, as_ref: str | None, as_json: bool, quiet: bool) -> 
             as_ref=as_ref,
             cache=Cache(config.cache_dir),
             progress=progress,
-            hf_token=config.registry.huggingface_token,
+            hf_token=config.registry.huggingface_token or None,
         )
     if as_json:
         out.json(model.to_dict())

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from axon.cli.output import Output, json_option
+from axon.errors import AxonError
 
 if TYPE_CHECKING:
     from axon.config import Config
@@ -81,13 +82,22 @@ def show_cmd(name: str, no_discover: bool, timeout: float, as_json: bool) -> Non
     target = resolve_target(name, load_config())
     data = target.to_dict()
     discovered: list[dict[str, Any]] | None = None
+    failure: AxonError | None = None
     if isinstance(target, ClusterTarget) and target.discovery and not no_discover:
-        discovered = discovered_members(target, timeout=timeout)
-        data["discovered"] = discovered
+        try:
+            discovered = discovered_members(target, timeout=timeout)
+            data["discovered"] = discovered
+        except AxonError as exc:  # still show what is configured, then fail
+            failure = exc
+            data["discovery_error"] = exc.to_dict()
     if as_json:
         out.json(data)
+        if failure is not None:
+            raise SystemExit(failure.exit_code)
         return
     _render(out, target, discovered)
+    if failure is not None:
+        raise failure
 
 
 def discovered_members(cluster: ClusterTarget, *, timeout: float = 5.0) -> list[dict[str, Any]]:
