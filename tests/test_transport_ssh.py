@@ -169,3 +169,37 @@ def test_from_target_and_command_line() -> None:
     assert not any(a.startswith("Ciphers=aes128") for a in args)  # the user's choice wins
     assert SshTransport("h", root="/m").ssh_args().count("-o") >= 5
     assert any(a.startswith("Ciphers=aes128-gcm") for a in SshTransport("h", root="/m").ssh_args())
+
+
+def test_axon_publish_over_ssh_registers_with_a_real_mlos_core(
+    sshd: Any, installed_model: Any, axon_home: Path, mlos_server: Any, tmp_path: Path
+) -> None:
+    """The whole path: config target -> publish() -> SshTransport -> POST /models/register."""
+    import httpx
+
+    from axon.config import load_config
+    from axon.publish import PublishOptions
+    from axon.publish import publish as publish_model
+
+    models = tmp_path / "instance-models"
+    models.mkdir()
+    server = mlos_server.start(models_dir=models)
+    axon_home.mkdir(parents=True, exist_ok=True)
+    (axon_home / "config.yaml").write_text(
+        "mlos_targets:\n  core-ssh:\n"
+        f"    endpoint: {server.url}\n    access_method: ssh\n    ssh_host: 127.0.0.1\n"
+        f"    ssh_port: {sshd.port}\n    ssh_user: {sshd.user}\n    ssh_key: {sshd.key_path}\n"
+        f"    storage_path: {models}\n    ssh_options:\n"
+        + "".join(f"      - {opt}\n" for opt in sshd.options)
+    )
+    config = load_config()
+    first = publish_model(installed_model, "core-ssh", PublishOptions(), config=config)
+    assert first.ok, first.to_dict()
+    (result,) = first.results
+    assert result.method == "ssh" and result.notified and result.files_sent > 0
+    assert result.path == f"{models}/{installed_model.relpath}"
+    assert (models / installed_model.relpath / "manifest.yaml").is_file()
+    answer = httpx.get(f"{server.url}/models", timeout=10).json()
+    assert installed_model.id in [m["id"] for m in answer["models"]]
+    again = publish_model(installed_model, "core-ssh", PublishOptions(), config=config)
+    assert again.ok and again.results[0].bytes_sent == 0 and again.results[0].files_sent == 0
