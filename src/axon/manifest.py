@@ -259,7 +259,7 @@ class Manifest:
             errs.append(ManifestError(message, field=field, path=src, hint=hint))
 
         api = self.data.get("apiVersion")
-        if api is not None and api not in KNOWN_API_VERSIONS:
+        if api is not None and (not isinstance(api, str) or api not in KNOWN_API_VERSIONS):
             err("apiVersion", f"unknown apiVersion {api!r}", f"use {API_VERSION!r}")
         if strict and api is None:
             err("apiVersion", "missing", f"use {API_VERSION!r}")

@@ -20,7 +20,7 @@ import pytest
 
 from tests.stress.checkers import check_fs_root, check_registered, check_s3, tree_digest
 from tests.stress.conftest import record, scale
-from tests.stress.harness import MiB, Home, kill_at_random, make_homes, run_axon, timed
+from tests.stress.harness import Home, MiB, kill_at_random, make_homes, run_axon, timed
 
 pytestmark = pytest.mark.slow
 
@@ -62,9 +62,7 @@ def _setup(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Setup:
     if kind == "shared":
         shared = tmp_path / "shared"
         shared.mkdir()
-        return Setup(
-            str(shared), {}, lambda: check_fs_root(shared), _fs_content(shared)
-        )
+        return Setup(str(shared), {}, lambda: check_fs_root(shared), _fs_content(shared))
     if kind == "s3":
         s3 = request.getfixturevalue("s3")
         bucket = s3.bucket()

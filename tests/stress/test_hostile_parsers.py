@@ -1,0 +1,303 @@
+"""Property tests for every parser that reads untrusted text: model references, manifest
+paths and documents, the config file and .axon archives. Whatever the input: only our own
+error type (never KeyError/TypeError/...), and nothing accepted that leads outside a root."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from axon.errors import (
+    ConfigError,
+    IntegrityError,
+    InvalidReferenceError,
+    ManifestError,
+    SourceError,
+)
+from axon.manifest import Manifest, check_relpath
+from axon.refs import ModelRef
+from tests.stress.conftest import record, scale
+
+EXAMPLES = scale(150, 2000)
+CFG = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    database=None,
+)
+ROOT = Path("/srv/models-root")
+
+# Pieces a hostile input is made of: separators, dots, encodings, controls, unicode.
+HOSTILE = st.sampled_from(
+    [
+        "/",
+        "..",
+        ".",
+        "@",
+        "\\",
+        "\x00",
+        "\n",
+        "%2e",
+        "%2f",
+        "~",
+        "-",
+        " ",
+        "é",
+        "\u202e",
+        "a",
+        "b1",
+        "_",
+        "+",
+        ":",
+        "//",
+        "../",
+        "..\\",
+        "C:",
+        "*",
+        "$HOME",
+        "'",
+        '"',
+        ";",
+    ]
+)
+hostile_text = st.one_of(st.text(max_size=80), st.lists(HOSTILE, max_size=14).map("".join))
+
+
+def _inside(root: Path, rel: str) -> bool:
+    resolved = os.path.normpath(os.path.join(root, rel))
+    return resolved.startswith(str(root) + os.sep)
+
+
+@CFG
+@given(hostile_text)
+def test_model_ref_parse_never_escapes(text: str) -> None:
+    record("hostile_input", "model_refs", 1, add=True)
+    try:
+        ref = ModelRef.parse(text)
+    except InvalidReferenceError:
+        return
+    assert _inside(ROOT, str(ref.relpath))
+    assert len(ref.relpath.parts) >= 3
+    assert ModelRef.parse(str(ref)) == ref  # what we print parses back the same
+
+
+@CFG
+@given(hostile_text)
+def test_check_relpath_never_escapes(text: str) -> None:
+    record("hostile_input", "manifest_paths", 1, add=True)
+    try:
+        rel = check_relpath(text)
+    except ManifestError:
+        return
+    assert not os.path.isabs(rel) and _inside(ROOT, rel)
+    assert ".." not in rel.split("/")
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+file_entries = st.lists(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "path": hostile_text | json_values,
+            "size": st.integers(min_value=-(2**70), max_value=2**70) | json_values,
+            "sha256": st.text(alphabet="0123456789abcdefABCDEF", min_size=60, max_size=66)
+            | json_values,
+        },
+    )
+    | json_values,
+    max_size=6,
+)
+manifests = st.fixed_dictionaries(
+    {},
+    optional={
+        "apiVersion": st.sampled_from(["v1", "axon.mlos.io/v1", "x"]) | json_values,
+        "kind": st.just("Model") | json_values,
+        "metadata": st.fixed_dictionaries(
+            {}, optional={"name": hostile_text, "namespace": hostile_text, "version": json_values}
+        )
+        | json_values,
+        "spec": st.fixed_dictionaries(
+            {},
+            optional={
+                "format": st.fixed_dictionaries(
+                    {}, optional={"files": file_entries, "execution_format": json_values}
+                )
+                | json_values
+            },
+        )
+        | json_values,
+    },
+)
+
+
+@CFG
+@given(manifests)
+def test_manifest_problems_only_raise_manifest_errors(data: dict[str, Any]) -> None:
+    record("hostile_input", "manifests", 1, add=True)
+    manifest = Manifest(data)
+    for strict in (False, True):
+        problems = manifest.problems(strict=strict)
+        assert all(isinstance(p, ManifestError) for p in problems)
+        if not problems:  # accepted: every listed path stays inside a model dir
+            assert all(_inside(ROOT, f.path) for f in manifest.files)
+            assert all(f.size >= 0 for f in manifest.files)
+    _ = manifest.files, manifest.total_size, manifest.execution_format, manifest.framework
+
+
+@CFG
+@given(st.one_of(st.binary(max_size=300), hostile_text, manifests.map(yaml.safe_dump)))
+def test_manifest_from_text_only_raises_manifest_error(text: Any) -> None:
+    record("hostile_input", "manifest_texts", 1, add=True)
+    try:
+        manifest = Manifest.from_text(text)
+        manifest.validate(strict=False)
+    except ManifestError:
+        return
+
+
+config_docs = st.fixed_dictionaries(
+    {},
+    optional={
+        "cache_dir": json_values,
+        "log_level": json_values,
+        "registry": json_values,
+        "download": json_values,
+        "mlos_targets": st.dictionaries(
+            st.text(max_size=8),
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    k: json_values | st.text(max_size=20)
+                    for k in (
+                        "type",
+                        "endpoint",
+                        "storage_type",
+                        "storage_path",
+                        "access_method",
+                        "ssh_port",
+                        "dir_mode",
+                        "file_mode",
+                        "timeout",
+                        "instances",
+                        "strategy",
+                    )
+                },
+            )
+            | json_values,
+            max_size=3,
+        )
+        | json_values,
+        "clusters": json_values,
+    },
+)
+
+
+@CFG
+@given(st.one_of(config_docs.map(yaml.safe_dump), hostile_text))
+def test_config_with_wrong_types_is_a_config_error(text: str) -> None:
+    from axon.config import load_config
+
+    record("hostile_input", "config_files", 1, add=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(text, encoding="utf-8", errors="surrogatepass")
+        try:
+            load_config(path)
+        except ConfigError:
+            return
+
+
+# ---- archives ---------------------------------------------------------------------------
+member_names = st.one_of(
+    st.sampled_from(
+        [
+            "../evil",
+            "/etc/evil",
+            "a/../../evil",
+            "./ok.bin",
+            "dir/",
+            "a\\..\\evil",
+            "ok.bin",
+            "manifest.yaml",
+            "x/" * 3 + "deep.bin",
+            "..",
+            ".",
+            "",
+            "model/config.json",
+        ]
+    ),
+    hostile_text,
+)
+member_kinds = st.sampled_from(["file", "dir", "symlink", "hardlink", "fifo", "chr"])
+members = st.lists(st.tuples(member_names, member_kinds, hostile_text), min_size=1, max_size=6)
+
+
+def _tar_bytes(entries: list[tuple[str, str, str]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.GNU_FORMAT) as tf:
+        for name, kind, extra in entries:
+            info = tarfile.TarInfo(name)
+            data = b""
+            if kind == "file":
+                data = (extra or "x").encode("utf-8", "replace")
+                info.size = len(data)
+            elif kind == "dir":
+                info.type = tarfile.DIRTYPE
+            elif kind in ("symlink", "hardlink"):
+                info.type = tarfile.SYMTYPE if kind == "symlink" else tarfile.LNKTYPE
+                info.linkname = extra or "../../outside"
+            else:
+                info.type = tarfile.FIFOTYPE if kind == "fifo" else tarfile.CHRTYPE
+            tf.addfile(info, io.BytesIO(data) if data else None)
+    return buf.getvalue()
+
+
+@CFG
+@given(members)
+def test_archive_install_never_writes_outside(entries: list[tuple[str, str, str]]) -> None:
+    from axon.cache import Cache
+    from axon.install import install_source
+
+    record("hostile_input", "archives", 1, add=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        jail = base / "jail"
+        (jail / "cache").mkdir(parents=True)
+        archive = base / "in.axon"
+        try:
+            archive.write_bytes(_tar_bytes(entries))
+        except (ValueError, UnicodeError):
+            return  # tarfile itself cannot write this name
+        before = sorted(p.name for p in base.iterdir())
+        try:
+            model = install_source(str(archive), as_ref="fz/arch@v1", cache=Cache(jail / "cache"))
+        except (SourceError, ManifestError, IntegrityError, InvalidReferenceError):
+            model = None
+        assert sorted(p.name for p in base.iterdir()) == before  # nothing new next to the jail
+        for path in (jail / "cache").rglob("*"):
+            assert not path.is_symlink(), path
+            if path.is_file():
+                assert path.resolve().is_relative_to(jail.resolve())
+        if model is not None:
+            assert all(_inside(model.path, f.path) for f in Manifest.load(model.path).files)
+
+
+def test_regression_unhashable_api_version_is_a_problem_not_a_crash() -> None:
+    # Found by test_manifest_problems_only_raise_manifest_errors: a list as apiVersion made
+    # Manifest.problems() raise TypeError (mlos-core answered 500 to such an upload).
+    problems = Manifest({"apiVersion": ["v1"], "kind": "Model"}).problems()
+    assert [p.field for p in problems] == ["apiVersion"]
