@@ -56,6 +56,8 @@ class StorageResult:
     target: str
     storage_type: str
     location: str  # where the model is now: a directory or s3://bucket/prefix/ns/name/v
+    model_id: str = ""
+    method: str = ""  # the transport: "s3", "filesystem" or "nfs"
     files_sent: int = 0
     files_skipped: int = 0
     bytes_sent: int = 0
@@ -75,6 +77,26 @@ class StorageResult:
         if self.error is not None:
             return int(self.error.get("exit_code") or 1)
         return 0 if self.ok else EXIT_NOT_NOTIFIED
+
+    def summary_lines(self) -> list[str]:
+        """Human summary: the write, then one line per notified instance."""
+        if self.error is not None:
+            hint = f" ({self.error['hint']})" if self.error.get("hint") else ""
+            return [f"{self.target}: publish failed: {self.error.get('message')}{hint}"]
+        sent = f"{self.files_sent} sent, {self.files_skipped} skipped"
+        lines = [
+            f"published {self.model_id} -> {self.target} ({self.method}): {sent}, "
+            f"{self.bytes_sent} bytes in {self.seconds:.2f} s",
+            f"  at {self.location}",
+        ]
+        for n in self.instances:
+            state = "registered" if n.ok else f"NOT notified: {(n.error or {}).get('message')}"
+            who = n.target if n.target == n.endpoint else f"{n.target} ({n.endpoint})"
+            lines.append(f"  {who}: {n.action} -> {state}")
+        return lines
+
+    def summary(self) -> str:
+        return "\n".join(self.summary_lines())
 
     def to_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if k != "plans"}
@@ -145,7 +167,10 @@ def publish_to_storage(
     target failures: they are in the result (one entry per instance)."""
     started = time.monotonic()
     result = StorageResult(
-        target=storage.name, storage_type=storage.storage_type, location=storage.location
+        target=storage.name,
+        storage_type=storage.storage_type,
+        location=storage.location,
+        model_id=model.ref.id,
     )
     if options.dry_run:
         result.plans = [plan_storage(model, storage, options)]
@@ -155,6 +180,7 @@ def publish_to_storage(
     staged: StagedPublish | None = None
     try:
         transport = storage_transport(storage, options)
+        result.method = transport.method
         # StagedPublish only uses the target's name; storage notifications are ours (below).
         staged = StagedPublish(
             model,
