@@ -162,3 +162,20 @@ def test_cli_help_and_loud_warning_for_public_bind(tmp_path):
         [sys.executable, "-m", "mlos_core", "serve", "--help"], capture_output=True, text=True
     )
     assert out.returncode == 0 and "--max-upload-size" in out.stdout and "--tokens" in out.stdout
+    from mlos_core.cli import bind_warning
+
+    assert bind_warning("127.0.0.1", None) is None and bind_warning("::1", None) is None
+    assert bind_warning("0.0.0.0", tmp_path / "tokens.yaml") is None
+    warning = bind_warning("0.0.0.0", None)
+    assert warning is not None and "WITHOUT --tokens" in warning
+
+
+def test_bad_tokens_file_refuses_to_start(tmp_path):
+    bad = tmp_path / "tokens.yaml"
+    bad.write_text("tenants: {acme: {namespaces: [acme]}}\n")  # no tokens
+    out = subprocess.run(
+        [sys.executable, "-m", "mlos_core", "serve", "--port", "1", "--tokens", str(bad),
+         "--models-dir", str(tmp_path / "m")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode != 0 and "has no tokens" in out.stderr

@@ -274,3 +274,18 @@ def test_full_disk_answers_507_and_keeps_nothing(mlos_server, tmp_path):
         srv.stop()
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_empty_file_and_head_headers(mlos_server):
+    srv = mlos_server()
+    files = {"empty.txt": b"", "w.bin": b"w" * 10}
+    opened = open_upload(srv.url, "ns/e@v1", files).json()
+    assert {n["size"] for n in opened["needed"]} == {0, 10}
+    uid = opened["upload_id"]
+    head = httpx.head(f"{srv.url}/v1/uploads/{uid}/blobs/{sha(b'w' * 10)}")
+    assert head.headers["upload-offset"] == "0" and head.headers["upload-length"] == "10"
+    for data in files.values():
+        r = httpx.put(f"{srv.url}/v1/uploads/{uid}/blobs/{sha(data)}", content=data)
+        assert r.status_code == 201, r.text
+    assert httpx.post(f"{srv.url}/v1/uploads/{uid}/commit").status_code == 200
+    assert (srv.models_dir / "ns/e/v1/empty.txt").read_bytes() == b""

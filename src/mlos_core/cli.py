@@ -46,6 +46,16 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def bind_warning(host: str, tokens_file: Path | None) -> str | None:
+    """The loud warning for a server reachable from other machines without tokens."""
+    if tokens_file is not None or _is_loopback(host):
+        return None
+    return (
+        f"!!! binding {host} WITHOUT --tokens: anyone who can reach this address can upload, "
+        "replace and delete models. Give --tokens FILE or bind 127.0.0.1. !!!"
+    )
+
+
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=DEFAULT_PORT, show_default=True, type=int)
@@ -97,19 +107,16 @@ def serve(
     import uvicorn
 
     from mlos_core.app import create_app
+    from mlos_core.tenants import TokensFileError
 
     logging.basicConfig(
         level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    log = logging.getLogger("mlos_core")
-    if tokens_file is None and not _is_loopback(host):
-        log.warning(
-            "!!! binding %s WITHOUT --tokens: anyone who can reach this address can upload, "
-            "replace and delete models. Give --tokens FILE or bind 127.0.0.1. !!!",
-            host,
-        )
+    warning = bind_warning(host, tokens_file)
+    if warning:
+        logging.getLogger("mlos_core").warning(warning)
     settings = Settings(
         models_dir=models_dir.absolute(),
         host=host,
@@ -121,7 +128,10 @@ def serve(
         durable=not no_fsync,
         **pop_remote_options(discovery),
     )
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except (TokensFileError, OSError) as exc:
+        raise click.ClickException(f"cannot start: {exc}") from exc
     # Registered with service discovery (--discovery) while serving; removed on clean exit.
     with registration_from_options(
         discovery,
