@@ -173,7 +173,11 @@ class ClusterResult:
         for r in self.results:
             state = self.states.get(_name(r), FAILED)
             if state == PUBLISHED:
-                lines.append(f"  ok      {_name(r)}")
+                mib = r.bytes_sent / 2**20
+                lines.append(
+                    f"  ok      {_name(r)}: {r.files_sent} sent, {r.files_skipped} skipped, "
+                    f"{mib:.1f} MiB in {r.seconds:.1f} s"
+                )
             elif state == UNUSED:
                 lines.append(f"  unused  {_name(r)}")
             else:

@@ -253,7 +253,7 @@ def status_row(model: PreparedModel, target: InstanceTarget) -> StatusRow:
     try:
         status = instance_status(model, target)
     except (AxonError, OSError) as exc:
-        row.note = "; ".join([*notes, str(exc)])
+        row.note = problem or str(exc)  # a down instance: the health line says enough
         return row
     row.present, row.version = status.present, status.version
     row.checksum_ok, row.registered = status.checksums_match, status.registered
