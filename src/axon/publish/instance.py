@@ -87,10 +87,14 @@ class StagedPublish:
         self.session: Session | None = None
         self.counters = _Counters()
         self.started = time.monotonic()
+        self._prepare = True
 
     # ---- staging -------------------------------------------------------------------
-    def stage(self) -> None:
-        """Open, send what is missing, prepare: retried with backoff on transient errors."""
+    def stage(self, *, prepare: bool = True) -> None:
+        """Open, send what is missing and (with ``prepare``) stage it verified; retried with
+        backoff on transient errors. Without ``prepare`` the commit prepares (one round trip
+        less on the API)."""
+        self._prepare = prepare
         self._retrying(self._attempt_stage)
 
     def _attempt_stage(self) -> None:
@@ -99,7 +103,8 @@ class StagedPublish:
         self.session = session
         for entry in session.needed:
             self._send(session, entry)
-        session.prepare()
+        if self._prepare:
+            session.prepare()
 
     def _send(self, session: Session, entry: Any) -> None:
         key = f"{self.target.name}:{entry.path}"
@@ -232,7 +237,7 @@ def publish_to_instance(
     try:
         transport = transport_for(target)
         staged = StagedPublish(model, target, options, progress, transport)
-        staged.stage()
+        staged.stage(prepare=False)
         return staged.commit()
     except AxonError as exc:
         if staged is not None and not is_transient(exc):
