@@ -69,6 +69,24 @@ def check_relpath(path: str, *, field: str = "path", source: str | None = None) 
     return path
 
 
+def _load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` without aliases: a manifest never needs ``*anchor`` references, and
+    a few hundred bytes of nested aliases expand to gigabytes once copied or written as JSON
+    (a "billion laughs" sent to mlos-core). An alias is a YAML error here."""
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                raise yaml.composer.ComposerError(
+                    None, None, "YAML aliases (*name) are not allowed in a manifest", mark
+                )
+            return super().compose_node(parent, index)
+
+    return yaml.load(text, Loader=NoAliasLoader)  # a SafeLoader subclass: safe
+
+
 @dataclass(frozen=True)
 class FileEntry:
     """One file of a model: relative POSIX path, size in bytes, lowercase sha256 hex."""
@@ -113,7 +131,7 @@ class Manifest:
         import yaml  # here, not at the top: `axon --help` must not pay for it
 
         try:
-            data = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
+            data = json.loads(text) if text.lstrip().startswith("{") else _load_yaml(text)
         except (yaml.YAMLError, json.JSONDecodeError, RecursionError) as exc:
             raise ManifestError(
                 f"not valid YAML/JSON: {str(exc).splitlines()[0] if str(exc) else exc!r}",

@@ -301,3 +301,19 @@ def test_regression_unhashable_api_version_is_a_problem_not_a_crash() -> None:
     # Manifest.problems() raise TypeError (mlos-core answered 500 to such an upload).
     problems = Manifest({"apiVersion": ["v1"], "kind": "Model"}).problems()
     assert [p.field for p in problems] == ["apiVersion"]
+
+
+def billion_laughs(levels: int = 9) -> str:
+    """A ~700-byte manifest whose nested aliases expand to 10**levels strings."""
+    lines = ["apiVersion: v1", "kind: Model", "x0: &a0 [" + ", ".join(["lol"] * 10) + "]"]
+    lines += [f"x{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + "\nspec: {format: {files: []}}\n"
+
+
+def test_regression_yaml_alias_bomb_is_refused() -> None:
+    # Found by the hostile corpus: 516 bytes of nested YAML aliases became 80 MB of JSON
+    # (18 s of CPU) in Manifest.to_json / mlos-core's upload state; 9 levels is out of memory.
+    import pytest
+
+    with pytest.raises(ManifestError, match="aliases"):
+        Manifest.from_text(billion_laughs())
