@@ -11,7 +11,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from axon.errors import EXIT_NOT_FOUND, EXIT_NOT_NOTIFIED, EXIT_OK, EXIT_TRANSPORT
+from axon.errors import (
+    EXIT_INTEGRITY,
+    EXIT_NOT_FOUND,
+    EXIT_NOT_NOTIFIED,
+    EXIT_OK,
+    EXIT_TRANSPORT,
+)
 from axon.publish import PublishOptions, publish
 from axon.refs import ModelRef
 from tests.fixtures.common import free_port
@@ -205,3 +211,18 @@ def test_publish_progress_is_silent_in_json(mlos_server, installed_model, spec: 
     srv = mlos_server(no_fsync=True)
     run = run_axon("publish", spec, "--target", srv.url, "--json")
     assert run.code == EXIT_OK and run.err == ""
+
+
+def test_validate_stops_a_tampered_model_before_anything_is_sent(
+    mlos_server, installed_model
+) -> None:
+    srv = mlos_server(no_fsync=True)
+    cached = Path(os.environ["AXON_HOME"]) / "cache" / "models" / installed_model.relpath
+    with open(cached / "config.json", "a") as fh:
+        fh.write(" ")  # bit rot in the cache
+    run = run_axon("publish", str(installed_model), "--target", srv.url)
+    assert run.code == EXIT_INTEGRITY
+    (line,) = error_lines(run.err)
+    assert "config.json" in line and "axon verify" in line
+    assert not (srv.models_dir / installed_model.relpath).exists()
+    assert httpx.get(f"{srv.url}/models", timeout=5).json()["total"] == 0
