@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from axon.manifest import API_VERSION, MANIFEST_NAME, Manifest
 from axon.refs import ModelRef
 from mlos_core.blobs import BlobStore
 from mlos_core.errors import ApiError, bad_request, not_found, too_large
+from mlos_core.locks import KeyedLocks
 from mlos_core.metrics import Metrics
 from mlos_core.registry import ModelEntry, Registry, entry_from_manifest, inference_endpoint
 from mlos_core.settings import Settings
@@ -70,8 +71,8 @@ class Core:
         self.uploads = UploadStore(self.state_dir, ttl=settings.upload_ttl)
         self.tenants = Tenants(settings.tokens_file)
         self.metrics = Metrics()
-        self._model_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self.blob_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._model_locks = KeyedLocks()
+        self.blob_locks = KeyedLocks()
         self.gc_lock = asyncio.Lock()
 
     # ---- life cycle -----------------------------------------------------------------
@@ -124,8 +125,9 @@ class Core:
             if sha not in others:
                 self.blobs.drop_partial(sha)
 
-    def model_lock(self, ref: ModelRef) -> asyncio.Lock:
-        return self._model_locks[ref.id]
+    def model_lock(self, ref: ModelRef) -> AbstractAsyncContextManager[None]:
+        """Held while a model's visible directory or registration changes."""
+        return self._model_locks.hold(ref.id)
 
     # ---- uploads --------------------------------------------------------------------
     def check_size(self, total: int) -> None:
@@ -235,7 +237,7 @@ class Core:
             except ManifestError as exc:
                 raise ApiError(500, "corrupt_model", f"{final}: {exc}") from exc
             entry = entry_from_manifest(ref, final, manifest, "upload")
-            self.registry.put(entry)
+            await asyncio.to_thread(self.registry.put, entry)
         return register_answer(entry, "rolled back to the previous version")
 
     def register(self, body: dict[str, Any]) -> dict[str, Any]:

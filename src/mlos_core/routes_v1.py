@@ -23,13 +23,13 @@ def core_of(request: Request) -> Core:
 
 
 async def json_body(request: Request, limit: int = 32 * 1024 * 1024) -> dict[str, Any]:
-    body = b""
+    body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
             raise ApiError(413, "too_large", f"JSON body over {limit} bytes")
     try:
-        data = json.loads(body or b"{}")
+        data = json.loads(bytes(body) or b"{}")
     except ValueError as exc:
         raise bad_request(f"body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(data, dict):
@@ -102,7 +102,7 @@ async def put_blob(request: Request) -> Response:
             code="size_mismatch",
         )
     core.uploads.touch(upload.upload_id)
-    async with core.blob_locks[sha]:
+    async with core.blob_locks.hold(sha):
         if core.blobs.has(sha, size):  # another upload completed it meanwhile
             async for _ in request.stream():
                 pass
