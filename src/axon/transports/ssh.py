@@ -1,18 +1,22 @@
 """Publish to a models directory on another host over SSH, with the system OpenSSH client.
 
 The remote side runs the same staged-directory protocol as the filesystem transport: the
-stdlib-only :mod:`axon.transports.stagedir` is shipped as ``python3 -c <source> <op>`` (the
-host needs Python >= 3.7, nothing else). So remotely too: only missing files move, unchanged
-files are hard-linked from the current version, a cut transfer resumes at its offset, every
-received byte is hashed on the remote while it is written, and the new version appears with
-one ``renameat2(RENAME_EXCHANGE)`` (rename-aside + rename-in where unavailable).
+stdlib-only :mod:`axon.transports.stagedir` is shipped as ``python3 -c <source> serve`` (the
+host needs Python >= 3.7, nothing else) and answers JSON-line requests on the channel's
+stdin/stdout. So remotely too: only missing files move, unchanged files are hard-linked from
+the current version, a cut transfer resumes at its offset, every received byte is hashed on
+the remote while it is written, and the new version appears with one
+``renameat2(RENAME_EXCHANGE)`` (rename-aside + rename-in where unavailable: a window of
+microseconds where the path is absent, never partial).
 
-Connections: one ControlMaster per transport, its socket in a private temp dir, started once
-(``ssh -M -N -f``) and shared by every operation; each file travels in its own channel,
-streamed from the file into ssh's stdin (``sendfile``). ``BatchMode=yes``: never a password
-prompt. Keys come from the usual places and ``~/.ssh/config``, or ``ssh_key``. When the user
-sets no cipher we prefer AES-GCM (hardware accelerated almost everywhere), falling back to
-OpenSSH's defaults.
+Connections: one ssh connection per transport, carrying one persistent remote helper for
+every operation (status, each file's bytes, prepare, commit): one login, one Python start.
+That ssh is also the ControlMaster (socket in a private temp dir), so other ssh calls to the
+host share its connection, while our own bytes take no extra hop through a mux client. File
+bytes go from the file into ssh's stdin with ``sendfile``. ``BatchMode=yes``: never a
+password prompt. Keys come from the usual places and ``~/.ssh/config``, or ``ssh_key``. When
+the user sets no cipher we prefer AES-GCM (hardware accelerated almost everywhere), falling
+back to OpenSSH's defaults.
 """
 
 from __future__ import annotations
@@ -104,7 +108,6 @@ class SshTransport(Transport):
         self.python = python
         self.name = name or self.where
         self._ctl_dir: str | None = None
-        self._master = False
         self._helper: subprocess.Popen[bytes] | None = None
         self._errfile: IO[bytes] | None = None
 
@@ -162,47 +165,12 @@ class SshTransport(Transport):
             args += shlex.split(opt) if opt.startswith("-") else ["-o", opt]
         return [*args, "-o", "Compression=no", self.host]
 
-    def _connect(self) -> None:
-        """Start the ControlMaster once; every later ssh call rides on it."""
-        if self._master:
-            return
-        self._ctl_dir = tempfile.mkdtemp(prefix="axon-ssh-")
-        cmd = self.ssh_args()
-        cmd[1:1] = ["-M", "-N", "-f", "-o", "ControlPersist=300"]
-        with tempfile.TemporaryFile() as err:
-            try:
-                rc = subprocess.run(
-                    cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                    timeout=self.timeout + 5, check=False,
-                ).returncode  # fmt: skip
-            except subprocess.TimeoutExpired as exc:
-                raise self._unreachable("no answer in time") from exc
-            except FileNotFoundError as exc:
-                raise TransportError(
-                    "the ssh client is not installed",
-                    target=self.name,
-                    hint="install OpenSSH (apt-get install openssh-client)",
-                ) from exc
-            err.seek(0)
-            stderr = err.read().decode("utf-8", "replace")
-        if rc != 0:
-            raise self._ssh_failure(stderr)
-        self._master = True
-
     def close(self) -> None:
         self._drop_helper()
         self._forget_master()
 
     def _forget_master(self) -> None:
-        """Stop the ControlMaster; the next call starts a fresh one (after a cut connection
-        its socket may be stale)."""
-        if self._master and self._ctl_dir:
-            with contextlib.suppress(OSError, subprocess.SubprocessError):
-                subprocess.run(
-                    [*self.ssh_args()[:-1], "-O", "exit", self.host],
-                    stdin=subprocess.DEVNULL, capture_output=True, timeout=10, check=False,
-                )  # fmt: skip
-        self._master = False
+        """Drop the control socket dir: after a cut connection its socket may be stale."""
         if self._ctl_dir:
             shutil.rmtree(self._ctl_dir, ignore_errors=True)
             self._ctl_dir = None
@@ -216,13 +184,26 @@ class SshTransport(Transport):
         if self._helper is not None and self._helper.poll() is None:
             return self._helper
         self._drop_helper()
-        self._connect()
+        if self._ctl_dir is None:
+            self._ctl_dir = tempfile.mkdtemp(prefix="axon-ssh-")
+        # The helper's own ssh is the ControlMaster: its channel (every byte we send) goes
+        # straight to the TCP connection, no extra hop through a mux client; any other ssh
+        # call to this host while it lives shares that connection.
+        master = ["-o", "ControlMaster=auto", "-o", "ControlPersist=no"]
+        args = self.ssh_args()
         remote = f"{shlex.quote(self.python)} -c {shlex.quote(_HELPER)} serve"
         self._errfile = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _drop_helper
-        self._helper = subprocess.Popen(
-            [*self.ssh_args(), "--", remote],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._errfile,
-        )  # fmt: skip
+        try:
+            self._helper = subprocess.Popen(
+                [args[0], *master, *args[1:], "--", remote],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._errfile,
+            )  # fmt: skip
+        except FileNotFoundError as exc:
+            raise TransportError(
+                "the ssh client is not installed",
+                target=self.name,
+                hint="install OpenSSH (apt-get install openssh-client)",
+            ) from exc
         return self._helper
 
     def _drop_helper(self) -> tuple[int | None, str]:
@@ -290,6 +271,9 @@ class SshTransport(Transport):
         if rc == 255:
             self._forget_master()
             return self._ssh_failure(stderr)
+        if rc is not None and rc < 0:  # our ssh was killed: the connection is gone
+            self._forget_master()
+            return self._unreachable(f"the ssh client was killed by signal {-rc}")
         if rc == 127 or "not found" in stderr:
             missing = RemoteError(
                 f"{self.python} not found on {self.where}",
