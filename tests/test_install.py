@@ -409,3 +409,20 @@ def test_sigkill_mid_install_leaves_no_model(cache: Cache, make_model_dir: MakeD
     assert cache.clean_stale(max_age=3600) == []  # too recent: could be a running install
     assert len(cache.clean_stale(max_age=0)) == 1
     assert leftovers(cache) == []
+
+
+def test_source_changing_during_copy_is_refused(tmp_path: Path) -> None:
+    from axon.install import copy_hashing
+
+    src = tmp_path / "weights.bin"
+    src.write_bytes(b"a" * 10_000)
+
+    def writer(_n: int) -> None:  # another process appends while we copy
+        with open(src, "ab") as fh:
+            fh.write(b"more")
+
+    with pytest.raises(SourceError, match="changed while"):
+        copy_hashing(src, tmp_path / "copy.bin", writer)
+    digest = copy_hashing(src, tmp_path / "copy2.bin", lambda n: None)
+    assert digest.sha256 == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert (tmp_path / "copy2.bin").read_bytes() == src.read_bytes()

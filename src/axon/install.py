@@ -15,10 +15,12 @@ and the directory appears in one rename. An interrupted install leaves no model 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
 import tarfile
+import threading
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +39,7 @@ from axon.errors import (
     UnsafeArchiveError,
 )
 from axon.fsutil import fsync_tree, remove_tree, replace_dir, staging_name
-from axon.hashing import CHUNK
+from axon.hashing import CHUNK, sha256_file
 from axon.manifest import MANIFEST_NAME, FileEntry, Manifest, check_relpath
 from axon.progress import NULL_PROGRESS, Progress
 from axon.refs import ModelRef
@@ -268,14 +270,75 @@ def _copy_dir(src: Path, staged: Path, progress: Progress) -> dict[str, Digest]:
     def one(rel: str) -> Digest:
         dst = staged / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
-        with open(src / rel, "rb", buffering=0) as fin:
-            return _write_hashing(fin, dst, lambda n: progress.advance("install", n))
+        return copy_hashing(src / rel, dst, lambda n: progress.advance("install", n))
 
     workers = min(len(rels), max(2, os.cpu_count() or 2), 8)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="axon-install") as pool:
         digests = dict(zip(rels, pool.map(one, rels), strict=True))
     progress.end("install")
     return digests
+
+
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
+_COPY_CHUNK = 64 * 1024 * 1024
+
+
+def copy_hashing(src: Path, dst: Path, on_bytes: OnBytes) -> Digest:
+    """Copy ``src`` to ``dst`` and return the digest of what was copied.
+
+    The kernel copies (``copy_file_range``: no bytes through Python) in a helper thread while
+    this thread hashes the source, so the two overlap. The source must not change meanwhile
+    (checked by its size, mtime and ctime); where the kernel copy is unavailable we fall back
+    to one read-hash-write pass.
+    """
+    before = os.stat(src)
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def copy() -> None:
+        try:
+            _kernel_copy(src, dst, stop)
+        except BaseException as exc:  # reported to the hashing thread
+            failure.append(exc)
+
+    helper = threading.Thread(target=copy, name="axon-copy", daemon=True)
+    helper.start()
+    try:
+        sha = sha256_file(src, on_bytes)
+    except BaseException:
+        stop.set()  # Ctrl-C: do not wait for the rest of a big copy
+        raise
+    finally:
+        helper.join()
+    if failure:
+        exc = failure[0]
+        if isinstance(exc, OSError) and exc.errno in _NO_KERNEL_COPY:
+            with open(src, "rb", buffering=0) as fin:
+                return _write_hashing(fin, dst, lambda n: None)
+        raise exc
+    after = os.stat(src)
+    same = (before.st_size, before.st_mtime_ns, before.st_ctime_ns) == (
+        after.st_size,
+        after.st_mtime_ns,
+        after.st_ctime_ns,
+    )
+    if not same or os.stat(dst).st_size != before.st_size:
+        raise SourceError(
+            f"{src}: changed while it was being installed",
+            path=str(src),
+            hint="install again once nothing writes to the source",
+        )
+    return Digest(before.st_size, sha)
+
+
+def _kernel_copy(src: Path, dst: Path, stop: threading.Event) -> None:
+    with open(src, "rb", buffering=0) as fin, open(dst, "wb", buffering=0) as fout:
+        left = os.fstat(fin.fileno()).st_size
+        while left > 0 and not stop.is_set():
+            n = os.copy_file_range(fin.fileno(), fout.fileno(), min(left, _COPY_CHUNK))
+            if n == 0:
+                break
+            left -= n
 
 
 def _write_hashing(fin: IO[bytes], dst: Path, on_bytes: OnBytes) -> Digest:
