@@ -417,9 +417,13 @@ def test_source_changing_during_copy_is_refused(tmp_path: Path) -> None:
     src = tmp_path / "weights.bin"
     src.write_bytes(b"a" * 10_000)
 
-    def writer(_n: int) -> None:  # another process appends while we copy
-        with open(src, "ab") as fh:
-            fh.write(b"more")
+    done: list[int] = []
+
+    def writer(n: int) -> None:  # another process appends once while we copy
+        if not done:
+            done.append(n)
+            with open(src, "ab") as fh:
+                fh.write(b"more")
 
     with pytest.raises(SourceError, match="changed while"):
         copy_hashing(src, tmp_path / "copy.bin", writer)
