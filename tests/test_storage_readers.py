@@ -139,3 +139,15 @@ def test_s3_notify_fails_when_instance_does_not_read_s3(
     result = publish_to_storage(model, storage, PublishOptions())
     assert result.published and not result.ok
     assert "--models-url" in result.instances[0].error["hint"]  # type: ignore[index]
+
+
+def test_instance_starts_when_s3_is_unreachable(
+    tmp_path: Path, s3: S3Server, mlos_server: ServerFactory
+) -> None:
+    from tests.fixtures.common import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    srv = mlos_server(models_url="s3://nowhere/prod", s3_endpoint_url=dead)
+    assert httpx.get(f"{srv.url}/health", timeout=10).status_code == 200
+    assert httpx.post(f"{srv.url}/models/scan", timeout=60).status_code == 200
+    assert "sync from s3://nowhere/prod" in srv.log()

@@ -105,6 +105,7 @@ class S3Settings:
     max_concurrency: int = 10
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
+    max_attempts: int = 3  # botocore's own retries of one request (the publish retries too)
 
     def part_size_for(self, size: int) -> int:
         # S3 allows at most 10,000 parts per upload and at least 5 MiB per part.
@@ -180,7 +181,7 @@ class S3Store:
             max_pool_connections=s.max_concurrency + 4,
             connect_timeout=s.connect_timeout,
             read_timeout=s.read_timeout,
-            retries={"mode": "standard", "max_attempts": 3},
+            retries={"mode": "standard", "max_attempts": s.max_attempts},
             # every write carries its own ChecksumSHA256, so the payload need not be hashed a
             # second time for the signature (botocore otherwise does so over plain http)
             s3={"payload_signing_enabled": False},
