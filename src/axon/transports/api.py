@@ -380,7 +380,9 @@ class ApiTransport(Transport):
         )
         if resp.status_code == 200:
             return Manifest.from_text(resp.content, source=f"{self.endpoint}:{ref.id}")
-        info = self.model_info(ref)
+        if _body(resp).get("code") == "unknown_model":
+            return None  # the server has the endpoint: it has no such model
+        info = self.model_info(ref)  # an older server: its registration may carry one
         data = info.get("manifest") if info else None
         if isinstance(data, dict):
             return Manifest(data, source=f"{self.endpoint}:{ref.id}")
