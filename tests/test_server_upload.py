@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from tests.fixtures.common import require, wait_for
 from tests.fixtures.mlos import manifest_for, upload_resumable
@@ -56,6 +57,15 @@ def test_full_protocol_then_dedupe_across_models(mlos_server):
     assert (
         os.stat(srv.models_dir / "hf/b/v1/weights.bin").st_ino == os.stat(d / "weights.bin").st_ino
     )
+    # the visible manifest can be downloaded
+    got = httpx.get(f"{srv.url}/v1/models/hf%2Fa%40v1/manifest")
+    assert got.status_code == 200 and got.headers["content-type"].startswith("application/yaml")
+    assert (
+        yaml.safe_load(got.text)["spec"]["format"]["files"]
+        == manifest_for("hf/a@v1", FILES)["spec"]["format"]["files"]
+    )
+    missing = httpx.get(f"{srv.url}/v1/models/hf/none@v1/manifest")
+    assert missing.status_code == 404 and "hf/none@v1" in missing.text
     # the same manifest again: unchanged, nothing needed, commit re-registers
     again = upload_resumable(srv.url, "hf/a@v1", FILES)
     assert again["opened"]["unchanged"] is True and again["opened"]["needed"] == []

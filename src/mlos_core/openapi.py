@@ -139,6 +139,19 @@ def _paths() -> dict[str, Any]:
         "/v1/uploads/{upload_id}/commit": {
             "post": {"parameters": [_UPLOAD_ID], "responses": _ok("committed", "Registered")}
         },
+        "/v1/models/{model_id}/manifest": {
+            "get": {
+                "summary": "manifest.yaml of the visible version",
+                "parameters": [_ID],
+                "responses": {
+                    "200": {
+                        "description": "YAML",
+                        "content": {"application/yaml": {"schema": {"type": "string"}}},
+                    },
+                    "4XX": _ERR,
+                },
+            }
+        },
         "/v1/models/{model_id}/rollback": {
             "post": {"parameters": [_ID], "responses": _ok("rolled back", "Registered")}
         },

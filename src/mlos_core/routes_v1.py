@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from axon.manifest import MANIFEST_NAME
 from mlos_core.blobs import BlobWriter, check_sha256
 from mlos_core.core import Core, parse_manifest, parse_ref
 from mlos_core.errors import ApiError, bad_request
@@ -154,6 +156,21 @@ async def rollback_model(request: Request) -> JSONResponse:
     return JSONResponse(await core.rollback(ref))
 
 
+async def get_manifest(request: Request) -> Response:
+    """The manifest.yaml of the visible version (what ``axon`` compares before publishing)."""
+    core = core_of(request)
+    ref = parse_ref(request.path_params["model_id"])
+    entry = core.registry.get(ref.id)
+    model_dir = Path(entry.path) if entry else core.versions.path_for(ref)
+    try:
+        text = await asyncio.to_thread((model_dir / MANIFEST_NAME).read_bytes)
+    except (FileNotFoundError, NotADirectoryError):
+        raise ApiError(
+            404, "unknown_model", f"model {ref.id} has no manifest on this instance"
+        ) from None
+    return Response(text, media_type="application/yaml")
+
+
 ROUTES = [
     Route("/v1/uploads", open_upload, methods=["POST"]),
     Route("/v1/uploads/{upload_id}", get_upload, methods=["GET"]),
@@ -163,4 +180,5 @@ ROUTES = [
     Route("/v1/uploads/{upload_id}/prepare", prepare_upload, methods=["POST"]),
     Route("/v1/uploads/{upload_id}/commit", commit_upload, methods=["POST"]),
     Route("/v1/models/{model_id:path}/rollback", rollback_model, methods=["POST"]),
+    Route("/v1/models/{model_id:path}/manifest", get_manifest, methods=["GET"]),
 ]
