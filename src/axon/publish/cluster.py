@@ -38,7 +38,9 @@ from typing import TYPE_CHECKING, Any
 from axon.errors import EXIT_ALL_FAILED, EXIT_OK, EXIT_PARTIAL, AxonError, OptionError
 from axon.fsutil import atomic_write_text
 from axon.progress import NULL_PROGRESS, Progress
+from axon.publish import cluster_status as probes
 from axon.publish import rollout
+from axon.publish.cluster_status import StatusMatrix
 from axon.publish.rollout import (
     CANCELLED,
     FAILED,
@@ -47,7 +49,6 @@ from axon.publish.rollout import (
     UNUSED,
     InstanceLine,
     RolloutOutcome,
-    StatusMatrix,
 )
 
 if TYPE_CHECKING:
@@ -345,7 +346,7 @@ def publish_to_cluster(
         batches=outcome.batches,
     )
     if outcome.stopped and opts.batch_size:
-        result.matrix = rollout.status_matrix(cluster.name, members, model, max_parallel=parallel)
+        result.matrix = probes.status_matrix(cluster.name, members, model, max_parallel=parallel)
     result.seconds = time.monotonic() - started
     return result
 
@@ -423,7 +424,7 @@ def _publish_all(
         return rollout.run_batches(
             members,
             work,
-            lambda t: rollout.verify_published(model, t),
+            lambda t: probes.verify_published(model, t),
             batch_size=opts.batch_size,
             max_parallel=parallel,
             fail_fast=opts.fail_fast,
@@ -459,7 +460,7 @@ def _publish_one(
             msg = f"not needed: {chosen.name} has the model ({strategy})"
             out.put(target, rollout.state_error(target, UNUSED, msg), UNUSED)
             continue
-        problem = rollout.health_problem(target, timeout=min(options.timeout, 5.0))
+        problem = probes.health_problem(target, timeout=min(options.timeout, 5.0))
         if problem:
             out.put(target, rollout.state_error(target, UNHEALTHY, problem), UNHEALTHY)
             continue
@@ -480,7 +481,7 @@ def cluster_status(
     """``axon status REF --target CLUSTER``: for each member, is the model present, with the
     cached checksums, and registered? (``model`` from prepare_model(validate=False).)"""
     members = cluster_members(cluster)
-    return rollout.status_matrix(cluster.name, members, model, max_parallel=max_parallel)
+    return probes.status_matrix(cluster.name, members, model, max_parallel=max_parallel)
 
 
 def cluster_status_for(

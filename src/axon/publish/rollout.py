@@ -1,52 +1,37 @@
-"""The moving parts of a cluster publish: fan-out, health and content probes, batches,
-all-or-nothing (``--atomic``) and the status matrix.
+"""The moving parts of a cluster publish: fan-out, batches and all-or-nothing (``--atomic``).
 
 :mod:`axon.publish.cluster` decides *which* instances get the model and *what counts as
 success*; this module does the work on a given list of instances and reports per instance.
+Probes and the status matrix are in :mod:`axon.publish.cluster_status`, undo for
+``--atomic`` in :mod:`axon.publish.undo`.
 
 Nothing here ever raises because one instance failed: every failure becomes that instance's
 :class:`~axon.publish.plan.InstanceResult` with an ``error`` dict, so one dead instance
 never hides what happened on the others.
 
-All-or-nothing, per access method::
+All-or-nothing::
 
     stage everywhere (uploaded + verified, invisible)  --any failure-->  abort every stage
         |
-    commit everywhere  --a commit fails-->  roll back the committed ones:
-        api         POST /v1/models/{id}/rollback   (the server keeps one previous generation)
-        filesystem  the previous version dir, hard-linked aside before the commit, swapped back
-        ssh         the same, with ``cp -al`` / ``mv`` on the remote host
+    commit everywhere  --a commit fails-->  put the committed ones back (undo.Backup)
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import shlex
-import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
-from axon.errors import (
-    EXIT_ALL_FAILED,
-    EXIT_OK,
-    EXIT_PARTIAL,
-    AxonError,
-    RemoteError,
-    TargetUnreachableError,
-)
-from axon.fsutil import remove_tree, replace_dir
+from axon.errors import AxonError, RemoteError
 from axon.progress import Progress
+from axon.publish.undo import Backup
 
 if TYPE_CHECKING:
-    from axon.publish.plan import InstanceResult, PreparedModel
+    from axon.publish.plan import InstanceResult
     from axon.refs import ModelRef
     from axon.targets import InstanceTarget
 
@@ -59,8 +44,6 @@ NOT_STARTED = "not-started"  # a batch before it failed: still on its previous v
 UNUSED = "unused"  # first-available / round-robin: an earlier instance took the model
 ABORTED = "aborted"  # --atomic: staged, then dropped because another instance failed
 ROLLED_BACK = "rolled-back"  # --atomic: switched, then switched back
-
-HEALTH_TIMEOUT = 5.0
 
 
 # ---- results for instances that did not (fully) run ----------------------------------------
@@ -195,299 +178,6 @@ def fan_out(
                 if fail_fast and not result.ok:
                     pending.clear()
     return results
-
-
-# ---- probes ---------------------------------------------------------------------------------
-def _headers(target: InstanceTarget) -> dict[str, str]:
-    token = getattr(target, "token", None)
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-def _url(target: InstanceTarget, path: str) -> str:
-    return str(target.endpoint).rstrip("/") + path
-
-
-def health_problem(target: InstanceTarget, timeout: float = HEALTH_TIMEOUT) -> str | None:
-    """None when ``GET /health`` says healthy, else why not (one line)."""
-    import httpx
-
-    url = _url(target, "/health")
-    try:
-        resp = httpx.get(url, timeout=timeout)
-    except httpx.HTTPError as exc:
-        return f"GET {url} failed: {type(exc).__name__}: {exc}"
-    if resp.status_code != 200:
-        return f"GET {url} answered HTTP {resp.status_code}"
-    try:
-        status = resp.json().get("status")
-    except (ValueError, AttributeError):
-        return f"GET {url} did not answer a JSON object"
-    return None if status == "healthy" else f"GET {url} says status {status!r}"
-
-
-@dataclass
-class StatusRow:
-    """What one instance has of one model. ``None`` means "could not tell"."""
-
-    instance: str
-    endpoint: str
-    healthy: bool
-    present: bool | None = None
-    checksum_ok: bool | None = None
-    registered: bool | None = None
-    version: str | None = None
-    note: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-def status_row(model: PreparedModel, target: InstanceTarget) -> StatusRow:
-    """Probe one instance: ``GET /health``, then H4's instance_status (the target's manifest
-    against the cached one, and ``GET /models/{id}``)."""
-    from axon.publish.plan import instance_status
-
-    problem = health_problem(target)
-    row = StatusRow(target.name, target.endpoint, healthy=problem is None)
-    notes = [problem] if problem else []
-    try:
-        status = instance_status(model, target)
-    except (AxonError, OSError) as exc:
-        row.note = problem or str(exc)  # a down instance: the health line says enough
-        return row
-    row.present, row.version = status.present, status.version
-    row.checksum_ok, row.registered = status.checksums_match, status.registered
-    if status.mismatched:
-        notes.append(f"differs: {', '.join(status.mismatched[:3])}")
-    if status.error and not problem:
-        notes.append(str(status.error.get("message", status.error)))
-    row.note = "; ".join(notes)
-    return row
-
-
-def verify_published(model: PreparedModel, target: InstanceTarget) -> str | None:
-    """After a batch: healthy, present with the right checksums, registered. None if so."""
-    row = status_row(model, target)
-    if not row.healthy:
-        return f"not healthy after publishing: {row.note}"
-    if not row.present:
-        return f"{model.ref} is not present after publishing ({row.note or 'no manifest'})"
-    if not row.checksum_ok:
-        return f"wrong content after publishing: {row.note}"
-    if not row.registered:
-        return f"{model.ref} is not registered after publishing (GET /models/{{id}} is not 200)"
-    return None
-
-
-# ---- status matrix --------------------------------------------------------------------------
-@dataclass
-class StatusMatrix:
-    """``axon status REF --target CLUSTER``: instance x (present, checksum ok, registered)."""
-
-    ref: str
-    cluster: str
-    rows: list[StatusRow] = field(default_factory=list)
-
-    @property
-    def consistent(self) -> bool:
-        """Every instance healthy, with the model present, correct and registered."""
-        return bool(self.rows) and all(
-            r.healthy and r.present and r.checksum_ok and r.registered for r in self.rows
-        )
-
-    @property
-    def exit_code(self) -> int:
-        """0 when consistent, 9 when only some instances are right, 10 when none is."""
-        if self.consistent:
-            return EXIT_OK
-        right = any(r.healthy and r.present and r.checksum_ok and r.registered for r in self.rows)
-        return EXIT_PARTIAL if right else EXIT_ALL_FAILED
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "ref": self.ref,
-            "exit_code": self.exit_code,
-            "cluster": self.cluster,
-            "consistent": self.consistent,
-            "instances": [r.to_dict() for r in self.rows],
-        }
-
-    def lines(self) -> list[str]:
-        """The matrix as plain text lines (the CLI prints them)."""
-
-        def mark(value: bool | None) -> str:
-            return "yes" if value else ("?" if value is None else "NO")
-
-        width = max([len("instance"), *(len(r.instance) for r in self.rows)])
-        out = [
-            f"{self.ref} on cluster {self.cluster}:",
-            f"  {'instance':{width}}  healthy  present  checksum  registered  note",
-        ]
-        for r in self.rows:
-            checksum = "-" if r.present is False else mark(r.checksum_ok)
-            out.append(
-                f"  {r.instance:{width}}  {mark(r.healthy):7}  {mark(r.present):7}  "
-                f"{checksum:8}  {mark(r.registered):10}  {r.note}".rstrip()
-            )
-        verdict = "all instances agree" if self.consistent else "instances DIFFER (drift)"
-        out.append(f"  {verdict}")
-        return out
-
-
-def status_matrix(
-    cluster: str, members: list[InstanceTarget], model: PreparedModel, *, max_parallel: int = 8
-) -> StatusMatrix:
-    """Probe every member in parallel; rows in member order."""
-    matrix = StatusMatrix(str(model.ref), cluster)
-    if members:
-        workers = max(1, min(max_parallel, len(members)))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="axon-status") as pool:
-            matrix.rows = list(pool.map(lambda t: status_row(model, t), members))
-    return matrix
-
-
-# ---- all-or-nothing: previous versions kept aside -------------------------------------------
-class Backup:
-    """The previous version of a model on one instance, kept until every commit succeeded.
-
-    ``unchanged`` (the instance already held exactly this model) means nothing to undo.
-    """
-
-    def __init__(self, target: InstanceTarget, ref: ModelRef) -> None:
-        self.target, self.ref = target, ref
-        self.method = target.access_method
-        self.saved: str | None = None  # where the previous version was linked aside
-        self.existed = False
-        self.unchanged = False
-
-    def _final(self) -> PurePosixPath:
-        if not self.target.storage_path:
-            raise RemoteError(
-                "cannot keep the previous version aside: no storage_path",
-                target=self.target.name,
-                hint="set storage_path for this instance, or use access_method: api",
-            )
-        return PurePosixPath(self.target.storage_path) / self.ref.relpath
-
-    def save(self, *, unchanged: bool = False) -> None:
-        """Hard-link the current version dir aside (API instances keep it server-side)."""
-        self.unchanged = unchanged
-        if unchanged:
-            return
-        if self.method == "api":
-            try:
-                self.existed = _api_has(self.target, self.ref)
-            except AxonError:  # cannot ask: its commit will fail too; undo = server rollback
-                self.existed = True
-            return
-        final = self._final()
-        aside = final.parent / f".{final.name}.rollback-{uuid.uuid4().hex[:12]}"
-        if self.method == "ssh":
-            self.existed = _ssh(self.target, f"test -d {_q(final)}", check=False) == 0
-            if self.existed:
-                _ssh(self.target, f"cp -al {_q(final)} {_q(aside)}")
-        else:
-            self.existed = os.path.isdir(final)
-            if self.existed:
-                _link_tree(Path(final), Path(aside))
-        self.saved = str(aside) if self.existed else None
-
-    def restore(self) -> None:
-        """Put the previous version back (or remove the new one if there was none)."""
-        if self.unchanged:
-            return
-        if self.method == "api":
-            _api_undo(self.target, self.ref, rollback=self.existed)
-            return
-        final = self._final()
-        if self.method == "ssh":
-            tmp = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:12]}"
-            cmd = f"if [ -d {_q(final)} ]; then mv {_q(final)} {_q(tmp)}; fi"
-            if self.saved:
-                cmd += f" && mv {_q(self.saved)} {_q(final)}"
-            _ssh(self.target, cmd + f" && rm -rf {_q(tmp)}")
-        elif self.saved:
-            replace_dir(Path(self.saved), Path(final))
-        else:
-            remove_tree(Path(final))
-        self.saved = None
-        if self.existed:  # the instance may have cached the new manifest: tell it again
-            from axon.publish.notify import notify_instance
-
-            notify_instance(self.target, self.ref, str(final))
-
-    def drop(self) -> None:
-        """Every commit succeeded (or was undone): the copy aside is no longer needed."""
-        if self.saved is None:
-            return
-        if self.method == "ssh":
-            _ssh(self.target, f"rm -rf {_q(self.saved)}", check=False)
-        else:
-            remove_tree(Path(self.saved))
-        self.saved = None
-
-
-def _q(path: PurePosixPath | str) -> str:
-    return shlex.quote(str(path))
-
-
-def _link_tree(src: Path, dst: Path) -> None:
-    """``cp -al``: the same files under a second name, no bytes copied."""
-    for dirpath, _dirnames, filenames in os.walk(src):
-        rel = Path(dirpath).relative_to(src)
-        (dst / rel).mkdir(parents=True, exist_ok=True)
-        for name in filenames:
-            os.link(Path(dirpath) / name, dst / rel / name)
-
-
-def _ssh(target: InstanceTarget, command: str, *, check: bool = True) -> int:
-    """Run one shell command on the instance's SSH host (key auth only, no prompts)."""
-    host = target.ssh_host or "localhost"
-    argv = ["ssh", "-o", "BatchMode=yes", "-p", str(target.ssh_port or 22)]
-    if target.ssh_key:
-        argv += ["-i", str(target.ssh_key)]
-    for opt in target.ssh_options or []:
-        argv += ["-o", opt]
-    argv += [f"{target.ssh_user}@{host}" if target.ssh_user else host, command]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=target.timeout or 30.0)
-    if check and proc.returncode != 0:
-        raise RemoteError(
-            f"remote command failed ({proc.returncode}): {command}: {proc.stderr.strip()}",
-            target=target.name,
-            hint="check the SSH access and free space on the instance",
-        )
-    return proc.returncode
-
-
-def _api_has(target: InstanceTarget, ref: ModelRef) -> bool:
-    from axon.publish.notify import is_registered
-
-    return is_registered(target, ref, timeout=HEALTH_TIMEOUT)
-
-
-def _api_undo(target: InstanceTarget, ref: ModelRef, *, rollback: bool) -> None:
-    """``POST /v1/models/{id}/rollback`` (the server kept the replaced generation), or
-    ``DELETE /models/{id}`` when the instance did not have the model before."""
-    import httpx
-
-    qid = quote(ref.id, safe="")
-    method, url = ("POST", _url(target, f"/v1/models/{qid}/rollback"))
-    if not rollback:
-        method, url = ("DELETE", _url(target, f"/models/{qid}"))
-    try:
-        resp = httpx.request(method, url, headers=_headers(target), timeout=HEALTH_TIMEOUT * 2)
-    except httpx.HTTPError as exc:
-        raise TargetUnreachableError(
-            f"undo failed: {method} {url}: {exc}", target=target.name, url=url
-        ) from exc
-    if resp.status_code != 200:
-        raise RemoteError(
-            f"undo refused: {method} {url} answered HTTP {resp.status_code}: {resp.text[:200]}",
-            target=target.name,
-            url=url,
-            status=resp.status_code,
-            hint="check the instance's models dir; it may hold the new version",
-        )
 
 
 # ---- rollout drivers ------------------------------------------------------------------------
