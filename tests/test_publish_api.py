@@ -226,3 +226,17 @@ def test_validate_stops_a_tampered_model_before_anything_is_sent(
     assert "config.json" in line and "axon verify" in line
     assert not (srv.models_dir / installed_model.relpath).exists()
     assert httpx.get(f"{srv.url}/models", timeout=5).json()["total"] == 0
+
+
+def test_a_stalled_connection_times_out_and_is_retried(
+    mlos_server, tcp_proxy, installed_model
+) -> None:
+    srv = mlos_server(no_fsync=True)
+    proxy = tcp_proxy(srv.port)
+    proxy.stall(2.5)
+    options = PublishOptions(timeout=0.5, override_timeout=True, retries=6, backoff=0.3)
+    result = publish(installed_model, proxy.url, options)
+    (r,) = result.results
+    assert result.ok, r.error
+    assert r.attempts >= 2  # the first attempt hit the 0.5 s timeout
+    assert _registered(srv.url, installed_model)

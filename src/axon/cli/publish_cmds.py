@@ -96,7 +96,12 @@ def build_options(**values: Any) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON result object.")
 @click.option("--quiet", "-q", is_flag=True, help="Print errors only.")
 @click.option("--retries", type=click.IntRange(0, 100), default=5, show_default=True)
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Seconds per network operation (default: the target's, else 30).",
+)
 @click.option("--full-verify", is_flag=True, help="Re-hash every file, ignoring the index.")
 @_with_target_options
 def publish_cmd(ref: str, target: str, as_json: bool, quiet: bool, **values: Any) -> None:
@@ -104,6 +109,9 @@ def publish_cmd(ref: str, target: str, as_json: bool, quiet: bool, **values: Any
     shared storage. Only what the target lacks is sent; the model becomes visible at once."""
     from axon.publish import publish
 
+    timeout = values.pop("timeout")
+    if timeout is not None:
+        values.update(timeout=timeout, override_timeout=True)
     options = build_options(**values)
     try:
         with _progress(enabled=not (as_json or quiet or options.dry_run)) as progress:

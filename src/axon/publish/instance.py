@@ -14,6 +14,7 @@ and commit only when every instance staged (``--atomic``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
@@ -202,6 +203,13 @@ class StagedPublish:
         )
 
 
+def _effective(target: InstanceTarget, options: PublishOptions) -> InstanceTarget:
+    """The target with ``--timeout`` applied when the user gave one."""
+    if options.override_timeout and getattr(target, "timeout", None) != options.timeout:
+        return dataclasses.replace(target, timeout=options.timeout)
+    return target
+
+
 def stage_on_instance(
     model: PreparedModel,
     target: InstanceTarget,
@@ -213,6 +221,7 @@ def stage_on_instance(
     """Send and stage ``model`` on ``target`` without making it visible (raises on failure)."""
     from axon.transports import transport_for
 
+    target = _effective(target, options)
     staged = StagedPublish(model, target, options, progress, transport or transport_for(target))
     try:
         staged.stage()
@@ -232,6 +241,7 @@ def publish_to_instance(
     from axon.transports import transport_for
 
     started = time.monotonic()
+    target = _effective(target, options)
     transport: Transport | None = None
     staged: StagedPublish | None = None
     try:

@@ -35,6 +35,7 @@ class PublishOptions:
     dry_run: bool = False  # plan only, change nothing
     retries: int = 5  # re-open + resume this many times on transient failures
     timeout: float = 30.0  # per network operation, seconds
+    override_timeout: bool = False  # True: ``timeout`` replaces each target's own timeout
     full_verify: bool = False  # re-hash every file even when the hash index knows it
     backoff: float = 0.5  # first retry delay, doubling up to max_backoff
     max_backoff: float = 8.0
