@@ -189,3 +189,18 @@ def test_from_target_and_instance_path(tmp_path: Path) -> None:
                 storage_path="nfs://nowhere.invalid/export/models",
             )
         )
+
+
+def test_commit_drops_day_old_abandoned_staging_but_keeps_fresh_ones(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    root.mkdir()
+    parent = root / REF.relpath.parent
+    stale, fresh = parent / f".{REF.version}.staging-aaaa", parent / f".{REF.version}.staging-bbbb"
+    for path in (stale, fresh):
+        (path / ".axon-partial").mkdir(parents=True)
+    day_ago = time.time() - 25 * 3600
+    os.utime(stale, (day_ago, day_ago))
+    publish(
+        FilesystemTransport(root), tmp_path / "src", write_model(tmp_path / "src", base_files())
+    )
+    assert not stale.exists() and fresh.exists()

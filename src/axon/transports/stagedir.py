@@ -473,7 +473,26 @@ def commit(root: str, rel: str, digest: str) -> dict[str, Any]:
         os.rename(stage, final)
         shutil.rmtree(old, ignore_errors=True)
     _fsync_path(parent, directory=True)
+    _drop_stale_staging(final)
     return {"path": final, "how": how}
+
+
+STALE_SECONDS = 24 * 3600
+
+
+def _drop_stale_staging(final: str) -> None:
+    """Remove staging dirs of this version left by publishes abandoned over a day ago
+    (a publish that is resumed within a day keeps its partial files)."""
+    parent, version = os.path.split(final)
+    prefix = f".{version}.staging-"
+    now = time.time()
+    for name in os.listdir(parent):
+        path = os.path.join(parent, name)
+        try:
+            if name.startswith(prefix) and now - os.stat(path).st_mtime > STALE_SECONDS:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def abort(root: str, rel: str, digest: str) -> dict[str, Any]:
