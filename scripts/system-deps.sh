@@ -11,6 +11,7 @@ needs=(
   "etcd:etcd-server"
   "dnsmasq:dnsmasq-base"
   "curl:curl"
+  "pgrep:procps"
 )
 missing=()
 for entry in "${needs[@]}"; do
