@@ -18,7 +18,6 @@ import pytest
 from axon.errors import NoSpaceError, TargetPermissionError, TargetUnreachableError
 from axon.targets import InstanceTarget
 from axon.transports.filesystem import FilesystemTransport
-from tests.fixtures.common import require
 from tests.test_transport_conformance import REF, base_files, dir_snapshot, publish, write_model
 
 MiB = 1024 * 1024
@@ -35,7 +34,9 @@ def tmpfs(path: Path, *options: str) -> Iterator[Path]:
         text=True,
         check=False,
     )
-    require(proc.returncode == 0, f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
+    if proc.returncode != 0:
+        # a capability of the machine (CAP_SYS_ADMIN), not a service CI could install
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
     try:
         yield path
     finally:
