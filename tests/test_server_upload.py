@@ -299,3 +299,23 @@ def test_empty_file_and_head_headers(mlos_server):
         assert r.status_code == 201, r.text
     assert httpx.post(f"{srv.url}/v1/uploads/{uid}/commit").status_code == 200
     assert (srv.models_dir / "ns/e/v1/empty.txt").read_bytes() == b""
+
+
+def test_stalled_body_is_dropped_and_resumable(mlos_server):
+    srv = mlos_server(body_timeout=1)
+    opened = open_upload(srv.url, "hf/stall@v1", {"weights.bin": BIG}).json()
+    uid, digest = opened["upload_id"], sha(BIG)
+    path = f"/v1/uploads/{uid}/blobs/{digest}"
+    with socket.create_connection(("127.0.0.1", srv.port)) as s:
+        s.sendall(f"PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(BIG)}\r\n\r\n".encode())
+        s.sendall(BIG[:300_000])
+        # the stalled request holds the blob; once dropped, a resume from its offset works
+        started = time.monotonic()
+        r = httpx.put(
+            srv.url + path, content=BIG[300_000:], headers={"Upload-Offset": "300000"}, timeout=30
+        )
+        assert r.status_code == 201, r.text
+        assert time.monotonic() - started < 10
+        s.settimeout(5)
+        assert s.recv(4096).startswith(b"HTTP/1.1 408 ")
+    assert httpx.post(f"{srv.url}/v1/uploads/{uid}/commit").status_code == 200

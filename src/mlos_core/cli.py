@@ -88,6 +88,13 @@ def bind_warning(host: str, tokens_file: Path | None) -> str | None:
 @click.option(
     "--no-fsync", is_flag=True, help="Skip fsync (tests/benchmarks only: not crash safe)."
 )
+@click.option(
+    "--body-timeout",
+    default=120.0,
+    show_default=True,
+    type=float,
+    help="Seconds without a body byte before an upload is dropped (bytes kept for resume).",
+)
 @click.option("--log-level", default="info", show_default=True)
 @discovery_options
 @remote_options
@@ -100,6 +107,7 @@ def serve(
     max_upload_size: int | None,
     upload_ttl: float,
     no_fsync: bool,
+    body_timeout: float,
     log_level: str,
     **discovery: Any,
 ) -> None:
@@ -126,6 +134,7 @@ def serve(
         max_upload_size=max_upload_size,
         upload_ttl=upload_ttl,
         durable=not no_fsync,
+        body_timeout=body_timeout,
         **pop_remote_options(discovery),
     )
     try:

@@ -11,14 +11,17 @@ already holds their content (by sha256). Files received but not listed are added
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from python_multipart import MultipartParser
+from python_multipart.exceptions import ParseError
 from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
 
@@ -199,6 +202,17 @@ def _boundary(request: Request) -> bytes:
     return opts[b"boundary"]
 
 
+@contextlib.contextmanager
+def _malformed_is_400() -> Iterator[None]:
+    """A body that is not multipart/form-data is the client's error (400), not ours (500)."""
+    try:
+        yield
+    except ParseError as exc:
+        raise bad_request(
+            f"not a valid multipart/form-data body: {exc}", code="invalid_multipart"
+        ) from exc
+
+
 async def upload_multipart(request: Request, core: Core) -> dict[str, Any]:
     boundary = _boundary(request)
     declared = request.headers.get("content-length", "")
@@ -213,11 +227,13 @@ async def upload_multipart(request: Request, core: Core) -> dict[str, Any]:
     def feed(batch: bytearray) -> None:
         state.total += len(batch)
         core.check_size(state.total)
-        parser.write(bytes(batch))
+        with _malformed_is_400():
+            parser.write(bytes(batch))
 
     try:
-        await pump(request.stream(), feed, core.metrics.received)
-        await asyncio.to_thread(parser.finalize)
+        await pump(request.stream(), feed, core.metrics.received, idle=core.settings.body_timeout)
+        with _malformed_is_400():
+            await asyncio.to_thread(parser.finalize)
         manifest = state.final_manifest()
         assert state.ref is not None
         ref = state.ref

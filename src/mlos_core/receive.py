@@ -17,12 +17,33 @@ from mlos_core.blobs import BlobWriter
 from mlos_core.errors import ApiError
 
 BATCH = 4 * 1024 * 1024
+IDLE_TIMEOUT = 120.0  # seconds without a body byte before a stalled upload is dropped
+
+
+class StalledBody(ClientDisconnect):
+    """No body bytes for ``IDLE_TIMEOUT`` s: handled like a dropped connection (bytes kept,
+    locks released), so a stalled client cannot block other uploads of the same blob."""
+
+
+async def _with_idle_timeout(chunks: AsyncIterator[bytes], idle: float) -> AsyncIterator[bytes]:
+    it = chunks.__aiter__()
+    while True:
+        try:
+            async with asyncio.timeout(idle):
+                chunk = await anext(it)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise StalledBody() from None
+        yield chunk
 
 
 async def pump(
     chunks: AsyncIterator[bytes],
     write: Callable[[bytearray], None],
     on_bytes: Callable[[int], None] | None = None,
+    *,
+    idle: float = IDLE_TIMEOUT,
 ) -> None:
     """Feed ``chunks`` to ``write`` (in a thread) in batches, overlapping I/O and receive."""
     loop = asyncio.get_running_loop()
@@ -30,7 +51,7 @@ async def pump(
     buf = bytearray()
     try:
         try:
-            async for chunk in chunks:
+            async for chunk in _with_idle_timeout(chunks, idle):
                 buf += chunk
                 if len(buf) >= BATCH:
                     if pending is not None:
@@ -64,6 +85,8 @@ async def receive_blob(
     chunks: AsyncIterator[bytes],
     writer: BlobWriter,
     on_bytes: Callable[[int], None] | None = None,
+    *,
+    idle: float = IDLE_TIMEOUT,
 ) -> bool:
     """Receive into ``writer``. True: blob complete and verified; False: body ended early.
 
@@ -72,7 +95,7 @@ async def receive_blob(
     """
     await asyncio.to_thread(writer.open)
     try:
-        await pump(chunks, writer.write, on_bytes)
+        await pump(chunks, writer.write, on_bytes, idle=idle)
     except ClientDisconnect:
         writer.close()
         raise

@@ -15,7 +15,7 @@ from axon.manifest import MANIFEST_NAME
 from mlos_core.blobs import BlobWriter, check_sha256
 from mlos_core.core import Core, parse_manifest, parse_ref
 from mlos_core.errors import ApiError, bad_request
-from mlos_core.receive import receive_blob
+from mlos_core.receive import StalledBody, receive_blob
 from mlos_core.uploads import Upload
 
 
@@ -32,7 +32,7 @@ async def json_body(request: Request, limit: int = 32 * 1024 * 1024) -> dict[str
             raise ApiError(413, "too_large", f"JSON body over {limit} bytes")
     try:
         data = json.loads(bytes(body) or b"{}")
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested too deep
         raise bad_request(f"body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(data, dict):
         raise bad_request("body must be a JSON object", code="invalid_json")
@@ -111,7 +111,16 @@ async def put_blob(request: Request) -> Response:
             return _blob_answer(sha, size, True, 201)
         writer = BlobWriter(core.blobs, sha, size, offset)
         try:
-            complete = await receive_blob(request.stream(), writer, core.metrics.received)
+            complete = await receive_blob(
+                request.stream(), writer, core.metrics.received, idle=core.settings.body_timeout
+            )
+        except StalledBody:
+            raise ApiError(
+                408,
+                "body_timeout",
+                f"no body bytes for {core.settings.body_timeout:g} s; the bytes received are kept: "
+                "resume from the Upload-Offset that HEAD reports",
+            ) from None
         except ClientDisconnect:
             return Response(status_code=499)  # nobody is listening any more
         finally:

@@ -34,6 +34,7 @@ class Settings:
     instance_id: str = "mlos-core"
     max_upload_size: int | None = None  # bytes of one model (all files); None = no limit
     upload_ttl: float = DEFAULT_UPLOAD_TTL  # seconds an idle resumable upload is kept
+    body_timeout: float = 120.0  # seconds without a body byte before an upload is dropped
     durable: bool = True  # fsync before making anything visible (off only for benchmarks)
     # an instance reading S3 storage (mlos_core.remote_sync): pulled at start-up and on scan
     models_url: str | None = None
