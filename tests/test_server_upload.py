@@ -277,10 +277,17 @@ def test_full_disk_answers_507_and_keeps_nothing(mlos_server, tmp_path):
     require(ok, "needs root and tmpfs mounts to make a small filesystem")
     try:
         srv = mlos_server(models_dir=mnt / "models")
-        uid = open_upload(srv.url, "ns/full@v1", {"w": BIG}).json()["upload_id"]
-        r = httpx.put(f"{srv.url}/v1/uploads/{uid}/blobs/{sha(BIG)}", content=BIG)
+        # too big for the free space: refused at open, nothing stored
+        r = open_upload(srv.url, "ns/full@v1", {"w": BIG})
         assert r.status_code == 507 and r.json()["code"] == "insufficient_storage"
-        assert not (mnt / "models" / ".mlos" / "partial" / sha(BIG)).exists()
+        # fits at open, but the disk fills up meanwhile: 507 on the PUT, partial dropped
+        data = os.urandom(1_200_000)
+        uid = open_upload(srv.url, "ns/full@v1", {"w": data}).json()["upload_id"]
+        (mnt / "filler").write_bytes(b"\0" * 1_000_000)
+        r = httpx.put(f"{srv.url}/v1/uploads/{uid}/blobs/{sha(data)}", content=data)
+        assert r.status_code == 507 and r.json()["code"] == "insufficient_storage"
+        assert not (mnt / "models" / ".mlos" / "partial" / sha(data)).exists()
+        assert not (mnt / "models" / "ns").exists()
         srv.stop()
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)

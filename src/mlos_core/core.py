@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -137,9 +138,23 @@ class Core:
                 f"model is {total} bytes, over this server's --max-upload-size of {limit} bytes"
             )
 
+    def _check_free_space(self, blobs: dict[str, int]) -> None:
+        """507 at open when the content still needed cannot fit on the models filesystem: a
+        clear answer up front instead of a disk filled to the brim by a doomed upload."""
+        needed = sum(size for sha, size in blobs.items() if not self.blobs.has(sha, size))
+        free = shutil.disk_usage(self.models_dir).free
+        if needed > free:
+            raise ApiError(
+                507,
+                "insufficient_storage",
+                f"the upload needs {needed} bytes, the models filesystem has {free} free; "
+                "nothing was stored (free space on the server, or publish elsewhere)",
+            )
+
     def open_upload(self, ref: ModelRef, manifest: Manifest, tenant: str) -> Upload:
         files = manifest.files
         self.check_size(sum(f.size for f in files))
+        self._check_free_space({f.sha256: f.size for f in files})
         upload = Upload(new_upload_id(), ref.id, tenant, manifest.data)
         self.uploads.save(upload)
         return upload
