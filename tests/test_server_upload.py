@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.fixtures.common import require, wait_for
+from tests.fixtures.common import wait_for
 from tests.fixtures.mlos import manifest_for, upload_resumable
 
 BIG = os.urandom(3 * 1024 * 1024 + 17)
@@ -274,7 +274,9 @@ def test_full_disk_answers_507_and_keeps_nothing(mlos_server, tmp_path):
         ).returncode
         == 0
     )
-    require(ok, "needs root and tmpfs mounts to make a small filesystem")
+    if not ok:
+        # a capability of the machine (root, CAP_SYS_ADMIN), not a service CI could install
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
         srv = mlos_server(models_dir=mnt / "models")
         # too big for the free space: refused at open, nothing stored
