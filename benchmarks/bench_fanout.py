@@ -97,7 +97,7 @@ def _axon_publish(env: dict[str, str], home: Path, servers: Servers) -> tuple[fl
     (home / "config.yaml").write_text(yaml.safe_dump({"clusters": clusters}))
     drop_caches_if_possible()
     cmd = [axon_bin(), "publish", REF, "--target", "fan", "-q", "--retries", "0"]
-    cmd += ["--timeout", "120"]
+    cmd += ["--timeout", "120", "--max-parallel", str(len(servers.urls))]
     return timed_run(cmd, env=env)
 
 
@@ -121,8 +121,11 @@ def run(workdir: Path) -> list[Row]:
     env, cached = install_model(workdir, size, REF)
     home = Path(env["AXON_HOME"])
     total = sum(p.stat().st_size for p in cached.rglob("*") if p.is_file())
-    rows: list[Row] = []
     have_curl = shutil.which("curl") is not None
+    # unthrottled first: what this machine moves at most, to judge the throttled figures
+    free = _unthrottled(workdir, env, home, cached, total, have_curl)
+    capacity = free[-1].mb_per_s or 0.0
+    rows: list[Row] = []
     with Throttle() as throttle:
         curl_1 = None
         if have_curl:
@@ -144,6 +147,10 @@ def run(workdir: Path) -> list[Row]:
                 base, base_s = (f"curl 1 @{rate_text}/s", curl_1) if curl_1 else (None, None)
             else:
                 base, base_s = "axon 1 instance", one
+            note = ""
+            if n > 1:
+                need = n * rate / MiB
+                note = f"links need {need:.0f} MiB/s, machine did {capacity:.0f} unthrottled"
             rows.append(
                 Row(
                     f"axon {n} instance(s) @{rate_text}/s",
@@ -152,11 +159,10 @@ def run(workdir: Path) -> list[Row]:
                     baseline=base,
                     baseline_seconds=base_s,
                     peak_rss_mb=rss,
-                    note="target <= 1.3x" if n == 10 else "",
+                    note=("target <= 1.3x; " if n == 10 else "") + note,
                 )
             )
-    rows += _unthrottled(workdir, env, home, cached, total, have_curl)
-    return rows
+    return rows + free
 
 
 def _unthrottled(

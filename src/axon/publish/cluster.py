@@ -59,7 +59,9 @@ if TYPE_CHECKING:
     from axon.targets import ClusterTarget, InstanceTarget
 
 STRATEGIES = ("all", "first-available", "round-robin")
-DEFAULT_MAX_PARALLEL = 8
+# Instances published at once by default. Each in-flight instance costs one thread and a
+# few MiB of buffers; waiting costs a whole extra round on slow links, so be generous.
+DEFAULT_MAX_PARALLEL = 16
 STATE_FILE = "round-robin.json"
 
 
@@ -69,7 +71,7 @@ class ClusterOptions:
     (or a ``PublishOptions.cluster`` of this type) by :meth:`from_options`."""
 
     strategy: str | None = None  # overrides the cluster's own
-    max_parallel: int | None = None  # default: the cluster's, else min(8, members)
+    max_parallel: int | None = None  # default: the cluster's, else min(16, members)
     fail_fast: bool = False
     min_success: str | int | None = None  # "N" or "P%"; default: every targeted member
     batch_size: int | None = None
