@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import tarfile
 from collections.abc import Callable
@@ -297,26 +298,6 @@ def test_parse_hf_source() -> None:
     assert classify_source("hf/some/repo") == "hf"
 
 
-def test_hf_without_network_is_a_clear_error(
-    cache: Cache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    pytest.importorskip("huggingface_hub")
-    import huggingface_hub.constants as hf_constants
-
-    from tests.fixtures.common import free_port
-
-    # A closed loopback port stands in for "no network"; nothing leaves this machine.
-    endpoint = f"http://127.0.0.1:{free_port()}"
-    monkeypatch.setattr(hf_constants, "ENDPOINT", endpoint)
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
-    with pytest.raises((TargetUnreachableError, SourceError)) as info:
-        install_source("hf/someone/tiny-model", cache=cache)
-    assert "hf/someone/tiny-model" in str(info.value)
-    assert cache.list() == []
-
-
 # ---- detection -----------------------------------------------------------------------------
 def test_format_of() -> None:
     assert format_of("onnx/encoder_model.onnx") == "onnx"
@@ -430,3 +411,174 @@ def test_source_changing_during_copy_is_refused(tmp_path: Path) -> None:
     digest = copy_hashing(src, tmp_path / "copy2.bin", lambda n: None)
     assert digest.sha256 == hashlib.sha256(src.read_bytes()).hexdigest()
     assert (tmp_path / "copy2.bin").read_bytes() == src.read_bytes()
+
+
+# A stand-in for the Hugging Face Hub (the real one is on the internet, which tests never
+# touch): just the three HTTP calls snapshot_download makes, served on 127.0.0.1.
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+class FakeHub:
+    def __init__(self, repos: dict[str, dict[str, bytes]]) -> None:
+        import http.server
+        import re
+        import threading
+
+        hub = self
+        self.repos = repos
+        self.requests: list[str] = []
+        info = re.compile(r"/api/models/(.+)/revision/([^/?]+)")
+        resolve = re.compile(r"/(.+)/resolve/([^/]+)/(.+)")
+        tree = re.compile(r"/api/models/(.+)/tree/([^/?]+)")
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                self.reply(head=True)
+
+            def do_GET(self) -> None:
+                self.reply(head=False)
+
+            def reply(self, *, head: bool) -> None:
+                path = self.path.split("?")[0]
+                hub.requests.append(f"{self.command} {path}")
+                if m := info.fullmatch(path):
+                    files = hub.repos.get(m[1])
+                    if files is None:
+                        return self.send(
+                            404, b'{"error": "not found"}', {"X-Error-Code": "RepoNotFound"}
+                        )
+                    body = json.dumps(
+                        {
+                            "id": m[1],
+                            "sha": HUB_COMMIT,
+                            "siblings": [{"rfilename": f} for f in files],
+                        }
+                    ).encode()
+                    return self.send(200, body, {"Content-Type": "application/json"}, head)
+                if (m := tree.fullmatch(path)) and m[1] in hub.repos:
+                    entries = [
+                        {
+                            "type": "file",
+                            "path": f,
+                            "size": len(d),
+                            "oid": hashlib.sha1(d).hexdigest(),
+                        }
+                        for f, d in hub.repos[m[1]].items()
+                    ]
+                    return self.send(200, json.dumps(entries).encode(), {}, head)
+                if (m := resolve.fullmatch(path)) and m[3] in hub.repos.get(m[1], {}):
+                    data = hub.repos[m[1]][m[3]]
+                    headers = {
+                        "X-Repo-Commit": HUB_COMMIT,
+                        "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
+                    }
+                    return self.send(200, data, headers, head)
+                return self.send(404, b"{}", {"X-Error-Code": "EntryNotFound"}, head)
+
+            def send(
+                self, code: int, body: bytes, headers: dict[str, str], head: bool = False
+            ) -> None:
+                self.send_response(code)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def hub_env(tmp_path: Path, endpoint: str) -> dict[str, str]:
+    """Environment for a child `axon`: huggingface_hub computes its URLs from HF_ENDPOINT at
+    import time, so only a fresh process is sure to talk to nothing but 127.0.0.1."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(
+        HF_ENDPOINT=endpoint,
+        HF_HOME=str(tmp_path / "hf-home"),
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_OFFLINE="0",
+    )
+    return env
+
+
+def axon_json(env: dict[str, str], *args: str) -> tuple[int, dict[str, object], str]:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "axon", *args, "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    data = json.loads(proc.stdout) if proc.stdout.strip() else {}
+    return proc.returncode, data, proc.stderr
+
+
+@pytest.fixture
+def fake_hub():  # type: ignore[no-untyped-def]
+    pytest.importorskip("huggingface_hub")
+    from tests.fixtures.models import safetensors_bytes
+
+    hub = FakeHub(
+        {
+            "tiny-org/tiny-bert": {
+                "config.json": b'{"model_type": "bert", "hidden_size": 16}',
+                "model.safetensors": safetensors_bytes(64),
+                "tokenizer.json": b"{}",
+                "onnx/model.onnx": b"onnx-bytes",
+            }
+        }
+    )
+    yield hub
+    hub.close()
+
+
+def test_install_from_the_hub(
+    cache: Cache, fake_hub: FakeHub, tmp_path: Path, axon_home: Path
+) -> None:
+    env = hub_env(tmp_path, fake_hub.url)
+    code, data, err = axon_json(env, "install", "hf/tiny-org/tiny-bert@main")
+    assert code == 0, err
+    assert data["ref"] == "hf/tiny-org/tiny-bert@main" and data["format"] == "onnx"
+    model = cache.get("hf/tiny-org/tiny-bert@main")
+    assert {f.path for f in model.manifest.files} == {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "onnx/model.onnx",
+    }
+    assert (model.path / "onnx" / "model.onnx").read_bytes() == b"onnx-bytes"
+    assert not (model.path / "onnx" / "model.onnx").is_symlink()
+    assert cache.verify(model.ref).ok
+    assert "GET /api/models/tiny-org/tiny-bert/revision/main" in fake_hub.requests
+
+
+def test_hub_unknown_repo(cache: Cache, fake_hub: FakeHub, tmp_path: Path) -> None:
+    code, _, err = axon_json(hub_env(tmp_path, fake_hub.url), "install", "hf/nobody/nothing")
+    assert code == SourceError.exit_code
+    assert "not found on the Hugging Face Hub" in err and "Traceback" not in err
+    assert cache.list() == []
+
+
+def test_hub_without_network(cache: Cache, tmp_path: Path) -> None:
+    from tests.fixtures.common import free_port
+
+    # A closed loopback port stands in for "no network"; nothing leaves this machine.
+    env = hub_env(tmp_path, f"http://127.0.0.1:{free_port()}")
+    code, _, err = axon_json(env, "install", "hf/someone/tiny-model")
+    assert code == TargetUnreachableError.exit_code
+    assert "cannot download hf/someone/tiny-model" in err and "Traceback" not in err
+    assert cache.list() == []
