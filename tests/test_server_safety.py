@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 
 from tests.fixtures.common import wait_for
@@ -235,3 +236,37 @@ def test_tenants_isolated_and_refusals_change_nothing(mlos_server):
     assert httpx.post(f"{srv.url}/v1/uploads/{uid}/commit", headers=acme).status_code == 200
     upload_resumable(srv.url, "beta/x@v1", files, headers=beta)
     assert httpx.delete(f"{srv.url}/models/acme/m@v1", headers=acme).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("point", "no_exchange", "visible"),
+    [
+        ("staged", False, 1),  # killed before the swap: the old version stays
+        ("swapped", False, 2),  # killed right after the atomic exchange: the new one is in
+        ("kept-previous", False, 2),
+        ("moved-aside", True, 1),  # no RENAME_EXCHANGE, killed between the two renames
+    ],
+)
+def test_kill_9_at_each_step_of_a_commit(mlos_server, monkeypatch, point, no_exchange, visible):
+    srv = mlos_server()
+    upload_resumable(srv.url, "ns/c@v1", generation(1))
+    srv.stop()
+    monkeypatch.setenv("MLOS_CORE_CRASHPOINT", point)
+    if no_exchange:
+        monkeypatch.setenv("MLOS_CORE_NO_EXCHANGE", "1")
+    srv.start()
+    with pytest.raises(httpx.HTTPError):
+        upload_resumable(srv.url, "ns/c@v1", generation(2))
+    wait_for(lambda: not srv.running, timeout=10, what="server killed at the crash point")
+    monkeypatch.delenv("MLOS_CORE_CRASHPOINT")
+    srv.start()
+    model_dir = srv.models_dir / "ns" / "c" / "v1"
+    assert read_consistent(model_dir) == {f"gen-{visible:04d}".encode()}
+    assert httpx.get(f"{srv.url}/models/ns/c@v1").json()["size"] == sum(
+        len(b) for b in generation(visible).values()
+    )
+    state = srv.models_dir / ".mlos"
+    assert not list((state / "staging").iterdir()) and not list((state / "trash").iterdir())
+    # and the next publish works normally
+    upload_resumable(srv.url, "ns/c@v1", generation(3))
+    assert read_consistent(model_dir) == {b"gen-0003"}

@@ -79,6 +79,9 @@ class Core:
     # ---- life cycle -----------------------------------------------------------------
     def startup(self) -> None:
         """Clean crash leftovers, expire old uploads, load the registry, scan the models."""
+        restored = self.versions.recover()
+        for path in restored:
+            log.warning("restored %s (a crash interrupted its replacement)", path)
         removed = self.versions.clean_leftovers()
         removed += clean_leftovers(self.models_dir)
         for upload in self.uploads.all():

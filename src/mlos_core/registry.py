@@ -110,14 +110,15 @@ class Registry:
         return existed
 
     def put_many(self, entries: list[ModelEntry]) -> int:
-        """Register entries not yet known (a scan); return how many were new."""
+        """Register what a scan found (refreshing known entries); return how many were new."""
         with self._lock:
             new = 0
             for e in entries:
                 old = self._models.get(e.id)
-                if old is None or old.path != e.path:
-                    new += old is None
-                    self._models[e.id] = e
+                if old is not None and old.path == e.path:
+                    e.source, e.registered_at = old.source, old.registered_at
+                new += old is None
+                self._models[e.id] = e
             self._save()
         return new
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,14 @@ from mlos_core.blobs import BlobStore
 from mlos_core.errors import ApiError, no_space, not_found
 
 log = logging.getLogger("mlos_core.versions")
+
+
+def crashpoint(name: str) -> None:
+    """Fault injection for the crash tests: ``MLOS_CORE_CRASHPOINT=<name>`` makes the server
+    SIGKILL itself at that step of a publish (staged, swapped, kept-previous, moved-aside);
+    ``MLOS_CORE_NO_EXCHANGE=1`` takes the path of filesystems without RENAME_EXCHANGE."""
+    if os.environ.get("MLOS_CORE_CRASHPOINT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -119,6 +128,7 @@ class VersionStore:
         """Make ``staged`` the visible version of ``ref``; keep the replaced one as previous."""
         final = self.path_for(ref)
         final.parent.mkdir(parents=True, exist_ok=True)
+        crashpoint("staged")
         try:
             os.rename(staged, final)
         except OSError as exc:
@@ -130,22 +140,46 @@ class VersionStore:
         return final
 
     def _swap_in(self, staged: Path, final: Path, ref: ModelRef) -> None:
-        if exchange(staged, final):
+        if os.environ.get("MLOS_CORE_NO_EXCHANGE") != "1" and exchange(staged, final):
+            crashpoint("swapped")
             self._keep_previous(staged, ref)  # ``staged`` holds the old tree now
+            crashpoint("kept-previous")
             return
-        aside = self.trash_dir / uuid.uuid4().hex
-        os.rename(final, aside)  # no exchange: a microsecond gap with no directory
+        # No RENAME_EXCHANGE (e.g. NFS): move the old tree to previous/, then the new one in.
+        # A crash between the two renames leaves previous/ without a visible version, which
+        # :meth:`recover` puts back at start-up (a microsecond gap, never a partial tree).
+        self._keep_previous(final, ref)
+        crashpoint("moved-aside")
         os.rename(staged, final)
-        self._keep_previous(aside, ref)
 
     def _keep_previous(self, old: Path, ref: ModelRef) -> None:
         prev = self.previous_dir / ref.relpath
         prev.parent.mkdir(parents=True, exist_ok=True)
-        if prev.exists():
-            doomed = self.trash_dir / uuid.uuid4().hex
-            os.rename(prev, doomed)
-            remove_tree(doomed)
+        self._drop(prev)
         os.rename(old, prev)
+
+    def _drop(self, path: Path) -> None:
+        if path.exists():
+            doomed = self.trash_dir / uuid.uuid4().hex
+            os.rename(path, doomed)
+            remove_tree(doomed)
+
+    def recover(self) -> list[Path]:
+        """Put back a previous generation whose visible version is missing (a crash in the
+        middle of a swap without RENAME_EXCHANGE); delete removes previous/ first, so this
+        state never means "deleted"."""
+        restored = []
+        for dirpath, dirs, files in os.walk(self.previous_dir):
+            if MANIFEST_NAME not in files:
+                continue
+            dirs.clear()
+            rel = Path(dirpath).relative_to(self.previous_dir)
+            final = self.models_dir / rel
+            if not final.exists():
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(dirpath, final)
+                restored.append(final)
+        return restored
 
     def rollback(self, ref: ModelRef) -> Path:
         """Swap the previous generation back in (rolling back twice rolls forward)."""
@@ -168,12 +202,11 @@ class VersionStore:
     def delete(self, ref: ModelRef) -> bool:
         """Remove the visible version and its previous generation. False if absent."""
         found = False
-        for path in (self.path_for(ref), self.previous_dir / ref.relpath):
+        # previous/ first: a crash in between must not look like an interrupted swap
+        for path in (self.previous_dir / ref.relpath, self.path_for(ref)):
             if path.is_dir():
-                doomed = self.trash_dir / uuid.uuid4().hex
-                os.rename(path, doomed)
-                remove_tree(doomed)
-                found = True
+                self._drop(path)
+                found = path == self.path_for(ref) or found
         self._prune_empty(self.path_for(ref).parent)
         return found
 
