@@ -8,51 +8,28 @@ SOURCE is one of:
   could land outside the model directory: absolute names, ``..``, links, devices, fifos;
 * ``hf/<repo>[@revision]``, downloaded with huggingface_hub (the ``hf`` extra).
 
-Every file is copied (or extracted) and hashed in the same pass, several files in parallel
-threads, into a hidden staging directory next to the final one; the manifest is written last
+Every file is copied (or extracted) and hashed in the same pass (:mod:`axon.sources`) into a
+hidden staging directory next to the final one; the manifest is written last
 and the directory appears in one rename. An interrupted install leaves no model behind.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import os
-import stat
 import tarfile
-import threading
-import zlib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
 
-from axon.cache import METADATA_NAME, Cache, CachedModel, walk_files
+from axon.cache import METADATA_NAME, Cache, CachedModel
 from axon.detect import detect_dir
-from axon.errors import (
-    IntegrityError,
-    ManifestError,
-    SourceError,
-    TargetUnreachableError,
-    UnsafeArchiveError,
-)
+from axon.errors import IntegrityError, SourceError, TargetUnreachableError
 from axon.fsutil import fsync_tree, remove_tree, replace_dir, staging_name
-from axon.hashing import CHUNK, sha256_file
-from axon.manifest import MANIFEST_NAME, FileEntry, Manifest, check_relpath
+from axon.manifest import MANIFEST_NAME, FileEntry, Manifest
 from axon.progress import NULL_PROGRESS, Progress
 from axon.refs import ModelRef
+from axon.sources import Digest, copy_dir, copy_hashing, extract_archive
 
 ARCHIVE_SUFFIXES = (".axon", ".tar.gz", ".tgz", ".tar")
-_SKIP_DIRS = {".git", ".cache"}  # VCS data and huggingface_hub's local_dir bookkeeping
-OnBytes = Callable[[int], None]
-
-
-@dataclass(frozen=True)
-class Digest:
-    size: int
-    sha256: str
 
 
 def install_source(
@@ -72,15 +49,15 @@ def install_source(
         local = download_hf(repo, revision, token=hf_token, progress=progress)
         ref = ref or ModelRef("hf", repo, revision or "latest")
         return _install(
-            cache, ref, source, progress, lambda staged: _copy_dir(local, staged, progress)
+            cache, ref, source, progress, lambda staged: copy_dir(local, staged, progress)
         )
     path = Path(source).expanduser()
     if kind == "dir":
-        populate: Callable[[Path], dict[str, Digest]] = lambda staged: _copy_dir(  # noqa: E731
+        populate: Callable[[Path], dict[str, Digest]] = lambda staged: copy_dir(  # noqa: E731
             path, staged, progress
         )
     else:
-        populate = lambda staged: _extract_archive(path, staged, progress)  # noqa: E731
+        populate = lambda staged: extract_archive(path, staged, progress)  # noqa: E731
     return _install(cache, ref, source, progress, populate)
 
 
@@ -232,253 +209,6 @@ def build_manifest(
     return manifest.validate(strict=True)
 
 
-# ---- local directories ------------------------------------------------------------------
-def source_files(root: Path) -> list[str]:
-    """Relative paths of the files to install from a directory; SourceError on odd entries."""
-    out = []
-    for dirpath, dirs, files in os.walk(root):
-        rel_dir = os.path.relpath(dirpath, root)
-        if rel_dir == ".":
-            dirs[:] = [d for d in dirs if d not in _SKIP_DIRS]
-        for d in dirs:
-            if os.path.islink(os.path.join(dirpath, d)):
-                raise SourceError(
-                    f"{os.path.join(dirpath, d)}: symlinked directories are not supported",
-                    path=os.path.join(dirpath, d),
-                    hint="copy the directory's contents in instead of linking it",
-                )
-        for name in files:
-            full = os.path.join(dirpath, name)
-            try:
-                st = os.stat(full)  # follows symlinks (HF snapshots link into blobs/)
-            except FileNotFoundError:
-                raise SourceError(f"{full}: broken symlink", path=full) from None
-            if not stat.S_ISREG(st.st_mode):
-                raise SourceError(f"{full}: not a regular file (device, fifo or socket)", path=full)
-            rel = name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/")
-            out.append(rel if rel == MANIFEST_NAME else check_relpath(rel, source=str(root)))
-    if not out:
-        raise SourceError(f"{root}: empty directory, no model files", path=str(root))
-    return sorted(out)
-
-
-def _copy_dir(src: Path, staged: Path, progress: Progress) -> dict[str, Digest]:
-    rels = source_files(src)
-    sizes = {rel: os.stat(src / rel).st_size for rel in rels}
-    progress.begin("install", f"copying {len(rels)} files", sum(sizes.values()))
-
-    def one(rel: str) -> Digest:
-        dst = staged / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        return copy_hashing(src / rel, dst, lambda n: progress.advance("install", n))
-
-    workers = min(len(rels), max(2, os.cpu_count() or 2), 8)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="axon-install") as pool:
-        digests = dict(zip(rels, pool.map(one, rels), strict=True))
-    progress.end("install")
-    return digests
-
-
-_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
-_COPY_CHUNK = 64 * 1024 * 1024
-
-
-def copy_hashing(src: Path, dst: Path, on_bytes: OnBytes) -> Digest:
-    """Copy ``src`` to ``dst`` and return the digest of what was copied.
-
-    The kernel copies (``copy_file_range``: no bytes through Python) in a helper thread while
-    this thread hashes the source, so the two overlap. The source must not change meanwhile
-    (checked by its size, mtime and ctime); where the kernel copy is unavailable we fall back
-    to one read-hash-write pass.
-    """
-    before = os.stat(src)
-    stop = threading.Event()
-    failure: list[BaseException] = []
-
-    def copy() -> None:
-        try:
-            _kernel_copy(src, dst, stop)
-        except BaseException as exc:  # reported to the hashing thread
-            failure.append(exc)
-
-    helper = threading.Thread(target=copy, name="axon-copy", daemon=True)
-    helper.start()
-    try:
-        sha = sha256_file(src, on_bytes)
-    except BaseException:
-        stop.set()  # Ctrl-C: do not wait for the rest of a big copy
-        raise
-    finally:
-        helper.join()
-    if failure:
-        exc = failure[0]
-        if isinstance(exc, OSError) and exc.errno in _NO_KERNEL_COPY:
-            with open(src, "rb", buffering=0) as fin:
-                return _write_hashing(fin, dst, lambda n: None)
-        raise exc
-    after = os.stat(src)
-    same = (before.st_size, before.st_mtime_ns, before.st_ctime_ns) == (
-        after.st_size,
-        after.st_mtime_ns,
-        after.st_ctime_ns,
-    )
-    if not same or os.stat(dst).st_size != before.st_size:
-        raise SourceError(
-            f"{src}: changed while it was being installed",
-            path=str(src),
-            hint="install again once nothing writes to the source",
-        )
-    return Digest(before.st_size, sha)
-
-
-def _kernel_copy(src: Path, dst: Path, stop: threading.Event) -> None:
-    with open(src, "rb", buffering=0) as fin, open(dst, "wb", buffering=0) as fout:
-        left = os.fstat(fin.fileno()).st_size
-        while left > 0 and not stop.is_set():
-            n = os.copy_file_range(fin.fileno(), fout.fileno(), min(left, _COPY_CHUNK))
-            if n == 0:
-                break
-            left -= n
-
-
-def _write_hashing(fin: IO[bytes], dst: Path, on_bytes: OnBytes) -> Digest:
-    """Copy a stream to ``dst`` and hash it in the same pass."""
-    h = hashlib.sha256()
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    size = 0
-    with open(dst, "wb", buffering=0) as fout:
-        while True:
-            n = fin.readinto(view)  # type: ignore[attr-defined]
-            if not n:
-                break
-            chunk = view[:n]
-            h.update(chunk)
-            while chunk:
-                written = fout.write(chunk)
-                if not written:
-                    raise OSError(f"could not write {dst}")
-                chunk = chunk[written:]
-            size += n
-            on_bytes(n)
-    return Digest(size, h.hexdigest())
-
-
-# ---- .axon archives ---------------------------------------------------------------------
-def _member_name(member: tarfile.TarInfo, archive: Path) -> str | None:
-    """The safe relative name of an archive member, None for the root dir entry."""
-    name = member.name
-    while name.startswith("./"):
-        name = name[2:]
-    name = name.rstrip("/") if member.isdir() else name
-    if name in ("", "."):
-        return None
-    kind = _unsafe_kind(member)
-    if kind:
-        raise UnsafeArchiveError(
-            f"{archive}: refusing {kind} {member.name!r}",
-            path=str(archive),
-            hint="a .axon archive may only hold regular files and directories",
-        )
-    if name == MANIFEST_NAME:
-        return name  # the package's own manifest: read as the base, never kept as a file
-    try:
-        return check_relpath(name, field="archive member", source=str(archive))
-    except ManifestError as exc:
-        raise UnsafeArchiveError(
-            f"{archive}: refusing member {member.name!r}: {exc.message}",
-            path=str(archive),
-            hint="the archive tries to write outside the model directory; do not use it",
-        ) from None
-
-
-def _unsafe_kind(member: tarfile.TarInfo) -> str | None:
-    if member.issym():
-        return "symlink"
-    if member.islnk():
-        return "hard link"
-    if member.ischr() or member.isblk():
-        return "device"
-    if member.isfifo():
-        return "fifo"
-    if not (member.isreg() or member.isdir()):
-        return "special entry"
-    return None
-
-
-def _extract_archive(archive: Path, staged: Path, progress: Progress) -> dict[str, Digest]:
-    digests: dict[str, Digest] = {}
-    total = archive.stat().st_size
-    progress.begin("install", f"extracting {archive.name}", total)
-    try:
-        with open(archive, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tf:
-            last = 0
-            for member in tf:
-                rel = _member_name(member, archive)
-                if rel is None:
-                    continue
-                _extract_member(tf, member, rel, staged, digests, archive)
-                pos = raw.tell()
-                progress.advance("install", pos - last)
-                last = pos
-    except (tarfile.TarError, EOFError, zlib.error) as exc:
-        raise SourceError(
-            f"{archive}: not a valid .axon archive ({exc or type(exc).__name__})",
-            path=str(archive),
-            hint="the file is truncated or not a tar.gz; fetch it again",
-        ) from exc
-    progress.end("install")
-    _strip_single_top_dir(staged, digests)
-    if not digests:
-        raise SourceError(f"{archive}: the archive holds no files", path=str(archive))
-    return digests
-
-
-def _extract_member(
-    tf: tarfile.TarFile,
-    member: tarfile.TarInfo,
-    rel: str,
-    staged: Path,
-    digests: dict[str, Digest],
-    archive: Path,
-) -> None:
-    dst = staged / rel
-    if rel in digests or (member.isreg() and dst.exists()):
-        raise UnsafeArchiveError(f"{archive}: member {rel!r} appears twice", path=str(archive))
-    try:
-        if member.isdir():
-            dst.mkdir(parents=True, exist_ok=True)
-            return
-        dst.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise UnsafeArchiveError(
-            f"{archive}: {rel!r} is both a file and a directory", path=str(archive)
-        ) from None
-    fin = tf.extractfile(member)
-    if fin is None:  # pragma: no cover - regular members always have data
-        raise SourceError(f"{archive}: cannot read member {rel!r}", path=str(archive))
-    digests[rel] = _write_hashing(fin, dst, lambda n: None)
-
-
-def _strip_single_top_dir(staged: Path, digests: dict[str, Digest]) -> None:
-    """``model/`` wrapping everything (archives made with ``tar czf x.axon model/``)."""
-    entries = list(staged.iterdir())
-    if len(entries) != 1 or not entries[0].is_dir():
-        return
-    top = entries[0]
-    if not ((top / MANIFEST_NAME).is_file() or (top / "config.json").is_file()):
-        return
-    hidden = staged / f".{top.name}.tmp-strip"
-    os.rename(top, hidden)
-    for child in hidden.iterdir():
-        os.rename(child, staged / child.name)
-    hidden.rmdir()
-    prefix = top.name + "/"
-    moved = {rel[len(prefix) :]: d for rel, d in digests.items()}
-    digests.clear()
-    digests.update(moved)
-
-
 # ---- Hugging Face Hub -------------------------------------------------------------------
 def download_hf(
     repo: str, revision: str | None, *, token: str | None = None, progress: Progress = NULL_PROGRESS
@@ -521,11 +251,10 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
-def installed_files(model: CachedModel) -> list[str]:
-    """Files present in an installed model dir (for tests and `info`)."""
-    from axon.cache import housekeeping_names
-
-    return list(walk_files(model.path, skip_top=housekeeping_names(model.ref)))
-
-
-__all__ = ["build_manifest", "classify_source", "install_source", "parse_hf_source"]
+__all__ = [
+    "build_manifest",
+    "classify_source",
+    "copy_hashing",
+    "install_source",
+    "parse_hf_source",
+]
