@@ -328,3 +328,32 @@ def test_stalled_body_is_dropped_and_resumable(mlos_server):
         s.settimeout(5)
         assert s.recv(4096).startswith(b"HTTP/1.1 408 ")
     assert httpx.post(f"{srv.url}/v1/uploads/{uid}/commit").status_code == 200
+
+
+def test_multipart_cut_or_malformed_stores_nothing(mlos_server):
+    srv = mlos_server()
+    body = (
+        b'--BND\r\nContent-Disposition: form-data; name="model_id"\r\n\r\nns/cut@v1\r\n'
+        b'--BND\r\nContent-Disposition: form-data; name="manifest"\r\n\r\n{}\r\n'
+        b'--BND\r\nContent-Disposition: form-data; name="model_files"; filename="w.bin"\r\n\r\n'
+    ) + BIG[:1_000_000]
+    with socket.create_connection(("127.0.0.1", srv.port)) as s:
+        s.sendall(
+            b"POST /models/upload HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: multipart/form-data; boundary=BND\r\n"
+            + f"Content-Length: {len(body) + 5_000_000}\r\n\r\n".encode()
+        )
+        s.sendall(body)
+        time.sleep(0.5)
+    staging = srv.models_dir / ".mlos" / "staging"
+    wait_for(lambda: not list(staging.iterdir()), timeout=10, what="temp files removed")
+    r = httpx.post(
+        f"{srv.url}/models/upload",
+        content=b"--BND\r\nthis is not multipart",
+        headers={"Content-Type": "multipart/form-data; boundary=BND"},
+    )
+    assert r.status_code == 400 and r.json()["status"] == "error"
+    blobs = srv.models_dir / ".mlos" / "blobs" / "sha256"
+    assert not [p for p in blobs.rglob("*") if p.is_file()]
+    assert not (srv.models_dir / "ns").exists()
+    assert httpx.get(f"{srv.url}/models").json()["total"] == 0
