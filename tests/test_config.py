@@ -168,3 +168,17 @@ def test_readme_example_config_loads_and_resolves(axon_home: Path) -> None:
         "mlos-cluster-staging": "cluster",
         "mlos-cluster-edge": "cluster",
     }
+
+
+def test_config_saved_by_upstream_go_axon_loads(axon_home: Path) -> None:
+    # What the Go axon's Config.Save() writes (yaml.v3 of DefaultConfig), plus a token.
+    write(
+        axon_home,
+        "home_dir: /root/.axon\ncache_dir: /root/.axon/cache\nregistry:\n"
+        "    url: https://registry.axon.mlos.io\n    mirrors: []\n    token: abc\n"
+        "    timeout: 300\ndownload:\n    parallel: 3\n    max_retries: 3\n"
+        "    verify_checksums: true\nlog_level: info\n",
+    )
+    config = load_config()
+    assert config.cache_dir == Path("/root/.axon/cache")
+    assert (config.registry.timeout, config.download.parallel) == (300, 3)

@@ -62,6 +62,7 @@ class RegistryConfig:
     __pydantic_config__: ClassVar[dict[str, Any]] = _FORBID
     url: str | None = None
     mirrors: list[str] = field(default_factory=list)
+    token: str | None = None
     enable_huggingface: bool = True
     huggingface_token: str | None = None
     timeout: int | float | None = None
