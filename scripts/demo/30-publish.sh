@@ -18,18 +18,23 @@ fi
 say "publish: two local instances on loopback"
 FS_URL=$(start_mlos_core core-fs "$work/fs-models")
 API_URL=$(start_mlos_core core-api "$work/api-models")
-cat >>"$AXON_HOME/config.yaml" <<YAML
-mlos_targets:
-  local-fs:               # this machine's models dir: copy, then notify
-    endpoint: $FS_URL
-    access_method: filesystem
-    storage_path: $work/fs-models
-    dir_mode: 0o755
-    file_mode: 0o644
-  local-api:              # no filesystem access: upload through the API
-    endpoint: $API_URL
-    access_method: api
-YAML
+# merge two targets into the config the earlier steps wrote
+python3 - "$AXON_HOME/config.yaml" "$FS_URL" "$API_URL" "$work/fs-models" <<'PY'
+import sys, yaml
+path, fs_url, api_url, fs_models = sys.argv[1:]
+try:
+    conf = yaml.safe_load(open(path)) or {}
+except FileNotFoundError:
+    conf = {}
+targets = conf.get("mlos_targets") or {}
+targets["local-fs"] = {  # this machine's models dir: copy, then notify
+    "endpoint": fs_url, "access_method": "filesystem", "storage_path": fs_models,
+    "dir_mode": 0o755, "file_mode": 0o644}
+targets["local-api"] = {"endpoint": api_url, "access_method": "api"}  # upload via the API
+conf["mlos_targets"] = targets
+yaml.safe_dump(conf, open(path, "w"), sort_keys=False)
+PY
+run sed -n '/mlos_targets:/,$p' "$AXON_HOME/config.yaml"
 run axon targets list || true
 
 say "publish: --dry-run shows the plan and changes nothing"

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from axon.errors import AxonError, IntegrityError
 from axon.manifest import FileEntry, Manifest
@@ -168,7 +169,11 @@ def compare(model: PreparedModel, remote: Manifest | None) -> list[PlannedFile]:
 def _location(transport: Transport, model: PreparedModel) -> tuple[str, str | None]:
     path = transport.instance_path(model.ref)
     where = transport.describe().rstrip("/")
-    return (f"{where}/{model.ref.relpath}" if path else where), path
+    if path:
+        return f"{where}/{model.ref.relpath}", path
+    if transport.method == "api":  # where the instance serves it (as InstanceResult says)
+        return f"{where}/models/{quote(model.ref.id, safe='')}", None
+    return where, None
 
 
 def plan_instance(model: PreparedModel, target: InstanceTarget) -> InstancePlan:
