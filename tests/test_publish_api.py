@@ -240,3 +240,17 @@ def test_a_stalled_connection_times_out_and_is_retried(
     assert result.ok, r.error
     assert r.attempts >= 2  # the first attempt hit the 0.5 s timeout
     assert _registered(srv.url, installed_model)
+
+
+def test_a_cache_file_vanishing_mid_publish_is_a_clear_failure(
+    mlos_server, installed_model
+) -> None:
+    srv = mlos_server(no_fsync=True)
+    cached = Path(os.environ["AXON_HOME"]) / "cache" / "models" / installed_model.relpath
+    (cached / "config.json").unlink()  # --no-validate trusts the manifest, so this shows late
+    result = publish(installed_model, srv.url, PublishOptions(validate=False, **FAST))
+    (r,) = result.results
+    assert not result.ok and result.exit_code == EXIT_TRANSPORT
+    assert r.error is not None and "config.json" in r.error["message"]
+    assert "axon verify hf/tiny-bert@v1" in r.error["hint"]
+    assert not (srv.models_dir / installed_model.relpath).exists()

@@ -27,6 +27,7 @@ from axon.errors import (
     RemoteError,
     TargetPermissionError,
     TargetUnreachableError,
+    TransportError,
 )
 from axon.progress import NULL_PROGRESS, Progress
 from axon.publish.notify import notify_instance
@@ -253,6 +254,16 @@ def publish_to_instance(
         if staged is not None and not is_transient(exc):
             staged.abort()  # keep partial data of transient failures: a re-run resumes
         return _failed(target, transport, staged, exc, started)
+    except OSError as exc:  # reading the cache (a file vanished mid-publish): ours, not theirs
+        if staged is not None:
+            staged.abort()
+        err = TransportError(
+            f"publish to {target.name} stopped: {exc.strerror or exc} ({exc.filename or '?'})",
+            target=target.name,
+            path=str(exc.filename) if exc.filename else None,
+            hint=f"check the cached model with `axon verify {model.ref}`, then re-run",
+        )
+        return _failed(target, transport, staged, err, started)
     finally:
         if transport is not None:
             transport.close()
