@@ -112,7 +112,10 @@ class Manifest:
             raise ManifestError(
                 f"top level is {type(data).__name__}, expected a mapping", path=source
             )
-        self.data: dict[str, Any] = dict(copy.deepcopy(data))
+        try:
+            self.data: dict[str, Any] = dict(copy.deepcopy(data))
+        except RecursionError:  # hostile input nested thousands deep
+            raise ManifestError("nested too deeply to be a manifest", path=source) from None
         self.source = source
 
     # ---- loading -------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 import uuid
@@ -231,7 +232,12 @@ async def upload_multipart(request: Request, core: Core) -> dict[str, Any]:
             parser.write(bytes(batch))
 
     try:
-        await pump(request.stream(), feed, core.metrics.received, idle=core.settings.body_timeout)
+        await pump(
+            request.stream(),
+            lambda batch: [functools.partial(feed, batch)],
+            core.metrics.received,
+            idle=core.settings.body_timeout,
+        )
         with _malformed_is_400():
             await asyncio.to_thread(parser.finalize)
         manifest = state.final_manifest()
