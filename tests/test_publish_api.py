@@ -254,3 +254,18 @@ def test_a_cache_file_vanishing_mid_publish_is_a_clear_failure(
     assert r.error is not None and "config.json" in r.error["message"]
     assert "axon verify hf/tiny-bert@v1" in r.error["hint"]
     assert not (srv.models_dir / installed_model.relpath).exists()
+
+
+def test_empty_and_duplicate_files(mlos_server, make_model_dir, install_model) -> None:
+    srv = mlos_server(no_fsync=True)
+    blob = os.urandom(100_000)
+    source = make_model_dir("odd", extra={"empty.txt": b"", "a.bin": blob, "copy/a.bin": blob})
+    ref = install_model(source, "hf/odd@v1")
+    result = publish(ref, srv.url)
+    (r,) = result.results
+    assert result.ok, r.error
+    final = srv.models_dir / ref.relpath
+    assert (final / "empty.txt").read_bytes() == b""
+    assert (final / "copy" / "a.bin").read_bytes() == blob
+    total = sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
+    assert r.bytes_sent == total - len(blob)  # the duplicate content went once
