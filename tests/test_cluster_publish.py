@@ -70,7 +70,8 @@ def run_cluster(ref: ModelRef | str, target: str, progress: Any = None, **kw: An
     known = {"atomic", "strategy", "max_parallel", "validate", "notify", "timeout", "retries"}
     opts = PublishOptions(
         retries=kw.pop("retries", 0),
-        timeout=kw.pop("timeout", 5.0),
+        timeout=kw.pop("timeout", 10.0),
+        override_timeout=True,
         **{k: kw.pop(k) for k in list(kw) if k in known},
         extra=kw,
     )
@@ -295,3 +296,22 @@ def test_dry_run_plans_every_member_and_changes_nothing(
     assert [p.target for p in result.plans] == [s.url for s in three]
     assert all(p.files_to_send == len(p.files) > 0 for p in result.plans)
     assert not any(registered(s, installed_model) for s in three)
+
+
+def test_a_stalled_instance_only_costs_its_own_timeout(
+    three: list[Any], installed_model: ModelRef, axon_home: Path, tcp_proxy: Any
+) -> None:
+    import time
+
+    stuck = tcp_proxy(three[2].port)
+    stuck.stall(None)  # accepts connections, never forwards a byte
+    members = [three[0].url, three[1].url, stuck.url]
+    write_config(axon_home, {"prod": {"instances": members}})
+    started = time.monotonic()
+    res = run_cluster(installed_model, "prod", timeout=2.0)
+    elapsed = time.monotonic() - started
+    stuck.resume()
+    assert [res.states[m] for m in members] == ["published", "published", "failed"]
+    assert "ReadTimeout" in json.dumps(res.results[2].error), res.results[2].error
+    assert elapsed < 20, (elapsed, [r.to_dict() for r in res.results])
+    assert all(r.seconds < elapsed for r in res.results[:2])
