@@ -208,7 +208,7 @@ class Cache:
         )
         if versions:
             return f"installed versions of {ref.namespace}/{ref.name}: {', '.join(versions)}"
-        return f"install it first: axon install SOURCE --as {ref} (or see `axon list`)"
+        return f"install it first: axon install SOURCE --as {ref}; `axon list` shows the cache"
 
     @staticmethod
     def _metadata(path: Path) -> dict[str, Any]:

@@ -240,7 +240,7 @@ def download_hf(
         raise TargetUnreachableError(
             f"cannot download hf/{repo}: {_first_line(exc)}",
             target="huggingface.co",
-            hint="check the network (or HF_ENDPOINT / HF_HUB_OFFLINE); "
+            hint="check the network, HF_ENDPOINT and HF_HUB_OFFLINE; "
             "or install from a local directory or a .axon archive",
         ) from exc
     return Path(path)

@@ -147,7 +147,7 @@ def resolve_address(spec: str, config: Config | None = None) -> Target:
     if scheme:
         raise TargetNotFoundError(
             f"unsupported target scheme {scheme + '://'!r} in {spec!r}",
-            hint="use http(s)://, file://, nfs:// or s3:// (or a configured name)",
+            hint="use http(s)://, file://, nfs://, s3:// or a configured name",
         )
     host, port = split_host_port(spec)
     if host is not None and host.lower() == "localhost":

@@ -200,7 +200,7 @@ def verify_cmd(ref: str, full: bool, as_json: bool, quiet: bool) -> None:
         "listed above",
         problems=report.problems,
         path=str(report.path),
-        hint=f"reinstall it (axon install SOURCE --as {report.ref})",
+        hint=f"reinstall it: axon install SOURCE --as {report.ref}",
     )
 
 
