@@ -315,3 +315,20 @@ def test_a_stalled_instance_only_costs_its_own_timeout(
     assert "ReadTimeout" in json.dumps(res.results[2].error), res.results[2].error
     assert elapsed < 20, (elapsed, [r.to_dict() for r in res.results])
     assert all(r.seconds < elapsed for r in res.results[:2])
+
+
+def test_static_and_discovered_members_are_merged_once_each(
+    mlos_server: Any, etcd_server: Any, installed_model: ModelRef, axon_home: Path
+) -> None:
+    from tests.test_discovery_publish import join, wait_members
+
+    static = mlos_server(no_fsync=True)  # only in the static list
+    both = join(mlos_server, etcd_server, "core-both")  # static list and discovery
+    found = join(mlos_server, etcd_server, "core-found")  # discovery only
+    wait_members(etcd_server, {"core-both", "core-found"})
+    cluster = {"instances": [static.url, both.url], "discovery": etcd_server.discovery_uri}
+    write_config(axon_home, {"prod": cluster})
+    res = run_cluster(installed_model, "prod")
+    assert [r.target for r in res.results] == [static.url, both.url, "core-found"]
+    assert res.exit_code == EXIT_OK and res.succeeded == 3
+    assert all(registered(s, installed_model) for s in (static, both, found))
