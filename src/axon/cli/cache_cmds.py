@@ -28,6 +28,11 @@ def _cache() -> Cache:
 
 @contextmanager
 def _progress(out: Output) -> Iterator[Progress]:
+    if not out.human:  # --json / --quiet: no bars, and no rich import at all
+        from axon.progress import NULL_PROGRESS
+
+        yield NULL_PROGRESS
+        return
     from axon.cli.progress_view import progress_sink
 
     with progress_sink(enabled=out.human) as sink:
