@@ -99,6 +99,7 @@ clusters:
         ("mlos_targets:\n  s: {type: network_storage}\n", "mlos_targets.s.storage_path", "storage"),
         ("mlos_targets: [a, b]\n", "mlos_targets", "dictionary"),
         ("download: {parallel: many}\n", "download.parallel", "integer"),
+        ("clusters:\n  c: {type: instance, endpoint: x}\n", "clusters.c.type", "not 'instance'"),
     ],
 )
 def test_bad_config_names_file_and_key(axon_home: Path, text: str, key: str, words: str) -> None:
@@ -134,9 +135,11 @@ def test_top_level_must_be_a_mapping(axon_home: Path) -> None:
         load_config()
 
 
-def test_empty_file_is_defaults(axon_home: Path) -> None:
+def test_empty_file_and_empty_sections_are_defaults(axon_home: Path) -> None:
     write(axon_home, "# nothing yet\n")
     assert load_config().mlos_targets == {}
+    write(axon_home, "mlos_targets:\nclusters:\n")
+    assert load_config().clusters == {}
 
 
 def test_explicit_missing_file_is_an_error(tmp_path: Path) -> None:

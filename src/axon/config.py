@@ -167,6 +167,9 @@ def load_config(path: Path | None = None) -> Config:
             hint="see README 'The config file' for an example",
         )
     raw.pop("path", None)  # never taken from the file
+    for section in ("mlos_targets", "clusters", "registry", "download"):
+        if section in raw and raw[section] is None:  # `clusters:` with nothing under it
+            del raw[section]
     _normalise_modes(raw, cfg_path)
     config = _validate(raw, cfg_path)
     config.path = cfg_path
@@ -286,6 +289,13 @@ def _looks_like_storage(target: TargetConfig) -> bool:
 
 def _finish_target(target: TargetConfig, key: str, cfg_path: Path, *, cluster: bool) -> None:
     """Infer ``type`` and check what a type needs."""
+    if cluster and target.type not in (None, "cluster"):
+        raise ConfigError(
+            f"entries under clusters: are clusters, not {target.type!r}",
+            path=str(cfg_path),
+            key=f"{key}.type",
+            hint="move it under mlos_targets:, or drop the type",
+        )
     if target.type is None:
         if cluster or target.instances or target.discovery:
             target.type = "cluster"
