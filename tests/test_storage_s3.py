@@ -201,3 +201,17 @@ def test_fetch_manifest_absent_and_url_errors(s3: S3Server, bucket: str) -> None
     assert t.store.manifest_key(ModelRef.parse("a/b/c@v")) == "a/b/c/v/manifest.yaml"
     with pytest.raises(ConfigError):
         S3Transport("http://not-s3/x")
+
+
+@pytest.mark.parametrize("algorithm", ["SHA256", "MD5"])
+def test_part_checksum_setting(tmp_path: Path, s3: S3Server, algorithm: str) -> None:
+    big = os.urandom(6 * MiB)
+    model = make_model(tmp_path / "m", "hf/ck@v1", {"big.bin": big})
+    storage = StorageTarget("s", "s3", f"s3://{s3.bucket()}/m", endpoint_url=s3.endpoint_url)
+    tuning = {**SMALL, "part_checksum": algorithm}
+    result = publish_to_storage(model, storage, PublishOptions(retries=0, extra={"s3": tuning}))
+    if algorithm == "MD5":  # not an S3 part checksum: refused before anything is sent
+        assert result.error is not None and result.error["type"] == "ConfigError"
+        assert "CRC32 or SHA256" in result.error["hint"]
+    else:
+        assert result.ok and result.bytes_sent == len(big)

@@ -18,10 +18,12 @@ fetching the previous version is never broken mid-read (garbage collection of un
 blobs is a separate, explicit operation, not done by publish).
 
 Integrity: a small file is sent in one PUT carrying its sha256 (``ChecksumSHA256``), which
-the store checks. A large file goes up as a parallel multipart upload: one reader thread
-reads parts in order (hashing the whole file as it goes), a bounded pool uploads them, each
-with its own ``ChecksumSHA256``; at most ``max_concurrency + 1`` parts are in memory. The
-upload is completed only if the whole-file sha256 matches the manifest, else aborted.
+the store checks. A large file goes up as a parallel multipart upload: each worker reads its
+own part (``pread``) and sends it with a part checksum (``ChecksumCRC32`` by default, as
+boto3 and the AWS CLI do; ``part_checksum="SHA256"`` for ``ChecksumSHA256``), while one
+thread hashes the whole file with sha256; at most ``max_concurrency`` parts are in memory.
+The upload is completed only if that sha256 matches the manifest, else aborted: CRC32 per
+part catches transfer damage cheaply, the one sha256 pass makes a blob's name trustworthy.
 
 boto3 is imported lazily (``pip install 'axon-publish[s3]'``). Credentials come from the
 standard AWS chain (env, ``~/.aws``, ``profile``, instance roles); ``endpoint_url`` and
@@ -35,8 +37,9 @@ import contextlib
 import hashlib
 import os
 import threading
+import zlib
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,6 +92,13 @@ def b64_sha256(data: bytes | memoryview) -> str:
     return base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
 
 
+def part_checksum(algorithm: str, data: bytes) -> str:
+    """The base64 checksum S3 expects in ``Checksum<algorithm>`` (CRC32 or SHA256)."""
+    if algorithm == "CRC32":
+        return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode("ascii")
+    return b64_sha256(data)
+
+
 def hex_to_b64(hexdigest: str) -> str:
     return base64.b64encode(bytes.fromhex(hexdigest)).decode("ascii")
 
@@ -106,6 +116,13 @@ class S3Settings:
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     max_attempts: int = 3  # botocore's own retries of one request (the publish retries too)
+    part_checksum: str = "CRC32"  # or "SHA256": the checksum each multipart part carries
+
+    def __post_init__(self) -> None:
+        if self.part_checksum not in ("CRC32", "SHA256"):
+            raise ConfigError(
+                f"unsupported S3 part checksum {self.part_checksum!r}", hint="use CRC32 or SHA256"
+            )
 
     def part_size_for(self, size: int) -> int:
         # S3 allows at most 10,000 parts per upload and at least 5 MiB per part.
@@ -182,7 +199,7 @@ class S3Store:
             connect_timeout=s.connect_timeout,
             read_timeout=s.read_timeout,
             retries={"mode": "standard", "max_attempts": s.max_attempts},
-            # every write carries its own ChecksumSHA256, so the payload need not be hashed a
+            # every write carries its own checksum, so the payload need not be hashed a
             # second time for the signature (botocore otherwise does so over plain http)
             s3={"payload_signing_enabled": False},
         )
@@ -384,7 +401,8 @@ class S3Store:
     def put_multipart(self, entry: FileEntry, source: Path, on_bytes: OnBytes = _nothing) -> None:
         """Parallel multipart upload of ``source`` as blob ``entry.sha256``, bounded memory."""
         key = self.blob_key(entry.sha256)
-        upload_id = self.call("create_multipart_upload", key=key, ChecksumAlgorithm="SHA256")[
+        algorithm = self.settings.part_checksum
+        upload_id = self.call("create_multipart_upload", key=key, ChecksumAlgorithm=algorithm)[
             "UploadId"
         ]
         try:
@@ -413,7 +431,9 @@ class S3Store:
 
 
 class _MultipartUpload:
-    """One reader thread reads parts in order (hashing the whole file), a pool uploads them."""
+    """Workers each read (``pread``) and send their own parts; meanwhile one thread hashes
+    the whole file in order. Memory: one part per worker. The hash is off the upload's
+    critical path, and :meth:`run` returns the parts only when it matches the manifest."""
 
     def __init__(
         self,
@@ -428,51 +448,60 @@ class _MultipartUpload:
         self.entry, self.source, self.on_bytes = entry, source, on_bytes
         self.part_size = store.settings.part_size_for(entry.size)
         self.workers = store.settings.max_concurrency
+        self.failed = threading.Event()
 
-    def _upload(self, number: int, data: bytes) -> dict[str, Any]:
-        checksum = b64_sha256(data)
-        answer = self.store.call(
-            "upload_part",
-            key=self.key,
-            UploadId=self.upload_id,
-            PartNumber=number,
-            Body=data,
-            ChecksumSHA256=checksum,
-        )
-        self.on_bytes(len(data))
-        return {"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": checksum}
+    def _upload(self, fd: int, number: int) -> dict[str, Any]:
+        if self.failed.is_set():  # another part failed: do not start new ones
+            raise _Skipped
+        try:
+            data = os.pread(fd, self.part_size, (number - 1) * self.part_size)
+            algorithm = self.store.settings.part_checksum
+            checksum = part_checksum(algorithm, data)
+            answer = self.store.call(
+                "upload_part",
+                key=self.key,
+                UploadId=self.upload_id,
+                PartNumber=number,
+                Body=data,
+                **{f"Checksum{algorithm}": checksum},
+            )
+            self.on_bytes(len(data))
+        except BaseException:
+            self.failed.set()
+            raise
+        return {"PartNumber": number, "ETag": answer["ETag"], f"Checksum{algorithm}": checksum}
+
+    def _whole_file(self) -> tuple[int, str]:
+        h = hashlib.sha256()
+        size = 0
+        buf = bytearray(4 * MiB)
+        view = memoryview(buf)
+        with open(self.source, "rb", buffering=0) as fh:
+            while not self.failed.is_set() and (n := fh.readinto(view)):
+                h.update(view[:n])
+                size += n
+        return size, h.hexdigest()
 
     def run(self) -> list[dict[str, Any]]:
-        whole = hashlib.sha256()
-        size = 0
-        slots = threading.Semaphore(self.workers)  # parts read but not yet sent: bounded
-        failed = threading.Event()
-        futures: list[Future[dict[str, Any]]] = []
+        count = max(1, -(-self.entry.size // self.part_size))
+        fd = os.open(self.source, os.O_RDONLY)
+        try:
+            with ThreadPoolExecutor(self.workers + 1, thread_name_prefix="axon-s3-part") as pool:
+                whole = pool.submit(self._whole_file)
+                parts = [pool.submit(self._upload, fd, n) for n in range(1, count + 1)]
+            for fut in parts:
+                error = fut.exception()
+                if error is not None and not isinstance(error, _Skipped):
+                    raise error
+            size, sha256 = whole.result()
+        finally:
+            os.close(fd)
+        self.store._check_content(self.entry, self.source, size, sha256)
+        return [f.result() for f in parts]
 
-        def finished(fut: Future[dict[str, Any]]) -> None:
-            slots.release()
-            if fut.exception() is not None:
-                failed.set()
 
-        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="axon-s3-part")
-        with pool, open(self.source, "rb") as fh:
-            while not failed.is_set():
-                slots.acquire()
-                data = fh.read(self.part_size)
-                if not data:
-                    slots.release()
-                    break
-                whole.update(data)
-                size += len(data)
-                fut = pool.submit(self._upload, len(futures) + 1, data)
-                futures.append(fut)
-                fut.add_done_callback(finished)
-        for fut in futures:
-            error = fut.exception()
-            if error is not None:
-                raise error
-        self.store._check_content(self.entry, self.source, size, whole.hexdigest())
-        return [fut.result() for fut in futures]
+class _Skipped(Exception):
+    """A part not started because another one had failed already."""
 
 
 class S3Session(Session):
