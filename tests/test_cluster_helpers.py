@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -167,3 +168,27 @@ def test_instance_line_folds_file_tasks_into_one_line_never_past_total() -> None
     assert keys == {"core-1"}
     assert sum(int(n) for kind, _, n in rec.events if kind == "advance") == 100  # type: ignore[call-overload]
     assert ("message", "core-1: retrying", None) in rec.events
+
+
+def test_members_listed_twice_are_published_once() -> None:
+    from axon.publish.cluster import cluster_members
+    from axon.targets import ClusterTarget, InstanceTarget
+
+    a = InstanceTarget("a", "http://127.0.0.1:1")
+    a_again = InstanceTarget("a", "http://127.0.0.1:1/")
+    fs1 = InstanceTarget("fs1", "http://localhost:8080", "filesystem", storage_path="/m1")
+    fs2 = InstanceTarget("fs2", "http://localhost:8080", "filesystem", storage_path="/m2")
+    got = cluster_members(ClusterTarget("c", [a, a_again, fs1, fs2]))
+    assert [m.name for m in got] == ["a", "fs1", "fs2"]
+
+
+def test_a_cluster_without_members_is_a_config_error(installed_model: Any) -> None:
+    from axon.cache import Cache
+    from axon.errors import ConfigError
+    from axon.publish import prepare_model
+    from axon.publish.cluster import publish_to_cluster
+    from axon.targets import ClusterTarget
+
+    model = prepare_model(Cache.from_config(), installed_model)
+    with pytest.raises(ConfigError, match="has no instances"):
+        publish_to_cluster(model, ClusterTarget("empty"), PublishOptions())

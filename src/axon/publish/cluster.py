@@ -35,7 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from axon.errors import EXIT_ALL_FAILED, EXIT_OK, EXIT_PARTIAL, AxonError, OptionError
+from axon.errors import (
+    EXIT_ALL_FAILED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    AxonError,
+    ConfigError,
+    OptionError,
+)
 from axon.fsutil import atomic_write_text
 from axon.progress import NULL_PROGRESS, Progress
 from axon.publish import cluster_status as probes
@@ -246,10 +253,17 @@ def _check_options(opts: ClusterOptions, strategy: str) -> None:
 
 # ---- members --------------------------------------------------------------------------------
 def cluster_members(cluster: ClusterTarget, *, timeout: float = 5.0) -> list[InstanceTarget]:
-    """The static members, then those found by ``cluster.discovery`` (deduplicated by
-    endpoint). Discovered members copy the access settings of the first static member, or
-    use the API when there is none."""
-    members = list(cluster.instances)
+    """The static members, then those found by ``cluster.discovery``. A member listed twice
+    (same place) is published once; a discovered member whose endpoint is already listed is
+    skipped. Discovered members take the cluster's access settings (``template``), or the
+    first static member's, or the API."""
+    members: list[InstanceTarget] = []
+    places = set()
+    for member in cluster.instances:
+        place = (member.endpoint.rstrip("/"), member.access_method, member.storage_path)
+        if place not in places and member.name not in {m.name for m in members}:
+            places.add(place)
+            members.append(member)
     if cluster.discovery:
         from axon.discovery import discover, member_target
 
@@ -328,8 +342,14 @@ def publish_to_cluster(
     strategy = opts.strategy or cluster.strategy or "all"
     _check_options(opts, strategy)
     members = cluster_members(cluster, timeout=min(options.timeout, 10.0))
+    if not members:
+        raise ConfigError(
+            f"cluster {cluster.name!r} has no instances",
+            target=cluster.name,
+            hint="list instances under the cluster in config.yaml, or give it a discovery URI",
+        )
     wanted = len(members) if strategy == "all" else 1
-    required = parse_min_success(opts.min_success, wanted) if members else 1
+    required = parse_min_success(opts.min_success, wanted)
     parallel = opts.max_parallel or cluster.max_parallel or min(DEFAULT_MAX_PARALLEL, len(members))
     if options.dry_run:
         return _dry_run(model, cluster, members, strategy, required, wanted, parallel)

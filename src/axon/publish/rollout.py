@@ -167,16 +167,20 @@ def fan_out(
     running: dict[Future[InstanceResult], InstanceTarget] = {}
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="axon-cluster") as pool:
         # launch only into free slots, so --fail-fast really stops launching
-        while pending or running:
-            while pending and len(running) < workers:
-                target = pending.pop(0)
-                running[pool.submit(run_guarded, work, target)] = target
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for fut in done:
-                result = fut.result()
-                results[running.pop(fut).name] = result
-                if fail_fast and not result.ok:
-                    pending.clear()
+        try:
+            while pending or running:
+                while pending and len(running) < workers:
+                    target = pending.pop(0)
+                    running[pool.submit(run_guarded, work, target)] = target
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    result = fut.result()
+                    results[running.pop(fut).name] = result
+                    if fail_fast and not result.ok:
+                        pending.clear()
+        except BaseException:  # Ctrl-C: start nothing more; in-flight ones end by timeout
+            pending.clear()
+            raise
     return results
 
 
