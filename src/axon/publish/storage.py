@@ -173,8 +173,11 @@ def publish_to_storage(
         model_id=model.ref.id,
     )
     if options.dry_run:
-        result.plans = [plan_storage(model, storage, options)]
-        result.published = True
+        try:
+            result.plans = [plan_storage(model, storage, options)]
+            result.published = True
+        except AxonError as exc:
+            result.error = {**exc.to_dict(), "exit_code": exc.exit_code}
         return result
     transport: Transport | None = None
     staged: StagedPublish | None = None
