@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from axon.fsutil import fsync_dir
@@ -152,18 +153,32 @@ class BlobWriter:
                 self._hash.update(view[:n])
                 left -= n
 
-    def write(self, data: bytes | bytearray) -> None:
+    def jobs(self, data: bytearray) -> list[Callable[[], None]]:
+        """The work for the next ``data``: hash it and write it at its offset. The two jobs
+        may run in parallel threads (both release the GIL); call again only after both ran."""
         if self.offset + len(data) > self.size:
             raise bad_request(
                 f"body longer than blob {self.sha256[:12]} ({self.size} bytes); nothing stored",
                 code="size_mismatch",
             )
-        self._hash.update(data)
+        offset = self.offset
+        self.offset += len(data)
+        return [
+            functools.partial(self._hash.update, data),
+            functools.partial(self._write_at, data, offset),
+        ]
+
+    def write(self, data: bytearray) -> None:
+        """Hash and write ``data`` (sequentially, in this thread)."""
+        for job in self.jobs(data):
+            job()
+
+    def _write_at(self, data: bytearray, offset: int) -> None:
         view = memoryview(data)
         try:
             while view:
-                n = os.pwrite(self._fd, view, self.offset)
-                self.offset += n
+                n = os.pwrite(self._fd, view, offset)
+                offset += n
                 view = view[n:]
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from starlette.requests import ClientDisconnect
 
@@ -38,47 +38,58 @@ async def _with_idle_timeout(chunks: AsyncIterator[bytes], idle: float) -> Async
         yield chunk
 
 
+Jobs = Callable[[bytearray], Sequence[Callable[[], None]]]
+
+
 async def pump(
     chunks: AsyncIterator[bytes],
-    write: Callable[[bytearray], None],
+    jobs: Jobs,
     on_bytes: Callable[[int], None] | None = None,
     *,
     idle: float = IDLE_TIMEOUT,
 ) -> None:
-    """Feed ``chunks`` to ``write`` (in a thread) in batches, overlapping I/O and receive."""
+    """Gather ``chunks`` into batches; run each batch's ``jobs(batch)`` in worker threads,
+    side by side (hashing and writing a batch in parallel), while the next batch arrives.
+    A batch's jobs all finish before the next batch's start, so order is kept."""
     loop = asyncio.get_running_loop()
-    pending: asyncio.Future[None] | None = None
+    pending: list[asyncio.Future[None]] = []
+
+    async def settle() -> None:
+        futures = pending[:]
+        pending.clear()
+        for result in await asyncio.gather(*futures, return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
+
+    def dispatch(batch: bytearray) -> None:
+        pending.extend(loop.run_in_executor(None, job) for job in jobs(batch))
+        if on_bytes is not None:
+            on_bytes(len(batch))
+
     buf = bytearray()
     try:
         try:
             async for chunk in _with_idle_timeout(chunks, idle):
                 buf += chunk
                 if len(buf) >= BATCH:
-                    if pending is not None:
-                        await pending
-                    pending = loop.run_in_executor(None, write, buf)
-                    if on_bytes is not None:
-                        on_bytes(len(buf))
+                    await settle()
+                    dispatch(buf)
                     buf = bytearray()
         except ClientDisconnect:
             # keep every byte that arrived: the client resumes from the offset we report
-            if pending is not None:
-                await pending
-                pending = None
+            await settle()
             if buf:
-                await loop.run_in_executor(None, write, buf)
+                dispatch(buf)
+                await settle()
             raise
-        if pending is not None:
-            await pending
-            pending = None
+        await settle()
         if buf:
-            await loop.run_in_executor(None, write, buf)
-            if on_bytes is not None:
-                on_bytes(len(buf))
+            dispatch(buf)
+            await settle()
     finally:
-        if pending is not None:  # an error while a batch is in flight: let it land first
+        if pending:  # an error while a batch is in flight: let it land first
             with contextlib.suppress(Exception):
-                await pending
+                await asyncio.gather(*pending, return_exceptions=True)
 
 
 async def receive_blob(
@@ -95,7 +106,7 @@ async def receive_blob(
     """
     await asyncio.to_thread(writer.open)
     try:
-        await pump(chunks, writer.write, on_bytes, idle=idle)
+        await pump(chunks, writer.jobs, on_bytes, idle=idle)
     except ClientDisconnect:
         writer.close()
         raise
