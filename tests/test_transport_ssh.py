@@ -163,11 +163,15 @@ def test_from_target_and_command_line() -> None:
     assert transport.host == "core-1.example" and transport.root == "/srv/models"
     assert transport.describe() == "ssh://mlos@core-1.example:2222/srv/models"
     args = transport.ssh_args()
-    assert args[-1] == "core-1.example" and "BatchMode=yes" in args
-    assert args[1:3] == ["-p", "2222"] and "-i" in args and "mlos" in args
-    assert not any(a.startswith("Ciphers=aes128") for a in args)  # the user's choice wins
-    assert SshTransport("h", root="/m").ssh_args().count("-o") >= 5
-    assert any(a.startswith("Ciphers=aes128-gcm") for a in SshTransport("h", root="/m").ssh_args())
+    assert args[:3] == ["ssh", "-o", "BatchMode=yes"] and args[-1] == "core-1.example"
+    assert args[3:5] == ["-o", "Ciphers=aes256-ctr"]  # first value wins: the user's, first
+    assert "2222" in args and "-i" in args and "mlos" in args
+    assert not any(a.startswith("Ciphers=aes128") for a in args)
+    timeout = SshTransport("h", root="/m", options=["ConnectTimeout=99"]).ssh_args()
+    assert timeout.index("ConnectTimeout=99") < timeout.index("ConnectTimeout=30")
+    default = SshTransport("h", port=None, root="/m").ssh_args()
+    assert "-p" not in default  # ~/.ssh/config decides the port
+    assert any(a.startswith("Ciphers=aes128-gcm") for a in default)
 
 
 def test_axon_publish_over_ssh_registers_with_a_real_mlos_core(

@@ -168,6 +168,14 @@ def error_from_code(
             hint="the partial data was dropped; publish again (did the cached file change?)",
         )
         return retryable(mismatch, True)
+    if code == "source_changed":
+        changed = TransportError(
+            f"{message}: {where}{on}",
+            target=target,
+            path=where,
+            hint="a cached file changed during the publish: run `axon verify`, then publish again",
+        )
+        return retryable(changed, False)
     if code in ("busy", "offset_mismatch"):
         busy = TransportError(
             f"{message}: {where}{on}",
@@ -283,6 +291,8 @@ class FilesystemSession(Session):
                 on_bytes,
                 self.t.dir_mode,
                 self.t.file_mode,
+                None,
+                fh.fileno(),
             )
         if not result["complete"]:
             self.plan.offsets[entry.sha256] = int(result["offset"])

@@ -86,7 +86,7 @@ class SshTransport(Transport):
         host: str,
         *,
         user: str | None = None,
-        port: int = 22,
+        port: int | None = 22,
         key: str | os.PathLike[str] | None = None,
         options: Sequence[str] = (),
         root: str,
@@ -98,7 +98,7 @@ class SshTransport(Transport):
     ) -> None:
         self.host = host
         self.user = user
-        self.port = int(port or 22)
+        self.port = int(port) if port else None  # None: ~/.ssh/config decides (or 22)
         self.key = os.fspath(key) if key else None
         self.options = list(options)
         self.root = root.rstrip("/") or "/"
@@ -121,7 +121,7 @@ class SshTransport(Transport):
         return cls(
             host,
             user=target.ssh_user,
-            port=target.ssh_port or 22,
+            port=target.ssh_port,
             key=target.ssh_key,
             options=list(target.ssh_options or ()),
             root=target.storage_path or DEFAULT_ROOT,
@@ -135,11 +135,11 @@ class SshTransport(Transport):
     @property
     def where(self) -> str:
         """``user@host:port`` for messages."""
-        return f"{self.user + '@' if self.user else ''}{self.host}:{self.port}"
+        return f"{self.user + '@' if self.user else ''}{self.host}:{self.port or 22}"
 
     def describe(self) -> str:
         user = f"{self.user}@" if self.user else ""
-        return f"ssh://{user}{self.host}:{self.port}{self.root}"
+        return f"ssh://{user}{self.host}:{self.port or 22}{self.root}"
 
     def instance_path(self, ref: ModelRef) -> str | None:
         return f"{self.root.rstrip('/')}/{ref.relpath}"
@@ -149,20 +149,27 @@ class SshTransport(Transport):
         return any(key.lower() in opt.lower() for opt in self.options)
 
     def ssh_args(self) -> list[str]:
-        """The ``ssh`` command line up to (and including) the host, without the command."""
-        args = ["ssh", "-p", str(self.port), "-o", "BatchMode=yes"]
-        args += ["-o", f"ConnectTimeout={max(1, int(self.timeout))}"]
-        args += ["-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3"]
-        if self._ctl_dir:
-            args += ["-o", f"ControlPath={self._ctl_dir}/cm-%C"]
+        """The ``ssh`` command line up to (and including) the host, without the command.
+
+        ssh keeps the *first* value it sees for an option, so the user's ``ssh_options``
+        come before our defaults (they win), and only ``BatchMode=yes`` before them (we must
+        never hang on a password prompt). ``~/.ssh/config`` still fills in the rest.
+        """
+        args = ["ssh", "-o", "BatchMode=yes"]
+        for opt in self.options:
+            args += shlex.split(opt) if opt.startswith("-") else ["-o", opt]
+        if self.port is not None:
+            args += ["-p", str(self.port)]
         if self.key:
             args += ["-i", self.key, "-o", "IdentitiesOnly=yes"]
         if self.user:
             args += ["-l", self.user]
-        if not self._user_sets("ciphers") and "-c" not in self.options:
+        if self._ctl_dir:
+            args += ["-o", f"ControlPath={self._ctl_dir}/cm-%C"]
+        args += ["-o", f"ConnectTimeout={max(1, int(self.timeout))}"]
+        args += ["-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3"]
+        if not self._user_sets("ciphers") and not any(o.startswith("-c") for o in self.options):
             args += ["-o", f"Ciphers={CIPHERS}"]
-        for opt in self.options:
-            args += shlex.split(opt) if opt.startswith("-") else ["-o", opt]
         return [*args, "-o", "Compression=no", self.host]
 
     def close(self) -> None:
@@ -288,7 +295,7 @@ class SshTransport(Transport):
         return TargetUnreachableError(
             f"cannot reach {self.where} over ssh: {why}",
             target=self.name,
-            hint=f"is sshd running there? check ssh_host/ssh_port; try: ssh -p {self.port} "
+            hint=f"is sshd running there? check ssh_host/ssh_port; try: ssh -p {self.port or 22} "
             f"{self.user + '@' if self.user else ''}{self.host} true",
         )
 
@@ -307,7 +314,7 @@ class SshTransport(Transport):
             return AuthenticationError(
                 f"host key of {self.where} is unknown or changed",
                 target=self.name,
-                hint=f"verify it, then: ssh-keyscan -p {self.port} {self.host} >> "
+                hint=f"verify it, then: ssh-keyscan -p {self.port or 22} {self.host} >> "
                 "~/.ssh/known_hosts",
             )
         if ("no such file" in low or "not accessible" in low) and self.key:

@@ -33,6 +33,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import mmap
 import os
 import queue
 import shutil
@@ -214,8 +215,13 @@ def receive(
     dir_mode: int | None = None,
     file_mode: int | None = None,
     ready: Callable[[], None] | None = None,
+    src_fd: int | None = None,
 ) -> dict[str, Any]:
     """Receive one blob ``{"sha256", "size", "offset", "paths"}`` from ``read``.
+
+    ``src_fd`` (local publishes): the source file itself; its bytes are then copied by the
+    kernel (``copy_file_range``) while ``read`` feeds the hash, and the file must not change
+    meanwhile (its size/mtime/ctime are compared before and after).
 
     ``ready()`` is called once the partial file is locked and its prefix hashed, just before
     the first byte is read (the remote tells the client to start streaming). Returns
@@ -248,11 +254,20 @@ def receive(
         os.lseek(fd, offset, os.SEEK_SET)
         if ready is not None:
             ready()
-        got = offset + _pump(fd, read, h, size - offset, on_bytes)
+        if src_fd is not None:
+            before = os.fstat(src_fd)
+            got = offset + _pump_file(fd, src_fd, h, size - offset, on_bytes)
+            after = os.fstat(src_fd)
+            if _changed(before, after):
+                os.ftruncate(fd, 0)
+                raise StageError("source_changed", "the source file changed while copied")
+            longer = after.st_size > size
+        else:
+            got = offset + _pump(fd, read, h, size - offset, on_bytes)
+            longer = got >= size and bool(read(memoryview(bytearray(1))))
         if got < size:
             return {"complete": False, "offset": got}
-        extra = bytearray(1)
-        if read(memoryview(extra)):
+        if longer:
             os.ftruncate(fd, 0)
             raise StageError("size_mismatch", f"more than the expected {size} bytes", part)
         if h.hexdigest() != sha:
@@ -296,59 +311,144 @@ def _start_writeback(fd: int, pos: int, n: int) -> None:
         fn(fd, pos, n, _SYNC_FILE_RANGE_WRITE)  # errors only mean "no early writeback"
 
 
-def _write_chunk(fd: int, data: memoryview, pos: int) -> None:
-    _write_all(fd, data)
+def _changed(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_size, a.st_mtime_ns, a.st_ctime_ns) != (b.st_size, b.st_mtime_ns, b.st_ctime_ns)
+
+
+_NO_COPY_RANGE = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF)
+
+
+def _write_chunk(fd: int, data: memoryview, pos: int, src_fd: list[int | None]) -> None:
+    """Write ``data`` at ``pos``: by ``copy_file_range`` from ``src_fd[0]`` (same offsets)
+    when there is one (no copy through user space), else from the buffer."""
+    done = 0
+    if src_fd[0] is not None:
+        try:
+            while done < len(data):
+                n = os.copy_file_range(src_fd[0], fd, len(data) - done, pos + done, pos + done)
+                if n == 0:
+                    raise StageError("source_changed", "the source file shrank while copied")
+                done += n
+        except OSError as exc:
+            if exc.errno not in _NO_COPY_RANGE:
+                raise
+            src_fd[0] = None  # this filesystem pair cannot: write from the buffer from now on
+    while done < len(data):
+        done += os.pwrite(fd, data[done:], pos + done)
     _start_writeback(fd, pos, len(data))
 
 
-def _pump(fd: int, read: Reader, h: Any, limit: int, on_bytes: Progress) -> int:
-    """Copy from ``read`` to ``fd`` until EOF or ``limit`` bytes, hashing what is written.
+class _Writer:
+    """One thread writing chunks at explicit offsets while the caller reads and hashes:
+    one hand-off per chunk, and hashing overlaps with writing."""
 
-    This thread reads and hashes (hashlib releases the GIL on big buffers); one writer
-    thread writes the chunk before (three buffers in rotation), so hashing and writing
-    overlap with a single hand-off per chunk. ``on_bytes`` runs here once a chunk is hashed
-    and queued; when it raises, the queued chunks are still written (a clean resume point).
-    """
+    def __init__(self, fd: int, src_fd: int | None) -> None:
+        self.fd = fd
+        self.copy_from = [src_fd if hasattr(os, "copy_file_range") else None]
+        self.todo: queue.Queue[tuple[memoryview, int, Callable[[], None]] | None]
+        self.todo = queue.Queue(maxsize=2)
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run, name="axon-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.todo.get()
+            if item is None:
+                return
+            data, pos, done = item
+            try:
+                if not self.errors:
+                    _write_chunk(self.fd, data, pos, self.copy_from)
+            except BaseException as exc:  # re-raised in the caller's thread
+                # without its traceback: its frames would keep ``data`` (a slice of a
+                # mapping the caller must close) alive
+                self.errors.append(exc.with_traceback(None))
+            finally:
+                del data, item
+                done()
+
+    def put(self, data: memoryview, pos: int, done: Callable[[], None] = lambda: None) -> None:
+        self.check()
+        self.todo.put((data, pos, done))
+
+    def check(self) -> None:
+        if self.errors:
+            raise self.errors[0]
+
+    def join(self) -> None:
+        """Wait until every queued chunk is written (errors: see :meth:`check`)."""
+        self.todo.put(None)
+        self.thread.join()
+
+
+def _pump(fd: int, read: Reader, h: Any, limit: int, on_bytes: Progress) -> int:
+    """Copy from the stream ``read`` to ``fd`` (at its position) until EOF or ``limit``
+    bytes, hashing what is written. This thread reads and hashes (hashlib releases the GIL
+    on big buffers) while the writer writes the chunk before (three buffers in rotation).
+    ``on_bytes`` runs once a chunk is hashed and queued; if it raises, the queued chunks
+    are still written (a clean resume point)."""
     start = os.lseek(fd, 0, os.SEEK_CUR)
     free: queue.Queue[bytearray] = queue.Queue()
     for _ in range(3):
         free.put(bytearray(CHUNK))
-    todo: queue.Queue[tuple[bytearray, int, int] | None] = queue.Queue()
-    errors: list[BaseException] = []
-
-    def writer() -> None:
-        while True:
-            item = todo.get()
-            if item is None:
-                return
-            buf, n, pos = item
-            try:
-                if not errors:
-                    _write_chunk(fd, memoryview(buf)[:n], pos)
-            except BaseException as exc:  # re-raised by the reading thread
-                errors.append(exc)
-            free.put(buf)
-
-    thread = threading.Thread(target=writer, name="axon-writer", daemon=True)
-    thread.start()
+    writer = _Writer(fd, None)
     total = 0
     try:
-        while total < limit and not errors:
+        while total < limit:
             buf = free.get()
             view = memoryview(buf)[: min(CHUNK, limit - total)]
             n = _fill(read, view)
             if n == 0:
                 break
             h.update(view[:n])
-            todo.put((buf, n, start + total))
+            writer.put(view[:n], start + total, lambda b=buf: free.put(b))  # type: ignore[misc]
             total += n
             on_bytes(n)
     finally:
-        todo.put(None)
-        thread.join()
-    if errors:
-        raise errors[0]
+        writer.join()
+    writer.check()
     return total
+
+
+def _pump_file(fd: int, src_fd: int, h: Any, limit: int, on_bytes: Progress) -> int:
+    """Copy ``limit`` bytes of the local file ``src_fd`` to ``fd`` at the same offsets.
+
+    The kernel copies (``copy_file_range``: no pass through user space) while this thread
+    hashes the source through a read-only mapping (no copy either). The dev cache replaces
+    files by rename, never truncates them in place; should one shrink anyway, the size is
+    checked before each chunk so we never touch a page past its end (that would be SIGBUS).
+    """
+    start = os.lseek(fd, 0, os.SEEK_CUR)
+    end = min(start + limit, os.fstat(src_fd).st_size)
+    if end <= start:
+        return 0
+    mm = mmap.mmap(src_fd, 0, access=mmap.ACCESS_READ)
+    with contextlib.suppress(AttributeError, OSError):
+        mm.madvise(mmap.MADV_SEQUENTIAL)
+    view = memoryview(mm)
+    writer = _Writer(fd, src_fd)
+    pos = start
+    chunk: memoryview | None = None
+    try:
+        while pos < end:
+            n = min(CHUNK, end - pos)
+            if os.fstat(src_fd).st_size < pos + n:
+                raise StageError("source_changed", "the source file shrank while it was copied")
+            chunk = view[pos : pos + n]
+            h.update(chunk)
+            writer.put(chunk, pos)
+            chunk = None
+            pos += n
+            on_bytes(n)
+    finally:
+        writer.join()
+        chunk = None  # every slice must be gone before the mapping can close
+        with contextlib.suppress(BufferError):  # else the GC closes it: never mask an error
+            view.release()
+            mm.close()
+    writer.check()
+    return pos - start
 
 
 def _link_or_copy(src: str, dst: str) -> None:
