@@ -12,6 +12,9 @@ To run it against a new transport, subclass :class:`TransportConformance` and pr
 Class knobs: ``supports_resume`` (a cut file resumes at an offset > 0), ``dedupes_content``
 (two paths with the same bytes are sent once), ``big_size`` (bytes of the file cut in the
 resume test: larger than the transport's first progress report).
+
+Import only the base classes and helpers (``from tests.test_transport_conformance import
+DirectoryConformance``): importing a ``Test...`` class into another module runs it twice.
 """
 
 from __future__ import annotations

@@ -15,7 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from axon.errors import NoSpaceError, TargetPermissionError, TargetUnreachableError
+from axon.errors import (
+    NoSpaceError,
+    TargetPermissionError,
+    TargetUnreachableError,
+    TransportError,
+)
 from axon.targets import InstanceTarget
 from axon.transports.filesystem import FilesystemTransport
 from tests.test_transport_conformance import REF, base_files, dir_snapshot, publish, write_model
@@ -205,3 +210,22 @@ def test_commit_drops_day_old_abandoned_staging_but_keeps_fresh_ones(tmp_path: P
         FilesystemTransport(root), tmp_path / "src", write_model(tmp_path / "src", base_files())
     )
     assert not stale.exists() and fresh.exists()
+
+
+def test_a_source_file_changing_mid_copy_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    root.mkdir()
+    src = tmp_path / "src"
+    manifest = write_model(src, {"big.bin": os.urandom(20 * MiB)})
+    session = FilesystemTransport(root).open(REF, manifest)
+
+    def rewrite(_n: int) -> None:
+        with open(src / "big.bin", "r+b") as fh:  # same size, other bytes, new mtime
+            fh.seek(19 * MiB)
+            fh.write(os.urandom(1024))
+
+    with pytest.raises(TransportError) as info:
+        session.send(session.needed[0], src / "big.bin", rewrite)
+    assert "changed" in str(info.value) and getattr(info.value, "retryable", None) is False
+    session.abort()
+    assert dir_snapshot(root / REF.relpath) is None
