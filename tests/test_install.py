@@ -582,3 +582,19 @@ def test_hub_without_network(cache: Cache, tmp_path: Path) -> None:
     assert code == TargetUnreachableError.exit_code
     assert "cannot download hf/someone/tiny-model" in err and "Traceback" not in err
     assert cache.list() == []
+
+
+def test_concurrent_installs_of_one_version_leave_one_whole_model(
+    cache: Cache, make_model_dir: MakeDir
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    sources = [make_model_dir(seed=i, weights_size=300_000) for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda s: install_source(str(s), as_ref="a/b@v1", cache=cache), sources))
+    model = cache.get("a/b@v1")
+    assert cache.verify(model.ref, full=True).ok  # one of the four, complete
+    assert cache.verify(model.ref).ok  # and the hash index holds no other install's digests
+    weights = (model.path / "model.safetensors").read_bytes()
+    assert weights in [(s / "model.safetensors").read_bytes() for s in sources]
+    assert leftovers(cache) == []

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import posixpath
+from pathlib import Path, PurePosixPath
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from axon.errors import ManifestError
 from axon.manifest import FileEntry, Manifest, check_relpath
@@ -85,3 +88,14 @@ def test_broken_yaml_and_bad_top_level(tmp_path: Path) -> None:
 def test_check_relpath_refuses(path: str) -> None:
     with pytest.raises(ManifestError):
         check_relpath(path)
+
+
+@given(st.text(max_size=60))
+def test_any_accepted_relpath_stays_inside(path: str) -> None:
+    try:
+        check_relpath(path)
+    except ManifestError:
+        return
+    root = PurePosixPath("/models/ns/name/v1")
+    joined = PurePosixPath(posixpath.normpath(root / path))
+    assert joined.is_relative_to(root) and joined != root

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from axon.errors import InvalidReferenceError
 from axon.refs import ModelRef
@@ -67,3 +69,16 @@ def test_ordering_and_with_version() -> None:
     a, b = ModelRef.parse("a/m@v1"), ModelRef.parse("a/m@v2")
     assert sorted([b, a]) == [a, b]
     assert a.with_version("v2") == b
+
+
+@given(st.text(max_size=80))
+def test_any_accepted_reference_stays_inside_the_models_dir(text: str) -> None:
+    try:
+        ref = ModelRef.parse(text)
+    except InvalidReferenceError:
+        return
+    parts = ref.relpath.parts
+    assert not ref.relpath.is_absolute()
+    assert all(p not in ("", ".", "..") and not p.startswith(".") for p in parts)
+    assert all(ch.isprintable() for ch in "".join(parts))
+    assert ModelRef.parse(str(ref)) == ref  # round trip

@@ -368,15 +368,24 @@ class Cache:
             meta["source"] = source
         atomic_write_text(staged / METADATA_NAME, json.dumps(meta, indent=2) + "\n", durable=False)
 
-    def remember_digests(self, ref: ModelRef, files: _Entries) -> None:
-        """After a commit, record digests under the final paths (rename keeps the inode)."""
+    def remember_digests(
+        self, ref: ModelRef, files: _Entries, inodes: dict[str, tuple[int, int]] | None = None
+    ) -> None:
+        """After a commit, record digests under the final paths (rename keeps the inode).
+
+        ``inodes`` (path -> (st_dev, st_ino) of the staged files) guards against a concurrent
+        install of the same version that replaced ours meanwhile: its files are skipped.
+        """
         base = self.path_for(ref)
         for entry in files:
             p = base / entry.path
             try:
-                self.index.remember(p, p.stat(), entry.sha256)
+                st = p.stat()
             except OSError:
                 continue
+            if inodes is not None and inodes.get(entry.path) != (st.st_dev, st.st_ino):
+                continue
+            self.index.remember(p, st, entry.sha256)
 
     def clean_stale(self, max_age: float = 3600.0) -> builtins.list[Path]:
         """Remove staging dirs left by installs killed more than ``max_age`` seconds ago."""

@@ -113,13 +113,19 @@ def _install(
         manifest = build_manifest(final_ref, staged, digests, base)
         cache.write_package_files(staged, final_ref, manifest, source=source)
         fsync_tree(staged)
+        inodes = {f.path: _inode(staged / f.path) for f in manifest.files}
         replace_dir(staged, cache.path_for(final_ref))
     except BaseException:
         remove_tree(staged)
         raise
-    cache.remember_digests(final_ref, manifest.files)
+    cache.remember_digests(final_ref, manifest.files, inodes)
     progress.message(f"installed {final_ref} ({len(manifest.files)} files)")
     return cache.get(final_ref)
+
+
+def _inode(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return (st.st_dev, st.st_ino)
 
 
 def _drop_housekeeping(staged: Path, digests: dict[str, Digest], ref: ModelRef) -> None:
