@@ -26,7 +26,7 @@ from axon.manifest import Manifest, check_relpath
 from axon.refs import ModelRef
 from tests.stress.conftest import record, scale
 
-EXAMPLES = scale(150, 2000)
+EXAMPLES = scale(150, 1000)
 CFG = settings(
     max_examples=EXAMPLES,
     deadline=None,
