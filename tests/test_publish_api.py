@@ -269,3 +269,12 @@ def test_empty_and_duplicate_files(mlos_server, make_model_dir, install_model) -
     assert (final / "copy" / "a.bin").read_bytes() == blob
     total = sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
     assert r.bytes_sent == total - len(blob)  # the duplicate content went once
+
+
+def test_a_bare_host_port_target_means_its_api(mlos_server, installed_model) -> None:
+    srv = mlos_server(no_fsync=True)
+    run = run_axon("publish", str(installed_model), "--target", f"127.0.0.1:{srv.port}", "--json")
+    assert run.code == EXIT_OK, run.err
+    (r,) = run.json()["results"]
+    assert r["method"] == "api" and r["target"] == f"127.0.0.1:{srv.port}"
+    assert _registered(srv.url, installed_model)
