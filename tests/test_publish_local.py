@@ -205,3 +205,26 @@ def test_kill_9_keeps_the_previous_version(
     assert rerun.code == EXIT_OK, rerun.err
     assert proxy.bytes_up - sent_before < 8 * MiB  # resumed: the cut file was not re-sent whole
     assert _digests(final) == _digests(new_src)
+
+
+def test_ssh_refused_key_is_one_line_naming_the_target(sshd, installed_model) -> None:
+    write_config(
+        _home(),
+        {
+            "remote": {
+                "endpoint": f"http://127.0.0.1:{free_port()}",
+                "access_method": "ssh",
+                "ssh_host": sshd.host,
+                "ssh_port": sshd.port,
+                "ssh_user": sshd.user,
+                "ssh_key": str(sshd.wrong_key_path),
+                "ssh_options": sshd.options,
+                "storage_path": str(sshd.root),
+            }
+        },
+    )
+    run = run_axon("publish", str(installed_model), "--target", "remote", "--retries", "1")
+    assert run.code == EXIT_TRANSPORT
+    (line,) = error_lines(run.err)
+    assert line.startswith("axon: error: remote:")
+    assert "gave up" not in line  # refused credentials are not retried
