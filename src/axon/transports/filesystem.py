@@ -31,6 +31,7 @@ from axon.manifest import FileEntry, Manifest
 from axon.refs import ModelRef
 from axon.transports import stagedir
 from axon.transports.base import CommitInfo, OnBytes, Session, Transport, _nothing
+from axon.transports.blobcopy import StageError
 
 if TYPE_CHECKING:
     from typing import Self
@@ -112,10 +113,10 @@ def retryable(exc: AxonError, value: bool) -> AxonError:
 
 
 def translate(exc: BaseException, *, target: str, root: str) -> AxonError:
-    """Turn an OSError or :class:`stagedir.StageError` (local or remote) into our errors."""
+    """Turn an OSError or :class:`StageError` (local or remote) into our errors."""
     if isinstance(exc, AxonError):
         return exc
-    if isinstance(exc, stagedir.StageError):
+    if isinstance(exc, StageError):
         return error_from_code(exc.code, exc.message, None, exc.path, target=target, root=root)
     if isinstance(exc, OSError):
         message = exc.strerror or str(exc)
@@ -237,7 +238,7 @@ class FilesystemTransport(Transport):
         """Run a :mod:`stagedir` operation, translating its failures at this one boundary."""
         try:
             return fn(*args, **kw)
-        except (OSError, stagedir.StageError) as exc:
+        except (OSError, StageError) as exc:
             raise translate(exc, target=self.name, root=str(self.root)) from exc
 
     def open(self, ref: ModelRef, manifest: Manifest) -> FilesystemSession:

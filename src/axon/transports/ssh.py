@@ -41,7 +41,7 @@ from axon.errors import (
 )
 from axon.manifest import FileEntry, Manifest
 from axon.refs import ModelRef
-from axon.transports import stagedir
+from axon.transports import blobcopy, stagedir
 from axon.transports.base import CommitInfo, OnBytes, Session, Transport, _nothing
 from axon.transports.filesystem import (
     DEFAULT_ROOT,
@@ -59,7 +59,18 @@ if TYPE_CHECKING:
 
 CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr"
 SEND_CHUNK = 4 * 1024 * 1024
-_HELPER = Path(stagedir.__file__).read_text(encoding="utf-8")
+
+
+def _helper_source() -> str:
+    """What the remote ``python3 -c`` runs: blobcopy, then stagedir (which skips importing
+    blobcopy when its names are already defined), as one program."""
+    first = Path(blobcopy.__file__).read_text(encoding="utf-8")
+    second = Path(stagedir.__file__).read_text(encoding="utf-8")
+    future = "from __future__ import annotations\n"
+    return first + "\n" + second.replace(future, "", 1)
+
+
+_HELPER = _helper_source()
 
 _UNREACHABLE = (
     "connection refused",

@@ -33,16 +33,25 @@ import errno
 import fcntl
 import hashlib
 import json
-import mmap
 import os
-import queue
 import shutil
 import signal
 import stat
 import sys
-import threading
 import time
 from typing import TYPE_CHECKING, Any
+
+# Shipped to an SSH host, blobcopy's source runs in front of this one: its names are defined
+# already, and must not be replaced by some other axon installed there.
+if "pump_stream" not in globals():
+    from axon.transports.blobcopy import (
+        StageError,
+        changed,
+        hash_prefix,
+        pump_file,
+        pump_stream,
+        write_all,
+    )
 
 if TYPE_CHECKING:  # remote Pythons (>= 3.7) cannot subscript collections.abc at runtime
     from collections.abc import Callable
@@ -52,19 +61,8 @@ if TYPE_CHECKING:  # remote Pythons (>= 3.7) cannot subscript collections.abc at
 
 MANIFEST = "manifest.yaml"
 PARTIAL = ".axon-partial"
-CHUNK = 8 * 1024 * 1024
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
-
-
-class StageError(Exception):
-    """A protocol failure that is not an OSError; ``code`` is machine-readable."""
-
-    def __init__(self, code: str, message: str, path: str = "") -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.path = path
 
 
 # ---- layout ----------------------------------------------------------------------------
@@ -176,35 +174,6 @@ def status(root: str, rel: str, digest: str = "") -> dict[str, Any]:
 
 
 # ---- receive ---------------------------------------------------------------------------
-def _hash_prefix(fd: int, length: int, h: Any) -> None:
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    pos = 0
-    while pos < length:
-        n = os.preadv(fd, [view[: min(CHUNK, length - pos)]], pos)
-        if n <= 0:
-            raise StageError("offset_mismatch", "partial file shrank while reading it")
-        h.update(view[:n])
-        pos += n
-
-
-def _write_all(fd: int, data: memoryview) -> None:
-    while len(data):
-        n = os.write(fd, data)
-        data = data[n:]
-
-
-def _fill(read: Reader, view: memoryview) -> int:
-    """Read until ``view`` is full or EOF (pipes return little at a time)."""
-    got = 0
-    while got < len(view):
-        n = read(view[got:])
-        if not n:
-            break
-        got += n
-    return got
-
-
 def receive(
     root: str,
     rel: str,
@@ -248,7 +217,7 @@ def receive(
         h = hashlib.sha256()
         rfd = os.open(part, os.O_RDONLY)
         try:
-            _hash_prefix(rfd, offset, h)
+            hash_prefix(rfd, offset, h)
         finally:
             os.close(rfd)
         os.lseek(fd, offset, os.SEEK_SET)
@@ -256,14 +225,14 @@ def receive(
             ready()
         if src_fd is not None:
             before = os.fstat(src_fd)
-            got = offset + _pump_file(fd, src_fd, h, size - offset, on_bytes)
+            got = offset + pump_file(fd, src_fd, h, size - offset, on_bytes)
             after = os.fstat(src_fd)
-            if _changed(before, after):
+            if changed(before, after):
                 os.ftruncate(fd, 0)
                 raise StageError("source_changed", "the source file changed while copied")
             longer = after.st_size > size
         else:
-            got = offset + _pump(fd, read, h, size - offset, on_bytes)
+            got = offset + pump_stream(fd, read, h, size - offset, on_bytes)
             longer = got >= size and bool(read(memoryview(bytearray(1))))
         if got < size:
             return {"complete": False, "offset": got}
@@ -284,171 +253,6 @@ def receive(
         os.chmod(part, file_mode)
     _place(part, stage, list(blob["paths"]), dir_mode)
     return {"complete": True, "offset": size}
-
-
-_SYNC_FILE_RANGE_WRITE = 2
-_sync_file_range: list[Any] = []
-
-
-def _start_writeback(fd: int, pos: int, n: int) -> None:
-    """Ask the kernel to start writing ``[pos, pos+n)`` to disk now, without waiting.
-
-    Disk writes then overlap with copying and hashing, so the final fsync finds little left
-    to do (a copy + ``sync`` pays for them one after the other). No-op where unsupported.
-    """
-    if not _sync_file_range:
-        fn = None
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-            fn = libc.sync_file_range
-            fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-            fn.restype = ctypes.c_int
-        except (OSError, AttributeError):
-            fn = None
-        _sync_file_range.append(fn)
-    fn = _sync_file_range[0]
-    if fn is not None:
-        fn(fd, pos, n, _SYNC_FILE_RANGE_WRITE)  # errors only mean "no early writeback"
-
-
-def _changed(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_size, a.st_mtime_ns, a.st_ctime_ns) != (b.st_size, b.st_mtime_ns, b.st_ctime_ns)
-
-
-_NO_COPY_RANGE = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF)
-
-
-def _write_chunk(fd: int, data: memoryview, pos: int, src_fd: list[int | None]) -> None:
-    """Write ``data`` at ``pos``: by ``copy_file_range`` from ``src_fd[0]`` (same offsets)
-    when there is one (no copy through user space), else from the buffer."""
-    done = 0
-    if src_fd[0] is not None:
-        try:
-            while done < len(data):
-                n = os.copy_file_range(src_fd[0], fd, len(data) - done, pos + done, pos + done)
-                if n == 0:
-                    raise StageError("source_changed", "the source file shrank while copied")
-                done += n
-        except OSError as exc:
-            if exc.errno not in _NO_COPY_RANGE:
-                raise
-            src_fd[0] = None  # this filesystem pair cannot: write from the buffer from now on
-    while done < len(data):
-        done += os.pwrite(fd, data[done:], pos + done)
-    _start_writeback(fd, pos, len(data))
-
-
-class _Writer:
-    """One thread writing chunks at explicit offsets while the caller reads and hashes:
-    one hand-off per chunk, and hashing overlaps with writing."""
-
-    def __init__(self, fd: int, src_fd: int | None) -> None:
-        self.fd = fd
-        self.copy_from = [src_fd if hasattr(os, "copy_file_range") else None]
-        self.todo: queue.Queue[tuple[memoryview, int, Callable[[], None]] | None]
-        self.todo = queue.Queue(maxsize=2)
-        self.errors: list[BaseException] = []
-        self.thread = threading.Thread(target=self._run, name="axon-writer", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self.todo.get()
-            if item is None:
-                return
-            data, pos, done = item
-            try:
-                if not self.errors:
-                    _write_chunk(self.fd, data, pos, self.copy_from)
-            except BaseException as exc:  # re-raised in the caller's thread
-                # without its traceback: its frames would keep ``data`` (a slice of a
-                # mapping the caller must close) alive
-                self.errors.append(exc.with_traceback(None))
-            finally:
-                del data, item
-                done()
-
-    def put(self, data: memoryview, pos: int, done: Callable[[], None] = lambda: None) -> None:
-        self.check()
-        self.todo.put((data, pos, done))
-
-    def check(self) -> None:
-        if self.errors:
-            raise self.errors[0]
-
-    def join(self) -> None:
-        """Wait until every queued chunk is written (errors: see :meth:`check`)."""
-        self.todo.put(None)
-        self.thread.join()
-
-
-def _pump(fd: int, read: Reader, h: Any, limit: int, on_bytes: Progress) -> int:
-    """Copy from the stream ``read`` to ``fd`` (at its position) until EOF or ``limit``
-    bytes, hashing what is written. This thread reads and hashes (hashlib releases the GIL
-    on big buffers) while the writer writes the chunk before (three buffers in rotation).
-    ``on_bytes`` runs once a chunk is hashed and queued; if it raises, the queued chunks
-    are still written (a clean resume point)."""
-    start = os.lseek(fd, 0, os.SEEK_CUR)
-    free: queue.Queue[bytearray] = queue.Queue()
-    for _ in range(3):
-        free.put(bytearray(CHUNK))
-    writer = _Writer(fd, None)
-    total = 0
-    try:
-        while total < limit:
-            buf = free.get()
-            view = memoryview(buf)[: min(CHUNK, limit - total)]
-            n = _fill(read, view)
-            if n == 0:
-                break
-            h.update(view[:n])
-            writer.put(view[:n], start + total, lambda b=buf: free.put(b))  # type: ignore[misc]
-            total += n
-            on_bytes(n)
-    finally:
-        writer.join()
-    writer.check()
-    return total
-
-
-def _pump_file(fd: int, src_fd: int, h: Any, limit: int, on_bytes: Progress) -> int:
-    """Copy ``limit`` bytes of the local file ``src_fd`` to ``fd`` at the same offsets.
-
-    The kernel copies (``copy_file_range``: no pass through user space) while this thread
-    hashes the source through a read-only mapping (no copy either). The dev cache replaces
-    files by rename, never truncates them in place; should one shrink anyway, the size is
-    checked before each chunk so we never touch a page past its end (that would be SIGBUS).
-    """
-    start = os.lseek(fd, 0, os.SEEK_CUR)
-    end = min(start + limit, os.fstat(src_fd).st_size)
-    if end <= start:
-        return 0
-    mm = mmap.mmap(src_fd, 0, access=mmap.ACCESS_READ)
-    with contextlib.suppress(AttributeError, OSError):
-        mm.madvise(mmap.MADV_SEQUENTIAL)
-    view = memoryview(mm)
-    writer = _Writer(fd, src_fd)
-    pos = start
-    chunk: memoryview | None = None
-    try:
-        while pos < end:
-            n = min(CHUNK, end - pos)
-            if os.fstat(src_fd).st_size < pos + n:
-                raise StageError("source_changed", "the source file shrank while it was copied")
-            chunk = view[pos : pos + n]
-            h.update(chunk)
-            writer.put(chunk, pos)
-            chunk = None
-            pos += n
-            on_bytes(n)
-    finally:
-        writer.join()
-        chunk = None  # every slice must be gone before the mapping can close
-        with contextlib.suppress(BufferError):  # else the GC closes it: never mask an error
-            view.release()
-            mm.close()
-    writer.check()
-    return pos - start
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -525,7 +329,7 @@ def _write_manifest(stage: str, text: str, file_mode: int | None) -> None:
     tmp = os.path.join(stage, f".{MANIFEST}.tmp-axon")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        _write_all(fd, memoryview(text.encode("utf-8")))
+        write_all(fd, memoryview(text.encode("utf-8")))
         os.fsync(fd)
     finally:
         os.close(fd)
