@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import hashlib
 import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,14 @@ from mlos_core.receive import pump
 from mlos_core.tenants import Tenant
 
 MAX_FIELD = 16 * 1024 * 1024
+_WRITERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mlos-mp-write")
+
+
+def _write_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        offset += n
+        data = data[n:]
 
 
 @dataclass
@@ -119,14 +129,14 @@ class OneShot:
                 raise too_large(f"form field {part.name!r} over {MAX_FIELD} bytes")
             part.data += chunk
             return
+        # write in another thread while this one hashes (both release the GIL)
+        written = _WRITERS.submit(_write_all, part.fd, chunk, part.size)
         part.hash.update(chunk)
         part.size += len(chunk)
         try:
-            while chunk:
-                n = os.write(part.fd, chunk)
-                chunk = chunk[n:]
+            written.result()
         except OSError as exc:
-            if exc.errno == 28:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise no_space(f"file {part.filename!r}") from exc
             raise
 
