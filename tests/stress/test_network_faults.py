@@ -1,0 +1,128 @@
+"""Network faults between axon and mlos-core, through the loopback fault proxy
+(tests/fixtures/proxy.py): a connection cut after N bytes, a stalled link, a slow link. A
+publish either resumes and completes, or fails with a clear per-instance error, and never
+runs past its timeouts. Readers never see a partial model."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fixtures.mlos import ServerFactory
+from tests.fixtures.proxy import ProxyFactory
+from tests.stress.checkers import check_fs_root, check_registered
+from tests.stress.conftest import record, scale
+from tests.stress.harness import Home, MiB, make_homes, run_axon
+
+pytestmark = pytest.mark.slow
+
+REF = "hf/net@v1"
+SIZE = scale(3 * MiB, 12 * MiB)
+
+
+def _whole(srv: object) -> None:
+    models_dir = srv.models_dir  # type: ignore[attr-defined]
+    _n, problems = check_fs_root(models_dir)
+    problems += check_registered(srv.url, models_dir)  # type: ignore[attr-defined]
+    assert problems == []
+
+
+def _publish(home: Home, target: str, *extra: str) -> tuple[float, int, dict[str, object]]:
+    started = time.monotonic()
+    done = run_axon(home, "publish", REF, "-t", target, "--json", *extra, timeout=300)
+    took = time.monotonic() - started
+    try:
+        body = json.loads(done.stdout)
+    except ValueError:
+        body = {"raw": done.stdout + done.stderr}
+    return took, done.returncode, body
+
+
+def test_cut_connections_resume(
+    mlos_server: ServerFactory, tcp_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    a, _b = make_homes(tmp_path, REF, SIZE)
+    srv = mlos_server(no_fsync=True)
+    proxy = tcp_proxy(srv.port)
+    trials = scale(2, 10)
+    cut_points = [SIZE // 3, SIZE // 2, 64 * 1024, SIZE - 4096, 2 * SIZE // 3]
+    for trial in range(trials):
+        # a fresh version each trial so every trial moves the bytes again
+        version = f"v{trial}"
+        proxy.cut_after(
+            cut_points[trial % len(cut_points)], times=2, mode=("close", "reset")[trial % 2]
+        )
+        before = proxy.bytes_up
+        started = time.monotonic()
+        done = run_axon(a, "publish", REF, "-t", proxy.url, "-q", "--retries", "5", timeout=300)
+        assert done.returncode == 0, done.stderr
+        took = time.monotonic() - started
+        sent = proxy.bytes_up - before
+        assert sent < 2.5 * SIZE, f"resume re-sent too much: {sent} bytes for {SIZE}"
+        assert took < 120
+        _whole(srv)
+        # next trial: drop the model so the bytes move again
+        assert httpx.delete(f"{srv.url}/models/hf%2Fnet%40v1", timeout=30).status_code == 200
+    record("network_faults", "cut_trials", trials)
+
+
+def test_stalled_link_fails_within_timeout_with_clear_error(
+    mlos_server: ServerFactory, tcp_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    a, _b = make_homes(tmp_path, REF, SIZE)
+    srv = mlos_server(no_fsync=True)
+    proxy = tcp_proxy(srv.port)
+    proxy.cut_after(SIZE // 2)  # first connection dies half-way...
+    proxy.stall(None)  # ...and the link then hangs for good
+    timeout, retries = 2.0, 1
+    took, code, body = _publish(a, proxy.url, "--timeout", str(timeout), "--retries", str(retries))
+    assert code != 0
+    # every attempt may wait a few timeouts (connect, read) plus back-off: bounded, not hung
+    bound = (retries + 1) * 4 * timeout + 20
+    assert took < bound, f"publish hung {took:.1f} s (bound {bound})"
+    (result,) = body["results"]  # type: ignore[index]
+    assert result["ok"] is False and result["error"]["message"]
+    assert proxy.url.split("//")[1] in json.dumps(result) or "127.0.0.1" in json.dumps(result)
+    proxy.resume()
+    _whole(srv)
+    record("network_faults", "stall_seconds_to_fail", round(took, 1))
+
+
+def test_slow_link_completes(
+    mlos_server: ServerFactory, tcp_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    a, _b = make_homes(tmp_path, REF, SIZE)
+    srv = mlos_server(no_fsync=True)
+    proxy = tcp_proxy(srv.port)
+    rate = SIZE / 3  # three seconds of transfer
+    proxy.throttle(rate)
+    took, code, body = _publish(a, proxy.url, "--timeout", "10")
+    assert code == 0, body
+    assert took >= 2.0  # it really went through the slow link
+    _whole(srv)
+    record("network_faults", "slow_link_bytes_per_s", int(rate))
+
+
+def test_cluster_with_one_stalled_instance_is_a_clear_partial_failure(
+    mlos_server: ServerFactory, tcp_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    a, _b = make_homes(tmp_path, REF, SIZE)
+    good, bad = mlos_server(no_fsync=True), mlos_server(no_fsync=True)
+    proxy = tcp_proxy(bad.port)
+    proxy.stall(None)
+    a.write_config({}, clusters={"c": {"instances": [good.url, proxy.url]}})
+    took, code, body = _publish(a, "c", "--timeout", "2", "--retries", "1")
+    assert code == 9, body  # EXIT_PARTIAL: some instances failed
+    text = json.dumps(body)
+    assert str(proxy.port) in text
+    assert took < 60
+    proxy.resume()
+    for srv in (good, bad):
+        _whole(srv)
+    assert (good.models_dir / "hf/net/v1/manifest.yaml").is_file()
+    assert not (bad.models_dir / "hf/net/v1").exists()
+    record("network_faults", "cluster_partial_trials", 1)
