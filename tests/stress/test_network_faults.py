@@ -51,8 +51,6 @@ def test_cut_connections_resume(
     trials = scale(2, 10)
     cut_points = [SIZE // 3, SIZE // 2, 64 * 1024, SIZE - 4096, 2 * SIZE // 3]
     for trial in range(trials):
-        # a fresh version each trial so every trial moves the bytes again
-        version = f"v{trial}"
         proxy.cut_after(
             cut_points[trial % len(cut_points)], times=2, mode=("close", "reset")[trial % 2]
         )
