@@ -201,37 +201,52 @@ def pump_file(fd: int, src_fd: int, h: Any, limit: int, on_bytes: Progress) -> i
     """Copy ``limit`` bytes of the local file ``src_fd`` to ``fd`` at the same offsets.
 
     The kernel copies (``copy_file_range``: no pass through user space) while this thread
-    hashes the source through a read-only mapping (no copy either). The dev cache replaces
-    files by rename, never truncates them in place; should one shrink anyway, the size is
-    checked before each chunk so we never touch a page past its end (that would be SIGBUS).
+    hashes the source through a read-only mapping of each chunk (no copy either; one chunk
+    mapped at a time, so the resident size stays small). The dev cache replaces files by
+    rename, never truncates them in place; should one shrink anyway, the size is checked
+    before each chunk is mapped, so we never touch a page past its end (that is SIGBUS).
     """
     start = os.lseek(fd, 0, os.SEEK_CUR)
     end = min(start + limit, os.fstat(src_fd).st_size)
-    if end <= start:
-        return 0
-    mm = mmap.mmap(src_fd, 0, access=mmap.ACCESS_READ)
-    with contextlib.suppress(AttributeError, OSError):
-        mm.madvise(mmap.MADV_SEQUENTIAL)
-    view = memoryview(mm)
     writer = _Writer(fd, src_fd)
     pos = start
-    chunk: memoryview | None = None
     try:
         while pos < end:
             n = min(CHUNK, end - pos)
             if os.fstat(src_fd).st_size < pos + n:
                 raise StageError("source_changed", "the source file shrank while it was copied")
-            chunk = view[pos : pos + n]
-            h.update(chunk)
-            writer.put(chunk, pos)
-            chunk = None
+            view, release = _map(src_fd, pos, n)
+            try:
+                h.update(view)
+                writer.put(view, pos, release)  # the writer releases it once written
+            except BaseException:
+                release()
+                raise
+            del view
             pos += n
             on_bytes(n)
     finally:
         writer.join()
-        chunk = None  # every slice must be gone before the mapping can close
-        with contextlib.suppress(BufferError):  # else the GC closes it: never mask an error
-            view.release()
-            mm.close()
     writer.check()
     return pos - start
+
+
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # fault the chunk in with one call (Linux)
+
+
+def _map(fd: int, pos: int, n: int) -> tuple[memoryview, Callable[[], None]]:
+    """A read-only view of ``[pos, pos+n)`` of ``fd`` and the function that unmaps it."""
+    delta = pos % mmap.ALLOCATIONGRANULARITY
+    mm = mmap.mmap(
+        fd, n + delta, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ, offset=pos - delta
+    )
+    base = memoryview(mm)
+    view = base[delta:]
+
+    def release() -> None:
+        view.release()
+        base.release()
+        with contextlib.suppress(BufferError):  # a stray reference: the GC unmaps it later
+            mm.close()
+
+    return view, release
