@@ -1,0 +1,107 @@
+"""A receiving disk that fills up: mlos-core's models directory on a small tmpfs the test
+mounts (we run as root here; without mount rights the test falls back to
+``--max-upload-size``). Clear error, nothing partial left, the server keeps serving, and the
+upload resumes once space is back."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fixtures.mlos import ServerFactory, manifest_for
+from tests.stress.checkers import check_fs_root
+from tests.stress.conftest import record
+from tests.stress.harness import MiB, make_homes, run_axon
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path | None]:
+    """A 16 MiB tmpfs (None when mounting is not allowed here)."""
+    where = tmp_path / "small-fs"
+    where.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(where)], capture_output=True
+    )
+    if done.returncode != 0:
+        yield None
+        return
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def _serve(mlos_server: ServerFactory, small_fs: Path | None, tmp_path: Path) -> object:
+    if small_fs is None:  # fallback: the size limit stands in for the disk
+        return mlos_server(models_dir=tmp_path / "models", max_upload_size="16M")
+    return mlos_server(models_dir=small_fs / "models", no_fsync=True)
+
+
+def test_publish_bigger_than_the_disk(
+    small_fs: Path | None, mlos_server: ServerFactory, tmp_path: Path
+) -> None:
+    srv = _serve(mlos_server, small_fs, tmp_path)
+    big, _ = make_homes(tmp_path / "big", "hf/big@v1", 24 * MiB)
+    done = run_axon(big, "publish", "hf/big@v1", "-t", srv.url, "--json", "--retries", "1")  # type: ignore[attr-defined]
+    assert done.returncode == 7, done.stdout + done.stderr  # EXIT_TRANSPORT
+    (result,) = json.loads(done.stdout)["results"]
+    assert result["error"]["type"] in ("NoSpaceError", "RemoteError")
+    assert "space" in result["error"]["message"] or "size" in result["error"]["message"]
+    assert check_fs_root(srv.models_dir) == (0, [])  # type: ignore[attr-defined]
+    small, _ = make_homes(tmp_path / "small", "hf/small@v1", 1 * MiB)
+    ok = run_axon(small, "publish", "hf/small@v1", "-t", srv.url, "-q")  # type: ignore[attr-defined]
+    assert ok.returncode == 0, ok.stderr  # the server keeps serving
+    assert check_fs_root(srv.models_dir)[0] == 1  # type: ignore[attr-defined]
+    record("full_disk", "mode", "tmpfs" if small_fs else "max-upload-size")
+    record("full_disk", "trials", 1, add=True)
+
+
+def test_disk_fills_during_an_upload_then_resumes(
+    small_fs: Path | None, mlos_server: ServerFactory, tmp_path: Path
+) -> None:
+    if small_fs is None:
+        pytest.skip("needs a small filesystem (mount -t tmpfs as root)")
+    srv = mlos_server(models_dir=small_fs / "models", no_fsync=True)
+    data = os.urandom(6 * MiB)
+    sha = hashlib.sha256(data).hexdigest()
+    files = {"w.bin": data}
+    with httpx.Client(base_url=srv.url, timeout=60) as c:
+        body = {"model_id": "hf/fill@v1", "manifest": manifest_for("hf/fill@v1", files)}
+        opened = c.post("/v1/uploads", json=body)
+        assert opened.status_code == 201, opened.text
+        uid = opened.json()["upload_id"]
+        filler = small_fs / "filler"
+        with open(filler, "wb") as fh:  # something else takes the space meanwhile
+            try:
+                while True:
+                    fh.write(b"\0" * MiB)
+                    fh.flush()
+                    if os.statvfs(small_fs).f_bavail * os.statvfs(small_fs).f_frsize < 2 * MiB:
+                        break
+            except OSError:
+                pass
+        r = c.put(f"/v1/uploads/{uid}/blobs/{sha}", content=data)
+        assert r.status_code == 507, r.text
+        assert r.json()["code"] == "insufficient_storage"
+        assert c.get("/health").status_code == 200
+        assert check_fs_root(srv.models_dir) == (0, [])
+        filler.unlink()
+        offset = int(c.head(f"/v1/uploads/{uid}/blobs/{sha}").headers["Upload-Offset"])
+        r = c.put(
+            f"/v1/uploads/{uid}/blobs/{sha}",
+            content=data[offset:],
+            headers={"Upload-Offset": str(offset)},
+        )
+        assert r.status_code == 201, r.text
+        assert c.post(f"/v1/uploads/{uid}/commit").status_code == 200
+    assert check_fs_root(srv.models_dir) == (1, [])
+    record("full_disk", "mid_upload_trials", 1, add=True)
