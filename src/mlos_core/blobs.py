@@ -203,7 +203,15 @@ class BlobWriter:
         if self.store.durable:
             os.fsync(self._fd)
         self.close()
-        self.store.adopt(self.path, self.sha256)
+        try:
+            self.store.adopt(self.path, self.sha256)
+        except FileNotFoundError:
+            raise ApiError(
+                410,
+                "upload_aborted",
+                f"blob {self.sha256[:12]} was dropped while it was being received (its upload "
+                "was aborted or expired); open a new upload",
+            ) from None
 
     def rollback(self) -> None:
         """Cut the partial file back to where this request started (a refused request)."""

@@ -110,9 +110,14 @@ async def put_blob(request: Request) -> Response:
                 pass
             return _blob_answer(sha, size, True, 201)
         writer = BlobWriter(core.blobs, sha, size, offset)
+
+        def on_bytes(n: int) -> None:
+            core.metrics.received(n)
+            core.uploads.touch(upload.upload_id)  # a long transfer is activity: no expiry
+
         try:
             complete = await receive_blob(
-                request.stream(), writer, core.metrics.received, idle=core.settings.body_timeout
+                request.stream(), writer, on_bytes, idle=core.settings.body_timeout
             )
         except StalledBody:
             raise ApiError(
