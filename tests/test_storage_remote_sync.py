@@ -1,0 +1,61 @@
+"""mlos_core.remote_sync in-process: what a sync fetches, skips and refuses."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from axon.publish.plan import PublishOptions
+from axon.publish.storage import publish_to_storage
+from axon.targets import StorageTarget
+from mlos_core.core import Core
+from mlos_core.remote_sync import sync_models
+from mlos_core.settings import Settings
+from tests.fixtures.s3 import S3Server
+from tests.test_storage_s3 import make_model
+
+
+def test_sync_fetches_once_and_refuses_corrupt_blobs(tmp_path: Path, s3: S3Server) -> None:
+    bucket = s3.bucket()
+    url = f"s3://{bucket}/prod"
+    storage = StorageTarget("s3", "s3", url, endpoint_url=s3.endpoint_url)
+    shared = os.urandom(100_000)
+    for version in ("v1", "v2"):
+        files = {"w.bin": shared, "c.json": version.encode()}
+        model = make_model(tmp_path / version, f"hf/s@{version}", files)
+        assert publish_to_storage(model, storage, PublishOptions()).ok
+    core = Core(
+        Settings(
+            models_dir=tmp_path / "models",
+            models_url=url,
+            s3_endpoint_url=s3.endpoint_url,
+            durable=False,
+        )
+    )
+    report = sync_models(core)
+    assert report is not None
+    assert sorted(report.fetched) == ["hf/s@v1", "hf/s@v2"]
+    assert report.bytes_fetched == len(shared) + 2 + 2  # the shared blob fetched once
+    assert {e.id for e in core.registry.all()} == {"hf/s@v1", "hf/s@v2"}
+    assert (tmp_path / "models/hf/s/v2/w.bin").read_bytes() == shared
+
+    again = sync_models(core)
+    assert again is not None and again.fetched == [] and again.current == 2
+    assert again.bytes_fetched == 0
+
+    # v3's blob is replaced in the bucket by other bytes: the instance refuses it.
+    bad = make_model(tmp_path / "v3", "hf/s@v3", {"w.bin": b"good bytes"})
+    assert publish_to_storage(bad, storage, PublishOptions()).ok
+    sha = bad.manifest.files[0].sha256
+    s3.client().put_object(Bucket=bucket, Key=f"prod/.blobs/sha256/{sha}", Body=b"evil bytes")
+    third = sync_models(core)
+    assert third is not None and "hf/s@v3" in third.failed
+    assert "does not match" in third.failed["hf/s@v3"]
+    assert core.registry.get("hf/s@v3") is None
+    assert not (tmp_path / "models/hf/s/v3").exists()
+    assert not core.blobs.has(sha)
+
+
+def test_no_models_url_means_no_sync(tmp_path: Path) -> None:
+    core = Core(Settings(models_dir=tmp_path / "models", durable=False))
+    assert sync_models(core) is None
