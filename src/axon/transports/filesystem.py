@@ -4,7 +4,14 @@ The model lands at ``<root>/<ns>/<name>/<version>/`` through the staged-director
 :mod:`axon.transports.stagedir` (deterministic staging dir next to the final one, resume by
 offset, hash while writing, fsync, one atomic swap). Files the current version already holds
 with the same sha256 (and a matching size on disk) are hard-linked into the new version, not
-copied; re-publishing an unchanged model writes nothing.
+copied (published files are immutable by convention: nothing ever rewrites one in place);
+re-publishing an unchanged model writes nothing.
+
+On NFS the same protocol holds: hard links and renames are atomic on the server, but most
+servers refuse ``RENAME_EXCHANGE``, so replacing a version there uses rename-aside +
+rename-in (the path is absent for microseconds, never partial). Two publishes of the same
+manifest share a staging dir; the partial file being written is locked, so they cannot
+interleave bytes (the second waits or fails with a retryable "busy").
 
 The planning half (:func:`plan_session`) and the error translation (:func:`translate`) are
 shared with :mod:`axon.transports.ssh`, which runs the same protocol on a remote host.
