@@ -81,13 +81,24 @@ def failed_result(
 
 
 def state_error(target: InstanceTarget, state: str, message: str) -> InstanceResult:
-    return failed_result(target, {"type": state, "message": message, "target": target.name})
+    """The result of a member that was not (fully) published, for a reason named ``state``.
+
+    Its ``exit_code``: 7 for an unhealthy member, 0 for one a pick-one strategy did not
+    need, else 9 (it is part of a cluster publish that did not complete)."""
+    from axon.errors import EXIT_OK, EXIT_PARTIAL, EXIT_TRANSPORT
+
+    code = {UNHEALTHY: EXIT_TRANSPORT, UNUSED: EXIT_OK}.get(state, EXIT_PARTIAL)
+    error = {"type": state, "message": message, "target": target.name, "exit_code": code}
+    return failed_result(target, error)
 
 
 def mark_failed(result: InstanceResult, error: dict[str, Any]) -> InstanceResult:
     """The same result, now failed with ``error`` (e.g. verification after a batch)."""
+    from axon.errors import EXIT_INTEGRITY
+
     result.error = error
     result.ok = False
+    result.exit_code = int(error.get("exit_code", EXIT_INTEGRITY))
     return result
 
 
