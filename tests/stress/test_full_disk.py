@@ -20,7 +20,7 @@ from tests.stress.checkers import check_fs_root
 from tests.stress.conftest import record
 from tests.stress.harness import MiB, make_homes, run_axon
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
 @pytest.fixture

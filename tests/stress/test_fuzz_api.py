@@ -21,7 +21,7 @@ from tests.stress.conftest import record, scale
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 MAX_EXAMPLES = scale(10, 150)
-MAX_TIME = scale(20, 600)
+MAX_TIME = scale(12, 300)
 
 
 def _schemathesis() -> str | None:

@@ -20,7 +20,7 @@ from tests.stress.checkers import check_fs_root, tree_digest
 from tests.stress.conftest import record
 from tests.stress.test_hostile_parsers import billion_laughs
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 BAD_IDS = [
     "../../etc/passwd@v1",

@@ -22,10 +22,10 @@ from tests.stress.checkers import check_fs_root, check_registered, check_s3, tre
 from tests.stress.conftest import record, scale
 from tests.stress.harness import Home, MiB, kill_at_random, make_homes, run_axon, timed
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
-TRIALS = scale(2, 20)
-WEIGHTS = scale(3 * MiB, 12 * MiB)
+TRIALS = scale(1, 20)
+WEIGHTS = scale(1 * MiB, 12 * MiB)
 REF = "hf/killme@v1"
 
 

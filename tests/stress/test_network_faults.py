@@ -18,7 +18,7 @@ from tests.stress.checkers import check_fs_root, check_registered
 from tests.stress.conftest import record, scale
 from tests.stress.harness import Home, MiB, make_homes, run_axon
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 REF = "hf/net@v1"
 SIZE = scale(3 * MiB, 12 * MiB)
@@ -48,7 +48,7 @@ def test_cut_connections_resume(
     a, _b = make_homes(tmp_path, REF, SIZE)
     srv = mlos_server(no_fsync=True)
     proxy = tcp_proxy(srv.port)
-    trials = scale(2, 10)
+    trials = scale(1, 10)
     cut_points = [SIZE // 3, SIZE // 2, 64 * 1024, SIZE - 4096, 2 * SIZE // 3]
     for trial in range(trials):
         proxy.cut_after(

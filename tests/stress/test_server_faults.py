@@ -18,7 +18,7 @@ from tests.stress.checkers import check_fs_root, check_registered
 from tests.stress.conftest import record, scale
 from tests.stress.harness import Home, MiB, axon_cmd, make_homes, run_axon
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 REF = "hf/crash@v1"
 
@@ -45,7 +45,7 @@ def test_kill_9_of_mlos_core_mid_upload(mlos_server: ServerFactory, tmp_path: Pa
     args = ["publish", REF, "-t", srv.url, "-q", "--retries", "0", "--timeout", "10"]
     assert run_axon(a, *args).returncode == 0
     rng = random.Random(88)
-    trials = scale(2, 12)
+    trials = scale(1, 12)
     for trial in range(trials):
         old, new = (a, b) if trial % 2 == 0 else (b, a)
         proc = subprocess.Popen(
@@ -90,7 +90,7 @@ def test_concurrent_publishers_one_complete_version_wins(
         for home in (a, b):
             home.write_config({"inst": conf})
     args = ["publish", REF, "-t", target, "-q"]
-    rounds, racers = scale(1, 5), scale(4, 8)
+    rounds, racers = scale(1, 5), scale(3, 8)
     for _ in range(rounds):
         procs = [
             subprocess.Popen(
