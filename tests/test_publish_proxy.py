@@ -48,13 +48,13 @@ def sink_server() -> Iterator[tuple[int, list[int]]]:
 
 
 def _send(port: int, payload: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        try:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             s.sendall(payload)
             s.shutdown(socket.SHUT_WR)
             return s.recv(100)
-        except OSError:
-            return b""
+    except OSError:  # refused or reset: nothing came back
+        return b""
 
 
 def _wait(cond: object, timeout: float = 5.0) -> None:
@@ -101,6 +101,18 @@ def test_stall_holds_traffic(tcp_proxy: ProxyFactory, sink_server: tuple) -> Non
     started = time.monotonic()
     assert _send(proxy.port, b"z" * 10) == b"ok10"
     assert time.monotonic() - started >= 0.4
+
+
+def test_a_cut_goes_to_the_first_connection_that_passes_n(
+    tcp_proxy: ProxyFactory, sink_server: tuple
+) -> None:
+    port, _ = sink_server
+    proxy = tcp_proxy(port)
+    proxy.cut_after(50_000, times=1)
+    assert _send(proxy.port, b"s" * 1000) == b"ok1000"  # armed, but never reaches 50 kB
+    assert not _send(proxy.port, b"b" * 200_000).startswith(b"ok")  # this one is cut
+    assert _send(proxy.port, b"c" * 200_000) == b"ok200000"  # cuts used up
+    assert proxy.cuts == 1
 
 
 def test_only_loopback_upstreams() -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import sys
 import time
@@ -51,6 +52,7 @@ import httpx  # noqa: E402
 
 CHUNK = 4 * 1024 * 1024  # big chunks: few syscalls and Python round trips per GiB
 DEFAULT_TIMEOUT = 30.0
+SENDFILE_SLICE = 8 * 1024 * 1024  # progress is reported after each slice
 SETTLE_SECONDS = 2.0  # longest wait for a cut blob's offset to stop moving
 
 
@@ -91,9 +93,11 @@ class ApiClient:
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.name = name or self.endpoint
+        self.timeout = timeout
         headers = {"User-Agent": "axon-publish"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        self.headers = headers
         self._client = httpx.Client(
             base_url=self.endpoint,
             headers=headers,
@@ -123,39 +127,83 @@ class ApiClient:
         url = self.endpoint + path
         try:
             resp = self._client.request(method, path, **kw)
-        except httpx.TimeoutException as exc:
-            raise _retryable(
-                TargetUnreachableError(
-                    f"{what}: {self.endpoint} did not answer in time ({type(exc).__name__})",
-                    target=self.name,
-                    url=url,
-                    hint="check the instance is up and reachable; re-running resumes",
-                ),
-                True,
-            ) from exc
-        except httpx.ConnectError as exc:
-            raise _retryable(
-                TargetUnreachableError(
-                    f"{what}: cannot connect to {self.endpoint} ({exc})",
-                    target=self.name,
-                    url=url,
-                    hint="check the instance is running and the endpoint/port is right",
-                ),
-                True,
-            ) from exc
         except httpx.TransportError as exc:
-            raise _retryable(
-                TargetUnreachableError(
-                    f"{what}: connection to {self.endpoint} lost ({type(exc).__name__}: {exc})",
-                    target=self.name,
-                    url=url,
-                    hint="check the network; re-running resumes where it stopped",
-                ),
-                True,
-            ) from exc
+            raise self.network_error(exc, what=what, url=url) from exc
         if resp.status_code not in ok:
             raise self.error_for(resp, what=what)
         return resp
+
+    def put_file(
+        self,
+        path: str,
+        source: Path,
+        offset: int,
+        length: int,
+        on_bytes: OnBytes,
+        *,
+        headers: dict[str, str],
+        what: str,
+        ok: tuple[int, ...],
+    ) -> tuple[int, dict[str, Any]]:
+        """PUT ``length`` bytes of ``source`` from ``offset``; returns (status, JSON body).
+
+        Plain http without a proxy goes straight from the page cache to the socket
+        (``sendfile``: no copy through Python, as fast as curl); otherwise httpx streams it.
+        """
+        if not _direct(self.endpoint):
+            resp = self.request(
+                "PUT",
+                path,
+                what=what,
+                ok=ok,
+                content=_stream(source, offset, length, on_bytes),
+                headers={**headers, "Content-Length": str(length)},
+            )
+            return resp.status_code, _body(resp)
+        return self._sendfile_put(path, source, offset, length, on_bytes, headers, what, ok)
+
+    def _sendfile_put(
+        self,
+        path: str,
+        source: Path,
+        offset: int,
+        length: int,
+        on_bytes: OnBytes,
+        headers: dict[str, str],
+        what: str,
+        ok: tuple[int, ...],
+    ) -> tuple[int, dict[str, Any]]:
+        import http.client
+
+        url = self.endpoint + path
+        parts = urlsplit(self.endpoint)
+        with open(source, "rb") as fh:  # local errors stay local: opened before connecting
+            conn = http.client.HTTPConnection(
+                parts.hostname or "localhost", parts.port or 80, timeout=self.timeout
+            )
+            try:
+                conn.putrequest("PUT", parts.path + path, skip_accept_encoding=True)
+                for key, value in {**self.headers, **headers}.items():
+                    conn.putheader(key, value)
+                conn.putheader("Content-Length", str(length))
+                conn.endheaders()
+                _sendfile(conn, fh, offset, length, on_bytes, source)
+                resp = conn.getresponse()
+                status, raw, reason = resp.status, resp.read(), resp.reason
+            except (OSError, http.client.HTTPException) as exc:
+                if isinstance(exc, TransportError):
+                    raise
+                raise self.network_error(exc, what=what, url=url) from exc
+            finally:
+                conn.close()
+        try:
+            body = json.loads(raw) if raw else {}
+        except ValueError:
+            body = {}
+        body = body if isinstance(body, dict) else {}
+        if status not in ok:
+            raise self.status_error(status, body, url, reason, what=what)
+        return status, body
 
     def json(self, method: str, path: str, *, what: str, **kw: Any) -> dict[str, Any]:
         resp = self.request(method, path, what=what, **kw)
@@ -163,14 +211,19 @@ class ApiClient:
 
     def error_for(self, resp: httpx.Response, *, what: str) -> AxonError:
         """The axon error for an unexpected HTTP answer (status, server code and message)."""
-        body = _body(resp)
-        status = resp.status_code
-        detail = str(body.get("message") or resp.reason_phrase or "").strip()
+        return self.status_error(
+            resp.status_code, _body(resp), str(resp.request.url), resp.reason_phrase, what=what
+        )
+
+    def status_error(
+        self, status: int, body: dict[str, Any], url: str, reason: str, *, what: str
+    ) -> AxonError:
+        detail = str(body.get("message") or reason or "").strip()
         code = str(body.get("code") or "")
         text = f"{what}: {self.endpoint} answered {status}" + (f": {detail}" if detail else "")
 
         def make(cls: type[AxonError], hint: str, retry: bool = False) -> AxonError:
-            err = cls(text, hint=hint, target=self.name, url=str(resp.request.url), status=status)
+            err = cls(text, hint=hint, target=self.name, url=url, status=status)
             return _retryable(err, retry)
 
         if status == 401:
@@ -181,9 +234,53 @@ class ApiClient:
             return make(NoSpaceError, "free space on the instance's models disk")
         if status == 413:
             return make(NoSpaceError, "the file is over the server's upload size limit")
-        expired = status == 404 and "/v1/uploads/" in str(resp.request.url)  # re-open helps
+        expired = status == 404 and "/v1/uploads/" in url  # re-open helps
         retry = expired or status >= 500 or status in (408, 409, 429) or code == "checksum_mismatch"
         return make(RemoteError, "re-run to retry" if retry else "see the server's log", retry)
+
+    def network_error(self, exc: BaseException, *, what: str, url: str) -> AxonError:
+        """A connection-level failure as a retryable TargetUnreachableError."""
+        if isinstance(exc, httpx.TimeoutException | TimeoutError):
+            text = f"{what}: {self.endpoint} did not answer in time ({type(exc).__name__})"
+            hint = "check the instance is up and reachable; re-running resumes"
+        elif isinstance(exc, httpx.ConnectError | ConnectionRefusedError):
+            text = f"{what}: cannot connect to {self.endpoint} ({exc})"
+            hint = "check the instance is running and the endpoint/port is right"
+        else:
+            text = f"{what}: connection to {self.endpoint} lost ({type(exc).__name__}: {exc})"
+            hint = "check the network; re-running resumes where it stopped"
+        return _retryable(TargetUnreachableError(text, target=self.name, url=url, hint=hint), True)
+
+
+def _direct(endpoint: str) -> bool:
+    """May a PUT skip httpx (plain http, and no environment proxy applies to it)?"""
+    if not endpoint.startswith("http://"):
+        return False
+    if _is_loopback(endpoint):
+        return True
+    import urllib.request
+
+    host = urlsplit(endpoint).hostname or ""
+    return "http" not in urllib.request.getproxies() or bool(urllib.request.proxy_bypass(host))
+
+
+def _sendfile(
+    conn: Any, fh: Any, offset: int, length: int, on_bytes: OnBytes, source: Path
+) -> None:
+    """Send ``length`` bytes of ``fh`` from ``offset`` over the connection's socket."""
+    sock = conn.sock
+    pos, left = offset, length
+    while left > 0:
+        sent = sock.sendfile(fh, pos, min(SENDFILE_SLICE, left))
+        if not sent:
+            raise TransportError(
+                f"{source} became shorter while it was being sent",
+                path=str(source),
+                hint="do not change cached models during a publish",
+            )
+        pos += sent
+        left -= sent
+        on_bytes(sent)
 
 
 def _body(resp: httpx.Response) -> dict[str, Any]:
@@ -280,26 +377,24 @@ class ApiSession(Session):
             if offset >= entry.size and entry.size > 0:
                 return
             try:
-                resp = self.client.request(
-                    "PUT",
+                status, body = self.client.put_file(
                     self._path(f"/blobs/{entry.sha256}"),
+                    source,
+                    offset,
+                    entry.size - offset,
+                    on_bytes,
+                    headers={"Upload-Offset": str(offset)},
                     what=f"upload of {entry.path}",
                     ok=(200, 201, 409),
-                    content=_stream(source, offset, entry.size - offset, on_bytes),
-                    headers={
-                        "Upload-Offset": str(offset),
-                        "Content-Length": str(entry.size - offset),
-                    },
                 )
             except BaseException:
                 self.interrupted.add(entry.sha256)  # the next open() waits for the offset
                 raise
-            body = _body(resp)
             self._offsets[entry.sha256] = int(body.get("offset") or 0)
-            if resp.status_code == 201 or body.get("complete") is True:
+            if status == 201 or body.get("complete") is True:
                 self._offsets[entry.sha256] = entry.size
                 return
-            if resp.status_code == 200:
+            if status == 200:
                 break  # body ended early: let the orchestrator re-open and resume
         raise _retryable(
             RemoteError(
