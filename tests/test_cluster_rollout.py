@@ -219,3 +219,44 @@ def test_cluster_mixing_ssh_and_api_instances(
     want = cached_files(axon_home, installed_model)
     assert on_disk(ssh_srv, installed_model) == want == on_disk(api_srv, installed_model)
     assert registered(ssh_srv, installed_model) and registered(api_srv, installed_model)
+
+
+def test_atomic_rollback_puts_the_previous_version_back_over_ssh(
+    sshd: Any,
+    mlos_server: Any,
+    installed_model: ModelRef,
+    install_model: Any,
+    make_model_dir: Any,
+    axon_home: Path,
+) -> None:
+    remote_models = sshd.root / f"atomic-{uuid.uuid4().hex[:8]}"
+    ssh_srv = mlos_server(models_dir=remote_models, no_fsync=True)
+    doomed = mlos_server(no_fsync=True)
+    targets = {
+        "core-ssh": {
+            "endpoint": ssh_srv.url,
+            "access_method": "ssh",
+            "ssh_host": sshd.host,
+            "ssh_port": sshd.port,
+            "ssh_user": sshd.user,
+            "ssh_key": str(sshd.key_path),
+            "ssh_options": sshd.options,
+            "storage_path": str(remote_models),
+        }
+    }
+    write_config(axon_home, {"mix": {"instances": ["core-ssh", doomed.url]}}, targets)
+    assert run_cluster(installed_model, "mix", timeout=20.0).exit_code == EXIT_OK
+    old = cached_files(axon_home, installed_model)
+    reinstall(install_model, make_model_dir, installed_model, seed=11)
+
+    rec = Recorder()
+    rec.on_end = lambda key, ok, note: (
+        doomed.kill() if (key, note) == (doomed.url, "staged") else None
+    )
+    res = run_cluster(installed_model, "mix", rec, atomic=True, timeout=20.0)
+    assert [res.states[n] for n in ("core-ssh", doomed.url)] == ["rolled-back", "failed"], (
+        res.summary()
+    )
+    assert on_disk(ssh_srv, installed_model) == old
+    assert registered(ssh_srv, installed_model)
+    assert list((remote_models / installed_model.relpath).parent.glob(".*")) == []
