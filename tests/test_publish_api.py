@@ -278,3 +278,23 @@ def test_a_bare_host_port_target_means_its_api(mlos_server, installed_model) -> 
     (r,) = run.json()["results"]
     assert r["method"] == "api" and r["target"] == f"127.0.0.1:{srv.port}"
     assert _registered(srv.url, installed_model)
+
+
+def test_the_httpx_streaming_path_too(
+    mlos_server, tcp_proxy, make_model_dir, install_model, monkeypatch
+) -> None:
+    """https endpoints and proxied http stream through httpx instead of sendfile."""
+    import axon.transports.api as api
+
+    monkeypatch.setattr(api, "_direct", lambda endpoint: False)
+    srv = mlos_server(no_fsync=True)
+    proxy = tcp_proxy(srv.port)
+    source = make_model_dir("streamed", weights_size=6 * MiB)
+    ref = install_model(source, "hf/streamed@v1")
+    proxy.cut_after(3 * MiB)
+    result = publish(ref, proxy.url, PublishOptions(**FAST))
+    (r,) = result.results
+    assert result.ok, r.error
+    assert proxy.cuts == 1 and r.attempts == 2
+    on_server = _files(srv.models_dir / ref.relpath)
+    assert {k: v for k, v in on_server.items() if k != "manifest.yaml"} == _files(source)
