@@ -335,3 +335,19 @@ class TestSshConformance(DirectoryConformance):
         root.mkdir()
         with sshd.transport(root) as transport:
             yield transport
+
+
+# ---- api (the transport is H4's; the suite reads the published dir of the real server) -----
+class TestApiConformance(DirectoryConformance):
+    @pytest.fixture
+    def transport(self, tmp_path: Path, mlos_server: Any) -> Iterator[Transport]:
+        from axon.transports.api import ApiTransport
+
+        models = tmp_path / "models"
+        models.mkdir()
+        self.server = mlos_server.start(models_dir=models)
+        with ApiTransport(self.server.url) as transport:
+            yield transport
+
+    def published_root(self, transport: Transport) -> Path:
+        return Path(self.server.models_dir)
