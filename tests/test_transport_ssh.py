@@ -206,3 +206,39 @@ def test_axon_publish_over_ssh_registers_with_a_real_mlos_core(
     assert installed_model.id in [m["id"] for m in answer["models"]]
     again = publish_model(installed_model, "core-ssh", PublishOptions(), config=config)
     assert again.ok and again.results[0].bytes_sent == 0 and again.results[0].files_sent == 0
+
+
+def test_publish_through_a_cut_tcp_connection_retries_and_resumes(
+    sshd: Any, install_model: Any, axon_home: Path, tcp_proxy: Any, tmp_path: Path
+) -> None:
+    """A real network cut mid-file (a loopback proxy resets the TCP connection): publish()
+    retries, and the new attempt resumes the partial file instead of starting over."""
+    from axon.config import load_config
+    from axon.publish import PublishOptions
+    from axon.publish import publish as publish_model
+
+    src = tmp_path / "big-model"
+    write_model(src, {"weights.bin": os.urandom(24 * MiB), "config.json": b'{"a": 1}'})
+    ref = install_model(src, "hf/big-model@v1")
+    proxy = tcp_proxy(sshd.port)
+    proxy.cut_after(8 * MiB, mode="reset")
+    known = tmp_path / "known_hosts"
+    key_type, key = sshd.known_hosts.read_text().split()[1:3]
+    known.write_text(f"[127.0.0.1]:{proxy.port} {key_type} {key}\n")
+    models = tmp_path / "instance-models"
+    models.mkdir()
+    axon_home.mkdir(parents=True, exist_ok=True)
+    (axon_home / "config.yaml").write_text(
+        "mlos_targets:\n  core-ssh:\n    endpoint: http://127.0.0.1:9\n    access_method: ssh\n"
+        f"    ssh_host: 127.0.0.1\n    ssh_port: {proxy.port}\n    ssh_user: {sshd.user}\n"
+        f"    ssh_key: {sshd.key_path}\n    storage_path: {models}\n    ssh_options:\n"
+        f"      - UserKnownHostsFile={known}\n      - StrictHostKeyChecking=yes\n"
+    )
+    options = PublishOptions(notify=False, backoff=0.1)
+    outcome = publish_model(ref, "core-ssh", options, config=load_config())
+    assert outcome.ok, outcome.to_dict()
+    (result,) = outcome.results
+    assert proxy.cuts == 1 and result.attempts == 2
+    assert 24 * MiB <= result.bytes_sent < 24 * MiB + 8 * MiB  # resumed, not restarted
+    published = models / ref.relpath / "weights.bin"
+    assert published.read_bytes() == (src / "weights.bin").read_bytes()
