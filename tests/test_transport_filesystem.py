@@ -136,7 +136,7 @@ root, src = Path(sys.argv[1]), Path(sys.argv[2])
 manifest = Manifest.load(src / "manifest.yaml")
 session = FilesystemTransport(root).open(ModelRef.parse(sys.argv[3]), manifest)
 for entry in session.needed:
-    session.send(entry, src / entry.path, lambda n: time.sleep(0.2))
+    session.send(entry, src / entry.path, lambda n: time.sleep(0.5))
 session.commit()
 """
 
@@ -148,7 +148,7 @@ def test_kill_9_mid_publish_keeps_the_old_version_and_resumes(tmp_path: Path) ->
     old = write_model(tmp_path / "old", base_files())
     publish(transport, tmp_path / "old", old)
     src = tmp_path / "new"
-    new = write_model(src, {"big.bin": os.urandom(32 * MiB)})
+    new = write_model(src, {"big.bin": os.urandom(64 * MiB)})
     (src / "manifest.yaml").write_text(new.to_yaml())
     proc = subprocess.Popen([sys.executable, "-c", _SLOW_PUBLISH, str(root), str(src), str(REF)])
     parts = root / REF.relpath.parent
@@ -164,9 +164,9 @@ def test_kill_9_mid_publish_keeps_the_old_version_and_resumes(tmp_path: Path) ->
     snap = dir_snapshot(root / REF.relpath)
     assert snap is not None and snap["weights.bin"] == (tmp_path / "old/weights.bin").read_bytes()
     session = transport.open(REF, new)
-    assert 0 < session.offset(session.needed[0]) < 32 * MiB
+    assert 0 < session.offset(session.needed[0]) < 64 * MiB
     info, sent, _ = publish(transport, src, new)
-    assert sent == 32 * MiB - session.offset(session.needed[0])
+    assert sent == 64 * MiB - session.offset(session.needed[0])
     snap = dir_snapshot(root / REF.relpath)
     assert snap is not None and snap["big.bin"] == (src / "big.bin").read_bytes()
     assert info.details["unchanged"] is False
