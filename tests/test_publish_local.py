@@ -228,3 +228,17 @@ def test_ssh_refused_key_is_one_line_naming_the_target(sshd, installed_model) ->
     (line,) = error_lines(run.err)
     assert line.startswith("axon: error: remote:")
     assert "gave up" not in line  # refused credentials are not retried
+
+
+def test_api_server_disk_full_mid_upload_is_no_space(
+    tmpfs, mlos_server, make_model_dir, install_model
+) -> None:
+    disk = tmpfs("8M")
+    srv = mlos_server(models_dir=disk / "models", no_fsync=True)
+    ref = install_model(make_model_dir("huge", weights_size=24 * MiB), "hf/huge@v1")
+    run = run_axon("publish", str(ref), "--target", srv.url, "--json", "--retries", "1")
+    assert run.code == EXIT_TRANSPORT, run.err
+    (r,) = run.json()["results"]
+    assert r["error"]["type"] == "NoSpaceError"  # the server's 507, not a broken pipe
+    assert r["error"]["status"] == 507 and r["error"]["target"] == srv.url
+    assert not (disk / "models" / ref.relpath).exists()

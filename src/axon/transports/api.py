@@ -181,19 +181,26 @@ class ApiClient:
             conn = http.client.HTTPConnection(
                 parts.hostname or "localhost", parts.port or 80, timeout=self.timeout
             )
+            sent_error: OSError | None = None  # a send failure: the server may have answered
             try:
                 conn.putrequest("PUT", parts.path + path, skip_accept_encoding=True)
                 for key, value in {**self.headers, **headers}.items():
                     conn.putheader(key, value)
                 conn.putheader("Content-Length", str(length))
                 conn.endheaders()
-                _sendfile(conn, fh, offset, length, on_bytes, source)
+                try:
+                    _sendfile(conn, fh, offset, length, on_bytes, source)
+                except OSError as exc:
+                    if isinstance(exc, TransportError):
+                        raise
+                    sent_error = exc  # read the answer anyway: a 507/413 says more than EPIPE
                 resp = conn.getresponse()
                 status, raw, reason = resp.status, resp.read(), resp.reason
             except (OSError, http.client.HTTPException) as exc:
                 if isinstance(exc, TransportError):
                     raise
-                raise self.network_error(exc, what=what, url=url) from exc
+                cause = sent_error if sent_error is not None else exc
+                raise self.network_error(cause, what=what, url=url) from exc
             finally:
                 conn.close()
         try:
