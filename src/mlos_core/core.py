@@ -261,9 +261,12 @@ class Core:
     def register(self, body: dict[str, Any]) -> dict[str, Any]:
         """``POST /models/register`` (upstream payload: ``path`` or ``model_path``)."""
         ref = parse_ref(body.get("model_id"))
+        for key in ("path", "model_path", "framework", "execution_format", "description"):
+            if body.get(key) is not None and not isinstance(body[key], str):
+                raise bad_request(f"{key} must be a string, got {type(body[key]).__name__}")
         raw_path = body.get("path") or body.get("model_path")
         path = Path(str(raw_path)) if raw_path else self.versions.path_for(ref)
-        if not path.is_dir():
+        if not _is_dir(path):
             raise not_found(
                 f"model directory {path} does not exist on this instance; copy the model "
                 "there first (or upload it with POST /models/upload)",
@@ -279,6 +282,14 @@ class Core:
         entry.description = body.get("description") or entry.description
         existed = self.registry.put(entry)
         return register_answer(entry, "already registered" if existed else "registered")
+
+
+def _is_dir(path: Path) -> bool:
+    """``Path.is_dir`` that is False, not an error, for names too long or otherwise odd."""
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
 
 
 def register_answer(entry: ModelEntry, message: str) -> dict[str, Any]:

@@ -194,7 +194,11 @@ class OneShot:
                 f"files listed in the manifest were not sent: {', '.join(missing[:10])}",
                 code="missing_files",
             )
-        return self.manifest.with_files(files.values())
+        final = self.manifest.with_files(files.values())
+        try:  # files received but not listed join it: "a" and "a/b" cannot both exist
+            return final.validate(strict=True)
+        except ManifestError as exc:
+            raise bad_request(f"invalid set of files: {exc}", code="invalid_manifest") from exc
 
     def close(self) -> None:
         if self._part.fd >= 0:

@@ -287,3 +287,27 @@ def test_tenant_isolation_on_every_write_endpoint(mlos_server: ServerFactory) ->
     # the owner still can
     assert httpx.post(f"{srv.url}/v1/uploads/{uid}/commit", headers=acme).status_code == 200
     record("tenants", "write_requests_refused", tried, add=True)
+
+
+def test_regression_odd_register_and_file_dir_clash_are_4xx(jailed: Any) -> None:
+    # Found by the hostile corpus: a multipart upload with files "a" and "a/b" answered 500
+    # (FileExistsError while building the version dir); POST /models/register with a
+    # 5000-character path answered 500 (ENAMETOOLONG) and stored a dict as "framework".
+    url = jailed.url
+    with httpx.Client(base_url=url, timeout=30) as c:
+        for names in (["a", "a/b"], ["a/b", "a"]):
+            manifest = json.dumps(manifest_for("ns/fd@v1", {"a": b"x"} if names[0] == "a" else {}))
+            parts = [("model_files", (n, n.encode())) for n in names]
+            r = c.post(
+                "/models/upload", data={"model_id": "ns/fd@v1", "manifest": manifest}, files=parts
+            )
+            _assert_4xx(r, f"file and dir {names}")
+        for body in (
+            {"model_id": "ns/r@v1", "path": "a" * 5000},
+            {"model_id": "ns/r@v1", "path": {"a": 1}},
+            {"model_id": "ns/r@v1", "framework": {"x": [1]}},
+            {"model_id": "ns/r@v1", "description": ["x"]},
+        ):
+            _assert_4xx(c.post("/models/register", json=body), f"register {str(body)[:40]}")
+        assert c.get("/models").json()["total"] == 0
+    assert check_fs_root(jailed.jail / "models") == (0, [])
