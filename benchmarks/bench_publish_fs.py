@@ -9,12 +9,15 @@ run so neither pays for the other's dirty pages) to a fresh directory on the sam
 * ``FilesystemTransport``: the transport alone (open, send, commit) in a child process;
 * ``axon publish (unchanged)``: the same publish again: nothing may be written.
 
-``AXON_BENCH_PUBLISH_MB`` changes the size (default 1024).
+Each tool runs ``AXON_BENCH_ROUNDS`` times (default 2), alternating; the fastest run counts
+(the figures of a shared machine are noisy). ``AXON_BENCH_PUBLISH_MB`` changes the size
+(default 1024).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +70,16 @@ def write_config(home: Path, text: str) -> None:
     (home / "config.yaml").write_text(text)
 
 
+def rounds() -> int:
+    """Each tool runs this many times, alternating; the best run counts (shared machines)."""
+    return max(1, int(os.environ.get("AXON_BENCH_ROUNDS", "2")))
+
+
+def best(runs: list[tuple[float, float]]) -> tuple[float, float]:
+    """(fastest seconds, highest peak RSS) of several runs."""
+    return min(r[0] for r in runs), max(r[1] for r in runs)
+
+
 def run(workdir: Path) -> list[Row]:
     workdir = workdir.resolve()
     size = int(os.environ.get("AXON_BENCH_PUBLISH_MB", "1024")) * MiB
@@ -79,22 +92,27 @@ def run(workdir: Path) -> list[Row]:
         "mlos_targets:\n  benchfs:\n    endpoint: http://127.0.0.1:9\n"
         f"    access_method: filesystem\n    storage_path: {dst}\n",
     )
-    rows: list[Row] = []
-    os.sync()
-    cp_s, _ = timed_run(["bash", "-c", 'cp -r "$0" "$1" && sync', str(cached), str(workdir / "cp")])
     publish = [axon_bin(), "publish", REF, "--target", "benchfs", "--no-notify", "-q"]
-    os.sync()
-    axon_s, rss = timed_run(publish, env=env)
-    rows.append(Row("fs: axon publish (1 GiB)", axon_s, total, "cp -r + sync", cp_s, rss))
-    os.sync()
-    lib_root = workdir / "lib-models"
-    lib_root.mkdir()
-    lib_s, lib_rss = timed_run(
-        [sys.executable, "-c", _TRANSPORT_ONLY, str(cached), str(lib_root), REF], env=env
-    )
-    rows.append(Row("fs: FilesystemTransport only", lib_s, total, "cp -r + sync", cp_s, lib_rss))
+    cp_runs, axon_runs, lib_runs = [], [], []
+    for i in range(rounds()):
+        shutil.rmtree(dst / "bench", ignore_errors=True)  # a fresh publish every round
+        os.sync()
+        copy = ["bash", "-c", 'cp -r "$0" "$1" && sync', str(cached), str(workdir / f"cp{i}")]
+        cp_runs.append(timed_run(copy))
+        os.sync()
+        axon_runs.append(timed_run(publish, env=env))
+        lib_root = workdir / f"lib-models{i}"
+        lib_root.mkdir()
+        os.sync()
+        child = [sys.executable, "-c", _TRANSPORT_ONLY, str(cached), str(lib_root), REF]
+        lib_runs.append(timed_run(child, env=env))
+    cp_s = best(cp_runs)[0]
+    note = f"best of {rounds()}"
+    axon_s, rss = best(axon_runs)
+    lib_s, lib_rss = best(lib_runs)
     again_s, again_rss = timed_run(publish, env=env)
-    rows.append(
-        Row("fs: axon publish unchanged", again_s, 0, peak_rss_mb=again_rss, note="target < 0.5 s")
-    )
-    return rows
+    return [
+        Row("fs: axon publish (1 GiB)", axon_s, total, "cp -r + sync", cp_s, rss, note),
+        Row("fs: FilesystemTransport only", lib_s, total, "cp -r + sync", cp_s, lib_rss, note),
+        Row("fs: axon publish unchanged", again_s, 0, peak_rss_mb=again_rss, note="< 0.5 s"),
+    ]
