@@ -36,6 +36,12 @@ def test_health_stats_metrics_openapi(mlos_server):
     metrics = httpx.get(f"{srv.url}/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     assert "mlos_models 0" in metrics.text and "mlos_upload_bytes_total" in metrics.text
+    assert httpx.get(f"{srv.url}/models/ns/none@v1").status_code == 404
+    upload_resumable(srv.url, "ns/m@v1", FILES)
+    text = httpx.get(f"{srv.url}/metrics").text
+    assert 'mlos_errors_total{status="404"} 1' in text and "mlos_models 1" in text
+    assert f"mlos_upload_bytes_total {sum(len(b) for b in FILES.values())}" in text
+    assert httpx.get(f"{srv.url}/stats").json()["models"] == 1
     doc = httpx.get(f"{srv.url}/openapi.json").json()
     assert doc["openapi"].startswith("3.") and "/v1/uploads" in doc["paths"]
     assert "/models/upload" in doc["paths"]
