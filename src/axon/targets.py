@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from axon.config import DEFAULT_TIMEOUT, ClusterConfig, Config, TargetConfig
-from axon.errors import ConfigError, TargetNotFoundError
+from axon.errors import AxonError, ConfigError, TargetNotFoundError
 
 DEFAULT_PORT = 8080
 DEFAULT_STORAGE_PATH = "/var/lib/mlos/models"
@@ -134,7 +134,15 @@ def resolve_target(spec: str, config: Config) -> Target:
         return _from_config(spec, config.mlos_targets[spec], config, f"mlos_targets.{spec}")
     if spec in config.clusters:
         return _cluster(spec, config.clusters[spec], config, f"clusters.{spec}")
-    return resolve_address(spec, config)
+    try:
+        return resolve_address(spec, config)
+    except AxonError:
+        raise
+    except (ValueError, RuntimeError) as exc:  # urlsplit/ipaddress/expanduser on odd text
+        raise TargetNotFoundError(
+            f"unknown target {spec!r}: not a valid host, URL or path ({exc})",
+            hint=_known_hint(config),
+        ) from None
 
 
 def resolve_address(spec: str, config: Config | None = None) -> Target:
@@ -209,7 +217,10 @@ def _url_host(host: str) -> str:
 
 
 def _instance_from_url(name: str, url: str, *, origin: str) -> InstanceTarget:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "http://[::1" (unclosed or invalid IPv6 brackets)
+        raise TargetNotFoundError(f"{url!r} is not a valid URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise TargetNotFoundError(f"{url!r} is not an http(s)://host[:port] URL")
     try:

@@ -317,3 +317,37 @@ def test_regression_yaml_alias_bomb_is_refused() -> None:
     # (18 s of CPU) in Manifest.to_json / mlos-core's upload state; 9 levels is out of memory.
     with pytest.raises(ManifestError, match="aliases"):
         Manifest.from_text(billion_laughs())
+
+
+target_specs = st.one_of(
+    hostile_text,
+    st.tuples(
+        st.sampled_from(["http://", "https://", "s3://", "nfs://", "file://", "", "ftp://"]),
+        st.lists(st.sampled_from(["[", "]", "::1", ":", "80", "99999", "a", "/", "..", "@", "%"])),
+    ).map(lambda t: t[0] + "".join(t[1])),
+)
+
+
+@CFG
+@given(target_specs)
+def test_resolve_target_only_raises_axon_errors(spec: str) -> None:
+    from axon.config import Config
+    from axon.errors import AxonError
+    from axon.targets import resolve_target
+
+    record("hostile_input", "target_specs", 1, add=True)
+    try:
+        resolve_target(spec, Config())
+    except AxonError:
+        return
+
+
+def test_regression_unclosed_ipv6_url_is_target_not_found() -> None:
+    # Found by the CLI corpus: `axon publish m -t 'http://[::1'` was "unexpected error" (exit 1,
+    # ValueError from urlsplit); now a TargetNotFoundError (exit 3) naming the URL.
+    from axon.config import Config
+    from axon.errors import TargetNotFoundError
+    from axon.targets import resolve_target
+
+    with pytest.raises(TargetNotFoundError, match="not a valid URL"):
+        resolve_target("http://[::1", Config())
