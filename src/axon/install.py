@@ -63,6 +63,19 @@ def install_source(
 
 def classify_source(source: str) -> str:
     """``"dir"``, ``"archive"`` or ``"hf"``; SourceError when it is none of them."""
+    try:
+        return _classify(source)
+    except (OSError, ValueError, RuntimeError) as exc:  # name too long, NUL, unknown ~user
+        if isinstance(exc, SourceError):
+            raise
+        raise SourceError(
+            f"{source[:80]!r}: cannot use this as a source ({exc})",
+            path=source[:200],
+            hint="give a model directory, a .axon archive, or hf/<repo>[@revision]",
+        ) from None
+
+
+def _classify(source: str) -> str:
     path = Path(source).expanduser()
     if path.is_dir():
         return "dir"

@@ -351,3 +351,19 @@ def test_regression_unclosed_ipv6_url_is_target_not_found() -> None:
 
     with pytest.raises(TargetNotFoundError, match="not a valid URL"):
         resolve_target("http://[::1", Config())
+
+
+@CFG
+@given(st.one_of(hostile_text, st.text(min_size=300, max_size=5000)))
+def test_install_source_names_only_raise_axon_errors(source: str) -> None:
+    # Found with the CLI corpus: a 5000-character source name was "unexpected error" (exit 1,
+    # OSError ENAMETOOLONG from Path.is_dir); "~nosuchuser/x" raised RuntimeError.
+    from axon.errors import AxonError
+    from axon.install import classify_source
+
+    record("hostile_input", "install_sources", 1, add=True)
+    try:
+        kind = classify_source(source)
+    except AxonError:
+        return
+    assert kind in ("dir", "archive", "hf")
