@@ -47,7 +47,7 @@ from axon.fsutil import atomic_write_text
 from axon.progress import NULL_PROGRESS, Progress
 from axon.publish import cluster_status as probes
 from axon.publish import rollout
-from axon.publish.cluster_status import StatusMatrix
+from axon.publish.cluster_status import StatusMatrix, cluster_status, cluster_status_for
 from axon.publish.rollout import (
     CANCELLED,
     FAILED,
@@ -59,10 +59,7 @@ from axon.publish.rollout import (
 )
 
 if TYPE_CHECKING:
-    from axon.cache import Cache
-    from axon.config import Config
     from axon.publish.plan import InstanceResult, PreparedModel, PublishOptions
-    from axon.refs import ModelRef
     from axon.targets import ClusterTarget, InstanceTarget
 
 STRATEGIES = ("all", "first-available", "round-robin")
@@ -497,37 +494,16 @@ def _publish_one(
     return out
 
 
-def cluster_status(
-    model: PreparedModel, cluster: ClusterTarget, *, max_parallel: int = DEFAULT_MAX_PARALLEL
-) -> StatusMatrix:
-    """``axon status REF --target CLUSTER``: for each member, is the model present, with the
-    cached checksums, and registered? (``model`` from prepare_model(validate=False).)"""
-    members = cluster_members(cluster)
-    return probes.status_matrix(cluster.name, members, model, max_parallel=max_parallel)
-
-
-def cluster_status_for(
-    ref_or_str: ModelRef | str,
-    target_spec: str,
-    *,
-    config: Config | None = None,
-    cache: Cache | None = None,
-    full: bool = False,
-) -> StatusMatrix | None:
-    """The status matrix when ``target_spec`` names a cluster; None for any other target
-    (``axon.publish.status`` handles a single instance). The model must be in the cache:
-    its checksums are what every instance is compared with."""
-    from axon.cache import Cache
-    from axon.config import load_config
-    from axon.publish.plan import prepare_model
-    from axon.refs import ModelRef
-    from axon.targets import ClusterTarget, resolve_target
-
-    config = config if config is not None else load_config()
-    target = resolve_target(target_spec, config)
-    if not isinstance(target, ClusterTarget):
-        return None
-    ref = ref_or_str if isinstance(ref_or_str, ModelRef) else ModelRef.parse(ref_or_str)
-    cache = cache if cache is not None else Cache.from_config(config)
-    model = prepare_model(cache, ref, validate=True, full=full)
-    return cluster_status(model, target)
+__all__ = [
+    "STRATEGIES",
+    "ClusterOptions",
+    "ClusterResult",
+    "StatusMatrix",
+    "cluster_members",
+    "cluster_status",
+    "cluster_status_for",
+    "parse_min_success",
+    "publish_to_cluster",
+    "round_robin_record",
+    "round_robin_start",
+]

@@ -11,8 +11,11 @@ from typing import TYPE_CHECKING, Any
 from axon.errors import EXIT_ALL_FAILED, EXIT_OK, EXIT_PARTIAL, AxonError
 
 if TYPE_CHECKING:
+    from axon.cache import Cache
+    from axon.config import Config
     from axon.publish.plan import PreparedModel
-    from axon.targets import InstanceTarget
+    from axon.refs import ModelRef
+    from axon.targets import ClusterTarget, InstanceTarget
 
 HEALTH_TIMEOUT = 5.0
 
@@ -164,3 +167,41 @@ def status_matrix(
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="axon-status") as pool:
             matrix.rows = list(pool.map(lambda t: status_row(model, t), members))
     return matrix
+
+
+def cluster_status(
+    model: PreparedModel, cluster: ClusterTarget, *, max_parallel: int = 16
+) -> StatusMatrix:
+    """``axon status REF --target CLUSTER``: for each member, is the model present, with the
+    cached checksums, and registered? (``model`` from prepare_model(validate=False).)"""
+    from axon.publish.cluster import cluster_members
+
+    members = cluster_members(cluster)
+    return status_matrix(cluster.name, members, model, max_parallel=max_parallel)
+
+
+def cluster_status_for(
+    ref_or_str: ModelRef | str,
+    target_spec: str,
+    *,
+    config: Config | None = None,
+    cache: Cache | None = None,
+    full: bool = False,
+) -> StatusMatrix | None:
+    """The status matrix when ``target_spec`` names a cluster; None for any other target
+    (``axon.publish.status`` handles a single instance). The model must be in the cache:
+    its checksums are what every instance is compared with."""
+    from axon.cache import Cache
+    from axon.config import load_config
+    from axon.publish.plan import prepare_model
+    from axon.refs import ModelRef
+    from axon.targets import ClusterTarget, resolve_target
+
+    config = config if config is not None else load_config()
+    target = resolve_target(target_spec, config)
+    if not isinstance(target, ClusterTarget):
+        return None
+    ref = ref_or_str if isinstance(ref_or_str, ModelRef) else ModelRef.parse(ref_or_str)
+    cache = cache if cache is not None else Cache.from_config(config)
+    model = prepare_model(cache, ref, validate=True, full=full)
+    return cluster_status(model, target)
