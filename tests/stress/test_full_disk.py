@@ -46,10 +46,11 @@ def _serve(mlos_server: ServerFactory, small_fs: Path | None, tmp_path: Path) ->
     return mlos_server(models_dir=small_fs / "models", no_fsync=True)
 
 
+@pytest.mark.parametrize("limit", ["disk", "max-upload-size"])
 def test_publish_bigger_than_the_disk(
-    small_fs: Path | None, mlos_server: ServerFactory, tmp_path: Path
+    limit: str, small_fs: Path | None, mlos_server: ServerFactory, tmp_path: Path
 ) -> None:
-    srv = _serve(mlos_server, small_fs, tmp_path)
+    srv = _serve(mlos_server, small_fs if limit == "disk" else None, tmp_path)
     big, _ = make_homes(tmp_path / "big", "hf/big@v1", 24 * MiB)
     done = run_axon(big, "publish", "hf/big@v1", "-t", srv.url, "--json", "--retries", "1")  # type: ignore[attr-defined]
     assert done.returncode == 7, done.stdout + done.stderr  # EXIT_TRANSPORT
@@ -61,7 +62,7 @@ def test_publish_bigger_than_the_disk(
     ok = run_axon(small, "publish", "hf/small@v1", "-t", srv.url, "-q")  # type: ignore[attr-defined]
     assert ok.returncode == 0, ok.stderr  # the server keeps serving
     assert check_fs_root(srv.models_dir)[0] == 1  # type: ignore[attr-defined]
-    record("full_disk", "mode", "tmpfs" if small_fs else "max-upload-size")
+    record("full_disk", f"mode_{limit}", "tmpfs" if small_fs and limit == "disk" else "limit")
     record("full_disk", "trials", 1, add=True)
 
 
