@@ -166,13 +166,21 @@ def test_kill_9_mid_upload_then_restart_and_resume(mlos_server):
     t.join()
     # a leftover of an interrupted version swap, as a crash could leave it
     (srv.models_dir / ".mlos" / "staging" / "deadbeef").mkdir()
-    (srv.models_dir / "ns" / "k" / ".v1.staging-abc123").mkdir()
+    stale = srv.models_dir / "ns" / "k" / ".v1.staging-abc123"
+    stale.mkdir()
+    day_ago = time.time() - 25 * 3600
+    os.utime(stale, (day_ago, day_ago))
+    # a fresh staging dir in the models tree may be a writer at work on a shared dir (axon
+    # publishing to it): it must survive a restart of a reader instance
+    fresh = srv.models_dir / "ns" / "k" / ".v2.staging-0123456789abcdef"
+    fresh.mkdir()
     srv.start()
     # the previous state is intact and served
     assert (srv.models_dir / "ns/k/v1/w.bin").read_bytes() == old["w.bin"]
     assert httpx.get(f"{srv.url}/models/ns/k@v1").status_code == 200
     assert not (srv.models_dir / ".mlos" / "staging" / "deadbeef").exists()
-    assert not (srv.models_dir / "ns" / "k" / ".v1.staging-abc123").exists()
+    assert not stale.exists()
+    assert fresh.exists()
     # the upload survived the crash: resume from the offset the server reports
     state = httpx.get(f"{srv.url}/v1/uploads/{uid}").json()
     offset = state["needed"][0]["offset"]

@@ -31,6 +31,10 @@ from mlos_core.versions import VersionStore
 
 log = logging.getLogger("mlos_core")
 
+# Staging dirs in the models tree idle longer than this are leftovers; younger ones may be a
+# writer at work on a shared models dir (axon drops its own stale ones after a day too).
+SHARED_LEFTOVER_AGE = 24 * 3600.0
+
 
 def parse_ref(model_id: Any) -> ModelRef:
     if not isinstance(model_id, str) or not model_id:
@@ -83,7 +87,9 @@ class Core:
         for path in restored:
             log.warning("restored %s (a crash interrupted its replacement)", path)
         removed = self.versions.clean_leftovers()
-        removed += clean_leftovers(self.models_dir)
+        # Outside our own .mlos state, staging dirs may belong to a writer still at work on a
+        # shared models dir (axon publishing to it): only remove those idle for a day.
+        removed += clean_leftovers(self.models_dir, min_age=SHARED_LEFTOVER_AGE)
         for upload in self.uploads.all():
             if upload.staged:  # staging was just wiped: the upload must prepare again
                 upload.staged = None
