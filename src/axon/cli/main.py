@@ -2,7 +2,7 @@
 exit codes.
 
 Commands live in sibling modules and are imported only when run, so ``axon --help`` stays
-fast (no httpx, rich, pydantic or yaml import for help).
+fast (no httpx, rich or yaml import for help).
 """
 
 from __future__ import annotations
