@@ -20,17 +20,19 @@ from axon.manifest import MANIFEST_NAME, Manifest
 BOOKKEEPING = {MANIFEST_NAME, ".axon_metadata.json"}
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path | str, dir_fd: int | None = None) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open(os.open(path, os.O_RDONLY, dir_fd=dir_fd), "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
 
 
-def _visible_files(root: Path) -> list[str]:
+def _visible_files(root: Path | str, dir_fd: int | None = None) -> list[str]:
     out = []
-    for dirpath, dirs, files in os.walk(root):
+    walk = os.fwalk(root, dir_fd=dir_fd) if dir_fd is not None else os.walk(root)
+    for entry in walk:
+        dirpath, dirs, files = entry[0], entry[1], entry[2]
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         rel = os.path.relpath(dirpath, root)
         out += [f if rel == "." else f"{rel}/{f}" for f in files if not f.startswith(".")]
@@ -38,22 +40,46 @@ def _visible_files(root: Path) -> list[str]:
 
 
 def check_model_dir(model_dir: Path) -> list[str]:
-    """Problems of one visible model dir (empty: it is whole and unmixed)."""
+    """Problems of one visible model dir (empty: it is whole and unmixed).
+
+    Read the way a careful reader does: through one directory fd, so a version swapped in
+    while we read (an atomic rename by a publish still finishing) is not mistaken for a mix.
+    A generation removed under us is read again from the path."""
+    for _attempt in range(5):
+        try:
+            fd = os.open(model_dir, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            return []  # replaced and gone: nothing visible here to be partial
+        try:
+            return _check_dir_fd(model_dir, fd)
+        except FileNotFoundError:
+            continue  # the old generation was deleted under us: look again
+        finally:
+            os.close(fd)
+    return [f"{model_dir}: kept vanishing while being read"]
+
+
+def _check_dir_fd(model_dir: Path, fd: int) -> list[str]:
     try:
-        manifest = Manifest.load(model_dir)
+        with open(os.open(MANIFEST_NAME, os.O_RDONLY, dir_fd=fd), "rb") as fh:
+            manifest = Manifest.from_text(fh.read(), source=str(model_dir))
+    except FileNotFoundError:
+        raise
     except Exception as exc:  # an unreadable manifest is a torn write: report, don't raise
         return [f"{model_dir}: unreadable manifest: {exc}"]
     problems = []
     listed = {f.path: f for f in manifest.files}
     for entry in listed.values():
-        path = model_dir / entry.path
-        if not path.is_file():
+        try:
+            size = os.stat(entry.path, dir_fd=fd).st_size
+        except FileNotFoundError:
             problems.append(f"{model_dir}: missing {entry.path}")
-        elif path.stat().st_size != entry.size:
-            problems.append(f"{model_dir}: {entry.path} has {path.stat().st_size} bytes")
-        elif entry.known and sha256_file(path) != entry.sha256:
+            continue
+        if size != entry.size:
+            problems.append(f"{model_dir}: {entry.path} has {size} bytes")
+        elif entry.known and sha256_file(entry.path, dir_fd=fd) != entry.sha256:
             problems.append(f"{model_dir}: {entry.path} does not match its sha256")
-    for rel in _visible_files(model_dir):
+    for rel in _visible_files(".", dir_fd=fd):
         if rel not in listed and rel not in BOOKKEEPING and not rel.endswith(".axon"):
             problems.append(f"{model_dir}: {rel} is not in the manifest (mixed versions?)")
     return problems
