@@ -130,17 +130,17 @@ def resolve_target(spec: str, config: Config) -> Target:
     spec = spec.strip()
     if not spec:
         raise TargetNotFoundError("empty --target", hint=_known_hint(config))
-    if spec in config.mlos_targets:
-        return _from_config(spec, config.mlos_targets[spec], config, f"mlos_targets.{spec}")
-    if spec in config.clusters:
-        return _cluster(spec, config.clusters[spec], config, f"clusters.{spec}")
     try:
+        if spec in config.mlos_targets:
+            return _from_config(spec, config.mlos_targets[spec], config, f"mlos_targets.{spec}")
+        if spec in config.clusters:
+            return _cluster(spec, config.clusters[spec], config, f"clusters.{spec}")
         return resolve_address(spec, config)
     except AxonError:
         raise
     except (ValueError, RuntimeError) as exc:  # urlsplit/ipaddress/expanduser on odd text
         raise TargetNotFoundError(
-            f"unknown target {spec!r}: not a valid host, URL or path ({exc})",
+            f"target {spec!r}: not a valid host, URL or path ({exc})",
             hint=_known_hint(config),
         ) from None
 

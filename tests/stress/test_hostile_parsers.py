@@ -367,3 +367,19 @@ def test_install_source_names_only_raise_axon_errors(source: str) -> None:
     except AxonError:
         return
     assert kind in ("dir", "archive", "hf")
+
+
+def test_regression_configured_storage_path_with_bad_url_is_target_not_found(
+    tmp_path: Path,
+) -> None:
+    # Found with the config corpus: storage_path "s3://[x" made `axon targets list` and
+    # `axon publish -t a` an "unexpected error" (exit 1, ValueError from urlsplit).
+    from axon.config import load_config
+    from axon.errors import TargetNotFoundError
+    from axon.targets import resolve_target
+
+    path = tmp_path / "config.yaml"
+    conf = {"type": "network_storage", "storage_type": "s3", "storage_path": "s3://[x"}
+    path.write_text(yaml.safe_dump({"mlos_targets": {"a": conf}}))
+    with pytest.raises(TargetNotFoundError, match="'a'"):
+        resolve_target("a", load_config(path))
