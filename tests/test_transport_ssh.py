@@ -8,6 +8,7 @@ import contextlib
 import os
 import stat
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -115,9 +116,16 @@ def test_connection_cut_mid_file_resumes(sshd: Any, tmp_path: Path) -> None:
         assert sessions
         calls = [0]
 
+        def received_on_the_host() -> int:
+            return sum(p.stat().st_size for p in (tmp_path / "models").rglob("*") if p.is_file())
+
         def cut_the_wire(_n: int) -> None:
             calls[0] += 1
             if calls[0] == 2:  # the server side of the connection dies mid-file
+                # once some bytes have landed on the host (else there is nothing to resume)
+                deadline = time.monotonic() + 10
+                while received_on_the_host() == 0 and time.monotonic() < deadline:
+                    time.sleep(0.01)
                 for pid in sessions:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, 9)
