@@ -72,3 +72,18 @@ def test_forget_under(tmp_path: Path) -> None:
     assert index.lookup(p) is not None
     index.forget_under(tmp_path / "d")
     assert index.lookup(p) is None
+
+
+def test_fresh_index_shared_by_many_threads_never_loses_its_table(tmp_path: Path) -> None:
+    # regression: threads racing the schema set-up took "database is locked" for corruption
+    # and deleted the index under the others ("no such table: hashes")
+    paths = []
+    for i in range(16):
+        p = tmp_path / f"f{i}"
+        p.write_bytes(bytes([i]) * 100)
+        paths.append(p)
+    for round_ in range(10):
+        index = HashIndex(tmp_path / f"i{round_}.sqlite")
+        got = hash_files(paths, index=index, workers=16)
+        assert got == {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+        assert all(index.lookup(p) == got[p] for p in paths)

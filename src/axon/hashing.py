@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sqlite3
@@ -52,29 +53,46 @@ class HashIndex:
     def __init__(self, path: str | os.PathLike[str] | None) -> None:
         self.path = Path(path) if path is not None else None
         self._local = threading.local()
+        self._init_lock = threading.Lock()
 
     def _db(self) -> sqlite3.Connection | None:
+        """This thread's connection, or None when there is no usable index (then every
+        digest is computed: the index is only a cache and never makes a command fail)."""
         if self.path is None:
             return None
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute(
-                    "CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, dev INT, ino INT,"
-                    " size INT, mtime INT, ctime INT, sha256 TEXT)"
-                )
-            except sqlite3.DatabaseError:
-                # A corrupt index: drop it, it is only a cache.
-                self.path.unlink(missing_ok=True)
-                db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-                db.execute(
-                    "CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, dev INT, ino INT,"
-                    " size INT, mtime INT, ctime INT, sha256 TEXT)"
-                )
+            with self._init_lock:  # threads of one process must not race the schema set-up
+                db = self._open()
             self._local.db = db
+        return db
+
+    def _open(self) -> sqlite3.Connection | None:
+        assert self.path is not None
+        try:
+            return self._connect()
+        except sqlite3.OperationalError:  # locked by another process, read-only, ...
+            return None
+        except sqlite3.DatabaseError:  # not a database / malformed: drop it and start over
+            self.path.unlink(missing_ok=True)
+            try:
+                return self._connect()
+            except sqlite3.Error:
+                return None
+
+    def _connect(self) -> sqlite3.Connection:
+        assert self.path is not None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, dev INT, ino INT,"
+                " size INT, mtime INT, ctime INT, sha256 TEXT)"
+            )
+        except BaseException:
+            db.close()
+            raise
         return db
 
     def lookup(self, path: Path, st: os.stat_result | None = None) -> str | None:
@@ -83,10 +101,13 @@ class HashIndex:
         if db is None:
             return None
         st = st or os.stat(path)
-        row = db.execute(
-            "SELECT dev, ino, size, mtime, ctime, sha256 FROM hashes WHERE path = ?",
-            (str(Path(path).absolute()),),
-        ).fetchone()
+        try:
+            row = db.execute(
+                "SELECT dev, ino, size, mtime, ctime, sha256 FROM hashes WHERE path = ?",
+                (str(Path(path).absolute()),),
+            ).fetchone()
+        except sqlite3.Error:  # only a cache: hash instead
+            return None
         if row and tuple(row[:5]) == file_key(st):
             return str(row[5])
         return None
@@ -95,10 +116,11 @@ class HashIndex:
         db = self._db()
         if db is None:
             return
-        db.execute(
-            "INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (str(Path(path).absolute()), *file_key(st), sha256),
-        )
+        with contextlib.suppress(sqlite3.Error):  # only a cache: not remembering is fine
+            db.execute(
+                "INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (str(Path(path).absolute()), *file_key(st), sha256),
+            )
 
     def forget_under(self, root: Path) -> None:
         db = self._db()
