@@ -11,9 +11,7 @@ To run it against a new transport, subclass :class:`TransportConformance` and pr
 
 Class knobs: ``supports_resume`` (a cut file resumes at an offset > 0), ``dedupes_content``
 (two paths with the same bytes are sent once), ``big_size`` (bytes of the file cut in the
-resume test: larger than the transport's first progress report), ``copy_runs_ahead`` (the
-bytes land ahead of the progress reports, as the kernel's local copy does, so a cut may find
-the whole file staged: it is then verified, not sent again).
+resume test: larger than the transport's first progress report).
 
 Import only the base classes and helpers (``from tests.test_transport_conformance import
 DirectoryConformance``): importing a ``Test...`` class into another module runs it twice.
@@ -91,7 +89,6 @@ def expected_snapshot(src: Path, manifest: Manifest) -> dict[str, bytes]:
 class TransportConformance:
     supports_resume = True
     dedupes_content = True
-    copy_runs_ahead = False
     big_size = 24 * MiB
 
     @pytest.fixture
@@ -177,7 +174,7 @@ class TransportConformance:
         big = next(e for e in session.needed if e.path == "big.bin")
         offset = session.offset(big)
         if self.supports_resume:
-            assert 0 < offset <= big.size if self.copy_runs_ahead else 0 < offset < big.size
+            assert 0 < offset < big.size
         sent = [0]
         for entry in session.needed:
             session.send(entry, src / entry.path, lambda n: sent.__setitem__(0, sent[0] + n))
@@ -322,8 +319,6 @@ def _read_tree(fd: int, final: Path) -> dict[str, bytes]:
 
 # ---- filesystem ---------------------------------------------------------------------------------
 class TestFilesystemConformance(DirectoryConformance):
-    copy_runs_ahead = True  # copy_file_range in its own thread, ahead of the hashing
-
     @pytest.fixture
     def transport(self, tmp_path: Path) -> Iterator[Transport]:
         root = tmp_path / "models"

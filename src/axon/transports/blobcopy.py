@@ -21,7 +21,6 @@ import errno
 import mmap
 import os
 import queue
-import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -201,20 +200,15 @@ def pump_stream(fd: int, read: Reader, h: Any, limit: int, on_bytes: Progress) -
 def pump_file(fd: int, src_fd: int, h: Any, limit: int, on_bytes: Progress) -> int:
     """Copy ``limit`` bytes of the local file ``src_fd`` to ``fd`` at the same offsets.
 
-    The kernel copies (``copy_file_range``: no pass through user space) in a thread of its
-    own, which then flushes the copy to disk (``fdatasync``), while this thread hashes the
-    source through a read-only mapping of each chunk (one chunk mapped at a time, so the
-    resident size stays small). Neither waits for the other: the copy and its flush are
-    bounded by the disk, the hash by one core, and one bulk flush is faster on the disks we
-    measured than trickled writeback. Where the kernel cannot copy between these files,
-    chunks are written from the mapping instead (:class:`_Writer`). The dev cache replaces
-    files by rename, never truncates them in place; should one shrink anyway, the size is
-    checked before each chunk is mapped, so we never touch a page past its end (SIGBUS).
+    The kernel copies (``copy_file_range``: no pass through user space) while this thread
+    hashes the source through a read-only mapping of each chunk (no copy either; one chunk
+    mapped at a time, so the resident size stays small). The dev cache replaces files by
+    rename, never truncates them in place; should one shrink anyway, the size is checked
+    before each chunk is mapped, so we never touch a page past its end (that is SIGBUS).
     """
     start = os.lseek(fd, 0, os.SEEK_CUR)
     end = min(start + limit, os.fstat(src_fd).st_size)
-    copier = _RangeCopier.start(fd, src_fd, start, end)
-    writer = None if copier is not None else _Writer(fd, None)
+    writer = _Writer(fd, src_fd)
     pos = start
     try:
         while pos < end:
@@ -224,10 +218,7 @@ def pump_file(fd: int, src_fd: int, h: Any, limit: int, on_bytes: Progress) -> i
             view, release = _map(src_fd, pos, n)
             try:
                 h.update(view)
-                if writer is not None:
-                    writer.put(view, pos, release)  # the writer releases it once written
-                else:
-                    release()
+                writer.put(view, pos, release)  # the writer releases it once written
             except BaseException:
                 release()
                 raise
@@ -235,70 +226,9 @@ def pump_file(fd: int, src_fd: int, h: Any, limit: int, on_bytes: Progress) -> i
             pos += n
             on_bytes(n)
     finally:
-        if writer is not None:
-            writer.join()
-        if copier is not None:
-            copier.join()
-    if writer is not None:
-        writer.check()
-    if copier is not None:
-        copier.check()
+        writer.join()
+    writer.check()
     return pos - start
-
-
-class _RangeCopier:
-    """A thread copying ``[pos, end)`` of ``src_fd`` into ``fd`` by ``copy_file_range``,
-    then flushing it (``fdatasync``), while the caller hashes the source."""
-
-    def __init__(self, fd: int, src_fd: int, pos: int, end: int) -> None:
-        self.fd, self.src_fd, self.pos, self.end = fd, src_fd, pos, end
-        self.errors: list[BaseException] = []
-        self.stop = False
-        self.thread = threading.Thread(target=self._run, name="axon-copier", daemon=True)
-
-    @classmethod
-    def start(cls, fd: int, src_fd: int, pos: int, end: int) -> _RangeCopier | None:
-        """Copy the first chunk here; None when the kernel cannot copy between these files."""
-        if not hasattr(os, "copy_file_range") or pos >= end:
-            return None
-        copier = cls(fd, src_fd, pos, end)
-        try:
-            copier._step()
-        except OSError as exc:
-            if exc.errno in _NO_COPY_RANGE:
-                return None
-            raise
-        copier.thread.start()
-        return copier
-
-    def _step(self) -> None:
-        n = min(CHUNK, self.end - self.pos)
-        done = 0
-        while done < n:
-            at = self.pos + done
-            got = os.copy_file_range(self.src_fd, self.fd, n - done, at, at)
-            if got == 0:
-                raise StageError("source_changed", "the source file shrank while it was copied")
-            done += got
-        self.pos += n
-
-    def _run(self) -> None:
-        try:
-            while self.pos < self.end and not self.stop:
-                self._step()
-            if not self.stop:
-                os.fdatasync(self.fd)
-        except BaseException as exc:  # re-raised in the caller's thread by check()
-            self.errors.append(exc)
-
-    def join(self) -> None:
-        if sys.exc_info()[0] is not None:
-            self.stop = True  # the caller failed: stop copying
-        self.thread.join()
-
-    def check(self) -> None:
-        if self.errors:
-            raise self.errors[0]
 
 
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # fault the chunk in with one call (Linux)
