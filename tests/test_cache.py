@@ -186,3 +186,19 @@ def test_uninstall(cache: Cache, installed_model: ModelRef) -> None:
     assert cache.list() == []
     with pytest.raises(ModelNotFoundError):
         cache.uninstall(installed_model)
+
+
+def test_verify_names_a_corrupt_file_when_the_last_listed_file_is_missing(
+    installed_model: ModelRef, axon_home: Path
+) -> None:
+    # regression: the mismatch message used the loop variable of another loop (KeyError)
+    cache = Cache.from_config()
+    model = cache.get(installed_model)
+    files = sorted(model.manifest.files, key=lambda f: f.path)
+    first, last = files[0], files[-1]
+    target = model.path / first.path
+    target.write_bytes(b"z" * target.stat().st_size)
+    (model.path / last.path).unlink()
+    report = cache.verify(installed_model)
+    assert last.path in report.missing
+    assert any(c.startswith(f"{first.path}: sha256") for c in report.corrupt)

@@ -185,3 +185,11 @@ def test_config_saved_by_upstream_go_axon_loads(axon_home: Path) -> None:
     config = load_config()
     assert config.cache_dir == Path("/root/.axon/cache")
     assert (config.registry.timeout, config.download.parallel) == (300, 3)
+
+
+def test_malformed_integer_text_is_a_config_error(axon_home: Path) -> None:
+    # regression: "--5" passed the digit check and escaped as a bare ValueError (exit 1)
+    path = write(axon_home, 'mlos_targets:\n  a: {ssh_port: "--5"}\n')
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert info.value.key == "mlos_targets.a.ssh_port" and info.value.path == str(path)

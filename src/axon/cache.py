@@ -254,9 +254,10 @@ class Cache:
         model = self.get(ref)
         report = VerifyReport(model.ref, model.path)
         entries = model.manifest.files
-        if not model.manifest.problems() and not entries:
+        problems = model.manifest.problems()
+        if not problems and not entries:
             entries = self._entries_from_dir(model)
-        for problem in model.manifest.problems():
+        for problem in problems:
             report.corrupt.append(f"{MANIFEST_NAME}: {problem.field}: {problem.message}")
         entries = [e for e in entries if _safe(e.path)]
         present: dict[str, Path] = {}
@@ -279,7 +280,9 @@ class Cache:
             if entry.size and size != entry.size:
                 report.corrupt.append(f"{entry.path}: size {size}, manifest says {entry.size}")
             elif entry.known and digests[found] != entry.sha256:
-                report.corrupt.append(f"{entry.path}: sha256 {digests[p][:12]}... does not match")
+                report.corrupt.append(
+                    f"{entry.path}: sha256 {digests[found][:12]}... does not match"
+                )
         return report
 
     def _hash(

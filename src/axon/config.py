@@ -323,8 +323,9 @@ def _scalar(value: Any, tp: Any, key: str) -> Any:
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            return int(value)
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return int(value)
         raise _Invalid(key, f"should be a valid integer, got {_shown(value)}")
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):

@@ -127,7 +127,8 @@ class HashIndex:
         if db is None:
             return
         prefix = str(Path(root).absolute()).rstrip("/") + "/"
-        db.execute("DELETE FROM hashes WHERE substr(path, 1, ?) = ?", (len(prefix), prefix))
+        with contextlib.suppress(sqlite3.Error):  # only a cache: stale rows never match
+            db.execute("DELETE FROM hashes WHERE substr(path, 1, ?) = ?", (len(prefix), prefix))
 
     def digest(self, path: Path, *, full: bool = False, on_bytes: ProgressFn | None = None) -> str:
         """sha256 of ``path``: from the index when unchanged (unless ``full``), else hashed."""
