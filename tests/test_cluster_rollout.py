@@ -103,16 +103,27 @@ def test_atomic_commit_failure_rolls_back_api_and_filesystem_instances(
     install_model: Any,
     make_model_dir: Any,
     axon_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    fs_srv, api_srv, doomed = (mlos_server(no_fsync=True) for _ in range(3))
+    # the API instance takes writes only with a token, given through token_env: the rollback
+    # must authenticate like the upload did
+    tenant = {"tenants": {"ops": {"tokens": ["t0ken"], "namespaces": ["*"]}}}
+    monkeypatch.setenv("CORE_API_TOKEN", "t0ken")
+    fs_srv, doomed = (mlos_server(no_fsync=True) for _ in range(2))
+    api_srv = mlos_server(no_fsync=True, tokens=tenant)
     targets = {
         "core-fs": {
             "endpoint": fs_srv.url,
             "access_method": "filesystem",
             "storage_path": str(fs_srv.models_dir),
-        }
+        },
+        "core-api": {
+            "endpoint": api_srv.url,
+            "access_method": "api",
+            "token_env": "CORE_API_TOKEN",
+        },
     }
-    clusters = {"prod": {"instances": ["core-fs", api_srv.url, doomed.url]}}
+    clusters = {"prod": {"instances": ["core-fs", "core-api", doomed.url]}}
     write_config(axon_home, clusters, targets)
     assert run_cluster(installed_model, "prod").exit_code == EXIT_OK
     old = cached_files(axon_home, installed_model)
@@ -130,8 +141,8 @@ def test_atomic_commit_failure_rolls_back_api_and_filesystem_instances(
 
     rec.on_end = kill_after_all_staged
     res = run_cluster(installed_model, "prod", rec, atomic=True)
-    assert sorted(staged) == sorted(["core-fs", api_srv.url, doomed.url])
-    states = [res.states[n] for n in ("core-fs", api_srv.url, doomed.url)]
+    assert sorted(staged) == sorted(["core-fs", "core-api", doomed.url])
+    states = [res.states[n] for n in ("core-fs", "core-api", doomed.url)]
     assert states == ["rolled-back", "rolled-back", "failed"], res.summary()
     assert res.exit_code == EXIT_ALL_FAILED
     for server in (fs_srv, api_srv):

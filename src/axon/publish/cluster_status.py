@@ -21,11 +21,6 @@ HEALTH_TIMEOUT = 5.0
 
 
 # ---- probes ---------------------------------------------------------------------------------
-def auth_headers(target: InstanceTarget) -> dict[str, str]:
-    token = getattr(target, "token", None)
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
 def url_of(target: InstanceTarget, path: str) -> str:
     return str(target.endpoint).rstrip("/") + path
 

@@ -52,6 +52,7 @@ def error_dict(exc: BaseException, target: str) -> dict[str, Any]:
     if isinstance(exc, AxonError):
         data = exc.to_dict()
         data.setdefault("target", target)
+        data.setdefault("exit_code", exc.exit_code)
         return data
     return {"type": type(exc).__name__, "message": str(exc) or repr(exc), "target": target}
 

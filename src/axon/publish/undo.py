@@ -15,11 +15,10 @@ import subprocess
 import uuid
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
-from urllib.parse import quote
 
-from axon.errors import AxonError, RemoteError, TargetUnreachableError
+from axon.errors import AxonError, RemoteError
 from axon.fsutil import remove_tree, replace_dir
-from axon.publish.cluster_status import HEALTH_TIMEOUT, auth_headers, url_of
+from axon.publish.cluster_status import HEALTH_TIMEOUT
 
 if TYPE_CHECKING:
     from axon.refs import ModelRef
@@ -146,24 +145,17 @@ def _api_has(target: InstanceTarget, ref: ModelRef) -> bool:
 
 def _api_undo(target: InstanceTarget, ref: ModelRef, *, rollback: bool) -> None:
     """``POST /v1/models/{id}/rollback`` (the server kept the replaced generation), or
-    ``DELETE /models/{id}`` when the instance did not have the model before."""
-    import httpx
+    ``DELETE /models/{id}`` when the instance did not have the model before. Same client,
+    token (``token`` or ``token_env``) and error mapping as every other API call."""
+    from axon.publish.notify import _client
+    from axon.transports.api import quote_id
 
-    qid = quote(ref.id, safe="")
-    method, url = ("POST", url_of(target, f"/v1/models/{qid}/rollback"))
+    qid = quote_id(ref.id)
+    method, path = ("POST", f"/v1/models/{qid}/rollback")
     if not rollback:
-        method, url = ("DELETE", url_of(target, f"/models/{qid}"))
+        method, path = ("DELETE", f"/models/{qid}")
+    client = _client(target, HEALTH_TIMEOUT * 2)
     try:
-        resp = httpx.request(method, url, headers=auth_headers(target), timeout=HEALTH_TIMEOUT * 2)
-    except httpx.HTTPError as exc:
-        raise TargetUnreachableError(
-            f"undo failed: {method} {url}: {exc}", target=target.name, url=url
-        ) from exc
-    if resp.status_code != 200:
-        raise RemoteError(
-            f"undo refused: {method} {url} answered HTTP {resp.status_code}: {resp.text[:200]}",
-            target=target.name,
-            url=url,
-            status=resp.status_code,
-            hint="check the instance's models dir; it may hold the new version",
-        )
+        client.request(method, path, what=f"undo ({method} {path})", ok=(200,))
+    finally:
+        client.close()
