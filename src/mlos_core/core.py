@@ -8,9 +8,12 @@ version); different models never wait for each other.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import shutil
+import threading
 import time
+from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -79,6 +82,10 @@ class Core:
         self._model_locks = KeyedLocks()
         self.blob_locks = KeyedLocks()
         self.gc_lock = asyncio.Lock()
+        # blobs a request has brought into the store but not yet linked into a version
+        # (one-shot uploads, S3 syncs): garbage collection must not take them meanwhile
+        self._pins: collections.Counter[str] = collections.Counter()
+        self._pins_lock = threading.Lock()
 
     # ---- life cycle -----------------------------------------------------------------
     def startup(self) -> None:
@@ -124,7 +131,20 @@ class Core:
         out: set[str] = set()
         for u in self.uploads.all():
             out.update(u.blobs())
+        with self._pins_lock:
+            out.update(sha for sha, n in self._pins.items() if n > 0)
         return out
+
+    def pin(self, shas: Iterable[str]) -> None:
+        """Keep ``shas`` from garbage collection until :meth:`unpin` (counted: nestable)."""
+        with self._pins_lock:
+            self._pins.update(shas)
+
+    def unpin(self, shas: Iterable[str]) -> None:
+        with self._pins_lock:
+            self._pins.subtract(shas)
+            for sha in [k for k, n in self._pins.items() if n <= 0]:
+                del self._pins[sha]
 
     def drop_upload(self, upload: Upload) -> None:
         if upload.staged:

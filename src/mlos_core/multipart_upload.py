@@ -71,6 +71,7 @@ class OneShot:
         self.tenant: Tenant | None = None
         self.received: dict[str, FileEntry] = {}
         self.new_blobs: list[str] = []
+        self.pinned: list[str] = []  # kept from garbage collection until the commit
         self.total = 0
         self._part = _Part()
         self._hname = b""
@@ -171,6 +172,7 @@ class OneShot:
                 "size_mismatch",
                 f"{part.filename}: received {part.size} bytes, manifest says {listed.size}",
             )
+        self._pin(sha)
         if not self.core.blobs.has(sha):
             self.new_blobs.append(sha)
         self.core.blobs.adopt(part.tmp, sha)
@@ -185,6 +187,8 @@ class OneShot:
         for entry in self.manifest.files:
             if entry.path in files:
                 continue
+            if entry.known:
+                self._pin(entry.sha256)  # before looking: gc cannot take it after
             if entry.known and self.core.blobs.has(entry.sha256, entry.size):
                 files[entry.path] = entry  # content already on the server
             else:
@@ -199,6 +203,14 @@ class OneShot:
             return final.validate(strict=True)
         except ManifestError as exc:
             raise bad_request(f"invalid set of files: {exc}", code="invalid_manifest") from exc
+
+    def _pin(self, sha: str) -> None:
+        self.core.pin([sha])
+        self.pinned.append(sha)
+
+    def unpin(self) -> None:
+        self.core.unpin(self.pinned)
+        self.pinned = []
 
     def close(self) -> None:
         if self._part.fd >= 0:
@@ -262,10 +274,12 @@ async def upload_multipart(request: Request, core: Core) -> dict[str, Any]:
             entry = await asyncio.to_thread(core.publish_staged, staged, ref, manifest)
     except BaseException:
         state.close()
+        state.unpin()  # before the discard, which spares pinned blobs
         core.metrics.upload("multipart", False)
         await asyncio.to_thread(_discard, core, state.new_blobs)
         raise
     finally:
+        state.unpin()
         remove_tree(tmp_dir)
     core.metrics.upload("multipart", True)
     answer = register_answer(entry, "uploaded")

@@ -103,14 +103,19 @@ class RemoteSync:
         manifest = manifest.with_identity(ref.namespace, ref.name, ref.version)
         if self.core.is_unchanged(ref, manifest):
             return False
-        self._fetch_blobs(manifest, report)
-        staged = self.core.versions.new_staging()
+        shas = [entry.sha256 for entry in manifest.files]
+        self.core.pin(shas)  # fetched or present blobs stay until the version links them
         try:
-            self.core.versions.build(staged, manifest)
-            self.core.publish_staged(staged, ref, manifest)
-        except BaseException:
-            remove_tree(staged)
-            raise
+            self._fetch_blobs(manifest, report)
+            staged = self.core.versions.new_staging()
+            try:
+                self.core.versions.build(staged, manifest)
+                self.core.publish_staged(staged, ref, manifest)
+            except BaseException:
+                remove_tree(staged)
+                raise
+        finally:
+            self.core.unpin(shas)
         return True
 
     def _fetch_blobs(self, manifest: Manifest, report: SyncReport) -> None:
