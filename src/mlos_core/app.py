@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -150,7 +151,7 @@ async def api_error(_request: Request, exc: Exception) -> Response:
 
 
 async def unexpected(_request: Request, exc: Exception) -> Response:
-    if isinstance(exc, OSError) and exc.errno in (28, 122):
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return JSONResponse(
             {"status": "error", "code": "insufficient_storage", "message": str(exc)}, 507
         )

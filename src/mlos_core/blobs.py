@@ -110,7 +110,7 @@ class BlobStore:
 class BlobWriter:
     """Receives one blob from ``offset``; runs in a worker thread (blocking file I/O).
 
-    ``write`` appends and hashes; ``finish`` verifies and moves the blob into the store.
+    ``jobs`` appends and hashes; ``finish`` verifies and moves the blob into the store.
     On any error the partial file is cut back to where this request started, so a refused
     request stores nothing.
     """
@@ -167,11 +167,6 @@ class BlobWriter:
             functools.partial(self._hash.update, data),
             functools.partial(self._write_at, data, offset),
         ]
-
-    def write(self, data: bytearray) -> None:
-        """Hash and write ``data`` (sequentially, in this thread)."""
-        for job in self.jobs(data):
-            job()
 
     def _write_at(self, data: bytearray, offset: int) -> None:
         view = memoryview(data)

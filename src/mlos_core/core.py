@@ -12,7 +12,6 @@ import collections
 import logging
 import shutil
 import threading
-import time
 from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -328,7 +327,3 @@ def register_answer(entry: ModelEntry, message: str) -> dict[str, Any]:
         "framework": entry.framework,
         "inference_endpoint": inference_endpoint(entry.id),
     }
-
-
-def now() -> float:
-    return time.time()

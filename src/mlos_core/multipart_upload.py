@@ -72,6 +72,7 @@ class OneShot:
         self.received: dict[str, FileEntry] = {}
         self.new_blobs: list[str] = []
         self.pinned: list[str] = []  # kept from garbage collection until the commit
+        self._listed_files: dict[str, FileEntry] | None = None
         self.total = 0
         self._part = _Part()
         self._hname = b""
@@ -160,7 +161,7 @@ class OneShot:
         os.close(part.fd)
         part.fd = -1
         sha = part.hash.hexdigest()
-        listed = {f.path: f for f in self.manifest.files}.get(part.filename)
+        listed = self._listed().get(part.filename)
         if listed is not None and listed.known and listed.sha256 != sha:
             raise checksum_mismatch(
                 f"{part.filename}: received content hashes to {sha}, manifest says "
@@ -203,6 +204,13 @@ class OneShot:
             return final.validate(strict=True)
         except ManifestError as exc:
             raise bad_request(f"invalid set of files: {exc}", code="invalid_manifest") from exc
+
+    def _listed(self) -> dict[str, FileEntry]:
+        """The manifest's files by path, built once (not once per file received)."""
+        assert self.manifest is not None
+        if self._listed_files is None:
+            self._listed_files = {f.path: f for f in self.manifest.files}
+        return self._listed_files
 
     def _pin(self, sha: str) -> None:
         self.core.pin([sha])

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from axon.fsutil import atomic_write_text
-from axon.manifest import FileEntry, Manifest
+from axon.manifest import Manifest
 from axon.refs import ModelRef
 from mlos_core.errors import ApiError, not_found
 
@@ -115,7 +115,3 @@ class UploadStore:
     def expired(self) -> list[Upload]:
         now = time.time()
         return [u for u in self.all() if now - self.last_activity(u.upload_id) > self.ttl]
-
-
-def unique_files(files: list[FileEntry]) -> dict[str, int]:
-    return {f.sha256: f.size for f in files}
