@@ -82,15 +82,16 @@ class MultipartUpload:
             raise
         return {"PartNumber": number, "ETag": answer["ETag"], f"Checksum{algorithm}": checksum}
 
-    def _whole_file(self) -> tuple[int, str]:
+    def _whole_file(self, fd: int) -> tuple[int, str]:
+        """sha256 of the very file the parts are read from (the same fd: a file replaced by
+        rename meanwhile cannot be hashed in place of the one uploaded)."""
         h = hashlib.sha256()
         size = 0
         buf = bytearray(4 * MiB)
         view = memoryview(buf)
-        with open(self.source, "rb", buffering=0) as fh:
-            while not self.failed.is_set() and (n := fh.readinto(view)):
-                h.update(view[:n])
-                size += n
+        while not self.failed.is_set() and (n := os.preadv(fd, [view], size)):
+            h.update(view[:n])
+            size += n
         return size, h.hexdigest()
 
     def run(self) -> list[dict[str, Any]]:
@@ -98,7 +99,7 @@ class MultipartUpload:
         fd = os.open(self.source, os.O_RDONLY)
         try:
             with ThreadPoolExecutor(self.workers + 1, thread_name_prefix="axon-s3-part") as pool:
-                whole = pool.submit(self._whole_file)
+                whole = pool.submit(self._whole_file, fd)
                 parts = [pool.submit(self._upload, fd, n) for n in range(1, count + 1)]
             for fut in parts:
                 error = fut.exception()

@@ -381,10 +381,12 @@ class SshSession(Session):
         }
         params = self._params(blob=blob, dir_mode=self.t.dir_mode, file_mode=self.t.file_mode)
         with open(source, "rb") as src:
-            self.t.request("receive", params)  # answers "ready" once it can take the bytes
-            proc = self.t._helper
-            assert proc is not None and proc.stdin is not None
             try:
+                # answers "ready" once it can take the bytes; on a refusal the remote helper
+                # exits, so it is dropped below like after any other failure
+                self.t.request("receive", params)
+                proc = self.t._helper
+                assert proc is not None and proc.stdin is not None
                 sent = _stream(src, proc.stdin, offset, entry.size - offset, on_bytes)
                 answer = self.t.read_answer() if sent else self._short(entry, offset)
             except BaseException:
