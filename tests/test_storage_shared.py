@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from axon.cache import Cache
 from axon.manifest import MANIFEST_NAME
-from axon.publish.plan import PublishOptions
+from axon.publish.plan import PreparedModel, PublishOptions
 from axon.publish.storage import publish_to_storage
+from axon.refs import ModelRef
 from axon.targets import StorageTarget
 from tests.fixtures.s3 import S3Server
 from tests.test_storage_s3 import keys, make_model
@@ -87,3 +89,22 @@ def test_cli_publish_to_s3_url(
     result = json.loads(out.stdout)["results"][0]
     assert result["ok"] and result["method"] == "s3"
     assert f"m/hf/cli-s3/v1/{MANIFEST_NAME}" in keys(s3, bucket)
+
+
+def test_cache_file_vanishing_mid_publish_is_a_clean_failure(
+    installed_model: ModelRef, axon_home: Path, tmp_path: Path
+) -> None:
+    # regression: an OSError reading the cache escaped as an "unexpected error" (exit 1)
+    cache = Cache.from_config()
+    model = cache.get(installed_model)
+    manifest = cache.checked_manifest(installed_model)
+    prepared = PreparedModel(installed_model, manifest, model.path, manifest.total_size)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    biggest = max(manifest.files, key=lambda f: f.size)
+    (model.path / biggest.path).unlink()  # gone after validation, before the copy
+    storage = StorageTarget(name=str(shared), storage_type="filesystem", location=str(shared))
+    result = publish_to_storage(prepared, storage, PublishOptions(retries=0))
+    assert not result.published and result.error is not None
+    assert result.error["exit_code"] == 7 and biggest.path in result.error["message"]
+    assert not (shared / installed_model.relpath).exists()

@@ -22,9 +22,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-from axon.errors import EXIT_NOT_NOTIFIED, AxonError, NotifyError
+from axon.errors import EXIT_NOT_NOTIFIED, AxonError, NotifyError, TransportError
 from axon.progress import NULL_PROGRESS, Progress
-from axon.publish.instance import StagedPublish
+from axon.publish.instance import StagedPublish, is_transient
 from axon.publish.notify import is_registered, notify_instance
 from axon.publish.plan import InstancePlan, PlannedFile, PreparedModel, PublishOptions
 from axon.transports.base import Transport
@@ -194,11 +194,14 @@ def publish_to_storage(
         )
         staged.stage()
         written = staged.commit()
-    except AxonError as exc:
-        result.error = {**exc.to_dict(), "exit_code": exc.exit_code}
+    except (AxonError, OSError) as exc:
+        err = exc if isinstance(exc, AxonError) else _cache_read_error(exc, storage, model)
         if staged is not None:
+            if not is_transient(err):
+                staged.abort()  # keep partial data of transient failures: a re-run resumes
             result.attempts = staged.counters.attempts
             result.bytes_sent = staged.counters.bytes_sent
+        result.error = {**err.to_dict(), "exit_code": err.exit_code}
         result.seconds = round(time.monotonic() - started, 3)
         return result
     finally:
@@ -282,3 +285,13 @@ def _scan(instance: InstanceTarget, timeout: float) -> None:
         ) from exc
     finally:
         client.close()
+
+
+def _cache_read_error(exc: OSError, storage: StorageTarget, model: PreparedModel) -> AxonError:
+    """An OSError here is reading the cache (a file vanished mid-publish): ours, not theirs."""
+    return TransportError(
+        f"publish to {storage.name} stopped: {exc.strerror or exc} ({exc.filename or '?'})",
+        target=storage.name,
+        path=str(exc.filename) if exc.filename else None,
+        hint=f"check the cached model with `axon verify {model.ref}`, then re-run",
+    )
