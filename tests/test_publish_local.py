@@ -242,3 +242,19 @@ def test_api_server_disk_full_mid_upload_is_no_space(
     assert r["error"]["type"] == "NoSpaceError"  # the server's 507, not a broken pipe
     assert r["error"]["status"] == 507 and r["error"]["target"] == srv.url
     assert not (disk / "models" / ref.relpath).exists()
+
+
+def test_validation_vouches_for_each_file_identity_unless_full_verify(installed_model) -> None:
+    """What the local copy may skip hashing: exactly the files validation just checked, at
+    their identity now; none with --full-verify or --no-validate."""
+    from axon.cache import Cache
+    from axon.hashing import file_key
+    from axon.publish import prepare_model
+
+    cache = Cache.from_config()
+    model = prepare_model(cache, installed_model)
+    assert set(model.verified) == {f.path for f in model.manifest.files}
+    for entry in model.manifest.files:
+        assert model.verified[entry.path] == file_key(model.source(entry).stat())
+    assert prepare_model(cache, installed_model, full=True).verified == {}
+    assert prepare_model(cache, installed_model, validate=False).verified == {}

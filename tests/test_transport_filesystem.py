@@ -10,7 +10,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -229,3 +229,102 @@ def test_a_source_file_changing_mid_copy_is_refused(tmp_path: Path) -> None:
     assert "changed" in str(info.value) and getattr(info.value, "retryable", None) is False
     session.abort()
     assert dir_snapshot(root / REF.relpath) is None
+
+
+def _identity(path: Path) -> tuple[int, int, int, int, int]:
+    from axon.hashing import file_key
+
+    return file_key(path.stat())
+
+
+def test_a_verified_source_is_copied_whole_without_hashing_it_again(tmp_path: Path) -> None:
+    """Validation vouched for the bytes at this identity: the copy skips hashing them (the
+    wrong sha256 in the manifest below would otherwise fail it) and copies them exactly,
+    odd sizes included."""
+    root = tmp_path / "models"
+    root.mkdir()
+    src = tmp_path / "src"
+    data = os.urandom(9 * MiB + 123)
+    manifest = write_model(src, {"w.bin": data})
+    entry = manifest.files[0]
+    key = _identity(src / "w.bin")
+    lying = type(entry)(entry.path, entry.size, "0" * 64)
+    session = FilesystemTransport(root).open(REF, manifest.with_files([lying]))
+    session.send(lying, src / "w.bin", verified=key)
+    session.commit()
+    assert (root / REF.relpath / "w.bin").read_bytes() == data
+
+
+def test_a_verified_source_copies_through_a_buffer_where_the_kernel_cannot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    def no_copy_range(*_a: object) -> int:
+        raise OSError(errno.EXDEV, "cross-device")
+
+    monkeypatch.setattr(os, "copy_file_range", no_copy_range)
+    root = tmp_path / "models"
+    root.mkdir()
+    src = tmp_path / "src"
+    data = os.urandom(8 * MiB + 7)
+    manifest = write_model(src, {"w.bin": data})
+    session = FilesystemTransport(root).open(REF, manifest)
+    session.send(manifest.files[0], src / "w.bin", verified=_identity(src / "w.bin"))
+    session.commit()
+    assert (root / REF.relpath / "w.bin").read_bytes() == data
+
+
+def test_a_source_changed_since_it_was_verified_is_hashed_and_refused(tmp_path: Path) -> None:
+    """Same size, other bytes after validation: the identity no longer matches, so the copy
+    hashes and the mismatch is caught; nothing is published."""
+    root = tmp_path / "models"
+    root.mkdir()
+    src = tmp_path / "src"
+    manifest = write_model(src, {"w.bin": os.urandom(3 * MiB)})
+    key = _identity(src / "w.bin")
+    time.sleep(0.01)
+    with open(src / "w.bin", "r+b") as fh:
+        fh.write(b"\0" * 4096)
+    assert _identity(src / "w.bin") != key
+    session = FilesystemTransport(root).open(REF, manifest)
+    with pytest.raises(TransportError) as info:
+        session.send(manifest.files[0], src / "w.bin", verified=key)
+    assert "sha256" in str(info.value)
+    session.abort()
+    assert dir_snapshot(root / REF.relpath) is None
+
+
+def test_a_resumed_copy_is_hashed_even_when_the_source_is_verified(tmp_path: Path) -> None:
+    """The prefix on the target came from an earlier attempt, not from the verified file:
+    a corrupt prefix is caught although the source's identity matches."""
+    root = tmp_path / "models"
+    root.mkdir()
+    src = tmp_path / "src"
+    data = os.urandom(20 * MiB)
+    manifest = write_model(src, {"w.bin": data})
+    entry = manifest.files[0]
+    transport = FilesystemTransport(root)
+    first = transport.open(REF, manifest)
+    with pytest.raises(TransportError):
+        first.send(entry, src / "w.bin", _stop_after(MiB))  # after the first 8 MiB chunk
+    partial = next((root / REF.relpath.parent).glob(".*staging-*/.axon-partial/*"))
+    assert 0 < partial.stat().st_size < entry.size
+    with open(partial, "r+b") as fh:
+        fh.write(b"\xff" * 16)  # the earlier attempt's bytes went bad
+    again = transport.open(REF, manifest)
+    assert again.offset(entry) > 0
+    with pytest.raises(TransportError) as info:
+        again.send(entry, src / "w.bin", verified=_identity(src / "w.bin"))
+    assert "sha256" in str(info.value)
+
+
+def _stop_after(limit: int) -> Callable[[int], None]:
+    seen = [0]
+
+    def on_bytes(n: int) -> None:
+        seen[0] += n
+        if seen[0] >= limit:
+            raise TransportError("stopped by the test", target="test")
+
+    return on_bytes

@@ -120,7 +120,12 @@ class StagedPublish:
             self.progress.advance(key, n)
 
         try:
-            session.send(entry, self.model.source(entry), on_bytes)
+            session.send(
+                entry,
+                self.model.source(entry),
+                on_bytes,
+                verified=self.model.verified.get(entry.path),
+            )
         except AxonError as exc:
             self.progress.end(key, ok=False, note=exc.message)
             raise

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from axon.errors import AxonError, IntegrityError
+from axon.hashing import file_key
 from axon.manifest import FileEntry, Manifest
 from axon.progress import NULL_PROGRESS, Progress
 from axon.refs import ModelRef
@@ -24,7 +25,7 @@ from axon.refs import ModelRef
 if TYPE_CHECKING:
     from axon.cache import Cache
     from axon.targets import InstanceTarget
-    from axon.transports.base import Transport
+    from axon.transports.base import FileKey, Transport
 
 
 @dataclass
@@ -56,6 +57,9 @@ class PreparedModel:
     manifest: Manifest  # strict: every file with its real size and sha256
     source_dir: Path
     total_bytes: int
+    # path -> identity (dev, ino, size, mtime_ns, ctime_ns) at which validation found the
+    # file's sha256 to match the manifest; a local copy need not hash those bytes again
+    verified: dict[str, FileKey] = field(default_factory=dict)
 
     def source(self, entry: FileEntry) -> Path:
         """The local file holding ``entry``."""
@@ -99,7 +103,26 @@ def prepare_model(
         manifest=manifest,
         source_dir=cached.path,
         total_bytes=sum(f.size for f in manifest.files),
+        verified=_verified_identities(cache, cached.path, manifest)
+        if validate and not full
+        else {},
     )
+
+
+def _verified_identities(cache: Cache, root: Path, manifest: Manifest) -> dict[str, FileKey]:
+    """The identity of each file whose sha256 validation just vouched for (through the hash
+    index: it was computed from these exact bytes). A file that changes afterwards gets a
+    new identity (its mtime/ctime move), so the copy hashes it again and catches it."""
+    out: dict[str, FileKey] = {}
+    for entry in manifest.files:
+        path = root / entry.path
+        try:
+            st = path.stat()
+        except OSError:
+            continue  # vanished: the copy reports it
+        if st.st_size == entry.size and cache.index.lookup(path, st) == entry.sha256:
+            out[entry.path] = file_key(st)
+    return out
 
 
 @dataclass

@@ -38,7 +38,7 @@ from axon.errors import (
 )
 from axon.manifest import FileEntry, Manifest
 from axon.refs import ModelRef
-from axon.transports.base import CommitInfo, OnBytes, Session, Transport, _nothing
+from axon.transports.base import CommitInfo, FileKey, OnBytes, Session, Transport, _nothing
 
 if TYPE_CHECKING:
     from axon.targets import InstanceTarget
@@ -377,7 +377,14 @@ class ApiSession(Session):
     def offset(self, entry: FileEntry) -> int:
         return self._offsets.get(entry.sha256, 0)
 
-    def send(self, entry: FileEntry, source: Path, on_bytes: OnBytes = _nothing) -> None:
+    def send(
+        self,
+        entry: FileEntry,
+        source: Path,
+        on_bytes: OnBytes = _nothing,
+        *,
+        verified: FileKey | None = None,
+    ) -> None:
         """PUT the blob from the server's offset; a 409 re-syncs the offset once."""
         for _ in range(2):
             offset = self.offset(entry)

@@ -30,6 +30,7 @@ from axon.manifest import FileEntry, Manifest
 from axon.refs import ModelRef
 
 OnBytes = Callable[[int], None]
+FileKey = tuple[int, int, int, int, int]  # (dev, ino, size, mtime_ns, ctime_ns)
 
 
 def _nothing(_: int) -> None:
@@ -59,11 +60,23 @@ class Session(ABC):
         return 0
 
     @abstractmethod
-    def send(self, entry: FileEntry, source: Path, on_bytes: OnBytes = _nothing) -> None:
+    def send(
+        self,
+        entry: FileEntry,
+        source: Path,
+        on_bytes: OnBytes = _nothing,
+        *,
+        verified: FileKey | None = None,
+    ) -> None:
         """Send ``source`` (the local file for ``entry``) from :meth:`offset` to its end.
 
         Must stream (bounded memory). Verifies size (and sha256 where the target can) before
         returning; raises :class:`axon.errors.TransportError` subclasses on failure.
+
+        ``verified``: the identity (:func:`axon.hashing.file_key`) at which the caller
+        checked ``source`` against ``entry.sha256`` just before. A local copy may then skip
+        hashing the bytes again as long as the file keeps that identity; a transport whose
+        bytes cross a network hashes them on the far side regardless.
         """
 
     @abstractmethod

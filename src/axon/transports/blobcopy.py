@@ -61,6 +61,12 @@ def write_all(fd: int, data: memoryview) -> None:
         data = data[n:]
 
 
+def write_all_at(fd: int, data: memoryview, pos: int) -> None:
+    done = 0
+    while done < len(data):
+        done += os.pwrite(fd, data[done:], pos + done)
+
+
 def fill(read: Reader, view: memoryview) -> int:
     """Read until ``view`` is full or EOF (pipes return little at a time)."""
     got = 0
@@ -104,24 +110,49 @@ def changed(a: os.stat_result, b: os.stat_result) -> bool:
 _NO_COPY_RANGE = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF)
 
 
-def _write_chunk(fd: int, data: memoryview, pos: int, src_fd: list[int | None]) -> None:
-    """Write ``data`` at ``pos``: by ``copy_file_range`` from ``src_fd[0]`` (same offsets)
-    when there is one (no copy through user space), else from the buffer."""
+def _kernel_copy(copy_from: list[int | None], fd: int, pos: int, n: int) -> int:
+    """Copy ``[pos, pos+n)`` of ``copy_from[0]`` to ``fd`` at the same offsets with
+    ``copy_file_range`` (no pass through user space); how many bytes it copied. Clears
+    ``copy_from[0]`` when this pair of filesystems cannot (the caller writes the rest)."""
     done = 0
-    if src_fd[0] is not None:
-        try:
-            while done < len(data):
-                n = os.copy_file_range(src_fd[0], fd, len(data) - done, pos + done, pos + done)
-                if n == 0:
-                    raise StageError("source_changed", "the source file shrank while copied")
-                done += n
-        except OSError as exc:
-            if exc.errno not in _NO_COPY_RANGE:
-                raise
-            src_fd[0] = None  # this filesystem pair cannot: write from the buffer from now on
-    while done < len(data):
-        done += os.pwrite(fd, data[done:], pos + done)
+    src_fd = copy_from[0]
+    if src_fd is None:
+        return 0
+    try:
+        while done < n:
+            got = os.copy_file_range(src_fd, fd, n - done, pos + done, pos + done)
+            if got == 0:
+                raise StageError("source_changed", "the source file shrank while copied")
+            done += got
+    except OSError as exc:
+        if exc.errno not in _NO_COPY_RANGE:
+            raise
+        copy_from[0] = None  # from now on: through user space
+    return done
+
+
+def _write_chunk(fd: int, data: memoryview, pos: int, copy_from: list[int | None]) -> None:
+    """Write ``data`` (the bytes at ``pos`` of the source) at ``pos``: copied by the kernel
+    when it can, else from the buffer."""
+    done = _kernel_copy(copy_from, fd, pos, len(data))
+    write_all_at(fd, data[done:], pos + done)
     _start_writeback(fd, pos, len(data))
+
+
+def _copy_range(fd: int, src_fd: int, pos: int, n: int, copy_from: list[int | None]) -> None:
+    """Copy ``[pos, pos+n)`` of ``src_fd`` to ``fd`` without hashing: by the kernel when it
+    can, else read into one buffer and written."""
+    done = _kernel_copy(copy_from, fd, pos, n)
+    if done < n:
+        buf = memoryview(bytearray(n - done))
+        got = 0
+        while got < len(buf):
+            r = os.preadv(src_fd, [buf[got:]], pos + done + got)
+            if r <= 0:
+                raise StageError("source_changed", "the source file shrank while copied")
+            got += r
+        write_all_at(fd, buf, pos + done)
+    _start_writeback(fd, pos, n)
 
 
 class _Writer:
@@ -205,9 +236,21 @@ def pump_file(fd: int, src_fd: int, h: Any, limit: int, on_bytes: Progress) -> i
     mapped at a time, so the resident size stays small). The dev cache replaces files by
     rename, never truncates them in place; should one shrink anyway, the size is checked
     before each chunk is mapped, so we never touch a page past its end (that is SIGBUS).
+
+    ``h`` None: copy without hashing (the caller vouches for the bytes another way), in
+    this thread, chunk by chunk (progress and early writeback as above).
     """
     start = os.lseek(fd, 0, os.SEEK_CUR)
     end = min(start + limit, os.fstat(src_fd).st_size)
+    if h is None:
+        copy_from = [src_fd if hasattr(os, "copy_file_range") else None]
+        pos = start
+        while pos < end:
+            n = min(CHUNK, end - pos)
+            _copy_range(fd, src_fd, pos, n, copy_from)
+            pos += n
+            on_bytes(n)
+        return pos - start
     writer = _Writer(fd, src_fd)
     pos = start
     try:

@@ -37,7 +37,7 @@ from axon.errors import (
 from axon.manifest import FileEntry, Manifest
 from axon.refs import ModelRef
 from axon.transports import stagedir
-from axon.transports.base import CommitInfo, OnBytes, Session, Transport, _nothing
+from axon.transports.base import CommitInfo, FileKey, OnBytes, Session, Transport, _nothing
 from axon.transports.blobcopy import StageError
 
 if TYPE_CHECKING:
@@ -285,7 +285,14 @@ class FilesystemSession(Session):
             "paths": self.plan.paths.get(entry.sha256, [entry.path]),
         }
 
-    def send(self, entry: FileEntry, source: Path, on_bytes: OnBytes = _nothing) -> None:
+    def send(
+        self,
+        entry: FileEntry,
+        source: Path,
+        on_bytes: OnBytes = _nothing,
+        *,
+        verified: FileKey | None = None,
+    ) -> None:
         blob = self._blob(entry)
         with open(source, "rb", buffering=0) as fh:
             fh.seek(blob["offset"])
@@ -301,6 +308,7 @@ class FilesystemSession(Session):
                 self.t.file_mode,
                 None,
                 fh.fileno(),
+                list(verified) if verified is not None else None,
             )
         if not result["complete"]:
             self.plan.offsets[entry.sha256] = int(result["offset"])

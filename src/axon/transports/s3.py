@@ -55,7 +55,7 @@ from axon.errors import (
 )
 from axon.manifest import MANIFEST_NAME, FileEntry, Manifest
 from axon.refs import ModelRef
-from axon.transports.base import CommitInfo, OnBytes, Session, Transport, _nothing
+from axon.transports.base import CommitInfo, FileKey, OnBytes, Session, Transport, _nothing
 from axon.transports.s3_multipart import MultipartUpload, b64_sha256, hex_to_b64
 
 if TYPE_CHECKING:
@@ -439,7 +439,14 @@ class S3Session(Session):
             present = list(pool.map(self.store.has_blob, blobs))
         return [b for b, have in zip(blobs, present, strict=True) if not have]
 
-    def send(self, entry: FileEntry, source: Path, on_bytes: OnBytes = _nothing) -> None:
+    def send(
+        self,
+        entry: FileEntry,
+        source: Path,
+        on_bytes: OnBytes = _nothing,
+        *,
+        verified: FileKey | None = None,
+    ) -> None:
         if entry.size >= self.store.settings.multipart_threshold:
             self.store.put_multipart(entry, source, on_bytes)
         else:

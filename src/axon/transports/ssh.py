@@ -42,7 +42,7 @@ from axon.errors import (
 from axon.manifest import FileEntry, Manifest
 from axon.refs import ModelRef
 from axon.transports import blobcopy, stagedir
-from axon.transports.base import CommitInfo, OnBytes, Session, Transport, _nothing
+from axon.transports.base import CommitInfo, FileKey, OnBytes, Session, Transport, _nothing
 from axon.transports.filesystem import (
     DEFAULT_ROOT,
     StagePlan,
@@ -371,7 +371,14 @@ class SshSession(Session):
     def offset(self, entry: FileEntry) -> int:
         return self.plan.offsets.get(entry.sha256, 0)
 
-    def send(self, entry: FileEntry, source: Path, on_bytes: OnBytes = _nothing) -> None:
+    def send(
+        self,
+        entry: FileEntry,
+        source: Path,
+        on_bytes: OnBytes = _nothing,
+        *,
+        verified: FileKey | None = None,
+    ) -> None:
         offset = self.offset(entry)
         blob = {
             "sha256": entry.sha256,
