@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from axon.errors import (
+    EXIT_INTEGRITY,
     AuthenticationError,
     NoSpaceError,
     RemoteError,
@@ -250,3 +251,84 @@ def test_publish_through_a_cut_tcp_connection_retries_and_resumes(
     assert 24 * MiB <= result.bytes_sent < 24 * MiB + 8 * MiB  # resumed, not restarted
     published = models / ref.relpath / "weights.bin"
     assert published.read_bytes() == (src / "weights.bin").read_bytes()
+
+
+def _ssh_children(port: int) -> list[str]:
+    """Command lines of live ssh clients of ours to ``port`` (zombies excluded)."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if cmd and cmd[0] == b"ssh" and str(port).encode() in cmd and state != "Z":
+            out.append(" ".join(c.decode(errors="replace") for c in cmd[:8]))
+    return out
+
+
+def test_an_early_connection_serves_the_first_request(sshd: Any, model: tuple[Path, Any]) -> None:
+    src, manifest = model
+    with sshd.transport() as transport:
+        transport.connect_early()
+        first = transport._helper
+        assert first is not None and transport._early
+        publish(transport, src, manifest)
+        assert transport._early is False
+    assert dir_snapshot(sshd.root / REF.relpath) is not None
+    first.wait(timeout=10)  # closed without waiting; it ends on its own
+
+
+def test_an_early_connection_that_failed_reports_its_own_error_once(
+    sshd: Any, model: tuple[Path, Any]
+) -> None:
+    """A login that failed before its first request is reported (refused key), not retried."""
+    transport = sshd.transport(key=sshd.wrong_key_path)
+    transport.connect_early()
+    assert transport._helper is not None
+    transport._helper.wait(timeout=10)  # it has died already
+    with transport, pytest.raises(AuthenticationError):
+        transport.open(REF, model[1])
+
+
+def test_an_unused_early_connection_is_dropped_at_close(sshd: Any) -> None:
+    """The publish stopped before its first request (e.g. the model failed validation)."""
+    transport = sshd.transport()
+    transport.connect_early()
+    proc = transport._helper
+    assert proc is not None
+    transport.close()
+    assert proc.poll() is not None  # killed and reaped, not left logging in
+    assert not _ssh_children(sshd.port)
+
+
+def test_a_publish_failing_validation_leaves_no_ssh_behind(
+    sshd: Any, tmp_path: Path, installed_model: Any
+) -> None:
+    from tests.test_publish_helpers import run_axon, write_config
+
+    home = Path(os.environ["AXON_HOME"])
+    write_config(
+        home,
+        {
+            "remote": {
+                "endpoint": "http://127.0.0.1:9",
+                "access_method": "ssh",
+                "ssh_host": sshd.host,
+                "ssh_port": sshd.port,
+                "ssh_user": sshd.user,
+                "ssh_key": str(sshd.key_path),
+                "ssh_options": sshd.options,
+                "storage_path": str(sshd.root),
+            }
+        },
+    )
+    cached = home / "cache" / "models" / installed_model.relpath
+    victim = cached / "config.json"
+    victim.write_text(victim.read_text() + " ")  # corrupt: validation fails
+    run = run_axon("publish", str(installed_model), "-t", "remote", "--no-notify")
+    assert run.code == EXIT_INTEGRITY, run.err
+    assert dir_snapshot(sshd.root / installed_model.relpath) is None
+    assert not _ssh_children(sshd.port)

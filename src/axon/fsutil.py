@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,7 +33,7 @@ def _renameat2() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
     global _libc
     if _libc is None:
         try:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            _libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols include libc's
         except OSError:
             return None
     fn = getattr(_libc, "renameat2", None)
@@ -88,7 +86,7 @@ def fsync_tree(root: Path) -> None:
 
 def staging_name(final: Path, tag: str = "staging") -> Path:
     """A hidden sibling of ``final``: same filesystem, so the later rename is atomic."""
-    return final.parent / f".{final.name}.{tag}-{uuid.uuid4().hex[:12]}"
+    return final.parent / f".{final.name}.{tag}-{os.urandom(6).hex()}"
 
 
 def is_staging_leftover(name: str) -> bool:
@@ -156,7 +154,7 @@ def atomic_dir(final: Path, *, durable: bool = True) -> Iterator[Path]:
 def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
     """Write ``path`` via a temporary sibling + rename: readers see old or new content."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp = path.parent / f".{path.name}.tmp-{os.urandom(6).hex()}"
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)

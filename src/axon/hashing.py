@@ -15,7 +15,6 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 CHUNK = 4 * 1024 * 1024
@@ -168,6 +167,8 @@ def hash_files(
     n = workers or min(len(todo), max(2, os.cpu_count() or 2))
     if n == 1 or len(todo) == 1:
         return {p: idx.digest(p, full=full, on_bytes=on_bytes) for p in todo}
+    from concurrent.futures import ThreadPoolExecutor  # only when there is work: fast start-up
+
     with ThreadPoolExecutor(max_workers=n, thread_name_prefix="axon-hash") as pool:
         digests = list(pool.map(lambda p: idx.digest(p, full=full, on_bytes=on_bytes), todo))
     return dict(zip(todo, digests, strict=True))

@@ -22,6 +22,7 @@ from axon.errors import EXIT_ALL_FAILED, EXIT_PARTIAL, ConfigError
 from axon.progress import NULL_PROGRESS, Progress
 from axon.publish.instance import (
     StagedPublish,
+    early_transport,
     publish_to_instance,
     stage_on_instance,
 )
@@ -122,20 +123,32 @@ def publish(
     Raises for problems before any target is touched (bad reference, model not in the
     cache, integrity, unknown target); failures on targets are in the result.
     """
+    from axon.config import load_config
     from axon.targets import ClusterTarget, InstanceTarget, StorageTarget, resolve_target
 
     options = options or PublishOptions()
-    ref, config, cache = _context(ref_or_str, config, cache)
+    ref = ref_or_str if isinstance(ref_or_str, ModelRef) else ModelRef.parse(ref_or_str)
+    config = config if config is not None else load_config()
     target = resolve_target(target_spec, config)
-    model = prepare_model(
-        cache, ref, validate=options.validate, full=options.full_verify, progress=progress
-    )
+    early = None
+    if isinstance(target, InstanceTarget) and not options.dry_run:
+        early = early_transport(target, options)  # an SSH login overlaps the local work
+    try:
+        ref, config, cache = _context(ref, config, cache)
+        model = prepare_model(
+            cache, ref, validate=options.validate, full=options.full_verify, progress=progress
+        )
+    except BaseException:
+        if early is not None:
+            early.close()
+        raise
     result = PublishResult(model_id=ref.id, target=target_spec, dry_run=options.dry_run)
     if isinstance(target, InstanceTarget):
         if options.dry_run:
             result.plans.append(plan_instance(model, target))
         else:
-            result.results.append(publish_to_instance(model, target, options, progress))
+            outcome = publish_to_instance(model, target, options, progress, transport=early)
+            result.results.append(outcome)
     elif isinstance(target, ClusterTarget):
         outcome = _kind_module("cluster").publish_to_cluster(model, target, options, progress)
         _collect(result, outcome)

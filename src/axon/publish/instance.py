@@ -237,21 +237,39 @@ def stage_on_instance(
     return staged
 
 
+def early_transport(target: InstanceTarget, options: PublishOptions) -> Transport | None:
+    """The transport for ``target``, already connecting (see :meth:`Transport.connect_early`)
+    while the caller validates the model; hand it to :func:`publish_to_instance`. None when
+    it cannot be built yet (publish_to_instance then reports why)."""
+    from axon.transports import transport_for
+
+    try:
+        transport = transport_for(_effective(target, options))
+    except AxonError:
+        return None
+    transport.connect_early()
+    return transport
+
+
 def publish_to_instance(
     model: PreparedModel,
     target: InstanceTarget,
     options: PublishOptions,
     progress: Progress = NULL_PROGRESS,
+    *,
+    transport: Transport | None = None,
 ) -> InstanceResult:
-    """Publish ``model`` to one instance; every failure is in the result, never raised."""
+    """Publish ``model`` to one instance; every failure is in the result, never raised.
+
+    ``transport`` (from :func:`early_transport`) is used and closed; default: a new one.
+    """
     from axon.transports import transport_for
 
     started = time.monotonic()
     target = _effective(target, options)
-    transport: Transport | None = None
     staged: StagedPublish | None = None
     try:
-        transport = transport_for(target)
+        transport = transport or transport_for(target)
         staged = StagedPublish(model, target, options, progress, transport)
         staged.stage(prepare=False)
         return staged.commit()

@@ -114,6 +114,10 @@ class Transport(ABC):
         """The model directory as the instance sees it (for register), if it has one."""
         return None
 
+    def connect_early(self) -> None:  # noqa: B027 - optional hook
+        """Start connecting in the background (an SSH login takes a few hundred ms), so it
+        overlaps with the caller's local work. Never raises: a failure shows at first use."""
+
     def close(self) -> None:  # noqa: B027 - optional hook, most transports hold nothing
         """Release connections. Transports are also context managers."""
 

@@ -15,8 +15,6 @@ writes overlap with copying and the final fsync has little left to do.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import mmap
 import os
@@ -78,6 +76,17 @@ def fill(read: Reader, view: memoryview) -> int:
     return got
 
 
+def libc() -> Any:
+    """The C library, for the calls :mod:`os` lacks (OSError/AttributeError where absent).
+
+    The process's own symbols (``dlopen(NULL)``) include libc's: no ``find_library``, which
+    runs ``ldconfig`` (tens of ms, paid by every SSH publish's remote helper).
+    """
+    import ctypes  # not at import: the remote helper's start-up is on every publish's path
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
 _SYNC_FILE_RANGE_WRITE = 2
 _sync_file_range: list[Any] = []
 
@@ -91,8 +100,9 @@ def _start_writeback(fd: int, pos: int, n: int) -> None:
     if not _sync_file_range:
         fn = None
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-            fn = libc.sync_file_range
+            import ctypes
+
+            fn = libc().sync_file_range
             fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
             fn.restype = ctypes.c_int
         except (OSError, AttributeError):

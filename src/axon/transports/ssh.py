@@ -28,6 +28,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -121,6 +122,7 @@ class SshTransport(Transport):
         self._ctl_dir: str | None = None
         self._helper: subprocess.Popen[bytes] | None = None
         self._errfile: IO[bytes] | None = None
+        self._early = False  # the helper was started ahead of its first request
 
     @classmethod
     def from_target(cls, target: InstanceTarget) -> Self:
@@ -183,8 +185,20 @@ class SshTransport(Transport):
             args += ["-o", f"Ciphers={CIPHERS}"]
         return [*args, "-o", "Compression=no", self.host]
 
+    def connect_early(self) -> None:
+        """Log in and start the remote helper now, without waiting for it."""
+        if self._helper is None:
+            with contextlib.suppress(AxonError):
+                self._helper_proc()
+                self._early = True
+
     def close(self) -> None:
-        self._drop_helper()
+        if self._helper is not None and self._early:
+            self._helper.kill()  # never used (the publish stopped before): no goodbye
+        self._early = False
+        # idle between requests: EOF ends the helper cleanly on its own, and nothing it does
+        # from here on matters to us, so do not wait for the round trip
+        self._drop_helper(wait=False)
         self._forget_master()
 
     def _forget_master(self) -> None:
@@ -224,18 +238,24 @@ class SshTransport(Transport):
             ) from exc
         return self._helper
 
-    def _drop_helper(self) -> tuple[int | None, str]:
-        """Stop the helper (EOF first: it exits cleanly); its exit status and stderr."""
+    def _drop_helper(self, wait: bool = True) -> tuple[int | None, str]:
+        """Stop the helper (EOF first: it exits cleanly); its exit status and stderr.
+
+        ``wait`` False: do not wait for it to exit (a thread reaps it; the status is None).
+        """
         proc, self._helper = self._helper, None
         rc: int | None = None
         if proc is not None:
             with contextlib.suppress(OSError, ValueError):
                 proc.stdin.close()  # type: ignore[union-attr]
-            try:
-                rc = proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                rc = proc.wait()
+            if not wait and proc.poll() is None:
+                threading.Thread(target=proc.wait, name="axon-ssh-reaper", daemon=True).start()
+            else:
+                try:
+                    rc = proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    rc = proc.wait()
             for stream in (proc.stdout,):
                 with contextlib.suppress(OSError):
                     stream.close()  # type: ignore[union-attr]
@@ -250,7 +270,10 @@ class SshTransport(Transport):
 
     def request(self, op: str, params: dict[str, Any]) -> dict[str, Any]:
         """Send one request to the remote helper; its answer, or our error."""
-        proc = self._helper_proc()
+        # a helper started early is used even if it died already: read_answer reports why
+        early = self._helper if self._early else None
+        proc = early or self._helper_proc()
+        self._early = False
         line = json.dumps({"op": op, "params": params}).encode("utf-8") + b"\n"
         try:
             proc.stdin.write(line)  # type: ignore[union-attr]

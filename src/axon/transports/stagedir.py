@@ -27,8 +27,6 @@ any point resumes where it stopped; a different manifest gets a different stagin
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import fcntl
 import hashlib
@@ -48,6 +46,7 @@ if "pump_stream" not in globals():
         StageError,
         changed,
         hash_prefix,
+        libc,
         pump_file,
         pump_stream,
         write_all,
@@ -353,9 +352,10 @@ def _write_manifest(stage: str, text: str, file_mode: int | None) -> None:
 
 def _exchange(a: str, b: str) -> bool:
     """renameat2(RENAME_EXCHANGE): swap two paths atomically. False where unsupported."""
+    import ctypes
+
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.renameat2
+        fn = libc().renameat2
     except (OSError, AttributeError):
         return False
     fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
