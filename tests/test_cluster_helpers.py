@@ -17,6 +17,7 @@ from axon.publish.cluster import (
     ClusterResult,
     _check_options,
     parse_min_success,
+    round_robin_claim,
     round_robin_record,
     round_robin_start,
 )
@@ -94,6 +95,34 @@ def test_round_robin_records_from_many_threads_stay_valid_json(axon_home: Path) 
         t.join()
     state = json.loads((axon_home / "state" / "round-robin.json").read_text())
     assert sorted(state["clusters"]) == ["c0", "c1", "c2", "c3"]
+
+
+def test_concurrent_round_robin_publishes_start_at_different_members(axon_home: Path) -> None:
+    """Claiming a start and moving the position past it is one locked step: six concurrent
+    publishes to a 3-member cluster start at each member twice."""
+    starts: list[int] = []
+    lock = threading.Lock()
+
+    def claim() -> None:
+        got = round_robin_claim("prod", 3)
+        with lock:
+            starts.append(got)
+
+    threads = [threading.Thread(target=claim) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(starts) == [0, 0, 1, 1, 2, 2]
+
+
+def test_round_robin_record_keeps_a_later_claim(axon_home: Path) -> None:
+    first = round_robin_claim("prod", 3)  # 0; position now 1
+    second = round_robin_claim("prod", 3)  # 1; position now 2
+    round_robin_record("prod", 2, 3, "core-3", claimed=second)  # member 1 was down: 2 took it
+    assert round_robin_start("prod", 3) == 0
+    round_robin_record("prod", first, 3, "core-1", claimed=first)  # late: someone claimed since
+    assert round_robin_start("prod", 3) == 0
 
 
 def _result(name: str, ok: bool) -> InstanceResult:

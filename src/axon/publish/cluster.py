@@ -306,17 +306,38 @@ def _locked_state() -> Iterator[dict[str, Any]]:
 
 
 def round_robin_start(cluster: str, count: int) -> int:
-    """Index of the member the next round-robin publish to ``cluster`` starts at."""
+    """Index of the member the next round-robin publish to ``cluster`` starts at (a peek,
+    for plans: :func:`round_robin_claim` is what a publish calls)."""
     with _locked_state() as state:
         entry = state["clusters"].get(cluster) or {}
         return int(entry.get("next", 0)) % max(count, 1)
 
 
-def round_robin_record(cluster: str, used: int, count: int, member: str) -> None:
-    """``used`` took the model: the next publish starts after it."""
+def round_robin_claim(cluster: str, count: int) -> int:
+    """The member index this publish starts at, moving the position past it in the same
+    locked step: a concurrent publish to the cluster starts at the member after."""
+    count = max(count, 1)
     with _locked_state() as state:
+        entry = dict(state["clusters"].get(cluster) or {})
+        start = int(entry.get("next", 0)) % count
+        entry["next"] = (start + 1) % count
+        state["clusters"][cluster] = entry
+        return start
+
+
+def round_robin_record(
+    cluster: str, used: int, count: int, member: str, claimed: int | None = None
+) -> None:
+    """``used`` took the model: the next publish starts after it. With ``claimed`` (the
+    start this publish claimed), only while no other publish claimed a start since."""
+    count = max(count, 1)
+    with _locked_state() as state:
+        entry = state["clusters"].get(cluster) or {}
+        nxt = int(entry.get("next", 0)) % count
+        if claimed is None or nxt == (claimed + 1) % count:
+            nxt = (used + 1) % count
         state["clusters"][cluster] = {
-            "next": (used + 1) % max(count, 1),
+            "next": nxt,
             "last": member,
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -469,7 +490,7 @@ def _publish_one(
 ) -> RolloutOutcome:
     """first-available / round-robin: members in order (round-robin: from the saved
     position), skipping unhealthy ones, until one succeeds."""
-    start = round_robin_start(cluster.name, len(members)) if strategy == "round-robin" else 0
+    start = round_robin_claim(cluster.name, len(members)) if strategy == "round-robin" else 0
     order = members[start:] + members[:start]
     work = _instance_work(model, options, progress)
     out = RolloutOutcome()
@@ -490,7 +511,7 @@ def _publish_one(
             chosen = target
     if chosen is not None and strategy == "round-robin":
         index = next(i for i, m in enumerate(members) if m.name == chosen.name)
-        round_robin_record(cluster.name, index, len(members), chosen.name)
+        round_robin_record(cluster.name, index, len(members), chosen.name, claimed=start)
     return out
 
 
@@ -504,6 +525,7 @@ __all__ = [
     "cluster_status_for",
     "parse_min_success",
     "publish_to_cluster",
+    "round_robin_claim",
     "round_robin_record",
     "round_robin_start",
 ]
