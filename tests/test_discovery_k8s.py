@@ -146,3 +146,20 @@ def test_in_cluster_service_account(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert server is not None  # only computed, never contacted
     assert server.url == "https://10.96.0.1:443"
     assert server.token == "tok" and server.verify == str(tmp_path / "ca.crt")
+
+
+def test_a_dual_stack_service_lists_each_pod_once() -> None:
+    """A dual-stack Service has an IPv4 and an IPv6 slice naming the same pods: one member
+    per pod (ready first, then IPv4); an endpoint's extra addresses are the same pod."""
+    from axon.discovery.k8s import slice_addresses
+
+    v4 = slice_list(8080, [slice_endpoint("127.0.0.2", "core-a", True)])["items"][0]
+    v4["endpoints"].append(slice_endpoint("127.0.0.3", "core-b", False))
+    v4["endpoints"][0]["addresses"].append("127.0.0.9")
+    v6 = slice_list(8080, [slice_endpoint("::1", "core-a", True)])["items"][0]
+    v6["endpoints"].append(slice_endpoint("::1", "core-b", True))
+    v6["addressType"] = "IPv6"
+    addresses, port = slice_addresses({"items": [v6, v4]}, "http")
+    got = sorted((a.name, a.ip, a.ready) for a in addresses)
+    assert got == [("core-a", "127.0.0.2", True), ("core-b", "::1", True)]
+    assert port == 8080

@@ -164,18 +164,33 @@ def _pick_port(ports: list[dict[str, Any]], name: str | None) -> int | None:
 def slice_addresses(
     data: dict[str, Any], port_name: str | None
 ) -> tuple[list[Address], int | None]:
-    """Addresses from an ``EndpointSliceList``."""
-    found: list[Address] = []
+    """Addresses from an ``EndpointSliceList``: one per pod.
+
+    A dual-stack Service has an IPv4 and an IPv6 slice listing the same pods, and the API
+    says an endpoint's addresses are fungible (use the first): a pod seen twice is kept
+    once, ready over not ready, then IPv4 over IPv6.
+    """
+    by_pod: dict[str, Address] = {}
     port: int | None = None
     for item in data.get("items") or []:
         port = port or _pick_port(item.get("ports") or [], port_name)
         for ep in item.get("endpoints") or []:
+            addresses = ep.get("addresses") or []
+            if not addresses:
+                continue
             # conditions.ready unset means "unknown": the API docs say to treat it as ready.
             ready = (ep.get("conditions") or {}).get("ready") is not False
-            for ip in ep.get("addresses") or []:
-                name = (ep.get("targetRef") or {}).get("name") or ep.get("hostname") or ip
-                found.append(Address(ip, name, ready))
-    return found, port
+            ip = str(addresses[0])
+            name = (ep.get("targetRef") or {}).get("name") or ep.get("hostname") or ip
+            found = Address(ip, name, ready)
+            kept = by_pod.get(name)
+            if kept is None or _preferred(found) > _preferred(kept):
+                by_pod[name] = found
+    return list(by_pod.values()), port
+
+
+def _preferred(addr: Address) -> tuple[bool, bool]:
+    return addr.ready, ":" not in addr.ip
 
 
 def endpoints_addresses(
