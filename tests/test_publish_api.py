@@ -188,6 +188,12 @@ def test_status_and_register(mlos_server, installed_model) -> None:
     absent = run_axon("status", str(installed_model), "--target", srv.url, "--json")
     assert absent.code == EXIT_NOT_FOUND
     assert absent.json()["present"] is False and absent.json()["registered"] is False
+    writes = [
+        line
+        for line in httpx.get(f"{srv.url}/metrics", timeout=5).text.splitlines()
+        if line.startswith("mlos_http_requests_total") and 'method="GET"' not in line
+    ]
+    assert writes == [], "status must only read (no upload opened and dropped)"
     assert run_axon("publish", str(installed_model), "-t", srv.url, "-q").code == EXIT_OK
     st = run_axon("status", str(installed_model), "--target", srv.url, "--json")
     assert st.code == EXIT_OK, st.err

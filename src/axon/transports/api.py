@@ -459,6 +459,7 @@ class ApiTransport(Transport):
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.client = ApiClient(self.endpoint, token=token, timeout=timeout, name=name)
+        self._serves_manifests: bool | None = None  # GET /v1/models/{id}/manifest; None: unknown
         self._interrupted: set[str] = set()
 
     @classmethod
@@ -488,9 +489,12 @@ class ApiTransport(Transport):
             "GET", f"/v1/models/{quote_id(ref.id)}/manifest", what=what, ok=(200, 404, 405)
         )
         if resp.status_code == 200:
+            self._serves_manifests = True
             return Manifest.from_text(resp.content, source=f"{self.endpoint}:{ref.id}")
         if _body(resp).get("code") == "unknown_model":
+            self._serves_manifests = True
             return None  # the server has the endpoint: it has no such model
+        self._serves_manifests = False
         info = self.model_info(ref)  # an older server: its registration may carry one
         data = info.get("manifest") if info else None
         if isinstance(data, dict):
@@ -500,10 +504,16 @@ class ApiTransport(Transport):
         return None
 
     def matches(self, ref: ModelRef, manifest: Manifest) -> bool:
-        """Does the server hold exactly ``manifest`` for ``ref``? (opens, then drops, an upload)
+        """Does the server hold exactly ``manifest`` for ``ref``?
 
-        The upload protocol has no manifest download; its ``unchanged`` answer is the check.
+        Asked through the manifest download where the server has it (never writing); an
+        older server without it is asked by opening an upload, whose ``unchanged`` answer is
+        the check, and dropping it at once.
         """
+        if self._serves_manifests is not False:
+            held = self.fetch_manifest(ref)  # learns whether the server serves manifests
+            if self._serves_manifests:
+                return held is not None and held.data == manifest.data
         session = self.open(ref, manifest)
         session.abort()
         return session.unchanged
