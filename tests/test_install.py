@@ -18,6 +18,7 @@ from axon.detect import detect, format_of
 from axon.errors import (
     IntegrityError,
     InvalidReferenceError,
+    NoSpaceError,
     SourceError,
     TargetUnreachableError,
     UnsafeArchiveError,
@@ -598,3 +599,42 @@ def test_concurrent_installs_of_one_version_leave_one_whole_model(
     weights = (model.path / "model.safetensors").read_bytes()
     assert weights in [(s / "model.safetensors").read_bytes() for s in sources]
     assert leftovers(cache) == []
+
+
+def test_an_archive_bigger_than_the_free_space_is_refused_before_writing(
+    tmp_path: Path, make_model_dir: MakeDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tiny .axon that inflates past the cache's free space (a decompression bomb, or just
+    too big) is refused member by member before a byte of it is written: the cache's disk,
+    which serving processes may share, never fills up."""
+    from tests.test_transport_filesystem import tmpfs
+
+    with tmpfs(tmp_path / "small", "size=4m") as small:
+        monkeypatch.setenv("AXON_HOME", str(small / "home"))
+        src = make_model_dir(extra={"zeros.bin": bytes(16 * 1024 * 1024)})
+        archive = tmp_path / "bomb.axon"
+        with tarfile.open(archive, "w:gz") as tf:
+            tf.add(src, arcname=".")
+        assert archive.stat().st_size < 100_000
+        with pytest.raises(NoSpaceError) as info:
+            install_source(str(archive), as_ref="hf/bomb@v1", cache=Cache.from_config())
+        message = str(info.value)
+        assert "zeros.bin" in message and "16.0 MiB" in message and "bomb.axon" in message
+        assert info.value.hint
+        usage = os.statvfs(small)
+        assert usage.f_bfree * usage.f_frsize > 3 * 1024 * 1024  # nothing big was written
+        assert not list((small / "home").rglob("zeros.bin"))
+
+
+def test_a_directory_too_big_for_the_cache_is_no_space_and_leaves_nothing(
+    tmp_path: Path, make_model_dir: MakeDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_transport_filesystem import tmpfs
+
+    with tmpfs(tmp_path / "small", "size=4m") as small:
+        monkeypatch.setenv("AXON_HOME", str(small / "home"))
+        src = make_model_dir(extra={"big.bin": os.urandom(6 * 1024 * 1024)})
+        with pytest.raises(NoSpaceError) as info:
+            install_source(str(src), as_ref="hf/big@v1", cache=Cache.from_config())
+        assert "cache" in str(info.value) and info.value.exit_code == 7
+        assert not [p for p in (small / "home" / "cache" / "models").rglob("*") if p.is_file()]

@@ -15,6 +15,7 @@ and the directory appears in one rename. An interrupted install leaves no model 
 
 from __future__ import annotations
 
+import errno
 import tarfile
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -22,7 +23,13 @@ from pathlib import Path
 
 from axon.cache import METADATA_NAME, Cache, CachedModel
 from axon.detect import detect_dir
-from axon.errors import IntegrityError, SourceError, TargetUnreachableError
+from axon.errors import (
+    AxonError,
+    IntegrityError,
+    NoSpaceError,
+    SourceError,
+    TargetUnreachableError,
+)
 from axon.fsutil import fsync_tree, remove_tree, replace_dir, staging_name
 from axon.manifest import MANIFEST_NAME, FileEntry, Manifest
 from axon.progress import NULL_PROGRESS, Progress
@@ -128,8 +135,15 @@ def _install(
         fsync_tree(staged)
         inodes = {f.path: _inode(staged / f.path) for f in manifest.files}
         replace_dir(staged, cache.path_for(final_ref))
-    except BaseException:
+    except BaseException as exc:
         remove_tree(staged)
+        full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        if full and not isinstance(exc, AxonError):
+            raise NoSpaceError(
+                f"no space left installing {source} into the cache at {cache.models_dir}",
+                path=getattr(exc, "filename", None) or str(cache.models_dir),
+                hint="free space there or point AXON_HOME at a bigger disk; nothing was installed",
+            ) from exc
         raise
     cache.remember_digests(final_ref, manifest.files, inodes)
     progress.message(f"installed {final_ref} ({len(manifest.files)} files)")

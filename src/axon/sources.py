@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import shutil
 import stat
 import tarfile
 import threading
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from axon.errors import ManifestError, SourceError, UnsafeArchiveError
+from axon.errors import ManifestError, NoSpaceError, SourceError, UnsafeArchiveError
 from axon.hashing import CHUNK, sha256_file
 from axon.manifest import MANIFEST_NAME, check_relpath
 from axon.progress import Progress
@@ -261,10 +262,30 @@ def _extract_member(
         raise UnsafeArchiveError(
             f"{archive}: {rel!r} is both a file and a directory", path=str(archive)
         ) from None
+    _check_room(staged, member.size, rel, archive)
     fin = tf.extractfile(member)
     if fin is None:  # pragma: no cover - regular members always have data
         raise SourceError(f"{archive}: cannot read member {rel!r}", path=str(archive))
     digests[rel] = write_hashing(fin, dst, lambda n: None)
+
+
+def _check_room(staged: Path, size: int, rel: str, archive: Path) -> None:
+    """Refuse a member the cache's filesystem has no room for, before writing any of it: a
+    small archive can inflate to anything (a decompression bomb), and the disk it would
+    fill may be the one serving processes write to."""
+    free = shutil.disk_usage(staged).free
+    if size > free:
+        raise NoSpaceError(
+            f"{archive}: member {rel} is {_mib(size)} inflated, more than the {_mib(free)} "
+            f"free in the cache ({staged.parent})",
+            path=str(archive),
+            hint="free space there or point AXON_HOME at a bigger disk; an archive far "
+            "smaller than its contents may be a decompression bomb: use only trusted ones",
+        )
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1024 * 1024):.1f} MiB"
 
 
 def _strip_single_top_dir(staged: Path, digests: dict[str, Digest]) -> None:
