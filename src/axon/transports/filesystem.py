@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,6 +196,92 @@ def error_from_code(
     return TransportError(f"{message} at {where}{on}", target=target, path=where)
 
 
+# ---- the session of the protocol (shared with ssh) ----------------------------------------
+class StagedSession(Session):
+    """One publish of one model through the staged-directory protocol, here or remote.
+
+    Planning, bookkeeping, prepare, commit and abort are the same wherever :mod:`stagedir`
+    runs; a subclass says how an operation reaches it (:meth:`_op`), where the model lands
+    (:meth:`_location`), and moves the bytes (:meth:`send`, recording each with
+    :meth:`_done`).
+    """
+
+    def __init__(
+        self,
+        ref: ModelRef,
+        plan: StagePlan,
+        *,
+        target: str,
+        dir_mode: int | None,
+        file_mode: int | None,
+    ) -> None:
+        self.ref = ref
+        self.plan = plan
+        self.needed = list(plan.needed)
+        self.unchanged = plan.unchanged
+        self.target = target
+        self.dir_mode = dir_mode
+        self.file_mode = file_mode
+        self._sent: set[str] = set()
+        self._prepared = False
+
+    @abstractmethod
+    def _op(self, op: str, **params: Any) -> dict[str, Any]:
+        """Run ``stagedir.<op>(root, rel, digest, **params)`` on the target."""
+
+    @abstractmethod
+    def _location(self) -> tuple[str, str | None]:
+        """(where the model lands, for messages; the model directory as the instance sees it)."""
+
+    def offset(self, entry: FileEntry) -> int:
+        return self.plan.offsets.get(entry.sha256, 0)
+
+    def _blob(self, entry: FileEntry) -> dict[str, Any]:
+        return {
+            "sha256": entry.sha256,
+            "size": entry.size,
+            "offset": self.offset(entry),
+            "paths": self.plan.paths.get(entry.sha256, [entry.path]),
+        }
+
+    def _done(self, entry: FileEntry) -> None:
+        self.plan.offsets[entry.sha256] = entry.size
+        self._sent.add(entry.sha256)
+
+    def prepare(self) -> None:
+        if self.unchanged or self._prepared:
+            return
+        missing = [e.path for e in self.needed if e.sha256 not in self._sent]
+        if missing:
+            raise TransportError(
+                f"cannot prepare {self.ref}: {len(missing)} file(s) not sent ({missing[0]}, ...)",
+                target=self.target,
+                hint="send every file of session.needed before prepare/commit",
+            )
+        self._op(
+            "prepare",
+            manifest=self.plan.manifest_text,
+            expected=[list(e) for e in self.plan.expected],
+            links=[list(link) for link in self.plan.links],
+            dir_mode=self.dir_mode,
+            file_mode=self.file_mode,
+        )
+        self._prepared = True
+
+    def commit(self) -> CommitInfo:
+        details: dict[str, object] = {"unchanged": self.unchanged}
+        if not self.unchanged:
+            self.prepare()
+            out = self._op("commit")
+            details["swap"] = out.get("how")
+            details["linked"] = len(self.plan.links)
+        location, path = self._location()
+        return CommitInfo(location=location, path=path, details=details)
+
+    def abort(self) -> None:
+        self._op("abort")
+
+
 # ---- the transport ----------------------------------------------------------------------
 class FilesystemTransport(Transport):
     """A models directory on this machine (``method`` "filesystem" or "nfs")."""
@@ -261,29 +348,29 @@ class FilesystemTransport(Transport):
         return Manifest.from_text(text, source=f"{self.describe()}/{ref.relpath}/manifest.yaml")
 
 
-class FilesystemSession(Session):
+class FilesystemSession(StagedSession):
     """One publish of one model into a local models directory."""
 
     def __init__(self, transport: FilesystemTransport, ref: ModelRef, plan: StagePlan) -> None:
+        super().__init__(
+            ref,
+            plan,
+            target=transport.name,
+            dir_mode=transport.dir_mode,
+            file_mode=transport.file_mode,
+        )
         self.t = transport
-        self.ref = ref
-        self.plan = plan
         self.rel = str(ref.relpath)
-        self.needed = list(plan.needed)
-        self.unchanged = plan.unchanged
-        self._sent: set[str] = set()
-        self._prepared = False
 
-    def offset(self, entry: FileEntry) -> int:
-        return self.plan.offsets.get(entry.sha256, 0)
+    def _op(self, op: str, **params: Any) -> dict[str, Any]:
+        fn = getattr(stagedir, op)
+        result: dict[str, Any] = self.t.call(
+            fn, str(self.t.root), self.rel, self.plan.digest, **params
+        )
+        return result
 
-    def _blob(self, entry: FileEntry) -> dict[str, Any]:
-        return {
-            "sha256": entry.sha256,
-            "size": entry.size,
-            "offset": self.offset(entry),
-            "paths": self.plan.paths.get(entry.sha256, [entry.path]),
-        }
+    def _location(self) -> tuple[str, str | None]:
+        return str(self.t.root / self.ref.relpath), self.t.instance_path(self.ref)
 
     def send(
         self,
@@ -304,8 +391,8 @@ class FilesystemSession(Session):
                 blob,
                 fh.readinto,
                 on_bytes,
-                self.t.dir_mode,
-                self.t.file_mode,
+                self.dir_mode,
+                self.file_mode,
                 None,
                 fh.fileno(),
                 list(verified) if verified is not None else None,
@@ -318,45 +405,8 @@ class FilesystemSession(Session):
                 path=str(source),
                 hint="the cached file changed since it was hashed: run `axon verify` and retry",
             )
-        self.plan.offsets[entry.sha256] = entry.size
-        self._sent.add(entry.sha256)
-
-    def _check_all_sent(self) -> None:
-        missing = [e.path for e in self.needed if e.sha256 not in self._sent]
-        if missing:
-            raise TransportError(
-                f"cannot prepare {self.ref}: {len(missing)} file(s) not sent ({missing[0]}, ...)",
-                target=self.t.name,
-                hint="send every file of session.needed before prepare/commit",
-            )
-
-    def prepare(self) -> None:
-        if self.unchanged or self._prepared:
-            return
-        self._check_all_sent()
-        self.t.call(
-            stagedir.prepare,
-            str(self.t.root),
-            self.rel,
-            self.plan.digest,
-            self.plan.manifest_text,
-            [list(e) for e in self.plan.expected],
-            [list(link) for link in self.plan.links],
-            self.t.dir_mode,
-            self.t.file_mode,
-        )
-        self._prepared = True
-
-    def commit(self) -> CommitInfo:
-        final = str(self.t.root / self.ref.relpath)
-        details: dict[str, object] = {"unchanged": self.unchanged}
-        if not self.unchanged:
-            self.prepare()
-            out = self.t.call(stagedir.commit, str(self.t.root), self.rel, self.plan.digest)
-            details["swap"] = out["how"]
-            details["linked"] = len(self.plan.links)
-        return CommitInfo(location=final, path=self.t.instance_path(self.ref), details=details)
+        self._done(entry)
 
     def abort(self) -> None:
         if os.path.isdir(self.t.root):
-            self.t.call(stagedir.abort, str(self.t.root), self.rel, self.plan.digest)
+            super().abort()

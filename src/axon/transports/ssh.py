@@ -43,9 +43,10 @@ from axon.errors import (
 from axon.manifest import FileEntry, Manifest
 from axon.refs import ModelRef
 from axon.transports import blobcopy, stagedir
-from axon.transports.base import CommitInfo, FileKey, OnBytes, Session, Transport, _nothing
+from axon.transports.base import FileKey, OnBytes, Transport, _nothing
 from axon.transports.filesystem import (
     DEFAULT_ROOT,
+    StagedSession,
     StagePlan,
     error_from_code,
     manifest_digest,
@@ -376,23 +377,27 @@ class SshTransport(Transport):
         return Manifest.from_text(text, source=f"{self.describe()}/{ref.relpath}/manifest.yaml")
 
 
-class SshSession(Session):
+class SshSession(StagedSession):
     """One publish of one model to one SSH host."""
 
     def __init__(self, transport: SshTransport, ref: ModelRef, plan: StagePlan) -> None:
+        super().__init__(
+            ref,
+            plan,
+            target=transport.name,
+            dir_mode=transport.dir_mode,
+            file_mode=transport.file_mode,
+        )
         self.t = transport
-        self.ref = ref
-        self.plan = plan
-        self.needed = list(plan.needed)
-        self.unchanged = plan.unchanged
-        self._sent: set[str] = set()
-        self._prepared = False
 
     def _params(self, **extra: Any) -> dict[str, Any]:
         return {**self.t._params(self.ref, self.plan.digest), **extra}
 
-    def offset(self, entry: FileEntry) -> int:
-        return self.plan.offsets.get(entry.sha256, 0)
+    def _op(self, op: str, **params: Any) -> dict[str, Any]:
+        return self.t.request(op, self._params(**params))
+
+    def _location(self) -> tuple[str, str | None]:
+        return f"{self.t.describe()}/{self.ref.relpath}", self.t.instance_path(self.ref)
 
     def send(
         self,
@@ -402,14 +407,9 @@ class SshSession(Session):
         *,
         verified: FileKey | None = None,
     ) -> None:
-        offset = self.offset(entry)
-        blob = {
-            "sha256": entry.sha256,
-            "size": entry.size,
-            "offset": offset,
-            "paths": self.plan.paths.get(entry.sha256, [entry.path]),
-        }
-        params = self._params(blob=blob, dir_mode=self.t.dir_mode, file_mode=self.t.file_mode)
+        blob = self._blob(entry)
+        offset = int(blob["offset"])
+        params = self._params(blob=blob, dir_mode=self.dir_mode, file_mode=self.file_mode)
         with open(source, "rb") as src:
             try:
                 # answers "ready" once it can take the bytes; on a refusal the remote helper
@@ -431,8 +431,7 @@ class SshSession(Session):
                 target=self.t.name,
                 hint="publish again: it resumes from there",
             )
-        self.plan.offsets[entry.sha256] = entry.size
-        self._sent.add(entry.sha256)
+        self._done(entry)
 
     def _short(self, entry: FileEntry, offset: int) -> dict[str, Any]:
         raise TransportError(
@@ -440,40 +439,6 @@ class SshSession(Session):
             target=self.t.name,
             hint="the cache changed since it was hashed: run `axon verify` and publish again",
         )
-
-    def prepare(self) -> None:
-        if self.unchanged or self._prepared:
-            return
-        missing = [e.path for e in self.needed if e.sha256 not in self._sent]
-        if missing:
-            raise TransportError(
-                f"cannot prepare {self.ref}: {len(missing)} file(s) not sent ({missing[0]}, ...)",
-                target=self.t.name,
-                hint="send every file of session.needed before prepare/commit",
-            )
-        params = self._params(
-            manifest=self.plan.manifest_text,
-            expected=[list(e) for e in self.plan.expected],
-            links=[list(link) for link in self.plan.links],
-            dir_mode=self.t.dir_mode,
-            file_mode=self.t.file_mode,
-        )
-        self.t.request("prepare", params)
-        self._prepared = True
-
-    def commit(self) -> CommitInfo:
-        details: dict[str, object] = {"unchanged": self.unchanged}
-        if not self.unchanged:
-            self.prepare()
-            out = self.t.request("commit", self._params())
-            details["swap"] = out.get("how")
-            details["linked"] = len(self.plan.links)
-        path = self.t.instance_path(self.ref)
-        return CommitInfo(location=f"{self.t.describe()}/{self.ref.relpath}", path=path,
-                          details=details)  # fmt: skip
-
-    def abort(self) -> None:
-        self.t.request("abort", self._params())
 
 
 def _stream(src: IO[bytes], dst: IO[bytes], offset: int, count: int, on_bytes: OnBytes) -> bool:
