@@ -73,7 +73,7 @@ def test_what_is_retried() -> None:
     assert not is_transient(AuthenticationError("no", status=401))
     assert not is_transient(NoSpaceError("full", status=507))
     explicit = RemoteError("conflict", status=409)
-    explicit.retryable = True  # type: ignore[attr-defined]
+    explicit.retryable = True
     assert is_transient(explicit)
 
 

@@ -60,6 +60,9 @@ class AxonError(Exception):
     """
 
     exit_code = EXIT_ERROR
+    #: may a new attempt (re-open + resume) succeed? None: decided by the error's type
+    #: (:func:`axon.publish.instance.is_transient`); set by a transport that knows better
+    retryable: bool | None = None
 
     def __init__(
         self,
@@ -96,6 +99,12 @@ class AxonError(Exception):
             if value is not None:
                 data[key] = value
         return data
+
+
+def retryable(exc: AxonError, value: bool) -> AxonError:
+    """``exc``, telling the publish orchestrator whether a new attempt can help."""
+    exc.retryable = value
+    return exc
 
 
 class InvalidReferenceError(AxonError, ValueError):

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 def is_transient(exc: BaseException) -> bool:
     """May a new attempt (re-open + resume) succeed where this one failed?"""
-    explicit = getattr(exc, "retryable", None)
+    explicit = exc.retryable if isinstance(exc, AxonError) else None
     if explicit is not None:
         return bool(explicit)
     if isinstance(exc, AuthenticationError | TargetPermissionError | NoSpaceError):

@@ -35,6 +35,7 @@ from axon.errors import (
     TargetPermissionError,
     TargetUnreachableError,
     TransportError,
+    retryable,
 )
 from axon.manifest import FileEntry, Manifest
 from axon.refs import ModelRef
@@ -69,12 +70,6 @@ def _is_loopback(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _retryable(exc: AxonError, value: bool) -> AxonError:
-    # read by axon.publish.instance to decide whether re-opening the session may help
-    exc.retryable = value  # type: ignore[attr-defined]
-    return exc
 
 
 class ApiClient:
@@ -231,7 +226,7 @@ class ApiClient:
 
         def make(cls: type[AxonError], hint: str, retry: bool = False) -> AxonError:
             err = cls(text, hint=hint, target=self.name, url=url, status=status)
-            return _retryable(err, retry)
+            return retryable(err, retry)
 
         if status == 401:
             return make(AuthenticationError, "the instance refused the token: set token/token_env")
@@ -256,7 +251,7 @@ class ApiClient:
         else:
             text = f"{what}: connection to {self.endpoint} lost ({type(exc).__name__}: {exc})"
             hint = "check the network; re-running resumes where it stopped"
-        return _retryable(TargetUnreachableError(text, target=self.name, url=url, hint=hint), True)
+        return retryable(TargetUnreachableError(text, target=self.name, url=url, hint=hint), True)
 
 
 def _direct(endpoint: str) -> bool:
@@ -410,7 +405,7 @@ class ApiSession(Session):
                 return
             if status == 200:
                 break  # body ended early: let the orchestrator re-open and resume
-        raise _retryable(
+        raise retryable(
             RemoteError(
                 f"upload of {entry.path} stopped at byte {self.offset(entry)} of {entry.size}",
                 target=self.client.name,

@@ -34,6 +34,7 @@ from axon.errors import (
     TargetPermissionError,
     TargetUnreachableError,
     TransportError,
+    retryable,
 )
 from axon.manifest import FileEntry, Manifest
 from axon.refs import ModelRef
@@ -114,12 +115,6 @@ def plan_session(manifest: Manifest, status: dict[str, Any]) -> StagePlan:
 
 
 # ---- errors (shared with ssh) -------------------------------------------------------------
-def retryable(exc: AxonError, value: bool) -> AxonError:
-    """Tell the publish orchestrator whether a new attempt (re-open + resume) can help."""
-    exc.retryable = value  # type: ignore[attr-defined]
-    return exc
-
-
 def translate(exc: BaseException, *, target: str, root: str) -> AxonError:
     """Turn an OSError or :class:`StageError` (local or remote) into our errors."""
     if isinstance(exc, AxonError):

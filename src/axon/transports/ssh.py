@@ -39,6 +39,7 @@ from axon.errors import (
     RemoteError,
     TargetUnreachableError,
     TransportError,
+    retryable,
 )
 from axon.manifest import FileEntry, Manifest
 from axon.refs import ModelRef
@@ -51,7 +52,6 @@ from axon.transports.filesystem import (
     error_from_code,
     manifest_digest,
     plan_session,
-    retryable,
 )
 
 if TYPE_CHECKING:
