@@ -120,8 +120,11 @@ class Core:
         expired = self.uploads.expired()
         for upload in expired:
             log.info("upload %s of %s expired", upload.upload_id, upload.model_id)
-            self.drop_upload(upload)
+            self._forget_upload(upload)
+        # what the uploads still open (and pins) need, read once for all the expired ones
         protected = self.protected_blobs()
+        for upload in expired:
+            self._drop_partials(upload, protected)
         self.blobs.gc_partials(protected, min_age=self.settings.upload_ttl)
         self.blobs.gc(protected, min_age=self.settings.upload_ttl)
         return len(expired)
@@ -146,12 +149,18 @@ class Core:
                 del self._pins[sha]
 
     def drop_upload(self, upload: Upload) -> None:
+        self._forget_upload(upload)
+        self._drop_partials(upload, self.protected_blobs())
+
+    def _forget_upload(self, upload: Upload) -> None:
         if upload.staged:
             remove_tree(Path(upload.staged))
         self.uploads.delete(upload.upload_id)
-        others = self.protected_blobs()
+
+    def _drop_partials(self, upload: Upload, protected: set[str]) -> None:
+        """Drop the partly received blobs of a finished/dropped ``upload`` no one else needs."""
         for sha in upload.blobs():
-            if sha not in others:
+            if sha not in protected:
                 self.blobs.drop_partial(sha)
 
     def model_lock(self, ref: ModelRef) -> AbstractAsyncContextManager[None]:
