@@ -145,6 +145,8 @@ def test_abort_and_expiry_clean_up(mlos_server):
         uid, digest = opened["upload_id"], sha(BIG)
         cut_put(srv.port, f"/v1/uploads/{uid}/blobs/{digest}", len(BIG), BIG[:500_000])
         wait_for(lambda d=digest: (partial_dir / d).exists(), timeout=5, what="partial")
+        assert httpx.get(f"{srv.url}/stats").json()["open_uploads"] == 1
+        assert "mlos_open_uploads 1" in httpx.get(f"{srv.url}/metrics").text.splitlines()
         if action == "abort":
             r = httpx.delete(f"{srv.url}/v1/uploads/{uid}")
             assert r.status_code == 200 and r.json()["state"] == "aborted"
@@ -158,6 +160,7 @@ def test_abort_and_expiry_clean_up(mlos_server):
             wait_for(lambda d=digest: not (partial_dir / d).exists(), timeout=10, what="gc")
         assert httpx.get(f"{srv.url}/v1/uploads/{uid}").status_code == 404
         assert not (srv.models_dir / "hf" / action).exists()
+        assert httpx.get(f"{srv.url}/stats").json()["open_uploads"] == 0
 
 
 def test_checksum_mismatch_and_wrong_lengths(mlos_server):

@@ -57,7 +57,7 @@ async def stats(request: Request) -> JSONResponse:
             "uptime_seconds": round(time.time() - STARTED, 1),
             "models": len(models),
             "model_bytes": sum(m.size for m in models),
-            "open_uploads": len(core.uploads.all()),
+            "open_uploads": core.uploads.count(),
             "uploads": {f"{k}_{r}": n for (k, r), n in core.metrics.uploads.items()},
             "upload_bytes": core.metrics.upload_bytes,
             "dedup_bytes": core.metrics.dedup_bytes,
@@ -137,7 +137,7 @@ def _shape(value: Any) -> list[int]:
 
 async def metrics(request: Request) -> PlainTextResponse:
     core = core_of(request)
-    text = core.metrics.render(models=len(core.registry), open_uploads=len(core.uploads.all()))
+    text = core.metrics.render(models=len(core.registry), open_uploads=core.uploads.count())
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 

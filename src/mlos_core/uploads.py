@@ -112,6 +112,10 @@ class UploadStore:
                 p.unlink(missing_ok=True)
         return out
 
+    def count(self) -> int:
+        """How many uploads are open (their records are not read: /stats and /metrics)."""
+        return sum(1 for _ in self.dir.glob("u-*.json"))
+
     def expired(self) -> list[Upload]:
         now = time.time()
         return [u for u in self.all() if now - self.last_activity(u.upload_id) > self.ttl]
