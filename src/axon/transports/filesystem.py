@@ -81,9 +81,9 @@ def _current_manifest(text: str | None) -> Manifest | None:
         return None  # unreadable: treat the target as holding nothing reusable
 
 
-def plan_session(manifest: Manifest, status: dict[str, Any]) -> StagePlan:
-    """Compare ``manifest`` with what the target holds; trust sizes on disk, not names."""
-    text = manifest.to_yaml()
+def plan_session(manifest: Manifest, status: dict[str, Any], text: str) -> StagePlan:
+    """Compare ``manifest`` (``text``: as it will be written) with what the target holds;
+    trust sizes on disk, not names."""
     plan = StagePlan(digest=manifest_digest(text), manifest_text=text)
     files = manifest.files
     plan.expected = [(f.path, f.size) for f in files]
@@ -333,7 +333,7 @@ class FilesystemTransport(Transport):
     def open(self, ref: ModelRef, manifest: Manifest) -> FilesystemSession:
         text = manifest.to_yaml()
         status = self.call(stagedir.status, str(self.root), str(ref.relpath), manifest_digest(text))
-        return FilesystemSession(self, ref, plan_session(manifest, status))
+        return FilesystemSession(self, ref, plan_session(manifest, status, text))
 
     def fetch_manifest(self, ref: ModelRef) -> Manifest | None:
         status = self.call(stagedir.status, str(self.root), str(ref.relpath))

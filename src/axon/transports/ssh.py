@@ -365,9 +365,9 @@ class SshTransport(Transport):
         return {"root": self.root, "rel": str(ref.relpath), "digest": digest}
 
     def open(self, ref: ModelRef, manifest: Manifest) -> SshSession:
-        digest = manifest_digest(manifest.to_yaml())
-        status = self.request("status", self._params(ref, digest))
-        return SshSession(self, ref, plan_session(manifest, status))
+        text = manifest.to_yaml()
+        status = self.request("status", self._params(ref, manifest_digest(text)))
+        return SshSession(self, ref, plan_session(manifest, status, text))
 
     def fetch_manifest(self, ref: ModelRef) -> Manifest | None:
         status = self.request("status", self._params(ref))
