@@ -2,10 +2,13 @@
 
 The model lands at ``<root>/<ns>/<name>/<version>/`` through the staged-directory protocol of
 :mod:`axon.transports.stagedir` (deterministic staging dir next to the final one, resume by
-offset, hash while writing, fsync, one atomic swap). Files the current version already holds
-with the same sha256 (and a matching size on disk) are hard-linked into the new version, not
-copied (published files are immutable by convention: nothing ever rewrites one in place);
-re-publishing an unchanged model writes nothing.
+offset, hash while writing, fsync, one atomic swap). A source file the caller has just
+verified (``send(..., verified=identity)``: its sha256 checked at that inode, size, mtime and
+ctime) is copied by the kernel without hashing it again, as long as it keeps that identity
+before and after the copy. Files the current version already holds with the same sha256 (and
+a matching size on disk) are hard-linked into the new version, not copied (published files
+are immutable by convention: nothing ever rewrites one in place); re-publishing an unchanged
+model writes nothing.
 
 On NFS the same protocol holds: hard links and renames are atomic on the server, but most
 servers refuse ``RENAME_EXCHANGE``, so replacing a version there uses rename-aside +
