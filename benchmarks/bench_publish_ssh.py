@@ -7,7 +7,9 @@ the same cached model directory into a fresh directory through that server:
 * ``rsync -a`` with the cipher axon picks (``aes128-gcm``): the same wire, tool vs tool;
 * ``axon publish``: the whole command (configured ssh target, ``--no-notify``);
 * ``axon publish (unchanged)``: again; nothing may be sent. Compared with ``ssh host true``
-  (one login, nothing else): the floor any tool that logs in pays.
+  (one login, nothing else): the floor any tool that logs in pays;
+* the same with ``ssh_persist: 60`` on the target: each command rides on the connection the
+  one before kept open (no login).
 
 The remote account is ``axon-bench`` (an unprivileged user with a plain ``/bin/sh``, made by
 ``scripts/bench-user.sh`` under ``make bench``) when it exists and we are root, as a publish
@@ -70,6 +72,12 @@ def run(workdir: Path) -> list[Row]:
             "    access_method: ssh\n    ssh_host: 127.0.0.1\n"
             f"    ssh_port: {server.port}\n    ssh_user: {server.user}\n"
             f"    ssh_key: {server.key_path}\n    storage_path: {dst}\n"
+            "    ssh_options:\n"
+            + "".join(f"      - {opt}\n" for opt in server.options)
+            + "  benchkeep:\n    endpoint: http://127.0.0.1:9\n"
+            "    access_method: ssh\n    ssh_host: 127.0.0.1\n    ssh_persist: 60\n"
+            f"    ssh_port: {server.port}\n    ssh_user: {server.user}\n"
+            f"    ssh_key: {server.key_path}\n    storage_path: {dst}\n"
             "    ssh_options:\n" + "".join(f"      - {opt}\n" for opt in server.options),
         )
         ssh = " ".join(
@@ -96,8 +104,12 @@ def run(workdir: Path) -> list[Row]:
         for _ in range(5):  # short runs: more of them, alternating
             login.append(timed_run([*ssh.split(), remote, "true"]))
             again.append(timed_run(publish, env=env))
+        kept = [*publish[:4], "benchkeep", *publish[5:]]
+        timed_run(kept, env=env)  # logs in and keeps the connection
+        reuse = [timed_run(kept, env=env) for _ in range(5)]
         login_s = best(login)[0]
         again_s, again_rss = best(again)
+        reuse_s, reuse_rss = best(reuse)
         who = f"login {server.user}" + ("" if user else " (its shell start-up files count)")
         rows = [
             Row("ssh: axon publish (1 GiB)", axon_s, total, "rsync -a", rsync_s, rss, note),
@@ -110,6 +122,15 @@ def run(workdir: Path) -> list[Row]:
                 login_s,
                 again_rss,
                 f"best of 5; median {statistics.median(r[0] for r in again):.2f} s; {who}",
+            ),
+            Row(
+                "ssh: unchanged, ssh_persist (no login)",
+                reuse_s,
+                0,
+                "ssh host true",
+                login_s,
+                reuse_rss,
+                f"best of 5; median {statistics.median(r[0] for r in reuse):.2f} s",
             ),
         ]
         return rows

@@ -333,3 +333,85 @@ def test_a_publish_failing_validation_leaves_no_ssh_behind(
     assert run.code == EXIT_INTEGRITY, run.err
     assert dir_snapshot(sshd.root / installed_model.relpath) is None
     assert not _ssh_children(sshd.port)
+
+
+def _via_proxy(sshd: Any, tcp_proxy: Any, tmp_path: Path) -> tuple[Any, list[str]]:
+    """A loopback proxy in front of sshd (it counts TCP connections) and the ssh options
+    that trust sshd's host key on the proxy's port."""
+    proxy = tcp_proxy(sshd.port)
+    known = tmp_path / "known_hosts_proxy"
+    key_type, key = sshd.known_hosts.read_text().split()[1:3]
+    known.write_text(f"[127.0.0.1]:{proxy.port} {key_type} {key}\n")
+    return proxy, [f"UserKnownHostsFile={known}", "StrictHostKeyChecking=yes"]
+
+
+def test_a_kept_connection_serves_the_next_command_without_a_login(
+    sshd: Any, tcp_proxy: Any, tmp_path: Path
+) -> None:
+    """ssh_persist: the connection outlives the command; the next command (a new transport,
+    as a new `axon publish` would build) rides on it: no new TCP connection, no login."""
+    proxy, options = _via_proxy(sshd, tcp_proxy, tmp_path)
+    src = tmp_path / "src"
+    manifest = write_model(src, base_files())
+    first = sshd.transport(port=proxy.port, options=options, persist=30)
+    try:
+        with first:
+            publish(first, src, manifest)
+        with sshd.transport(port=proxy.port, options=options, persist=30) as again:
+            session = again.open(REF, manifest)
+            assert session.unchanged
+            session.commit()
+        assert proxy.connections == 1
+        # a different key is a different connection: it must log in (and is refused)
+        other = sshd.transport(
+            port=proxy.port, options=options, persist=30, key=sshd.wrong_key_path
+        )
+        with other, pytest.raises(AuthenticationError):
+            other.open(REF, manifest)
+        assert proxy.connections == 2
+    finally:
+        _end_kept(first)
+    wait_for(lambda: not _ssh_children(proxy.port), timeout=5, what="the kept ssh to exit")
+
+
+def _end_kept(transport: SshTransport) -> None:
+    """Tell the kept connection of ``transport`` to exit (as a failure would)."""
+    from axon.transports.ssh import _shared_control_dir
+
+    transport._ctl_dir = _shared_control_dir()
+    transport._forget_master()
+
+
+def test_a_kept_connection_that_died_is_replaced(sshd: Any, tcp_proxy: Any, tmp_path: Path) -> None:
+    proxy, options = _via_proxy(sshd, tcp_proxy, tmp_path)
+    src = tmp_path / "src"
+    manifest = write_model(src, base_files())
+    with sshd.transport(port=proxy.port, options=options, persist=30) as first:
+        publish(first, src, manifest)
+    proxy.drop_all()  # the network drops the kept connection
+    with sshd.transport(port=proxy.port, options=options, persist=30) as again:
+        try:
+            assert again.open(REF, manifest).unchanged  # logs in afresh
+        finally:
+            _end_kept(again)
+    assert proxy.connections == 2
+    wait_for(lambda: not _ssh_children(proxy.port), timeout=5, what="the kept ssh to exit")
+
+
+def test_ssh_persist_from_the_config(axon_home: Path) -> None:
+    from axon.config import load_config
+    from axon.errors import ConfigError
+    from axon.targets import resolve_target
+
+    (axon_home / "config.yaml").parent.mkdir(parents=True, exist_ok=True)
+    text = (
+        "mlos_targets:\n  c1:\n    endpoint: http://127.0.0.1:9\n    access_method: ssh\n"
+        "    ssh_host: 127.0.0.1\n    ssh_persist: {}\n"
+    )
+    (axon_home / "config.yaml").write_text(text.format(60))
+    target = resolve_target("c1", load_config())
+    assert SshTransport.from_target(target).persist == 60
+    (axon_home / "config.yaml").write_text(text.format(-1))
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert "ssh_persist" in str(info.value)

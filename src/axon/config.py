@@ -93,6 +93,7 @@ class TargetConfig:
     ssh_port: int | None = None
     ssh_key: str | None = None
     ssh_options: list[str] = field(default_factory=list)
+    ssh_persist: float | None = None  # seconds the SSH connection stays open after a command
     token: str | None = None
     token_env: str | None = None
     dir_mode: int | None = None
@@ -384,6 +385,12 @@ def _finish_target(target: TargetConfig, key: str, cfg_path: Path, *, cluster: b
             raise ConfigError(
                 f"must be positive, got {value}", path=str(cfg_path), key=f"{key}.{attr}"
             )
+    if target.ssh_persist is not None and target.ssh_persist < 0:
+        raise ConfigError(
+            f"must be 0 (off) or more seconds, got {target.ssh_persist}",
+            path=str(cfg_path),
+            key=f"{key}.ssh_persist",
+        )
 
 
 def write_default_config(path: Path, cache_dir: Path) -> None:

@@ -48,6 +48,7 @@ class InstanceTarget:
     ssh_port: int | None = None
     ssh_key: str | None = None
     ssh_options: list[str] = field(default_factory=list)
+    ssh_persist: float | None = None  # keep the SSH connection open this long after a command
     token: str | None = None
     dir_mode: int | None = None
     file_mode: int | None = None
@@ -319,6 +320,7 @@ def configured_instance(
         ssh_port=conf.ssh_port,
         ssh_key=str(Path(conf.ssh_key).expanduser()) if conf.ssh_key else None,
         ssh_options=list(conf.ssh_options),
+        ssh_persist=conf.ssh_persist,
         token=conf.resolved_token(),
         dir_mode=conf.dir_mode,
         file_mode=conf.file_mode,

@@ -22,10 +22,12 @@ back to OpenSSH's defaults.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -89,6 +91,21 @@ _UNREACHABLE = (
 )
 
 
+def _shared_control_dir() -> str | None:
+    """The directory of kept SSH connections: one per user, private (0700, ours, not a
+    link); None when it cannot be made safe (the connection is then not kept)."""
+    path = os.path.join(tempfile.gettempdir(), f"axon-ssh-{os.getuid()}")
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        return None  # someone else's, a symlink, or readable by others: never trust it
+    return path
+
+
 class SshTransport(Transport):
     """``root`` on ``host``, reached with the system ``ssh`` client."""
 
@@ -108,6 +125,7 @@ class SshTransport(Transport):
         timeout: float = 30.0,
         name: str | None = None,
         python: str = "python3",
+        persist: float | None = None,
     ) -> None:
         self.host = host
         self.user = user
@@ -124,6 +142,9 @@ class SshTransport(Transport):
         self._helper: subprocess.Popen[bytes] | None = None
         self._errfile: IO[bytes] | None = None
         self._early = False  # the helper was started ahead of its first request
+        # seconds the connection outlives this command (OpenSSH ControlPersist), so the next
+        # command to the same host, user, port and key skips the login; None/0: it does not
+        self.persist = int(persist) if persist and persist >= 1 else None
 
     @classmethod
     def from_target(cls, target: InstanceTarget) -> Self:
@@ -143,6 +164,7 @@ class SshTransport(Transport):
             file_mode=target.file_mode,
             timeout=target.timeout,
             name=target.name,
+            persist=target.ssh_persist,
         )
 
     # ---- description ---------------------------------------------------------------------
@@ -179,7 +201,7 @@ class SshTransport(Transport):
         if self.user:
             args += ["-l", self.user]
         if self._ctl_dir:
-            args += ["-o", f"ControlPath={self._ctl_dir}/cm-%C"]
+            args += ["-o", f"ControlPath={self._ctl_path()}"]
         args += ["-o", f"ConnectTimeout={max(1, int(self.timeout))}"]
         args += ["-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3"]
         if not self._user_sets("ciphers") and not any(o.startswith("-c") for o in self.options):
@@ -193,6 +215,14 @@ class SshTransport(Transport):
                 self._helper_proc()
                 self._early = True
 
+    def _ctl_path(self) -> str:
+        """The control socket. Kept connections are named by everything that authenticates
+        them (user, host, port, key, options): another key never rides on this login."""
+        if not self.persist:
+            return f"{self._ctl_dir}/cm-%C"
+        who = json.dumps([self.user, self.host, self.port, self.key, self.options])
+        return f"{self._ctl_dir}/{hashlib.sha256(who.encode()).hexdigest()[:20]}"
+
     def close(self) -> None:
         if self._helper is not None and self._early:
             self._helper.kill()  # never used (the publish stopped before): no goodbye
@@ -200,13 +230,28 @@ class SshTransport(Transport):
         # idle between requests: EOF ends the helper cleanly on its own, and nothing it does
         # from here on matters to us, so do not wait for the round trip
         self._drop_helper(wait=False)
-        self._forget_master()
+        self._forget_master(stale=False)
 
-    def _forget_master(self) -> None:
-        """Drop the control socket dir: after a cut connection its socket may be stale."""
-        if self._ctl_dir:
+    def _forget_master(self, stale: bool = True) -> None:
+        """Drop the control socket: after a cut connection it may lead to a dead master.
+
+        A kept connection (``persist``) survives a normal close; after a failure
+        (``stale``) it is told to exit, so the next attempt logs in afresh.
+        """
+        if not self._ctl_dir:
+            return
+        if self.persist:
+            if stale:
+                with contextlib.suppress(OSError, subprocess.SubprocessError):
+                    subprocess.run(
+                        [*self.ssh_args()[:-1], "-O", "exit", self.host],
+                        stdin=subprocess.DEVNULL, capture_output=True, timeout=5,
+                    )  # fmt: skip
+                with contextlib.suppress(OSError):
+                    os.unlink(self._ctl_path())
+        else:
             shutil.rmtree(self._ctl_dir, ignore_errors=True)
-            self._ctl_dir = None
+        self._ctl_dir = None
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
@@ -218,11 +263,15 @@ class SshTransport(Transport):
             return self._helper
         self._drop_helper()
         if self._ctl_dir is None:
-            self._ctl_dir = tempfile.mkdtemp(prefix="axon-ssh-")
+            self._ctl_dir = _shared_control_dir() if self.persist else None
+            if self._ctl_dir is None:
+                self._ctl_dir = tempfile.mkdtemp(prefix="axon-ssh-")
         # The helper's own ssh is the ControlMaster: its channel (every byte we send) goes
         # straight to the TCP connection, no extra hop through a mux client; any other ssh
-        # call to this host while it lives shares that connection.
-        master = ["-o", "ControlMaster=auto", "-o", "ControlPersist=no"]
+        # call to this host while it lives shares that connection. With ``persist`` a kept
+        # connection from an earlier command is used instead (a mux client: no login).
+        keep = f"{self.persist}s" if self.persist else "no"
+        master = ["-o", "ControlMaster=auto", "-o", f"ControlPersist={keep}"]
         args = self.ssh_args()
         remote = f"{shlex.quote(self.python)} -c {shlex.quote(_HELPER)} serve"
         self._errfile = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _drop_helper
