@@ -276,13 +276,9 @@ class Cache:
             found = present.get(entry.path)
             if found is None:
                 continue
-            size = found.stat().st_size
-            if entry.size and size != entry.size:
-                report.corrupt.append(f"{entry.path}: size {size}, manifest says {entry.size}")
-            elif entry.known and digests[found] != entry.sha256:
-                report.corrupt.append(
-                    f"{entry.path}: sha256 {digests[found][:12]}... does not match"
-                )
+            wrong = entry.mismatch(found.stat().st_size, digests[found])
+            if wrong is not None:
+                report.corrupt.append(wrong.removeprefix("corrupt: "))
         return report
 
     def _hash(
@@ -332,10 +328,8 @@ class Cache:
             if p not in digests:
                 continue
             size, sha = p.stat().st_size, digests[p]
-            if entry.size and entry.size != size:
-                problems.append(f"corrupt: {entry.path}: size {size}, manifest says {entry.size}")
-            elif entry.known and entry.sha256 != sha:
-                problems.append(f"corrupt: {entry.path}: sha256 does not match the manifest")
+            if (problem := entry.mismatch(size, sha)) is not None:
+                problems.append(problem)
             out.append(FileEntry(entry.path, size, sha))
         if problems:
             raise IntegrityError(

@@ -192,10 +192,8 @@ def _check_against_base(base: Manifest | None, digests: dict[str, Digest], sourc
         got = digests.get(entry.path)
         if got is None:
             problems.append(f"missing: {entry.path}")
-        elif entry.size and entry.size != got.size:
-            problems.append(f"corrupt: {entry.path}: size {got.size}, manifest says {entry.size}")
-        elif entry.known and entry.sha256 != got.sha256:
-            problems.append(f"corrupt: {entry.path}: sha256 does not match the manifest")
+        elif (problem := entry.mismatch(got.size, got.sha256)) is not None:
+            problems.append(problem)
     if problems:
         raise IntegrityError(
             f"{source}: {len(problems)} file(s) do not match its manifest.yaml: "
