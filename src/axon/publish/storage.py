@@ -30,6 +30,7 @@ from axon.publish.plan import InstancePlan, PlannedFile, PreparedModel, PublishO
 from axon.transports.base import Transport
 
 if TYPE_CHECKING:
+    from axon.manifest import Manifest
     from axon.targets import InstanceTarget, StorageTarget
 
 
@@ -133,7 +134,7 @@ def plan_storage(
     with storage_transport(storage, options) as transport:
         remote = transport.fetch_manifest(model.ref)
         unchanged = remote is not None and remote.data == model.manifest.data
-        missing = _missing_content(transport, model) if not unchanged else set()
+        missing = _missing_content(transport, model, remote) if not unchanged else set()
         location = transport.describe()
     files = [PlannedFile(f.path, f.size, send=f.sha256 in missing) for f in model.manifest.files]
     return InstancePlan(
@@ -146,13 +147,16 @@ def plan_storage(
     )
 
 
-def _missing_content(transport: Transport, model: PreparedModel) -> set[str]:
+def _missing_content(
+    transport: Transport, model: PreparedModel, remote: Manifest | None
+) -> set[str]:
+    """The sha256s the storage lacks: S3 is content-addressed (any model's blob counts), a
+    directory holds what the ``remote`` manifest of this model lists."""
     from axon.transports.s3 import S3Transport
 
     if isinstance(transport, S3Transport):
         store = transport.store
         return {f.sha256 for f in model.manifest.files if not store.has_blob(f)}
-    remote = transport.fetch_manifest(model.ref)
     have = {f.sha256 for f in remote.files} if remote is not None else set()
     return {f.sha256 for f in model.manifest.files} - have
 
