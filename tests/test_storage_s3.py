@@ -10,7 +10,12 @@ from typing import Any
 
 import pytest
 
-from axon.errors import AuthenticationError, BucketNotFoundError, TargetUnreachableError
+from axon.errors import (
+    AuthenticationError,
+    BucketNotFoundError,
+    TargetUnreachableError,
+    TransportError,
+)
 from axon.manifest import FileEntry, Manifest
 from axon.publish.plan import PreparedModel, PublishOptions
 from axon.publish.storage import StorageResult, publish_to_storage
@@ -215,3 +220,49 @@ def test_part_checksum_setting(tmp_path: Path, s3: S3Server, algorithm: str) -> 
         assert "CRC32 or SHA256" in result.error["hint"]
     else:
         assert result.ok and result.bytes_sent == len(big)
+
+
+def _s3_calls(transport: S3Transport) -> list[str]:
+    """The S3 operations ``transport`` sends from now on (botocore's own event hook)."""
+    calls: list[str] = []
+    transport.store.client.meta.events.register(
+        "before-call.s3", lambda model, **_kw: calls.append(model.name)
+    )
+    return calls
+
+
+def test_unchanged_republish_neither_asks_for_blobs_nor_rewrites_the_manifest(
+    tmp_path: Path, s3: S3Server, bucket: str
+) -> None:
+    model = make_model(tmp_path / "m", "hf/same@v1", {"w.bin": b"w" * 5000, "c.json": b"{}"})
+    assert publish(model, s3, bucket).ok
+    with S3Transport(f"s3://{bucket}/models", endpoint_url=s3.endpoint_url) as transport:
+        calls = _s3_calls(transport)
+        session = transport.open(model.ref, model.manifest)
+        assert session.unchanged and session.needed == []
+        session.commit()
+    assert "PutObject" not in calls and "HeadObject" not in calls, calls
+
+
+def test_a_blob_removed_between_open_and_commit_stops_the_commit(
+    tmp_path: Path, s3: S3Server, bucket: str
+) -> None:
+    """Blobs found at open are asked again before the manifest goes up (another client may
+    have removed one); blobs sent in the session are not (their upload was verified)."""
+    shared = b"s" * 4000
+    first = make_model(tmp_path / "a", "hf/m@v1", {"w.bin": shared})
+    assert publish(first, s3, bucket).ok
+    second = make_model(tmp_path / "b", "hf/m@v2", {"w.bin": shared, "new.json": b'{"n": 1}'})
+    with S3Transport(f"s3://{bucket}/models", endpoint_url=s3.endpoint_url) as transport:
+        session = transport.open(second.ref, second.manifest)
+        assert [e.path for e in session.needed] == ["new.json"]
+        for entry in session.needed:
+            session.send(entry, second.source(entry))
+        shared_sha = hashlib.sha256(shared).hexdigest()
+        s3.client().delete_object(Bucket=bucket, Key=f"models/{BLOBS}/{shared_sha}")
+        calls = _s3_calls(transport)
+        with pytest.raises(TransportError) as info:
+            session.commit()
+        assert "w.bin" in str(info.value)
+        assert calls.count("HeadObject") == 1  # only the blob found at open
+    assert S3Store(bucket, "models", endpoint_url=s3.endpoint_url).read_manifest(second.ref) is None

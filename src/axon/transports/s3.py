@@ -430,6 +430,7 @@ class S3Session(Session):
             unique.setdefault(entry.sha256, entry)
         self.blobs = list(unique.values())
         self.needed = [] if self.unchanged else self._missing(self.blobs)
+        self._sent: set[str] = set()
 
     def _missing(self, blobs: list[FileEntry]) -> list[FileEntry]:
         if not blobs:
@@ -451,10 +452,18 @@ class S3Session(Session):
             self.store.put_multipart(entry, source, on_bytes)
         else:
             self.store.put_small(entry, source, on_bytes)
+        self._sent.add(entry.sha256)
 
     def prepare(self) -> None:
-        """Check every blob the manifest names is in the bucket, complete."""
-        missing = self._missing(self.blobs)
+        """Check every blob the manifest names is in the bucket, complete: the ones sent
+        here were checked as they were written; the ones found at open are asked again
+        (another client may have removed one since). Nothing to check when unchanged."""
+        if self.prepared or self.unchanged:
+            self.prepared = True
+            return
+        unsent = [b for b in self.needed if b.sha256 not in self._sent]
+        gone = self._missing([b for b in self.blobs if b.sha256 not in self._sent])
+        missing = unsent + [b for b in gone if b not in unsent]
         if missing:
             raise TransportError(
                 f"cannot commit {self.ref}: {len(missing)} file(s) not in {self.store.url} "
@@ -468,10 +477,16 @@ class S3Session(Session):
         if not self.prepared:
             self.prepare()
         key = self.store.manifest_key(self.ref)
-        self.store.put_bytes(key, self.manifest.to_yaml().encode("utf-8"))
+        if not self.unchanged:  # the bucket holds exactly this manifest already
+            self.store.put_bytes(key, self.manifest.to_yaml().encode("utf-8"))
         return CommitInfo(
             location=f"s3://{self.store.bucket}/{key.rsplit('/', 1)[0]}",
-            details={"manifest_key": key, "blobs": len(self.blobs), "bucket": self.store.bucket},
+            details={
+                "manifest_key": key,
+                "blobs": len(self.blobs),
+                "bucket": self.store.bucket,
+                "unchanged": self.unchanged,
+            },
         )
 
     def abort(self) -> None:
