@@ -638,3 +638,29 @@ def test_a_directory_too_big_for_the_cache_is_no_space_and_leaves_nothing(
             install_source(str(src), as_ref="hf/big@v1", cache=Cache.from_config())
         assert "cache" in str(info.value) and info.value.exit_code == 7
         assert not [p for p in (small / "home" / "cache" / "models").rglob("*") if p.is_file()]
+
+
+def test_where_the_kernel_cannot_copy_the_source_is_read_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """copy_file_range refused (EXDEV: another filesystem on older kernels): one pass reads,
+    hashes and writes; the separate hashing pass is not run (it would read it all again)."""
+    import errno
+
+    import axon.sources as sources
+
+    def refuse(*_a: object) -> int:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    def second_pass(*_a: object, **_k: object) -> str:
+        raise AssertionError("the source was read a second time")
+
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    monkeypatch.setattr(sources, "sha256_file", second_pass)
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    src = tmp_path / "w.bin"
+    src.write_bytes(data)
+    seen: list[int] = []
+    digest = sources.copy_hashing(src, tmp_path / "copy.bin", seen.append)
+    assert digest.sha256 == hashlib.sha256(data).hexdigest() and digest.size == len(data)
+    assert (tmp_path / "copy.bin").read_bytes() == data and sum(seen) == len(data)

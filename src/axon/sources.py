@@ -96,34 +96,35 @@ def copy_hashing(src: Path, dst: Path, on_bytes: OnBytes) -> Digest:
 
     The kernel copies (``copy_file_range``: no bytes through Python) in a helper thread while
     this thread hashes the source, so the two overlap. The source must not change meanwhile
-    (checked by its size, mtime and ctime); where the kernel copy is unavailable we fall back
-    to one read-hash-write pass.
+    (checked by its size, mtime and ctime). The first chunk is copied up front: where the
+    kernel cannot copy between these filesystems it fails at once, and the file is then read
+    once, hashed and written in the same pass.
     """
     before = os.stat(src)
     stop = threading.Event()
     failure: list[BaseException] = []
+    with open(src, "rb", buffering=0) as fin, open(dst, "wb", buffering=0) as fout:
+        if not _first_kernel_copy(fin.fileno(), fout.fileno(), before.st_size):
+            fout.close()
+            return write_hashing(fin, dst, on_bytes)
 
-    def copy() -> None:
+        def copy() -> None:
+            try:
+                _kernel_copy(fin.fileno(), fout.fileno(), stop)
+            except BaseException as exc:  # reported to the hashing thread
+                failure.append(exc)
+
+        helper = threading.Thread(target=copy, name="axon-copy", daemon=True)
+        helper.start()
         try:
-            _kernel_copy(src, dst, stop)
-        except BaseException as exc:  # reported to the hashing thread
-            failure.append(exc)
-
-    helper = threading.Thread(target=copy, name="axon-copy", daemon=True)
-    helper.start()
-    try:
-        sha = sha256_file(src, on_bytes)
-    except BaseException:
-        stop.set()  # Ctrl-C: do not wait for the rest of a big copy
-        raise
-    finally:
-        helper.join()
+            sha = sha256_file(src, on_bytes)
+        except BaseException:
+            stop.set()  # Ctrl-C: do not wait for the rest of a big copy
+            raise
+        finally:
+            helper.join()
     if failure:
-        exc = failure[0]
-        if isinstance(exc, OSError) and exc.errno in _NO_KERNEL_COPY:
-            with open(src, "rb", buffering=0) as fin:
-                return write_hashing(fin, dst, lambda n: None)
-        raise exc
+        raise failure[0]
     after = os.stat(src)
     same = (before.st_size, before.st_mtime_ns, before.st_ctime_ns) == (
         after.st_size,
@@ -139,14 +140,25 @@ def copy_hashing(src: Path, dst: Path, on_bytes: OnBytes) -> Digest:
     return Digest(before.st_size, sha)
 
 
-def _kernel_copy(src: Path, dst: Path, stop: threading.Event) -> None:
-    with open(src, "rb", buffering=0) as fin, open(dst, "wb", buffering=0) as fout:
-        left = os.fstat(fin.fileno()).st_size
-        while left > 0 and not stop.is_set():
-            n = os.copy_file_range(fin.fileno(), fout.fileno(), min(left, _COPY_CHUNK))
-            if n == 0:
-                break
-            left -= n
+def _first_kernel_copy(fin: int, fout: int, size: int) -> bool:
+    """Copy the first MiB with ``copy_file_range`` (advancing both positions); False when
+    the kernel cannot copy between these two files (nothing was written then)."""
+    if size == 0:
+        return True
+    try:
+        os.copy_file_range(fin, fout, min(size, 1024 * 1024))
+    except OSError as exc:
+        if exc.errno not in _NO_KERNEL_COPY:
+            raise
+        return False
+    return True
+
+
+def _kernel_copy(fin: int, fout: int, stop: threading.Event) -> None:
+    """Copy the rest of ``fin`` from its position to ``fout``'s position."""
+    while not stop.is_set():
+        if os.copy_file_range(fin, fout, _COPY_CHUNK) == 0:
+            return
 
 
 def write_hashing(fin: IO[bytes], dst: Path, on_bytes: OnBytes) -> Digest:
