@@ -60,6 +60,13 @@ def test_cluster_options_come_from_publish_options_fields_and_extra() -> None:
     assert got == ClusterOptions(
         strategy="all", max_parallel=3, fail_fast=True, min_success="2", atomic=True
     )
+    from axon.cli.publish_cmds import build_options
+
+    cli = build_options(fail_fast=True, min_success="50%", batch_size=2, atomic=False)
+    assert (cli.fail_fast, cli.min_success, cli.batch_size, cli.extra) == (True, "50%", 2, {})
+    assert ClusterOptions.from_options(cli) == ClusterOptions(
+        fail_fast=True, min_success="50%", batch_size=2
+    )
 
 
 def test_round_robin_position_persists_per_cluster(axon_home: Path) -> None:

@@ -50,9 +50,8 @@ def _error_line(error: dict[str, Any], fallback_target: str) -> str:
 
 
 # ---- options shared by cluster and storage targets ---------------------------------------
-# Cluster (axon.publish.cluster) and storage (axon.publish.storage) controls. Values land on
-# PublishOptions fields when it has one, else in PublishOptions.extra: add an option here and
-# the module reads it by name, nothing else to wire.
+# Cluster (axon.publish.cluster) and storage (axon.publish.storage) controls, each landing on
+# the PublishOptions field of its name (a name without one goes to PublishOptions.extra).
 TARGET_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--atomic", is_flag=True, help="Cluster: stage everywhere, then switch all."),
     click.option("--strategy", type=click.Choice(STRATEGIES), help="Cluster: override strategy."),

@@ -87,10 +87,12 @@ class ClusterOptions:
         if isinstance(nested, ClusterOptions):
             return nested
         extra = getattr(options, "extra", None) or {}
-        values = {
-            f.name: getattr(options, f.name, extra.get(f.name, f.default))
-            for f in dataclasses.fields(cls)
-        }
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            value = getattr(options, f.name, f.default)
+            if value == f.default:  # older callers put some of these in ``extra``
+                value = extra.get(f.name, f.default)
+            values[f.name] = value
         return cls(**values)
 
 

@@ -45,6 +45,9 @@ class PublishOptions:
     atomic: bool = False  # stage on every instance, then commit everywhere or nowhere
     strategy: str | None = None  # override the cluster's strategy
     max_parallel: int | None = None
+    fail_fast: bool = False  # the first failure cancels every instance not started yet
+    min_success: str | int | None = None  # successes needed: N or "P%"; default: all targeted
+    batch_size: int | None = None  # rolling: instances per batch
     # anything a newer module needs before it gets its own field
     extra: dict[str, Any] = field(default_factory=dict)
 
