@@ -332,3 +332,51 @@ def test_static_and_discovered_members_are_merged_once_each(
     assert [r.target for r in res.results] == [static.url, both.url, "core-found"]
     assert res.exit_code == EXIT_OK and res.succeeded == 3
     assert all(registered(s, installed_model) for s in (static, both, found))
+
+
+def test_ctrl_c_stops_uploads_in_flight_and_a_rerun_resumes(
+    mlos_server: Any,
+    tcp_proxy: Any,
+    make_model_dir: Any,
+    install_model: Any,
+    axon_home: Path,
+) -> None:
+    """Ctrl-C during a cluster publish: the instances still receiving stop at their next
+    chunk (not when their upload would have finished), nothing is half-visible, exit 130;
+    what they received is kept, so the re-run sends less than the whole model again."""
+    import signal
+    import time
+
+    from tests.fixtures.common import wait_for
+
+    size = 24 * 1024 * 1024
+    ref = install_model(make_model_dir(extra={"big.bin": os.urandom(size)}), "hf/slow@v1")
+    servers = [mlos_server(no_fsync=True) for _ in range(2)]
+    proxies = [tcp_proxy(s.port) for s in servers]
+    for proxy in proxies:
+        proxy.throttle(4 * 1024 * 1024)  # 24 MiB would take 6 s per instance
+    write_config(axon_home, {"slow": {"instances": [p.url for p in proxies]}})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "axon", "publish", str(ref), "-t", "slow", "--retries", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
+    wait_for(lambda: all(p.bytes_up > 2 * 1024 * 1024 for p in proxies), timeout=20, what="uploads")
+    proc.send_signal(signal.SIGINT)
+    interrupted = time.monotonic()
+    _out, err = proc.communicate(timeout=30)
+    stopped_after = time.monotonic() - interrupted
+    assert proc.returncode == 130, err
+    assert stopped_after < 3.5, f"took {stopped_after:.1f} s to stop after Ctrl-C"
+    assert "axon: aborted" in err
+    assert not any(registered(s, ref) for s in servers)
+    assert not any((s.models_dir / ref.relpath).exists() for s in servers)
+    for proxy in proxies:
+        proxy.throttle(None)
+    again = _axon("publish", str(ref), "-t", "slow", "--json", "--retries", "0")
+    assert again.returncode == 0, again.stderr
+    sent = sum(i["bytes_sent"] for i in json.loads(again.stdout)["results"][0]["instances"])
+    assert sent < 2 * size, "a re-run after Ctrl-C resumes, it does not start over"
+    assert all(registered(s, ref) for s in servers)

@@ -237,6 +237,14 @@ class PublishError(AxonError):
             self.exit_code = EXIT_ALL_FAILED
 
 
+class InterruptedPublish(AxonError):
+    """The user interrupted (Ctrl-C) while this instance was still receiving: it stopped at
+    its next chunk. What it received is kept, so running the publish again resumes."""
+
+    exit_code = EXIT_INTERRUPTED
+    retryable = False
+
+
 class OptionError(AxonError, ValueError):
     """Option values the library cannot act on (``--min-success 0``, ``--atomic`` with
     ``--batch-size``): a usage error, exit 2."""

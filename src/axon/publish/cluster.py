@@ -28,6 +28,7 @@ import dataclasses
 import fcntl
 import json
 import math
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -423,12 +424,15 @@ def _dry_run(
 
 
 def _instance_work(
-    model: PreparedModel, options: PublishOptions, progress: Progress
+    model: PreparedModel,
+    options: PublishOptions,
+    progress: Progress,
+    cancel: threading.Event | None = None,
 ) -> rollout.Work:
     from axon.publish.instance import publish_to_instance
 
     def work(target: InstanceTarget) -> InstanceResult:
-        line = InstanceLine(progress, target.name, model.total_bytes)
+        line = InstanceLine(progress, target.name, model.total_bytes, cancel)
         line.start(f"{target.name} ({target.access_method})")
         result = publish_to_instance(model, target, options, line)
         line.finish(ok=result.ok, note="" if result.ok else rollout.reason(result))
@@ -446,11 +450,12 @@ def _publish_all(
     parallel: int,
     progress: Progress,
 ) -> RolloutOutcome:
+    cancel = threading.Event()  # Ctrl-C: instances still sending stop at their next chunk
     if opts.atomic:
         from axon.publish.instance import stage_on_instance
 
         def stage(target: InstanceTarget) -> Any:
-            line = InstanceLine(progress, target.name, model.total_bytes)
+            line = InstanceLine(progress, target.name, model.total_bytes, cancel)
             line.start(f"{target.name} (staging)")
             try:
                 staged = stage_on_instance(model, target, options, line)
@@ -460,8 +465,8 @@ def _publish_all(
             line.finish(ok=True, note="staged")
             return staged
 
-        return rollout.run_atomic(members, stage, model.ref, max_parallel=parallel)
-    work = _instance_work(model, options, progress)
+        return rollout.run_atomic(members, stage, model.ref, max_parallel=parallel, cancel=cancel)
+    work = _instance_work(model, options, progress, cancel)
     if opts.batch_size:
         return rollout.run_batches(
             members,
@@ -470,9 +475,12 @@ def _publish_all(
             batch_size=opts.batch_size,
             max_parallel=parallel,
             fail_fast=opts.fail_fast,
+            cancel=cancel,
         )
     out = RolloutOutcome(batches=[[m.name for m in members]])
-    results = rollout.fan_out(members, work, max_parallel=parallel, fail_fast=opts.fail_fast)
+    results = rollout.fan_out(
+        members, work, max_parallel=parallel, fail_fast=opts.fail_fast, cancel=cancel
+    )
     for m in members:
         result = results[m.name]
         if result is None:

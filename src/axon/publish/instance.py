@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from axon.errors import (
     AuthenticationError,
     AxonError,
+    InterruptedPublish,
     NoSpaceError,
     RemoteError,
     TargetPermissionError,
@@ -274,7 +275,7 @@ def publish_to_instance(
         staged.stage(prepare=False)
         return staged.commit()
     except AxonError as exc:
-        if staged is not None and not is_transient(exc):
+        if staged is not None and not is_transient(exc) and not isinstance(exc, InterruptedPublish):
             staged.abort()  # keep partial data of transient failures: a re-run resumes
         return _failed(target, transport, staged, exc, started)
     except OSError as exc:  # reading the cache (a file vanished mid-publish): ours, not theirs

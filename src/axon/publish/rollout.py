@@ -26,7 +26,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from axon.errors import AxonError, RemoteError
+from axon.errors import AxonError, InterruptedPublish, RemoteError
 from axon.progress import Progress
 from axon.publish.undo import Backup
 
@@ -120,8 +120,11 @@ class InstanceLine:
     name in front. The total is the model size; the line is clamped so it never passes 100%.
     """
 
-    def __init__(self, inner: Progress, name: str, total: int) -> None:
+    def __init__(
+        self, inner: Progress, name: str, total: int, cancel: threading.Event | None = None
+    ) -> None:
         self.inner, self.name, self.total = inner, name, total
+        self.cancel = cancel  # set on Ctrl-C: the next chunk of this instance stops it
         self.done = 0
         self._lock = threading.Lock()
 
@@ -135,6 +138,12 @@ class InstanceLine:
         pass
 
     def advance(self, key: str, nbytes: int) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise InterruptedPublish(
+                f"{self.name}: interrupted while receiving (what it got is kept)",
+                target=self.name,
+                hint="run the publish again: it resumes where this one stopped",
+            )
         with self._lock:
             step = max(0, min(nbytes, self.total - self.done))
             self.done += step
@@ -167,11 +176,14 @@ def fan_out(
     *,
     max_parallel: int,
     fail_fast: bool = False,
+    cancel: threading.Event | None = None,
 ) -> dict[str, InstanceResult | None]:
     """Run ``work`` on every target, ``max_parallel`` at a time; results by instance name.
 
     With ``fail_fast`` the first failure cancels every instance not started yet (their
     result is None); instances already running finish (each bounded by its own timeouts).
+    On Ctrl-C nothing more starts and ``cancel`` is set: instances still sending stop at
+    their next chunk (see :class:`InstanceLine`) instead of finishing their upload.
     """
     results: dict[str, InstanceResult | None] = {t.name: None for t in targets}
     pending = list(targets)
@@ -190,8 +202,10 @@ def fan_out(
                     results[running.pop(fut).name] = result
                     if fail_fast and not result.ok:
                         pending.clear()
-        except BaseException:  # Ctrl-C: start nothing more; in-flight ones end by timeout
+        except BaseException:  # Ctrl-C: start nothing more; in-flight ones stop at a chunk
             pending.clear()
+            if cancel is not None:
+                cancel.set()
             raise
     return results
 
@@ -201,9 +215,13 @@ Outcome = tuple[Any, BaseException | None]
 
 
 def parallel_map(
-    targets: list[InstanceTarget], fn: Callable[[InstanceTarget], Any], max_parallel: int
+    targets: list[InstanceTarget],
+    fn: Callable[[InstanceTarget], Any],
+    max_parallel: int,
+    cancel: threading.Event | None = None,
 ) -> dict[str, Outcome]:
-    """``fn`` on every target in parallel: ``{name: (value, None) or (None, exception)}``."""
+    """``fn`` on every target in parallel: ``{name: (value, None) or (None, exception)}``.
+    On Ctrl-C ``cancel`` is set before waiting for the calls still running."""
 
     def guarded(t: InstanceTarget) -> Outcome:
         try:
@@ -214,7 +232,12 @@ def parallel_map(
     if not targets:
         return {}
     with ThreadPoolExecutor(max_workers=max(1, min(max_parallel, len(targets)))) as pool:
-        return dict(zip([t.name for t in targets], pool.map(guarded, targets), strict=True))
+        try:
+            return dict(zip([t.name for t in targets], pool.map(guarded, targets), strict=True))
+        except BaseException:
+            if cancel is not None:
+                cancel.set()
+            raise
 
 
 @dataclass
@@ -239,6 +262,7 @@ def run_batches(
     batch_size: int,
     max_parallel: int,
     fail_fast: bool = False,
+    cancel: threading.Event | None = None,
 ) -> RolloutOutcome:
     """Publish ``batch_size`` instances at a time; after each batch every instance of it must
     pass ``verify`` (healthy, registered, right checksum) before the next batch starts."""
@@ -246,7 +270,9 @@ def run_batches(
     batches = [members[i : i + batch_size] for i in range(0, len(members), batch_size)]
     for number, batch in enumerate(batches, 1):
         out.batches.append([t.name for t in batch])
-        results = fan_out(batch, work, max_parallel=max_parallel, fail_fast=fail_fast)
+        results = fan_out(
+            batch, work, max_parallel=max_parallel, fail_fast=fail_fast, cancel=cancel
+        )
         checks = parallel_map(
             [t for t in batch if (r := results[t.name]) is not None and r.ok],
             verify,
@@ -283,11 +309,13 @@ def run_atomic(
     ref: ModelRef,
     *,
     max_parallel: int,
+    cancel: threading.Event | None = None,
 ) -> RolloutOutcome:
     """Stage on every instance; only if all staged, commit on all; if a commit fails, put the
     committed instances back on their previous version. ``stage`` returns an object with
-    ``commit()`` (-> InstanceResult) and ``abort()`` (H4's StagedPublish)."""
-    staged = parallel_map(members, stage, max_parallel)
+    ``commit()`` (-> InstanceResult) and ``abort()`` (H4's StagedPublish). Ctrl-C sets
+    ``cancel`` while staging; the switch itself is never interrupted half-way."""
+    staged = parallel_map(members, stage, max_parallel, cancel)
     try:
         return _switch_all(members, staged, ref, max_parallel)
     finally:
