@@ -328,3 +328,30 @@ def _stop_after(limit: int) -> Callable[[int], None]:
             raise TransportError("stopped by the test", target="test")
 
     return on_bytes
+
+
+def test_commit_sweeps_day_old_copies_aside_but_not_fresh_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash mid --atomic switch can leave the previous version aside (``.rollback-``).
+    Its age is the later of mtime and ctime: ``cp -al`` backdates the mtime, the ctime says
+    it was made just now, so a copy a switch may be using is kept."""
+    from axon.transports import stagedir
+
+    root = tmp_path / "models"
+    root.mkdir()
+    parent = root / REF.relpath.parent
+    aside = parent / f".{REF.version}.rollback-0123456789ab"
+    (aside / "sub").mkdir(parents=True)
+    (aside / "sub" / "w.bin").write_bytes(b"old version")
+    week_ago = time.time() - 7 * 24 * 3600
+    os.utime(aside, (week_ago, week_ago))  # as cp -al leaves it: the original's mtime
+    src = tmp_path / "src"
+    transport = FilesystemTransport(root)
+    publish(transport, src, write_model(src, base_files()))
+    assert aside.exists(), "made moments ago (ctime): may belong to a switch in progress"
+    monkeypatch.setattr(stagedir, "STALE_SECONDS", 0.0)
+    time.sleep(0.05)
+    publish(transport, src, write_model(src, base_files("b")))
+    assert not aside.exists()
+    assert dir_snapshot(root / REF.relpath) is not None

@@ -399,15 +399,27 @@ STALE_SECONDS = 24 * 3600
 
 
 def _drop_stale_staging(final: str) -> None:
-    """Remove staging dirs of this version left by publishes abandoned over a day ago
-    (a publish that is resumed within a day keeps its partial files)."""
+    """Remove what publishes of this version abandoned over a day ago: staging dirs (one
+    resumed within a day keeps its partial files) and the previous versions an ``--atomic``
+    switch kept aside (``.rollback-``; left only by a crash mid-switch, as ``.old-``).
+
+    A staging dir's age is its mtime (it changes with every file received). A copy aside
+    is aged by the later of mtime and ctime: ``cp -al`` gives it its original's mtime, but
+    its ctime is when it was made (nobody can set that back), so a copy a switch is using
+    right now is never taken for an old one.
+    """
     parent, version = os.path.split(final)
-    prefix = f".{version}.staging-"
+    staging = f".{version}.staging-"
+    aside = (f".{version}.rollback-", f".{version}.old-")
     now = time.time()
     for name in os.listdir(parent):
         path = os.path.join(parent, name)
         try:
-            if name.startswith(prefix) and now - os.stat(path).st_mtime > STALE_SECONDS:
+            if not name.startswith((staging, *aside)):
+                continue
+            st = os.lstat(path)
+            age = now - (st.st_mtime if name.startswith(staging) else max(st.st_mtime, st.st_ctime))
+            if stat.S_ISDIR(st.st_mode) and age > STALE_SECONDS:
                 shutil.rmtree(path, ignore_errors=True)
         except OSError:
             continue
