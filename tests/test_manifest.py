@@ -105,8 +105,8 @@ def test_file_entry_mismatch_names_what_differs() -> None:
     sha = "a" * 64
     entry = FileEntry("w.bin", 10, sha)
     assert entry.mismatch(10, sha) is None
-    assert entry.mismatch(11, sha) == "corrupt: w.bin: size 11, manifest says 10"
-    assert entry.mismatch(10, "b" * 64) == (
-        "corrupt: w.bin: sha256 bbbbbbbbbbbb... does not match the manifest"
+    assert entry.mismatch(11, sha) == "w.bin: size 11, manifest says 10"
+    assert (
+        entry.mismatch(10, "b" * 64) == "w.bin: sha256 bbbbbbbbbbbb... does not match the manifest"
     )
     assert FileEntry("w.bin", 0, "").mismatch(99, "c" * 64) is None  # upstream: says nothing

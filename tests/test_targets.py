@@ -257,3 +257,20 @@ def test_split_host_port() -> None:
     assert split_host_port("[fe80::1]:5") == ("fe80::1", 5)
     assert split_host_port("1.2.3") == (None, None)  # all-numeric last label: not a name
     assert split_host_port("h:0") == (None, None)
+
+
+def test_a_configured_target_that_cannot_be_built_is_a_config_error(axon_home: Path) -> None:
+    """An unknown ~user in ssh_key is the config's fault: exit 6 naming the key, not
+    "not a valid host" (exit 3)."""
+    from axon.config import load_config
+    from axon.errors import ConfigError
+    from axon.targets import resolve_target
+
+    axon_home.mkdir(parents=True, exist_ok=True)
+    (axon_home / "config.yaml").write_text(
+        "mlos_targets:\n  core-1:\n    endpoint: http://127.0.0.1:9\n    access_method: ssh\n"
+        "    ssh_key: ~no-such-user-axon/id_ed25519\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        resolve_target("core-1", load_config())
+    assert info.value.exit_code == 6 and "mlos_targets.core-1" in str(info.value)

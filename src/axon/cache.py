@@ -278,7 +278,7 @@ class Cache:
                 continue
             wrong = entry.mismatch(found.stat().st_size, digests[found])
             if wrong is not None:
-                report.corrupt.append(wrong.removeprefix("corrupt: "))
+                report.corrupt.append(wrong)
         return report
 
     def _hash(
@@ -329,7 +329,7 @@ class Cache:
                 continue
             size, sha = p.stat().st_size, digests[p]
             if (problem := entry.mismatch(size, sha)) is not None:
-                problems.append(problem)
+                problems.append(f"corrupt: {problem}")
             out.append(FileEntry(entry.path, size, sha))
         if problems:
             raise IntegrityError(

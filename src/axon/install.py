@@ -193,7 +193,7 @@ def _check_against_base(base: Manifest | None, digests: dict[str, Digest], sourc
         if got is None:
             problems.append(f"missing: {entry.path}")
         elif (problem := entry.mismatch(got.size, got.sha256)) is not None:
-            problems.append(problem)
+            problems.append(f"corrupt: {problem}")
     if problems:
         raise IntegrityError(
             f"{source}: {len(problems)} file(s) do not match its manifest.yaml: "

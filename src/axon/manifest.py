@@ -105,12 +105,12 @@ class FileEntry:
         return bool(_SHA256.fullmatch(self.sha256))
 
     def mismatch(self, size: int, sha256: str) -> str | None:
-        """Why a file of ``size`` bytes hashing to ``sha256`` is not this entry, as the
-        "corrupt: ..." line of a report; None when it is (or the entry does not say)."""
+        """Why a file of ``size`` bytes hashing to ``sha256`` is not this entry ("w.bin: size
+        11, manifest says 10"); None when it is (or the entry does not say)."""
         if self.size and size != self.size:
-            return f"corrupt: {self.path}: size {size}, manifest says {self.size}"
+            return f"{self.path}: size {size}, manifest says {self.size}"
         if self.known and sha256 != self.sha256:
-            return f"corrupt: {self.path}: sha256 {sha256[:12]}... does not match the manifest"
+            return f"{self.path}: sha256 {sha256[:12]}... does not match the manifest"
         return None
 
     def to_dict(self) -> dict[str, Any]:

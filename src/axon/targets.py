@@ -131,11 +131,24 @@ def resolve_target(spec: str, config: Config) -> Target:
     spec = spec.strip()
     if not spec:
         raise TargetNotFoundError("empty --target", hint=_known_hint(config))
+    for section, entries, build in (
+        ("mlos_targets", config.mlos_targets, _from_config),
+        ("clusters", config.clusters, _cluster),
+    ):
+        if spec in entries:
+            key = f"{section}.{spec}"
+            try:
+                return build(spec, entries[spec], config, key)
+            except AxonError:
+                raise
+            except (ValueError, RuntimeError) as exc:  # e.g. ssh_key: ~nosuchuser/key
+                raise ConfigError(
+                    f"cannot use this target: {exc}",
+                    path=str(config.path),
+                    key=key,
+                    hint="check its paths (ssh_key, storage_path): a ~user that does not exist?",
+                ) from None
     try:
-        if spec in config.mlos_targets:
-            return _from_config(spec, config.mlos_targets[spec], config, f"mlos_targets.{spec}")
-        if spec in config.clusters:
-            return _cluster(spec, config.clusters[spec], config, f"clusters.{spec}")
         return resolve_address(spec, config)
     except AxonError:
         raise

@@ -123,18 +123,15 @@ def publish(
     Raises for problems before any target is touched (bad reference, model not in the
     cache, integrity, unknown target); failures on targets are in the result.
     """
-    from axon.config import load_config
     from axon.targets import ClusterTarget, InstanceTarget, StorageTarget, resolve_target
 
     options = options or PublishOptions()
-    ref = ref_or_str if isinstance(ref_or_str, ModelRef) else ModelRef.parse(ref_or_str)
-    config = config if config is not None else load_config()
+    ref, config, cache = _context(ref_or_str, config, cache)
     target = resolve_target(target_spec, config)
     early = None
     if isinstance(target, InstanceTarget) and not options.dry_run:
-        early = early_transport(target, options)  # an SSH login overlaps the local work
+        early = early_transport(target, options)  # an SSH login overlaps the validation
     try:
-        ref, config, cache = _context(ref, config, cache)
         model = prepare_model(
             cache, ref, validate=options.validate, full=options.full_verify, progress=progress
         )

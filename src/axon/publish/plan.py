@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from axon.errors import AxonError, IntegrityError
 from axon.hashing import file_key
@@ -198,7 +197,9 @@ def _location(transport: Transport, model: PreparedModel) -> tuple[str, str | No
     if path:
         return f"{where}/{model.ref.relpath}", path
     if transport.method == "api":  # where the instance serves it (as InstanceResult says)
-        return f"{where}/models/{quote(model.ref.id, safe='')}", None
+        from axon.transports.api import quote_id  # loaded already: this is an API transport
+
+        return f"{where}/models/{quote_id(model.ref.id)}", None
     return where, None
 
 
