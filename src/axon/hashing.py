@@ -59,24 +59,25 @@ class HashIndex:
         digest is computed: the index is only a cache and never makes a command fail)."""
         if self.path is None:
             return None
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        db: sqlite3.Connection | bool | None = getattr(self._local, "db", None)
         if db is None:
             with self._init_lock:  # threads of one process must not race the schema set-up
                 db = self._open()
-            self._local.db = db
-        return db
+            # a failure is remembered for this thread: not retried (and waited for) per file
+            self._local.db = db if db is not None else False
+        return db if isinstance(db, sqlite3.Connection) else None
 
     def _open(self) -> sqlite3.Connection | None:
         assert self.path is not None
         try:
             return self._connect()
-        except sqlite3.OperationalError:  # locked by another process, read-only, ...
+        except (sqlite3.OperationalError, OSError):  # locked, read-only, no permission ...
             return None
         except sqlite3.DatabaseError:  # not a database / malformed: drop it and start over
-            self.path.unlink(missing_ok=True)
             try:
+                self.path.unlink(missing_ok=True)
                 return self._connect()
-            except sqlite3.Error:
+            except (sqlite3.Error, OSError):
                 return None
 
     def _connect(self) -> sqlite3.Connection:
@@ -146,9 +147,9 @@ class HashIndex:
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)
-        if db is not None:
+        if isinstance(db, sqlite3.Connection):
             db.close()
-            self._local.db = None
+        self._local.db = None
 
 
 def hash_files(

@@ -11,7 +11,6 @@ and hashed in one pass, so a model's bytes are read once.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import shutil
@@ -29,6 +28,7 @@ from axon.errors import ManifestError, NoSpaceError, SourceError, UnsafeArchiveE
 from axon.hashing import CHUNK, sha256_file
 from axon.manifest import MANIFEST_NAME, check_relpath
 from axon.progress import Progress
+from axon.transports.blobcopy import NO_COPY_RANGE
 
 _SKIP_DIRS = {".git", ".cache"}  # VCS data and huggingface_hub's local_dir bookkeeping
 OnBytes = Callable[[int], None]
@@ -87,7 +87,6 @@ def copy_dir(src: Path, staged: Path, progress: Progress) -> dict[str, Digest]:
     return digests
 
 
-_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
 _COPY_CHUNK = 64 * 1024 * 1024
 
 
@@ -114,10 +113,15 @@ def copy_hashing(src: Path, dst: Path, on_bytes: OnBytes) -> Digest:
             except BaseException as exc:  # reported to the hashing thread
                 failure.append(exc)
 
+        def hashed(n: int) -> None:
+            if failure:  # the copy failed (no space ...): stop hashing, report it below
+                raise failure[0]
+            on_bytes(n)
+
         helper = threading.Thread(target=copy, name="axon-copy", daemon=True)
         helper.start()
         try:
-            sha = sha256_file(src, on_bytes)
+            sha = sha256_file(src, hashed)
         except BaseException:
             stop.set()  # Ctrl-C: do not wait for the rest of a big copy
             raise
@@ -148,7 +152,7 @@ def _first_kernel_copy(fin: int, fout: int, size: int) -> bool:
     try:
         os.copy_file_range(fin, fout, min(size, 1024 * 1024))
     except OSError as exc:
-        if exc.errno not in _NO_KERNEL_COPY:
+        if exc.errno not in NO_COPY_RANGE:
             raise
         return False
     return True

@@ -117,7 +117,7 @@ def changed(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_size, a.st_mtime_ns, a.st_ctime_ns) != (b.st_size, b.st_mtime_ns, b.st_ctime_ns)
 
 
-_NO_COPY_RANGE = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF)
+NO_COPY_RANGE = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF)
 
 
 def _kernel_copy(copy_from: list[int | None], fd: int, pos: int, n: int) -> int:
@@ -135,7 +135,7 @@ def _kernel_copy(copy_from: list[int | None], fd: int, pos: int, n: int) -> int:
                 raise StageError("source_changed", "the source file shrank while copied")
             done += got
     except OSError as exc:
-        if exc.errno not in _NO_COPY_RANGE:
+        if exc.errno not in NO_COPY_RANGE:
             raise
         copy_from[0] = None  # from now on: through user space
     return done

@@ -380,20 +380,18 @@ class FilesystemSession(StagedSession):
     ) -> None:
         blob = self._blob(entry)
         with open(source, "rb", buffering=0) as fh:
-            fh.seek(blob["offset"])
             result = self.t.call(
                 stagedir.receive,
                 str(self.t.root),
                 self.rel,
                 self.plan.digest,
                 blob,
-                fh.readinto,
+                fh.readinto,  # unused: with src_fd the bytes are read at explicit offsets
                 on_bytes,
-                self.dir_mode,
-                self.file_mode,
-                None,
-                fh.fileno(),
-                list(verified) if verified is not None else None,
+                dir_mode=self.dir_mode,
+                file_mode=self.file_mode,
+                src_fd=fh.fileno(),
+                src_key=list(verified) if verified is not None else None,
             )
         if not result["complete"]:
             self.plan.offsets[entry.sha256] = int(result["offset"])

@@ -462,8 +462,8 @@ class S3Session(Session):
             self.prepared = True
             return
         unsent = [b for b in self.needed if b.sha256 not in self._sent]
-        gone = self._missing([b for b in self.blobs if b.sha256 not in self._sent])
-        missing = unsent + [b for b in gone if b not in unsent]
+        needed = {b.sha256 for b in self.needed}
+        missing = unsent + self._missing([b for b in self.blobs if b.sha256 not in needed])
         if missing:
             raise TransportError(
                 f"cannot commit {self.ref}: {len(missing)} file(s) not in {self.store.url} "

@@ -98,9 +98,15 @@ class MultipartUpload:
         count = max(1, -(-self.entry.size // self.part_size))
         fd = os.open(self.source, os.O_RDONLY)
         try:
-            with ThreadPoolExecutor(self.workers + 1, thread_name_prefix="axon-s3-part") as pool:
+            pool = ThreadPoolExecutor(self.workers + 1, thread_name_prefix="axon-s3-part")
+            try:
                 whole = pool.submit(self._whole_file, fd)
                 parts = [pool.submit(self._upload, fd, n) for n in range(1, count + 1)]
+                pool.shutdown(wait=True)
+            except BaseException:  # Ctrl-C: start no more parts, and let the running ones
+                self.failed.set()  # end before the fd they read is closed
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
             for fut in parts:
                 error = fut.exception()
                 if error is not None and not isinstance(error, _Skipped):
