@@ -45,3 +45,19 @@ def test_deleting_a_model_spares_blobs_of_an_upload_in_flight(tmp_path: Path) ->
     core.pin([sha])
     asyncio.run(core.delete_model(ref))  # runs garbage collection
     assert core.blobs.path(sha).exists()
+
+
+def test_a_blob_pinned_while_gc_scans_is_kept(tmp_path: Path) -> None:
+    """The pin set is read once before the scan; a blob an upload pins during the scan is
+    asked about again, under the pin lock, right before it would be removed."""
+    core = Core(Settings(models_dir=tmp_path / "models", durable=False))
+    core.startup()
+    sha = _orphan_blob(core, tmp_path, b"found already there by an upload")
+    protected = core.protected_blobs()  # taken before the upload pins it
+    assert sha not in protected
+    core.pin([sha])  # the upload pins the blob while the scan runs
+    core.gc_blobs(protected)
+    assert core.blobs.path(sha).exists()
+    core.unpin([sha])
+    core.gc_blobs(core.protected_blobs())
+    assert not core.blobs.path(sha).exists()

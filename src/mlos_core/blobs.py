@@ -22,7 +22,9 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 from axon.fsutil import fsync_dir
 from mlos_core.errors import ApiError, bad_request, checksum_mismatch, no_space
@@ -85,8 +87,19 @@ class BlobStore:
             fsync_dir(final.parent)
         return final
 
-    def gc(self, protected: Iterable[str], *, min_age: float = 0.0) -> int:
-        """Remove blobs no version links to, except ``protected``; return bytes freed."""
+    def gc(
+        self,
+        protected: Iterable[str],
+        *,
+        min_age: float = 0.0,
+        pinned: Callable[[str], bool] = lambda sha: False,
+        pin_lock: AbstractContextManager[Any] | None = None,
+    ) -> int:
+        """Remove blobs no version links to, except ``protected``; return bytes freed.
+
+        ``pinned`` is asked again for each blob just before it goes, under ``pin_lock`` (the
+        lock pins are taken under): a blob an upload pins while this scan runs is kept.
+        """
         keep = set(protected)
         freed = 0
         now = time.time()
@@ -95,7 +108,10 @@ class BlobStore:
                 st = blob.stat()
                 if st.st_nlink > 1 or blob.name in keep or now - st.st_mtime < min_age:
                     continue
-                blob.unlink(missing_ok=True)
+                with pin_lock or contextlib.nullcontext():
+                    if pinned(blob.name):
+                        continue
+                    blob.unlink(missing_ok=True)
                 freed += st.st_size
         return freed
 

@@ -126,7 +126,7 @@ class Core:
         for upload in expired:
             self._drop_partials(upload, protected)
         self.blobs.gc_partials(protected, min_age=self.settings.upload_ttl)
-        self.blobs.gc(protected, min_age=self.settings.upload_ttl)
+        self.gc_blobs(protected, min_age=self.settings.upload_ttl)
         return len(expired)
 
     def protected_blobs(self) -> set[str]:
@@ -136,6 +136,15 @@ class Core:
         with self._pins_lock:
             out.update(sha for sha, n in self._pins.items() if n > 0)
         return out
+
+    def gc_blobs(self, protected: set[str], *, min_age: float = 0.0) -> int:
+        """Garbage-collect unlinked blobs; one pinned while the scan runs is kept."""
+        return self.blobs.gc(
+            protected,
+            min_age=min_age,
+            pinned=lambda sha: self._pins.get(sha, 0) > 0,  # called under _pins_lock
+            pin_lock=self._pins_lock,
+        )
 
     def pin(self, shas: Iterable[str]) -> None:
         """Keep ``shas`` from garbage collection until :meth:`unpin` (counted: nestable)."""
@@ -278,7 +287,7 @@ class Core:
         if entry is None and not removed:
             raise not_found(f"model {ref.id} is not registered on this instance")
         async with self.gc_lock:
-            await asyncio.to_thread(self.blobs.gc, self.protected_blobs())
+            await asyncio.to_thread(self.gc_blobs, self.protected_blobs())
         return {"status": "success", "model_id": ref.id, "message": "deleted"}
 
     async def rollback(self, ref: ModelRef) -> dict[str, Any]:
