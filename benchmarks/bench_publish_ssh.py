@@ -36,13 +36,17 @@ REF = "bench/publish-ssh@v1"
 BENCH_USER = "axon-bench"
 
 
-def login_user() -> str | None:
-    """The unprivileged account to log in as, when it exists and we can hand it files."""
+def login_user(workdir: Path) -> str | None:
+    """The unprivileged account to log in as, when it exists and we can hand it files: we
+    are root and every directory above ``workdir`` lets others through (a clone in /root,
+    mode 700, does not: the benchmark then logs in as root and says so)."""
     if os.geteuid() != 0:
         return None
     try:
         pwd.getpwnam(BENCH_USER)
     except KeyError:
+        return None
+    if any(not p.stat().st_mode & 0o001 for p in workdir.parents):
         return None
     return BENCH_USER
 
@@ -53,7 +57,7 @@ def run(workdir: Path) -> list[Row]:
     from axon.transports.ssh import CIPHERS
 
     workdir = workdir.resolve()
-    user = login_user()
+    user = login_user(workdir)
     if user is not None:
         workdir.chmod(0o711)  # the account reaches its dirs (and sshd its keys) through it
     size = int(os.environ.get("AXON_BENCH_PUBLISH_MB", "1024")) * MiB

@@ -3,7 +3,9 @@
 # account on a server would: on a dev machine root's shell start-up files may run version
 # managers (pyenv init: ~0.2 s) on every ssh login, which is not what is being measured.
 # Creates the system account `axon-bench` (no password, key login only through the
-# benchmark's own sshd) when run as root; otherwise the benchmark logs in as you and says so.
+# benchmark's own sshd) when run as root; otherwise the benchmark logs in as you and says so
+# (also when a directory above the clone is closed to others, as /root is).
+# Remove it with: userdel -r axon-bench
 set -uo pipefail
 user=axon-bench
 id "$user" >/dev/null 2>&1 && exit 0

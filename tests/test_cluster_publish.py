@@ -369,7 +369,8 @@ def test_ctrl_c_stops_uploads_in_flight_and_a_rerun_resumes(
     _out, err = proc.communicate(timeout=30)
     stopped_after = time.monotonic() - interrupted
     assert proc.returncode == 130, err
-    assert stopped_after < 3.5, f"took {stopped_after:.1f} s to stop after Ctrl-C"
+    # one 8 MiB chunk at 4 MiB/s is 2 s; finishing the uploads would take 4-5 s more
+    assert stopped_after < 4.5, f"took {stopped_after:.1f} s to stop after Ctrl-C"
     assert "axon: aborted" in err
     assert not any(registered(s, ref) for s in servers)
     assert not any((s.models_dir / ref.relpath).exists() for s in servers)

@@ -371,15 +371,34 @@ def test_a_kept_connection_serves_the_next_command_without_a_login(
         assert proxy.connections == 2
     finally:
         _end_kept(first)
-    wait_for(lambda: not _ssh_children(proxy.port), timeout=5, what="the kept ssh to exit")
 
 
 def _end_kept(transport: SshTransport) -> None:
-    """Tell the kept connection of ``transport`` to exit (as a failure would)."""
+    """Tell the kept connection of ``transport`` to exit (as a failure would), and wait
+    until its process is gone (OpenSSH retitles it ``ssh: <ControlPath> [mux]``)."""
     from axon.transports.ssh import _shared_control_dir
 
     transport._ctl_dir = _shared_control_dir()
+    socket = transport._ctl_path()
+    assert _processes_naming(socket), "the connection was not kept"
     transport._forget_master()
+    wait_for(lambda: not _processes_naming(socket), timeout=5, what="the kept ssh to exit")
+
+
+def _processes_naming(text: str) -> list[int]:
+    """Live processes whose command line contains ``text``."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text.encode() in cmd and state != "Z":
+            found.append(int(pid))
+    return found
 
 
 def test_a_kept_connection_that_died_is_replaced(sshd: Any, tcp_proxy: Any, tmp_path: Path) -> None:
@@ -395,7 +414,6 @@ def test_a_kept_connection_that_died_is_replaced(sshd: Any, tcp_proxy: Any, tmp_
         finally:
             _end_kept(again)
     assert proxy.connections == 2
-    wait_for(lambda: not _ssh_children(proxy.port), timeout=5, what="the kept ssh to exit")
 
 
 def test_ssh_persist_from_the_config(axon_home: Path) -> None:
