@@ -147,3 +147,18 @@ def test_rich_progress_from_many_threads() -> None:
     assert tasks["file0.bin [ok]"].completed == 1000
     assert "file3.bin [FAILED: cut]" in tasks
     assert "retrying in 1.0 s" in out.getvalue()
+
+
+def test_direct_puts_respect_every_proxy_variable_httpx_honours(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A blob PUT may bypass httpx only where no proxy applies: ALL_PROXY counts too."""
+    from axon.transports.api import _direct
+
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    assert _direct("http://10.0.0.7:8080")  # only decides; nothing is contacted
+    monkeypatch.setenv("ALL_PROXY", "http://127.0.0.1:3128")
+    assert not _direct("http://10.0.0.7:8080")
+    assert _direct("http://127.0.0.1:8080")  # loopback never goes through a proxy
+    assert not _direct("https://10.0.0.7:8443")

@@ -263,7 +263,10 @@ def _direct(endpoint: str) -> bool:
     import urllib.request
 
     host = urlsplit(endpoint).hostname or ""
-    return "http" not in urllib.request.getproxies() or bool(urllib.request.proxy_bypass(host))
+    proxies = urllib.request.getproxies()
+    if "http" not in proxies and "all" not in proxies:  # httpx honours ALL_PROXY too
+        return True
+    return bool(urllib.request.proxy_bypass(host))
 
 
 def _sendfile(
