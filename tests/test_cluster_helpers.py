@@ -228,3 +228,26 @@ def test_a_cluster_without_members_is_a_config_error(installed_model: Any) -> No
     model = prepare_model(Cache.from_config(), installed_model)
     with pytest.raises(ConfigError, match="has no instances"):
         publish_to_cluster(model, ClusterTarget("empty"), PublishOptions())
+
+
+def test_interrupted_parallel_map_releases_what_already_returned() -> None:
+    """Ctrl-C while --atomic stages: the staged publishes that did return are released
+    (their connections closed), the ones still running are told to stop."""
+    from axon.publish.rollout import parallel_map
+    from axon.targets import InstanceTarget
+
+    a, b = (InstanceTarget(n, f"http://127.0.0.1:{p}") for n, p in (("a", 9), ("b", 10)))
+    a_done = threading.Event()
+    cancel = threading.Event()
+    released: list[str] = []
+
+    def stage(target: InstanceTarget) -> str:
+        if target.name == "a":
+            a_done.set()
+            return "staged-a"
+        a_done.wait(5)
+        raise KeyboardInterrupt  # as the main thread would see Ctrl-C
+
+    with pytest.raises(KeyboardInterrupt):
+        parallel_map([a, b], stage, 2, cancel, release=released.append)
+    assert released == ["staged-a"] and cancel.is_set()

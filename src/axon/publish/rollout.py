@@ -219,9 +219,13 @@ def parallel_map(
     fn: Callable[[InstanceTarget], Any],
     max_parallel: int,
     cancel: threading.Event | None = None,
+    release: Callable[[Any], None] | None = None,
 ) -> dict[str, Outcome]:
     """``fn`` on every target in parallel: ``{name: (value, None) or (None, exception)}``.
-    On Ctrl-C ``cancel`` is set before waiting for the calls still running."""
+
+    On Ctrl-C ``cancel`` is set, the calls still running are waited for, and ``release``
+    is called on every value already returned (nobody else will see it), then it raises.
+    """
 
     def guarded(t: InstanceTarget) -> Outcome:
         try:
@@ -231,13 +235,23 @@ def parallel_map(
 
     if not targets:
         return {}
-    with ThreadPoolExecutor(max_workers=max(1, min(max_parallel, len(targets)))) as pool:
-        try:
-            return dict(zip([t.name for t in targets], pool.map(guarded, targets), strict=True))
-        except BaseException:
-            if cancel is not None:
-                cancel.set()
-            raise
+    pool = ThreadPoolExecutor(max_workers=max(1, min(max_parallel, len(targets))))
+    futures = [pool.submit(guarded, t) for t in targets]
+    try:
+        out = {t.name: f.result() for t, f in zip(targets, futures, strict=True)}
+    except BaseException:
+        if cancel is not None:
+            cancel.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        for f in futures:
+            if release is not None and f.done() and not f.cancelled():
+                value, _exc = f.result()
+                if value is not None:
+                    with contextlib.suppress(Exception):
+                        release(value)
+        raise
+    pool.shutdown(wait=True)
+    return out
 
 
 @dataclass
@@ -315,13 +329,19 @@ def run_atomic(
     committed instances back on their previous version. ``stage`` returns an object with
     ``commit()`` (-> InstanceResult) and ``abort()`` (H4's StagedPublish). Ctrl-C sets
     ``cancel`` while staging; the switch itself is never interrupted half-way."""
-    staged = parallel_map(members, stage, max_parallel, cancel)
+    staged = parallel_map(members, stage, max_parallel, cancel, release=_close)
     try:
         return _switch_all(members, staged, ref, max_parallel)
     finally:
         for value, _exc in staged.values():
-            with contextlib.suppress(Exception):
-                value.transport.close()
+            if value is not None:
+                _close(value)
+
+
+def _close(staged: Any) -> None:
+    """Release a staged publish's connection (what it staged stays: a re-run resumes)."""
+    with contextlib.suppress(Exception):
+        staged.transport.close()
 
 
 def _switch_all(
