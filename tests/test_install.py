@@ -394,7 +394,7 @@ def test_sigkill_mid_install_leaves_no_model(cache: Cache, make_model_dir: MakeD
 
 
 def test_source_changing_during_copy_is_refused(tmp_path: Path) -> None:
-    from axon.install import copy_hashing
+    from axon.sources import copy_hashing
 
     src = tmp_path / "weights.bin"
     src.write_bytes(b"a" * 10_000)

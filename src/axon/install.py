@@ -34,7 +34,7 @@ from axon.fsutil import fsync_tree, remove_tree, replace_dir, staging_name
 from axon.manifest import MANIFEST_NAME, FileEntry, Manifest
 from axon.progress import NULL_PROGRESS, Progress
 from axon.refs import ModelRef
-from axon.sources import Digest, copy_dir, copy_hashing, extract_archive
+from axon.sources import Digest, copy_dir, extract_archive
 
 ARCHIVE_SUFFIXES = (".axon", ".tar.gz", ".tgz", ".tar")
 
@@ -285,7 +285,6 @@ def _first_line(exc: BaseException) -> str:
 __all__ = [
     "build_manifest",
     "classify_source",
-    "copy_hashing",
     "install_source",
     "parse_hf_source",
 ]

@@ -244,8 +244,10 @@ def pump_file(fd: int, src_fd: int, h: Any, limit: int, on_bytes: Progress) -> i
     The kernel copies (``copy_file_range``: no pass through user space) while this thread
     hashes the source through a read-only mapping of each chunk (no copy either; one chunk
     mapped at a time, so the resident size stays small). The dev cache replaces files by
-    rename, never truncates them in place; should one shrink anyway, the size is checked
-    before each chunk is mapped, so we never touch a page past its end (that is SIGBUS).
+    rename, never truncates them in place, and this relies on it: the size is checked
+    before each chunk is mapped, which catches a file that shrank before, but one truncated
+    between that check and the hash would fault (SIGBUS). Sources this process does not
+    own the lifecycle of go through :func:`pump_stream` instead.
 
     ``h`` None: copy without hashing (the caller vouches for the bytes another way), in
     this thread, chunk by chunk (progress and early writeback as above).
