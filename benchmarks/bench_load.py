@@ -77,14 +77,18 @@ def run(workdir: Path) -> list[Row]:
     proc = _start_server(workdir / "models", port, workdir / "server.log")
     url = f"http://127.0.0.1:{port}"
     listings = 0
+    lister_errors: list[BaseException] = []
     done = threading.Event()
 
     def lister() -> None:
         nonlocal listings
-        with httpx.Client(base_url=url, timeout=60) as c:
-            while not done.is_set():
-                c.get("/models").raise_for_status()
-                listings += 1
+        try:
+            with httpx.Client(base_url=url, timeout=60) as c:
+                while not done.is_set():
+                    c.get("/models").raise_for_status()
+                    listings += 1
+        except BaseException as exc:  # reported below: a silent stop would read as "no errors"
+            lister_errors.append(exc)
 
     try:
         drop_caches_if_possible()
@@ -101,6 +105,8 @@ def run(workdir: Path) -> list[Row]:
         reader.join()
         for c in clients:
             c.close()
+        if lister_errors:
+            raise RuntimeError(f"listing /models failed during the load: {lister_errors[0]!r}")
         rss = peak_rss_mb_of(proc.pid)
     finally:
         done.set()
