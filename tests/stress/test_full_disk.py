@@ -1,10 +1,11 @@
 """A receiving disk that fills up: mlos-core's models directory on a small tmpfs the test
-mounts (we run as root here; without mount rights the test falls back to
-``--max-upload-size``). Clear error, nothing partial left, the server keeps serving, and the
-upload resumes once space is back."""
+mounts (it needs root; without mount rights the disk cases skip saying so), and the
+server's own ``--max-upload-size``. Clear error, nothing partial left, the server keeps
+serving, and the upload resumes once space is back."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ from tests.fixtures.mlos import ServerFactory, manifest_for
 from tests.stress.checkers import check_fs_root
 from tests.stress.conftest import record
 from tests.stress.harness import MiB, make_homes, run_axon
+from tests.test_transport_filesystem import tmpfs
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -40,17 +42,22 @@ def small_fs(tmp_path: Path) -> Iterator[Path | None]:
         subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
-def _serve(mlos_server: ServerFactory, small_fs: Path | None, tmp_path: Path) -> object:
-    if small_fs is None:  # fallback: the size limit stands in for the disk
-        return mlos_server(models_dir=tmp_path / "models", max_upload_size="16M")
-    return mlos_server(models_dir=small_fs / "models", no_fsync=True)
-
-
 @pytest.mark.parametrize("limit", ["disk", "max-upload-size"])
 def test_publish_bigger_than_the_disk(
-    limit: str, small_fs: Path | None, mlos_server: ServerFactory, tmp_path: Path
+    limit: str, mlos_server: ServerFactory, tmp_path: Path
 ) -> None:
-    srv = _serve(mlos_server, small_fs if limit == "disk" else None, tmp_path)
+    """ "disk": a real 16 MiB filesystem fills up (skips, saying why, where mounting is not
+    allowed); "max-upload-size": the server's own size limit refuses it."""
+    with contextlib.ExitStack() as stack:
+        if limit == "disk":
+            fs = stack.enter_context(tmpfs(tmp_path / "small-fs", "size=16m"))
+            srv = mlos_server(models_dir=fs / "models", no_fsync=True)
+        else:
+            srv = mlos_server(models_dir=tmp_path / "models", max_upload_size="16M")
+        _fill_and_recover(srv, limit, tmp_path)
+
+
+def _fill_and_recover(srv: object, limit: str, tmp_path: Path) -> None:
     big, _ = make_homes(tmp_path / "big", "hf/big@v1", 24 * MiB)
     done = run_axon(big, "publish", "hf/big@v1", "-t", srv.url, "--json", "--retries", "1")  # type: ignore[attr-defined]
     assert done.returncode == 7, done.stdout + done.stderr  # EXIT_TRANSPORT
@@ -62,7 +69,7 @@ def test_publish_bigger_than_the_disk(
     ok = run_axon(small, "publish", "hf/small@v1", "-t", srv.url, "-q")  # type: ignore[attr-defined]
     assert ok.returncode == 0, ok.stderr  # the server keeps serving
     assert check_fs_root(srv.models_dir)[0] == 1  # type: ignore[attr-defined]
-    record("full_disk", f"mode_{limit}", "tmpfs" if small_fs and limit == "disk" else "limit")
+    record("full_disk", f"mode_{limit}", "tmpfs" if limit == "disk" else "limit")
     record("full_disk", "trials", 1, add=True)
 
 
