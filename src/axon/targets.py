@@ -146,7 +146,8 @@ def resolve_target(spec: str, config: Config) -> Target:
                     f"cannot use this target: {exc}",
                     path=str(config.path),
                     key=key,
-                    hint="check its paths (ssh_key, storage_path): a ~user that does not exist?",
+                    hint="fix this entry of the config file (a URL or path in it is malformed, "
+                    "or names a ~user that does not exist)",
                 ) from None
     try:
         return resolve_address(spec, config)

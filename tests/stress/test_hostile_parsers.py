@@ -369,17 +369,19 @@ def test_install_source_names_only_raise_axon_errors(source: str) -> None:
     assert kind in ("dir", "archive", "hf")
 
 
-def test_regression_configured_storage_path_with_bad_url_is_target_not_found(
+def test_regression_configured_storage_path_with_bad_url_is_a_config_error(
     tmp_path: Path,
 ) -> None:
     # Found with the config corpus: storage_path "s3://[x" made `axon targets list` and
-    # `axon publish -t a` an "unexpected error" (exit 1, ValueError from urlsplit).
+    # `axon publish -t a` an "unexpected error" (exit 1, ValueError from urlsplit). It is the
+    # config's fault: a ConfigError (exit 6) naming the entry.
     from axon.config import load_config
-    from axon.errors import TargetNotFoundError
+    from axon.errors import EXIT_CONFIG, ConfigError
     from axon.targets import resolve_target
 
     path = tmp_path / "config.yaml"
     conf = {"type": "network_storage", "storage_type": "s3", "storage_path": "s3://[x"}
     path.write_text(yaml.safe_dump({"mlos_targets": {"a": conf}}))
-    with pytest.raises(TargetNotFoundError, match="'a'"):
+    with pytest.raises(ConfigError, match=r"mlos_targets\.a") as info:
         resolve_target("a", load_config(path))
+    assert info.value.exit_code == EXIT_CONFIG
