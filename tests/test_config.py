@@ -154,11 +154,12 @@ def test_token_env(axon_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_config().mlos_targets["a"].resolved_token() == "s3cret"
 
 
-def test_readme_example_config_loads_and_resolves(axon_home: Path) -> None:
+def test_documented_example_config_loads_and_resolves(axon_home: Path) -> None:
     from axon.targets import resolve_target
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    section = readme.split("<!-- section:cache")[1].split("<!-- /section:cache")[0]
+    # The first yaml block under "## The config file" in docs/cache-and-config.md.
+    page = (Path(__file__).parent.parent / "docs" / "cache-and-config.md").read_text()
+    section = page.split("\n## The config file\n")[1].split("\n## ")[0]
     example = section.split("```yaml\n")[1].split("```")[0]
     config = load_config(write(axon_home, example))
     kinds = {name: resolve_target(name, config).kind for name in config.target_names}
