@@ -36,7 +36,7 @@ _LIBRARY = """
 import sys
 from axon.cache import Cache
 from axon.publish import prepare_model
-from axon.refs import ModelRef
+from modelpkg.refs import ModelRef
 from axon.transports.filesystem import FilesystemTransport
 from pathlib import Path
 model = prepare_model(Cache.from_config(), ModelRef.parse(sys.argv[2]))

@@ -70,7 +70,7 @@ def _write_model(root: Path, size: int) -> Path:
     """A model dir: one big weights file + a config, and its manifest (hashed here)."""
     make_file(root / "model.safetensors", size)
     (root / "config.json").write_text('{"model_type": "bert"}')
-    from axon.manifest import FileEntry, Manifest
+    from modelpkg.manifest import FileEntry, Manifest
 
     files = []
     for p in sorted(root.iterdir()):
@@ -86,14 +86,14 @@ def _write_model(root: Path, size: int) -> Path:
 
 def _axon_child(endpoint: str, location: str, model_dir: str) -> None:
     """Run in the child: publish the prepared model (manifest trusted: already hashed)."""
-    from axon.manifest import Manifest
     from axon.publish.plan import PreparedModel, PublishOptions
     from axon.publish.storage import publish_to_storage
     from axon.targets import StorageTarget
+    from modelpkg.manifest import Manifest
 
     manifest = Manifest.load(model_dir)
     ref_parts = (manifest.namespace, manifest.name, manifest.version)
-    from axon.refs import ModelRef
+    from modelpkg.refs import ModelRef
 
     model = PreparedModel(ModelRef(*ref_parts), manifest, Path(model_dir), manifest.total_size)  # type: ignore[arg-type]
     storage = StorageTarget("bench", "s3", location, endpoint_url=endpoint)

@@ -14,7 +14,7 @@ import axon.hashing
 from axon.cache import METADATA_NAME, Cache
 from axon.config import load_config
 from axon.errors import IntegrityError, ManifestError, ModelNotFoundError
-from axon.refs import ModelRef
+from modelpkg.refs import ModelRef
 
 UPSTREAM_MANIFEST = """apiVersion: v1
 kind: Model

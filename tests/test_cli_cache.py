@@ -14,7 +14,7 @@ import pytest
 
 from axon.cli.main import main
 from axon.errors import EXIT_CONFIG, EXIT_INTEGRITY, EXIT_INVALID, EXIT_NOT_FOUND
-from axon.refs import ModelRef
+from modelpkg.refs import ModelRef
 
 
 @dataclass

@@ -20,7 +20,7 @@ import yaml
 from axon.errors import EXIT_ALL_FAILED, EXIT_OK, EXIT_PARTIAL
 from axon.publish import PublishOptions, publish
 from axon.publish.cluster import ClusterResult
-from axon.refs import ModelRef
+from modelpkg.refs import ModelRef
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import pytest
 
 from axon.errors import EXIT_ALL_FAILED, EXIT_OK, EXIT_PARTIAL
 from axon.publish.cluster import cluster_status
-from axon.refs import ModelRef
+from modelpkg.refs import ModelRef
 from tests.test_cluster_publish import (
     Recorder,
     cached_files,

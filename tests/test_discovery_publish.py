@@ -20,7 +20,7 @@ import yaml
 from axon.discovery import discover
 from axon.errors import EXIT_DISCOVERY, DiscoveryError
 from axon.publish import PublishOptions, publish
-from axon.refs import ModelRef
+from modelpkg.refs import ModelRef
 from tests.fixtures.common import free_port, wait_for
 from tests.fixtures.etcd import EtcdServer
 

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from axon.fsutil import (
+from modelpkg.atomic import (
     atomic_dir,
     atomic_write_text,
     clean_leftovers,
-    is_staging_leftover,
     replace_dir,
     staging_name,
 )
+from modelpkg.layout import is_leftover
 
 
 def test_atomic_dir_creates_and_replaces(tmp_path: Path) -> None:
@@ -56,6 +56,6 @@ def test_atomic_write_and_leftovers(tmp_path: Path) -> None:
     assert p.read_text() == "hello"
     junk = staging_name(tmp_path / "model")
     junk.mkdir()
-    assert is_staging_leftover(junk.name)
+    assert is_leftover(junk.name)
     assert clean_leftovers(tmp_path) == [junk]
     assert sorted(x.name for x in tmp_path.iterdir()) == ["f.txt"]

@@ -24,8 +24,8 @@ from axon.errors import (
     UnsafeArchiveError,
 )
 from axon.install import classify_source, install_source, parse_hf_source
-from axon.manifest import Manifest
-from axon.refs import ModelRef
+from modelpkg.manifest import Manifest
+from modelpkg.refs import ModelRef
 
 MakeDir = Callable[..., Path]
 

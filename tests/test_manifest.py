@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from axon.errors import ManifestError
-from axon.manifest import FileEntry, Manifest, check_relpath
+from modelpkg.manifest import FileEntry, Manifest, check_relpath
 
 SHA = "a" * 64
 

@@ -19,7 +19,7 @@ from axon.errors import (
     EXIT_TRANSPORT,
 )
 from axon.publish import PublishOptions, publish
-from axon.refs import ModelRef
+from modelpkg.refs import ModelRef
 from tests.fixtures.common import free_port
 from tests.test_publish_helpers import error_lines, run_axon, write_config
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from axon.errors import EXIT_NOT_NOTIFIED, EXIT_OK, EXIT_TRANSPORT
-from axon.refs import ModelRef
+from modelpkg.refs import ModelRef
 from tests.fixtures.common import free_port
 from tests.test_publish_helpers import error_lines, run_axon, write_config
 

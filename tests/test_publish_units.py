@@ -19,12 +19,12 @@ from axon.errors import (
     RemoteError,
     TargetUnreachableError,
 )
-from axon.manifest import FileEntry, Manifest
 from axon.publish import InstanceResult, PublishOptions, PublishResult
 from axon.publish.instance import is_transient
 from axon.publish.notify import register_payload
-from axon.refs import ModelRef
 from axon.targets import InstanceTarget
+from modelpkg.manifest import FileEntry, Manifest
+from modelpkg.refs import ModelRef
 
 
 def _target(method: str) -> InstanceTarget:

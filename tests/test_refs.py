@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from axon.errors import InvalidReferenceError
-from axon.refs import ModelRef
+from modelpkg.refs import ModelRef
 
 
 @pytest.mark.parametrize(

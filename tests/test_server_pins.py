@@ -7,9 +7,9 @@ import asyncio
 import hashlib
 from pathlib import Path
 
-from axon.refs import ModelRef
 from mlos_core.core import Core
 from mlos_core.settings import Settings
+from modelpkg.refs import ModelRef
 
 
 def _orphan_blob(core: Core, tmp_path: Path, data: bytes) -> str:

@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from axon.manifest import MANIFEST_NAME
 from axon.publish.plan import PublishOptions
 from axon.publish.storage import publish_to_storage
 from axon.targets import InstanceTarget, StorageTarget
+from modelpkg.manifest import MANIFEST_NAME
 from tests.fixtures.mlos import ServerFactory
 from tests.fixtures.s3 import S3Server
 from tests.test_storage_s3 import make_model

@@ -16,12 +16,14 @@ from axon.errors import (
     TargetUnreachableError,
     TransportError,
 )
-from axon.manifest import FileEntry, Manifest
 from axon.publish.plan import PreparedModel, PublishOptions
 from axon.publish.storage import StorageResult, publish_to_storage
-from axon.refs import ModelRef
 from axon.targets import StorageTarget
-from axon.transports.s3 import BLOBS, S3Store, S3Transport
+from axon.transports.s3 import S3Transport
+from modelpkg.layout import S3_BLOBS as BLOBS
+from modelpkg.manifest import FileEntry, Manifest
+from modelpkg.refs import ModelRef
+from modelpkg.s3 import S3Store
 from tests.fixtures.common import free_port
 from tests.fixtures.s3 import S3Server
 

@@ -6,10 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from axon.manifest import MANIFEST_NAME
-from axon.refs import ModelRef
 from axon.transports.base import Transport
-from axon.transports.s3 import S3Settings, S3Transport
+from axon.transports.s3 import S3Transport
+from modelpkg.manifest import MANIFEST_NAME
+from modelpkg.refs import ModelRef
+from modelpkg.s3 import S3Settings
 from tests.fixtures.s3 import S3Server
 from tests.test_transport_conformance import TransportConformance
 
@@ -39,7 +40,7 @@ class TestS3Conformance(TransportConformance):
             if getattr(exc, "status", None) == 404:
                 return None
             raise
-        from axon.manifest import Manifest
+        from modelpkg.manifest import Manifest
 
         snap = {MANIFEST_NAME: text}
         for entry in Manifest.from_text(text).files:

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from axon.cache import Cache
-from axon.manifest import MANIFEST_NAME
 from axon.publish.plan import PreparedModel, PublishOptions
 from axon.publish.storage import publish_to_storage
-from axon.refs import ModelRef
 from axon.targets import StorageTarget
+from modelpkg.manifest import MANIFEST_NAME
+from modelpkg.refs import ModelRef
 from tests.fixtures.s3 import S3Server
 from tests.test_storage_s3 import keys, make_model
 

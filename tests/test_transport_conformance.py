@@ -29,10 +29,10 @@ from typing import Any
 import pytest
 
 from axon.errors import TransportError
-from axon.manifest import MANIFEST_NAME, FileEntry, Manifest
-from axon.refs import ModelRef
 from axon.transports.base import CommitInfo, Transport
 from axon.transports.filesystem import FilesystemTransport
+from modelpkg.manifest import MANIFEST_NAME, FileEntry, Manifest
+from modelpkg.refs import ModelRef
 
 MiB = 1024 * 1024
 REF = ModelRef.parse("hf/conformance-model@v1")

@@ -129,8 +129,8 @@ def test_unchanged_republish_writes_nothing(tmp_path: Path) -> None:
 _SLOW_PUBLISH = """
 import sys, time
 from pathlib import Path
-from axon.manifest import Manifest
-from axon.refs import ModelRef
+from modelpkg.manifest import Manifest
+from modelpkg.refs import ModelRef
 from axon.transports.filesystem import FilesystemTransport
 root, src = Path(sys.argv[1]), Path(sys.argv[2])
 manifest = Manifest.load(src / "manifest.yaml")

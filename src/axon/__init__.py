@@ -8,7 +8,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from axon.errors import AxonError
-from axon.manifest import FileEntry, Manifest
-from axon.refs import ModelRef
+from modelpkg.manifest import FileEntry, Manifest
+from modelpkg.refs import ModelRef
 
 __all__ = ["AxonError", "FileEntry", "Manifest", "ModelRef", "__version__"]

@@ -9,7 +9,7 @@
             ├── <ns>-<name>-<ver>.axon    (upstream only, optional) tar.gz of the files
             └── config.json, model.safetensors, tokenizer/..., ...
 
-A model directory appears in one rename (:func:`axon.fsutil.atomic_dir`), so a reader (or an
+A model directory appears in one rename (:func:`modelpkg.atomic.atomic_dir`), so a reader (or an
 interrupted install) never sees half a model. Listing follows upstream: every directory under
 ``models/`` holding ``.axon_metadata.json`` (or ``manifest.yaml``) is a model; its relative
 path is ``namespace/name.../version``.
@@ -28,16 +28,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from axon.errors import IntegrityError, InvalidReferenceError, ManifestError, ModelNotFoundError
-from axon.fsutil import (
+from axon.hashing import HashIndex, hash_files
+from modelpkg.atomic import (
     atomic_write_text,
     clean_leftovers,
-    is_staging_leftover,
     remove_tree,
     staging_name,
 )
-from axon.hashing import HashIndex, hash_files
-from axon.manifest import MANIFEST_NAME, FileEntry, Manifest, check_relpath
-from axon.refs import ModelRef
+from modelpkg.layout import OLD_TAG, is_leftover
+from modelpkg.manifest import MANIFEST_NAME, FileEntry, Manifest, check_relpath
+from modelpkg.refs import ModelRef
 
 if TYPE_CHECKING:
     from axon.config import Config
@@ -135,9 +135,9 @@ def walk_files(root: Path, *, skip_top: set[str] | frozenset[str] = frozenset())
     """Relative POSIX paths of the regular files (and symlinks to files) under ``root``."""
     for dirpath, dirs, files in os.walk(root):
         rel_dir = os.path.relpath(dirpath, root)
-        dirs[:] = sorted(d for d in dirs if not is_staging_leftover(d))
+        dirs[:] = sorted(d for d in dirs if not is_leftover(d))
         for name in sorted(files):
-            if is_staging_leftover(name):
+            if is_leftover(name):
                 continue
             rel = name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/")
             if rel_dir == "." and name in skip_top:
@@ -396,7 +396,7 @@ class Cache:
             raise ModelNotFoundError(
                 f"{ref} is not in the cache", path=str(path), hint=self._not_found_hint(ref)
             )
-        aside = staging_name(path, "old")
+        aside = staging_name(path, OLD_TAG)
         os.rename(path, aside)
         remove_tree(aside)
         self.index.forget_under(path)

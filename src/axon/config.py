@@ -395,7 +395,7 @@ def _finish_target(target: TargetConfig, key: str, cfg_path: Path, *, cluster: b
 
 def write_default_config(path: Path, cache_dir: Path) -> None:
     """Write a starter config (used by ``axon init``); never overwrites an existing file."""
-    from axon.fsutil import atomic_write_text
+    from modelpkg.atomic import atomic_write_text
 
     text = (
         "# axon configuration (see README: 'The config file')\n"

@@ -1,13 +1,12 @@
 """Every error axon raises, in one place.
 
-Each error says *what* failed, *where* (target, path, url, key) and *what to do next*
-(``hint``). Each is also the matching standard exception, so callers that only know the
-standard library can still catch them (``except FileNotFoundError`` catches
-``ModelNotFoundError``).
+The errors of the model package contract (references, manifests, integrity, moving bytes)
+live in :mod:`modelpkg.errors`, shared with mlos-core; this module re-exports them and adds
+the client's own. ``AxonError`` is the client's name for their common base.
 
 Hierarchy::
 
-    AxonError
+    AxonError (= modelpkg.errors.PackageError)
     ├── InvalidReferenceError (ValueError)        a bad ``namespace/name@version``
     ├── ModelNotFoundError (FileNotFoundError)    not in the cache
     ├── ManifestError (ValueError)                manifest.yaml unreadable or invalid
@@ -26,9 +25,10 @@ Hierarchy::
     ├── NotifyError                               files published, instance not told
     ├── DiscoveryError (ConnectionError)          service discovery failed
     ├── PublishError                              some targets of a publish failed
+    ├── InterruptedPublish                        Ctrl-C while an instance was receiving
     └── OptionError (ValueError)                  option values that contradict (exit 2)
 
-The CLI maps each class to an exit code (``exit_code`` below, documented in the README)
+The CLI maps each class to an exit code (``exit_code``, documented in docs/exit-codes.md)
 and prints ``str(error)``; tracebacks only with ``AXON_DEBUG=1`` or ``--debug``.
 """
 
@@ -36,69 +36,35 @@ from __future__ import annotations
 
 from typing import Any
 
-# Exit codes, documented in README.md ("Exit codes"). Stable: scripts depend on them.
-EXIT_OK = 0
-EXIT_ERROR = 1  # unexpected error (a bug: please report it with AXON_DEBUG=1 output)
-EXIT_USAGE = 2  # bad command line (click's own code)
-EXIT_NOT_FOUND = 3  # model or target not found
-EXIT_INVALID = 4  # invalid input: reference, manifest, source, archive
-EXIT_INTEGRITY = 5  # checksum, size, missing or extra files
-EXIT_CONFIG = 6  # config file problem
-EXIT_TRANSPORT = 7  # target unreachable, refused credentials, no space, permission denied
-EXIT_NOT_NOTIFIED = 8  # files published but an instance was not notified
-EXIT_PARTIAL = 9  # some targets of a cluster/storage publish failed
-EXIT_ALL_FAILED = 10  # every target of a publish failed
-EXIT_DISCOVERY = 11  # service discovery failed
-EXIT_INTERRUPTED = 130  # Ctrl-C
+from modelpkg.errors import (
+    EXIT_ALL_FAILED,
+    EXIT_CONFIG,
+    EXIT_DISCOVERY,
+    EXIT_ERROR,
+    EXIT_INTEGRITY,
+    EXIT_INTERRUPTED,
+    EXIT_INVALID,
+    EXIT_NOT_FOUND,
+    EXIT_NOT_NOTIFIED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_TRANSPORT,
+    EXIT_USAGE,
+    AuthenticationError,
+    BucketNotFoundError,
+    ConfigError,
+    IntegrityError,
+    InvalidReferenceError,
+    ManifestError,
+    NoSpaceError,
+    PackageError,
+    RemoteError,
+    TargetPermissionError,
+    TargetUnreachableError,
+    TransportError,
+)
 
-
-class AxonError(Exception):
-    """Base of every axon error.
-
-    ``message`` says what failed; ``hint`` says what to do next. Structured fields
-    (``target``, ``path``, ``url``, ``status``) are kept for programs and ``--json``.
-    """
-
-    exit_code = EXIT_ERROR
-    #: may a new attempt (re-open + resume) succeed? None: decided by the error's type
-    #: (:func:`axon.publish.instance.is_transient`); set by a transport that knows better
-    retryable: bool | None = None
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        hint: str | None = None,
-        target: str | None = None,
-        path: str | None = None,
-        url: str | None = None,
-        status: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-        self.target = target
-        self.path = path
-        self.url = url
-        self.status = status
-
-    def __str__(self) -> str:
-        prefix = (
-            f"{self.target}: " if self.target and not self.message.startswith(self.target) else ""
-        )
-        text = prefix + self.message
-        if self.hint:
-            text += f" ({self.hint})"
-        return text
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready description of the error, for ``--json`` output."""
-        data: dict[str, Any] = {"type": type(self).__name__, "message": self.message}
-        for key in ("hint", "target", "path", "url", "status"):
-            value = getattr(self, key)
-            if value is not None:
-                data[key] = value
-        return data
+AxonError = PackageError
 
 
 def retryable(exc: AxonError, value: bool) -> AxonError:
@@ -107,34 +73,8 @@ def retryable(exc: AxonError, value: bool) -> AxonError:
     return exc
 
 
-class InvalidReferenceError(AxonError, ValueError):
-    exit_code = EXIT_INVALID
-
-
 class ModelNotFoundError(AxonError, FileNotFoundError):
     exit_code = EXIT_NOT_FOUND
-
-
-class ManifestError(AxonError, ValueError):
-    """A manifest that cannot be read or does not validate.
-
-    ``path`` is the manifest file, ``field`` the dotted key (``spec.format.files[2].sha256``).
-    """
-
-    exit_code = EXIT_INVALID
-
-    def __init__(self, message: str, *, field: str | None = None, **kw: Any) -> None:
-        super().__init__(message, **kw)
-        self.field = field
-
-    def __str__(self) -> str:
-        where = self.path or "manifest"
-        if self.field:
-            where += f": {self.field}"
-        text = f"{where}: {self.message}"
-        if self.hint:
-            text += f" ({self.hint})"
-        return text
 
 
 class SourceError(AxonError, ValueError):
@@ -145,40 +85,6 @@ class UnsafeArchiveError(SourceError):
     pass
 
 
-class IntegrityError(AxonError, ValueError):
-    """Files that do not match their manifest. ``problems`` lists each one."""
-
-    exit_code = EXIT_INTEGRITY
-
-    def __init__(self, message: str, *, problems: list[str] | None = None, **kw: Any) -> None:
-        super().__init__(message, **kw)
-        self.problems = problems or []
-
-    def to_dict(self) -> dict[str, Any]:
-        data = super().to_dict()
-        data["problems"] = self.problems
-        return data
-
-
-class ConfigError(AxonError, ValueError):
-    """A config file problem; ``path`` is the file, ``key`` the dotted key."""
-
-    exit_code = EXIT_CONFIG
-
-    def __init__(self, message: str, *, key: str | None = None, **kw: Any) -> None:
-        super().__init__(message, **kw)
-        self.key = key
-
-    def __str__(self) -> str:
-        where = self.path or "config"
-        if self.key:
-            where += f": {self.key}"
-        text = f"{where}: {self.message}"
-        if self.hint:
-            text += f" ({self.hint})"
-        return text
-
-
 class TargetNotFoundError(ConfigError, LookupError):
     exit_code = EXIT_NOT_FOUND
 
@@ -187,34 +93,6 @@ class TargetNotFoundError(ConfigError, LookupError):
         if self.hint:
             text += f" ({self.hint})"
         return text
-
-
-class TransportError(AxonError, OSError):
-    exit_code = EXIT_TRANSPORT
-
-
-class TargetUnreachableError(TransportError, ConnectionError):
-    pass
-
-
-class AuthenticationError(TransportError, PermissionError):
-    pass
-
-
-class TargetPermissionError(TransportError, PermissionError):
-    pass
-
-
-class NoSpaceError(TransportError):
-    pass
-
-
-class RemoteError(TransportError):
-    """The target answered, but with an error (HTTP 4xx/5xx, a failed remote command)."""
-
-
-class BucketNotFoundError(RemoteError, FileNotFoundError):
-    """An object-store target (S3) whose bucket does not exist."""
 
 
 class NotifyError(AxonError):
@@ -252,4 +130,40 @@ class OptionError(AxonError, ValueError):
     exit_code = EXIT_USAGE
 
 
-__all__ = [name for name in dir() if name.endswith("Error") or name.startswith("EXIT_")]
+__all__ = [
+    "EXIT_ALL_FAILED",
+    "EXIT_CONFIG",
+    "EXIT_DISCOVERY",
+    "EXIT_ERROR",
+    "EXIT_INTEGRITY",
+    "EXIT_INTERRUPTED",
+    "EXIT_INVALID",
+    "EXIT_NOT_FOUND",
+    "EXIT_NOT_NOTIFIED",
+    "EXIT_OK",
+    "EXIT_PARTIAL",
+    "EXIT_TRANSPORT",
+    "EXIT_USAGE",
+    "AuthenticationError",
+    "AxonError",
+    "BucketNotFoundError",
+    "ConfigError",
+    "DiscoveryError",
+    "IntegrityError",
+    "InterruptedPublish",
+    "InvalidReferenceError",
+    "ManifestError",
+    "ModelNotFoundError",
+    "NoSpaceError",
+    "NotifyError",
+    "OptionError",
+    "PublishError",
+    "RemoteError",
+    "SourceError",
+    "TargetNotFoundError",
+    "TargetPermissionError",
+    "TargetUnreachableError",
+    "TransportError",
+    "UnsafeArchiveError",
+    "retryable",
+]

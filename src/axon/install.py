@@ -30,11 +30,11 @@ from axon.errors import (
     SourceError,
     TargetUnreachableError,
 )
-from axon.fsutil import fsync_tree, remove_tree, replace_dir, staging_name
-from axon.manifest import MANIFEST_NAME, FileEntry, Manifest
 from axon.progress import NULL_PROGRESS, Progress
-from axon.refs import ModelRef
 from axon.sources import Digest, copy_dir, extract_archive
+from modelpkg.atomic import fsync_tree, remove_tree, replace_dir, staging_name
+from modelpkg.manifest import MANIFEST_NAME, FileEntry, Manifest
+from modelpkg.refs import ModelRef
 
 ARCHIVE_SUFFIXES = (".axon", ".tar.gz", ".tgz", ".tar")
 

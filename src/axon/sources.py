@@ -26,9 +26,9 @@ from typing import IO
 
 from axon.errors import ManifestError, NoSpaceError, SourceError, UnsafeArchiveError
 from axon.hashing import CHUNK, sha256_file
-from axon.manifest import MANIFEST_NAME, check_relpath
 from axon.progress import Progress
 from axon.transports.blobcopy import NO_COPY_RANGE
+from modelpkg.manifest import MANIFEST_NAME, check_relpath
 
 _SKIP_DIRS = {".git", ".cache"}  # VCS data and huggingface_hub's local_dir bookkeeping
 OnBytes = Callable[[int], None]

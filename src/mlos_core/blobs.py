@@ -26,8 +26,8 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from axon.fsutil import fsync_dir
 from mlos_core.errors import ApiError, bad_request, checksum_mismatch, no_space
+from modelpkg.atomic import fsync_dir
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 READ_CHUNK = 4 * 1024 * 1024

@@ -17,10 +17,6 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
-from axon.errors import AxonError, ManifestError
-from axon.fsutil import clean_leftovers, remove_tree
-from axon.manifest import API_VERSION, MANIFEST_NAME, Manifest
-from axon.refs import ModelRef
 from mlos_core.blobs import BlobStore
 from mlos_core.errors import ApiError, bad_request, not_found, too_large
 from mlos_core.locks import KeyedLocks
@@ -30,6 +26,10 @@ from mlos_core.settings import Settings
 from mlos_core.tenants import Tenants
 from mlos_core.uploads import Upload, UploadStore, expires_at, new_upload_id
 from mlos_core.versions import VersionStore
+from modelpkg.atomic import clean_leftovers, remove_tree
+from modelpkg.errors import ManifestError, PackageError
+from modelpkg.manifest import API_VERSION, MANIFEST_NAME, Manifest
+from modelpkg.refs import ModelRef
 
 log = logging.getLogger("mlos_core")
 
@@ -43,7 +43,7 @@ def parse_ref(model_id: Any) -> ModelRef:
         raise bad_request("model_id is required: 'namespace/name@version'", code="invalid_id")
     try:
         return ModelRef.parse(model_id)
-    except AxonError as exc:
+    except PackageError as exc:
         raise bad_request(str(exc), code="invalid_id") from exc
 
 

@@ -28,14 +28,14 @@ from python_multipart.exceptions import ParseError
 from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
 
-from axon.errors import ManifestError
-from axon.fsutil import remove_tree
-from axon.manifest import FileEntry, Manifest, check_relpath
-from axon.refs import ModelRef
 from mlos_core.core import Core, parse_manifest, parse_ref, register_answer
 from mlos_core.errors import ApiError, bad_request, checksum_mismatch, no_space, too_large
 from mlos_core.receive import pump
 from mlos_core.tenants import Tenant
+from modelpkg.atomic import remove_tree
+from modelpkg.errors import ManifestError
+from modelpkg.manifest import FileEntry, Manifest, check_relpath
+from modelpkg.refs import ModelRef
 
 MAX_FIELD = 16 * 1024 * 1024
 _WRITERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mlos-mp-write")

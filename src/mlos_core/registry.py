@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from axon.fsutil import atomic_write_text
-from axon.manifest import Manifest
-from axon.refs import ModelRef
+from modelpkg.atomic import atomic_write_text
+from modelpkg.manifest import Manifest
+from modelpkg.refs import ModelRef
 
 log = logging.getLogger("mlos_core.registry")
 

@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from axon.errors import AxonError
-from axon.fsutil import remove_tree
-from axon.manifest import Manifest
-from axon.refs import ModelRef
-from axon.transports.s3 import S3Store
+from modelpkg.atomic import remove_tree
+from modelpkg.errors import PackageError
+from modelpkg.manifest import Manifest
+from modelpkg.refs import ModelRef
+from modelpkg.s3 import S3Store
 
 if TYPE_CHECKING:
     from mlos_core.core import Core
@@ -78,7 +78,7 @@ class RemoteSync:
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
             try:
                 refs = self.store.list_models()
-            except AxonError as exc:
+            except PackageError as exc:
                 log.warning("sync from %s failed: %s", self.store.describe(), exc)
                 report.failed["*"] = str(exc)
                 return report

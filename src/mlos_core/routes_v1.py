@@ -11,12 +11,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from axon.manifest import MANIFEST_NAME
 from mlos_core.blobs import BlobWriter, check_sha256
 from mlos_core.core import Core, parse_manifest, parse_ref
 from mlos_core.errors import ApiError, bad_request
 from mlos_core.receive import StalledBody, receive_blob
 from mlos_core.uploads import Upload
+from modelpkg.manifest import MANIFEST_NAME
 
 
 def core_of(request: Request) -> Core:

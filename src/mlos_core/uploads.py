@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from axon.fsutil import atomic_write_text
-from axon.manifest import Manifest
-from axon.refs import ModelRef
 from mlos_core.errors import ApiError, not_found
+from modelpkg.atomic import atomic_write_text
+from modelpkg.manifest import Manifest
+from modelpkg.refs import ModelRef
 
 _ID_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-")
 

@@ -22,12 +22,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from axon.errors import AxonError
-from axon.fsutil import exchange, fsync_dir, remove_tree
-from axon.manifest import MANIFEST_NAME, FileEntry, Manifest
-from axon.refs import ModelRef
 from mlos_core.blobs import BlobStore
 from mlos_core.errors import ApiError, no_space, not_found
+from modelpkg.atomic import exchange, fsync_dir, remove_tree
+from modelpkg.errors import PackageError
+from modelpkg.manifest import MANIFEST_NAME, FileEntry, Manifest
+from modelpkg.refs import ModelRef
 
 log = logging.getLogger("mlos_core.versions")
 
@@ -232,7 +232,7 @@ class VersionStore:
             try:
                 ref = ModelRef.from_parts(rel)
                 manifest = Manifest.load(path)
-            except AxonError as exc:
+            except PackageError as exc:
                 log.warning("scan: skipping %s: %s", path, exc)
                 continue
             missing = incomplete_files(path, manifest)

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from axon.manifest import MANIFEST_NAME, Manifest
+from modelpkg.manifest import MANIFEST_NAME, Manifest
 
 BOOKKEEPING = {MANIFEST_NAME, ".axon_metadata.json"}
 

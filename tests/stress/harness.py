@@ -17,7 +17,7 @@ import yaml
 
 from axon.cache import Cache
 from axon.install import install_source
-from axon.refs import ModelRef
+from modelpkg.refs import ModelRef
 from tests.fixtures.models import write_model_dir
 from tests.stress.checkers import tree_digest
 

@@ -23,8 +23,8 @@ from axon.errors import (
     ManifestError,
     SourceError,
 )
-from axon.manifest import Manifest, check_relpath
-from axon.refs import ModelRef
+from modelpkg.manifest import Manifest, check_relpath
+from modelpkg.refs import ModelRef
 from tests.stress.conftest import record, scale
 
 pytestmark = pytest.mark.timeout(3600)

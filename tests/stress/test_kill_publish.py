@@ -104,7 +104,7 @@ def _setup(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Setup:
 
 
 def _s3_content(client: Any, bucket: str) -> dict[str, str]:
-    from axon.manifest import Manifest
+    from modelpkg.manifest import Manifest
 
     body = client.get_object(Bucket=bucket, Key="models/hf/killme/v1/manifest.yaml")["Body"]
     return {f.path: f.sha256 for f in Manifest.from_text(body.read()).files}

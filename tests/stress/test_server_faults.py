@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from axon.fsutil import is_staging_leftover
+from modelpkg.layout import is_leftover
 from tests.fixtures.mlos import ServerFactory
 from tests.stress.checkers import check_fs_root, check_registered
 from tests.stress.conftest import record, scale
@@ -35,7 +35,7 @@ def _leftovers(models_dir: Path) -> list[str]:
     found = [str(p) for p in staging.iterdir()] if staging.is_dir() else []
     for dirpath, dirs, _files in os.walk(models_dir):
         dirs[:] = [d for d in dirs if d != ".mlos"]
-        found += [os.path.join(dirpath, d) for d in dirs if is_staging_leftover(d)]
+        found += [os.path.join(dirpath, d) for d in dirs if is_leftover(d)]
     return found
 
 

@@ -37,7 +37,7 @@ from axon.publish.plan import (
     plan_instance,
     prepare_model,
 )
-from axon.refs import ModelRef
+from modelpkg.refs import ModelRef
 
 if TYPE_CHECKING:
     from axon.cache import Cache

@@ -44,7 +44,6 @@ from axon.errors import (
     ConfigError,
     OptionError,
 )
-from axon.fsutil import atomic_write_text
 from axon.progress import NULL_PROGRESS, Progress
 from axon.publish import cluster_status as probes
 from axon.publish import rollout
@@ -58,6 +57,7 @@ from axon.publish.rollout import (
     InstanceLine,
     RolloutOutcome,
 )
+from modelpkg.atomic import atomic_write_text
 
 if TYPE_CHECKING:
     from axon.publish.plan import InstanceResult, PreparedModel, PublishOptions

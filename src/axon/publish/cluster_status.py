@@ -14,8 +14,8 @@ if TYPE_CHECKING:
     from axon.cache import Cache
     from axon.config import Config
     from axon.publish.plan import PreparedModel
-    from axon.refs import ModelRef
     from axon.targets import ClusterTarget, InstanceTarget
+    from modelpkg.refs import ModelRef
 
 HEALTH_TIMEOUT = 5.0
 
@@ -189,8 +189,8 @@ def cluster_status_for(
     from axon.cache import Cache
     from axon.config import load_config
     from axon.publish.plan import prepare_model
-    from axon.refs import ModelRef
     from axon.targets import ClusterTarget, resolve_target
+    from modelpkg.refs import ModelRef
 
     config = config if config is not None else load_config()
     target = resolve_target(target_spec, config)

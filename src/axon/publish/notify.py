@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from axon.errors import AxonError, NotifyError
-from axon.manifest import MANIFEST_NAME, Manifest
-from axon.refs import ModelRef
+from modelpkg.manifest import MANIFEST_NAME, Manifest
+from modelpkg.refs import ModelRef
 
 if TYPE_CHECKING:
     from axon.targets import InstanceTarget

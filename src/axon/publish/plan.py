@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from axon.errors import AxonError, IntegrityError
 from axon.hashing import file_key
-from axon.manifest import FileEntry, Manifest
 from axon.progress import NULL_PROGRESS, Progress
-from axon.refs import ModelRef
+from modelpkg.manifest import FileEntry, Manifest
+from modelpkg.refs import ModelRef
 
 if TYPE_CHECKING:
     from axon.cache import Cache

@@ -32,8 +32,8 @@ from axon.publish.undo import Backup
 
 if TYPE_CHECKING:
     from axon.publish.plan import InstanceResult
-    from axon.refs import ModelRef
     from axon.targets import InstanceTarget
+    from modelpkg.refs import ModelRef
 
 # Per-instance states in a ClusterResult. Only PUBLISHED counts as a success.
 PUBLISHED = "published"

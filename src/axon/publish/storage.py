@@ -30,8 +30,8 @@ from axon.publish.plan import InstancePlan, PlannedFile, PreparedModel, PublishO
 from axon.transports.base import Transport
 
 if TYPE_CHECKING:
-    from axon.manifest import Manifest
     from axon.targets import InstanceTarget, StorageTarget
+    from modelpkg.manifest import Manifest
 
 
 @dataclass
@@ -111,11 +111,12 @@ class StorageResult:
 def storage_transport(storage: StorageTarget, options: PublishOptions | None = None) -> Transport:
     """The transport writing to ``storage`` (S3, or a directory: shared, file:// or NFS).
 
-    ``options.extra["s3"]`` (a dict of :class:`~axon.transports.s3.S3Settings` fields) tunes
+    ``options.extra["s3"]`` (a dict of :class:`~modelpkg.s3.S3Settings` fields) tunes
     S3 multipart uploads.
     """
     if storage.storage_type == "s3" or storage.location.startswith("s3://"):
-        from axon.transports.s3 import S3Settings, S3Transport
+        from axon.transports.s3 import S3Transport
+        from modelpkg.s3 import S3Settings
 
         tuning = (options.extra.get("s3") if options else None) or {}
         return S3Transport.from_target(storage, settings=S3Settings(**tuning))

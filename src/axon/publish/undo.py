@@ -17,12 +17,12 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from axon.errors import AxonError, RemoteError
-from axon.fsutil import remove_tree, replace_dir
 from axon.publish.cluster_status import HEALTH_TIMEOUT
+from modelpkg.atomic import remove_tree, replace_dir
 
 if TYPE_CHECKING:
-    from axon.refs import ModelRef
     from axon.targets import InstanceTarget
+    from modelpkg.refs import ModelRef
 
 
 class Backup:

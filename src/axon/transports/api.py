@@ -37,9 +37,9 @@ from axon.errors import (
     TransportError,
     retryable,
 )
-from axon.manifest import FileEntry, Manifest
-from axon.refs import ModelRef
 from axon.transports.base import CommitInfo, FileKey, OnBytes, Session, Transport, _nothing
+from modelpkg.manifest import FileEntry, Manifest
+from modelpkg.refs import ModelRef
 
 if TYPE_CHECKING:
     from axon.targets import InstanceTarget

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from axon.manifest import FileEntry, Manifest
-from axon.refs import ModelRef
+from modelpkg.manifest import FileEntry, Manifest
+from modelpkg.refs import ModelRef
 
 OnBytes = Callable[[int], None]
 FileKey = tuple[int, int, int, int, int]  # (dev, ino, size, mtime_ns, ctime_ns)

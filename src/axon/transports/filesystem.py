@@ -39,11 +39,11 @@ from axon.errors import (
     TransportError,
     retryable,
 )
-from axon.manifest import FileEntry, Manifest
-from axon.refs import ModelRef
 from axon.transports import stagedir
 from axon.transports.base import CommitInfo, FileKey, OnBytes, Session, Transport, _nothing
 from axon.transports.blobcopy import StageError
+from modelpkg.manifest import FileEntry, Manifest
+from modelpkg.refs import ModelRef
 
 if TYPE_CHECKING:
     from typing import Self

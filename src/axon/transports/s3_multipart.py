@@ -17,17 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from axon.manifest import FileEntry
-from axon.transports.base import OnBytes
+from modelpkg.errors import IntegrityError
+from modelpkg.manifest import FileEntry
+from modelpkg.s3 import OnBytes, b64_sha256
 
 if TYPE_CHECKING:
-    from axon.transports.s3 import S3Store
+    from modelpkg.s3 import S3Store
 
 MiB = 1024 * 1024
-
-
-def b64_sha256(data: bytes | memoryview) -> str:
-    return base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
 
 
 def part_checksum(algorithm: str, data: bytes) -> str:
@@ -37,8 +34,16 @@ def part_checksum(algorithm: str, data: bytes) -> str:
     return b64_sha256(data)
 
 
-def hex_to_b64(hexdigest: str) -> str:
-    return base64.b64encode(bytes.fromhex(hexdigest)).decode("ascii")
+def check_content(store: S3Store, entry: FileEntry, source: Path, size: int, sha256: str) -> None:
+    """Refuse to write a blob whose source no longer matches what the manifest says."""
+    if size != entry.size or sha256 != entry.sha256:
+        raise IntegrityError(
+            f"{source} changed since it was hashed ({size} bytes, sha256 {sha256[:12]}..., "
+            f"manifest says {entry.size} bytes, {entry.sha256[:12]}...)",
+            path=entry.path,
+            target=store.url,
+            hint="run `axon verify` and publish again",
+        )
 
 
 class MultipartUpload:
@@ -114,7 +119,7 @@ class MultipartUpload:
             size, sha256 = whole.result()
         finally:
             os.close(fd)
-        self.store._check_content(self.entry, self.source, size, sha256)
+        check_content(self.store, self.entry, self.source, size, sha256)
         return [f.result() for f in parts]
 
 

@@ -43,8 +43,6 @@ from axon.errors import (
     TransportError,
     retryable,
 )
-from axon.manifest import FileEntry, Manifest
-from axon.refs import ModelRef
 from axon.transports import blobcopy, stagedir
 from axon.transports.base import FileKey, OnBytes, Transport, _nothing
 from axon.transports.filesystem import (
@@ -55,6 +53,9 @@ from axon.transports.filesystem import (
     manifest_digest,
     plan_session,
 )
+from modelpkg import layout
+from modelpkg.manifest import FileEntry, Manifest
+from modelpkg.refs import ModelRef
 
 if TYPE_CHECKING:
     from typing import Self
@@ -66,12 +67,16 @@ SEND_CHUNK = 4 * 1024 * 1024
 
 
 def _helper_source() -> str:
-    """What the remote ``python3 -c`` runs: blobcopy, then stagedir (which skips importing
-    blobcopy when its names are already defined), as one program."""
-    first = Path(blobcopy.__file__).read_text(encoding="utf-8")
-    second = Path(stagedir.__file__).read_text(encoding="utf-8")
+    """What the remote ``python3 -c`` runs: the layout names, blobcopy, then stagedir (which
+    skips importing the first two when their names are already defined), as one program.
+
+    This is why those three modules are standard library only, Python >= 3.7, and import
+    nothing of this project at run time: the host has a ``python3`` and nothing of ours."""
     future = "from __future__ import annotations\n"
-    return first + "\n" + second.replace(future, "", 1)
+    parts = [
+        Path(str(m.__file__)).read_text(encoding="utf-8") for m in (layout, blobcopy, stagedir)
+    ]
+    return parts[0] + "".join("\n" + p.replace(future, "", 1) for p in parts[1:])
 
 
 _HELPER = _helper_source()

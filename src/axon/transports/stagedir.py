@@ -3,12 +3,10 @@
 This module is **standard library only** and runs in two places: in-process for the
 filesystem/NFS transport, and on the remote host for the SSH transport (shipped as
 ``python3 -c <this source> serve``, answering JSON-line requests on stdin; remote Python
->= 3.7). So the protocol that keeps a model directory whole is written once::
-
-    <root>/<ns>/<name>/<version>/                 the published model (manifest.yaml + files)
-    <root>/<ns>/<name>/.<version>.staging-<d16>/   staging for one (ref, manifest digest)
-        .axon-partial/<sha256>                    a file being received (resume point = size)
-        <path> ...                                files received, verified and placed
+>= 3.7). So the protocol that keeps a model directory whole is written once. It writes a
+model into ``<root>/<ns>/<name...>/.<version>.staging-<d16>/`` (files being received under
+``.axon-partial/<sha256>``, their size the resume point) and swaps that in at
+``<root>/<ns>/<name...>/<version>/`` (the whole layout: :mod:`modelpkg.layout`).
 
 * ``status``: what the target holds: the current manifest text, the sizes of the files of
   the current version and of the staging dir, and the partial blobs (resume offsets).
@@ -39,8 +37,22 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-# Shipped to an SSH host, blobcopy's source runs in front of this one: its names are defined
-# already, and must not be replaced by some other axon installed there.
+# Shipped to an SSH host, the sources of modelpkg.layout and blobcopy run in front of this
+# one (see axon.transports.ssh): their names are defined already, and must not be replaced by
+# some other axon installed there.
+if "staging_dir" not in globals():
+    from modelpkg.layout import (
+        MANIFEST_NAME,
+        OLD_TAG,
+        PARTIAL_DIR,
+        ROLLBACK_TAG,
+        STAGING_TAG,
+        TMP_TAG,
+        final_dir,
+        sibling,
+        sibling_prefix,
+        staging_dir,
+    )
 if "pump_stream" not in globals():
     from axon.transports.blobcopy import (
         StageError,
@@ -58,22 +70,11 @@ if TYPE_CHECKING:  # remote Pythons (>= 3.7) cannot subscript collections.abc at
     Reader = Callable[[memoryview], int]
     Progress = Callable[[int], None]
 
-MANIFEST = "manifest.yaml"
-PARTIAL = ".axon-partial"
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
 
-# ---- layout ----------------------------------------------------------------------------
-def final_dir(root: str, rel: str) -> str:
-    return os.path.join(root, *rel.split("/"))
-
-
-def staging_dir(root: str, rel: str, digest: str) -> str:
-    parent, version = os.path.split(final_dir(root, rel))
-    return os.path.join(parent, f".{version}.staging-{digest[:16]}")
-
-
+# ---- layout (the names: modelpkg.layout) ------------------------------------------------
 def _check_root(root: str) -> None:
     if not os.path.isdir(root):
         raise FileNotFoundError(errno.ENOENT, "models directory does not exist", root)
@@ -156,19 +157,19 @@ def status(root: str, rel: str, digest: str = "") -> dict[str, Any]:
     final = final_dir(root, rel)
     manifest = None
     try:
-        with open(os.path.join(final, MANIFEST), "rb") as fh:
+        with open(os.path.join(final, MANIFEST_NAME), "rb") as fh:
             manifest = fh.read().decode("utf-8", "replace")
     except (FileNotFoundError, NotADirectoryError):
         pass
     current = _sizes_under(final) if manifest is not None else {}
-    current.pop(MANIFEST, None)
+    current.pop(MANIFEST_NAME, None)
     staged: dict[str, int] = {}
     partials: dict[str, int] = {}
     if digest:
         stage = staging_dir(root, rel, digest)
-        staged = _sizes_under(stage, skip=PARTIAL)
-        staged.pop(MANIFEST, None)
-        partials = _partial_sizes(os.path.join(stage, PARTIAL))
+        staged = _sizes_under(stage, skip=PARTIAL_DIR)
+        staged.pop(MANIFEST_NAME, None)
+        partials = _partial_sizes(os.path.join(stage, PARTIAL_DIR))
     return {"manifest": manifest, "current": current, "staged": staged, "partials": partials}
 
 
@@ -206,7 +207,7 @@ def receive(
     _check_root(root)
     sha, size, offset = str(blob["sha256"]), int(blob["size"]), int(blob["offset"])
     stage = staging_dir(root, rel, digest)
-    part_dir = os.path.join(stage, PARTIAL)
+    part_dir = os.path.join(stage, PARTIAL_DIR)
     _makedirs(part_dir, dir_mode)
     part = os.path.join(part_dir, sha)
     fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o644 if file_mode is None else file_mode)
@@ -314,7 +315,7 @@ def prepare(
             continue
         _makedirs(os.path.dirname(target), dir_mode)
         _link_or_copy(os.path.join(final, *src.split("/")), target)
-    shutil.rmtree(os.path.join(stage, PARTIAL), ignore_errors=True)
+    shutil.rmtree(os.path.join(stage, PARTIAL_DIR), ignore_errors=True)
     have = _sizes_under(stage)
     want = {str(p): int(s) for p, s in expected}
     wrong = sorted(p for p, s in want.items() if have.get(p) != s)
@@ -324,7 +325,7 @@ def prepare(
             f"{len(wrong)} file(s) missing or of the wrong size in staging: {wrong[:5]}",
             stage,
         )
-    for extra in set(have) - set(want) - {MANIFEST}:
+    for extra in set(have) - set(want) - {MANIFEST_NAME}:
         os.unlink(os.path.join(stage, *extra.split("/")))
     _write_manifest(stage, manifest, file_mode)
     for dirpath, _dirs, files in os.walk(stage, topdown=False):
@@ -339,7 +340,7 @@ def prepare(
 
 
 def _write_manifest(stage: str, text: str, file_mode: int | None) -> None:
-    tmp = os.path.join(stage, f".{MANIFEST}.tmp-axon")
+    tmp = os.path.join(stage, sibling(MANIFEST_NAME, TMP_TAG, "axon"))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         write_all(fd, memoryview(text.encode("utf-8")))
@@ -347,7 +348,7 @@ def _write_manifest(stage: str, text: str, file_mode: int | None) -> None:
     finally:
         os.close(fd)
     os.chmod(tmp, 0o644 if file_mode is None else file_mode)
-    os.replace(tmp, os.path.join(stage, MANIFEST))
+    os.replace(tmp, os.path.join(stage, MANIFEST_NAME))
 
 
 def _exchange(a: str, b: str) -> bool:
@@ -373,7 +374,7 @@ def commit(root: str, rel: str, digest: str) -> dict[str, Any]:
     _check_root(root)
     final = final_dir(root, rel)
     stage = staging_dir(root, rel, digest)
-    if not os.path.exists(os.path.join(stage, MANIFEST)):
+    if not os.path.exists(os.path.join(stage, MANIFEST_NAME)):
         raise StageError("not_prepared", "nothing prepared to commit", stage)
     parent = os.path.dirname(final)
     how = "rename"
@@ -386,7 +387,7 @@ def commit(root: str, rel: str, digest: str) -> dict[str, Any]:
         # No RENAME_EXCHANGE (old kernel, some NFS servers): for the microseconds between
         # these two renames the path is absent, never partial.
         how = "aside"
-        old = stage + ".old"
+        old = stage + "." + OLD_TAG
         os.rename(final, old)
         os.rename(stage, final)
         shutil.rmtree(old, ignore_errors=True)
@@ -409,8 +410,8 @@ def _drop_stale_staging(final: str) -> None:
     right now is never taken for an old one.
     """
     parent, version = os.path.split(final)
-    staging = f".{version}.staging-"
-    aside = (f".{version}.rollback-", f".{version}.old-")
+    staging = sibling_prefix(version, STAGING_TAG)
+    aside = (sibling_prefix(version, ROLLBACK_TAG), sibling_prefix(version, OLD_TAG))
     now = time.time()
     for name in os.listdir(parent):
         path = os.path.join(parent, name)

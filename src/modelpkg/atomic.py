@@ -1,7 +1,8 @@
 """Filesystem primitives for "never a half model": stage, fsync, rename.
 
 Used by the dev cache, the filesystem/NFS/shared-directory transports and the mlos-core
-storage, so the protocol is written once:
+storage, so the protocol is written once (the names of the siblings it makes are in
+:mod:`modelpkg.layout`):
 
 1. write everything into a staging directory on the *same filesystem* as the destination;
 2. fsync every file and the staging directory;
@@ -22,6 +23,8 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+
+from modelpkg.layout import OLD_TAG, STAGING_TAG, TMP_TAG, is_leftover, sibling
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -84,14 +87,9 @@ def fsync_tree(root: Path) -> None:
         fsync_dir(dirpath)
 
 
-def staging_name(final: Path, tag: str = "staging") -> Path:
+def staging_name(final: Path, tag: str = STAGING_TAG) -> Path:
     """A hidden sibling of ``final``: same filesystem, so the later rename is atomic."""
-    return final.parent / f".{final.name}.{tag}-{os.urandom(6).hex()}"
-
-
-def is_staging_leftover(name: str) -> bool:
-    """True for names made by :func:`staging_name` (cleaned after a crash)."""
-    return name.startswith(".") and (".staging-" in name or ".old-" in name or ".tmp-" in name)
+    return final.parent / sibling(final.name, tag, os.urandom(6).hex())
 
 
 def replace_dir(staged: Path, final: Path, *, durable: bool = True) -> None:
@@ -116,7 +114,7 @@ def replace_dir(staged: Path, final: Path, *, durable: bool = True) -> None:
             fsync_dir(final.parent)
         remove_tree(staged)
         return
-    old = staging_name(final, "old")
+    old = staging_name(final, OLD_TAG)
     os.rename(final, old)
     os.rename(staged, final)
     if durable:
@@ -154,7 +152,7 @@ def atomic_dir(final: Path, *, durable: bool = True) -> Iterator[Path]:
 def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
     """Write ``path`` via a temporary sibling + rename: readers see old or new content."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.urandom(6).hex()}"
+    tmp = staging_name(path, TMP_TAG)
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
@@ -189,7 +187,7 @@ def clean_leftovers(root: Path, *, max_depth: int = 8, min_age: float = 0.0) -> 
     for dirpath, dirs, files in os.walk(root):
         depth = len(Path(dirpath).parts) - base_depth
         for name in list(dirs) + files:
-            if is_staging_leftover(name):
+            if is_leftover(name):
                 p = Path(dirpath) / name
                 if min_age and _mtime(p) > newest:
                     continue

@@ -1,4 +1,4 @@
-"""manifest.yaml: the Model Package Format (COMPAT.md).
+"""manifest.yaml: the Model Package Format (see docs/compatibility.md).
 
 Read leniently, write strictly:
 
@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from axon.errors import ManifestError
+from modelpkg.errors import ManifestError
+from modelpkg.layout import (
+    MANIFEST_NAME as MANIFEST_NAME,  # re-exported: the file this module reads
+)
 
-MANIFEST_NAME = "manifest.yaml"
 API_VERSION = "axon.mlos.io/v1"
 KNOWN_API_VERSIONS = {"v1", "axon.mlos.io/v1"}
 EXECUTION_FORMATS = {"onnx", "gguf", "pytorch", "safetensors", "tensorflow", "tflite", "coreml"}

@@ -1,9 +1,10 @@
 """Model references: ``namespace/name[@version]``.
 
-Compatible with the upstream Go axon (COMPAT.md): split on the first ``/`` for the namespace,
-the rest is the name (it may hold more ``/``: ``hf/google/flan-t5``), ``@`` splits the version,
-no ``@`` means ``latest``. A reference maps to the directory ``<ns>/<name...>/<version>`` under a
-models root, so every segment is checked: nothing can escape that root.
+Compatible with the upstream Go axon (docs/compatibility.md): split on the first ``/`` for the
+namespace, the rest is the name (it may hold more ``/``: ``hf/google/flan-t5``), ``@`` splits
+the version, no ``@`` means ``latest``. A reference maps to the directory
+``<ns>/<name...>/<version>`` under a models root, so every segment is checked: nothing can
+escape that root.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from axon.errors import InvalidReferenceError
+from modelpkg.errors import InvalidReferenceError
 
 DEFAULT_VERSION = "latest"
 MAX_SEGMENT = 128
