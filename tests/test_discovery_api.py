@@ -11,7 +11,7 @@ import axon.discovery as discovery
 from axon.discovery import Member, discover, member_target
 from axon.discovery._model import RecordError, parse_record, split_hostport
 from axon.errors import DiscoveryError
-from mlos_core.discovery import (
+from mlos_core.integrations.discovery import (
     EtcdRegistrar,
     InstanceRecord,
     NoRegistrar,

@@ -14,7 +14,7 @@ import pytest
 
 from axon.discovery import discover, lookup
 from axon.errors import DiscoveryError
-from mlos_core.discovery import ConsulRegistrar, InstanceRecord
+from mlos_core.integrations.discovery import ConsulRegistrar, InstanceRecord
 from tests.fixtures.common import free_port, wait_for
 from tests.fixtures.etcd import RecordedApi
 

@@ -9,7 +9,7 @@ from axon.publish.plan import PublishOptions
 from axon.publish.storage import publish_to_storage
 from axon.targets import StorageTarget
 from mlos_core.core import Core
-from mlos_core.remote_sync import sync_models
+from mlos_core.integrations.s3_sync import sync_models
 from mlos_core.settings import Settings
 from tests.fixtures.s3 import S3Server
 from tests.test_storage_s3 import make_model

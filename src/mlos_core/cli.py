@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from mlos_core.discovery import discovery_options, registration_from_options
-from mlos_core.remote_sync import pop_remote_options, remote_options
+from mlos_core.integrations.discovery import discovery_options, registration_from_options
+from mlos_core.integrations.s3_sync import pop_remote_options, remote_options
 from mlos_core.settings import (
     DEFAULT_MODELS_DIR,
     DEFAULT_PORT,
@@ -114,7 +114,7 @@ def serve(
     """Run the MLOS Core HTTP server."""
     import uvicorn
 
-    from mlos_core.app import create_app
+    from mlos_core.http.app import create_app
     from mlos_core.tenants import TokensFileError
 
     logging.basicConfig(

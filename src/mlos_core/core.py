@@ -17,15 +17,15 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
-from mlos_core.blobs import BlobStore
 from mlos_core.errors import ApiError, bad_request, not_found, too_large
-from mlos_core.locks import KeyedLocks
 from mlos_core.metrics import Metrics
-from mlos_core.registry import ModelEntry, Registry, entry_from_manifest, inference_endpoint
 from mlos_core.settings import Settings
+from mlos_core.storage.blobs import BlobStore
+from mlos_core.storage.locks import KeyedLocks
+from mlos_core.storage.registry import ModelEntry, Registry, entry_from_manifest, inference_endpoint
+from mlos_core.storage.uploads import Upload, UploadStore, expires_at, new_upload_id
+from mlos_core.storage.versions import VersionStore
 from mlos_core.tenants import Tenants
-from mlos_core.uploads import Upload, UploadStore, expires_at, new_upload_id
-from mlos_core.versions import VersionStore
 from modelpkg.atomic import clean_leftovers, remove_tree
 from modelpkg.errors import ManifestError, PackageError
 from modelpkg.manifest import API_VERSION, MANIFEST_NAME, Manifest
@@ -109,7 +109,7 @@ class Core:
     def scan(self) -> tuple[int, int]:
         """Register every complete model under the models dir; return (found, new)."""
         if self.settings.models_url:  # first pull what is new in S3 (mlos_core.remote_sync)
-            from mlos_core.remote_sync import sync_models
+            from mlos_core.integrations.s3_sync import sync_models
 
             sync_models(self)
         found = self.versions.scan()

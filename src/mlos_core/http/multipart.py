@@ -30,7 +30,7 @@ from starlette.requests import Request
 
 from mlos_core.core import Core, parse_manifest, parse_ref, register_answer
 from mlos_core.errors import ApiError, bad_request, checksum_mismatch, no_space, too_large
-from mlos_core.receive import pump
+from mlos_core.storage.receive import pump
 from mlos_core.tenants import Tenant
 from modelpkg.atomic import remove_tree
 from modelpkg.errors import ManifestError

@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 from starlette.requests import ClientDisconnect
 
-from mlos_core.blobs import BlobWriter
 from mlos_core.errors import ApiError
+from mlos_core.storage.blobs import BlobWriter
 
 BATCH = 4 * 1024 * 1024
 IDLE_TIMEOUT = 120.0  # seconds without a body byte before a stalled upload is dropped

@@ -11,11 +11,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from mlos_core.blobs import BlobWriter, check_sha256
 from mlos_core.core import Core, parse_manifest, parse_ref
 from mlos_core.errors import ApiError, bad_request
-from mlos_core.receive import StalledBody, receive_blob
-from mlos_core.uploads import Upload
+from mlos_core.storage.blobs import BlobWriter, check_sha256
+from mlos_core.storage.receive import StalledBody, receive_blob
+from mlos_core.storage.uploads import Upload
 from modelpkg.manifest import MANIFEST_NAME
 
 

@@ -22,8 +22,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlos_core.blobs import BlobStore
 from mlos_core.errors import ApiError, no_space, not_found
+from mlos_core.storage.blobs import BlobStore
 from modelpkg.atomic import exchange, fsync_dir, remove_tree
 from modelpkg.errors import PackageError
 from modelpkg.manifest import MANIFEST_NAME, FileEntry, Manifest

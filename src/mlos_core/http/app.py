@@ -27,10 +27,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mlos_core import __version__
 from mlos_core.core import Core, parse_ref
 from mlos_core.errors import ApiError, not_found
-from mlos_core.multipart_upload import upload_multipart
-from mlos_core.openapi import openapi_document
-from mlos_core.routes_v1 import ROUTES as V1_ROUTES
-from mlos_core.routes_v1 import core_of, json_body
+from mlos_core.http.multipart import upload_multipart
+from mlos_core.http.openapi import openapi_document
+from mlos_core.http.routes_v1 import ROUTES as V1_ROUTES
+from mlos_core.http.routes_v1 import core_of, json_body
 from mlos_core.settings import Settings
 
 log = logging.getLogger("mlos_core.http")
