@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# The shared suites' asserts report their operands like a test module's own.
+pytest.register_assert_rewrite("tests.conformance")
+
 pytest_plugins = [
     "tests.fixtures.models",
     "tests.fixtures.mlos",

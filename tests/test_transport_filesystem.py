@@ -23,7 +23,7 @@ from axon.errors import (
 )
 from axon.targets import InstanceTarget
 from axon.transports.filesystem import FilesystemTransport
-from tests.test_transport_conformance import REF, base_files, dir_snapshot, publish, write_model
+from tests.conformance.transport import REF, base_files, dir_snapshot, publish, write_model
 
 MiB = 1024 * 1024
 
