@@ -17,7 +17,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
-from mlos_core.errors import ApiError, bad_request, not_found, too_large
+from mlos_core.errors import BadRequest, CorruptState, NoSpace, NotFound, TooLarge
 from mlos_core.metrics import Metrics
 from mlos_core.settings import Settings
 from mlos_core.storage.blobs import BlobStore
@@ -40,11 +40,11 @@ SHARED_LEFTOVER_AGE = 24 * 3600.0
 
 def parse_ref(model_id: Any) -> ModelRef:
     if not isinstance(model_id, str) or not model_id:
-        raise bad_request("model_id is required: 'namespace/name@version'", code="invalid_id")
+        raise BadRequest("model_id is required: 'namespace/name@version'", code="invalid_id")
     try:
         return ModelRef.parse(model_id)
     except PackageError as exc:
-        raise bad_request(str(exc), code="invalid_id") from exc
+        raise BadRequest(str(exc), code="invalid_id") from exc
 
 
 def parse_manifest(raw: Any, ref: ModelRef, *, strict: bool) -> Manifest:
@@ -55,14 +55,14 @@ def parse_manifest(raw: Any, ref: ModelRef, *, strict: bool) -> Manifest:
         elif isinstance(raw, dict):
             manifest = Manifest(raw, source="manifest")
         else:
-            raise bad_request("manifest is required (manifest.yaml text or a JSON object)")
+            raise BadRequest("manifest is required (manifest.yaml text or a JSON object)")
         # the model id is authoritative for the identity (metadata may be missing)
         manifest = manifest.with_identity(ref.namespace, ref.name, ref.version)
         manifest.data.setdefault("apiVersion", API_VERSION)
         manifest.data.setdefault("kind", "Model")
         manifest.validate(strict=strict)
     except ManifestError as exc:
-        raise bad_request(f"invalid manifest: {exc}", code="invalid_manifest") from exc
+        raise BadRequest(f"invalid manifest: {exc}", code="invalid_manifest") from exc
     return manifest
 
 
@@ -180,19 +180,17 @@ class Core:
     def check_size(self, total: int) -> None:
         limit = self.settings.max_upload_size
         if limit is not None and total > limit:
-            raise too_large(
+            raise TooLarge(
                 f"model is {total} bytes, over this server's --max-upload-size of {limit} bytes"
             )
 
     def _check_free_space(self, blobs: dict[str, int]) -> None:
-        """507 at open when the content still needed cannot fit on the models filesystem: a
+        """NoSpace at open when the content still needed cannot fit on the models filesystem: a
         clear answer up front instead of a disk filled to the brim by a doomed upload."""
         needed = sum(size for sha, size in blobs.items() if not self.blobs.has(sha, size))
         free = shutil.disk_usage(self.models_dir).free
         if needed > free:
-            raise ApiError(
-                507,
-                "insufficient_storage",
+            raise NoSpace(
                 f"the upload needs {needed} bytes, the models filesystem has {free} free; "
                 "nothing was stored (free space on the server, or publish elsewhere)",
             )
@@ -273,7 +271,7 @@ class Core:
     def get_entry(self, ref: ModelRef) -> ModelEntry:
         entry = self.registry.get(ref.id)
         if entry is None:
-            raise not_found(
+            raise NotFound(
                 f"model {ref.id} is not registered on this instance "
                 "(GET /models lists what is; publish it or POST /models/scan)",
                 code="unknown_model",
@@ -285,7 +283,7 @@ class Core:
             entry = self.registry.remove(ref.id)
             removed = await asyncio.to_thread(self.versions.delete, ref)
         if entry is None and not removed:
-            raise not_found(f"model {ref.id} is not registered on this instance")
+            raise NotFound(f"model {ref.id} is not registered on this instance")
         async with self.gc_lock:
             await asyncio.to_thread(self.gc_blobs, self.protected_blobs())
         return {"status": "success", "model_id": ref.id, "message": "deleted"}
@@ -296,7 +294,7 @@ class Core:
             try:
                 manifest = Manifest.load(final)
             except ManifestError as exc:
-                raise ApiError(500, "corrupt_model", f"{final}: {exc}") from exc
+                raise CorruptState(f"{final}: {exc}", code="corrupt_model") from exc
             entry = entry_from_manifest(ref, final, manifest, "upload")
             await asyncio.to_thread(self.registry.put, entry)
         return register_answer(entry, "rolled back to the previous version")
@@ -306,11 +304,11 @@ class Core:
         ref = parse_ref(body.get("model_id"))
         for key in ("path", "model_path", "framework", "execution_format", "description"):
             if body.get(key) is not None and not isinstance(body[key], str):
-                raise bad_request(f"{key} must be a string, got {type(body[key]).__name__}")
+                raise BadRequest(f"{key} must be a string, got {type(body[key]).__name__}")
         raw_path = body.get("path") or body.get("model_path")
         path = Path(str(raw_path)) if raw_path else self.versions.path_for(ref)
         if not _is_dir(path):
-            raise not_found(
+            raise NotFound(
                 f"model directory {path} does not exist on this instance; copy the model "
                 "there first (or upload it with POST /models/upload)",
                 code="path_not_found",

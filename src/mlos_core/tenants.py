@@ -12,8 +12,9 @@ The tokens file is YAML::
         namespaces: ["*"]
 
 Without a tokens file every write is allowed (and the server binds loopback by default).
-With one, a write needs ``Authorization: Bearer <token>``: 401 without or with an unknown
-token, 403 when the token's tenant does not own the model's namespace. Reads stay open.
+With one, a write needs ``Authorization: Bearer <token>``: refused as unauthorized without or
+with an unknown token, as forbidden when the token's tenant does not own the model's
+namespace. Reads stay open.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from mlos_core.errors import ApiError
+from mlos_core.errors import Forbidden, Unauthorized
 
 
 @dataclass(frozen=True)
@@ -85,29 +86,25 @@ class Tenants:
                 self._by_digest[d] = tenant
 
     def authenticate(self, authorization: str | None) -> Tenant:
-        """The tenant of a request's ``Authorization`` header; 401 when it has none."""
+        """The tenant of a request's ``Authorization`` header; Unauthorized without one."""
         if not self.enabled:
             return ANONYMOUS
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(
-                401,
-                "unauthorized",
+            raise Unauthorized(
                 "this server needs 'Authorization: Bearer <token>' for writes",
             )
         digest = _digest(token.strip())
         for known, tenant in self._by_digest.items():
             if hmac.compare_digest(known, digest):
                 return tenant
-        raise ApiError(401, "unauthorized", "unknown token (ask the server's operator for one)")
+        raise Unauthorized("unknown token (ask the server's operator for one)")
 
     def authorize(self, authorization: str | None, namespace: str) -> Tenant:
-        """401/403 unless the request's tenant may write ``namespace``."""
+        """Unauthorized / Forbidden unless the request's tenant may write ``namespace``."""
         tenant = self.authenticate(authorization)
         if not tenant.owns(namespace):
-            raise ApiError(
-                403,
-                "forbidden",
+            raise Forbidden(
                 f"tenant {tenant.name!r} may not write namespace {namespace!r}; nothing changed",
             )
         return tenant

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -18,7 +17,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -26,11 +24,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlos_core import __version__
 from mlos_core.core import Core, parse_ref
-from mlos_core.errors import ApiError, not_found
+from mlos_core.errors import NotFound
+from mlos_core.http.errors import EXCEPTION_HANDLERS
 from mlos_core.http.multipart import upload_multipart
 from mlos_core.http.openapi import openapi_document
+from mlos_core.http.request import core_of, json_body
 from mlos_core.http.routes_v1 import ROUTES as V1_ROUTES
-from mlos_core.http.routes_v1 import core_of, json_body
 from mlos_core.settings import Settings
 
 log = logging.getLogger("mlos_core.http")
@@ -97,7 +96,7 @@ async def model_route(request: Request) -> Response:
     rest: str = request.path_params["rest"]
     if request.method == "POST":
         if not rest.endswith("/inference"):
-            raise not_found(f"no such endpoint: POST /models/{rest}")
+            raise NotFound(f"no such endpoint: POST /models/{rest}")
         return await inference(request, rest.removesuffix("/inference"))
     ref = parse_ref(rest)
     if request.method == "DELETE":
@@ -143,27 +142,6 @@ async def metrics(request: Request) -> PlainTextResponse:
 
 async def openapi(_request: Request) -> JSONResponse:
     return JSONResponse(openapi_document(__version__))
-
-
-async def api_error(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return JSONResponse(exc.body(), status_code=exc.status)
-
-
-async def unexpected(_request: Request, exc: Exception) -> Response:
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return JSONResponse(
-            {"status": "error", "code": "insufficient_storage", "message": str(exc)}, 507
-        )
-    log.exception("unexpected error")
-    body = {"status": "error", "code": "internal", "message": f"internal error: {exc!r}"}
-    return JSONResponse(body, status_code=500)
-
-
-async def http_error(_request: Request, exc: Exception) -> Response:
-    status = getattr(exc, "status_code", 500)
-    detail = getattr(exc, "detail", "error")
-    return JSONResponse({"status": "error", "code": "http", "message": detail}, status)
 
 
 class AccessLog:
@@ -243,11 +221,7 @@ def create_app(settings: Settings) -> ASGIApp:
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={
-            ApiError: api_error,
-            HTTPException: http_error,
-            Exception: unexpected,
-        },
+        exception_handlers=EXCEPTION_HANDLERS,
     )
     app.state.core = core
     app.state.settings = settings

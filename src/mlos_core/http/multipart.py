@@ -29,7 +29,9 @@ from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
 
 from mlos_core.core import Core, parse_manifest, parse_ref, register_answer
-from mlos_core.errors import ApiError, bad_request, checksum_mismatch, no_space, too_large
+from mlos_core.errors import BadRequest, ChecksumMismatch, SizeMismatch, TooLarge, no_space
+from mlos_core.http.errors import UnsupportedMediaType
+from mlos_core.http.request import body_chunks
 from mlos_core.storage.receive import pump
 from mlos_core.tenants import Tenant
 from modelpkg.atomic import remove_tree
@@ -109,16 +111,16 @@ class OneShot:
 
     def _open_file(self, part: _Part) -> None:
         if self.ref is None or self.manifest is None:
-            raise bad_request(
+            raise BadRequest(
                 "send the model_id and manifest fields before the model_files parts",
                 code="field_order",
             )
         try:
             check_relpath(part.filename or "", field=f"filename of part {part.name!r}")
         except ManifestError as exc:
-            raise bad_request(str(exc), code="invalid_path") from exc
+            raise BadRequest(str(exc), code="invalid_path") from exc
         if part.filename in self.received:
-            raise bad_request(f"file {part.filename!r} sent twice", code="duplicate_file")
+            raise BadRequest(f"file {part.filename!r} sent twice", code="duplicate_file")
         part.tmp = self.tmp_dir / f"part-{len(self.received)}"
         part.fd = os.open(part.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         part.hash = hashlib.sha256()
@@ -128,7 +130,7 @@ class OneShot:
         chunk = memoryview(data)[start:end]
         if part.fd < 0:
             if len(part.data) + len(chunk) > MAX_FIELD:
-                raise too_large(f"form field {part.name!r} over {MAX_FIELD} bytes")
+                raise TooLarge(f"form field {part.name!r} over {MAX_FIELD} bytes")
             part.data += chunk
             return
         # write in another thread while this one hashes (both release the GIL)
@@ -151,7 +153,7 @@ class OneShot:
             self.tenant = self.core.tenants.authorize(self.authorization, self.ref.namespace)
         elif part.name == "manifest":
             if self.ref is None:
-                raise bad_request("send the model_id field before the manifest")
+                raise BadRequest("send the model_id field before the manifest")
             self.manifest = parse_manifest(bytes(part.data), self.ref, strict=False)
 
     def _finish_file(self, part: _Part) -> None:
@@ -163,14 +165,12 @@ class OneShot:
         sha = part.hash.hexdigest()
         listed = self._listed().get(part.filename)
         if listed is not None and listed.known and listed.sha256 != sha:
-            raise checksum_mismatch(
+            raise ChecksumMismatch(
                 f"{part.filename}: received content hashes to {sha}, manifest says "
                 f"{listed.sha256}; nothing stored"
             )
         if listed is not None and listed.size and listed.size != part.size:
-            raise ApiError(
-                422,
-                "size_mismatch",
+            raise SizeMismatch(
                 f"{part.filename}: received {part.size} bytes, manifest says {listed.size}",
             )
         self._pin(sha)
@@ -182,7 +182,7 @@ class OneShot:
     def final_manifest(self) -> Manifest:
         """The manifest with every file's real size and sha256; 400 when files are missing."""
         if self.ref is None or self.manifest is None:
-            raise bad_request("model_id and manifest fields are required", code="missing_field")
+            raise BadRequest("model_id and manifest fields are required", code="missing_field")
         files = dict(self.received)
         missing = []
         for entry in self.manifest.files:
@@ -195,7 +195,7 @@ class OneShot:
             else:
                 missing.append(entry.path)
         if missing:
-            raise bad_request(
+            raise BadRequest(
                 f"files listed in the manifest were not sent: {', '.join(missing[:10])}",
                 code="missing_files",
             )
@@ -203,7 +203,7 @@ class OneShot:
         try:  # files received but not listed join it: "a" and "a/b" cannot both exist
             return final.validate(strict=True)
         except ManifestError as exc:
-            raise bad_request(f"invalid set of files: {exc}", code="invalid_manifest") from exc
+            raise BadRequest(f"invalid set of files: {exc}", code="invalid_manifest") from exc
 
     def _listed(self) -> dict[str, FileEntry]:
         """The manifest's files by path, built once (not once per file received)."""
@@ -229,9 +229,7 @@ class OneShot:
 def _boundary(request: Request) -> bytes:
     ctype, opts = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or not opts.get(b"boundary"):
-        raise ApiError(
-            415,
-            "unsupported_media_type",
+        raise UnsupportedMediaType(
             "POST /models/upload needs multipart/form-data (curl -F ...)",
         )
     return opts[b"boundary"]
@@ -243,7 +241,7 @@ def _malformed_is_400() -> Iterator[None]:
     try:
         yield
     except ParseError as exc:
-        raise bad_request(
+        raise BadRequest(
             f"not a valid multipart/form-data body: {exc}", code="invalid_multipart"
         ) from exc
 
@@ -267,7 +265,7 @@ async def upload_multipart(request: Request, core: Core) -> dict[str, Any]:
 
     try:
         await pump(
-            request.stream(),
+            body_chunks(request),
             lambda batch: [functools.partial(feed, batch)],
             core.metrics.received,
             idle=core.settings.body_timeout,

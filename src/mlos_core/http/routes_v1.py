@@ -3,40 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
-from typing import Any
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mlos_core.core import Core, parse_manifest, parse_ref
-from mlos_core.errors import ApiError, bad_request
+from mlos_core.errors import BadRequest, CoreError, NotFound
+from mlos_core.http.errors import BodyTimeout
+from mlos_core.http.request import ClientGone, body_chunks, core_of, json_body
 from mlos_core.storage.blobs import BlobWriter, check_sha256
 from mlos_core.storage.receive import StalledBody, receive_blob
 from mlos_core.storage.uploads import Upload
 from modelpkg.manifest import MANIFEST_NAME
-
-
-def core_of(request: Request) -> Core:
-    core: Core = request.app.state.core
-    return core
-
-
-async def json_body(request: Request, limit: int = 32 * 1024 * 1024) -> dict[str, Any]:
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(413, "too_large", f"JSON body over {limit} bytes")
-    try:
-        data = json.loads(bytes(body) or b"{}")
-    except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested too deep
-        raise bad_request(f"body is not valid JSON: {exc}", code="invalid_json") from exc
-    if not isinstance(data, dict):
-        raise bad_request("body must be a JSON object", code="invalid_json")
-    return data
 
 
 def owned_upload(core: Core, request: Request) -> Upload:
@@ -70,8 +50,8 @@ def _blob_of(upload: Upload, request: Request) -> tuple[str, int]:
     sha = check_sha256(request.path_params["sha256"])
     size = upload.blobs().get(sha)
     if size is None:
-        raise ApiError(
-            404, "unknown_blob", f"upload {upload.upload_id} has no file with sha256 {sha}"
+        raise NotFound(
+            f"upload {upload.upload_id} has no file with sha256 {sha}", code="unknown_blob"
         )
     return sha, size
 
@@ -79,7 +59,7 @@ def _blob_of(upload: Upload, request: Request) -> tuple[str, int]:
 def _offset_header(request: Request) -> int:
     raw = request.headers.get("upload-offset", "0")
     if not raw.isdigit():
-        raise bad_request(f"Upload-Offset must be a byte count, got {raw[:40]!r}")
+        raise BadRequest(f"Upload-Offset must be a byte count, got {raw[:40]!r}")
     return int(raw)
 
 
@@ -98,7 +78,7 @@ async def put_blob(request: Request) -> Response:
     offset = _offset_header(request)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and offset + int(declared) > size:
-        raise bad_request(
+        raise BadRequest(
             f"body of {declared} bytes from offset {offset} is longer than the blob "
             f"({size} bytes); nothing stored",
             code="size_mismatch",
@@ -109,28 +89,30 @@ async def put_blob(request: Request) -> Response:
             async for _ in request.stream():
                 pass
             return _blob_answer(sha, size, True, 201)
-        writer = BlobWriter(core.blobs, sha, size, offset)
+        return await _receive(request, core, upload, BlobWriter(core.blobs, sha, size, offset))
 
-        def on_bytes(n: int) -> None:
-            core.metrics.received(n)
-            core.uploads.touch(upload.upload_id)  # a long transfer is activity: no expiry
 
-        try:
-            complete = await receive_blob(
-                request.stream(), writer, on_bytes, idle=core.settings.body_timeout
-            )
-        except StalledBody:
-            raise ApiError(
-                408,
-                "body_timeout",
-                f"no body bytes for {core.settings.body_timeout:g} s; the bytes received are kept: "
-                "resume from the Upload-Offset that HEAD reports",
-            ) from None
-        except ClientDisconnect:
-            return Response(status_code=499)  # nobody is listening any more
-        finally:
-            core.uploads.touch(upload.upload_id)
-    return _blob_answer(sha, writer.offset, complete, 201 if complete else 200)
+async def _receive(request: Request, core: Core, upload: Upload, writer: BlobWriter) -> Response:
+    """Stream the body into ``writer`` (the blob's lock held by the caller)."""
+
+    def on_bytes(n: int) -> None:
+        core.metrics.received(n)
+        core.uploads.touch(upload.upload_id)  # a long transfer is activity: no expiry
+
+    try:
+        complete = await receive_blob(
+            body_chunks(request), writer, on_bytes, idle=core.settings.body_timeout
+        )
+    except StalledBody:
+        raise BodyTimeout(
+            f"no body bytes for {core.settings.body_timeout:g} s; the bytes received are kept: "
+            "resume from the Upload-Offset that HEAD reports",
+        ) from None
+    except ClientGone:
+        return Response(status_code=499)  # nobody is listening any more
+    finally:
+        core.uploads.touch(upload.upload_id)
+    return _blob_answer(writer.sha256, writer.offset, complete, 201 if complete else 200)
 
 
 def _blob_answer(sha: str, offset: int, complete: bool, status: int) -> JSONResponse:
@@ -151,7 +133,7 @@ async def commit_upload(request: Request) -> JSONResponse:
     upload = owned_upload(core, request)
     try:
         return JSONResponse(await core.commit(upload))
-    except ApiError:
+    except CoreError:
         core.metrics.upload("resumable", False)
         raise
 
@@ -179,8 +161,8 @@ async def get_manifest(request: Request) -> Response:
     try:
         text = await asyncio.to_thread((model_dir / MANIFEST_NAME).read_bytes)
     except (FileNotFoundError, NotADirectoryError):
-        raise ApiError(
-            404, "unknown_model", f"model {ref.id} has no manifest on this instance"
+        raise NotFound(
+            f"model {ref.id} has no manifest on this instance", code="unknown_model"
         ) from None
     return Response(text, media_type="application/yaml")
 

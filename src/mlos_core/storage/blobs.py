@@ -26,7 +26,13 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from mlos_core.errors import ApiError, bad_request, checksum_mismatch, no_space
+from mlos_core.errors import (
+    BadRequest,
+    ChecksumMismatch,
+    OffsetMismatch,
+    UploadAborted,
+    no_space,
+)
 from modelpkg.atomic import fsync_dir
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -35,7 +41,7 @@ READ_CHUNK = 4 * 1024 * 1024
 
 def check_sha256(value: str) -> str:
     if not isinstance(value, str) or not SHA256_RE.fullmatch(value):
-        raise bad_request(
+        raise BadRequest(
             f"not a lowercase sha256 hex digest: {str(value)[:80]!r}", code="invalid_sha256"
         )
     return value
@@ -144,9 +150,7 @@ class BlobWriter:
     def open(self) -> None:
         held = self.store.offset(self.sha256, self.size)
         if held != self.start:
-            raise ApiError(
-                409,
-                "offset_mismatch",
+            raise OffsetMismatch(
                 f"blob {self.sha256[:12]} holds {held} bytes, the request starts at "
                 f"{self.start}; resend from Upload-Offset: {held}",
                 offset=held,
@@ -173,7 +177,7 @@ class BlobWriter:
         """The work for the next ``data``: hash it and write it at its offset. The two jobs
         may run in parallel threads (both release the GIL); call again only after both ran."""
         if self.offset + len(data) > self.size:
-            raise bad_request(
+            raise BadRequest(
                 f"body longer than blob {self.sha256[:12]} ({self.size} bytes); nothing stored",
                 code="size_mismatch",
             )
@@ -201,12 +205,13 @@ class BlobWriter:
         return self.offset == self.size
 
     def finish(self) -> None:
-        """Verify the whole blob and move it into the store; 422 (and drop it) on mismatch."""
+        """Verify the whole blob and move it into the store; on a mismatch drop it and raise
+        ChecksumMismatch."""
         digest = self._hash.hexdigest()
         if digest != self.sha256:
             self.close()
             self.store.drop_partial(self.sha256)
-            raise checksum_mismatch(
+            raise ChecksumMismatch(
                 f"blob content hashes to {digest}, not {self.sha256}; the received data was "
                 "dropped (offset back to 0): resend the file from the start",
                 offset=0,
@@ -217,9 +222,7 @@ class BlobWriter:
         try:
             self.store.adopt(self.path, self.sha256)
         except FileNotFoundError:
-            raise ApiError(
-                410,
-                "upload_aborted",
+            raise UploadAborted(
                 f"blob {self.sha256[:12]} was dropped while it was being received (its upload "
                 "was aborted or expired); open a new upload",
             ) from None

@@ -11,16 +11,20 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 
-from starlette.requests import ClientDisconnect
-
-from mlos_core.errors import ApiError
+from mlos_core.errors import CoreError
 from mlos_core.storage.blobs import BlobWriter
 
 BATCH = 4 * 1024 * 1024
 IDLE_TIMEOUT = 120.0  # seconds without a body byte before a stalled upload is dropped
 
 
-class StalledBody(ClientDisconnect):
+class BodyInterrupted(Exception):
+    """The body stopped before its end because the client went away (the HTTP layer raises it
+    for a dropped connection). The bytes that arrived are kept: the client resumes from the
+    offset we report."""
+
+
+class StalledBody(BodyInterrupted):
     """No body bytes for ``IDLE_TIMEOUT`` s: handled like a dropped connection (bytes kept,
     locks released), so a stalled client cannot block other uploads of the same blob."""
 
@@ -75,7 +79,7 @@ async def pump(
                     await settle()
                     dispatch(buf)
                     buf = bytearray()
-        except ClientDisconnect:
+        except BodyInterrupted:
             # keep every byte that arrived: the client resumes from the offset we report
             await settle()
             if buf:
@@ -107,10 +111,10 @@ async def receive_blob(
     await asyncio.to_thread(writer.open)
     try:
         await pump(chunks, writer.jobs, on_bytes, idle=idle)
-    except ClientDisconnect:
+    except BodyInterrupted:
         writer.close()
         raise
-    except ApiError:
+    except CoreError:
         await asyncio.to_thread(writer.rollback)
         raise
     except BaseException:

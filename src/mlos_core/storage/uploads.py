@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mlos_core.errors import ApiError, not_found
+from mlos_core.errors import CoreError, CorruptState, NotFound
 from modelpkg.atomic import atomic_write_text
 from modelpkg.manifest import Manifest
 from modelpkg.refs import ModelRef
@@ -69,7 +69,7 @@ class UploadStore:
 
     def _path(self, upload_id: str) -> Path:
         if not upload_id.startswith("u-") or len(upload_id) > 64 or set(upload_id) - _ID_CHARS:
-            raise not_found(f"no upload {upload_id[:70]!r} (bad id)", code="unknown_upload")
+            raise NotFound(f"no upload {upload_id[:70]!r} (bad id)", code="unknown_upload")
         return self.dir / f"{upload_id}.json"
 
     def save(self, upload: Upload) -> None:
@@ -81,13 +81,15 @@ class UploadStore:
             raw = json.loads(path.read_text())
             upload = Upload(**raw)
         except FileNotFoundError:
-            raise not_found(
+            raise NotFound(
                 f"no upload {upload_id!r}: it was committed, aborted or expired; "
                 "open a new one with POST /v1/uploads",
                 code="unknown_upload",
             ) from None
         except (ValueError, TypeError) as exc:
-            raise ApiError(500, "corrupt_upload", f"upload {upload_id} state unreadable") from exc
+            raise CorruptState(
+                f"upload {upload_id} state unreadable", code="corrupt_upload"
+            ) from exc
         return upload
 
     def touch(self, upload_id: str) -> None:
@@ -108,7 +110,7 @@ class UploadStore:
         for p in self.dir.glob("u-*.json"):
             try:
                 out.append(self.get(p.stem))
-            except ApiError:
+            except CoreError:
                 p.unlink(missing_ok=True)
         return out
 

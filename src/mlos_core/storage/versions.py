@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlos_core.errors import ApiError, no_space, not_found
+from mlos_core.errors import MissingBlob, NotFound, SizeMismatch, no_space
 from mlos_core.storage.blobs import BlobStore
 from modelpkg.atomic import exchange, fsync_dir, remove_tree
 from modelpkg.errors import PackageError
@@ -101,16 +101,12 @@ class VersionStore:
         try:
             st = os.stat(blob)
         except FileNotFoundError:
-            raise ApiError(
-                409,
-                "missing_blob",
+            raise MissingBlob(
                 f"{entry.path}: content {entry.sha256[:12]} has not been uploaded; "
                 "send it, then commit again",
             ) from None
         if st.st_size != entry.size:
-            raise ApiError(
-                422,
-                "size_mismatch",
+            raise SizeMismatch(
                 f"{entry.path}: manifest says {entry.size} bytes, content {entry.sha256[:12]} "
                 f"has {st.st_size}",
             )
@@ -186,7 +182,7 @@ class VersionStore:
         prev = self.previous_dir / ref.relpath
         final = self.path_for(ref)
         if not prev.is_dir():
-            raise not_found(f"{ref.id}: no previous version kept on this instance")
+            raise NotFound(f"{ref.id}: no previous version kept on this instance")
         final.parent.mkdir(parents=True, exist_ok=True)
         if not final.exists():
             os.rename(prev, final)
