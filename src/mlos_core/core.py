@@ -237,12 +237,7 @@ class Core:
         """Build the complete, verified model dir in staging (blocking: run in a thread)."""
         if upload.staged and Path(upload.staged).is_dir():
             return Path(upload.staged)
-        staged = self.versions.new_staging()
-        try:
-            self.versions.build(staged, upload.manifest_obj())
-        except BaseException:
-            remove_tree(staged)
-            raise
+        staged = self.versions.stage(upload.manifest_obj())
         upload.staged = str(staged)
         self.uploads.save(upload)
         return staged

@@ -1,5 +1,5 @@
 """The OpenAPI 3.1 document served at ``GET /openapi.json`` (written by hand: Starlette has
-no generator for request bodies). Keep it in sync with app.py, routes_v1.py and
+no generator for request bodies). Keep it in sync with routes.py, routes_v1.py and
 docs/upload-protocol.md."""
 
 from __future__ import annotations

@@ -1,15 +1,14 @@
 """Content-addressed blob store: every file content is kept once, named by its sha256.
 
-Layout (all under ``<models-dir>/.mlos/``, the same filesystem as the models, so a version
-directory can be built from hard links and made visible with one rename)::
+Where blobs and partial blobs live: :mod:`modelpkg.layout` (under the state dir, on the
+models filesystem, so a version directory is built from hard links to them).
 
-    blobs/sha256/ab/abcdef...      complete, verified blobs (read-only, 0444)
-    partial/abcdef...              a blob being received; its size is the resume offset
-
-A blob is received by :class:`BlobWriter`: bytes are appended at the current offset and
-hashed as they arrive; on completion the digest is checked, the file fsynced once and
-renamed into ``blobs/``. A blob is therefore in ``blobs/`` only when its content is verified.
-Blobs no version directory links to (``st_nlink == 1``) are garbage and removed by :meth:`gc`.
+A blob of known sha256 is received by :class:`BlobWriter`: bytes are appended at the current
+offset (the partial file's size is the resume offset) and hashed as they arrive; on
+completion the digest is checked, the file fsynced once and renamed into the store, read-only.
+A blob is therefore in the store only when its content is verified. A file whose sha256 is
+known only at its end (a one-shot upload) is an :class:`IncomingBlob`. Blobs no version
+directory links to (``st_nlink == 1``) are garbage and removed by :meth:`BlobStore.gc`.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -34,9 +34,25 @@ from mlos_core.errors import (
     no_space,
 )
 from modelpkg.atomic import fsync_dir
+from modelpkg.layout import BLOBS_DIR, PARTIAL_BLOBS_DIR
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 READ_CHUNK = 4 * 1024 * 1024
+# writes of one-shot upload files, beside the thread that hashes them
+_WRITERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mlos-mp-write")
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int, what: str) -> None:
+    """Write all of ``data`` at ``offset``; a full filesystem is :class:`NoSpace`."""
+    try:
+        while data:
+            n = os.pwrite(fd, data, offset)
+            offset += n
+            data = data[n:]
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise no_space(what) from exc
+        raise
 
 
 def check_sha256(value: str) -> str:
@@ -49,8 +65,8 @@ def check_sha256(value: str) -> str:
 
 class BlobStore:
     def __init__(self, state_dir: Path, *, durable: bool = True) -> None:
-        self.root = state_dir / "blobs" / "sha256"
-        self.partial_dir = state_dir / "partial"
+        self.root = state_dir / BLOBS_DIR
+        self.partial_dir = state_dir / PARTIAL_BLOBS_DIR
         self.durable = durable
         self.root.mkdir(parents=True, exist_ok=True)
         self.partial_dir.mkdir(parents=True, exist_ok=True)
@@ -189,16 +205,7 @@ class BlobWriter:
         ]
 
     def _write_at(self, data: bytearray, offset: int) -> None:
-        view = memoryview(data)
-        try:
-            while view:
-                n = os.pwrite(self._fd, view, offset)
-                offset += n
-                view = view[n:]
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise no_space(f"blob {self.sha256[:12]}") from exc
-            raise
+        _pwrite_all(self._fd, memoryview(data), offset, f"blob {self.sha256[:12]}")
 
     @property
     def complete(self) -> bool:
@@ -235,6 +242,42 @@ class BlobWriter:
         self.close()
         if self.start == 0:
             self.store.drop_partial(self.sha256)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class IncomingBlob:
+    """A file whose sha256 is known only at its end (a file of a one-shot upload).
+
+    Written to ``path``, a new temp file on the models filesystem: each chunk goes to a writer
+    thread while this one hashes it (both release the GIL). :meth:`finish` makes it durable
+    and returns its digest; the caller checks it and moves the file in with
+    :meth:`BlobStore.adopt`. ``what`` names the file in a NoSpace message.
+    """
+
+    def __init__(self, store: BlobStore, path: Path, what: str) -> None:
+        self.store = store
+        self.path = path
+        self.what = what
+        self.size = 0
+        self._hash = hashlib.sha256()
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+
+    def write(self, chunk: memoryview) -> None:
+        written = _WRITERS.submit(_pwrite_all, self._fd, chunk, self.size, self.what)
+        self._hash.update(chunk)
+        self.size += len(chunk)
+        written.result()
+
+    def finish(self) -> str:
+        """fsync (when the store is durable) and close; the content's sha256."""
+        if self.store.durable:
+            os.fsync(self._fd)
+        self.close()
+        return self._hash.hexdigest()
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -77,6 +77,16 @@ class VersionStore:
         path.mkdir()
         return path
 
+    def stage(self, manifest: Manifest) -> Path:
+        """A new staging dir built for ``manifest`` (:meth:`build`); removed on any failure."""
+        staged = self.new_staging()
+        try:
+            self.build(staged, manifest)
+        except BaseException:
+            remove_tree(staged)
+            raise
+        return staged
+
     def build(self, staged: Path, manifest: Manifest) -> None:
         """Fill ``staged`` with hard links to each file's blob + manifest.yaml; fsync dirs."""
         dirs = {staged}

@@ -1,0 +1,144 @@
+"""The routes of the upstream MLOS Core API (docs/compatibility.md): health, stats, the model
+list, register, scan, one-shot upload, a model's record, delete and inference.
+
+Model ids in paths may be percent-encoded (``/models/hf%2Fbert%40latest``) or raw
+(``/models/hf/bert@latest/inference``): the ASGI server decodes the path, so both arrive as
+the same string. The resumable upload protocol is in :mod:`mlos_core.http.routes_v1`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from mlos_core import __version__
+from mlos_core.core import parse_ref
+from mlos_core.errors import NotFound
+from mlos_core.http.metrics import metrics
+from mlos_core.http.multipart import upload_multipart
+from mlos_core.http.openapi import openapi_document
+from mlos_core.http.request import core_of, json_body
+
+STARTED = time.time()
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def health(_request: Request) -> JSONResponse:
+    return JSONResponse(
+        {"status": "healthy", "service": "mlos-core", "version": __version__, "timestamp": _now()}
+    )
+
+
+async def stats(request: Request) -> JSONResponse:
+    core = core_of(request)
+    models = core.registry.all()
+    return JSONResponse(
+        {
+            "status": "success",
+            "instance_id": core.settings.instance_id,
+            "uptime_seconds": round(time.time() - STARTED, 1),
+            "models": len(models),
+            "model_bytes": sum(m.size for m in models),
+            "open_uploads": core.uploads.count(),
+            "uploads": {f"{k}_{r}": n for (k, r), n in core.metrics.uploads.items()},
+            "upload_bytes": core.metrics.upload_bytes,
+            "dedup_bytes": core.metrics.dedup_bytes,
+        }
+    )
+
+
+async def list_models(request: Request) -> JSONResponse:
+    models = [m.summary() for m in core_of(request).registry.all()]
+    return JSONResponse({"status": "success", "models": models, "total": len(models)})
+
+
+async def register(request: Request) -> JSONResponse:
+    core = core_of(request)
+    body = await json_body(request)
+    ref = parse_ref(body.get("model_id"))
+    core.tenants.authorize(request.headers.get("authorization"), ref.namespace)
+    return JSONResponse(await asyncio.to_thread(core.register, body))
+
+
+async def scan(request: Request) -> JSONResponse:
+    core = core_of(request)
+    core.tenants.authenticate(request.headers.get("authorization"))
+    found, new = await asyncio.to_thread(core.scan)
+    return JSONResponse(
+        {"status": "success", "found": found, "new": new, "total": len(core.registry)}
+    )
+
+
+async def upload(request: Request) -> JSONResponse:
+    return JSONResponse(await upload_multipart(request, core_of(request)), status_code=201)
+
+
+async def model_route(request: Request) -> Response:
+    """GET/DELETE ``/models/{id}``, POST ``/models/{id}/inference``."""
+    core = core_of(request)
+    rest: str = request.path_params["rest"]
+    if request.method == "POST":
+        if not rest.endswith("/inference"):
+            raise NotFound(f"no such endpoint: POST /models/{rest}")
+        return await inference(request, rest.removesuffix("/inference"))
+    ref = parse_ref(rest)
+    if request.method == "DELETE":
+        core.tenants.authorize(request.headers.get("authorization"), ref.namespace)
+        return JSONResponse(await core.delete_model(ref))
+    entry = core.get_entry(ref)
+    data = entry.to_dict()
+    return JSONResponse({**data, "model_status": entry.status, "status": "success", "model": data})
+
+
+async def inference(request: Request, model_id: str) -> JSONResponse:
+    """A plausible answer: this server has no inference engine (it says so in the answer)."""
+    core = core_of(request)
+    entry = core.get_entry(parse_ref(model_id))
+    body = await json_body(request)
+    shapes = {k: _shape(v) for k, v in body.items()}
+    answer: dict[str, Any] = {
+        "status": "success",
+        "model_id": entry.id,
+        "input_shapes": shapes,
+        "inference_time_ms": 0.0,
+        "note": "mlos-core (Python) stores and registers models; it has no inference engine, "
+        "so no real outputs are computed",
+    }
+    if request.query_params.get("include_outputs", "").lower() in ("1", "true", "yes"):
+        answer["outputs"] = {"output": [[0.0]]}
+    return JSONResponse(answer)
+
+
+def _shape(value: Any) -> list[int]:
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        value = value[0] if value else None
+    return shape
+
+
+async def openapi(_request: Request) -> JSONResponse:
+    return JSONResponse(openapi_document(__version__))
+
+
+ROUTES = [
+    Route("/health", health, methods=["GET"]),
+    Route("/stats", stats, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
+    Route("/models", list_models, methods=["GET"]),
+    Route("/models/register", register, methods=["POST"]),
+    Route("/models/scan", scan, methods=["POST"]),
+    Route("/models/upload", upload, methods=["POST"]),
+]
+# after the /v1 routes and every other /models/... route: it takes any path below /models/
+MODEL_ROUTE = Route("/models/{rest:path}", model_route, methods=["GET", "DELETE", "POST"])
