@@ -21,7 +21,7 @@ import builtins
 import contextlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +37,7 @@ from modelpkg.atomic import (
 )
 from modelpkg.layout import OLD_TAG, is_leftover
 from modelpkg.manifest import MANIFEST_NAME, FileEntry, Manifest, check_relpath
+from modelpkg.progress import OnBytes
 from modelpkg.refs import ModelRef
 
 if TYPE_CHECKING:
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 
 METADATA_NAME = ".axon_metadata.json"
 INDEX_NAME = ".hash-index.sqlite"
-OnBytes = Callable[[int], None]
 # Aliases: inside Cache, ``list`` is the method, not the builtin.
 _Refs = list[ModelRef]
 _Entries = list[FileEntry]

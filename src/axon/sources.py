@@ -18,7 +18,6 @@ import stat
 import tarfile
 import threading
 import zlib
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +28,9 @@ from axon.hashing import CHUNK, sha256_file
 from axon.progress import Progress
 from axon.transports.blobcopy import NO_COPY_RANGE
 from modelpkg.manifest import MANIFEST_NAME, check_relpath
+from modelpkg.progress import OnBytes
 
 _SKIP_DIRS = {".git", ".cache"}  # VCS data and huggingface_hub's local_dir bookkeeping
-OnBytes = Callable[[int], None]
 
 
 @dataclass(frozen=True)

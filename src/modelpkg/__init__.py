@@ -9,6 +9,7 @@ package says it once, below both (neither imports the other):
   and the S3 layout, drawn once (standard library only: it is shipped to SSH hosts);
 * :mod:`modelpkg.atomic`: stage -> fsync -> rename, ``RENAME_EXCHANGE``;
 * :mod:`modelpkg.s3`: a bucket + prefix in the S3 layout (boto3, imported lazily);
+* :mod:`modelpkg.progress`: the ``on_bytes`` byte-progress callback and its no-op default;
 * :mod:`modelpkg.errors`: the base error types, with their exit codes.
 
 Compatibility with the upstream Go axon and MLOS Core: docs/compatibility.md.

@@ -27,7 +27,7 @@ import base64
 import hashlib
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,14 +45,8 @@ from modelpkg.errors import (
 )
 from modelpkg.layout import MANIFEST_NAME, S3_BLOBS
 from modelpkg.manifest import FileEntry, Manifest
+from modelpkg.progress import OnBytes, ignore_bytes
 from modelpkg.refs import ModelRef
-
-OnBytes = Callable[[int], None]
-
-
-def _nothing(_: int) -> None:
-    return None
-
 
 MiB = 1024 * 1024
 INSTALL_HINT = "S3 targets need boto3: pip install 'axon-publish[s3]'"
@@ -322,7 +316,7 @@ class S3Store:
                 return
             token = {"ContinuationToken": page["NextContinuationToken"]}
 
-    def download_blob(self, entry: FileEntry, dest: Path, on_bytes: OnBytes = _nothing) -> None:
+    def download_blob(self, entry: FileEntry, dest: Path, on_bytes: OnBytes = ignore_bytes) -> None:
         """Stream blob ``entry.sha256`` into ``dest``; raise IntegrityError on a mismatch."""
         key = self.blob_key(entry.sha256)
         body = self.call("get_object", key=key)["Body"]

@@ -23,7 +23,8 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from axon.errors import ConfigError
-from axon.transports.base import CommitInfo, OnBytes, Session, Transport
+from axon.transports.base import CommitInfo, Session, Transport
+from modelpkg.progress import OnBytes
 
 if TYPE_CHECKING:
     from axon.targets import InstanceTarget

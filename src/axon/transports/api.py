@@ -37,8 +37,9 @@ from axon.errors import (
     TransportError,
     retryable,
 )
-from axon.transports.base import CommitInfo, FileKey, OnBytes, Session, Transport, _nothing
+from axon.transports.base import CommitInfo, FileKey, Session, Transport
 from modelpkg.manifest import FileEntry, Manifest
+from modelpkg.progress import OnBytes, ignore_bytes
 from modelpkg.refs import ModelRef
 
 if TYPE_CHECKING:
@@ -379,7 +380,7 @@ class ApiSession(Session):
         self,
         entry: FileEntry,
         source: Path,
-        on_bytes: OnBytes = _nothing,
+        on_bytes: OnBytes = ignore_bytes,
         *,
         verified: FileKey | None = None,
     ) -> None:

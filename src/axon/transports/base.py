@@ -22,19 +22,14 @@ more, and a partly sent file resumes at ``offset``. Re-publishing an unchanged m
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelpkg.manifest import FileEntry, Manifest
+from modelpkg.progress import OnBytes, ignore_bytes
 from modelpkg.refs import ModelRef
 
-OnBytes = Callable[[int], None]
 FileKey = tuple[int, int, int, int, int]  # (dev, ino, size, mtime_ns, ctime_ns)
-
-
-def _nothing(_: int) -> None:
-    pass
 
 
 @dataclass
@@ -64,7 +59,7 @@ class Session(ABC):
         self,
         entry: FileEntry,
         source: Path,
-        on_bytes: OnBytes = _nothing,
+        on_bytes: OnBytes = ignore_bytes,
         *,
         verified: FileKey | None = None,
     ) -> None:

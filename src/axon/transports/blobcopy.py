@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # remote Pythons (>= 3.7) cannot subscript collections.abc at runtime
     from collections.abc import Callable
 
+    from modelpkg.progress import OnBytes
+
     Reader = Callable[[memoryview], int]
-    Progress = Callable[[int], None]
 
 CHUNK = 8 * 1024 * 1024
 
@@ -209,7 +210,7 @@ class _Writer:
         self.thread.join()
 
 
-def pump_stream(fd: int, read: Reader, h: Any, limit: int, on_bytes: Progress) -> int:
+def pump_stream(fd: int, read: Reader, h: Any, limit: int, on_bytes: OnBytes) -> int:
     """Copy from the stream ``read`` to ``fd`` (at its position) until EOF or ``limit``
     bytes, hashing what is written. This thread reads and hashes (hashlib releases the GIL
     on big buffers) while the writer writes the chunk before (three buffers in rotation).
@@ -238,7 +239,7 @@ def pump_stream(fd: int, read: Reader, h: Any, limit: int, on_bytes: Progress) -
     return total
 
 
-def pump_file(fd: int, src_fd: int, h: Any, limit: int, on_bytes: Progress) -> int:
+def pump_file(fd: int, src_fd: int, h: Any, limit: int, on_bytes: OnBytes) -> int:
     """Copy ``limit`` bytes of the local file ``src_fd`` to ``fd`` at the same offsets.
 
     The kernel copies (``copy_file_range``: no pass through user space) while this thread

@@ -40,9 +40,10 @@ from axon.errors import (
     retryable,
 )
 from axon.transports import stagedir
-from axon.transports.base import CommitInfo, FileKey, OnBytes, Session, Transport, _nothing
+from axon.transports.base import CommitInfo, FileKey, Session, Transport
 from axon.transports.blobcopy import StageError
 from modelpkg.manifest import FileEntry, Manifest
+from modelpkg.progress import OnBytes, ignore_bytes
 from modelpkg.refs import ModelRef
 
 if TYPE_CHECKING:
@@ -374,7 +375,7 @@ class FilesystemSession(StagedSession):
         self,
         entry: FileEntry,
         source: Path,
-        on_bytes: OnBytes = _nothing,
+        on_bytes: OnBytes = ignore_bytes,
         *,
         verified: FileKey | None = None,
     ) -> None:

@@ -28,17 +28,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from axon.errors import TransportError
-from axon.transports.base import CommitInfo, FileKey, Session, Transport, _nothing
+from axon.transports.base import CommitInfo, FileKey, Session, Transport
 from axon.transports.s3_multipart import MultipartUpload, check_content
 from modelpkg.manifest import FileEntry, Manifest
+from modelpkg.progress import OnBytes, ignore_bytes
 from modelpkg.refs import ModelRef
-from modelpkg.s3 import OnBytes, S3Settings, S3Store, hex_to_b64
+from modelpkg.s3 import S3Settings, S3Store, hex_to_b64
 
 if TYPE_CHECKING:
     from axon.targets import StorageTarget
 
 
-def put_small(store: S3Store, entry: FileEntry, source: Path, on_bytes: OnBytes = _nothing) -> None:
+def put_small(
+    store: S3Store, entry: FileEntry, source: Path, on_bytes: OnBytes = ignore_bytes
+) -> None:
     """Blob ``entry.sha256`` in one PUT, carrying the sha256 the store checks (small files:
     ``size < multipart_threshold``)."""
     with open(source, "rb") as fh:
@@ -54,7 +57,7 @@ def put_small(store: S3Store, entry: FileEntry, source: Path, on_bytes: OnBytes 
 
 
 def put_multipart(
-    store: S3Store, entry: FileEntry, source: Path, on_bytes: OnBytes = _nothing
+    store: S3Store, entry: FileEntry, source: Path, on_bytes: OnBytes = ignore_bytes
 ) -> None:
     """Parallel multipart upload of ``source`` as blob ``entry.sha256``, bounded memory."""
     key = store.blob_key(entry.sha256)
@@ -107,7 +110,7 @@ class S3Session(Session):
         self,
         entry: FileEntry,
         source: Path,
-        on_bytes: OnBytes = _nothing,
+        on_bytes: OnBytes = ignore_bytes,
         *,
         verified: FileKey | None = None,
     ) -> None:

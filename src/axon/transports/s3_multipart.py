@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from modelpkg.errors import IntegrityError
 from modelpkg.manifest import FileEntry
-from modelpkg.s3 import OnBytes, b64_sha256
+from modelpkg.progress import OnBytes
+from modelpkg.s3 import b64_sha256
 
 if TYPE_CHECKING:
     from modelpkg.s3 import S3Store

@@ -44,7 +44,7 @@ from axon.errors import (
     retryable,
 )
 from axon.transports import blobcopy, stagedir
-from axon.transports.base import FileKey, OnBytes, Transport, _nothing
+from axon.transports.base import FileKey, Transport
 from axon.transports.filesystem import (
     DEFAULT_ROOT,
     StagedSession,
@@ -55,6 +55,7 @@ from axon.transports.filesystem import (
 )
 from modelpkg import layout
 from modelpkg.manifest import FileEntry, Manifest
+from modelpkg.progress import OnBytes, ignore_bytes
 from modelpkg.refs import ModelRef
 
 if TYPE_CHECKING:
@@ -457,7 +458,7 @@ class SshSession(StagedSession):
         self,
         entry: FileEntry,
         source: Path,
-        on_bytes: OnBytes = _nothing,
+        on_bytes: OnBytes = ignore_bytes,
         *,
         verified: FileKey | None = None,
     ) -> None:

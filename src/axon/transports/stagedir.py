@@ -67,8 +67,9 @@ if "pump_stream" not in globals():
 if TYPE_CHECKING:  # remote Pythons (>= 3.7) cannot subscript collections.abc at runtime
     from collections.abc import Callable
 
+    from modelpkg.progress import OnBytes
+
     Reader = Callable[[memoryview], int]
-    Progress = Callable[[int], None]
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -180,7 +181,7 @@ def receive(
     digest: str,
     blob: dict[str, Any],
     read: Reader,
-    on_bytes: Progress = lambda n: None,
+    on_bytes: OnBytes = lambda n: None,
     dir_mode: int | None = None,
     file_mode: int | None = None,
     ready: Callable[[], None] | None = None,
