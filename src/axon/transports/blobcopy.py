@@ -1,8 +1,9 @@
 """Copy one blob into a file while hashing it: the byte-moving engine of :mod:`stagedir`.
 
 Standard library only, like :mod:`axon.transports.stagedir`, and shipped to SSH hosts in
-front of it (see :data:`axon.transports.ssh`). Two pumps, both overlapping hashing with
-writing through one writer thread (:class:`_Writer`, one hand-off per 8 MiB chunk):
+front of it (see ``_helper_source`` in :mod:`axon.transports.ssh`). Two pumps, both
+overlapping hashing with writing through one writer thread (:class:`_Writer`, one hand-off
+per 8 MiB chunk):
 
 * :func:`pump_stream`: from a stream (a pipe: the SSH channel) through reused buffers;
 * :func:`pump_file`: from a local file: the kernel copies (``copy_file_range``, no pass

@@ -1,13 +1,15 @@
 """Publish to a models directory on another host over SSH, with the system OpenSSH client.
 
-The remote side runs the same staged-directory protocol as the filesystem transport: the
-stdlib-only :mod:`axon.transports.stagedir` is shipped as ``python3 -c <source> serve`` (the
-host needs Python >= 3.7, nothing else) and answers JSON-line requests on the channel's
-stdin/stdout. So remotely too: only missing files move, unchanged files are hard-linked from
-the current version, a cut transfer resumes at its offset, every received byte is hashed on
-the remote while it is written, and the new version appears with one
-``renameat2(RENAME_EXCHANGE)`` (rename-aside + rename-in where unavailable: a window of
-microseconds where the path is absent, never partial).
+Serves instances whose ``access_method`` is ``ssh``. The remote side runs the same
+staged-directory protocol as the filesystem transport (planned and translated by
+:mod:`axon.transports.staged`): the stdlib-only :mod:`axon.transports.stagedir` is shipped as
+``python3 -c <source> serve`` (the host needs Python >= 3.7, nothing else; see
+:func:`_helper_source`) and answers JSON-line requests on the channel's stdin/stdout. So
+remotely too: only missing files move, unchanged files are hard-linked from the current
+version, a cut transfer resumes at its offset, every received byte is hashed on the remote
+while it is written, and the new version appears with one ``renameat2(RENAME_EXCHANGE)``
+(rename-aside + rename-in where unavailable: a window of microseconds where the path is
+absent, never partial).
 
 Connections: one ssh connection per transport, carrying one persistent remote helper for
 every operation (status, each file's bytes, prepare, commit): one login, one Python start.
@@ -45,7 +47,7 @@ from axon.errors import (
 )
 from axon.transports import blobcopy, stagedir
 from axon.transports.base import FileKey, Transport
-from axon.transports.filesystem import (
+from axon.transports.staged import (
     DEFAULT_ROOT,
     StagedSession,
     StagePlan,

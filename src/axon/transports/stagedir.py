@@ -469,6 +469,16 @@ def _serve_receive(inp: Any, out: Any, params: dict[str, Any]) -> dict[str, Any]
     return receive(read=read, ready=lambda: _reply(out, {"ok": True, "ready": True}), **params)
 
 
+#: the operations taking ``(root, rel, digest, **params)`` and answering a dict; ``receive``
+#: also takes the bytes, so each caller wires it to its own source
+OPERATIONS: dict[str, Callable[..., dict[str, Any]]] = {
+    "status": status,
+    "prepare": prepare,
+    "commit": commit,
+    "abort": abort,
+}
+
+
 def serve(inp: Any, out: Any) -> int:
     """Answer requests until EOF: one JSON line ``{"op", "params"}`` in, one JSON line out.
 
@@ -476,12 +486,6 @@ def serve(inp: Any, out: Any) -> int:
     follow), exactly ``size - offset`` raw bytes, result line. After a failure mid-bytes, or
     input that ends early (a cut connection), the framing is lost: answer and exit.
     """
-    ops: dict[str, Callable[..., dict[str, Any]]] = {
-        "status": status,
-        "prepare": prepare,
-        "commit": commit,
-        "abort": abort,
-    }
     while True:
         line = inp.readline()
         if not line:
@@ -497,8 +501,8 @@ def serve(inp: Any, out: Any) -> int:
                     answer["ok"] = True
                     _reply(out, answer)
                     return 0
-            elif op in ops:
-                answer = ops[op](**params)
+            elif op in OPERATIONS:
+                answer = OPERATIONS[op](**params)
             else:
                 raise StageError("usage", f"unknown operation {op!r}")
             answer["ok"] = True
