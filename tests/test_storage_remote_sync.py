@@ -1,15 +1,17 @@
-"""mlos_core.remote_sync in-process: what a sync fetches, skips and refuses."""
+"""The S3 sync (mlos_core.integrations.s3_sync) in-process: what a sync fetches, skips and
+refuses, and when the command line hands the core one."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from axon.publish.plan import PublishOptions
+from axon.publish import PublishOptions
 from axon.publish.storage import publish_to_storage
 from axon.targets import StorageTarget
+from mlos_core.cli import model_sources
 from mlos_core.core import Core
-from mlos_core.integrations.s3_sync import sync_models
+from mlos_core.integrations.s3_sync import S3Sync
 from mlos_core.settings import Settings
 from tests.fixtures.s3 import S3Server
 from tests.test_storage_s3 import make_model
@@ -24,23 +26,23 @@ def test_sync_fetches_once_and_refuses_corrupt_blobs(tmp_path: Path, s3: S3Serve
         files = {"w.bin": shared, "c.json": version.encode()}
         model = make_model(tmp_path / version, f"hf/s@{version}", files)
         assert publish_to_storage(model, storage, PublishOptions()).ok
-    core = Core(
-        Settings(
-            models_dir=tmp_path / "models",
-            models_url=url,
-            s3_endpoint_url=s3.endpoint_url,
-            durable=False,
-        )
+    settings = Settings(
+        models_dir=tmp_path / "models",
+        models_url=url,
+        s3_endpoint_url=s3.endpoint_url,
+        durable=False,
     )
-    report = sync_models(core)
-    assert report is not None
+    (source,) = model_sources(settings)
+    assert isinstance(source, S3Sync)
+    core = Core(settings, [source])
+    report = source.pull(core)
     assert sorted(report.fetched) == ["hf/s@v1", "hf/s@v2"]
     assert report.bytes_fetched == len(shared) + 2 + 2  # the shared blob fetched once
     assert {e.id for e in core.registry.all()} == {"hf/s@v1", "hf/s@v2"}
     assert (tmp_path / "models/hf/s/v2/w.bin").read_bytes() == shared
 
-    again = sync_models(core)
-    assert again is not None and again.fetched == [] and again.current == 2
+    again = source.pull(core)
+    assert again.fetched == [] and again.current == 2
     assert again.bytes_fetched == 0
 
     # v3's blob is replaced in the bucket by other bytes: the instance refuses it.
@@ -48,8 +50,8 @@ def test_sync_fetches_once_and_refuses_corrupt_blobs(tmp_path: Path, s3: S3Serve
     assert publish_to_storage(bad, storage, PublishOptions()).ok
     sha = bad.manifest.files[0].sha256
     s3.client().put_object(Bucket=bucket, Key=f"prod/.blobs/sha256/{sha}", Body=b"evil bytes")
-    third = sync_models(core)
-    assert third is not None and "hf/s@v3" in third.failed
+    third = source.pull(core)
+    assert "hf/s@v3" in third.failed
     assert "does not match" in third.failed["hf/s@v3"]
     assert core.registry.get("hf/s@v3") is None
     assert not (tmp_path / "models/hf/s/v3").exists()
@@ -57,5 +59,6 @@ def test_sync_fetches_once_and_refuses_corrupt_blobs(tmp_path: Path, s3: S3Serve
 
 
 def test_no_models_url_means_no_sync(tmp_path: Path) -> None:
-    core = Core(Settings(models_dir=tmp_path / "models", durable=False))
-    assert sync_models(core) is None
+    settings = Settings(models_dir=tmp_path / "models", durable=False)
+    assert model_sources(settings) == []
+    assert Core(settings, model_sources(settings)).sources == ()

@@ -1,17 +1,25 @@
-"""``mlos-core`` command line: ``mlos-core serve`` runs the server on uvicorn."""
+"""``mlos-core`` command line: ``mlos-core serve`` runs the server on uvicorn.
+
+Every option is declared here; the library below takes plain values. ``serve`` builds the
+:class:`Settings`, hands the core its model sources (the S3 sync with ``--models-url``),
+builds the app, and with ``--discovery`` keeps the instance registered while it serves.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import sys
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
-from mlos_core.integrations.discovery import discovery_options, registration_from_options
-from mlos_core.integrations.s3_sync import pop_remote_options, remote_options
+from mlos_core.core import Core, ModelSource
+from mlos_core.integrations.discovery import DEFAULT_TTL, Registration, registered
+from mlos_core.integrations.s3_sync import S3Sync
 from mlos_core.settings import (
     DEFAULT_MODELS_DIR,
     DEFAULT_PORT,
@@ -20,6 +28,10 @@ from mlos_core.settings import (
     Settings,
     parse_size,
 )
+from mlos_core.tenants import TokensFileError
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -54,6 +66,54 @@ def bind_warning(host: str, tokens_file: Path | None) -> str | None:
         f"!!! binding {host} WITHOUT --tokens: anyone who can reach this address can upload, "
         "replace and delete models. Give --tokens FILE or bind 127.0.0.1. !!!"
     )
+
+
+def model_sources(settings: Settings) -> list[ModelSource]:
+    """Where the core pulls models from besides uploads: the S3 models URL, if one is set."""
+    if not settings.models_url:
+        return []
+    sync = S3Sync(
+        settings.models_url,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        profile=settings.s3_profile,
+    )
+    return [sync]
+
+
+def registration(
+    discovery_uri: str | None,
+    *,
+    cluster: str | None,
+    advertise: str | None,
+    ttl: float,
+    host: str,
+    port: int,
+    instance_id: str,
+    storage_path: str,
+) -> AbstractContextManager[Registration | None]:
+    """Keeps the instance registered with ``discovery_uri`` while inside (nothing without one).
+
+    The default instance id ``mlos-core`` would make every instance of a cluster overwrite the
+    same record, so with discovery it becomes ``<hostname>-<port>``."""
+    if discovery_uri is not None and not cluster:
+        raise click.UsageError("--discovery needs --cluster NAME")
+    if discovery_uri is not None and instance_id == "mlos-core":
+        instance_id = f"{socket.gethostname()}-{port}"
+    if not advertise:
+        shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
+        advertise = f"http://{'[' + shown + ']' if ':' in shown else shown}:{port}"
+    try:
+        return registered(
+            discovery_uri,
+            cluster=cluster,
+            instance_id=instance_id,
+            advertise=advertise,
+            storage_path=storage_path,
+            ttl=float(ttl or DEFAULT_TTL),
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--discovery") from exc
 
 
 @cli.command()
@@ -96,8 +156,33 @@ def bind_warning(host: str, tokens_file: Path | None) -> str | None:
     help="Seconds without a body byte before an upload is dropped (bytes kept for resume).",
 )
 @click.option("--log-level", default="info", show_default=True)
-@discovery_options
-@remote_options
+# ---- service discovery (mlos_core.integrations.discovery) ----
+@click.option("--cluster", help="Cluster this instance belongs to (with --discovery).")
+@click.option(
+    "--advertise",
+    help="URL others reach this instance at. Default: http://HOST:PORT.",
+)
+@click.option(
+    "--discovery",
+    "discovery_uri",
+    help="Register here while running: etcd://h:p[,h:p], consul://h:p or k8s://ns/svc.",
+)
+@click.option(
+    "--discovery-ttl",
+    type=float,
+    default=DEFAULT_TTL,
+    show_default=True,
+    help="Seconds a killed instance stays discoverable (etcd lease TTL).",
+)
+# ---- models read from S3 (mlos_core.integrations.s3_sync) ----
+@click.option(
+    "--models-url",
+    help="Also serve the models committed at s3://bucket/prefix (fetched into "
+    "--models-dir at start-up and on every POST /models/scan).",
+)
+@click.option("--s3-endpoint-url", help="S3-compatible endpoint (default: AWS).")
+@click.option("--s3-region", help="S3 region (default: the AWS config's).")
+@click.option("--s3-profile", help="AWS profile for the credentials.")
 def serve(
     host: str,
     port: int,
@@ -109,22 +194,21 @@ def serve(
     no_fsync: bool,
     body_timeout: float,
     log_level: str,
-    **discovery: Any,
+    cluster: str | None,
+    advertise: str | None,
+    discovery_uri: str | None,
+    discovery_ttl: float,
+    models_url: str | None,
+    s3_endpoint_url: str | None,
+    s3_region: str | None,
+    s3_profile: str | None,
 ) -> None:
     """Run the MLOS Core HTTP server."""
     import uvicorn
 
-    from mlos_core.http.app import create_app
-    from mlos_core.tenants import TokensFileError
-
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    warning = bind_warning(host, tokens_file)
-    if warning:
-        logging.getLogger("mlos_core").warning(warning)
+    _start_logging(log_level, host, tokens_file)
+    if models_url is not None and not models_url.startswith("s3://"):
+        raise click.BadParameter("use s3://bucket/prefix", param_hint="--models-url")
     settings = Settings(
         models_dir=models_dir.absolute(),
         host=host,
@@ -135,15 +219,18 @@ def serve(
         upload_ttl=upload_ttl,
         durable=not no_fsync,
         body_timeout=body_timeout,
-        **pop_remote_options(discovery),
+        models_url=models_url,
+        s3_endpoint_url=s3_endpoint_url,
+        s3_region=s3_region,
+        s3_profile=s3_profile,
     )
-    try:
-        app = create_app(settings)
-    except (TokensFileError, OSError) as exc:
-        raise click.ClickException(f"cannot start: {exc}") from exc
+    app = _app(settings)
     # Registered with service discovery (--discovery) while serving; removed on clean exit.
-    with registration_from_options(
-        discovery,
+    with registration(
+        discovery_uri,
+        cluster=cluster,
+        advertise=advertise,
+        ttl=discovery_ttl,
         host=host,
         port=port,
         instance_id=instance_id,
@@ -157,6 +244,27 @@ def serve(
             access_log=False,  # our middleware logs one line per request
             timeout_keep_alive=30,
         )
+
+
+def _start_logging(log_level: str, host: str, tokens_file: Path | None) -> None:
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    warning = bind_warning(host, tokens_file)
+    if warning:
+        logging.getLogger("mlos_core").warning(warning)
+
+
+def _app(settings: Settings) -> ASGIApp:
+    """The core with its model sources, served by the HTTP app."""
+    from mlos_core.http.app import create_app  # Starlette only for serve, not for --help
+
+    try:
+        return create_app(Core(settings, model_sources(settings)))
+    except (TokensFileError, OSError) as exc:
+        raise click.ClickException(f"cannot start: {exc}") from exc
 
 
 def main() -> None:

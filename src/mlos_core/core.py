@@ -3,6 +3,10 @@
 Blocking file work runs in worker threads; the event loop only coordinates. A per-model
 asyncio lock serialises commits of one model (two concurrent uploads end with one complete
 version); different models never wait for each other.
+
+Models arrive by upload, by a copy into the models dir (found by a scan), or from a
+:class:`ModelSource` the core is handed (the command line hands it the S3 sync when
+``--models-url`` is set): the core does not know what is behind a source.
 """
 
 from __future__ import annotations
@@ -12,10 +16,10 @@ import collections
 import logging
 import shutil
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from mlos_core.errors import BadRequest, CorruptState, NoSpace, NotFound, TooLarge
 from mlos_core.metrics import Metrics
@@ -28,6 +32,7 @@ from mlos_core.storage.versions import VersionStore
 from mlos_core.tenants import Tenants
 from modelpkg.atomic import clean_leftovers, remove_tree
 from modelpkg.errors import ManifestError, PackageError
+from modelpkg.layout import REGISTRY_FILE
 from modelpkg.manifest import API_VERSION, MANIFEST_NAME, Manifest
 from modelpkg.refs import ModelRef
 
@@ -66,15 +71,31 @@ def parse_manifest(raw: Any, ref: ModelRef, *, strict: bool) -> Manifest:
     return manifest
 
 
+class ModelSource(Protocol):
+    """Somewhere models come from besides uploads, such as an S3 bucket.
+
+    The core calls :meth:`pull` at start-up and on every scan, before it registers what the
+    models dir holds: the source brings what is new into the core (blobs, then a version
+    made visible with :meth:`Core.publish_staged`). It blocks (the core calls it in a worker
+    thread), and it logs and reports its failures rather than raise them for one model.
+    """
+
+    def pull(self, core: Core) -> object: ...
+
+
 class Core:
-    def __init__(self, settings: Settings) -> None:
+    """One instance's models: the stores, the registry, tenants, counters, locks, and the
+    operations of the API on them."""
+
+    def __init__(self, settings: Settings, sources: Sequence[ModelSource] = ()) -> None:
         self.settings = settings
+        self.sources = tuple(sources)
         self.models_dir = settings.models_dir
         self.state_dir = settings.state_dir
         self.models_dir.mkdir(parents=True, exist_ok=True)
         self.blobs = BlobStore(self.state_dir, durable=settings.durable)
         self.versions = VersionStore(self.models_dir, self.blobs, durable=settings.durable)
-        self.registry = Registry(self.state_dir / "registry.json", durable=settings.durable)
+        self.registry = Registry(self.state_dir / REGISTRY_FILE, durable=settings.durable)
         self.uploads = UploadStore(self.state_dir, ttl=settings.upload_ttl)
         self.tenants = Tenants(settings.tokens_file)
         self.metrics = Metrics()
@@ -107,11 +128,10 @@ class Core:
         self.scan()
 
     def scan(self) -> tuple[int, int]:
-        """Register every complete model under the models dir; return (found, new)."""
-        if self.settings.models_url:  # first pull what is new in S3 (mlos_core.remote_sync)
-            from mlos_core.integrations.s3_sync import sync_models
-
-            sync_models(self)
+        """Pull from the sources, then register every complete model under the models dir;
+        return (found, new)."""
+        for source in self.sources:  # first bring in what is new elsewhere
+            source.pull(self)
         found = self.versions.scan()
         entries = [entry_from_manifest(f.ref, f.path, f.manifest, "scan") for f in found]
         return len(found), self.registry.put_many(entries)

@@ -21,7 +21,6 @@ from mlos_core import __version__
 from mlos_core.core import Core
 from mlos_core.http import routes, routes_v1
 from mlos_core.http.errors import EXCEPTION_HANDLERS
-from mlos_core.settings import Settings
 
 log = logging.getLogger("mlos_core.http")
 
@@ -72,8 +71,9 @@ async def _sweeper(core: Core) -> None:
             log.exception("upload expiry sweep failed")
 
 
-def create_app(settings: Settings) -> ASGIApp:
-    core = Core(settings)
+def create_app(core: Core) -> ASGIApp:
+    """The ASGI app serving ``core``; the lifespan starts it (crash recovery, first scan)."""
+    settings = core.settings
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:

@@ -1,7 +1,7 @@
 """Service-discovery registration: an instance announces itself while it runs.
 
 ``mlos-core serve --cluster prod --advertise http://10.0.0.5:8080 --discovery URI`` publishes
-this instance's record (the seed's ``mlos_instance_info_t``)::
+this instance's record (upstream MLOS Core's ``mlos_instance_info_t``)::
 
     {"instance_id": ..., "endpoint": ..., "cluster_name": ..., "storage_path": ...}
 
@@ -278,64 +278,3 @@ def registered(
         raise ValueError("--discovery needs --cluster NAME")
     record = InstanceRecord(instance_id, advertise.rstrip("/"), cluster, storage_path)
     return Registration(registrar_for(uri, record, ttl), ttl)
-
-
-def discovery_options(func: Any) -> Any:
-    """The ``serve`` options for discovery (kept here so ``cli.py`` only gains one line)."""
-    import click
-
-    options = [
-        click.option("--cluster", help="Cluster this instance belongs to (with --discovery)."),
-        click.option(
-            "--advertise",
-            help="URL others reach this instance at. Default: http://HOST:PORT.",
-        ),
-        click.option(
-            "--discovery",
-            "discovery_uri",
-            help="Register here while running: etcd://h:p[,h:p], consul://h:p or k8s://ns/svc.",
-        ),
-        click.option(
-            "--discovery-ttl",
-            type=float,
-            default=DEFAULT_TTL,
-            show_default=True,
-            help="Seconds a killed instance stays discoverable (etcd lease TTL).",
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def registration_from_options(
-    opts: dict[str, Any], *, host: str, port: int, instance_id: str, storage_path: str
-) -> AbstractContextManager[Registration | None]:
-    """``registered(...)`` from the ``discovery_options`` values of ``mlos-core serve``.
-
-    The default instance id ``mlos-core`` would make every instance of a cluster overwrite the
-    same record, so with discovery it becomes ``<hostname>-<port>``."""
-    import socket
-
-    import click
-
-    uri = opts.get("discovery_uri")
-    if uri is not None and not opts.get("cluster"):
-        raise click.UsageError("--discovery needs --cluster NAME")
-    if uri is not None and instance_id == "mlos-core":
-        instance_id = f"{socket.gethostname()}-{port}"
-    advertise = opts.get("advertise")
-    if not advertise:
-        shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
-        advertise = f"http://{'[' + shown + ']' if ':' in shown else shown}:{port}"
-    try:
-        return registered(
-            uri,
-            cluster=opts.get("cluster"),
-            instance_id=instance_id,
-            advertise=advertise,
-            storage_path=storage_path,
-            ttl=float(opts.get("discovery_ttl") or DEFAULT_TTL),
-        )
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--discovery") from exc
