@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from axon.cache import Cache
-from axon.publish.plan import PreparedModel, PublishOptions
+from axon.publish import PreparedModel, PublishOptions
 from axon.publish.storage import publish_to_storage
 from axon.targets import StorageTarget
 from modelpkg.manifest import MANIFEST_NAME
@@ -47,6 +47,48 @@ def test_nfs_not_mounted_is_a_clear_error(tmp_path: Path) -> None:
     assert "not mounted" in result.error["message"]
     assert "mount_path" in result.error["hint"] and "nas-h5:/exports/m" in result.error["hint"]
     assert result.exit_code == 7
+
+
+@pytest.mark.parametrize(
+    ("storage_type", "location", "scheme", "method", "writes_to"),
+    [
+        ("filesystem", "{dir}", "file", "filesystem", "{dir}"),
+        ("nfs", "nfs://mlos-repo/models", "nfs", "nfs", "nfs://{dir}"),
+        ("s3", "s3://bucket/prefix", "s3", "s3", "s3://bucket/prefix"),
+    ],
+)
+def test_storage_targets_pick_their_transport_by_scheme(
+    tmp_path: Path, storage_type: str, location: str, scheme: str, method: str, writes_to: str
+) -> None:
+    """The one registry builds storage transports too (no boto3 call until first use)."""
+    from axon.transports import TRANSPORTS, storage_transport_for
+
+    storage = StorageTarget(
+        name="repo",
+        storage_type=storage_type,
+        location=location.format(dir=tmp_path),
+        mount_path=str(tmp_path) if scheme == "nfs" else None,
+    )
+    assert storage.scheme == scheme and scheme in TRANSPORTS
+    with storage_transport_for(storage, {"max_concurrency": 2}) as transport:
+        assert transport.method == method
+        assert transport.describe() == writes_to.format(dir=tmp_path)
+
+
+def test_builders_refuse_targets_their_transport_cannot_reach(tmp_path: Path) -> None:
+    """S3 is network storage, never an instance's access method; SSH writes no storage."""
+    from axon.errors import ConfigError
+    from axon.targets import InstanceTarget
+    from axon.transports import transport_class, transport_for
+
+    instance = InstanceTarget(name="i1", endpoint="http://127.0.0.1:9", access_method="s3")
+    with pytest.raises(ConfigError) as err:
+        transport_for(instance)
+    assert err.value.target == "i1" and "'s3'" in str(err.value)
+    storage = StorageTarget(name="repo", storage_type="filesystem", location=str(tmp_path))
+    with pytest.raises(ConfigError) as err:
+        transport_class("ssh").from_storage(storage)
+    assert err.value.target == "repo" and "file://" in str(err.value)
 
 
 def test_dry_run_changes_nothing(tmp_path: Path, s3: S3Server) -> None:

@@ -1,9 +1,9 @@
 """``--target`` resolution: a name or address -> an instance, a cluster or network storage.
 
-Order (issue 4, 5, 6): a name under ``mlos_targets:``, then under ``clusters:``; then
-``http(s)://host:port`` URLs; storage forms (an absolute path, ``file://``, ``nfs://server/
-export``, ``s3://bucket/prefix``); ``localhost[:port]``; a hostname or IP address
-(``[host]:port`` for IPv6), which means that instance's API at port 8080 unless configured.
+Order: a name under ``mlos_targets:``, then under ``clusters:``; then ``http(s)://host:port``
+URLs; storage forms (an absolute path, ``file://``, ``nfs://server/export``,
+``s3://bucket/prefix``); ``localhost[:port]``; a hostname or IP address (``[host]:port`` for
+IPv6), which means that instance's API at port 8080 unless configured.
 Anything else is a :class:`~axon.errors.TargetNotFoundError` listing the configured targets.
 
 Nothing here touches the network: a cluster's ``discovery:`` URI is kept as data (resolved at
@@ -113,6 +113,14 @@ class StorageTarget:
     @property
     def kind(self) -> str:
         return "network_storage"
+
+    @property
+    def scheme(self) -> str:
+        """How the storage is written: ``file`` (a shared directory), ``nfs`` or ``s3``; the
+        key of its transport in :mod:`axon.transports`."""
+        if self.storage_type == "s3" or self.location.startswith("s3://"):
+            return "s3"
+        return "nfs" if self.storage_type == "nfs" else "file"
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"type": "network_storage"}
@@ -316,7 +324,7 @@ def configured_instance(
     name: str, conf: TargetConfig, key: str, config: Config | None = None
 ) -> InstanceTarget:
     """An instance from its config entry: the access method and endpoint are inferred
-    from what is configured (see README 'The config file')."""
+    from what is configured (see docs/cache-and-config.md, 'The config file')."""
     endpoint = _endpoint_for(name, conf, key, config)
     host = urlsplit(endpoint).hostname or ""
     method = conf.access_method or _infer_method(conf, host)

@@ -154,6 +154,12 @@ class S3Store:
                 self._client = self._make_client()
             return self._client
 
+    def close(self) -> None:
+        """Close the client's connections, if a client was made (never making one to close)."""
+        client = self._client
+        if client is not None:
+            client.close()
+
     def _make_client(self) -> Any:
         try:
             import boto3

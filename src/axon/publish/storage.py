@@ -111,21 +111,13 @@ class StorageResult:
 def storage_transport(storage: StorageTarget, options: PublishOptions | None = None) -> Transport:
     """The transport writing to ``storage`` (S3, or a directory: shared, file:// or NFS).
 
-    ``options.extra["s3"]`` (a dict of :class:`~modelpkg.s3.S3Settings` fields) tunes
-    S3 multipart uploads.
+    The registry picks it by ``storage.scheme``; ``options.extra[scheme]`` tunes it (for
+    ``s3``, a dict of :class:`~modelpkg.s3.S3Settings` fields: multipart uploads).
     """
-    if storage.storage_type == "s3" or storage.location.startswith("s3://"):
-        from axon.transports.s3 import S3Transport
-        from modelpkg.s3 import S3Settings
+    from axon.transports import storage_transport_for
 
-        tuning = (options.extra.get("s3") if options else None) or {}
-        return S3Transport.from_target(storage, settings=S3Settings(**tuning))
-    from axon.mounts import resolve_location
-    from axon.transports.filesystem import FilesystemTransport
-
-    root = resolve_location(storage.location, mount_path=storage.mount_path, target=storage.name)
-    method = "nfs" if storage.storage_type == "nfs" else "filesystem"
-    return FilesystemTransport(root, method=method, name=storage.name)
+    tuning = (options.extra.get(storage.scheme) if options else None) or {}
+    return storage_transport_for(storage, tuning)
 
 
 def plan_storage(

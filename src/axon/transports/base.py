@@ -17,17 +17,29 @@ Life of a publish on one target::
 ``open`` is cheap to call again after a failure: files fully sent before are not needed any
 more, and a partly sent file resumes at ``offset``. Re-publishing an unchanged model yields
 ``session.unchanged`` true and nothing needed.
+
+A transport is built from a resolved target, never from config: :meth:`Transport.from_target`
+for an MLOS Core instance, :meth:`Transport.from_storage` for network storage. The registry in
+:mod:`axon.transports` picks the class (by access method or storage scheme) and calls them.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from axon.errors import ConfigError
 from modelpkg.manifest import FileEntry, Manifest
 from modelpkg.progress import OnBytes, ignore_bytes
 from modelpkg.refs import ModelRef
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from axon.targets import InstanceTarget, StorageTarget
 
 FileKey = tuple[int, int, int, int, int]  # (dev, ino, size, mtime_ns, ctime_ns)
 
@@ -88,10 +100,40 @@ class Session(ABC):
 
 
 class Transport(ABC):
-    """A way of moving bytes to one place (a directory, an SSH host, an API, a bucket)."""
+    """A way of moving bytes to one place (a directory, an SSH host, an API, a bucket).
+
+    A transport implements the builders for the targets it can reach: an instance
+    (:meth:`from_target`), network storage (:meth:`from_storage`), or both. The default
+    builder refuses with a :class:`~axon.errors.ConfigError`: the target names an access
+    method or storage scheme this transport does not serve.
+    """
 
     #: "filesystem", "nfs", "ssh", "api", "s3" ...
     method: str = "abstract"
+
+    @classmethod
+    def from_target(cls, target: InstanceTarget) -> Self:
+        """The transport reaching MLOS Core instance ``target`` (by its ``access_method``)."""
+        raise ConfigError(
+            f"access method {target.access_method!r} cannot publish to an instance",
+            key="access_method",
+            target=target.name,
+            hint="publish there through a network_storage target instead",
+        )
+
+    @classmethod
+    def from_storage(cls, target: StorageTarget, tuning: Mapping[str, Any] | None = None) -> Self:
+        """The transport writing network storage ``target`` (by its ``scheme``).
+
+        ``tuning``: settings of this kind of storage by field name (e.g. S3 part sizes);
+        a transport with nothing to tune ignores it.
+        """
+        raise ConfigError(
+            f"{cls.method} cannot write {target.scheme}:// network storage",
+            key="storage_path",
+            target=target.name,
+            hint="network storage is a directory, file://, nfs://server/export or s3://bucket",
+        )
 
     @abstractmethod
     def describe(self) -> str:

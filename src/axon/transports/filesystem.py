@@ -23,7 +23,7 @@ interleave bytes (the second waits or fails with a retryable "busy").
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +47,7 @@ from modelpkg.refs import ModelRef
 if TYPE_CHECKING:
     from typing import Self
 
-    from axon.targets import InstanceTarget
+    from axon.targets import InstanceTarget, StorageTarget
 
 
 class FilesystemTransport(Transport):
@@ -86,6 +86,14 @@ class FilesystemTransport(Transport):
             method="nfs" if target.access_method == "nfs" else "filesystem",
             name=target.name,
         )
+
+    @classmethod
+    def from_storage(cls, target: StorageTarget, tuning: Mapping[str, Any] | None = None) -> Self:
+        """A shared directory, ``file://`` URL or ``nfs://`` share written through its mount
+        here (``mount_path`` when configured); a directory has nothing to tune."""
+        root = resolve_location(target.location, mount_path=target.mount_path, target=target.name)
+        method = "nfs" if target.scheme == "nfs" else "filesystem"
+        return cls(root, method=method, name=target.name)
 
     def describe(self) -> str:
         return f"{self.method}://{self.root}" if self.method == "nfs" else str(self.root)

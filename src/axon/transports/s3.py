@@ -1,6 +1,11 @@
 """Publish to S3 and S3-compatible object stores: content-addressed blobs, the manifest as
 the commit point (the layout and the shared bucket reader/writer are :mod:`modelpkg.s3`).
 
+Serves network storage given as ``s3://bucket/prefix`` (not an instance: an MLOS Core
+instance reading the bucket pulls what is published there). boto3 is needed
+(``pip install 'axon-publish[s3]'``); the registry in :mod:`axon.transports` says so when
+it is missing.
+
 A publish uploads the blobs the bucket lacks (HEAD each first: dedupe across files, versions
 and models), then writes ``manifest.yaml`` last, in one PUT. S3 has no rename, but a single
 PUT is atomic: a reader that lists ``*/manifest.yaml`` sees either no version, the old
@@ -23,9 +28,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from axon.errors import TransportError
 from axon.transports.base import CommitInfo, FileKey, Session, Transport
@@ -36,6 +42,8 @@ from modelpkg.refs import ModelRef
 from modelpkg.s3 import S3Settings, S3Store, hex_to_b64
 
 if TYPE_CHECKING:
+    from typing import Self
+
     from axon.targets import StorageTarget
 
 
@@ -179,13 +187,15 @@ class S3Transport(Transport):
         )
 
     @classmethod
-    def from_target(cls, target: StorageTarget, settings: S3Settings | None = None) -> S3Transport:
+    def from_storage(cls, target: StorageTarget, tuning: Mapping[str, Any] | None = None) -> Self:
+        """``tuning``: :class:`~modelpkg.s3.S3Settings` fields (multipart threshold, part
+        size, concurrency, part checksum); the rest of the defaults stay."""
         return cls(
             target.location,
             endpoint_url=target.endpoint_url,
             region=target.region,
             profile=target.profile,
-            settings=settings,
+            settings=S3Settings(**(tuning or {})),
         )
 
     def describe(self) -> str:
@@ -199,6 +209,4 @@ class S3Transport(Transport):
         return self.store.read_manifest(ref)
 
     def close(self) -> None:
-        client = self.store._client
-        if client is not None:
-            client.close()
+        self.store.close()
