@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import stat
 import subprocess
 import time
@@ -300,7 +301,10 @@ def test_an_unused_early_connection_is_dropped_at_close(sshd: Any) -> None:
     proc = transport._helper
     assert proc is not None
     transport.close()
-    assert proc.poll() is not None  # killed and reaped, not left logging in
+    # close() reaps in a thread (it never waits on the remote): poll() answers None while
+    # that thread holds the process, so wait for it
+    wait_for(lambda: proc.poll() is not None, timeout=5, what="the unused ssh to be reaped")
+    assert proc.returncode == -signal.SIGKILL  # killed, not left to log in and exit later
 
 
 def test_a_publish_failing_validation_leaves_no_ssh_behind(
