@@ -114,7 +114,7 @@ class Core:
         for path in restored:
             log.warning("restored %s (a crash interrupted its replacement)", path)
         removed = self.versions.clean_leftovers()
-        # Outside our own .mlos state, staging dirs may belong to a writer still at work on a
+        # Outside our own state dir, staging dirs may belong to a writer still at work on a
         # shared models dir (axon publishing to it): only remove those idle for a day.
         removed += clean_leftovers(self.models_dir, min_age=SHARED_LEFTOVER_AGE)
         for upload in self.uploads.all():

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelpkg.layout import STATE_DIR
+
 DEFAULT_MODELS_DIR = Path("/var/lib/mlos/models")
 DEFAULT_PORT = 8080
 DEFAULT_UPLOAD_TTL = 24 * 3600.0
@@ -36,7 +38,8 @@ class Settings:
     upload_ttl: float = DEFAULT_UPLOAD_TTL  # seconds an idle resumable upload is kept
     body_timeout: float = 120.0  # seconds without a body byte before an upload is dropped
     durable: bool = True  # fsync before making anything visible (off only for benchmarks)
-    # an instance reading S3 storage (mlos_core.remote_sync): pulled at start-up and on scan
+    # an instance reading S3 storage: the command line hands the core an S3 sync for these
+    # (mlos_core.integrations.s3_sync), pulled at start-up and on every scan
     models_url: str | None = None
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
@@ -45,4 +48,4 @@ class Settings:
     @property
     def state_dir(self) -> Path:
         """Server housekeeping (blobs, staging, uploads) lives on the models filesystem."""
-        return self.models_dir / ".mlos"
+        return self.models_dir / STATE_DIR

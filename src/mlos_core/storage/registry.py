@@ -1,8 +1,9 @@
 """The model registry: which models this instance serves, by id ``ns/name@version``.
 
-Kept in memory, persisted to ``<models-dir>/.mlos/registry.json`` (atomic write) so models
-registered by path outside the models dir survive a restart. At start-up and on
-``POST /models/scan`` every complete model under the models dir is (re-)registered.
+Where the registry file lives: :mod:`modelpkg.layout`. Kept in memory, persisted to that
+file (atomic write) so models registered by path outside the models dir survive a restart.
+At start-up and on ``POST /models/scan`` every complete model under the models dir is
+(re-)registered.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Resumable upload sessions (docs/upload-protocol.md), persisted so they survive a restart.
 
-One JSON file per open upload under ``<models-dir>/.mlos/uploads/<upload_id>.json``; its
-mtime is the last activity, so an upload idle longer than ``--upload-ttl`` expires. The
-bytes themselves live in the blob store (``partial/`` while being received), shared by
-every upload that needs the same content.
+Where upload records live: :mod:`modelpkg.layout`. One JSON file per open upload, named by
+its id; its mtime is the last activity, so an upload idle longer than ``--upload-ttl``
+expires. The bytes themselves live in the blob store (as partial blobs while being
+received), shared by every upload that needs the same content.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 
 from mlos_core.errors import CoreError, CorruptState, NotFound
 from modelpkg.atomic import atomic_write_text
+from modelpkg.layout import UPLOADS_DIR
 from modelpkg.manifest import Manifest
 from modelpkg.refs import ModelRef
 
@@ -63,7 +64,7 @@ def expires_at(last_activity: float, ttl: float) -> str:
 
 class UploadStore:
     def __init__(self, state_dir: Path, *, ttl: float) -> None:
-        self.dir = state_dir / "uploads"
+        self.dir = state_dir / UPLOADS_DIR
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ttl = ttl
 

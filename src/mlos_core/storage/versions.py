@@ -1,15 +1,13 @@
 """Version directories: build from blobs, make visible atomically, keep one previous generation.
 
-Layout under ``<models-dir>``::
-
-    <ns>/<name...>/<version>/          visible model: manifest.yaml + files (hard links to blobs)
-    .mlos/staging/<id>/                a prepared version, complete and fsynced, not visible
-    .mlos/previous/<ns>/<name>/<ver>/  the generation a re-publish replaced (for rollback)
-    .mlos/trash/                       trees being deleted
+Where visible versions, staging, previous generations and trash live: :mod:`modelpkg.layout`.
+A visible version is manifest.yaml plus its files, hard links to blobs; a prepared version
+waits in staging, complete and fsynced; a re-publish keeps the version it replaced as the
+previous generation (for rollback).
 
 A version becomes visible with one ``rename`` (new) or ``renameat2(RENAME_EXCHANGE)``
 (replacement): a reader sees the old tree or the new one, never a mix. Everything under
-``staging/`` and ``trash/`` is a leftover after a crash and is removed at start-up.
+staging and trash is a leftover after a crash and is removed at start-up.
 """
 
 from __future__ import annotations
@@ -26,6 +24,7 @@ from mlos_core.errors import MissingBlob, NotFound, SizeMismatch, no_space
 from mlos_core.storage.blobs import BlobStore
 from modelpkg.atomic import exchange, fsync_dir, remove_tree
 from modelpkg.errors import PackageError
+from modelpkg.layout import PREVIOUS_DIR, STAGING_DIR, STATE_DIR, TRASH_DIR
 from modelpkg.manifest import MANIFEST_NAME, FileEntry, Manifest
 from modelpkg.refs import ModelRef
 
@@ -50,10 +49,10 @@ class FoundModel:
 class VersionStore:
     def __init__(self, models_dir: Path, blobs: BlobStore, *, durable: bool = True) -> None:
         self.models_dir = models_dir
-        self.state_dir = models_dir / ".mlos"
-        self.staging_dir = self.state_dir / "staging"
-        self.previous_dir = self.state_dir / "previous"
-        self.trash_dir = self.state_dir / "trash"
+        self.state_dir = models_dir / STATE_DIR
+        self.staging_dir = self.state_dir / STAGING_DIR
+        self.previous_dir = self.state_dir / PREVIOUS_DIR
+        self.trash_dir = self.state_dir / TRASH_DIR
         self.blobs = blobs
         self.durable = durable
         for d in (self.staging_dir, self.previous_dir, self.trash_dir):
