@@ -213,49 +213,18 @@ def receive(
     part = os.path.join(part_dir, sha)
     fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o644 if file_mode is None else file_mode)
     try:
-        _lock(fd, fcntl.LOCK_EX, 5.0, part)
-        have = os.fstat(fd).st_size
-        if have > size:  # not a prefix of this blob: start over
-            os.ftruncate(fd, 0)
-            have = 0
-        if have != offset:
-            raise StageError(
-                "offset_mismatch", f"partial file holds {have} bytes, not {offset}", part
-            )
-        h = hashlib.sha256()
-        rfd = os.open(part, os.O_RDONLY)
-        try:
-            hash_prefix(rfd, offset, h)
-        finally:
-            os.close(rfd)
-        os.lseek(fd, offset, os.SEEK_SET)
+        h = _resume(fd, part, size, offset)
         if ready is not None:
             ready()
-        trusted = False
         if src_fd is not None:
-            before = os.fstat(src_fd)
-            trusted = offset == 0 and src_key is not None and _key(before) == list(src_key)
-            got = offset + pump_file(fd, src_fd, None if trusted else h, size - offset, on_bytes)
-            after = os.fstat(src_fd)
-            if changed(before, after):  # (same fd: dev and ino cannot change)
-                os.ftruncate(fd, 0)
-                raise StageError("source_changed", "the source file changed while copied")
-            longer = after.st_size > size
+            got, longer, trusted = _copy_file(fd, src_fd, src_key, h, offset, size, on_bytes)
         else:
             got = offset + pump_stream(fd, read, h, size - offset, on_bytes)
             longer = got >= size and bool(read(memoryview(bytearray(1))))
+            trusted = False
         if got < size:
             return {"complete": False, "offset": got}
-        if longer:
-            os.ftruncate(fd, 0)
-            raise StageError("size_mismatch", f"more than the expected {size} bytes", part)
-        if not trusted and h.hexdigest() != sha:
-            os.ftruncate(fd, 0)
-            raise StageError(
-                "checksum_mismatch",
-                f"sha256 {h.hexdigest()} of the received bytes is not the expected {sha}",
-                part,
-            )
+        _check_received(fd, part, size, sha, longer, None if trusted else h)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -263,6 +232,65 @@ def receive(
         os.chmod(part, file_mode)
     _place(part, stage, list(blob["paths"]), dir_mode)
     return {"complete": True, "offset": size}
+
+
+def _resume(fd: int, part: str, size: int, offset: int) -> Any:
+    """Lock the partial file ``fd`` (another publish may be writing it), check it holds the
+    ``offset`` bytes the client resumes from, and hash them: the sha256 to go on with."""
+    _lock(fd, fcntl.LOCK_EX, 5.0, part)
+    have = os.fstat(fd).st_size
+    if have > size:  # not a prefix of this blob: start over
+        os.ftruncate(fd, 0)
+        have = 0
+    if have != offset:
+        raise StageError("offset_mismatch", f"partial file holds {have} bytes, not {offset}", part)
+    h = hashlib.sha256()
+    rfd = os.open(part, os.O_RDONLY)
+    try:
+        hash_prefix(rfd, offset, h)
+    finally:
+        os.close(rfd)
+    os.lseek(fd, offset, os.SEEK_SET)
+    return h
+
+
+def _copy_file(
+    fd: int,
+    src_fd: int,
+    src_key: list[int] | None,
+    h: Any,
+    offset: int,
+    size: int,
+    on_bytes: OnBytes,
+) -> tuple[int, bool, bool]:
+    """Copy the local source ``src_fd`` from ``offset`` into ``fd``: (bytes now held, whether
+    the source is longer than ``size``, whether its bytes are trusted without hashing).
+
+    Trusted: a copy from 0 of a source still at the identity ``src_key`` it was verified at.
+    """
+    before = os.fstat(src_fd)
+    trusted = offset == 0 and src_key is not None and _key(before) == list(src_key)
+    got = offset + pump_file(fd, src_fd, None if trusted else h, size - offset, on_bytes)
+    after = os.fstat(src_fd)
+    if changed(before, after):  # (same fd: dev and ino cannot change)
+        os.ftruncate(fd, 0)
+        raise StageError("source_changed", "the source file changed while copied")
+    return got, after.st_size > size, trusted
+
+
+def _check_received(fd: int, part: str, size: int, sha: str, longer: bool, h: Any) -> None:
+    """Refuse a blob with more than ``size`` bytes, or (``h`` not None) whose sha256 is not
+    ``sha``; the partial file is emptied first, so a retry starts over."""
+    if longer:
+        os.ftruncate(fd, 0)
+        raise StageError("size_mismatch", f"more than the expected {size} bytes", part)
+    if h is not None and h.hexdigest() != sha:
+        os.ftruncate(fd, 0)
+        raise StageError(
+            "checksum_mismatch",
+            f"sha256 {h.hexdigest()} of the received bytes is not the expected {sha}",
+            part,
+        )
 
 
 def _key(st: os.stat_result) -> list[int]:
