@@ -15,10 +15,9 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from benchmarks.common import GiB, Row, make_file
+from benchmarks.common import GiB, Row, make_file, timed_run_cpu
 
 MODEL_BYTES = int(os.environ.get("AXON_BENCH_HASH_BYTES", GiB))
 REF = "bench/hash-model@v1"
@@ -26,18 +25,6 @@ REF = "bench/hash-model@v1"
 
 def _axon(*args: str) -> list[str]:
     return [sys.executable, "-m", "axon", *args]
-
-
-def _run(cmd: list[str], **kw: object) -> tuple[float, float, float]:
-    """Like ``timed_run`` but also returns the child's CPU seconds (user + sys): on a busy
-    machine the wall time mostly measures the scheduler, the CPU time measures the work."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, **kw)  # type: ignore[call-overload]
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise subprocess.CalledProcessError(os.waitstatus_to_exitcode(status), cmd)
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0
 
 
 def _warm(path: Path) -> None:
@@ -51,7 +38,7 @@ def _verify(
 ) -> tuple[float, float, float, dict[str, object]]:
     out = workdir / f"{name}.json"
     with open(out, "w") as fh:
-        seconds, cpu, rss = _run(_axon("verify", REF, "--json"), env=env, stdout=fh)
+        seconds, cpu, rss = timed_run_cpu(_axon("verify", REF, "--json"), env=env, stdout=fh)
     return seconds, cpu, rss, json.loads(out.read_text())
 
 
@@ -62,9 +49,9 @@ def run(workdir: Path) -> list[Row]:
     weights = make_file(src / "model.safetensors", MODEL_BYTES)
     (src / "config.json").write_text('{"model_type": "bert"}')
     _warm(weights)
-    copy_s, copy_cpu, _ = _run(["sh", "-c", f"cp -r '{src}' '{workdir / 'copy'}' && sync"])
+    copy_s, copy_cpu, _ = timed_run_cpu(["sh", "-c", f"cp -r '{src}' '{workdir / 'copy'}' && sync"])
     shutil.rmtree(workdir / "copy")
-    install_s, install_cpu, install_rss = _run(
+    install_s, install_cpu, install_rss = timed_run_cpu(
         _axon("install", str(src), "--as", REF, "-q"), env=env
     )
     shutil.rmtree(src)  # keep only the cached copy on disk
@@ -85,7 +72,7 @@ def run(workdir: Path) -> list[Row]:
     ]
     base_s = base_cpu = None
     if openssl:
-        base_s, base_cpu, _ = _run(
+        base_s, base_cpu, _ = timed_run_cpu(
             [openssl, "dgst", "-sha256", str(target)], stdout=subprocess.DEVNULL
         )
     baseline = "openssl dgst -sha256" if base_s else None

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.bench_ingest import _free_port, _start_server
-from benchmarks.common import Row, drop_caches_if_possible, peak_rss_mb_of
+from benchmarks.common import Row, drop_caches_if_possible, peak_rss_mb_of, percentile
 
 MODELS = int(os.environ.get("AXON_BENCH_LOAD_MODELS", "120"))
 FILES = {
@@ -56,11 +56,6 @@ def _upload(client: httpx.Client, model: Path) -> float:
     )
     r.raise_for_status()
     return time.perf_counter() - started
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
 def run(workdir: Path) -> list[Row]:
@@ -112,7 +107,7 @@ def run(workdir: Path) -> list[Row]:
         done.set()
         proc.terminate()
         proc.wait(timeout=30)
-    lat = "/".join(f"{_pct(latencies, q):.0f}" for q in (0.5, 0.95, 0.99))
+    lat = "/".join(f"{percentile(latencies, q) * 1000:.0f}" for q in (0.5, 0.95, 0.99))
     return [
         Row(
             f"mlos-core: {MODELS} small models, {CLIENTS} clients",

@@ -27,7 +27,14 @@ from pathlib import Path
 import httpx
 
 from benchmarks.bench_publish_fs import axon_bin, install_model
-from benchmarks.common import MiB, Row, drop_caches_if_possible, make_file, timed_run
+from benchmarks.common import (
+    MiB,
+    Row,
+    drop_caches_if_possible,
+    make_file,
+    timed_run,
+    timed_run_cpu,
+)
 
 REF = "bench/publish-api@v1"
 
@@ -99,19 +106,6 @@ def curl_upload(url: str, path: Path) -> float:
     return seconds
 
 
-def cpu_timed_run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float]:
-    """(wall seconds, peak RSS MB, user+system CPU seconds) of one run of ``cmd``.
-
-    CPU time is much less sensitive than wall time to other load on a shared machine."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env)
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise subprocess.CalledProcessError(os.waitstatus_to_exitcode(status), cmd)
-    return seconds, usage.ru_maxrss / 1024.0, usage.ru_utime + usage.ru_stime
-
-
 def run(workdir: Path) -> list[Row]:
     workdir = workdir.resolve()
     size = int(os.environ.get("AXON_BENCH_PUBLISH_MB", "1024")) * MiB
@@ -124,8 +118,8 @@ def run(workdir: Path) -> list[Row]:
         publish = [axon_bin(), "publish", REF, "--target", url, "-q"]
         drop_caches_if_possible()
         axon_s, rss = timed_run(publish, env=env)
-        again = [cpu_timed_run(publish, env=env) for _ in range(3)]
-        again_s, again_rss, again_cpu = min(again)
+        again = [timed_run_cpu(publish, env=env) for _ in range(3)]
+        again_s, again_cpu, again_rss = min(again)
         python_s = min(timed_run([sys.executable, "-c", "pass"])[0] for _ in range(3))
     finally:
         proc.terminate()

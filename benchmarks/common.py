@@ -96,9 +96,16 @@ def drop_caches_if_possible() -> None:
 
 
 def timed_run(cmd: list[str], **kw: object) -> tuple[float, float]:
-    """Run ``cmd``; return (wall seconds, peak RSS in MB of that child).
+    """Run ``cmd``; return (wall seconds, peak RSS in MB of that child)."""
+    seconds, _cpu, rss = timed_run_cpu(cmd, **kw)
+    return seconds, rss
 
-    Uses ``wait4`` so the RSS is this child's own, not the maximum over earlier children.
+
+def timed_run_cpu(cmd: list[str], **kw: object) -> tuple[float, float, float]:
+    """Run ``cmd``; return (wall seconds, CPU seconds (user + system), peak RSS in MB) of that
+    child. On a busy machine the wall time mostly measures the scheduler, the CPU time the work.
+
+    Uses ``wait4`` so the CPU time and RSS are this child's own, not those of earlier children.
     """
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, **kw)  # type: ignore[call-overload]
@@ -107,7 +114,13 @@ def timed_run(cmd: list[str], **kw: object) -> tuple[float, float]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise subprocess.CalledProcessError(proc.returncode, cmd)
-    return seconds, usage.ru_maxrss / 1024.0
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values`` by nearest rank; 0.0 when there are none."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
 def peak_rss_mb_of(pid: int) -> float:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import httpx
 import psutil
 import pytest
+from benchmarks.common import percentile
 
 from tests.fixtures.mlos import ServerFactory, manifest_for, upload_resumable
 from tests.stress.checkers import check_fs_root, check_registered
@@ -25,11 +26,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 SECONDS = scale(8, 90)
 UPLOADERS, READERS = 4, 3
 MODELS = 12  # a fixed pool of ids, re-published over and over: the state stays bounded
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
 class Load:
