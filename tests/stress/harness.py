@@ -76,10 +76,17 @@ def run_axon(home: Home, *args: str, timeout: float = 120) -> subprocess.Complet
     )
 
 
-def kill_at_random(home: Home, args: list[str], within: float, rng: random.Random) -> float:
-    """Start ``axon ARGS``, kill -9 it after a random delay in [0.2, 1.1] x ``within``;
+def kill_at_random(
+    home: Home,
+    args: list[str],
+    within: float,
+    rng: random.Random,
+    *,
+    spread: tuple[float, float] = (0.2, 1.1),
+) -> float:
+    """Start ``axon ARGS``, kill -9 it after a random delay in ``spread`` x ``within``;
     return the delay (the process may have finished already: that is a trial too)."""
-    delay = rng.uniform(0.2, 1.1) * within
+    delay = rng.uniform(*spread) * within
     proc = subprocess.Popen(
         axon_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=home.env()
     )

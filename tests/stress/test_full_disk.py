@@ -18,7 +18,7 @@ import pytest
 
 from tests.fixtures.mlos import ServerFactory, manifest_for
 from tests.stress.checkers import check_fs_root
-from tests.stress.conftest import record
+from tests.stress.figures import record
 from tests.stress.harness import MiB, make_homes, run_axon
 from tests.test_transport_filesystem import tmpfs
 

@@ -16,7 +16,7 @@ import pytest
 from tests.fixtures.common import require
 from tests.fixtures.mlos import ServerFactory
 from tests.stress.checkers import check_fs_root, tree_digest
-from tests.stress.conftest import record, scale
+from tests.stress.figures import record, scale
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.stress.checkers import check_fs_root, tree_digest
-from tests.stress.conftest import record
+from tests.stress.figures import record
 from tests.stress.harness import make_homes, run_axon
 
 pytestmark = pytest.mark.slow

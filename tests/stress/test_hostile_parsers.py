@@ -25,7 +25,7 @@ from axon.errors import (
 )
 from modelpkg.manifest import Manifest, check_relpath
 from modelpkg.refs import ModelRef
-from tests.stress.conftest import record, scale
+from tests.stress.figures import record, scale
 
 pytestmark = pytest.mark.timeout(3600)
 EXAMPLES = scale(60, 1000)

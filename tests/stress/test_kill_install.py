@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures.models import write_model_dir
 from tests.stress.checkers import check_fs_root
-from tests.stress.conftest import record, scale
-from tests.stress.harness import Home, MiB, axon_cmd, run_axon
+from tests.stress.figures import record, scale
+from tests.stress.harness import Home, MiB, kill_at_random, run_axon
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -33,14 +32,7 @@ def test_kill_9_during_install_leaves_no_partial_model(tmp_path: Path) -> None:
     trials = scale(3, 25)
     for trial in range(trials):
         args = ["install", str(sources[(trial + 1) % 2]), "--as", "hf/inst@v1"]
-        proc = subprocess.Popen(
-            axon_cmd(*args), env=home.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        try:
-            proc.wait(timeout=rng.uniform(0.3, 2.0))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+        kill_at_random(home, args, 1.0, rng, spread=(0.3, 2.0))
         models = home.path / "cache" / "models"
         n, problems = check_fs_root(models)
         assert problems == [] and n == 1, f"trial {trial}: {problems}"

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.stress.checkers import check_fs_root, check_registered, check_s3, tree_digest
-from tests.stress.conftest import record, scale
+from tests.stress.figures import record, scale
 from tests.stress.harness import Home, MiB, kill_at_random, make_homes, run_axon, timed
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]

@@ -19,7 +19,7 @@ from benchmarks.common import percentile
 
 from tests.fixtures.mlos import ServerFactory, manifest_for, upload_resumable
 from tests.stress.checkers import check_fs_root, check_registered
-from tests.stress.conftest import record, scale
+from tests.stress.figures import record, scale
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 

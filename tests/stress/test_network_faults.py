@@ -15,7 +15,7 @@ import pytest
 from tests.fixtures.mlos import ServerFactory
 from tests.fixtures.proxy import ProxyFactory
 from tests.stress.checkers import check_fs_root, check_registered
-from tests.stress.conftest import record, scale
+from tests.stress.figures import record, scale
 from tests.stress.harness import Home, MiB, make_homes, run_axon
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
