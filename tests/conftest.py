@@ -15,7 +15,7 @@ pytest_plugins = [
     "tests.fixtures.mlos",
     "tests.fixtures.sshd",
     "tests.fixtures.s3",
-    "tests.fixtures.etcd",
+    "tests.fixtures.discovery",
     "tests.fixtures.proxy",
 ]
 

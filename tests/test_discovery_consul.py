@@ -16,7 +16,7 @@ from axon.discovery import discover, lookup
 from axon.errors import DiscoveryError
 from mlos_core.integrations.discovery import ConsulRegistrar, InstanceRecord
 from tests.fixtures.common import free_port, wait_for
-from tests.fixtures.etcd import RecordedApi
+from tests.fixtures.discovery import RecordedApi
 
 
 def entry(service_id: str, port: int, meta: dict[str, Any] | None) -> dict[str, Any]:

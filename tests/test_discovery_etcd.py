@@ -16,7 +16,7 @@ from axon.discovery import Member, check_members, discover, lookup
 from axon.discovery.etcd import instances_prefix, prefix_range_end
 from axon.errors import DiscoveryError
 from tests.fixtures.common import free_port, wait_for
-from tests.fixtures.etcd import EtcdServer
+from tests.fixtures.discovery import EtcdServer
 
 pytestmark = pytest.mark.slow
 TTL = 2

@@ -16,7 +16,7 @@ import pytest
 from axon.discovery import check_members, discover, lookup
 from axon.discovery.k8s import api_server
 from axon.errors import DiscoveryError
-from tests.fixtures.etcd import RecordedApi
+from tests.fixtures.discovery import RecordedApi
 
 SLICES = "/apis/discovery.k8s.io/v1/namespaces/mlos/endpointslices"
 ENDPOINTS = "/api/v1/namespaces/mlos/endpoints/mlos-core"

@@ -22,7 +22,7 @@ from axon.errors import EXIT_DISCOVERY, DiscoveryError
 from axon.publish import PublishOptions, publish
 from modelpkg.refs import ModelRef
 from tests.fixtures.common import free_port, wait_for
-from tests.fixtures.etcd import EtcdServer
+from tests.fixtures.discovery import EtcdServer
 
 pytestmark = pytest.mark.slow
 TTL = 2

@@ -607,7 +607,7 @@ def test_an_archive_bigger_than_the_free_space_is_refused_before_writing(
     """A tiny .axon that inflates past the cache's free space (a decompression bomb, or just
     too big) is refused member by member before a byte of it is written: the cache's disk,
     which serving processes may share, never fills up."""
-    from tests.test_transport_filesystem import tmpfs
+    from tests.fixtures.common import tmpfs
 
     with tmpfs(tmp_path / "small", "size=4m") as small:
         monkeypatch.setenv("AXON_HOME", str(small / "home"))
@@ -629,7 +629,7 @@ def test_an_archive_bigger_than_the_free_space_is_refused_before_writing(
 def test_a_directory_too_big_for_the_cache_is_no_space_and_leaves_nothing(
     tmp_path: Path, make_model_dir: MakeDir, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.test_transport_filesystem import tmpfs
+    from tests.fixtures.common import tmpfs
 
     with tmpfs(tmp_path / "small", "size=4m") as small:
         monkeypatch.setenv("AXON_HOME", str(small / "home"))

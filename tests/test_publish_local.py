@@ -4,13 +4,15 @@ and an interrupted publish (kill -9) that leaves the previous version intact."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -19,6 +21,7 @@ import pytest
 from axon.errors import EXIT_NOT_NOTIFIED, EXIT_OK, EXIT_TRANSPORT
 from modelpkg.refs import ModelRef
 from tests.fixtures.common import free_port
+from tests.fixtures.common import tmpfs as mount_tmpfs
 from tests.test_publish_helpers import error_lines, run_axon, write_config
 
 MiB = 1024 * 1024
@@ -42,25 +45,13 @@ def _model_info(url: str, ref: ModelRef) -> httpx.Response:
 
 
 @pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[object]:
+def tmpfs(tmp_path: Path) -> Iterator[Callable[..., Path]]:
     """``tmpfs(size, ro=False) -> Path``: a small real filesystem (needs CAP_SYS_ADMIN)."""
-    mounted: list[Path] = []
-
-    def mount(size: str, ro: bool = False) -> Path:
-        where = tmp_path / f"mnt{len(mounted)}"
-        where.mkdir()
-        opts = f"size={size}" + (",ro" if ro else "")
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True
+    names = itertools.count()
+    with contextlib.ExitStack() as mounts:
+        yield lambda size, ro=False: mounts.enter_context(
+            mount_tmpfs(tmp_path / f"mnt{next(names)}", f"size={size}", *(["ro"] if ro else []))
         )
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-        mounted.append(where)
-        return where
-
-    yield mount
-    for where in mounted:
-        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def test_filesystem_publish_notifies_the_instance(

@@ -3,14 +3,13 @@ kill -9 mid-publish). Small real filesystems (tmpfs) stand in for a full or read
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,28 +23,9 @@ from axon.errors import (
 from axon.targets import InstanceTarget
 from axon.transports.filesystem import FilesystemTransport
 from tests.conformance.transport import REF, base_files, dir_snapshot, publish, write_model
+from tests.fixtures.common import tmpfs
 
 MiB = 1024 * 1024
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, *options: str) -> Iterator[Path]:
-    """Mount a small tmpfs at ``path`` (``size=1m``, ``ro``...); skip when mount is denied."""
-    path.mkdir(parents=True, exist_ok=True)
-    opts = ",".join(options) or "size=4m"
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", opts, "axon-test", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        # a capability of the machine (CAP_SYS_ADMIN), not a service CI could install
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
 
 
 def test_missing_root_is_a_clear_error(tmp_path: Path) -> None:

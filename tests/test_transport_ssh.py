@@ -26,8 +26,7 @@ from axon.errors import (
 from axon.targets import InstanceTarget
 from axon.transports.ssh import SshTransport
 from tests.conformance.transport import REF, base_files, dir_snapshot, publish, write_model
-from tests.fixtures.common import free_port, wait_for
-from tests.test_transport_filesystem import tmpfs
+from tests.fixtures.common import free_port, tmpfs, wait_for
 
 MiB = 1024 * 1024
 

@@ -9,37 +9,26 @@ import contextlib
 import hashlib
 import json
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.fixtures.common import tmpfs
 from tests.fixtures.mlos import ServerFactory, manifest_for
 from tests.stress.checkers import check_fs_root
 from tests.stress.figures import record
 from tests.stress.harness import MiB, make_homes, run_axon
-from tests.test_transport_filesystem import tmpfs
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
 @pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path | None]:
-    """A 16 MiB tmpfs (None when mounting is not allowed here)."""
-    where = tmp_path / "small-fs"
-    where.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(where)], capture_output=True
-    )
-    if done.returncode != 0:
-        yield None
-        return
-    try:
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MiB tmpfs (the test skips, saying why, where mounting is not allowed)."""
+    with tmpfs(tmp_path / "small-fs", "size=16m") as where:
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
 @pytest.mark.parametrize("limit", ["disk", "max-upload-size"])
@@ -74,10 +63,8 @@ def _fill_and_recover(srv: object, limit: str, tmp_path: Path) -> None:
 
 
 def test_disk_fills_during_an_upload_then_resumes(
-    small_fs: Path | None, mlos_server: ServerFactory, tmp_path: Path
+    small_fs: Path, mlos_server: ServerFactory, tmp_path: Path
 ) -> None:
-    if small_fs is None:
-        pytest.skip("needs a small filesystem (mount -t tmpfs as root)")
     srv = mlos_server(models_dir=small_fs / "models", no_fsync=True)
     data = os.urandom(6 * MiB)
     sha = hashlib.sha256(data).hexdigest()
