@@ -15,6 +15,7 @@ import pytest
 from axon.cli.main import main
 from axon.errors import EXIT_CONFIG, EXIT_INTEGRITY, EXIT_INVALID, EXIT_NOT_FOUND
 from modelpkg.refs import ModelRef
+from tests.helpers import write_config
 
 
 @dataclass
@@ -109,21 +110,23 @@ def test_errors_are_one_line_with_exit_code(
 
 
 def test_broken_config_exit_code(axon, axon_home: Path) -> None:  # type: ignore[no-untyped-def]
-    axon_home.mkdir(parents=True)
-    (axon_home / "config.yaml").write_text("mlos_targets:\n  a: {endpoint: x, bogus: 1}\n")
+    write_config(axon_home, {"a": {"endpoint": "x", "bogus": 1}})
     r = axon("list")
     assert r.code == EXIT_CONFIG
     assert "mlos_targets.a.bogus: unknown key" in r.err
 
 
 def test_targets_list_and_show(axon, axon_home: Path) -> None:  # type: ignore[no-untyped-def]
-    axon_home.mkdir(parents=True)
-    (axon_home / "config.yaml").write_text(
-        "mlos_targets:\n"
-        "  core-1: {endpoint: 'http://127.0.0.1:18081', access_method: api, token: s3cret}\n"
-        "  shared: {type: network_storage, storage_path: /tmp/shared-models}\n"
-        "clusters:\n"
-        "  prod: {instances: [core-1, '127.0.0.1:18082'], strategy: first-available}\n"
+    core_1 = {"endpoint": "http://127.0.0.1:18081", "access_method": "api", "token": "s3cret"}
+    write_config(
+        axon_home,
+        {
+            "core-1": core_1,
+            "shared": {"type": "network_storage", "storage_path": "/tmp/shared-models"},
+        },
+        clusters={
+            "prod": {"instances": ["core-1", "127.0.0.1:18082"], "strategy": "first-available"}
+        },
     )
     listed = axon("targets", "list", "--json").json()["targets"]
     assert {(t["name"], t["type"]) for t in listed} == {
@@ -175,10 +178,8 @@ def test_targets_show_discovery_failure_still_shows_config(axon, axon_home: Path
     from axon.errors import EXIT_DISCOVERY
     from tests.fixtures.common import free_port
 
-    axon_home.mkdir(parents=True)
-    (axon_home / "config.yaml").write_text(
-        f"clusters:\n  edge: {{discovery: 'etcd://127.0.0.1:{free_port()}', strategy: all}}\n"
-    )
+    edge = {"discovery": f"etcd://127.0.0.1:{free_port()}", "strategy": "all"}
+    write_config(axon_home, clusters={"edge": edge})
     r = axon("targets", "show", "edge", "--timeout", "1")
     assert r.code == EXIT_DISCOVERY
     assert "etcd://127.0.0.1" in r.out and "strategy" in r.out

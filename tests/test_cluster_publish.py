@@ -21,20 +21,12 @@ from axon.errors import EXIT_ALL_FAILED, EXIT_OK, EXIT_PARTIAL
 from axon.publish import PublishOptions, publish
 from axon.publish.cluster import ClusterResult
 from modelpkg.refs import ModelRef
+from tests.helpers import write_config
 
 pytestmark = pytest.mark.slow
 
 
 # ---- helpers shared with test_cluster_rollout.py --------------------------------------------
-def write_config(
-    home: Path, clusters: dict[str, Any], targets: dict[str, Any] | None = None
-) -> Path:
-    home.mkdir(parents=True, exist_ok=True)
-    path = home / "config.yaml"
-    path.write_text(yaml.safe_dump({"mlos_targets": targets or {}, "clusters": clusters}))
-    return path
-
-
 def cluster_of(*servers: Any, **settings: Any) -> dict[str, Any]:
     """A ``clusters:`` entry listing the servers by URL (the api access method)."""
     return {"instances": [s.url for s in servers], "storage_type": "api", **settings}
@@ -113,7 +105,7 @@ def three(mlos_server: Any) -> list[Any]:
 def test_all_publishes_every_instance_in_parallel_hashing_once(
     three: list[Any], installed_model: ModelRef, axon_home: Path
 ) -> None:
-    write_config(axon_home, {"prod": cluster_of(*three)})
+    write_config(axon_home, clusters={"prod": cluster_of(*three)})
     rec = Recorder()
     res = run_cluster(installed_model, "prod", rec)
     assert (res.exit_code, res.succeeded, res.total, res.outcome) == (EXIT_OK, 3, 3, "ok")
@@ -132,7 +124,7 @@ def test_all_publishes_every_instance_in_parallel_hashing_once(
 def test_one_instance_down_is_a_partial_failure_naming_it(
     three: list[Any], installed_model: ModelRef, axon_home: Path
 ) -> None:
-    write_config(axon_home, {"prod": cluster_of(*three)})
+    write_config(axon_home, clusters={"prod": cluster_of(*three)})
     three[1].kill()
     res = run_cluster(installed_model, "prod")
     assert (res.exit_code, res.succeeded, res.outcome) == (EXIT_PARTIAL, 2, "partial")
@@ -146,7 +138,7 @@ def test_one_instance_down_is_a_partial_failure_naming_it(
 def test_every_instance_down_is_a_total_failure(
     three: list[Any], installed_model: ModelRef, axon_home: Path
 ) -> None:
-    write_config(axon_home, {"prod": cluster_of(*three)})
+    write_config(axon_home, clusters={"prod": cluster_of(*three)})
     for server in three:
         server.kill()
     res = run_cluster(installed_model, "prod")
@@ -157,7 +149,7 @@ def test_every_instance_down_is_a_total_failure(
 def test_fail_fast_cancels_instances_not_started(
     three: list[Any], installed_model: ModelRef, axon_home: Path
 ) -> None:
-    write_config(axon_home, {"prod": cluster_of(*three)})
+    write_config(axon_home, clusters={"prod": cluster_of(*three)})
     three[0].kill()
     res = run_cluster(installed_model, "prod", max_parallel=1, fail_fast=True)
     states = [res.states[r.target] for r in res.results]
@@ -169,7 +161,7 @@ def test_fail_fast_cancels_instances_not_started(
 def test_without_fail_fast_a_failure_does_not_stop_the_others(
     three: list[Any], installed_model: ModelRef, axon_home: Path
 ) -> None:
-    write_config(axon_home, {"prod": cluster_of(*three)})
+    write_config(axon_home, clusters={"prod": cluster_of(*three)})
     three[0].kill()
     res = run_cluster(installed_model, "prod", max_parallel=1)
     assert [res.states[r.target] for r in res.results] == ["failed", "published", "published"]
@@ -181,7 +173,7 @@ def test_without_fail_fast_a_failure_does_not_stop_the_others(
 def test_min_success_decides_when_partial_counts_as_success(
     three: list[Any], installed_model: ModelRef, axon_home: Path, quorum: str, code: int
 ) -> None:
-    write_config(axon_home, {"prod": cluster_of(*three)})
+    write_config(axon_home, clusters={"prod": cluster_of(*three)})
     three[2].kill()
     res = run_cluster(installed_model, "prod", min_success=quorum)
     assert res.succeeded == 2 and res.exit_code == code
@@ -191,7 +183,7 @@ def test_min_success_decides_when_partial_counts_as_success(
 def test_first_available_skips_unhealthy_and_stops_at_the_first_success(
     three: list[Any], installed_model: ModelRef, axon_home: Path
 ) -> None:
-    write_config(axon_home, {"prod": cluster_of(*three, strategy="first-available")})
+    write_config(axon_home, clusters={"prod": cluster_of(*three, strategy="first-available")})
     three[0].kill()
     res = run_cluster(installed_model, "prod")
     assert [res.states[r.target] for r in res.results] == ["unhealthy", "published", "unused"]
@@ -204,7 +196,7 @@ def test_first_available_skips_unhealthy_and_stops_at_the_first_success(
 def test_strategy_option_overrides_the_config(
     three: list[Any], installed_model: ModelRef, axon_home: Path
 ) -> None:
-    write_config(axon_home, {"prod": cluster_of(*three, strategy="all")})
+    write_config(axon_home, clusters={"prod": cluster_of(*three, strategy="all")})
     res = run_cluster(installed_model, "prod", strategy="first-available")
     assert res.strategy == "first-available" and res.succeeded == 1
     assert registered(three[0], installed_model) and not registered(three[1], installed_model)
@@ -213,7 +205,7 @@ def test_strategy_option_overrides_the_config(
 def test_first_available_with_nobody_healthy_fails_totally(
     three: list[Any], installed_model: ModelRef, axon_home: Path
 ) -> None:
-    write_config(axon_home, {"prod": cluster_of(*three, strategy="first-available")})
+    write_config(axon_home, clusters={"prod": cluster_of(*three, strategy="first-available")})
     for server in three:
         server.kill()
     res = run_cluster(installed_model, "prod")
@@ -232,7 +224,7 @@ def _axon(*args: str) -> subprocess.CompletedProcess[str]:
 def test_round_robin_moves_on_each_publish_and_persists_across_runs(
     three: list[Any], make_model_dir: Any, install_model: Any, axon_home: Path
 ) -> None:
-    write_config(axon_home, {"rr": cluster_of(*three, strategy="round-robin")})
+    write_config(axon_home, clusters={"rr": cluster_of(*three, strategy="round-robin")})
     refs = [install_model(make_model_dir(seed=i), f"hf/tiny-bert@v{i}") for i in range(1, 5)]
     for ref in refs:  # each publish is a separate process: the position lives on disk
         proc = _axon("publish", str(ref), "--target", "rr", "--json", "--retries", "0")
@@ -246,7 +238,7 @@ def test_round_robin_moves_on_each_publish_and_persists_across_runs(
 def test_round_robin_skips_a_dead_instance_and_continues_after_it(
     three: list[Any], make_model_dir: Any, install_model: Any, axon_home: Path
 ) -> None:
-    write_config(axon_home, {"rr": cluster_of(*three, strategy="round-robin")})
+    write_config(axon_home, clusters={"rr": cluster_of(*three, strategy="round-robin")})
     v1 = install_model(make_model_dir(seed=1), "hf/tiny-bert@v1")
     v2 = install_model(make_model_dir(seed=2), "hf/tiny-bert@v2")
     three[0].kill()
@@ -261,7 +253,7 @@ def test_round_robin_skips_a_dead_instance_and_continues_after_it(
 def test_cli_summary_json_and_status_matrix(
     three: list[Any], installed_model: ModelRef, axon_home: Path
 ) -> None:
-    write_config(axon_home, {"prod": cluster_of(*three)})
+    write_config(axon_home, clusters={"prod": cluster_of(*three)})
     three[2].kill()
     proc = _axon("publish", str(installed_model), "--target", "prod", "--retries", "0")
     assert proc.returncode == EXIT_PARTIAL, proc.stderr
@@ -289,7 +281,7 @@ def test_cli_summary_json_and_status_matrix(
 def test_dry_run_plans_every_member_and_changes_nothing(
     three: list[Any], installed_model: ModelRef, axon_home: Path
 ) -> None:
-    write_config(axon_home, {"prod": cluster_of(*three)})
+    write_config(axon_home, clusters={"prod": cluster_of(*three)})
     opts = PublishOptions(dry_run=True, timeout=5.0)
     result = publish(installed_model, "prod", opts)
     assert result.exit_code == 0 and result.results == []
@@ -306,7 +298,7 @@ def test_a_stalled_instance_only_costs_its_own_timeout(
     stuck = tcp_proxy(three[2].port)
     stuck.stall(None)  # accepts connections, never forwards a byte
     members = [three[0].url, three[1].url, stuck.url]
-    write_config(axon_home, {"prod": {"instances": members}})
+    write_config(axon_home, clusters={"prod": {"instances": members}})
     started = time.monotonic()
     res = run_cluster(installed_model, "prod", timeout=2.0)
     elapsed = time.monotonic() - started
@@ -327,7 +319,7 @@ def test_static_and_discovered_members_are_merged_once_each(
     found = join(mlos_server, etcd_server, "core-found")  # discovery only
     wait_members(etcd_server, {"core-both", "core-found"})
     cluster = {"instances": [static.url, both.url], "discovery": etcd_server.discovery_uri}
-    write_config(axon_home, {"prod": cluster})
+    write_config(axon_home, clusters={"prod": cluster})
     res = run_cluster(installed_model, "prod")
     assert [r.target for r in res.results] == [static.url, both.url, "core-found"]
     assert res.exit_code == EXIT_OK and res.succeeded == 3
@@ -355,7 +347,7 @@ def test_ctrl_c_stops_uploads_in_flight_and_a_rerun_resumes(
     proxies = [tcp_proxy(s.port) for s in servers]
     for proxy in proxies:
         proxy.throttle(4 * 1024 * 1024)  # 24 MiB would take 6 s per instance
-    write_config(axon_home, {"slow": {"instances": [p.url for p in proxies]}})
+    write_config(axon_home, clusters={"slow": {"instances": [p.url for p in proxies]}})
     proc = subprocess.Popen(
         [sys.executable, "-m", "axon", "publish", str(ref), "-t", "slow", "--retries", "0"],
         stdout=subprocess.PIPE,

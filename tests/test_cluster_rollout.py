@@ -13,6 +13,7 @@ import pytest
 from axon.errors import EXIT_ALL_FAILED, EXIT_OK, EXIT_PARTIAL
 from axon.publish.cluster import cluster_status
 from modelpkg.refs import ModelRef
+from tests.helpers import write_config
 from tests.test_cluster_publish import (
     Recorder,
     cached_files,
@@ -20,7 +21,6 @@ from tests.test_cluster_publish import (
     on_disk,
     registered,
     run_cluster,
-    write_config,
 )
 
 pytestmark = pytest.mark.slow
@@ -40,7 +40,7 @@ def test_batches_stop_at_a_failing_instance_and_say_who_has_what(
     a = mlos_server(no_fsync=True)
     b = mlos_server(no_fsync=True, tokens=ACME_ONLY)  # healthy, but refuses our writes
     c = mlos_server(no_fsync=True)
-    write_config(axon_home, {"prod": cluster_of(a, b, c)})
+    write_config(axon_home, clusters={"prod": cluster_of(a, b, c)})
     res = run_cluster(installed_model, "prod", batch_size=1)
     assert [res.states[s.url] for s in (a, b, c)] == ["published", "failed", "not-started"]
     assert res.exit_code == EXIT_PARTIAL
@@ -59,7 +59,7 @@ def test_batches_all_verified_publish_everywhere(
     mlos_server: Any, installed_model: ModelRef, axon_home: Path
 ) -> None:
     servers = [mlos_server(no_fsync=True) for _ in range(4)]
-    write_config(axon_home, {"prod": cluster_of(*servers)})
+    write_config(axon_home, clusters={"prod": cluster_of(*servers)})
     res = run_cluster(installed_model, "prod", batch_size=2)
     assert res.exit_code == EXIT_OK and res.succeeded == 4
     assert res.batches == [[s.url for s in servers[:2]], [s.url for s in servers[2:]]]
@@ -76,13 +76,13 @@ def test_atomic_with_one_instance_refusing_to_stage_switches_none(
     axon_home: Path,
 ) -> None:
     a, b, c = (mlos_server(no_fsync=True) for _ in range(3))
-    write_config(axon_home, {"prod": cluster_of(a, b, c)})
+    write_config(axon_home, clusters={"prod": cluster_of(a, b, c)})
     assert run_cluster(installed_model, "prod").exit_code == EXIT_OK
     old = cached_files(axon_home, installed_model)
     # c comes back with an upload limit smaller than the model: it will refuse to stage
     c.stop()
     small = mlos_server(models_dir=c.models_dir, no_fsync=True, max_upload_size=1000)
-    write_config(axon_home, {"prod": cluster_of(a, b, small)})
+    write_config(axon_home, clusters={"prod": cluster_of(a, b, small)})
     reinstall(install_model, make_model_dir, installed_model, seed=7)
     assert cached_files(axon_home, installed_model) != old
     res = run_cluster(installed_model, "prod", atomic=True)
@@ -124,7 +124,7 @@ def test_atomic_commit_failure_rolls_back_api_and_filesystem_instances(
         },
     }
     clusters = {"prod": {"instances": ["core-fs", "core-api", doomed.url]}}
-    write_config(axon_home, clusters, targets)
+    write_config(axon_home, targets, clusters=clusters)
     assert run_cluster(installed_model, "prod").exit_code == EXIT_OK
     old = cached_files(axon_home, installed_model)
     reinstall(install_model, make_model_dir, installed_model, seed=9)
@@ -156,7 +156,7 @@ def test_atomic_success_switches_every_instance(
     mlos_server: Any, installed_model: ModelRef, axon_home: Path
 ) -> None:
     servers = [mlos_server(no_fsync=True) for _ in range(3)]
-    write_config(axon_home, {"prod": cluster_of(*servers)})
+    write_config(axon_home, clusters={"prod": cluster_of(*servers)})
     res = run_cluster(installed_model, "prod", atomic=True)
     assert res.exit_code == EXIT_OK and res.succeeded == 3
     want = cached_files(axon_home, installed_model)
@@ -177,7 +177,7 @@ def test_status_matrix_shows_drift_between_instances(
     from axon.targets import resolve_target
 
     a, b, c = (mlos_server(no_fsync=True) for _ in range(3))
-    write_config(axon_home, {"one": cluster_of(a), "prod": cluster_of(a, b, c)})
+    write_config(axon_home, clusters={"one": cluster_of(a), "prod": cluster_of(a, b, c)})
     run_cluster(installed_model, "prod")  # everyone has build 1
     reinstall(install_model, make_model_dir, installed_model, seed=5)
     run_cluster(installed_model, "one")  # only a has build 2
@@ -212,19 +212,8 @@ def test_cluster_mixing_ssh_and_api_instances(
     remote_models = sshd.root / f"cluster-{uuid.uuid4().hex[:8]}"
     ssh_srv = mlos_server(models_dir=remote_models, no_fsync=True)
     api_srv = mlos_server(no_fsync=True)
-    targets = {
-        "core-ssh": {
-            "endpoint": ssh_srv.url,
-            "access_method": "ssh",
-            "ssh_host": sshd.host,
-            "ssh_port": sshd.port,
-            "ssh_user": sshd.user,
-            "ssh_key": str(sshd.key_path),
-            "ssh_options": sshd.options,
-            "storage_path": str(remote_models),
-        }
-    }
-    write_config(axon_home, {"mix": {"instances": ["core-ssh", api_srv.url]}}, targets)
+    targets = {"core-ssh": sshd.config_target(ssh_srv.url, remote_models)}
+    write_config(axon_home, targets, clusters={"mix": {"instances": ["core-ssh", api_srv.url]}})
     res = run_cluster(installed_model, "mix", timeout=20.0)
     assert res.exit_code == EXIT_OK, res.summary()
     want = cached_files(axon_home, installed_model)
@@ -243,19 +232,8 @@ def test_atomic_rollback_puts_the_previous_version_back_over_ssh(
     remote_models = sshd.root / f"atomic-{uuid.uuid4().hex[:8]}"
     ssh_srv = mlos_server(models_dir=remote_models, no_fsync=True)
     doomed = mlos_server(no_fsync=True)
-    targets = {
-        "core-ssh": {
-            "endpoint": ssh_srv.url,
-            "access_method": "ssh",
-            "ssh_host": sshd.host,
-            "ssh_port": sshd.port,
-            "ssh_user": sshd.user,
-            "ssh_key": str(sshd.key_path),
-            "ssh_options": sshd.options,
-            "storage_path": str(remote_models),
-        }
-    }
-    write_config(axon_home, {"mix": {"instances": ["core-ssh", doomed.url]}}, targets)
+    targets = {"core-ssh": sshd.config_target(ssh_srv.url, remote_models)}
+    write_config(axon_home, targets, clusters={"mix": {"instances": ["core-ssh", doomed.url]}})
     assert run_cluster(installed_model, "mix", timeout=20.0).exit_code == EXIT_OK
     old = cached_files(axon_home, installed_model)
     reinstall(install_model, make_model_dir, installed_model, seed=11)

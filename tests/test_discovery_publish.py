@@ -15,7 +15,6 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-import yaml
 
 from axon.discovery import discover
 from axon.errors import EXIT_DISCOVERY, DiscoveryError
@@ -23,15 +22,15 @@ from axon.publish import PublishOptions, publish
 from modelpkg.refs import ModelRef
 from tests.fixtures.common import free_port, wait_for
 from tests.fixtures.discovery import EtcdServer
+from tests.helpers import write_config
 
 pytestmark = pytest.mark.slow
 TTL = 2
 
 
-def write_config(home: Path, discovery: str) -> None:
-    home.mkdir(parents=True, exist_ok=True)
-    cluster = {"discovery": discovery, "storage_type": "api"}
-    (home / "config.yaml").write_text(yaml.safe_dump({"clusters": {"prod": cluster}}))
+def discovered(discovery: str) -> dict[str, Any]:
+    """``clusters:`` with one cluster, ``prod``, whose members ``discovery`` finds."""
+    return {"prod": {"discovery": discovery, "storage_type": "api"}}
 
 
 def join(mlos_server: Any, etcd: EtcdServer, instance_id: str) -> Any:
@@ -85,7 +84,7 @@ def test_publish_reaches_every_discovered_instance_and_follows_membership(
     install_model: Any,
     axon_home: Path,
 ) -> None:
-    write_config(axon_home, etcd_server.discovery_uri)
+    write_config(axon_home, clusters=discovered(etcd_server.discovery_uri))
     servers = {i: join(mlos_server, etcd_server, i) for i in ("core-1", "core-2", "core-3")}
     wait_members(etcd_server, set(servers))
 
@@ -107,7 +106,7 @@ def test_publish_reaches_every_discovered_instance_and_follows_membership(
 def test_targets_show_lists_discovered_members_with_health(
     etcd_server: EtcdServer, mlos_server: Any, axon_home: Path
 ) -> None:
-    write_config(axon_home, etcd_server.discovery_uri)
+    write_config(axon_home, clusters=discovered(etcd_server.discovery_uri))
     a = join(mlos_server, etcd_server, "core-a")
     b = join(mlos_server, etcd_server, "core-b")
     wait_members(etcd_server, {"core-a", "core-b"})
@@ -124,7 +123,7 @@ def test_targets_show_lists_discovered_members_with_health(
 
 def test_cli_discovery_failure_exit_code(axon_home: Path, installed_model: ModelRef) -> None:
     dead = f"etcd://127.0.0.1:{free_port()}"
-    write_config(axon_home, dead)
+    write_config(axon_home, clusters=discovered(dead))
     shown = axon("targets", "show", "prod")
     assert shown.returncode == EXIT_DISCOVERY
     assert "etcd discovery for cluster 'prod' failed" in shown.stderr

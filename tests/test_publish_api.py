@@ -21,7 +21,7 @@ from axon.errors import (
 from axon.publish import PublishOptions, publish
 from modelpkg.refs import ModelRef
 from tests.fixtures.common import free_port
-from tests.test_publish_helpers import error_lines, run_axon, write_config
+from tests.helpers import error_lines, run_axon, write_config
 
 MiB = 1024 * 1024
 FAST = {"retries": 2, "backoff": 0.05, "max_backoff": 0.1}

@@ -22,7 +22,7 @@ from axon.errors import EXIT_NOT_NOTIFIED, EXIT_OK, EXIT_TRANSPORT
 from modelpkg.refs import ModelRef
 from tests.fixtures.common import free_port
 from tests.fixtures.common import tmpfs as mount_tmpfs
-from tests.test_publish_helpers import error_lines, run_axon, write_config
+from tests.helpers import error_lines, run_axon, write_config
 
 MiB = 1024 * 1024
 
@@ -133,21 +133,7 @@ def test_permission_denied_and_no_space(tmpfs, make_model_dir, install_model) ->
 
 def test_ssh_publish_end_to_end_through_the_cli(sshd, mlos_server, installed_model) -> None:
     srv = mlos_server(no_fsync=True)
-    write_config(
-        _home(),
-        {
-            "remote": {
-                "endpoint": srv.url,
-                "access_method": "ssh",
-                "ssh_host": sshd.host,
-                "ssh_port": sshd.port,
-                "ssh_user": sshd.user,
-                "ssh_key": str(sshd.key_path),
-                "ssh_options": sshd.options,
-                "storage_path": str(srv.models_dir),
-            }
-        },
-    )
+    write_config(_home(), {"remote": sshd.config_target(srv.url, srv.models_dir)})
     run = run_axon("publish", str(installed_model), "--target", "remote", "--json")
     assert run.code == EXIT_OK, run.err
     (r,) = run.json()["results"]

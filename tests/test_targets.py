@@ -16,61 +16,57 @@ from axon.targets import (
     resolve_target,
     split_host_port,
 )
+from tests.helpers import write_config
 
-CONFIG = """
-mlos_targets:
-  mlos-core-1:
-    endpoint: http://mlos-core-1:8080
-    storage_type: filesystem
-    storage_path: /srv/models
-    access_method: ssh
-    ssh_user: mlos
-    ssh_port: 2222
-    ssh_key: ~/.ssh/id_mlos
-    dir_mode: "0755"
-  mlos-core-2:
-    endpoint: http://mlos-core-2:9090
-    storage_type: api
-    token: abc
-  local-fs:
-    endpoint: http://127.0.0.1:8181
-    storage_path: /tmp/models
-  mlos-cluster-prod:
-    type: cluster
-    instances: [mlos-core-1, "mlos-core-3:8080", "http://10.1.1.1:7000", "[::1]:9000"]
-    storage_type: filesystem
-    storage_path: /var/lib/mlos/models
-    access_method: ssh
-    ssh_user: deploy
-  mlos-shared-repo:
-    type: network_storage
-    storage_type: nfs
-    storage_path: nfs://mlos-repo/models
-    mount_path: /mnt/repo
-    notify_instances: [mlos-core-1, "http://127.0.0.1:8282"]
-  s3-repo:
-    storage_path: s3://bucket/prefix
-    endpoint_url: http://127.0.0.1:9000
-    region: eu-west-1
-    profile: dev
-clusters:
-  edge:
-    instances: ["10.0.0.5:8080", "http://10.0.0.6:8080"]
-    strategy: round-robin
-    max_parallel: 2
-  found:
-    discovery: etcd://127.0.0.1:2379
-    access_method: api
-    token: t0k
-  mlos-core-2:
-    instances: ["shadowed:1"]
-"""
+TARGETS = {
+    "mlos-core-1": {
+        "endpoint": "http://mlos-core-1:8080",
+        "storage_type": "filesystem",
+        "storage_path": "/srv/models",
+        "access_method": "ssh",
+        "ssh_user": "mlos",
+        "ssh_port": 2222,
+        "ssh_key": "~/.ssh/id_mlos",
+        "dir_mode": "0755",
+    },
+    "mlos-core-2": {"endpoint": "http://mlos-core-2:9090", "storage_type": "api", "token": "abc"},
+    "local-fs": {"endpoint": "http://127.0.0.1:8181", "storage_path": "/tmp/models"},
+    "mlos-cluster-prod": {
+        "type": "cluster",
+        "instances": ["mlos-core-1", "mlos-core-3:8080", "http://10.1.1.1:7000", "[::1]:9000"],
+        "storage_type": "filesystem",
+        "storage_path": "/var/lib/mlos/models",
+        "access_method": "ssh",
+        "ssh_user": "deploy",
+    },
+    "mlos-shared-repo": {
+        "type": "network_storage",
+        "storage_type": "nfs",
+        "storage_path": "nfs://mlos-repo/models",
+        "mount_path": "/mnt/repo",
+        "notify_instances": ["mlos-core-1", "http://127.0.0.1:8282"],
+    },
+    "s3-repo": {
+        "storage_path": "s3://bucket/prefix",
+        "endpoint_url": "http://127.0.0.1:9000",
+        "region": "eu-west-1",
+        "profile": "dev",
+    },
+}
+CLUSTERS = {
+    "edge": {
+        "instances": ["10.0.0.5:8080", "http://10.0.0.6:8080"],
+        "strategy": "round-robin",
+        "max_parallel": 2,
+    },
+    "found": {"discovery": "etcd://127.0.0.1:2379", "access_method": "api", "token": "t0k"},
+    "mlos-core-2": {"instances": ["shadowed:1"]},
+}
 
 
 @pytest.fixture
 def config(axon_home: Path) -> Config:
-    axon_home.mkdir(parents=True, exist_ok=True)
-    (axon_home / "config.yaml").write_text(CONFIG)
+    write_config(axon_home, TARGETS, clusters=CLUSTERS)
     return load_config()
 
 
@@ -236,9 +232,8 @@ def test_bad_urls(config: Config, spec: str) -> None:
 
 
 def test_cluster_member_must_be_an_instance(axon_home: Path) -> None:
-    axon_home.mkdir(parents=True)
-    (axon_home / "config.yaml").write_text(
-        "mlos_targets:\n  s: {storage_path: s3://b/p}\nclusters:\n  c: {instances: [s]}\n"
+    write_config(
+        axon_home, {"s": {"storage_path": "s3://b/p"}}, clusters={"c": {"instances": ["s"]}}
     )
     with pytest.raises(ConfigError) as info:
         resolve_target("c", load_config())
@@ -246,8 +241,7 @@ def test_cluster_member_must_be_an_instance(axon_home: Path) -> None:
 
 
 def test_cluster_member_garbage(axon_home: Path) -> None:
-    axon_home.mkdir(parents=True)
-    (axon_home / "config.yaml").write_text("clusters:\n  c: {instances: ['not a host!']}\n")
+    write_config(axon_home, clusters={"c": {"instances": ["not a host!"]}})
     with pytest.raises(ConfigError, match="neither a configured target"):
         resolve_target("c", load_config())
 
@@ -266,11 +260,12 @@ def test_a_configured_target_that_cannot_be_built_is_a_config_error(axon_home: P
     from axon.errors import ConfigError
     from axon.targets import resolve_target
 
-    axon_home.mkdir(parents=True, exist_ok=True)
-    (axon_home / "config.yaml").write_text(
-        "mlos_targets:\n  core-1:\n    endpoint: http://127.0.0.1:9\n    access_method: ssh\n"
-        "    ssh_key: ~no-such-user-axon/id_ed25519\n"
-    )
+    core_1 = {
+        "endpoint": "http://127.0.0.1:9",
+        "access_method": "ssh",
+        "ssh_key": "~no-such-user-axon/id_ed25519",
+    }
+    write_config(axon_home, {"core-1": core_1})
     with pytest.raises(ConfigError) as info:
         resolve_target("core-1", load_config())
     assert info.value.exit_code == 6 and "mlos_targets.core-1" in str(info.value)

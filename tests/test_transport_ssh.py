@@ -27,6 +27,7 @@ from axon.targets import InstanceTarget
 from axon.transports.ssh import SshTransport
 from tests.conformance.transport import REF, base_files, dir_snapshot, publish, write_model
 from tests.fixtures.common import free_port, tmpfs, wait_for
+from tests.helpers import run_axon, write_config
 
 MiB = 1024 * 1024
 
@@ -196,14 +197,7 @@ def test_axon_publish_over_ssh_registers_with_a_real_mlos_core(
     models = tmp_path / "instance-models"
     models.mkdir()
     server = mlos_server.start(models_dir=models)
-    axon_home.mkdir(parents=True, exist_ok=True)
-    (axon_home / "config.yaml").write_text(
-        "mlos_targets:\n  core-ssh:\n"
-        f"    endpoint: {server.url}\n    access_method: ssh\n    ssh_host: 127.0.0.1\n"
-        f"    ssh_port: {sshd.port}\n    ssh_user: {sshd.user}\n    ssh_key: {sshd.key_path}\n"
-        f"    storage_path: {models}\n    ssh_options:\n"
-        + "".join(f"      - {opt}\n" for opt in sshd.options)
-    )
+    write_config(axon_home, {"core-ssh": sshd.config_target(server.url, models)})
     config = load_config()
     first = publish_model(installed_model, "core-ssh", PublishOptions(), config=config)
     assert first.ok, first.to_dict()
@@ -236,14 +230,14 @@ def test_publish_through_a_cut_tcp_connection_retries_and_resumes(
     known.write_text(f"[127.0.0.1]:{proxy.port} {key_type} {key}\n")
     models = tmp_path / "instance-models"
     models.mkdir()
-    axon_home.mkdir(parents=True, exist_ok=True)
-    (axon_home / "config.yaml").write_text(
-        "mlos_targets:\n  core-ssh:\n    endpoint: http://127.0.0.1:9\n    access_method: ssh\n"
-        f"    ssh_host: 127.0.0.1\n    ssh_port: {proxy.port}\n    ssh_user: {sshd.user}\n"
-        f"    ssh_key: {sshd.key_path}\n    storage_path: {models}\n    ssh_options:\n"
-        f"      - UserKnownHostsFile={known}\n      - StrictHostKeyChecking=yes\n"
+    through_proxy = sshd.config_target(
+        "http://127.0.0.1:9",
+        models,
+        ssh_port=proxy.port,
+        ssh_options=[f"UserKnownHostsFile={known}", "StrictHostKeyChecking=yes"],
     )
     options = PublishOptions(notify=False, backoff=0.1)
+    write_config(axon_home, {"core-ssh": through_proxy})
     outcome = publish_model(ref, "core-ssh", options, config=load_config())
     assert outcome.ok, outcome.to_dict()
     (result,) = outcome.results
@@ -309,24 +303,8 @@ def test_an_unused_early_connection_is_dropped_at_close(sshd: Any) -> None:
 def test_a_publish_failing_validation_leaves_no_ssh_behind(
     sshd: Any, tmp_path: Path, installed_model: Any
 ) -> None:
-    from tests.test_publish_helpers import run_axon, write_config
-
     home = Path(os.environ["AXON_HOME"])
-    write_config(
-        home,
-        {
-            "remote": {
-                "endpoint": "http://127.0.0.1:9",
-                "access_method": "ssh",
-                "ssh_host": sshd.host,
-                "ssh_port": sshd.port,
-                "ssh_user": sshd.user,
-                "ssh_key": str(sshd.key_path),
-                "ssh_options": sshd.options,
-                "storage_path": str(sshd.root),
-            }
-        },
-    )
+    write_config(home, {"remote": sshd.config_target("http://127.0.0.1:9", sshd.root)})
     cached = home / "cache" / "models" / installed_model.relpath
     victim = cached / "config.json"
     victim.write_text(victim.read_text() + " ")  # corrupt: validation fails
@@ -424,15 +402,11 @@ def test_ssh_persist_from_the_config(axon_home: Path) -> None:
     from axon.errors import ConfigError
     from axon.targets import resolve_target
 
-    (axon_home / "config.yaml").parent.mkdir(parents=True, exist_ok=True)
-    text = (
-        "mlos_targets:\n  c1:\n    endpoint: http://127.0.0.1:9\n    access_method: ssh\n"
-        "    ssh_host: 127.0.0.1\n    ssh_persist: {}\n"
-    )
-    (axon_home / "config.yaml").write_text(text.format(60))
+    c1 = {"endpoint": "http://127.0.0.1:9", "access_method": "ssh", "ssh_host": "127.0.0.1"}
+    write_config(axon_home, {"c1": {**c1, "ssh_persist": 60}})
     target = resolve_target("c1", load_config())
     assert SshTransport.from_target(target).persist == 60
-    (axon_home / "config.yaml").write_text(text.format(-1))
+    write_config(axon_home, {"c1": {**c1, "ssh_persist": -1}})
     with pytest.raises(ConfigError) as info:
         load_config()
     assert "ssh_persist" in str(info.value)

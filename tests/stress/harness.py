@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from axon.cache import Cache
 from axon.install import install_source
 from modelpkg.refs import ModelRef
 from tests.fixtures.models import write_model_dir
+from tests.helpers import write_config
 from tests.stress.checkers import tree_digest
 
 MiB = 1024 * 1024
@@ -47,8 +46,7 @@ class Home:
         return env
 
     def write_config(self, targets: dict[str, Any], **extra: Any) -> None:
-        body = {"mlos_targets": targets, **extra}
-        (self.path / "config.yaml").write_text(yaml.safe_dump(body))
+        write_config(self.path, targets, **extra)
 
 
 def make_homes(tmp_path: Path, ref: str, weights: int) -> tuple[Home, Home]:

@@ -25,6 +25,7 @@ from axon.errors import (
 )
 from modelpkg.manifest import Manifest, check_relpath
 from modelpkg.refs import ModelRef
+from tests.helpers import write_config
 from tests.stress.figures import record, scale
 
 pytestmark = pytest.mark.timeout(3600)
@@ -379,9 +380,8 @@ def test_regression_configured_storage_path_with_bad_url_is_a_config_error(
     from axon.errors import EXIT_CONFIG, ConfigError
     from axon.targets import resolve_target
 
-    path = tmp_path / "config.yaml"
     conf = {"type": "network_storage", "storage_type": "s3", "storage_path": "s3://[x"}
-    path.write_text(yaml.safe_dump({"mlos_targets": {"a": conf}}))
+    path = write_config(tmp_path, {"a": conf})
     with pytest.raises(ConfigError, match=r"mlos_targets\.a") as info:
         resolve_target("a", load_config(path))
     assert info.value.exit_code == EXIT_CONFIG
