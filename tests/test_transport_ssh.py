@@ -10,6 +10,7 @@ import signal
 import stat
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -236,8 +237,8 @@ def test_publish_through_a_cut_tcp_connection_retries_and_resumes(
         ssh_port=proxy.port,
         ssh_options=[f"UserKnownHostsFile={known}", "StrictHostKeyChecking=yes"],
     )
-    options = PublishOptions(notify=False, backoff=0.1)
     write_config(axon_home, {"core-ssh": through_proxy})
+    options = PublishOptions(notify=False, backoff=0.1)
     outcome = publish_model(ref, "core-ssh", options, config=load_config())
     assert outcome.ok, outcome.to_dict()
     (result,) = outcome.results
@@ -247,20 +248,27 @@ def test_publish_through_a_cut_tcp_connection_retries_and_resumes(
     assert published.read_bytes() == (src / "weights.bin").read_bytes()
 
 
-def _ssh_children(port: int) -> list[str]:
-    """Command lines of live ssh clients of ours to ``port`` (zombies excluded)."""
-    out = []
+def _live_processes() -> Iterator[tuple[int, list[bytes]]]:
+    """``(pid, argv)`` of every live process (zombies excluded)."""
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if cmd and cmd[0] == b"ssh" and str(port).encode() in cmd and state != "Z":
-            out.append(" ".join(c.decode(errors="replace") for c in cmd[:8]))
-    return out
+        if state != "Z":
+            yield int(pid), argv
+
+
+def _ssh_children(port: int) -> list[str]:
+    """Command lines of live ssh clients of ours to ``port``."""
+    return [
+        " ".join(c.decode(errors="replace") for c in argv[:8])
+        for _pid, argv in _live_processes()
+        if argv[0] == b"ssh" and str(port).encode() in argv
+    ]
 
 
 def test_an_early_connection_serves_the_first_request(sshd: Any, model: tuple[Path, Any]) -> None:
@@ -368,18 +376,7 @@ def _end_kept(transport: SshTransport) -> None:
 
 def _processes_naming(text: str) -> list[int]:
     """Live processes whose command line contains ``text``."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if text.encode() in cmd and state != "Z":
-            found.append(int(pid))
-    return found
+    return [pid for pid, argv in _live_processes() if text.encode() in b" ".join(argv)]
 
 
 def test_a_kept_connection_that_died_is_replaced(sshd: Any, tcp_proxy: Any, tmp_path: Path) -> None:
