@@ -1,4 +1,5 @@
-"""mlos-core's MLOS Core API (COMPAT.md) over real HTTP against the real server process."""
+"""mlos-core's MLOS Core API (docs/compatibility.md) over real HTTP against the real server
+process."""
 
 from __future__ import annotations
 
