@@ -5,6 +5,10 @@ instance of the cluster committed, and put back if one of them did not.
                 or DELETE /models/{id} when the instance did not have the model before
     filesystem  the version dir hard-linked aside before the commit, renamed back after
     ssh         the same with ``cp -al`` / ``mv`` on the remote host
+
+The names aside are hidden siblings drawn in :mod:`modelpkg.layout`, where every name on a
+models root is: ``.<version>.rollback-<id>`` for the copy kept, ``.<version>.old-<id>`` for
+the new version on its way out.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import TYPE_CHECKING
 from axon.errors import AxonError, RemoteError
 from axon.publish.cluster_status import HEALTH_TIMEOUT
 from modelpkg.atomic import remove_tree, replace_dir
+from modelpkg.layout import OLD_TAG, ROLLBACK_TAG, sibling
 
 if TYPE_CHECKING:
     from axon.targets import InstanceTarget
@@ -59,7 +64,7 @@ class Backup:
                 self.existed = True
             return
         final = self._final()
-        aside = final.parent / f".{final.name}.rollback-{uuid.uuid4().hex[:12]}"
+        aside = final.parent / sibling(final.name, ROLLBACK_TAG, _unique())
         if self.method == "ssh":
             self.existed = _ssh(self.target, f"test -d {_q(final)}", check=False) == 0
             if self.existed:
@@ -79,7 +84,7 @@ class Backup:
             return
         final = self._final()
         if self.method == "ssh":
-            tmp = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:12]}"
+            tmp = final.parent / sibling(final.name, OLD_TAG, _unique())
             cmd = f"if [ -d {_q(final)} ]; then mv {_q(final)} {_q(tmp)}; fi"
             if self.saved:
                 cmd += f" && mv {_q(self.saved)} {_q(final)}"
@@ -103,6 +108,11 @@ class Backup:
         else:
             remove_tree(Path(self.saved))
         self.saved = None
+
+
+def _unique() -> str:
+    """The ``<id>`` of a sibling name: unique enough that two switches never collide."""
+    return uuid.uuid4().hex[:12]
 
 
 def _q(path: PurePosixPath | str) -> str:
