@@ -19,9 +19,9 @@ from axon.errors import (
     RemoteError,
     TargetUnreachableError,
 )
+from axon.mlos_client import register_payload
 from axon.publish import InstanceResult, PublishOptions, PublishResult
 from axon.publish.instance import is_transient
-from axon.publish.notify import register_payload
 from axon.targets import InstanceTarget
 from modelpkg.manifest import FileEntry, Manifest
 from modelpkg.refs import ModelRef

@@ -1,4 +1,9 @@
-"""Health of discovered members: ``GET <endpoint>/health`` on each, in parallel."""
+"""Health of discovered members: ``GET <endpoint>/health`` on each, in parallel.
+
+The probe itself is :meth:`axon.mlos_client.MlosClient.health` (the same one a cluster
+publish uses to skip unhealthy members); this module words its answer for
+``axon targets show``.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+from axon.discovery._model import Member
+from axon.mlos_client import Health, MlosClient
 
-from axon.discovery._model import Member, describe_http_error
+NOT_JSON = "answer is not JSON (is the URI pointing at the right service and port?)"
 
 
 @dataclass
@@ -35,28 +41,37 @@ class MemberHealth:
         return data
 
 
+def unreachable_reason(health: Health) -> str | None:
+    """Why a member counts as unreachable (no answer, not 2xx, not JSON); None if it
+    answered JSON with a 2xx status."""
+    failure = health.no_answer
+    if failure is not None:
+        if failure.kind == "connect":
+            return f"cannot connect ({failure.message})"
+        if failure.kind == "timeout":
+            return "timed out"
+        return f"{failure.name}: {failure.message}"
+    if health.code is None or not 200 <= health.code < 300:
+        return f"HTTP {health.code} {health.text!r}"
+    if not health.is_json:
+        return NOT_JSON
+    return None
+
+
 def check_member(member: Member, *, timeout: float = 3.0) -> MemberHealth:
+    """Probe one member (never raises: an unreachable member says why in ``error``)."""
     started = time.monotonic()
-    try:
-        response = httpx.get(f"{member.endpoint}/health", timeout=timeout)
-        response.raise_for_status()
-        body = response.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        return MemberHealth(
-            member,
-            False,
-            "unreachable",
-            seconds=time.monotonic() - started,
-            error=describe_http_error(exc),
-        )
-    status = str(body.get("status", "unknown")) if isinstance(body, dict) else "unknown"
-    version = body.get("version") if isinstance(body, dict) else None
+    with MlosClient(member.endpoint, timeout=timeout, name=member.instance_id) as client:
+        health = client.health()
+    seconds = time.monotonic() - started
+    reason = unreachable_reason(health)
+    if reason is not None:
+        return MemberHealth(member, False, "unreachable", seconds=seconds, error=reason)
+    status = (
+        str(health.body.get("status", "unknown")) if isinstance(health.body, dict) else "unknown"
+    )
     return MemberHealth(
-        member,
-        status == "healthy",
-        status,
-        version=str(version) if version is not None else None,
-        seconds=time.monotonic() - started,
+        member, status == "healthy", status, version=health.version, seconds=seconds
     )
 
 

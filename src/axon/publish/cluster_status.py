@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from axon.errors import EXIT_ALL_FAILED, EXIT_OK, EXIT_PARTIAL, AxonError
+from axon.mlos_client import HEALTH_TIMEOUT, MlosClient
 
 if TYPE_CHECKING:
     from axon.cache import Cache
@@ -17,30 +18,12 @@ if TYPE_CHECKING:
     from axon.targets import ClusterTarget, InstanceTarget
     from modelpkg.refs import ModelRef
 
-HEALTH_TIMEOUT = 5.0
-
 
 # ---- probes ---------------------------------------------------------------------------------
-def url_of(target: InstanceTarget, path: str) -> str:
-    return str(target.endpoint).rstrip("/") + path
-
-
 def health_problem(target: InstanceTarget, timeout: float = HEALTH_TIMEOUT) -> str | None:
     """None when ``GET /health`` says healthy, else why not (one line)."""
-    import httpx
-
-    url = url_of(target, "/health")
-    try:
-        resp = httpx.get(url, timeout=timeout)
-    except httpx.HTTPError as exc:
-        return f"GET {url} failed: {type(exc).__name__}: {exc}"
-    if resp.status_code != 200:
-        return f"GET {url} answered HTTP {resp.status_code}"
-    try:
-        status = resp.json().get("status")
-    except (ValueError, AttributeError):
-        return f"GET {url} did not answer a JSON object"
-    return None if status == "healthy" else f"GET {url} says status {status!r}"
+    with MlosClient.for_target(target, timeout) as client:
+        return client.health().problem
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from axon.errors import AxonError, IntegrityError
 from axon.hashing import file_key
+from axon.mlos_client import quote_id
 from axon.progress import NULL_PROGRESS, Progress
 from modelpkg.manifest import FileEntry, Manifest
 from modelpkg.refs import ModelRef
@@ -197,8 +198,6 @@ def _location(transport: Transport, model: PreparedModel) -> tuple[str, str | No
     if path:
         return f"{where}/{model.ref.relpath}", path
     if transport.method == "api":  # where the instance serves it (as InstanceResult says)
-        from axon.transports.api import quote_id  # loaded already: this is an API transport
-
         return f"{where}/models/{quote_id(model.ref.id)}", None
     return where, None
 

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from axon.errors import EXIT_NOT_NOTIFIED, AxonError, NotifyError, TransportError
+from axon.mlos_client import MlosClient
 from axon.progress import NULL_PROGRESS, Progress
 from axon.publish.instance import StagedPublish, is_transient
 from axon.publish.notify import is_registered, notify_instance
@@ -267,12 +268,9 @@ def _reader_path(instance: InstanceTarget, model: PreparedModel, written: str | 
 
 
 def _scan(instance: InstanceTarget, timeout: float) -> None:
-    from axon.transports.api import ApiClient, _env_token
-
-    token = instance.token or _env_token(instance)
-    client = ApiClient(instance.endpoint, token=token, timeout=timeout, name=instance.name)
     try:
-        client.request("POST", "/models/scan", what="scan for new models", ok=(200, 201, 202))
+        with MlosClient.for_target(instance, timeout) as client:
+            client.scan()
     except AxonError as exc:
         raise NotifyError(
             f"could not ask {instance.name} to scan: {exc.message}",
@@ -280,8 +278,6 @@ def _scan(instance: InstanceTarget, timeout: float) -> None:
             url=f"{instance.endpoint.rstrip('/')}/models/scan",
             hint="once the instance is up, POST /models/scan or re-run the publish",
         ) from exc
-    finally:
-        client.close()
 
 
 def _cache_read_error(exc: OSError, storage: StorageTarget, model: PreparedModel) -> AxonError:

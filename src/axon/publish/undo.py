@@ -21,7 +21,8 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from axon.errors import AxonError, RemoteError
-from axon.publish.cluster_status import HEALTH_TIMEOUT
+from axon.mlos_client import HEALTH_TIMEOUT, MlosClient
+from axon.publish.notify import is_registered, notify_instance
 from modelpkg.atomic import remove_tree, replace_dir
 from modelpkg.layout import OLD_TAG, ROLLBACK_TAG, sibling
 
@@ -95,8 +96,6 @@ class Backup:
             remove_tree(Path(final))
         self.saved = None
         if self.existed:  # the instance may have cached the new manifest: tell it again
-            from axon.publish.notify import notify_instance
-
             notify_instance(self.target, self.ref, str(final))
 
     def drop(self) -> None:
@@ -148,24 +147,14 @@ def _ssh(target: InstanceTarget, command: str, *, check: bool = True) -> int:
 
 
 def _api_has(target: InstanceTarget, ref: ModelRef) -> bool:
-    from axon.publish.notify import is_registered
-
     return is_registered(target, ref, timeout=HEALTH_TIMEOUT)
 
 
 def _api_undo(target: InstanceTarget, ref: ModelRef, *, rollback: bool) -> None:
     """``POST /v1/models/{id}/rollback`` (the server kept the replaced generation), or
-    ``DELETE /models/{id}`` when the instance did not have the model before. Same client,
-    token (``token`` or ``token_env``) and error mapping as every other API call."""
-    from axon.publish.notify import _client
-    from axon.transports.api import quote_id
-
-    qid = quote_id(ref.id)
-    method, path = ("POST", f"/v1/models/{qid}/rollback")
-    if not rollback:
-        method, path = ("DELETE", f"/models/{qid}")
-    client = _client(target, HEALTH_TIMEOUT * 2)
-    try:
-        client.request(method, path, what=f"undo ({method} {path})", ok=(200,))
-    finally:
-        client.close()
+    ``DELETE /models/{id}`` when the instance did not have the model before."""
+    with MlosClient.for_target(target, HEALTH_TIMEOUT * 2) as client:
+        if rollback:
+            client.rollback(ref)
+        else:
+            client.delete_model(ref)

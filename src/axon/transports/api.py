@@ -1,6 +1,6 @@
 """The ``api`` access method: upload to an MLOS Core over HTTP (docs/upload-protocol.md).
 
-Protocol, as this client drives it::
+Protocol, as this transport drives it::
 
     POST /v1/uploads {model_id, manifest}      -> upload_id, needed [{sha256, size, offset}]
     PUT  /v1/uploads/{id}/blobs/{sha256}       body streamed from Upload-Offset to the end
@@ -9,260 +9,131 @@ Protocol, as this client drives it::
     DELETE /v1/uploads/{id}                    abort
 
 The server deduplicates by sha256 (``needed`` is per unique blob) and keeps partial blobs,
-so re-opening after a cut connection resumes at ``offset``. :class:`ApiClient` is the one
-place where httpx exceptions and HTTP statuses become :mod:`axon.errors`; the notify and
-status code reuse it for ``/models/register`` and ``/models/{id}``.
+so re-opening after a cut connection resumes at ``offset``.
+
+:class:`~axon.mlos_client.MlosClient` owns the endpoints, the token, the timeouts and the
+mapping of HTTP answers to :mod:`axon.errors`; this module only moves a blob's bytes. On
+plain http without a proxy they go from the page cache straight to the socket
+(``sendfile``: no copy through Python, as fast as curl); otherwise httpx streams them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
+import http.client
 import json
-import os
-import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
+from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-from axon.errors import (
-    AuthenticationError,
-    AxonError,
-    NoSpaceError,
-    RemoteError,
-    TargetPermissionError,
-    TargetUnreachableError,
-    TransportError,
-    retryable,
-)
+from axon.errors import RemoteError, TransportError, retryable
+from axon.mlos_client import DEFAULT_TIMEOUT, MlosClient, body_of, is_loopback
 from axon.transports.base import CommitInfo, FileKey, Session, Transport
 from modelpkg.manifest import FileEntry, Manifest
 from modelpkg.progress import OnBytes, ignore_bytes
 from modelpkg.refs import ModelRef
 
 if TYPE_CHECKING:
+    from typing import Self
+
     from axon.targets import InstanceTarget
 
-# httpx's package import also loads its own command-line client (rich, pygments, click) when
-# those are installed: a third of `axon publish`'s start-up. We never use it, so tell the
-# import system it is absent (httpx then installs a stub `httpx.main`).
-sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
-
-import httpx  # noqa: E402
-
 CHUNK = 4 * 1024 * 1024  # big chunks: few syscalls and Python round trips per GiB
-DEFAULT_TIMEOUT = 30.0
 SENDFILE_SLICE = 8 * 1024 * 1024  # progress is reported after each slice
 SETTLE_SECONDS = 2.0  # longest wait for a cut blob's offset to stop moving
 
 
-def quote_id(model_id: str) -> str:
-    """Percent-encode a whole model id for a URL path (COMPAT: ``hf%2Fbert%40latest``)."""
-    return quote(model_id, safe="")
+# ---- moving a blob's bytes ------------------------------------------------------------------
+def put_file(
+    client: MlosClient,
+    path: str,
+    source: Path,
+    offset: int,
+    length: int,
+    on_bytes: OnBytes,
+    *,
+    headers: dict[str, str],
+    what: str,
+    ok: tuple[int, ...],
+) -> tuple[int, dict[str, Any]]:
+    """PUT ``length`` bytes of ``source`` from ``offset`` to ``path``; (status, JSON body).
 
-
-def _is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-class ApiClient:
-    """A small JSON client of one MLOS Core; every failure becomes an axon error.
-
-    ``name`` is the target name used in messages (defaults to the endpoint).
+    Raises the client's error for an answer outside ``ok`` or a lost connection.
     """
-
-    def __init__(
-        self,
-        endpoint: str,
-        *,
-        token: str | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        name: str | None = None,
-    ) -> None:
-        self.endpoint = endpoint.rstrip("/")
-        self.name = name or self.endpoint
-        self.timeout = timeout
-        headers = {"User-Agent": "axon-publish"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        self.headers = headers
-        self._client = httpx.Client(
-            base_url=self.endpoint,
-            headers=headers,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            # plain http needs no TLS context (building one loads the CA bundle: slow)
-            verify=self.endpoint.startswith("https:"),
-            # never route loopback traffic through an environment proxy
-            trust_env=not _is_loopback(self.endpoint),
+    if not _direct(client.endpoint):
+        resp = client.request(
+            "PUT",
+            path,
+            what=what,
+            ok=ok,
+            content=_stream(source, offset, length, on_bytes),
+            headers={**headers, "Content-Length": str(length)},
         )
+        return resp.status_code, body_of(resp)
+    status, raw, reason = _sendfile_put(
+        client, path, source, offset, length, on_bytes, headers, what
+    )
+    try:
+        body = json.loads(raw) if raw else {}
+    except ValueError:
+        body = {}
+    body = body if isinstance(body, dict) else {}
+    if status not in ok:
+        raise client.status_error(status, body, client.endpoint + path, reason, what=what)
+    return status, body
 
-    def close(self) -> None:
-        self._client.close()
 
-    def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        what: str,
-        ok: tuple[int, ...] = (200, 201),
-        **kw: Any,
-    ) -> httpx.Response:
-        """Send one request; raise the matching axon error unless the status is in ``ok``.
-
-        ``what`` names the step for messages ("upload of weights.bin", "register").
-        """
-        url = self.endpoint + path
+def _sendfile_put(
+    client: MlosClient,
+    path: str,
+    source: Path,
+    offset: int,
+    length: int,
+    on_bytes: OnBytes,
+    headers: dict[str, str],
+    what: str,
+) -> tuple[int, bytes, str]:
+    """The PUT over a raw connection (the client's headers and timeout): (status, body,
+    reason). A connection failure becomes the client's error for it."""
+    url = client.endpoint + path
+    parts = urlsplit(client.endpoint)
+    with open(source, "rb") as fh:  # local errors stay local: opened before connecting
+        conn = http.client.HTTPConnection(
+            parts.hostname or "localhost", parts.port or 80, timeout=client.timeout
+        )
+        sent_error: OSError | None = None  # a send failure: the server may have answered
         try:
-            resp = self._client.request(method, path, **kw)
-        except httpx.TransportError as exc:
-            raise self.network_error(exc, what=what, url=url) from exc
-        if resp.status_code not in ok:
-            raise self.error_for(resp, what=what)
-        return resp
-
-    def put_file(
-        self,
-        path: str,
-        source: Path,
-        offset: int,
-        length: int,
-        on_bytes: OnBytes,
-        *,
-        headers: dict[str, str],
-        what: str,
-        ok: tuple[int, ...],
-    ) -> tuple[int, dict[str, Any]]:
-        """PUT ``length`` bytes of ``source`` from ``offset``; returns (status, JSON body).
-
-        Plain http without a proxy goes straight from the page cache to the socket
-        (``sendfile``: no copy through Python, as fast as curl); otherwise httpx streams it.
-        """
-        if not _direct(self.endpoint):
-            resp = self.request(
-                "PUT",
-                path,
-                what=what,
-                ok=ok,
-                content=_stream(source, offset, length, on_bytes),
-                headers={**headers, "Content-Length": str(length)},
-            )
-            return resp.status_code, _body(resp)
-        return self._sendfile_put(path, source, offset, length, on_bytes, headers, what, ok)
-
-    def _sendfile_put(
-        self,
-        path: str,
-        source: Path,
-        offset: int,
-        length: int,
-        on_bytes: OnBytes,
-        headers: dict[str, str],
-        what: str,
-        ok: tuple[int, ...],
-    ) -> tuple[int, dict[str, Any]]:
-        import http.client
-
-        url = self.endpoint + path
-        parts = urlsplit(self.endpoint)
-        with open(source, "rb") as fh:  # local errors stay local: opened before connecting
-            conn = http.client.HTTPConnection(
-                parts.hostname or "localhost", parts.port or 80, timeout=self.timeout
-            )
-            sent_error: OSError | None = None  # a send failure: the server may have answered
+            conn.putrequest("PUT", parts.path + path, skip_accept_encoding=True)
+            for key, value in {**client.headers, **headers}.items():
+                conn.putheader(key, value)
+            conn.putheader("Content-Length", str(length))
+            conn.endheaders()
             try:
-                conn.putrequest("PUT", parts.path + path, skip_accept_encoding=True)
-                for key, value in {**self.headers, **headers}.items():
-                    conn.putheader(key, value)
-                conn.putheader("Content-Length", str(length))
-                conn.endheaders()
-                try:
-                    _sendfile(conn, fh, offset, length, on_bytes, source)
-                except OSError as exc:
-                    if isinstance(exc, TransportError):
-                        raise
-                    sent_error = exc  # read the answer anyway: a 507/413 says more than EPIPE
-                resp = conn.getresponse()
-                status, raw, reason = resp.status, resp.read(), resp.reason
-            except (OSError, http.client.HTTPException) as exc:
+                _sendfile(conn, fh, offset, length, on_bytes, source)
+            except OSError as exc:
                 if isinstance(exc, TransportError):
                     raise
-                cause = sent_error if sent_error is not None else exc
-                raise self.network_error(cause, what=what, url=url) from exc
-            finally:
-                conn.close()
-        try:
-            body = json.loads(raw) if raw else {}
-        except ValueError:
-            body = {}
-        body = body if isinstance(body, dict) else {}
-        if status not in ok:
-            raise self.status_error(status, body, url, reason, what=what)
-        return status, body
-
-    def json(self, method: str, path: str, *, what: str, **kw: Any) -> dict[str, Any]:
-        resp = self.request(method, path, what=what, **kw)
-        return _body(resp)
-
-    def error_for(self, resp: httpx.Response, *, what: str) -> AxonError:
-        """The axon error for an unexpected HTTP answer (status, server code and message)."""
-        return self.status_error(
-            resp.status_code, _body(resp), str(resp.request.url), resp.reason_phrase, what=what
-        )
-
-    def status_error(
-        self, status: int, body: dict[str, Any], url: str, reason: str, *, what: str
-    ) -> AxonError:
-        detail = str(body.get("message") or reason or "").strip()
-        code = str(body.get("code") or "")
-        text = f"{what}: {self.endpoint} answered {status}" + (f": {detail}" if detail else "")
-
-        def make(cls: type[AxonError], hint: str, retry: bool = False) -> AxonError:
-            err = cls(text, hint=hint, target=self.name, url=url, status=status)
-            return retryable(err, retry)
-
-        if status == 401:
-            return make(AuthenticationError, "the instance refused the token: set token/token_env")
-        if status == 403:
-            return make(TargetPermissionError, "the token may not write this namespace")
-        if status == 507 or code == "insufficient_storage":
-            return make(NoSpaceError, "free space on the instance's models disk")
-        if status == 413:
-            return make(NoSpaceError, "the file is over the server's upload size limit")
-        expired = status == 404 and "/v1/uploads/" in url  # re-open helps
-        retry = expired or status >= 500 or status in (408, 409, 429) or code == "checksum_mismatch"
-        return make(RemoteError, "re-run to retry" if retry else "see the server's log", retry)
-
-    def network_error(self, exc: BaseException, *, what: str, url: str) -> AxonError:
-        """A connection-level failure as a retryable TargetUnreachableError."""
-        if isinstance(exc, httpx.TimeoutException | TimeoutError):
-            text = f"{what}: {self.endpoint} did not answer in time ({type(exc).__name__})"
-            hint = "check the instance is up and reachable; re-running resumes"
-        elif isinstance(exc, httpx.ConnectError | ConnectionRefusedError):
-            text = f"{what}: cannot connect to {self.endpoint} ({exc})"
-            hint = "check the instance is running and the endpoint/port is right"
-        else:
-            text = f"{what}: connection to {self.endpoint} lost ({type(exc).__name__}: {exc})"
-            hint = "check the network; re-running resumes where it stopped"
-        return retryable(TargetUnreachableError(text, target=self.name, url=url, hint=hint), True)
+                sent_error = exc  # read the answer anyway: a 507/413 says more than EPIPE
+            resp = conn.getresponse()
+            return resp.status, resp.read(), resp.reason
+        except (OSError, http.client.HTTPException) as exc:
+            if isinstance(exc, TransportError):
+                raise
+            cause = sent_error if sent_error is not None else exc
+            raise client.network_error(cause, what=what, url=url) from exc
+        finally:
+            conn.close()
 
 
 def _direct(endpoint: str) -> bool:
     """May a PUT skip httpx (plain http, and no environment proxy applies to it)?"""
     if not endpoint.startswith("http://"):
         return False
-    if _is_loopback(endpoint):
+    if is_loopback(endpoint):
         return True
-    import urllib.request
-
     host = urlsplit(endpoint).hostname or ""
     proxies = urllib.request.getproxies()
     if "http" not in proxies and "all" not in proxies:  # httpx honours ALL_PROXY too
@@ -271,7 +142,12 @@ def _direct(endpoint: str) -> bool:
 
 
 def _sendfile(
-    conn: Any, fh: Any, offset: int, length: int, on_bytes: OnBytes, source: Path
+    conn: http.client.HTTPConnection,
+    fh: IO[bytes],
+    offset: int,
+    length: int,
+    on_bytes: OnBytes,
+    source: Path,
 ) -> None:
     """Send ``length`` bytes of ``fh`` from ``offset`` over the connection's socket."""
     sock = conn.sock
@@ -287,14 +163,6 @@ def _sendfile(
         pos += sent
         left -= sent
         on_bytes(sent)
-
-
-def _body(resp: httpx.Response) -> dict[str, Any]:
-    try:
-        data = resp.json()
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _stream(path: Path, offset: int, length: int, on_bytes: OnBytes) -> Iterator[bytes]:
@@ -315,11 +183,12 @@ def _stream(path: Path, offset: int, length: int, on_bytes: OnBytes) -> Iterator
             on_bytes(len(chunk))
 
 
+# ---- one upload -----------------------------------------------------------------------------
 class ApiSession(Session):
     """One open upload (``upload_id``) on the server."""
 
     def __init__(
-        self, client: ApiClient, ref: ModelRef, manifest: Manifest, answer: dict[str, Any]
+        self, client: MlosClient, ref: ModelRef, manifest: Manifest, answer: dict[str, Any]
     ) -> None:
         self.client = client
         self.ref = ref
@@ -356,22 +225,14 @@ class ApiSession(Session):
             deadline = time.monotonic() + SETTLE_SECONDS
             while time.monotonic() < deadline and still < 3:
                 time.sleep(0.05)
-                now = self._head_offset(entry)
+                now = self.client.blob_offset(
+                    self.upload_id, entry.sha256, what=f"offset of {entry.path}"
+                )
                 still = still + 1 if now == last else 0
                 if now == last and now > 0:
                     break
                 last = now
             self._offsets[entry.sha256] = last
-
-    def _head_offset(self, entry: FileEntry) -> int:
-        resp = self.client.request(
-            "HEAD", self._path(f"/blobs/{entry.sha256}"), what=f"offset of {entry.path}"
-        )
-        value = resp.headers.get("Upload-Offset", "0")
-        return int(value) if value.isdigit() else 0
-
-    def _path(self, suffix: str = "") -> str:
-        return f"/v1/uploads/{quote(self.upload_id, safe='')}{suffix}"
 
     def offset(self, entry: FileEntry) -> int:
         return self._offsets.get(entry.sha256, 0)
@@ -390,8 +251,9 @@ class ApiSession(Session):
             if offset >= entry.size and entry.size > 0:
                 return
             try:
-                status, body = self.client.put_file(
-                    self._path(f"/blobs/{entry.sha256}"),
+                status, body = put_file(
+                    self.client,
+                    self.client.blob_path(self.upload_id, entry.sha256),
                     source,
                     offset,
                     entry.size - offset,
@@ -420,15 +282,15 @@ class ApiSession(Session):
 
     def prepare(self) -> None:
         if not self._prepared:
-            self.client.request("POST", self._path("/prepare"), what=f"prepare {self.ref}")
+            self.client.prepare_upload(self.upload_id, self.ref)
             self._prepared = True
 
     def commit(self) -> CommitInfo:
-        body = self.client.json("POST", self._path("/commit"), what=f"commit {self.ref}")
+        body = self.client.commit_upload(self.upload_id, self.ref)
         self._done = True
         path = body.get("path")
         return CommitInfo(
-            location=f"{self.client.endpoint}/models/{quote_id(self.ref.id)}",
+            location=self.client.model_url(self.ref),
             path=str(path) if path else None,
             registered=True,
             details=body,
@@ -440,9 +302,10 @@ class ApiSession(Session):
         self._done = True
         # best effort: the server expires idle uploads by itself
         with contextlib.suppress(TransportError):
-            self.client.request("DELETE", self._path(), what="abort", ok=(200, 202, 204, 404))
+            self.client.abort_upload(self.upload_id)
 
 
+# ---- the transport --------------------------------------------------------------------------
 class ApiTransport(Transport):
     """Publish through the MLOS Core upload API (``access_method: api``)."""
 
@@ -457,49 +320,36 @@ class ApiTransport(Transport):
         name: str | None = None,
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
-        self.client = ApiClient(self.endpoint, token=token, timeout=timeout, name=name)
+        self.client = MlosClient(self.endpoint, token=token, timeout=timeout, name=name)
         self._serves_manifests: bool | None = None  # GET /v1/models/{id}/manifest; None: unknown
         self._interrupted: set[str] = set()
 
     @classmethod
-    def from_target(cls, target: InstanceTarget) -> ApiTransport:
-        token = target.token or _env_token(target)
-        timeout = float(getattr(target, "timeout", None) or DEFAULT_TIMEOUT)
-        return cls(target.endpoint, token=token, timeout=timeout, name=target.name)
+    def from_target(cls, target: InstanceTarget) -> Self:
+        timeout = float(target.timeout or DEFAULT_TIMEOUT)
+        return cls(target.endpoint, token=target.token, timeout=timeout, name=target.name)
 
     def describe(self) -> str:
         return self.endpoint
 
     def open(self, ref: ModelRef, manifest: Manifest) -> ApiSession:
-        answer = self.client.json(
-            "POST",
-            "/v1/uploads",
-            what=f"open upload of {ref}",
-            json={"model_id": ref.id, "manifest": manifest.data},
-        )
-        session = ApiSession(self.client, ref, manifest, answer)
+        session = ApiSession(self.client, ref, manifest, self.client.open_upload(ref, manifest))
         session.settle(self._interrupted)
         return session
 
     def fetch_manifest(self, ref: ModelRef) -> Manifest | None:
         """The manifest the server holds for ``ref`` (None when it has none)."""
-        what = f"manifest of {ref}"
-        resp = self.client.request(
-            "GET", f"/v1/models/{quote_id(ref.id)}/manifest", what=what, ok=(200, 404, 405)
-        )
-        if resp.status_code == 200:
-            self._serves_manifests = True
-            return Manifest.from_text(resp.content, source=f"{self.endpoint}:{ref.id}")
-        if _body(resp).get("code") == "unknown_model":
-            self._serves_manifests = True
-            return None  # the server has the endpoint: it has no such model
-        self._serves_manifests = False
+        source = f"{self.endpoint}:{ref.id}"
+        served, text = self.client.manifest(ref)
+        self._serves_manifests = served
+        if served:
+            return Manifest.from_text(text, source=source) if text is not None else None
         info = self.model_info(ref)  # an older server: its registration may carry one
         data = info.get("manifest") if info else None
         if isinstance(data, dict):
-            return Manifest(data, source=f"{self.endpoint}:{ref.id}")
+            return Manifest(data, source=source)
         if isinstance(data, str):
-            return Manifest.from_text(data, source=f"{self.endpoint}:{ref.id}")
+            return Manifest.from_text(data, source=source)
         return None
 
     def matches(self, ref: ModelRef, manifest: Manifest) -> bool:
@@ -519,19 +369,7 @@ class ApiTransport(Transport):
 
     def model_info(self, ref: ModelRef) -> dict[str, Any] | None:
         """``GET /models/{id}``: the registration record, or None when not registered."""
-        resp = self.client.request(
-            "GET", f"/models/{quote_id(ref.id)}", what=f"status of {ref}", ok=(200, 404)
-        )
-        if resp.status_code == 404:
-            return None
-        body = _body(resp)
-        model = body.get("model")
-        return model if isinstance(model, dict) else body
+        return self.client.model_info(ref)
 
     def close(self) -> None:
         self.client.close()
-
-
-def _env_token(target: InstanceTarget) -> str | None:
-    name = getattr(target, "token_env", None)
-    return os.environ.get(name) if name else None
