@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from axon.errors import TransportError
-from axon.mounts import resolve_location
 from axon.transports import stagedir
 from axon.transports.base import FileKey, Transport
 from axon.transports.blobcopy import StageError
@@ -78,6 +77,9 @@ class FilesystemTransport(Transport):
         location = target.storage_path or DEFAULT_ROOT
         root = Path(location)
         if location.startswith(("nfs://", "file://")):
+            # imported only here: a plain local path (the common case) starts up without it
+            from axon.mounts import resolve_location
+
             root = resolve_location(location, target=target.name)
         return cls(
             root,
@@ -91,6 +93,8 @@ class FilesystemTransport(Transport):
     def from_storage(cls, target: StorageTarget, tuning: Mapping[str, Any] | None = None) -> Self:
         """A shared directory, ``file://`` URL or ``nfs://`` share written through its mount
         here (``mount_path`` when configured); a directory has nothing to tune."""
+        from axon.mounts import resolve_location
+
         root = resolve_location(target.location, mount_path=target.mount_path, target=target.name)
         method = "nfs" if target.scheme == "nfs" else "filesystem"
         return cls(root, method=method, name=target.name)
