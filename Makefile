@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck unit bench stress system-deps clean
+.PHONY: venv demo test lint architecture typecheck unit bench stress system-deps clean
 
 # Bytecode as a (non-editable) pip install would leave it: every axon command starts
 # ~0.1 s faster (this environment may set PYTHONDONTWRITEBYTECODE). Stale files are only
@@ -31,6 +31,11 @@ demo: venv system-deps
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
+
+# The layers and independence contracts in pyproject.toml ([tool.importlinter]).
+architecture: venv
+	$(BIN)/lint-imports
 
 typecheck: venv
 	$(BIN)/mypy
@@ -41,6 +46,7 @@ unit: venv system-deps
 test: venv system-deps
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
