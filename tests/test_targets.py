@@ -198,7 +198,7 @@ def test_storage_forms(config: Config, spec: str, kind: str, location: str) -> N
 def test_localhost_uses_api_when_models_dir_not_writable(
     config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(targets_mod, "DEFAULT_STORAGE_PATH", "/nonexistent/mlos/models")
+    monkeypatch.setattr(targets_mod, "DEFAULT_MODELS_DIR", "/nonexistent/mlos/models")
     t = resolve_target("localhost", config)
     assert isinstance(t, InstanceTarget)
     assert (t.access_method, t.endpoint) == ("api", "http://localhost:8080")
@@ -209,7 +209,7 @@ def test_localhost_uses_filesystem_when_writable(
 ) -> None:
     models = tmp_path / "var-lib-mlos-models"
     models.mkdir()
-    monkeypatch.setattr(targets_mod, "DEFAULT_STORAGE_PATH", str(models))
+    monkeypatch.setattr(targets_mod, "DEFAULT_MODELS_DIR", str(models))
     monkeypatch.setenv("MLOS_CORE_ENDPOINT", "http://127.0.0.1:18080")
     t = resolve_target("localhost", config)
     assert isinstance(t, InstanceTarget)

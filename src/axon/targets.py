@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 
 from axon.config import DEFAULT_TIMEOUT, ClusterConfig, Config, TargetConfig
 from axon.errors import AxonError, ConfigError, TargetNotFoundError
+from modelpkg.layout import DEFAULT_MODELS_DIR
 
 DEFAULT_PORT = 8080
-DEFAULT_STORAGE_PATH = "/var/lib/mlos/models"
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
@@ -258,12 +258,12 @@ def local_instance(name: str, port: int | None = None) -> InstanceTarget:
     API (``MLOS_CORE_ENDPOINT`` or ``http://localhost:8080``, as upstream)."""
     env = os.environ.get("MLOS_CORE_ENDPOINT")
     endpoint = f"http://localhost:{port}" if port else (env or f"http://localhost:{DEFAULT_PORT}")
-    method = "filesystem" if writable_dir(DEFAULT_STORAGE_PATH) else "api"
+    method = "filesystem" if writable_dir(DEFAULT_MODELS_DIR) else "api"
     return InstanceTarget(
         name=name,
         endpoint=endpoint.rstrip("/"),
         access_method=method,
-        storage_path=DEFAULT_STORAGE_PATH if method == "filesystem" else None,
+        storage_path=DEFAULT_MODELS_DIR if method == "filesystem" else None,
         origin="localhost",
     )
 
@@ -330,7 +330,7 @@ def configured_instance(
     method = conf.access_method or _infer_method(conf, host)
     storage_path = conf.storage_path
     if method in ("filesystem", "ssh", "nfs") and not storage_path:
-        storage_path = DEFAULT_STORAGE_PATH
+        storage_path = DEFAULT_MODELS_DIR
     ssh_host = conf.ssh_host or (host if method == "ssh" else None)
     return InstanceTarget(
         name=name,

@@ -6,9 +6,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelpkg import layout
 from modelpkg.layout import STATE_DIR
 
-DEFAULT_MODELS_DIR = Path("/var/lib/mlos/models")
+DEFAULT_MODELS_DIR = Path(layout.DEFAULT_MODELS_DIR)
 DEFAULT_PORT = 8080
 DEFAULT_UPLOAD_TTL = 24 * 3600.0
 LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}

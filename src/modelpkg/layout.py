@@ -44,6 +44,7 @@ from __future__ import annotations
 import os
 
 MANIFEST_NAME = "manifest.yaml"
+DEFAULT_MODELS_DIR = "/var/lib/mlos/models"  # an MLOS Core instance's models root
 
 # ---- a model directory and its siblings ---------------------------------------------------
 PARTIAL_DIR = ".axon-partial"  # inside a staging dir: files being received

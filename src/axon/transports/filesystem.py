@@ -32,13 +32,13 @@ from axon.transports import stagedir
 from axon.transports.base import FileKey, Transport
 from axon.transports.blobcopy import StageError
 from axon.transports.staged import (
-    DEFAULT_ROOT,
     StagedSession,
     StagePlan,
     manifest_digest,
     plan_session,
     translate,
 )
+from modelpkg.layout import DEFAULT_MODELS_DIR
 from modelpkg.manifest import FileEntry, Manifest
 from modelpkg.progress import OnBytes, ignore_bytes
 from modelpkg.refs import ModelRef
@@ -74,7 +74,7 @@ class FilesystemTransport(Transport):
     def from_target(cls, target: InstanceTarget) -> Self:
         """``storage_path`` is a local path, or an ``nfs://``/``file://`` URL of a share
         mounted here (found through :mod:`axon.mounts`)."""
-        location = target.storage_path or DEFAULT_ROOT
+        location = target.storage_path or DEFAULT_MODELS_DIR
         root = Path(location)
         if location.startswith(("nfs://", "file://")):
             # imported only here: a plain local path (the common case) starts up without it

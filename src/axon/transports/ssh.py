@@ -48,7 +48,6 @@ from axon.errors import (
 from axon.transports import blobcopy, stagedir
 from axon.transports.base import FileKey, Transport
 from axon.transports.staged import (
-    DEFAULT_ROOT,
     StagedSession,
     StagePlan,
     error_from_code,
@@ -56,6 +55,7 @@ from axon.transports.staged import (
     plan_session,
 )
 from modelpkg import layout
+from modelpkg.layout import DEFAULT_MODELS_DIR
 from modelpkg.manifest import FileEntry, Manifest
 from modelpkg.progress import OnBytes, ignore_bytes
 from modelpkg.refs import ModelRef
@@ -167,7 +167,7 @@ class SshTransport(Transport):
             port=target.ssh_port,
             key=target.ssh_key,
             options=list(target.ssh_options or ()),
-            root=target.storage_path or DEFAULT_ROOT,
+            root=target.storage_path or DEFAULT_MODELS_DIR,
             dir_mode=target.dir_mode,
             file_mode=target.file_mode,
             timeout=target.timeout,

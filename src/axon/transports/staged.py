@@ -37,7 +37,6 @@ from modelpkg.manifest import FileEntry, Manifest
 from modelpkg.refs import ModelRef
 
 #: MLOS Core's models directory when a target names none
-DEFAULT_ROOT = "/var/lib/mlos/models"
 
 _PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
