@@ -1,7 +1,7 @@
 """Run the benchmarks: ``python -m benchmarks [name ...]`` (names: suffixes of bench_*.py).
 
 Each ``bench_<name>.py`` module defines ``run(workdir: Path) -> list[Row]``. Results are
-printed as a table and written to ``.bench/results.json`` for the README.
+printed as a table and written to ``.bench/results.json`` for docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The developer's model cache, laid out like the upstream Go axon's (COMPAT.md)::
+"""The developer's model cache, laid out like the upstream Go axon's (docs/compatibility.md)::
 
     <cache_dir>/                          default ~/.axon/cache ($AXON_HOME/cache)
     ├── .hash-index.sqlite                digests of unchanged files (axon.hashing.HashIndex)

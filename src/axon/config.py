@@ -4,8 +4,8 @@ The config is plain dataclasses (cheap to import); :func:`load_config` checks th
 their type hints and turns every problem into a :class:`~axon.errors.ConfigError` naming the
 file and the dotted key (``mlos_targets.core-1.ssh_port``).
 
-Compatible with the upstream Go axon (COMPAT.md): ``home_dir``, ``cache_dir``, ``log_level``,
-``registry``, ``download``; the seed adds ``mlos_targets:`` and ``clusters:``::
+Compatible with the upstream Go axon (docs/compatibility.md): ``home_dir``, ``cache_dir``,
+``log_level``, ``registry``, ``download``; we add ``mlos_targets:`` and ``clusters:``::
 
     cache_dir: ~/.axon/cache
     mlos_targets:
@@ -160,7 +160,7 @@ def load_config(path: Path | None = None) -> Config:
         raise ConfigError(
             f"top level is {type(raw).__name__}, expected a mapping of keys",
             path=str(cfg_path),
-            hint="see README 'The config file' for an example",
+            hint="see docs/cache-and-config.md ('The config file') for an example",
         )
     raw.pop("path", None)  # never taken from the file
     for section in ("mlos_targets", "clusters", "registry", "download"):
@@ -398,7 +398,7 @@ def write_default_config(path: Path, cache_dir: Path) -> None:
     from modelpkg.atomic import atomic_write_text
 
     text = (
-        "# axon configuration (see README: 'The config file')\n"
+        "# axon configuration (see docs/cache-and-config.md: 'The config file')\n"
         f"cache_dir: {cache_dir}\n"
         "\n"
         "# Publish targets. Examples:\n"

@@ -70,7 +70,9 @@ class Tenants:
             raise TokensFileError(f"{path}: cannot read tokens file: {exc}") from exc
         tenants = raw.get("tenants") if isinstance(raw, dict) else None
         if not isinstance(tenants, dict) or not tenants:
-            raise TokensFileError(f"{path}: expected a 'tenants:' mapping (see README)")
+            raise TokensFileError(
+                f"{path}: expected a 'tenants:' mapping (see docs/server.md, 'Tokens and tenants')"
+            )
         for name, spec in tenants.items():
             if not isinstance(spec, dict):
                 raise TokensFileError(f"{path}: tenants.{name} must be a mapping")

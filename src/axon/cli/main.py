@@ -77,7 +77,7 @@ def cli(debug: bool) -> None:
 
     Exit codes: 0 ok, 1 unexpected error, 2 usage, 3 not found, 4 invalid input,
     5 integrity, 6 config, 7 transport, 8 not notified, 9 partial failure, 10 all failed,
-    11 discovery. See README.md.
+    11 discovery, 130 interrupted. See docs/exit-codes.md.
     """
     if debug:
         os.environ["AXON_DEBUG"] = "1"
