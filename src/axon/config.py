@@ -118,8 +118,9 @@ class TargetConfig:
 
 @dataclass
 class ClusterConfig(TargetConfig):
-    """One entry of ``clusters:`` (the seed's first cluster form). Same keys as a target;
-    the instance keys (access_method, storage_path, ssh_*, token...) are defaults for members."""
+    """One entry of ``clusters:`` (the first of the two cluster forms in docs/clusters.md).
+    Same keys as a target; the instance keys (access_method, storage_path, ssh_*, token...)
+    are defaults for members."""
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Discovery data: a cluster member, the result of one lookup, instance-record parsing and the
 small URI helpers every backend shares.
 
-An instance record is the seed's ``mlos_instance_info_t`` as JSON::
+An instance record is MLOS Core's ``mlos_instance_info_t`` as JSON (docs/discovery.md)::
 
     {"instance_id": "core-1", "endpoint": "http://10.0.0.5:8080",
      "cluster_name": "prod", "storage_path": "/var/lib/mlos/models"}
