@@ -86,7 +86,7 @@ def _write_model(root: Path, size: int) -> Path:
 
 def _axon_child(endpoint: str, location: str, model_dir: str) -> None:
     """Run in the child: publish the prepared model (manifest trusted: already hashed)."""
-    from axon.publish.plan import PreparedModel, PublishOptions
+    from axon.publish import PreparedModel, PublishOptions
     from axon.publish.storage import publish_to_storage
     from axon.targets import StorageTarget
     from modelpkg.manifest import Manifest

@@ -12,17 +12,11 @@ import pytest
 
 from axon.errors import EXIT_ALL_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, OptionError
 from axon.publish import PublishOptions
-from axon.publish.cluster import (
-    ClusterOptions,
-    ClusterResult,
-    _check_options,
-    parse_min_success,
-    round_robin_claim,
-    round_robin_record,
-    round_robin_start,
-)
-from axon.publish.plan import InstanceResult
-from axon.publish.rollout import FAILED, PUBLISHED, UNUSED, InstanceLine
+from axon.publish.cluster import ClusterResult
+from axon.publish.options import parse_min_success
+from axon.publish.results import FAILED, PUBLISHED, UNUSED, InstanceResult
+from axon.publish.rollout import InstanceLine
+from axon.publish.round_robin import round_robin_claim, round_robin_record, round_robin_start
 
 
 @pytest.mark.parametrize(
@@ -43,30 +37,45 @@ def test_min_success_rejects_impossible_values(value: str) -> None:
 
 
 def test_contradicting_options_are_refused_before_anything_moves() -> None:
-    with pytest.raises(OptionError, match="cannot be combined"):
-        _check_options(ClusterOptions(atomic=True, batch_size=2), "all")
+    """When the options are built (exit 2); the cluster's own strategy when it is known."""
+    with pytest.raises(OptionError, match="cannot be combined") as info:
+        PublishOptions(atomic=True, batch_size=2)
+    assert info.value.exit_code == EXIT_USAGE
     with pytest.raises(OptionError, match="need strategy 'all'"):
-        _check_options(ClusterOptions(batch_size=2), "round-robin")
+        PublishOptions(batch_size=2, strategy="round-robin")
+    with pytest.raises(OptionError, match="need strategy 'all'"):
+        PublishOptions(batch_size=2).check("round-robin")  # the cluster's strategy
     with pytest.raises(OptionError, match="unknown cluster strategy"):
-        _check_options(ClusterOptions(), "random")
-    _check_options(ClusterOptions(atomic=True), "all")  # fine
+        PublishOptions(strategy="random")
+    with pytest.raises(OptionError, match="must be at least 1"):
+        PublishOptions(max_parallel=0)
+    with pytest.raises(OptionError, match="neither a count nor a percentage"):
+        PublishOptions(min_success="most")
+    PublishOptions(atomic=True).check("all")  # fine
 
 
-def test_cluster_options_come_from_publish_options_fields_and_extra() -> None:
+def test_cluster_options_are_publish_options_fields_and_extra_is_folded_in() -> None:
     opts = PublishOptions(
         atomic=True, strategy="all", max_parallel=3, extra={"min_success": "2", "fail_fast": True}
     )
-    got = ClusterOptions.from_options(opts)
-    assert got == ClusterOptions(
-        strategy="all", max_parallel=3, fail_fast=True, min_success="2", atomic=True
+    assert (opts.strategy, opts.max_parallel, opts.fail_fast, opts.min_success, opts.atomic) == (
+        "all",
+        3,
+        True,
+        "2",
+        True,
     )
+    assert PublishOptions(extra={"s3": {"part_size": 5 << 20}}).s3 == {"part_size": 5 << 20}
+    with pytest.raises(OptionError, match="unknown publish option"):
+        PublishOptions(extra={"bogus": 1})
+    with pytest.raises(OptionError, match="unknown S3 setting"):
+        PublishOptions(s3={"part_sise": 1})
     from axon.cli.publish_cmds import build_options
 
     cli = build_options(fail_fast=True, min_success="50%", batch_size=2, atomic=False)
-    assert (cli.fail_fast, cli.min_success, cli.batch_size, cli.extra) == (True, "50%", 2, {})
-    assert ClusterOptions.from_options(cli) == ClusterOptions(
-        fail_fast=True, min_success="50%", batch_size=2
-    )
+    assert (cli.fail_fast, cli.min_success, cli.batch_size, cli.atomic) == (True, "50%", 2, False)
+    timed = build_options(timeout=3.0)
+    assert (timed.timeout, timed.override_timeout) == (3.0, True)
 
 
 def test_round_robin_position_persists_per_cluster(axon_home: Path) -> None:
@@ -168,8 +177,8 @@ def test_summary_marks_unused_members_without_calling_them_failures() -> None:
     results = [_result("a", False), _result("b", True), _result("c", False)]
     res = ClusterResult("prod", "first-available", results, states, 1, 1)
     assert res.ok and res.exit_code == EXIT_OK
-    lines = res.summary_lines()
-    assert any(line.strip() == "unused  c" for line in lines)
+    lines = res.lines()
+    assert any(line.text.strip() == "unused  c" and not line.error for line in lines)
     assert [r.target for r in res.failures] == ["a"]
 
 
@@ -207,7 +216,7 @@ def test_instance_line_folds_file_tasks_into_one_line_never_past_total() -> None
 
 
 def test_members_listed_twice_are_published_once() -> None:
-    from axon.publish.cluster import cluster_members
+    from axon.publish.members import cluster_members
     from axon.targets import ClusterTarget, InstanceTarget
 
     a = InstanceTarget("a", "http://127.0.0.1:1")

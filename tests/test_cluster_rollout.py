@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from axon.errors import EXIT_ALL_FAILED, EXIT_OK, EXIT_PARTIAL
-from axon.publish.cluster import cluster_status
+from axon.publish.matrix import cluster_status
 from modelpkg.refs import ModelRef
 from tests.helpers import write_config
 from tests.test_cluster_publish import (

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from axon.publish.plan import PublishOptions
+from axon.publish import PublishOptions
 from axon.publish.storage import publish_to_storage
 from axon.targets import InstanceTarget, StorageTarget
 from modelpkg.manifest import MANIFEST_NAME

@@ -16,7 +16,7 @@ from axon.errors import (
     TargetUnreachableError,
     TransportError,
 )
-from axon.publish.plan import PreparedModel, PublishOptions
+from axon.publish import PreparedModel, PublishOptions
 from axon.publish.storage import StorageResult, publish_to_storage
 from axon.targets import StorageTarget
 from axon.transports.s3 import S3Transport

@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from axon.publish.results import Line
 
 F = Callable[..., Any]
 
@@ -68,6 +71,16 @@ class Output:
         for row in rows:
             table.add_row(*("" if v is None else str(v) for v in row))
         console.print(table)
+
+    def summary(self, lines: Sequence[Line], *, ok: bool) -> None:
+        """A result's summary: its lines on stdout, error lines on stderr (``axon: error:``).
+        ``--quiet`` prints only the summary of a failure, all of it on stderr; ``--json``
+        prints none (the result object says it all)."""
+        if self.as_json or (self.quiet and ok):
+            return
+        for line in lines:
+            text = f"axon: error: {line.text}" if line.error else line.text
+            click.echo(text, err=self.quiet or line.error)
 
     def fields(self, pairs: Sequence[tuple[str, Any]]) -> None:
         """``key: value`` lines, aligned."""

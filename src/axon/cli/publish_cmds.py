@@ -17,18 +17,20 @@ from typing import Any, NoReturn
 
 import click
 
+from axon.cli.output import Output
 from axon.errors import EXIT_INTEGRITY, EXIT_NOT_FOUND, AxonError
+from axon.publish import (
+    PublishOptions,
+    PublishResult,
+    cluster_status_for,
+    publish,
+    register,
+    status,
+)
+from axon.publish.options import STRATEGIES
+from axon.publish.results import error_text, size_text
 
 DEFAULT_TARGET = "localhost"
-STRATEGIES = ("all", "first-available", "round-robin")
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"  # pragma: no cover
 
 
 def _fail(exc: AxonError, as_json: bool) -> NoReturn:
@@ -39,19 +41,8 @@ def _fail(exc: AxonError, as_json: bool) -> NoReturn:
     raise exc  # axon.cli.main prints the one line
 
 
-def _error_line(error: dict[str, Any], fallback_target: str) -> str:
-    target = error.get("target") or fallback_target
-    text = str(error.get("message") or error.get("type") or "failed")
-    if not text.startswith(str(target)):
-        text = f"{target}: {text}"
-    if error.get("hint"):
-        text += f" ({error['hint']})"
-    return text
-
-
-# ---- options shared by cluster and storage targets ---------------------------------------
-# Cluster (axon.publish.cluster) and storage (axon.publish.storage) controls, each landing on
-# the PublishOptions field of its name (a name without one goes to PublishOptions.extra).
+# ---- options of cluster targets -------------------------------------------------------------
+# Each lands on the PublishOptions field of its name (axon.publish.options checks them).
 TARGET_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--atomic", is_flag=True, help="Cluster: stage everywhere, then switch all."),
     click.option("--strategy", type=click.Choice(STRATEGIES), help="Cluster: override strategy."),
@@ -68,16 +59,15 @@ def _with_target_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def build_options(**values: Any) -> Any:
-    """PublishOptions from the parsed CLI values (unknown names go to ``extra``)."""
-    import dataclasses
+def build_options(**values: Any) -> PublishOptions:
+    """PublishOptions from the parsed CLI values (OptionError, exit 2, for contradictions).
 
-    from axon.publish import PublishOptions
-
-    known = {f.name for f in dataclasses.fields(PublishOptions)}
-    fields = {k: v for k, v in values.items() if k in known}
-    extra = {k: v for k, v in values.items() if k not in known and v not in (None, False)}
-    return PublishOptions(**fields, extra=extra)
+    ``--timeout`` given means it replaces each target's own timeout.
+    """
+    timeout = values.pop("timeout", None)
+    if timeout is not None:
+        values.update(timeout=timeout, override_timeout=True)
+    return PublishOptions(**values)
 
 
 @click.command("publish")
@@ -106,12 +96,10 @@ def build_options(**values: Any) -> Any:
 def publish_cmd(ref: str, target: str, as_json: bool, quiet: bool, **values: Any) -> None:
     """Publish a cached model REF (namespace/name[@version]) to an instance, a cluster or
     shared storage. Only what the target lacks is sent; the model becomes visible at once."""
-    from axon.publish import publish
-
-    timeout = values.pop("timeout")
-    if timeout is not None:
-        values.update(timeout=timeout, override_timeout=True)
-    options = build_options(**values)
+    try:
+        options = build_options(**values)
+    except AxonError as exc:
+        _fail(exc, as_json)
     try:
         with _progress(enabled=not (as_json or quiet or options.dry_run)) as progress:
             result = publish(ref, target, options, progress)
@@ -137,52 +125,26 @@ def _progress(*, enabled: bool) -> Any:
     return contextlib.nullcontext(NULL_PROGRESS)
 
 
-def _render_plans(result: Any) -> None:
+def _render_plans(result: PublishResult) -> None:
     for plan in result.plans:
         state = "unchanged, nothing to send" if plan.unchanged else "would send"
         click.echo(
             f"dry run: {result.model_id} -> {plan.target} ({plan.method}) {plan.location}: "
             f"{state} {plan.files_to_send}/{len(plan.files)} files, "
-            f"{_human_bytes(plan.bytes_to_send)}"
+            f"{size_text(plan.bytes_to_send)}"
         )
         for f in plan.files:
             mark = "send" if f.send else "skip"
-            click.echo(f"  {mark}  {f.path}  {_human_bytes(f.size)}")
-    for other in result.results:  # a cluster/storage module's own dry-run result
+            click.echo(f"  {mark}  {f.path}  {size_text(f.size)}")
+    for other in result.results:  # a target that could not even be planned
         click.echo(json.dumps(other.to_dict(), indent=2))
 
 
-def _render_results(result: Any, quiet: bool) -> None:
+def _render_results(result: PublishResult, quiet: bool) -> None:
+    """One summary per target (:meth:`Output.summary`: ``--quiet`` keeps the failures)."""
+    out = Output(quiet=quiet)
     for item in result.results:
-        if hasattr(item, "summary_lines"):  # a cluster (H7): n/N, then each instance's state
-            if not (quiet and item.ok):
-                click.echo(item.summary(), err=quiet)
-            continue
-        inner = getattr(item, "results", None)
-        for r in inner if isinstance(inner, list) else [item]:
-            _render_one(result.model_id, r, quiet)
-        summary = getattr(item, "summary", None)
-        if isinstance(inner, list) and not quiet:
-            text = summary() if callable(summary) else f"{item.__class__.__name__}: ok={item.ok}"
-            click.echo(text)
-
-
-def _render_one(model_id: str, r: Any, quiet: bool) -> None:
-    name = str(getattr(r, "target", "") or "")
-    if not getattr(r, "ok", False) and getattr(r, "error", None):
-        click.echo(f"axon: error: {_error_line(r.error, name)}", err=True)
-        return
-    if quiet:
-        return
-    sent, skipped = getattr(r, "files_sent", 0), getattr(r, "files_skipped", 0)
-    tail = " (unchanged: nothing sent)" if sent == 0 else ""
-    registered = ", registered" if getattr(r, "registered", False) else ""
-    click.echo(
-        f"published {model_id} -> {name} ({getattr(r, 'method', '?')}): {sent} sent, "
-        f"{skipped} skipped, {_human_bytes(getattr(r, 'bytes_sent', 0))} in "
-        f"{getattr(r, 'seconds', 0.0):.2f} s{registered}{tail}"
-    )
-    click.echo(f"  at {getattr(r, 'location', '')}")
+        out.summary(item.lines(result.model_id), ok=item.ok)
 
 
 @click.command("register")
@@ -197,8 +159,6 @@ def _render_one(model_id: str, r: Any, quiet: bool) -> None:
 def register_cmd(ref: str, target: str | None, as_json: bool) -> None:
     """Register REF with an MLOS Core instance that already has its files (upstream
     compatible: POST /models/register)."""
-    from axon.publish import register
-
     spec = target or os.environ.get("MLOS_CORE_ENDPOINT") or DEFAULT_TARGET
     try:
         answer = register(ref, spec)
@@ -221,9 +181,6 @@ def status_cmd(ref: str, target: str, as_json: bool, full_verify: bool) -> None:
     registered? Exit 0 when present and matching, 3 when absent, 5 when it differs.
     For a cluster: a matrix instance x (present, checksum ok, registered); exit 0 when every
     instance agrees, 9 when some do, 10 when none does."""
-    from axon.publish import status
-    from axon.publish.cluster import cluster_status_for
-
     try:
         matrix = cluster_status_for(ref, target, full=full_verify)
     except AxonError as exc:
@@ -250,5 +207,5 @@ def status_cmd(ref: str, target: str, as_json: bool, full_verify: bool) -> None:
         click.echo(f"{st.model_id} on {st.target} ({st.method}): not present")
     click.echo(f"  registered: {reg}")
     if st.error:
-        click.echo(f"  note: {_error_line(st.error, st.target)}", err=True)
+        click.echo(f"  note: {error_text(st.error, st.target)}", err=True)
     sys.exit(code)

@@ -4,21 +4,46 @@ One entry point, :func:`publish`: resolve the target, hash the model once
 (:func:`prepare_model`), then hand it to the module for the kind of target::
 
     InstanceTarget -> axon.publish.instance.publish_to_instance
-    ClusterTarget  -> axon.publish.cluster.publish_to_cluster    (imported when needed)
-    StorageTarget  -> axon.publish.storage.publish_to_storage    (imported when needed)
+    ClusterTarget  -> axon.publish.cluster.publish_to_cluster
+    StorageTarget  -> axon.publish.storage.publish_to_storage
 
-``--dry-run`` returns plans instead of results. :func:`register` and :func:`status` back
+Each returns a :class:`~axon.publish.results.TargetResult`; ``--dry-run`` returns plans
+instead. :func:`register`, :func:`status` and :func:`cluster_status_for` back
 ``axon register`` and ``axon status``.
+
+Modules, each calling only those below it::
+
+    __init__     this façade
+    cluster      strategies and quorum of a cluster publish, ClusterResult
+    storage      network storage: one write, then each reader told; StorageResult
+    rollout      fan-out, batches, all-or-nothing over a list of instances
+    undo         the previous version kept aside for --atomic
+    matrix       what each member of a cluster holds (axon status, checks between batches)
+    instance     one instance: stage (with retries and resume) -> commit -> notify
+    status       what one instance holds (axon status)
+    members      a cluster's static and discovered members
+    round_robin  the saved round-robin position of each cluster
+    notify       POST /models/register, NotifyError when it fails
+    plan         what a publish would send (--dry-run)
+    results      the result protocol, InstanceResult, PublishResult, member states
+    prepared     the model checked and hashed once
+    options      PublishOptions, checked when built
+
+The façade imports ``cluster``, ``storage`` and ``matrix`` when a call needs them:
+a single-instance publish, whose start-up is most of an unchanged re-publish, never loads
+their thread pools and subprocess machinery.
+
+Every HTTP call to an instance goes through :class:`axon.mlos_client.MlosClient`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from axon.errors import EXIT_ALL_FAILED, EXIT_PARTIAL, ConfigError
+from axon.cache import Cache
+from axon.config import load_config
+from axon.errors import ConfigError
 from axon.progress import NULL_PROGRESS, Progress
 from axon.publish.instance import (
     StagedPublish,
@@ -27,86 +52,29 @@ from axon.publish.instance import (
     stage_on_instance,
 )
 from axon.publish.notify import notify_instance
-from axon.publish.plan import (
-    InstancePlan,
-    InstanceResult,
-    InstanceStatus,
-    PreparedModel,
-    PublishOptions,
-    instance_status,
-    plan_instance,
-    prepare_model,
-)
+from axon.publish.options import PublishOptions
+from axon.publish.plan import InstancePlan, plan_instance
+from axon.publish.prepared import PreparedModel, prepare_model
+from axon.publish.results import InstanceResult, Line, PublishResult, TargetResult
+from axon.publish.status import InstanceStatus, instance_status
+from axon.targets import ClusterTarget, InstanceTarget, StorageTarget, resolve_target
+from axon.transports import transport_for
 from modelpkg.refs import ModelRef
 
 if TYPE_CHECKING:
-    from axon.cache import Cache
     from axon.config import Config
-    from axon.targets import InstanceTarget
-
-
-@dataclass
-class PublishResult:
-    """Everything one ``axon publish`` did: one result (or plan) per target, never hidden."""
-
-    model_id: str
-    target: str
-    dry_run: bool = False
-    results: list[Any] = field(default_factory=list)  # InstanceResult / ClusterResult / ...
-    plans: list[Any] = field(default_factory=list)  # InstancePlan (dry run)
-
-    @property
-    def ok(self) -> bool:
-        return all(bool(getattr(r, "ok", False)) for r in self.results)
-
-    @property
-    def exit_code(self) -> int:
-        """0 when all went well; one target: its own code; several: partial / all failed."""
-        failed = [r for r in self.results if not getattr(r, "ok", False)]
-        if not failed:
-            return 0
-        if len(self.results) == 1:
-            return int(getattr(failed[0], "exit_code", 0) or EXIT_ALL_FAILED)
-        return EXIT_ALL_FAILED if len(failed) == len(self.results) else EXIT_PARTIAL
-
-    def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "model_id": self.model_id,
-            "target": self.target,
-            "dry_run": self.dry_run,
-            "ok": self.ok,
-            "exit_code": self.exit_code,
-        }
-        if self.dry_run:
-            data["plans"] = [p.to_dict() for p in self.plans]
-        else:
-            data["results"] = [r.to_dict() for r in self.results]
-        return data
+    from axon.publish.cluster import ClusterResult
+    from axon.publish.matrix import StatusMatrix
+    from axon.publish.storage import StorageResult
 
 
 def _context(
     ref_or_str: ModelRef | str, config: Config | None, cache: Cache | None
 ) -> tuple[ModelRef, Config, Cache]:
-    from axon.cache import Cache
-    from axon.config import load_config
-
     ref = ref_or_str if isinstance(ref_or_str, ModelRef) else ModelRef.parse(ref_or_str)
     config = config if config is not None else load_config()
     cache = cache if cache is not None else Cache.from_config(config)
     return ref, config, cache
-
-
-def _kind_module(kind: str) -> Any:
-    """Import ``axon.publish.<kind>`` (cluster, storage) lazily, with a clear error if absent."""
-    try:
-        return importlib.import_module(f"axon.publish.{kind}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"axon.publish.{kind}":
-            raise
-        raise ConfigError(
-            f"publishing to a {kind} target is not available in this axon",
-            hint="upgrade axon-publish",
-        ) from exc
 
 
 def publish(
@@ -123,8 +91,6 @@ def publish(
     Raises for problems before any target is touched (bad reference, model not in the
     cache, integrity, unknown target); failures on targets are in the result.
     """
-    from axon.targets import ClusterTarget, InstanceTarget, StorageTarget, resolve_target
-
     options = options or PublishOptions()
     ref, config, cache = _context(ref_or_str, config, cache)
     target = resolve_target(target_spec, config)
@@ -147,28 +113,28 @@ def publish(
             outcome = publish_to_instance(model, target, options, progress, transport=early)
             result.results.append(outcome)
     elif isinstance(target, ClusterTarget):
-        outcome = _kind_module("cluster").publish_to_cluster(model, target, options, progress)
-        _collect(result, outcome)
+        from axon.publish.cluster import publish_to_cluster  # on first use: see above
+
+        _collect(result, publish_to_cluster(model, target, options, progress))
     elif isinstance(target, StorageTarget):
-        outcome = _kind_module("storage").publish_to_storage(model, target, options, progress)
-        _collect(result, outcome)
+        from axon.publish.storage import publish_to_storage  # on first use: see above
+
+        _collect(result, publish_to_storage(model, target, options, progress))
     else:  # pragma: no cover - resolve_target returns one of the three
         raise ConfigError(f"unsupported target type {type(target).__name__}", target=target_spec)
     return result
 
 
-def _collect(result: PublishResult, outcome: Any) -> None:
-    # cluster/storage modules return one result object; in a dry run it may carry plans
-    plans = getattr(outcome, "plans", None)
-    if result.dry_run and plans is not None:
-        result.plans.extend(plans)
-    if not result.dry_run or plans is None:
+def _collect(result: PublishResult, outcome: ClusterResult | StorageResult) -> None:
+    """A cluster or storage result; in a dry run its plans instead, when it has them (a
+    storage target that could not be planned reports its error as a result)."""
+    if result.dry_run and outcome.plans is not None:
+        result.plans.extend(outcome.plans)
+    else:
         result.results.append(outcome)
 
 
 def _instance(target_spec: str, config: Config) -> InstanceTarget:
-    from axon.targets import InstanceTarget, resolve_target
-
     target = resolve_target(target_spec, config)
     if not isinstance(target, InstanceTarget):
         raise ConfigError(
@@ -191,8 +157,6 @@ def register(
 
     ``path`` is the model directory on the instance when the target's storage is known.
     """
-    from axon.transports import transport_for
-
     ref, config, cache = _context(ref_or_str, config, cache)
     target = _instance(target_spec, config)
     manifest = None
@@ -218,14 +182,39 @@ def status(
     return instance_status(model, target)
 
 
+def cluster_status_for(
+    ref_or_str: ModelRef | str,
+    target_spec: str,
+    *,
+    config: Config | None = None,
+    cache: Cache | None = None,
+    full: bool = False,
+) -> StatusMatrix | None:
+    """The status matrix when ``target_spec`` names a cluster; None for any other target
+    (:func:`status` handles a single instance). The model must be in the cache: its
+    checksums are what every instance is compared with."""
+    from axon.publish.matrix import cluster_status  # on first use: see the module docstring
+
+    config = config if config is not None else load_config()
+    target = resolve_target(target_spec, config)
+    if not isinstance(target, ClusterTarget):
+        return None
+    ref, config, cache = _context(ref_or_str, config, cache)
+    model = prepare_model(cache, ref, validate=True, full=full)
+    return cluster_status(model, target)
+
+
 __all__ = [
     "InstancePlan",
     "InstanceResult",
     "InstanceStatus",
+    "Line",
     "PreparedModel",
     "PublishOptions",
     "PublishResult",
     "StagedPublish",
+    "TargetResult",
+    "cluster_status_for",
     "instance_status",
     "notify_instance",
     "plan_instance",

@@ -1,9 +1,9 @@
 """Publishing one model to a cluster: which instances, how many at once, what counts as
 success.
 
-The model is validated and hashed once (a :class:`~axon.publish.plan.PreparedModel`); each
-instance then gets its own :func:`~axon.publish.instance.publish_to_instance`, in parallel,
-each bounded by its own timeouts, so a dead instance never holds up the others.
+The model is validated and hashed once (a :class:`~axon.publish.prepared.PreparedModel`);
+each instance then gets its own :func:`~axon.publish.instance.publish_to_instance`, in
+parallel, each bounded by its own timeouts, so a dead instance never holds up the others.
 
 Strategies (``strategy:`` in the config, ``--strategy`` on the command line)::
 
@@ -11,8 +11,7 @@ Strategies (``strategy:`` in the config, ``--strategy`` on the command line)::
     first-available  members in order, skipping those whose GET /health is not healthy,
                      until one succeeds
     round-robin      like first-available, but starting at the member after the one that
-                     got the previous publish; the position is kept per cluster in
-                     <AXON_HOME>/state/round-robin.json
+                     got the previous publish (:mod:`axon.publish.round_robin`)
 
 Rollout control (strategy ``all`` only): ``--batch-size N`` publishes N at a time and checks
 each batch (healthy, registered, right checksum) before the next; ``--atomic`` stages on
@@ -24,84 +23,57 @@ but not enough did, 10 (EXIT_ALL_FAILED) when none did.
 
 from __future__ import annotations
 
-import dataclasses
-import fcntl
-import json
-import math
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from axon.errors import (
-    EXIT_ALL_FAILED,
-    EXIT_OK,
-    EXIT_PARTIAL,
-    AxonError,
-    ConfigError,
-    OptionError,
-)
+from axon.errors import EXIT_ALL_FAILED, EXIT_OK, EXIT_PARTIAL, AxonError, ConfigError
 from axon.progress import NULL_PROGRESS, Progress
-from axon.publish import cluster_status as probes
-from axon.publish import rollout
-from axon.publish.cluster_status import StatusMatrix, cluster_status, cluster_status_for
-from axon.publish.rollout import (
+from axon.publish.instance import StagedPublish, publish_to_instance, stage_on_instance
+from axon.publish.matrix import StatusMatrix, status_matrix, verify_published
+from axon.publish.members import cluster_members
+from axon.publish.options import PublishOptions, parse_min_success
+from axon.publish.plan import InstancePlan, plan_instance
+from axon.publish.prepared import PreparedModel
+from axon.publish.results import (
     CANCELLED,
     FAILED,
     PUBLISHED,
     UNHEALTHY,
     UNUSED,
+    InstanceResult,
+    Line,
+    reason,
+    state_error,
+)
+from axon.publish.rollout import (
     InstanceLine,
     RolloutOutcome,
+    StageWork,
+    Work,
+    fan_out,
+    parallel_map,
+    run_atomic,
+    run_batches,
+    run_guarded,
 )
-from modelpkg.atomic import atomic_write_text
+from axon.publish.round_robin import round_robin_claim, round_robin_record, round_robin_start
+from axon.publish.status import health_problem
 
 if TYPE_CHECKING:
-    from axon.publish.plan import InstanceResult, PreparedModel, PublishOptions
     from axon.targets import ClusterTarget, InstanceTarget
 
-STRATEGIES = ("all", "first-available", "round-robin")
 # Instances published at once by default. Each in-flight instance costs one thread and a
 # few MiB of buffers; waiting costs a whole extra round on slow links, so be generous.
 DEFAULT_MAX_PARALLEL = 16
-STATE_FILE = "round-robin.json"
-
-
-@dataclass
-class ClusterOptions:
-    """The cluster controls of a publish. Read from the same-named ``PublishOptions`` fields
-    (or a ``PublishOptions.cluster`` of this type) by :meth:`from_options`."""
-
-    strategy: str | None = None  # overrides the cluster's own
-    max_parallel: int | None = None  # default: the cluster's, else min(16, members)
-    fail_fast: bool = False
-    min_success: str | int | None = None  # "N" or "P%"; default: every targeted member
-    batch_size: int | None = None
-    atomic: bool = False
-
-    @classmethod
-    def from_options(cls, options: Any) -> ClusterOptions:
-        nested = getattr(options, "cluster", None)
-        if isinstance(nested, ClusterOptions):
-            return nested
-        extra = getattr(options, "extra", None) or {}
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            value = getattr(options, f.name, f.default)
-            if value == f.default:  # older callers put some of these in ``extra``
-                value = extra.get(f.name, f.default)
-            values[f.name] = value
-        return cls(**values)
 
 
 @dataclass
 class ClusterResult:
     """The outcome of a cluster publish: one InstanceResult and one state per member.
 
-    ``states`` values are those of :mod:`axon.publish.rollout` (published, failed,
+    ``states`` values are those of :mod:`axon.publish.results` (published, failed,
     unhealthy, cancelled, not-started, unused, aborted, rolled-back); only ``published``
     counts as a success.
     """
@@ -116,7 +88,7 @@ class ClusterResult:
     stopped: str | None = None  # why a rollout stopped early
     batches: list[list[str]] = field(default_factory=list)
     matrix: StatusMatrix | None = None  # who has what, after a stopped rollout
-    plans: list[Any] | None = None  # --dry-run: an InstancePlan per member that would get it
+    plans: list[InstancePlan] | None = None  # --dry-run: one per member that would get it
 
     @property
     def total(self) -> int:
@@ -128,7 +100,7 @@ class ClusterResult:
 
     @property
     def failures(self) -> list[InstanceResult]:
-        return [r for r in self.results if self.states.get(_name(r)) == FAILED]
+        return [r for r in self.results if self.states.get(r.target) == FAILED]
 
     @property
     def ok(self) -> bool:
@@ -151,7 +123,7 @@ class ClusterResult:
         instances = []
         for r in self.results:
             item = r.to_dict()
-            item["state"] = self.states.get(_name(r), FAILED)
+            item["state"] = self.states.get(r.target, FAILED)
             instances.append(item)
         return {
             "type": "cluster",
@@ -170,180 +142,33 @@ class ClusterResult:
             "matrix": self.matrix.to_dict() if self.matrix else None,
         }
 
-    def summary(self) -> str:
-        """:meth:`summary_lines` as one text (what ``axon publish`` prints)."""
-        return "\n".join(self.summary_lines())
-
-    def summary_lines(self) -> list[str]:
-        """The seed's summary as plain text: succeeded n/N, then each failure and its reason."""
+    def lines(self, model_id: str = "") -> list[Line]:
+        """Succeeded n/N, then each member's state (and why it failed), then the matrix."""
         head = f"cluster {self.cluster} ({self.strategy}): succeeded {self.succeeded}/{self.total}"
         if self.required != self.total:
             head += f" (needs {self.required})"
         lines = [head + (" - ok" if self.ok else f" - {self.outcome.upper()}")]
         for r in self.results:
-            state = self.states.get(_name(r), FAILED)
+            state = self.states.get(r.target, FAILED)
             if state == PUBLISHED:
                 mib = r.bytes_sent / 2**20
                 lines.append(
-                    f"  ok      {_name(r)}: {r.files_sent} sent, {r.files_skipped} skipped, "
+                    f"  ok      {r.target}: {r.files_sent} sent, {r.files_skipped} skipped, "
                     f"{mib:.1f} MiB in {r.seconds:.1f} s"
                 )
             elif state == UNUSED:
-                lines.append(f"  unused  {_name(r)}")
+                lines.append(f"  unused  {r.target}")
             else:
-                lines.append(f"  {state:7} {_name(r)}: {rollout.reason(r)}")
+                lines.append(f"  {state:7} {r.target}: {reason(r)}")
         if self.stopped:
             lines.append(f"  {self.stopped}")
         if self.matrix:
             lines += self.matrix.lines()
-        return lines
+        return [Line(text) for text in lines]
 
-
-def _name(result: InstanceResult) -> str:
-    target = result.target
-    return target if isinstance(target, str) else str(getattr(target, "name", target))
-
-
-# ---- options --------------------------------------------------------------------------------
-def parse_min_success(value: str | int | None, wanted: int) -> int:
-    """``None`` -> ``wanted``; ``"2"`` -> 2; ``"60%"`` -> ceil(60% of ``wanted``), at least 1."""
-    if value is None or value == "":
-        return wanted
-    text = str(value).strip()
-    try:
-        if text.endswith("%"):
-            pct = float(text[:-1])
-            if not 0 < pct <= 100:
-                raise ValueError(text)
-            return max(1, math.ceil(wanted * pct / 100 - 1e-9))
-        count = int(text)
-    except ValueError:
-        raise OptionError(
-            f"--min-success {value!r} is neither a count nor a percentage",
-            hint="use e.g. --min-success 2 or --min-success 60%",
-        ) from None
-    if count < 1 or count > wanted:
-        raise OptionError(
-            f"--min-success {count} is outside 1..{wanted} (the members targeted)",
-            hint=f"use a count from 1 to {wanted}, or a percentage",
-        )
-    return count
-
-
-def _check_options(opts: ClusterOptions, strategy: str) -> None:
-    if strategy not in STRATEGIES:
-        raise OptionError(
-            f"unknown cluster strategy {strategy!r}", hint=f"use one of: {', '.join(STRATEGIES)}"
-        )
-    if opts.batch_size is not None and opts.batch_size < 1:
-        raise OptionError(f"--batch-size {opts.batch_size} must be at least 1")
-    if opts.max_parallel is not None and opts.max_parallel < 1:
-        raise OptionError(f"--max-parallel {opts.max_parallel} must be at least 1")
-    if opts.atomic and opts.batch_size:
-        raise OptionError(
-            "--atomic and --batch-size cannot be combined",
-            hint="--atomic switches every instance at once; drop one of them",
-        )
-    if strategy != "all" and (opts.atomic or opts.batch_size):
-        raise OptionError(
-            f"--atomic and --batch-size need strategy 'all', not {strategy!r}",
-            hint="add --strategy all",
-        )
-
-
-# ---- members --------------------------------------------------------------------------------
-def cluster_members(cluster: ClusterTarget, *, timeout: float = 5.0) -> list[InstanceTarget]:
-    """The static members, then those found by ``cluster.discovery``. A member listed twice
-    (same place) is published once; a discovered member whose endpoint is already listed is
-    skipped. Discovered members take the cluster's access settings (``template``), or the
-    first static member's, or the API."""
-    members: list[InstanceTarget] = []
-    places = set()
-    for member in cluster.instances:
-        place = (member.endpoint.rstrip("/"), member.access_method, member.storage_path)
-        if place not in places and member.name not in {m.name for m in members}:
-            places.add(place)
-            members.append(member)
-    if cluster.discovery:
-        from axon.discovery import discover, member_target
-
-        template = getattr(cluster, "template", None) or (members[0] if members else None)
-        seen = {m.endpoint.rstrip("/") for m in members}
-        names = {m.name for m in members}
-        for found in discover(cluster.discovery, cluster.name, timeout=timeout):
-            if found.endpoint.rstrip("/") in seen:
-                continue
-            seen.add(found.endpoint.rstrip("/"))
-            member = member_target(found, template)
-            if member.name in names:  # two records with one id: keep both, distinguishable
-                member = dataclasses.replace(member, name=f"{member.name}@{member.endpoint}")
-            names.add(member.name)
-            members.append(member)
-    return members
-
-
-# ---- round-robin position -------------------------------------------------------------------
-def _state_path() -> Path:
-    from axon.config import axon_home
-
-    return axon_home() / "state" / STATE_FILE
-
-
-@contextmanager
-def _locked_state() -> Iterator[dict[str, Any]]:
-    """The round-robin state, locked against concurrent publishes; written back atomically."""
-    path = _state_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            state = json.loads(path.read_text()) if path.exists() else {}
-        except (OSError, ValueError):
-            state = {}  # a damaged state file only costs the position
-        if not isinstance(state.get("clusters"), dict):
-            state = {"version": 1, "clusters": {}}
-        before = json.dumps(state, sort_keys=True)
-        yield state
-        if json.dumps(state, sort_keys=True) != before:
-            atomic_write_text(path, json.dumps(state, indent=2, sort_keys=True) + "\n")
-
-
-def round_robin_start(cluster: str, count: int) -> int:
-    """Index of the member the next round-robin publish to ``cluster`` starts at (a peek,
-    for plans: :func:`round_robin_claim` is what a publish calls)."""
-    with _locked_state() as state:
-        entry = state["clusters"].get(cluster) or {}
-        return int(entry.get("next", 0)) % max(count, 1)
-
-
-def round_robin_claim(cluster: str, count: int) -> int:
-    """The member index this publish starts at, moving the position past it in the same
-    locked step: a concurrent publish to the cluster starts at the member after."""
-    count = max(count, 1)
-    with _locked_state() as state:
-        entry = dict(state["clusters"].get(cluster) or {})
-        start = int(entry.get("next", 0)) % count
-        entry["next"] = (start + 1) % count
-        state["clusters"][cluster] = entry
-        return start
-
-
-def round_robin_record(
-    cluster: str, used: int, count: int, member: str, claimed: int | None = None
-) -> None:
-    """``used`` took the model: the next publish starts after it. With ``claimed`` (the
-    start this publish claimed), only while no other publish claimed a start since."""
-    count = max(count, 1)
-    with _locked_state() as state:
-        entry = state["clusters"].get(cluster) or {}
-        nxt = int(entry.get("next", 0)) % count
-        if claimed is None or nxt == (claimed + 1) % count:
-            nxt = (used + 1) % count
-        state["clusters"][cluster] = {
-            "next": nxt,
-            "last": member,
-            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
+    def summary(self) -> str:
+        """:meth:`lines` as one text."""
+        return "\n".join(line.text for line in self.lines())
 
 
 # ---- publish --------------------------------------------------------------------------------
@@ -356,12 +181,12 @@ def publish_to_cluster(
     """Publish ``model`` (prepared once) to the members of ``cluster``; one result each.
 
     Never raises because members failed: see :attr:`ClusterResult.exit_code`. Raises
-    OptionError for contradicting options and DiscoveryError when discovery fails.
+    OptionError for options that contradict the cluster's strategy, ConfigError for a
+    cluster without members and DiscoveryError when discovery fails.
     """
     started = time.monotonic()
-    opts = ClusterOptions.from_options(options)
-    strategy = opts.strategy or cluster.strategy or "all"
-    _check_options(opts, strategy)
+    strategy = options.strategy or cluster.strategy or "all"
+    options.check(strategy)
     members = cluster_members(cluster, timeout=min(options.timeout, 10.0))
     if not members:
         raise ConfigError(
@@ -370,42 +195,34 @@ def publish_to_cluster(
             hint="list instances under the cluster in config.yaml, or give it a discovery URI",
         )
     wanted = len(members) if strategy == "all" else 1
-    required = parse_min_success(opts.min_success, wanted)
-    parallel = opts.max_parallel or cluster.max_parallel or min(DEFAULT_MAX_PARALLEL, len(members))
+    required = parse_min_success(options.min_success, wanted)
+    parallel = (
+        options.max_parallel or cluster.max_parallel or min(DEFAULT_MAX_PARALLEL, len(members))
+    )
+    result = ClusterResult(cluster.name, strategy, [], {}, required, wanted)
     if options.dry_run:
-        return _dry_run(model, cluster, members, strategy, required, wanted, parallel)
+        result.plans = _plans(model, cluster, members, strategy, parallel)
+        return result
     if strategy == "all":
-        outcome = _publish_all(model, cluster, members, options, opts, parallel, progress)
+        outcome = _publish_all(model, members, options, parallel, progress)
     else:
         outcome = _publish_one(model, cluster, members, options, strategy, progress)
-    result = ClusterResult(
-        cluster=cluster.name,
-        strategy=strategy,
-        results=[outcome.results[m.name] for m in members],
-        states=outcome.states,
-        required=required,
-        wanted=wanted,
-        stopped=outcome.stopped,
-        batches=outcome.batches,
-    )
-    if outcome.stopped and opts.batch_size:
-        result.matrix = probes.status_matrix(cluster.name, members, model, max_parallel=parallel)
+    result.results = [outcome.results[m.name] for m in members]
+    result.states, result.stopped, result.batches = outcome.states, outcome.stopped, outcome.batches
+    if outcome.stopped and options.batch_size:
+        result.matrix = status_matrix(cluster.name, members, model, max_parallel=parallel)
     result.seconds = time.monotonic() - started
     return result
 
 
-def _dry_run(
+def _plans(
     model: PreparedModel,
     cluster: ClusterTarget,
     members: list[InstanceTarget],
     strategy: str,
-    required: int,
-    wanted: int,
     parallel: int,
-) -> ClusterResult:
+) -> list[InstancePlan]:
     """Plans only: every member for ``all``, else the member the strategy would try first."""
-    from axon.publish.plan import InstancePlan, plan_instance
-
     if strategy != "all" and members:
         start = round_robin_start(cluster.name, len(members)) if strategy == "round-robin" else 0
         members = [members[start]]
@@ -417,10 +234,8 @@ def _dry_run(
             where = f"cannot plan: {exc}"
             return InstancePlan(target.name, target.access_method, where, None, [], False)
 
-    plans = list(rollout.parallel_map(members, plan, parallel).values())
-    result = ClusterResult(cluster.name, strategy, [], {}, required, wanted)
-    result.plans = [value for value, _exc in plans]
-    return result
+    plans = parallel_map(members, plan, parallel).values()
+    return [value for value, _exc in plans]
 
 
 def _instance_work(
@@ -428,63 +243,69 @@ def _instance_work(
     options: PublishOptions,
     progress: Progress,
     cancel: threading.Event | None = None,
-) -> rollout.Work:
-    from axon.publish.instance import publish_to_instance
+) -> Work:
+    """Publish to one member on a progress line of its own."""
 
     def work(target: InstanceTarget) -> InstanceResult:
         line = InstanceLine(progress, target.name, model.total_bytes, cancel)
         line.start(f"{target.name} ({target.access_method})")
         result = publish_to_instance(model, target, options, line)
-        line.finish(ok=result.ok, note="" if result.ok else rollout.reason(result))
+        line.finish(ok=result.ok, note="" if result.ok else reason(result))
         return result
 
     return work
 
 
+def _stage_work(
+    model: PreparedModel, options: PublishOptions, progress: Progress, cancel: threading.Event
+) -> StageWork:
+    """Stage on one member (``--atomic``) on a progress line of its own."""
+
+    def stage(target: InstanceTarget) -> StagedPublish:
+        line = InstanceLine(progress, target.name, model.total_bytes, cancel)
+        line.start(f"{target.name} (staging)")
+        try:
+            staged = stage_on_instance(model, target, options, line)
+        except Exception as exc:
+            line.finish(ok=False, note=str(exc))
+            raise
+        line.finish(ok=True, note="staged")
+        return staged
+
+    return stage
+
+
 def _publish_all(
     model: PreparedModel,
-    cluster: ClusterTarget,
     members: list[InstanceTarget],
     options: PublishOptions,
-    opts: ClusterOptions,
     parallel: int,
     progress: Progress,
 ) -> RolloutOutcome:
+    """Strategy ``all``: every member at once, in batches, or all-or-nothing."""
     cancel = threading.Event()  # Ctrl-C: instances still sending stop at their next chunk
-    if opts.atomic:
-        from axon.publish.instance import stage_on_instance
-
-        def stage(target: InstanceTarget) -> Any:
-            line = InstanceLine(progress, target.name, model.total_bytes, cancel)
-            line.start(f"{target.name} (staging)")
-            try:
-                staged = stage_on_instance(model, target, options, line)
-            except Exception as exc:
-                line.finish(ok=False, note=str(exc))
-                raise
-            line.finish(ok=True, note="staged")
-            return staged
-
-        return rollout.run_atomic(members, stage, model.ref, max_parallel=parallel, cancel=cancel)
+    if options.atomic:
+        stage = _stage_work(model, options, progress, cancel)
+        return run_atomic(members, stage, model.ref, max_parallel=parallel, cancel=cancel)
     work = _instance_work(model, options, progress, cancel)
-    if opts.batch_size:
-        return rollout.run_batches(
+    if options.batch_size:
+        return run_batches(
             members,
             work,
-            lambda t: probes.verify_published(model, t),
-            batch_size=opts.batch_size,
+            lambda t: verify_published(model, t),
+            batch_size=options.batch_size,
             max_parallel=parallel,
-            fail_fast=opts.fail_fast,
+            fail_fast=options.fail_fast,
             cancel=cancel,
         )
     out = RolloutOutcome(batches=[[m.name for m in members]])
-    results = rollout.fan_out(
-        members, work, max_parallel=parallel, fail_fast=opts.fail_fast, cancel=cancel
+    results = fan_out(
+        members, work, max_parallel=parallel, fail_fast=options.fail_fast, cancel=cancel
     )
     for m in members:
         result = results[m.name]
         if result is None:
-            out.put(m, rollout.state_error(m, CANCELLED, "cancelled by --fail-fast"), CANCELLED)
+            out.put(m, state_error(m, CANCELLED, "cancelled by --fail-fast"), CANCELLED)
         else:
             out.put(m, result, PUBLISHED if result.ok else FAILED)
     return out
@@ -508,14 +329,14 @@ def _publish_one(
     for target in order:
         if chosen is not None:
             msg = f"not needed: {chosen.name} has the model ({strategy})"
-            out.put(target, rollout.state_error(target, UNUSED, msg), UNUSED)
+            out.put(target, state_error(target, UNUSED, msg), UNUSED)
             continue
-        problem = probes.health_problem(target, timeout=min(options.timeout, 5.0))
+        problem = health_problem(target, timeout=min(options.timeout, 5.0))
         if problem:
-            out.put(target, rollout.state_error(target, UNHEALTHY, problem), UNHEALTHY)
+            out.put(target, state_error(target, UNHEALTHY, problem), UNHEALTHY)
             continue
         out.batches.append([target.name])
-        result = rollout.run_guarded(work, target)
+        result = run_guarded(work, target)
         out.put(target, result, PUBLISHED if result.ok else FAILED)
         if result.ok:
             chosen = target
@@ -525,17 +346,4 @@ def _publish_one(
     return out
 
 
-__all__ = [
-    "STRATEGIES",
-    "ClusterOptions",
-    "ClusterResult",
-    "StatusMatrix",
-    "cluster_members",
-    "cluster_status",
-    "cluster_status_for",
-    "parse_min_success",
-    "publish_to_cluster",
-    "round_robin_claim",
-    "round_robin_record",
-    "round_robin_start",
-]
+__all__ = ["DEFAULT_MAX_PARALLEL", "ClusterResult", "publish_to_cluster"]

@@ -17,8 +17,9 @@ import contextlib
 import dataclasses
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeVar
 
 from axon.errors import (
     AuthenticationError,
@@ -32,11 +33,17 @@ from axon.errors import (
 )
 from axon.progress import NULL_PROGRESS, Progress
 from axon.publish.notify import notify_instance
-from axon.publish.plan import InstanceResult, PreparedModel, PublishOptions
+from axon.publish.options import PublishOptions
+from axon.publish.prepared import PreparedModel
+from axon.publish.results import InstanceResult
+from axon.transports import transport_for
 from axon.transports.base import CommitInfo, Session, Transport
 
 if TYPE_CHECKING:
     from axon.targets import InstanceTarget
+    from modelpkg.manifest import FileEntry
+
+T = TypeVar("T")
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -109,7 +116,7 @@ class StagedPublish:
         if self._prepare:
             session.prepare()
 
-    def _send(self, session: Session, entry: Any) -> None:
+    def _send(self, session: Session, entry: FileEntry) -> None:
         key = f"{self.target.name}:{entry.path}"
         offset = session.offset(entry)
         self.progress.begin(key, entry.path, entry.size)
@@ -133,7 +140,7 @@ class StagedPublish:
         self.counters.sent_sha.add(entry.sha256)
         self.progress.end(key, note="resumed" if offset else "")
 
-    def _retrying(self, step: Any) -> Any:
+    def _retrying(self, step: Callable[[], T]) -> T:
         delay = self.options.backoff
         for attempt in range(self.options.retries + 1):
             try:
@@ -155,7 +162,7 @@ class StagedPublish:
     # ---- commit / abort ------------------------------------------------------------
     def commit(self) -> InstanceResult:
         """Make the model visible, then notify unless the target registered it itself."""
-        info: CommitInfo = self._retrying(self._attempt_commit)
+        info = self._retrying(self._attempt_commit)
         result = self._result(info)
         if info.registered:
             result.registered = result.notified = True
@@ -226,8 +233,6 @@ def stage_on_instance(
     transport: Transport | None = None,
 ) -> StagedPublish:
     """Send and stage ``model`` on ``target`` without making it visible (raises on failure)."""
-    from axon.transports import transport_for
-
     target = _effective(target, options)
     staged = StagedPublish(model, target, options, progress, transport or transport_for(target))
     try:
@@ -242,8 +247,6 @@ def early_transport(target: InstanceTarget, options: PublishOptions) -> Transpor
     """The transport for ``target``, already connecting (see :meth:`Transport.connect_early`)
     while the caller validates the model; hand it to :func:`publish_to_instance`. None when
     it cannot be built yet (publish_to_instance then reports why)."""
-    from axon.transports import transport_for
-
     try:
         transport = transport_for(_effective(target, options))
     except AxonError:
@@ -264,8 +267,6 @@ def publish_to_instance(
 
     ``transport`` (from :func:`early_transport`) is used and closed; default: a new one.
     """
-    from axon.transports import transport_for
-
     started = time.monotonic()
     target = _effective(target, options)
     staged: StagedPublish | None = None

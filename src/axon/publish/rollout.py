@@ -2,11 +2,11 @@
 
 :mod:`axon.publish.cluster` decides *which* instances get the model and *what counts as
 success*; this module does the work on a given list of instances and reports per instance.
-Probes and the status matrix are in :mod:`axon.publish.cluster_status`, undo for
-``--atomic`` in :mod:`axon.publish.undo`.
+The checks between batches are passed in (from :mod:`axon.publish.status`); undo for
+``--atomic`` is :mod:`axon.publish.undo`.
 
 Nothing here ever raises because one instance failed: every failure becomes that instance's
-:class:`~axon.publish.plan.InstanceResult` with an ``error`` dict, so one dead instance
+:class:`~axon.publish.results.InstanceResult` with an ``error`` dict, so one dead instance
 never hides what happened on the others.
 
 All-or-nothing::
@@ -26,90 +26,27 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from axon.errors import AxonError, InterruptedPublish, RemoteError
+from axon.errors import InterruptedPublish, RemoteError
 from axon.progress import Progress
+from axon.publish.results import (
+    ABORTED,
+    CANCELLED,
+    FAILED,
+    NOT_STARTED,
+    PUBLISHED,
+    ROLLED_BACK,
+    InstanceResult,
+    error_dict,
+    failed_result,
+    mark_failed,
+    state_error,
+)
 from axon.publish.undo import Backup
 
 if TYPE_CHECKING:
-    from axon.publish.plan import InstanceResult
+    from axon.publish.instance import StagedPublish
     from axon.targets import InstanceTarget
     from modelpkg.refs import ModelRef
-
-# Per-instance states in a ClusterResult. Only PUBLISHED counts as a success.
-PUBLISHED = "published"
-FAILED = "failed"
-UNHEALTHY = "unhealthy"  # skipped: GET /health did not answer "healthy"
-CANCELLED = "cancelled"  # --fail-fast: never started
-NOT_STARTED = "not-started"  # a batch before it failed: still on its previous version
-UNUSED = "unused"  # first-available / round-robin: an earlier instance took the model
-ABORTED = "aborted"  # --atomic: staged, then dropped because another instance failed
-ROLLED_BACK = "rolled-back"  # --atomic: switched, then switched back
-
-
-# ---- results for instances that did not (fully) run ----------------------------------------
-def error_dict(exc: BaseException, target: str) -> dict[str, Any]:
-    """The ``error`` of an InstanceResult, from any exception (AxonError keeps its fields)."""
-    if isinstance(exc, AxonError):
-        data = exc.to_dict()
-        data.setdefault("target", target)
-        data.setdefault("exit_code", exc.exit_code)
-        return data
-    return {"type": type(exc).__name__, "message": str(exc) or repr(exc), "target": target}
-
-
-def failed_result(
-    target: InstanceTarget, error: dict[str, Any], seconds: float = 0.0
-) -> InstanceResult:
-    """An InstanceResult for an instance where nothing (more) was published."""
-    from axon.errors import EXIT_TRANSPORT
-    from axon.publish.plan import InstanceResult
-
-    return InstanceResult(
-        target=target.name,
-        method=target.access_method,
-        location=target.endpoint,
-        path=None,
-        files_sent=0,
-        files_skipped=0,
-        bytes_sent=0,
-        seconds=seconds,
-        notified=False,
-        registered=False,
-        error=error,
-        ok=False,
-        exit_code=int(error.get("exit_code", EXIT_TRANSPORT)),
-    )
-
-
-def state_error(target: InstanceTarget, state: str, message: str) -> InstanceResult:
-    """The result of a member that was not (fully) published, for a reason named ``state``.
-
-    Its ``exit_code``: 7 for an unhealthy member, 0 for one a pick-one strategy did not
-    need, else 9 (it is part of a cluster publish that did not complete)."""
-    from axon.errors import EXIT_OK, EXIT_PARTIAL, EXIT_TRANSPORT
-
-    code = {UNHEALTHY: EXIT_TRANSPORT, UNUSED: EXIT_OK}.get(state, EXIT_PARTIAL)
-    error = {"type": state, "message": message, "target": target.name, "exit_code": code}
-    return failed_result(target, error)
-
-
-def mark_failed(result: InstanceResult, error: dict[str, Any]) -> InstanceResult:
-    """The same result, now failed with ``error`` (e.g. verification after a batch)."""
-    from axon.errors import EXIT_INTEGRITY
-
-    result.error = error
-    result.ok = False
-    result.exit_code = int(error.get("exit_code", EXIT_INTEGRITY))
-    return result
-
-
-def reason(result: InstanceResult) -> str:
-    """One line: why this instance failed."""
-    err = result.error or {}
-    text = str(err.get("message") or err.get("type") or "failed")
-    if err.get("hint"):
-        text += f" ({err['hint']})"
-    return text
 
 
 # ---- progress: one line per instance --------------------------------------------------------
@@ -158,7 +95,8 @@ class InstanceLine:
 
 
 # ---- fan-out --------------------------------------------------------------------------------
-Work = Callable[["InstanceTarget"], "InstanceResult"]
+Work = Callable[["InstanceTarget"], "InstanceResult"]  # publish to one instance
+StageWork = Callable[["InstanceTarget"], "StagedPublish"]  # stage on one (--atomic)
 
 
 def run_guarded(work: Work, target: InstanceTarget) -> InstanceResult:
@@ -287,23 +225,7 @@ def run_batches(
         results = fan_out(
             batch, work, max_parallel=max_parallel, fail_fast=fail_fast, cancel=cancel
         )
-        checks = parallel_map(
-            [t for t in batch if (r := results[t.name]) is not None and r.ok],
-            verify,
-            max_parallel,
-        )
-        bad = []
-        for t in batch:
-            result = results[t.name]
-            if result is None:
-                out.put(t, state_error(t, CANCELLED, "cancelled by --fail-fast"), CANCELLED)
-                continue
-            problem, exc = checks.get(t.name, (None, None))
-            if exc is not None or problem:
-                mark_failed(result, {"type": "VerificationError", "message": problem or str(exc)})
-            out.put(t, result, PUBLISHED if result.ok else FAILED)
-            if not result.ok:
-                bad.append(t.name)
+        bad = _check_batch(batch, results, verify, max_parallel, out)
         if bad:
             out.stopped = (
                 f"rollout stopped after batch {number}/{len(batches)}: "
@@ -317,18 +239,46 @@ def run_batches(
     return out
 
 
+def _check_batch(
+    batch: list[InstanceTarget],
+    results: dict[str, InstanceResult | None],
+    verify: Callable[[InstanceTarget], str | None],
+    max_parallel: int,
+    out: RolloutOutcome,
+) -> list[str]:
+    """Verify the members of a batch that published, record each one's state in ``out``;
+    the names of those that failed (publishing or verification)."""
+    checks = parallel_map(
+        [t for t in batch if (r := results[t.name]) is not None and r.ok],
+        verify,
+        max_parallel,
+    )
+    bad = []
+    for t in batch:
+        result = results[t.name]
+        if result is None:
+            out.put(t, state_error(t, CANCELLED, "cancelled by --fail-fast"), CANCELLED)
+            continue
+        problem, exc = checks.get(t.name, (None, None))
+        if exc is not None or problem:
+            mark_failed(result, {"type": "VerificationError", "message": problem or str(exc)})
+        out.put(t, result, PUBLISHED if result.ok else FAILED)
+        if not result.ok:
+            bad.append(t.name)
+    return bad
+
+
 def run_atomic(
     members: list[InstanceTarget],
-    stage: Callable[[InstanceTarget], Any],
+    stage: StageWork,
     ref: ModelRef,
     *,
     max_parallel: int,
     cancel: threading.Event | None = None,
 ) -> RolloutOutcome:
     """Stage on every instance; only if all staged, commit on all; if a commit fails, put the
-    committed instances back on their previous version. ``stage`` returns an object with
-    ``commit()`` (-> InstanceResult) and ``abort()`` (H4's StagedPublish). Ctrl-C sets
-    ``cancel`` while staging; the switch itself is never interrupted half-way."""
+    committed instances back on their previous version. Ctrl-C sets ``cancel`` while
+    staging; the switch itself is never interrupted half-way."""
     staged = parallel_map(members, stage, max_parallel, cancel, release=_close)
     try:
         return _switch_all(members, staged, ref, max_parallel)
@@ -338,7 +288,7 @@ def run_atomic(
                 _close(value)
 
 
-def _close(staged: Any) -> None:
+def _close(staged: StagedPublish) -> None:
     """Release a staged publish's connection (what it staged stays: a re-run resumes)."""
     with contextlib.suppress(Exception):
         staged.transport.close()
@@ -373,9 +323,9 @@ def _switch_all(
     return out
 
 
-def _unchanged(staged: Any) -> bool:
+def _unchanged(staged: StagedPublish) -> bool:
     """The instance already holds exactly this model (its session needs nothing)."""
-    return bool(getattr(getattr(staged, "session", None), "unchanged", False))
+    return staged.session is not None and staged.session.unchanged
 
 
 def _commit_failed(outcome: Outcome) -> bool:

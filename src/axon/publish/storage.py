@@ -1,4 +1,4 @@
-"""Publishing to network storage that many instances read (the seed's Option B).
+"""Publishing to network storage that many instances read.
 
 One publish writes the model once to the storage, then tells each of the target's
 ``notify_instances`` about it; the result reports the storage write and every instance::
@@ -27,7 +27,10 @@ from axon.mlos_client import MlosClient
 from axon.progress import NULL_PROGRESS, Progress
 from axon.publish.instance import StagedPublish, is_transient
 from axon.publish.notify import is_registered, notify_instance
-from axon.publish.plan import InstancePlan, PlannedFile, PreparedModel, PublishOptions
+from axon.publish.options import PublishOptions
+from axon.publish.plan import InstancePlan, PlannedFile
+from axon.publish.prepared import PreparedModel
+from axon.publish.results import InstanceResult, Line
 from axon.transports.base import Transport
 
 if TYPE_CHECKING:
@@ -80,11 +83,11 @@ class StorageResult:
             return int(self.error.get("exit_code") or 1)
         return 0 if self.ok else EXIT_NOT_NOTIFIED
 
-    def summary_lines(self) -> list[str]:
+    def lines(self, model_id: str = "") -> list[Line]:
         """Human summary: the write, then one line per notified instance."""
         if self.error is not None:
             hint = f" ({self.error['hint']})" if self.error.get("hint") else ""
-            return [f"{self.target}: publish failed: {self.error.get('message')}{hint}"]
+            return [Line(f"{self.target}: publish failed: {self.error.get('message')}{hint}")]
         sent = f"{self.files_sent} sent, {self.files_skipped} skipped"
         lines = [
             f"published {self.model_id} -> {self.target} ({self.method}): {sent}, "
@@ -95,10 +98,11 @@ class StorageResult:
             state = "registered" if n.ok else f"NOT notified: {(n.error or {}).get('message')}"
             who = n.target if n.target == n.endpoint else f"{n.target} ({n.endpoint})"
             lines.append(f"  {who}: {n.action} -> {state}")
-        return lines
+        return [Line(text) for text in lines]
 
     def summary(self) -> str:
-        return "\n".join(self.summary_lines())
+        """:meth:`lines` as one text."""
+        return "\n".join(line.text for line in self.lines())
 
     def to_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if k != "plans"}
@@ -112,12 +116,12 @@ class StorageResult:
 def storage_transport(storage: StorageTarget, options: PublishOptions | None = None) -> Transport:
     """The transport writing to ``storage`` (S3, or a directory: shared, file:// or NFS).
 
-    The registry picks it by ``storage.scheme``; ``options.extra[scheme]`` tunes it (for
-    ``s3``, a dict of :class:`~modelpkg.s3.S3Settings` fields: multipart uploads).
+    The registry picks it by ``storage.scheme``; ``options.s3`` tunes an ``s3`` one (a
+    dict of :class:`~modelpkg.s3.S3Settings` fields: multipart uploads).
     """
     from axon.transports import storage_transport_for
 
-    tuning = (options.extra.get(storage.scheme) if options else None) or {}
+    tuning = (options.s3 if options and storage.scheme == "s3" else None) or {}
     return storage_transport_for(storage, tuning)
 
 
@@ -177,6 +181,30 @@ def publish_to_storage(
         except AxonError as exc:
             result.error = {**exc.to_dict(), "exit_code": exc.exit_code}
         return result
+    written = _write(result, model, storage, options, progress)
+    if written is not None:
+        result.published = True
+        result.location = written.location
+        result.files_sent, result.files_skipped = written.files_sent, written.files_skipped
+        result.bytes_sent, result.attempts = written.bytes_sent, written.attempts
+        if options.notify:
+            result.instances = [
+                notify_reader(inst, storage, model, written.path, options)
+                for inst in storage.notify_instances
+            ]
+    result.seconds = round(time.monotonic() - started, 3)
+    return result
+
+
+def _write(
+    result: StorageResult,
+    model: PreparedModel,
+    storage: StorageTarget,
+    options: PublishOptions,
+    progress: Progress,
+) -> InstanceResult | None:
+    """Stage and commit ``model`` on the storage (retried and resumed like an instance);
+    None when that failed, with the error (and what was sent) in ``result``."""
     transport: Transport | None = None
     staged: StagedPublish | None = None
     try:
@@ -191,7 +219,7 @@ def publish_to_storage(
             transport,
         )
         staged.stage()
-        written = staged.commit()
+        return staged.commit()
     except (AxonError, OSError) as exc:
         err = exc if isinstance(exc, AxonError) else _cache_read_error(exc, storage, model)
         if staged is not None:
@@ -200,22 +228,10 @@ def publish_to_storage(
             result.attempts = staged.counters.attempts
             result.bytes_sent = staged.counters.bytes_sent
         result.error = {**err.to_dict(), "exit_code": err.exit_code}
-        result.seconds = round(time.monotonic() - started, 3)
-        return result
+        return None
     finally:
         if transport is not None:
             transport.close()
-    result.published = True
-    result.location = written.location
-    result.files_sent, result.files_skipped = written.files_sent, written.files_skipped
-    result.bytes_sent, result.attempts = written.bytes_sent, written.attempts
-    if options.notify:
-        result.instances = [
-            notify_reader(inst, storage, model, written.path, options)
-            for inst in storage.notify_instances
-        ]
-    result.seconds = round(time.monotonic() - started, 3)
-    return result
 
 
 def notify_reader(

@@ -1,6 +1,10 @@
-"""What each member of a cluster has of a model: ``GET /health``, then the member's manifest
-compared with the cached one and ``GET /models/{id}``. Used after each ``--batch-size``
-batch, after a stopped rollout, and by ``axon status REF --target CLUSTER`` (the matrix)."""
+"""What each member of a cluster holds of a model: the status matrix.
+
+``axon status REF --target CLUSTER`` prints it (:func:`cluster_status`); a rolling publish
+checks every member of a batch with :func:`verify_published` before the next batch starts,
+and prints the matrix when it stops. Each row is :func:`~axon.publish.status.health_problem`
+then :func:`~axon.publish.status.instance_status` of one member.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +13,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from axon.errors import EXIT_ALL_FAILED, EXIT_OK, EXIT_PARTIAL, AxonError
-from axon.mlos_client import HEALTH_TIMEOUT, MlosClient
+from axon.publish.members import cluster_members
+from axon.publish.prepared import PreparedModel
+from axon.publish.status import health_problem, instance_status
 
 if TYPE_CHECKING:
-    from axon.cache import Cache
-    from axon.config import Config
-    from axon.publish.plan import PreparedModel
     from axon.targets import ClusterTarget, InstanceTarget
-    from modelpkg.refs import ModelRef
-
-
-# ---- probes ---------------------------------------------------------------------------------
-def health_problem(target: InstanceTarget, timeout: float = HEALTH_TIMEOUT) -> str | None:
-    """None when ``GET /health`` says healthy, else why not (one line)."""
-    with MlosClient.for_target(target, timeout) as client:
-        return client.health().problem
 
 
 @dataclass
@@ -44,10 +39,7 @@ class StatusRow:
 
 
 def status_row(model: PreparedModel, target: InstanceTarget) -> StatusRow:
-    """Probe one instance: ``GET /health``, then H4's instance_status (the target's manifest
-    against the cached one, and ``GET /models/{id}``)."""
-    from axon.publish.plan import instance_status
-
+    """Probe one instance: ``GET /health``, then :func:`instance_status`."""
     problem = health_problem(target)
     row = StatusRow(target.name, target.endpoint, healthy=problem is None)
     notes = [problem] if problem else []
@@ -80,7 +72,6 @@ def verify_published(model: PreparedModel, target: InstanceTarget) -> str | None
     return None
 
 
-# ---- status matrix --------------------------------------------------------------------------
 @dataclass
 class StatusMatrix:
     """``axon status REF --target CLUSTER``: instance x (present, checksum ok, registered)."""
@@ -151,35 +142,16 @@ def cluster_status(
     model: PreparedModel, cluster: ClusterTarget, *, max_parallel: int = 16
 ) -> StatusMatrix:
     """``axon status REF --target CLUSTER``: for each member, is the model present, with the
-    cached checksums, and registered? (``model`` from prepare_model(validate=False).)"""
-    from axon.publish.cluster import cluster_members
-
+    cached checksums, and registered?"""
     members = cluster_members(cluster)
     return status_matrix(cluster.name, members, model, max_parallel=max_parallel)
 
 
-def cluster_status_for(
-    ref_or_str: ModelRef | str,
-    target_spec: str,
-    *,
-    config: Config | None = None,
-    cache: Cache | None = None,
-    full: bool = False,
-) -> StatusMatrix | None:
-    """The status matrix when ``target_spec`` names a cluster; None for any other target
-    (``axon.publish.status`` handles a single instance). The model must be in the cache:
-    its checksums are what every instance is compared with."""
-    from axon.cache import Cache
-    from axon.config import load_config
-    from axon.publish.plan import prepare_model
-    from axon.targets import ClusterTarget, resolve_target
-    from modelpkg.refs import ModelRef
-
-    config = config if config is not None else load_config()
-    target = resolve_target(target_spec, config)
-    if not isinstance(target, ClusterTarget):
-        return None
-    ref = ref_or_str if isinstance(ref_or_str, ModelRef) else ModelRef.parse(ref_or_str)
-    cache = cache if cache is not None else Cache.from_config(config)
-    model = prepare_model(cache, ref, validate=True, full=full)
-    return cluster_status(model, target)
+__all__ = [
+    "StatusMatrix",
+    "StatusRow",
+    "cluster_status",
+    "status_matrix",
+    "status_row",
+    "verify_published",
+]
