@@ -29,17 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 from axon.errors import TransportError
 from axon.transports import stagedir
-from axon.transports.base import FileKey, Transport
+from axon.transports.base import FileKey
 from axon.transports.blobcopy import StageError
-from axon.transports.staged import (
-    StagedSession,
-    StagePlan,
-    manifest_digest,
-    plan_session,
-    translate,
-)
+from axon.transports.staged import StagedSession, StagedTransport, StagePlan, translate
 from modelpkg.layout import DEFAULT_MODELS_DIR
-from modelpkg.manifest import FileEntry, Manifest
+from modelpkg.manifest import FileEntry
 from modelpkg.progress import OnBytes, ignore_bytes
 from modelpkg.refs import ModelRef
 
@@ -49,7 +43,7 @@ if TYPE_CHECKING:
     from axon.targets import InstanceTarget, StorageTarget
 
 
-class FilesystemTransport(Transport):
+class FilesystemTransport(StagedTransport):
     """A models directory on this machine (``method`` "filesystem" or "nfs")."""
 
     def __init__(
@@ -112,32 +106,18 @@ class FilesystemTransport(Transport):
         except (OSError, StageError) as exc:
             raise translate(exc, target=self.name, root=str(self.root)) from exc
 
-    def open(self, ref: ModelRef, manifest: Manifest) -> FilesystemSession:
-        text = manifest.to_yaml()
-        status = self.call(stagedir.status, str(self.root), str(ref.relpath), manifest_digest(text))
-        return FilesystemSession(self, ref, plan_session(manifest, status, text))
-
-    def fetch_manifest(self, ref: ModelRef) -> Manifest | None:
-        status = self.call(stagedir.status, str(self.root), str(ref.relpath))
-        text = status.get("manifest")
-        if text is None:
-            return None
-        return Manifest.from_text(text, source=f"{self.describe()}/{ref.relpath}/manifest.yaml")
-
-
-class FilesystemSession(StagedSession):
-    """One publish of one model into a local models directory."""
-
-    def __init__(self, transport: FilesystemTransport, ref: ModelRef, plan: StagePlan) -> None:
-        super().__init__(
-            ref,
-            plan,
-            target=transport.name,
-            dir_mode=transport.dir_mode,
-            file_mode=transport.file_mode,
+    def _status(self, ref: ModelRef, digest: str = "") -> dict[str, Any]:
+        status: dict[str, Any] = self.call(
+            stagedir.status, str(self.root), str(ref.relpath), digest
         )
-        self.t = transport
-        self.rel = str(ref.relpath)
+        return status
+
+    def _session(self, ref: ModelRef, plan: StagePlan) -> FilesystemSession:
+        return FilesystemSession(self, ref, plan)
+
+
+class FilesystemSession(StagedSession[FilesystemTransport]):
+    """One publish of one model into a local models directory."""
 
     def _op(self, op: str, **params: Any) -> dict[str, Any]:
         result: dict[str, Any] = self.t.call(

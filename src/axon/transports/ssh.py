@@ -46,17 +46,11 @@ from axon.errors import (
     retryable,
 )
 from axon.transports import blobcopy, stagedir
-from axon.transports.base import FileKey, Transport
-from axon.transports.staged import (
-    StagedSession,
-    StagePlan,
-    error_from_code,
-    manifest_digest,
-    plan_session,
-)
+from axon.transports.base import FileKey
+from axon.transports.staged import StagedSession, StagedTransport, StagePlan, error_from_code
 from modelpkg import layout
 from modelpkg.layout import DEFAULT_MODELS_DIR
-from modelpkg.manifest import FileEntry, Manifest
+from modelpkg.manifest import FileEntry
 from modelpkg.progress import OnBytes, ignore_bytes
 from modelpkg.refs import ModelRef
 
@@ -114,7 +108,7 @@ def _shared_control_dir() -> str | None:
     return path
 
 
-class SshTransport(Transport):
+class SshTransport(StagedTransport):
     """``root`` on ``host``, reached with the system ``ssh`` client."""
 
     method = "ssh"
@@ -421,31 +415,15 @@ class SshTransport(Transport):
     def _params(self, ref: ModelRef, digest: str = "") -> dict[str, Any]:
         return {"root": self.root, "rel": str(ref.relpath), "digest": digest}
 
-    def open(self, ref: ModelRef, manifest: Manifest) -> SshSession:
-        text = manifest.to_yaml()
-        status = self.request("status", self._params(ref, manifest_digest(text)))
-        return SshSession(self, ref, plan_session(manifest, status, text))
+    def _status(self, ref: ModelRef, digest: str = "") -> dict[str, Any]:
+        return self.request("status", self._params(ref, digest))
 
-    def fetch_manifest(self, ref: ModelRef) -> Manifest | None:
-        status = self.request("status", self._params(ref))
-        text = status.get("manifest")
-        if text is None:
-            return None
-        return Manifest.from_text(text, source=f"{self.describe()}/{ref.relpath}/manifest.yaml")
+    def _session(self, ref: ModelRef, plan: StagePlan) -> SshSession:
+        return SshSession(self, ref, plan)
 
 
-class SshSession(StagedSession):
+class SshSession(StagedSession[SshTransport]):
     """One publish of one model to one SSH host."""
-
-    def __init__(self, transport: SshTransport, ref: ModelRef, plan: StagePlan) -> None:
-        super().__init__(
-            ref,
-            plan,
-            target=transport.name,
-            dir_mode=transport.dir_mode,
-            file_mode=transport.file_mode,
-        )
-        self.t = transport
 
     def _params(self, **extra: Any) -> dict[str, Any]:
         return {**self.t._params(self.ref, self.plan.digest), **extra}

@@ -7,6 +7,8 @@ of it and reads its answers, so both transports behave the same:
 * :func:`plan_session`: from the target's ``status``, the files to send (one per missing
   sha256, resuming at the bytes already there), the ones to hard-link from the current
   version, or that the target already holds this manifest;
+* :class:`StagedTransport`: opening a session and reading the published manifest, both from
+  the target's ``status``; a subclass says how ``status`` reaches ``stagedir``;
 * :class:`StagedSession`: the :class:`~axon.transports.base.Session` over those operations
   (bookkeeping of what was sent, prepare, commit, abort); a subclass says how one operation
   reaches ``stagedir`` and moves the bytes;
@@ -21,7 +23,7 @@ import errno
 import hashlib
 from abc import abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from axon.errors import (
     AxonError,
@@ -31,12 +33,10 @@ from axon.errors import (
     TransportError,
     retryable,
 )
-from axon.transports.base import CommitInfo, Session
+from axon.transports.base import CommitInfo, Session, Transport
 from axon.transports.blobcopy import StageError
 from modelpkg.manifest import FileEntry, Manifest
 from modelpkg.refs import ModelRef
-
-#: MLOS Core's models directory when a target names none
 
 _PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -191,32 +191,61 @@ def _os_error(
     return TransportError(f"{message} at {where}{on}", target=target, path=where)
 
 
-# ---- the session --------------------------------------------------------------------------
-class StagedSession(Session):
+# ---- the transport and its session -------------------------------------------------------
+class StagedTransport(Transport):
+    """A transport to a models directory run by :mod:`stagedir`, here or on a host.
+
+    Opening a session and reading the published manifest both start from the target's
+    ``status``; a subclass says how that reaches ``stagedir`` (:meth:`_status`) and which
+    session drives the rest (:meth:`_session`).
+    """
+
+    name: str
+    dir_mode: int | None
+    file_mode: int | None
+
+    @abstractmethod
+    def _status(self, ref: ModelRef, digest: str = "") -> dict[str, Any]:
+        """``stagedir.status`` of ``ref`` (``digest``: of the manifest about to be staged)."""
+
+    @abstractmethod
+    def _session(self, ref: ModelRef, plan: StagePlan) -> StagedSession[Any]:
+        """The session that carries out ``plan`` for ``ref``."""
+
+    def open(self, ref: ModelRef, manifest: Manifest) -> StagedSession[Any]:
+        text = manifest.to_yaml()
+        status = self._status(ref, manifest_digest(text))
+        return self._session(ref, plan_session(manifest, status, text))
+
+    def fetch_manifest(self, ref: ModelRef) -> Manifest | None:
+        text = self._status(ref).get("manifest")
+        if text is None:
+            return None
+        return Manifest.from_text(text, source=f"{self.describe()}/{ref.relpath}/manifest.yaml")
+
+
+T = TypeVar("T", bound=StagedTransport)
+
+
+class StagedSession(Session, Generic[T]):
     """One publish of one model through the staged-directory protocol, here or remote.
 
     Planning, bookkeeping, prepare, commit and abort are the same wherever :mod:`stagedir`
     runs; a subclass says how an operation reaches it (:meth:`_op`), where the model lands
     (:meth:`_location`), and moves the bytes (:meth:`send`, recording each with
-    :meth:`_done`).
+    :meth:`_done`). ``t`` is the transport that opened it.
     """
 
-    def __init__(
-        self,
-        ref: ModelRef,
-        plan: StagePlan,
-        *,
-        target: str,
-        dir_mode: int | None,
-        file_mode: int | None,
-    ) -> None:
+    def __init__(self, transport: T, ref: ModelRef, plan: StagePlan) -> None:
+        self.t = transport
         self.ref = ref
+        self.rel = str(ref.relpath)
         self.plan = plan
         self.needed = list(plan.needed)
         self.unchanged = plan.unchanged
-        self.target = target
-        self.dir_mode = dir_mode
-        self.file_mode = file_mode
+        self.target = transport.name
+        self.dir_mode = transport.dir_mode
+        self.file_mode = transport.file_mode
         self._sent: set[str] = set()
         self._prepared = False
 
