@@ -8,92 +8,27 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-import httpx
 import pytest
-import yaml
 
 from axon.errors import EXIT_ALL_FAILED, EXIT_OK, EXIT_PARTIAL
 from axon.publish import PublishOptions, publish
-from axon.publish.cluster import ClusterResult
 from modelpkg.refs import ModelRef
+from tests.fixtures.cluster import (
+    Recorder,
+    cached_files,
+    cluster_of,
+    join,
+    on_disk,
+    registered,
+    run_cluster,
+    wait_members,
+)
 from tests.helpers import write_config
 
 pytestmark = pytest.mark.slow
-
-
-# ---- helpers shared with test_cluster_rollout.py --------------------------------------------
-def cluster_of(*servers: Any, **settings: Any) -> dict[str, Any]:
-    """A ``clusters:`` entry listing the servers by URL (the api access method)."""
-    return {"instances": [s.url for s in servers], "storage_type": "api", **settings}
-
-
-class Recorder:
-    """A thread-safe progress sink that remembers every call."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str]] = []
-        self.lock = threading.Lock()
-        self.on_end: Any = None
-
-    def begin(self, key: str, description: str, total: int | None = None) -> None:
-        with self.lock:
-            self.events.append(("begin", key))
-
-    def advance(self, key: str, nbytes: int) -> None:
-        pass
-
-    def end(self, key: str, *, ok: bool = True, note: str = "") -> None:
-        with self.lock:
-            self.events.append(("end", f"{key}:{ok}:{note}"))
-        if self.on_end is not None:
-            self.on_end(key, ok, note)
-
-    def message(self, text: str) -> None:
-        with self.lock:
-            self.events.append(("message", text))
-
-
-def run_cluster(ref: ModelRef | str, target: str, progress: Any = None, **kw: Any) -> ClusterResult:
-    known = {"atomic", "strategy", "max_parallel", "validate", "notify", "timeout", "retries"}
-    opts = PublishOptions(
-        retries=kw.pop("retries", 0),
-        timeout=kw.pop("timeout", 10.0),
-        override_timeout=True,
-        **{k: kw.pop(k) for k in list(kw) if k in known},
-        extra=kw,
-    )
-    result = publish(ref, target, opts, progress or Recorder())
-    assert len(result.results) == 1
-    cluster = result.results[0]
-    assert isinstance(cluster, ClusterResult)
-    assert result.exit_code == cluster.exit_code
-    return cluster
-
-
-def registered(server: Any, ref: ModelRef | str) -> bool:
-    url = f"{server.url}/models/{quote(str(ref), safe='')}"
-    return httpx.get(url, timeout=5).status_code == 200
-
-
-def on_disk(server: Any, ref: ModelRef) -> dict[str, str]:
-    """``{path: sha256}`` of the model's manifest in the server's models dir ({} if absent)."""
-    path = server.models_dir / ref.relpath / "manifest.yaml"
-    if not path.exists():
-        return {}
-    data = yaml.safe_load(path.read_text())
-    return {f["path"]: f["sha256"] for f in data["spec"]["format"]["files"]}
-
-
-def cached_files(axon_home: Path, ref: ModelRef) -> dict[str, str]:
-    from axon.cache import Cache
-
-    manifest = Cache.from_config().checked_manifest(ref)
-    return {f.path: f.sha256 for f in manifest.files}
 
 
 @pytest.fixture
@@ -312,8 +247,6 @@ def test_a_stalled_instance_only_costs_its_own_timeout(
 def test_static_and_discovered_members_are_merged_once_each(
     mlos_server: Any, etcd_server: Any, installed_model: ModelRef, axon_home: Path
 ) -> None:
-    from tests.test_discovery_publish import join, wait_members
-
     static = mlos_server(no_fsync=True)  # only in the static list
     both = join(mlos_server, etcd_server, "core-both")  # static list and discovery
     found = join(mlos_server, etcd_server, "core-found")  # discovery only

@@ -13,8 +13,7 @@ import pytest
 from axon.errors import EXIT_ALL_FAILED, EXIT_OK, EXIT_PARTIAL
 from axon.publish.matrix import cluster_status
 from modelpkg.refs import ModelRef
-from tests.helpers import write_config
-from tests.test_cluster_publish import (
+from tests.fixtures.cluster import (
     Recorder,
     cached_files,
     cluster_of,
@@ -22,6 +21,7 @@ from tests.test_cluster_publish import (
     registered,
     run_cluster,
 )
+from tests.helpers import write_config
 
 pytestmark = pytest.mark.slow
 

@@ -11,52 +11,23 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-import httpx
 import pytest
 
-from axon.discovery import discover
-from axon.errors import EXIT_DISCOVERY, DiscoveryError
+from axon.errors import EXIT_DISCOVERY
 from axon.publish import PublishOptions, publish
 from modelpkg.refs import ModelRef
-from tests.fixtures.common import free_port, wait_for
+from tests.fixtures.cluster import join, registered, wait_members
+from tests.fixtures.common import free_port
 from tests.fixtures.discovery import EtcdServer
 from tests.helpers import write_config
 
 pytestmark = pytest.mark.slow
-TTL = 2
 
 
 def discovered(discovery: str) -> dict[str, Any]:
     """``clusters:`` with one cluster, ``prod``, whose members ``discovery`` finds."""
     return {"prod": {"discovery": discovery, "storage_type": "api"}}
-
-
-def join(mlos_server: Any, etcd: EtcdServer, instance_id: str) -> Any:
-    return mlos_server(
-        cluster="prod",
-        discovery=etcd.discovery_uri,
-        discovery_ttl=TTL,
-        instance_id=instance_id,
-        no_fsync=True,
-    )
-
-
-def wait_members(etcd: EtcdServer, expected: set[str]) -> None:
-    def check() -> bool:
-        try:
-            found = {m.instance_id for m in discover(etcd.discovery_uri, "prod")}
-        except DiscoveryError:
-            return False
-        return found == expected
-
-    wait_for(check, timeout=TTL + 15, what=f"discovered members == {sorted(expected)}")
-
-
-def registered(server: Any, ref: ModelRef) -> bool:
-    url = f"{server.url}/models/{quote(str(ref), safe='')}"
-    return httpx.get(url, timeout=5).status_code == 200
 
 
 def publish_names(ref: ModelRef) -> dict[str, bool]:
