@@ -30,7 +30,7 @@ from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from axon.errors import RemoteError, TransportError, retryable
-from axon.mlos_client import DEFAULT_TIMEOUT, MlosClient, body_of, is_loopback
+from axon.mlos_client import MlosClient, body_of, is_loopback
 from axon.transports.base import CommitInfo, FileKey, Session, Transport
 from modelpkg.manifest import FileEntry, Manifest
 from modelpkg.progress import OnBytes, ignore_bytes
@@ -311,23 +311,17 @@ class ApiTransport(Transport):
 
     method = "api"
 
-    def __init__(
-        self,
-        endpoint: str,
-        *,
-        token: str | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        name: str | None = None,
-    ) -> None:
-        self.endpoint = endpoint.rstrip("/")
-        self.client = MlosClient(self.endpoint, token=token, timeout=timeout, name=name)
+    def __init__(self, client: MlosClient | str) -> None:
+        """``client``: the instance's client, or its endpoint (then a client without a
+        token, with the default timeout)."""
+        self.client = client if isinstance(client, MlosClient) else MlosClient(client)
+        self.endpoint = self.client.endpoint
         self._serves_manifests: bool | None = None  # GET /v1/models/{id}/manifest; None: unknown
         self._interrupted: set[str] = set()
 
     @classmethod
     def from_target(cls, target: InstanceTarget) -> Self:
-        timeout = float(target.timeout or DEFAULT_TIMEOUT)
-        return cls(target.endpoint, token=target.token, timeout=timeout, name=target.name)
+        return cls(MlosClient.for_target(target))
 
     def describe(self) -> str:
         return self.endpoint
