@@ -15,8 +15,8 @@ from axon.publish.storage import publish_to_storage
 from axon.targets import InstanceTarget, StorageTarget
 from modelpkg.manifest import MANIFEST_NAME
 from tests.fixtures.mlos import ServerFactory
+from tests.fixtures.models import make_model
 from tests.fixtures.s3 import S3Server
-from tests.test_storage_s3 import make_model
 
 pytestmark = pytest.mark.slow
 

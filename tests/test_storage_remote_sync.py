@@ -13,8 +13,8 @@ from mlos_core.cli import model_sources
 from mlos_core.core import Core
 from mlos_core.integrations.s3_sync import S3Sync
 from mlos_core.settings import Settings
+from tests.fixtures.models import make_model
 from tests.fixtures.s3 import S3Server
-from tests.test_storage_s3 import make_model
 
 
 def test_sync_fetches_once_and_refuses_corrupt_blobs(tmp_path: Path, s3: S3Server) -> None:

@@ -21,26 +21,14 @@ from axon.publish.storage import StorageResult, publish_to_storage
 from axon.targets import StorageTarget
 from axon.transports.s3 import S3Transport
 from modelpkg.layout import S3_BLOBS as BLOBS
-from modelpkg.manifest import FileEntry, Manifest
 from modelpkg.refs import ModelRef
 from modelpkg.s3 import S3Store
 from tests.fixtures.common import free_port
-from tests.fixtures.s3 import S3Server
+from tests.fixtures.models import make_model
+from tests.fixtures.s3 import S3Server, keys
 
 MiB = 1024 * 1024
 SMALL = {"multipart_threshold": 5 * MiB, "part_size": 5 * MiB, "max_concurrency": 3}
-
-
-def make_model(root: Path, ref: str, files: dict[str, bytes]) -> PreparedModel:
-    """A prepared model from in-memory files (hashed here, as prepare_model would)."""
-    entries = []
-    for rel, data in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
-        entries.append(FileEntry(rel, len(data), hashlib.sha256(data).hexdigest()))
-    r = ModelRef.parse(ref)
-    manifest = Manifest.new(namespace=r.namespace, name=r.name, version=r.version, files=entries)
-    return PreparedModel(r, manifest, root, sum(e.size for e in entries))
 
 
 def publish(
@@ -51,11 +39,6 @@ def publish(
     )
     options = PublishOptions(retries=opts.pop("retries", 1), backoff=0.05, extra={"s3": SMALL})
     return publish_to_storage(model, storage, options)
-
-
-def keys(s3: S3Server, bucket: str) -> list[str]:
-    page = s3.client().list_objects_v2(Bucket=bucket)
-    return sorted(o["Key"] for o in page.get("Contents", []))
 
 
 @pytest.fixture

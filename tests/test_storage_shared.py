@@ -17,8 +17,8 @@ from axon.publish.storage import publish_to_storage
 from axon.targets import StorageTarget
 from modelpkg.manifest import MANIFEST_NAME
 from modelpkg.refs import ModelRef
-from tests.fixtures.s3 import S3Server
-from tests.test_storage_s3 import keys, make_model
+from tests.fixtures.models import make_model
+from tests.fixtures.s3 import S3Server, keys
 
 
 def test_nfs_target_through_mount_path(tmp_path: Path) -> None:
