@@ -30,7 +30,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 from urllib.parse import urlparse
 
 from modelpkg.errors import (
@@ -71,6 +71,16 @@ def parse_s3_url(url: str) -> tuple[str, str]:
             f"not an S3 URL: {url!r}", hint="use s3://bucket/prefix, e.g. s3://mlos-models/models"
         )
     return parsed.netloc, parsed.path.strip("/")
+
+
+class S3Access(TypedDict, total=False):
+    """How to reach a bucket besides its URL, as the writer (axon) and a reading instance
+    (mlos-core) are both given it: ``endpoint_url`` and ``region`` select an S3-compatible
+    store, ``profile`` the AWS credentials; None or absent: the AWS defaults."""
+
+    endpoint_url: str | None
+    region: str | None
+    profile: str | None
 
 
 @dataclass
@@ -124,9 +134,12 @@ class S3Store:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_url(cls, url: str, **kw: Any) -> S3Store:
+    def from_url(
+        cls, url: str, *, settings: S3Settings | None = None, **access: Unpack[S3Access]
+    ) -> S3Store:
+        """The store at ``s3://bucket/prefix`` (ConfigError for another URL)."""
         bucket, prefix = parse_s3_url(url)
-        return cls(bucket, prefix, **kw)
+        return cls(bucket, prefix, settings=settings, **access)
 
     # ---- naming --------------------------------------------------------------------
     @property

@@ -31,7 +31,7 @@ import hashlib
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 from axon.errors import TransportError
 from axon.transports.base import CommitInfo, FileKey, Session, Transport
@@ -39,7 +39,7 @@ from axon.transports.s3_multipart import MultipartUpload, check_content
 from modelpkg.manifest import FileEntry, Manifest
 from modelpkg.progress import OnBytes, ignore_bytes
 from modelpkg.refs import ModelRef
-from modelpkg.s3 import S3Settings, S3Store, hex_to_b64
+from modelpkg.s3 import S3Access, S3Settings, S3Store, hex_to_b64
 
 if TYPE_CHECKING:
     from typing import Self
@@ -174,17 +174,9 @@ class S3Transport(Transport):
     method = "s3"
 
     def __init__(
-        self,
-        url: str,
-        *,
-        endpoint_url: str | None = None,
-        region: str | None = None,
-        profile: str | None = None,
-        settings: S3Settings | None = None,
+        self, url: str, *, settings: S3Settings | None = None, **access: Unpack[S3Access]
     ) -> None:
-        self.store = S3Store.from_url(
-            url, endpoint_url=endpoint_url, region=region, profile=profile, settings=settings
-        )
+        self.store = S3Store.from_url(url, settings=settings, **access)
 
     @classmethod
     def from_storage(cls, target: StorageTarget, tuning: Mapping[str, Any] | None = None) -> Self:

@@ -21,6 +21,7 @@ import logging
 import threading
 import uuid
 from dataclasses import dataclass, field
+from typing import Unpack
 
 from mlos_core.core import Core
 from modelpkg.atomic import remove_tree
@@ -28,7 +29,7 @@ from modelpkg.errors import PackageError
 from modelpkg.layout import REMOTE_TMP_DIR
 from modelpkg.manifest import Manifest
 from modelpkg.refs import ModelRef
-from modelpkg.s3 import S3Store
+from modelpkg.s3 import S3Access, S3Store
 
 # log records keep the name they have always had: operators' log filters match it
 log = logging.getLogger("mlos_core.remote_sync")
@@ -51,27 +52,16 @@ class S3Sync:
     (the first scan), not the construction.
     """
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        endpoint_url: str | None = None,
-        region: str | None = None,
-        profile: str | None = None,
-    ) -> None:
+    def __init__(self, url: str, **access: Unpack[S3Access]) -> None:
         self.url = url
-        self.endpoint_url = endpoint_url
-        self.region = region
-        self.profile = profile
+        self.access = access
         self._store: S3Store | None = None
         self._lock = threading.Lock()  # one sync at a time
 
     @property
     def store(self) -> S3Store:
         if self._store is None:
-            self._store = S3Store.from_url(
-                self.url, endpoint_url=self.endpoint_url, region=self.region, profile=self.profile
-            )
+            self._store = S3Store.from_url(self.url, **self.access)
         return self._store
 
     def pull(self, core: Core) -> SyncReport:
