@@ -1,5 +1,5 @@
 """Shared pieces of the stress tests: two versions of one model in two axon homes, the real
-``axon`` CLI as a subprocess, and a kill -9 at a random moment."""
+``axon`` CLI as a subprocess, a kill -9 at a random moment, and a YAML alias bomb."""
 
 from __future__ import annotations
 
@@ -100,3 +100,10 @@ def timed(home: Home, *args: str) -> tuple[float, subprocess.CompletedProcess[st
     started = time.monotonic()
     done = run_axon(home, *args)
     return time.monotonic() - started, done
+
+
+def billion_laughs(levels: int = 9) -> str:
+    """A ~700-byte manifest whose nested aliases expand to 10**levels strings."""
+    lines = ["apiVersion: v1", "kind: Model", "x0: &a0 [" + ", ".join(["lol"] * 10) + "]"]
+    lines += [f"x{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + "\nspec: {format: {files: []}}\n"

@@ -18,7 +18,7 @@ import pytest
 from tests.fixtures.mlos import ServerFactory, manifest_for, upload_resumable
 from tests.stress.checkers import check_fs_root, tree_digest
 from tests.stress.figures import record
-from tests.stress.test_hostile_parsers import billion_laughs
+from tests.stress.harness import billion_laughs
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 

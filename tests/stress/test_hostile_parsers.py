@@ -27,6 +27,7 @@ from modelpkg.manifest import Manifest, check_relpath
 from modelpkg.refs import ModelRef
 from tests.helpers import write_config
 from tests.stress.figures import record, scale
+from tests.stress.harness import billion_laughs
 
 pytestmark = pytest.mark.timeout(3600)
 EXAMPLES = scale(60, 1000)
@@ -304,13 +305,6 @@ def test_regression_unhashable_api_version_is_a_problem_not_a_crash() -> None:
     # Manifest.problems() raise TypeError (mlos-core answered 500 to such an upload).
     problems = Manifest({"apiVersion": ["v1"], "kind": "Model"}).problems()
     assert [p.field for p in problems] == ["apiVersion"]
-
-
-def billion_laughs(levels: int = 9) -> str:
-    """A ~700-byte manifest whose nested aliases expand to 10**levels strings."""
-    lines = ["apiVersion: v1", "kind: Model", "x0: &a0 [" + ", ".join(["lol"] * 10) + "]"]
-    lines += [f"x{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, levels)]
-    return "\n".join(lines) + "\nspec: {format: {files: []}}\n"
 
 
 def test_regression_yaml_alias_bomb_is_refused() -> None:
