@@ -80,6 +80,29 @@ def parse_record(raw: bytes | str | dict[str, Any], *, cluster: str) -> Member:
     return Member(instance_id, endpoint, cluster, storage_path or None)
 
 
+def add_member(
+    result: DiscoveryResult,
+    instance_id: str,
+    host: str,
+    port: int,
+    opts: dict[str, str],
+    label: str,
+) -> None:
+    """Add the instance at ``host:port`` to ``result``, for backends whose answer is only an
+    address: the URI's ``scheme`` and ``storage_path`` options complete its record. A record
+    that does not validate becomes a warning starting with ``label``."""
+    record = {
+        "instance_id": instance_id,
+        "endpoint": host_url(opts.get("scheme", "http"), host, port),
+        "cluster_name": result.cluster,
+        "storage_path": opts.get("storage_path"),
+    }
+    try:
+        result.members.append(parse_record(record, cluster=result.cluster))
+    except RecordError as exc:
+        result.warnings.append(f"{label}: {exc}")
+
+
 def check_endpoint(value: object) -> str:
     """An instance endpoint must be an absolute http(s) URL; returned without trailing '/'."""
     if not isinstance(value, str) or not value:

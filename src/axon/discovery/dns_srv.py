@@ -14,11 +14,9 @@ from urllib.parse import urlsplit
 
 from axon.discovery._model import (
     DiscoveryResult,
-    RecordError,
+    add_member,
     bad_uri,
-    host_url,
     no_members,
-    parse_record,
     query_params,
     split_hostport,
     unreachable,
@@ -79,16 +77,7 @@ def lookup(uri: str, cluster: str, *, timeout: float) -> DiscoveryResult:
         if "nameserver" in opts:
             address = _address(resolver, answer, host) or host
         instance_id = host if hosts.count(host) == 1 else f"{host}:{record.port}"
-        raw = {
-            "instance_id": instance_id,
-            "endpoint": host_url(opts.get("scheme", "http"), address, record.port),
-            "cluster_name": cluster,
-            "storage_path": opts.get("storage_path"),
-        }
-        try:
-            result.members.append(parse_record(raw, cluster=cluster))
-        except RecordError as exc:
-            result.warnings.append(f"SRV {host}:{record.port}: {exc}")
+        add_member(result, instance_id, address, record.port, opts, f"SRV {host}:{record.port}")
     if not result.members:
         raise no_members(result, f"DNS SRV {name}", "check the SRV records")
     return result

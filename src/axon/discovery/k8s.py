@@ -22,12 +22,11 @@ import httpx
 
 from axon.discovery._model import (
     DiscoveryResult,
-    RecordError,
+    add_member,
     bad_uri,
     describe_http_error,
     host_url,
     no_members,
-    parse_record,
     query_params,
     unreachable,
 )
@@ -117,16 +116,7 @@ def _result(
             result.warnings.append(f"pod {addr.name}: not ready, skipped")
             continue
         assert port is not None
-        record = {
-            "instance_id": addr.name,
-            "endpoint": host_url(opts.get("scheme", "http"), addr.ip, port),
-            "cluster_name": cluster,
-            "storage_path": opts.get("storage_path"),
-        }
-        try:
-            result.members.append(parse_record(record, cluster=cluster))
-        except RecordError as exc:
-            result.warnings.append(f"pod {addr.name}: {exc}")
+        add_member(result, addr.name, addr.ip, port, opts, f"pod {addr.name}")
     result.members.sort(key=lambda m: m.instance_id)
     if not result.members:
         raise no_members(result, where, "check the pods are ready and the Service selects them")
