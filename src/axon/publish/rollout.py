@@ -297,30 +297,8 @@ def _close(staged: StagedPublish) -> None:
 def _switch_all(
     members: list[InstanceTarget], staged: dict[str, Outcome], ref: ModelRef, max_parallel: int
 ) -> RolloutOutcome:
-    out = RolloutOutcome(batches=[[t.name for t in members]])
     backups = {t.name: Backup(t, ref) for t in members}
-    saved = parallel_map(
-        [t for t in members if staged[t.name][1] is None],
-        lambda t: backups[t.name].save(unchanged=_unchanged(staged[t.name][0])),
-        max_parallel,
-    )
-    refused = [
-        t
-        for t in members
-        if staged[t.name][1] is not None or (t.name in saved and saved[t.name][1] is not None)
-    ]
-    if refused:
-        _abort_all(members, staged, backups, saved, refused, out, max_parallel)
-        return out
-    committed = parallel_map(members, lambda t: staged[t.name][0].commit(), max_parallel)
-    broken = [t for t in members if _commit_failed(committed[t.name])]
-    if not broken:
-        parallel_map(members, lambda t: backups[t.name].drop(), max_parallel)
-        for t in members:
-            out.put(t, committed[t.name][0], PUBLISHED)
-        return out
-    _roll_back(members, staged, committed, backups, broken, out, max_parallel)
-    return out
+    return _Switch(members, staged, backups, max_parallel).run()
 
 
 def _unchanged(staged: StagedPublish) -> bool:
@@ -333,55 +311,80 @@ def _commit_failed(outcome: Outcome) -> bool:
     return exc is not None or not getattr(value, "ok", True)
 
 
-def _abort_all(
-    members: list[InstanceTarget],
-    staged: dict[str, Outcome],
-    backups: dict[str, Backup],
-    saved: dict[str, Outcome],
-    refused: list[InstanceTarget],
-    out: RolloutOutcome,
-    max_parallel: int,
-) -> None:
-    names = ", ".join(t.name for t in refused)
-    ok = [t for t in members if staged[t.name][1] is None]
-    parallel_map(ok, lambda t: staged[t.name][0].abort(), max_parallel)
-    parallel_map(ok, lambda t: backups[t.name].drop(), max_parallel)
-    for t in members:
-        exc = staged[t.name][1] or saved.get(t.name, (None, None))[1]
-        if t in refused:
-            err = exc or RemoteError("could not stage", target=t.name)
-            out.put(t, failed_result(t, error_dict(err, t.name)), FAILED)
-        else:
-            msg = f"staged, then aborted because {names} could not stage; still on its old version"
-            out.put(t, state_error(t, ABORTED, msg), ABORTED)
-    out.stopped = f"--atomic: {names} could not stage, so no instance switched"
+@dataclass
+class _Switch:
+    """The switch of an ``--atomic`` rollout once staging is over: every member commits, or
+    none does; ``staged`` is each member's staging outcome, ``backups`` its way back."""
 
+    members: list[InstanceTarget]
+    staged: dict[str, Outcome]
+    backups: dict[str, Backup]
+    max_parallel: int
+    out: RolloutOutcome = field(default_factory=RolloutOutcome)
 
-def _roll_back(
-    members: list[InstanceTarget],
-    staged: dict[str, Outcome],
-    committed: dict[str, Outcome],
-    backups: dict[str, Backup],
-    broken: list[InstanceTarget],
-    out: RolloutOutcome,
-    max_parallel: int,
-) -> None:
-    names = ", ".join(t.name for t in broken)
-    switched = [t for t in members if t not in broken]
-    restored = parallel_map(switched, lambda t: backups[t.name].restore(), max_parallel)
-    parallel_map(broken, lambda t: staged[t.name][0].abort(), max_parallel)
-    parallel_map(members, lambda t: backups[t.name].drop(), max_parallel)
-    for t in broken:
-        value, exc = committed[t.name]
-        result = value if exc is None else failed_result(t, error_dict(exc, t.name))
-        out.put(t, result, FAILED)
-    for t in switched:
-        _, exc = restored[t.name]
-        if exc is None:
-            msg = f"switched, then rolled back because the commit failed on {names}"
-            out.put(t, state_error(t, ROLLED_BACK, msg), ROLLED_BACK)
-        else:
-            err = error_dict(exc, t.name)
-            err["message"] = f"rollback FAILED, instance has the NEW version: {err['message']}"
-            out.put(t, failed_result(t, err), FAILED)
-    out.stopped = f"--atomic: commit failed on {names}; switched instances were rolled back"
+    def run(self) -> RolloutOutcome:
+        members, staged, backups, out = self.members, self.staged, self.backups, self.out
+        out.batches = [[t.name for t in members]]
+        saved = parallel_map(
+            [t for t in members if staged[t.name][1] is None],
+            lambda t: backups[t.name].save(unchanged=_unchanged(staged[t.name][0])),
+            self.max_parallel,
+        )
+        refused = [
+            t
+            for t in members
+            if staged[t.name][1] is not None or (t.name in saved and saved[t.name][1] is not None)
+        ]
+        if refused:
+            self._abort_all(saved, refused)
+            return out
+        committed = parallel_map(members, lambda t: staged[t.name][0].commit(), self.max_parallel)
+        broken = [t for t in members if _commit_failed(committed[t.name])]
+        if not broken:
+            parallel_map(members, lambda t: backups[t.name].drop(), self.max_parallel)
+            for t in members:
+                out.put(t, committed[t.name][0], PUBLISHED)
+            return out
+        self._roll_back(committed, broken)
+        return out
+
+    def _abort_all(self, saved: dict[str, Outcome], refused: list[InstanceTarget]) -> None:
+        staged, backups, out = self.staged, self.backups, self.out
+        names = ", ".join(t.name for t in refused)
+        ok = [t for t in self.members if staged[t.name][1] is None]
+        parallel_map(ok, lambda t: staged[t.name][0].abort(), self.max_parallel)
+        parallel_map(ok, lambda t: backups[t.name].drop(), self.max_parallel)
+        for t in self.members:
+            exc = staged[t.name][1] or saved.get(t.name, (None, None))[1]
+            if t in refused:
+                err = exc or RemoteError("could not stage", target=t.name)
+                out.put(t, failed_result(t, error_dict(err, t.name)), FAILED)
+            else:
+                msg = (
+                    f"staged, then aborted because {names} could not stage; "
+                    "still on its old version"
+                )
+                out.put(t, state_error(t, ABORTED, msg), ABORTED)
+        out.stopped = f"--atomic: {names} could not stage, so no instance switched"
+
+    def _roll_back(self, committed: dict[str, Outcome], broken: list[InstanceTarget]) -> None:
+        staged, backups, out = self.staged, self.backups, self.out
+        names = ", ".join(t.name for t in broken)
+        switched = [t for t in self.members if t not in broken]
+        restored = parallel_map(switched, lambda t: backups[t.name].restore(), self.max_parallel)
+        parallel_map(broken, lambda t: staged[t.name][0].abort(), self.max_parallel)
+        parallel_map(self.members, lambda t: backups[t.name].drop(), self.max_parallel)
+        for t in broken:
+            value, exc = committed[t.name]
+            result = value if exc is None else failed_result(t, error_dict(exc, t.name))
+            out.put(t, result, FAILED)
+        for t in switched:
+            _, exc = restored[t.name]
+            if exc is None:
+                msg = f"switched, then rolled back because the commit failed on {names}"
+                out.put(t, state_error(t, ROLLED_BACK, msg), ROLLED_BACK)
+            else:
+                err = error_dict(exc, t.name)
+                err["message"] = f"rollback FAILED, instance has the NEW version: {err['message']}"
+                out.put(t, failed_result(t, err), FAILED)
+        out.stopped = f"--atomic: commit failed on {names}; switched instances were rolled back"
