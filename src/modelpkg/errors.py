@@ -92,6 +92,17 @@ class PackageError(Exception):
         return data
 
 
+def _in_file(error: PackageError, kind: str, key: str | None) -> str:
+    """``<path, or kind>[: <dotted key>]: <message> (<hint>)``: an error in a file's value."""
+    where = error.path or kind
+    if key:
+        where += f": {key}"
+    text = f"{where}: {error.message}"
+    if error.hint:
+        text += f" ({error.hint})"
+    return text
+
+
 class InvalidReferenceError(PackageError, ValueError):
     exit_code = EXIT_INVALID
 
@@ -109,13 +120,7 @@ class ManifestError(PackageError, ValueError):
         self.field = field
 
     def __str__(self) -> str:
-        where = self.path or "manifest"
-        if self.field:
-            where += f": {self.field}"
-        text = f"{where}: {self.message}"
-        if self.hint:
-            text += f" ({self.hint})"
-        return text
+        return _in_file(self, "manifest", self.field)
 
 
 class IntegrityError(PackageError, ValueError):
@@ -143,13 +148,7 @@ class ConfigError(PackageError, ValueError):
         self.key = key
 
     def __str__(self) -> str:
-        where = self.path or "config"
-        if self.key:
-            where += f": {self.key}"
-        text = f"{where}: {self.message}"
-        if self.hint:
-            text += f" ({self.hint})"
-        return text
+        return _in_file(self, "config", self.key)
 
 
 class TransportError(PackageError, OSError):
