@@ -83,19 +83,18 @@ def model_sources(settings: Settings) -> list[ModelSource]:
 
 def registration(
     discovery_uri: str | None,
+    settings: Settings,
     *,
     cluster: str | None,
     advertise: str | None,
     ttl: float,
-    host: str,
-    port: int,
-    instance_id: str,
-    storage_path: str,
 ) -> AbstractContextManager[Registration | None]:
-    """Keeps the instance registered with ``discovery_uri`` while inside (nothing without one).
+    """Keeps the instance ``settings`` describe registered with ``discovery_uri`` while
+    inside (nothing without one).
 
     The default instance id ``mlos-core`` would make every instance of a cluster overwrite the
     same record, so with discovery it becomes ``<hostname>-<port>``."""
+    host, port, instance_id = settings.host, settings.port, settings.instance_id
     if discovery_uri is not None and not cluster:
         raise click.UsageError("--discovery needs --cluster NAME")
     if discovery_uri is not None and instance_id == "mlos-core":
@@ -109,7 +108,7 @@ def registration(
             cluster=cluster,
             instance_id=instance_id,
             advertise=advertise,
-            storage_path=storage_path,
+            storage_path=str(settings.models_dir),
             ttl=float(ttl or DEFAULT_TTL),
         )
     except ValueError as exc:
@@ -227,14 +226,7 @@ def serve(
     app = _app(settings)
     # Registered with service discovery (--discovery) while serving; removed on clean exit.
     with registration(
-        discovery_uri,
-        cluster=cluster,
-        advertise=advertise,
-        ttl=discovery_ttl,
-        host=host,
-        port=port,
-        instance_id=instance_id,
-        storage_path=str(settings.models_dir),
+        discovery_uri, settings, cluster=cluster, advertise=advertise, ttl=discovery_ttl
     ):
         uvicorn.run(
             app,
