@@ -184,12 +184,7 @@ class Cache:
 
     def get(self, ref: ModelRef | str) -> CachedModel:
         """The cached model, or :class:`ModelNotFoundError` with what *is* there."""
-        ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
-        path = self.path_for(ref)
-        if not self._model_dir_ok(path):
-            raise ModelNotFoundError(
-                f"{ref} is not in the cache", path=str(path), hint=self._not_found_hint(ref)
-            )
+        ref, path = self._installed(ref)
         if not (path / MANIFEST_NAME).is_file():
             raise ManifestError(
                 "model has no manifest.yaml",
@@ -198,6 +193,16 @@ class Cache:
             )
         manifest = Manifest.load(path / MANIFEST_NAME)
         return CachedModel(ref, path, manifest, self._metadata(path))
+
+    def _installed(self, ref: ModelRef | str) -> tuple[ModelRef, Path]:
+        """``ref`` parsed and its model directory; ModelNotFoundError when not installed."""
+        ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
+        path = self.path_for(ref)
+        if not self._model_dir_ok(path):
+            raise ModelNotFoundError(
+                f"{ref} is not in the cache", path=str(path), hint=self._not_found_hint(ref)
+            )
+        return ref, path
 
     def _not_found_hint(self, ref: ModelRef) -> str:
         parent = self.path_for(ref).parent
@@ -390,12 +395,7 @@ class Cache:
 
     def uninstall(self, ref: ModelRef | str) -> Path:
         """Remove a model: renamed aside first (atomic to readers), then deleted."""
-        ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
-        path = self.path_for(ref)
-        if not self._model_dir_ok(path):
-            raise ModelNotFoundError(
-                f"{ref} is not in the cache", path=str(path), hint=self._not_found_hint(ref)
-            )
+        ref, path = self._installed(ref)
         aside = staging_name(path, OLD_TAG)
         os.rename(path, aside)
         remove_tree(aside)
