@@ -93,6 +93,11 @@ def _load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=NoAliasLoader)  # a SafeLoader subclass: safe
 
 
+def _text(value: object) -> str | None:
+    """A manifest value as text (YAML reads ``version: 2`` as a number); None when absent."""
+    return str(value) if value is not None else None
+
+
 @dataclass(frozen=True)
 class FileEntry:
     """One file of a model: relative POSIX path, size in bytes, lowercase sha256 hex."""
@@ -217,25 +222,20 @@ class Manifest:
 
     @property
     def namespace(self) -> str | None:
-        value = self.metadata.get("namespace")
-        return str(value) if value is not None else None
+        return _text(self.metadata.get("namespace"))
 
     @property
     def name(self) -> str | None:
-        value = self.metadata.get("name")
-        return str(value) if value is not None else None
+        return _text(self.metadata.get("name"))
 
     @property
     def version(self) -> str | None:
-        value = self.metadata.get("version")
-        return str(value) if value is not None else None
+        return _text(self.metadata.get("version"))
 
     @property
     def framework(self) -> str | None:
         fw = self._section("spec").get("framework")
-        if isinstance(fw, Mapping):
-            return str(fw.get("name")) if fw.get("name") is not None else None
-        return str(fw) if fw is not None else None
+        return _text(fw.get("name") if isinstance(fw, Mapping) else fw)
 
     @property
     def execution_format(self) -> str | None:
