@@ -219,7 +219,7 @@ class StagedPublish:
 
 def _effective(target: InstanceTarget, options: PublishOptions) -> InstanceTarget:
     """The target with ``--timeout`` applied when the user gave one."""
-    if options.override_timeout and getattr(target, "timeout", None) != options.timeout:
+    if options.override_timeout and target.timeout != options.timeout:
         return dataclasses.replace(target, timeout=options.timeout)
     return target
 

@@ -34,7 +34,7 @@ def _discovered(
     # without a discovery source never needs
     from axon.discovery import discover, member_target
 
-    template = getattr(cluster, "template", None) or (members[0] if members else None)
+    template = cluster.template or (members[0] if members else None)
     seen = {m.endpoint.rstrip("/") for m in members}
     names = {m.name for m in members}
     found_members: list[InstanceTarget] = []

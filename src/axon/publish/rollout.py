@@ -307,8 +307,9 @@ def _unchanged(staged: StagedPublish) -> bool:
 
 
 def _commit_failed(outcome: Outcome) -> bool:
-    value, exc = outcome
-    return exc is not None or not getattr(value, "ok", True)
+    """A commit that raised, or whose InstanceResult is not ok."""
+    result, exc = outcome
+    return exc is not None or not result.ok
 
 
 @dataclass

@@ -52,8 +52,8 @@ def instance_status(model: PreparedModel, target: InstanceTarget) -> InstanceSta
         remote = transport.fetch_manifest(model.ref)
         location, _path = target_location(transport, model)
         method = transport.method
-        matches = getattr(transport, "matches", None)  # targets without a manifest download
-        if remote is None and matches is not None and matches(model.ref, model.manifest):
+        held = transport.matches(model.ref, model.manifest) if remote is None else None
+        if held:
             remote = model.manifest
     mismatched: list[str] = []
     if remote is not None:
@@ -75,7 +75,7 @@ def instance_status(model: PreparedModel, target: InstanceTarget) -> InstanceSta
         status.registered = is_registered(target, model.ref)
     except AxonError as exc:
         status.error = exc.to_dict()
-    if not status.present and matches is not None and status.registered:
+    if not status.present and held is not None and status.registered:
         # registered on an API-only instance, but not with the cache's manifest
         status.present, status.checksums_match = True, False
         status.version = model.ref.version

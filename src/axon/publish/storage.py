@@ -35,7 +35,6 @@ from axon.transports.base import Transport
 
 if TYPE_CHECKING:
     from axon.targets import InstanceTarget, StorageTarget
-    from modelpkg.manifest import Manifest
 
 
 @dataclass
@@ -132,7 +131,7 @@ def plan_storage(
     with storage_transport(storage, options) as transport:
         remote = transport.fetch_manifest(model.ref)
         unchanged = remote is not None and remote.data == model.manifest.data
-        missing = _missing_content(transport, model, remote) if not unchanged else set()
+        missing = transport.missing_content(model.manifest, remote) if not unchanged else set()
         location = transport.describe()
     files = [PlannedFile(f.path, f.size, send=f.sha256 in missing) for f in model.manifest.files]
     return InstancePlan(
@@ -143,20 +142,6 @@ def plan_storage(
         files=files,
         unchanged=unchanged,
     )
-
-
-def _missing_content(
-    transport: Transport, model: PreparedModel, remote: Manifest | None
-) -> set[str]:
-    """The sha256s the storage lacks: S3 is content-addressed (any model's blob counts), a
-    directory holds what the ``remote`` manifest of this model lists."""
-    from axon.transports.s3 import S3Transport
-
-    if isinstance(transport, S3Transport):
-        store = transport.store
-        return {f.sha256 for f in model.manifest.files if not store.has_blob(f)}
-    have = {f.sha256 for f in remote.files} if remote is not None else set()
-    return {f.sha256 for f in model.manifest.files} - have
 
 
 def publish_to_storage(

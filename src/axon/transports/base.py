@@ -147,6 +147,19 @@ class Transport(ABC):
     def fetch_manifest(self, ref: ModelRef) -> Manifest | None:
         """The manifest of ``ref`` as published on the target now, or None if absent."""
 
+    def matches(self, ref: ModelRef, manifest: Manifest) -> bool | None:
+        """Does the target hold exactly ``manifest`` for ``ref``? For targets that may not
+        hand their manifest out (an older MLOS Core answers through an upload's
+        ``unchanged``). None: this target is compared by :meth:`fetch_manifest` only."""
+        return None
+
+    def missing_content(self, manifest: Manifest, remote: Manifest | None) -> set[str]:
+        """The sha256s of ``manifest``'s files the target lacks, given ``remote``, the
+        manifest it holds for this model. A directory holds what ``remote`` lists; a
+        content-addressed store (S3) overrides this to ask for each blob."""
+        have = {f.sha256 for f in remote.files} if remote is not None else set()
+        return {f.sha256 for f in manifest.files} - have
+
     def instance_path(self, ref: ModelRef) -> str | None:
         """The model directory as the instance sees it (for register), if it has one."""
         return None

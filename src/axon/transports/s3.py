@@ -197,6 +197,10 @@ class S3Transport(Transport):
         self.store.check_bucket()
         return S3Session(self, ref, manifest)
 
+    def missing_content(self, manifest: Manifest, remote: Manifest | None) -> set[str]:
+        """Blobs are shared by every model and version in the bucket: ask for each."""
+        return {f.sha256 for f in manifest.files if not self.store.has_blob(f)}
+
     def fetch_manifest(self, ref: ModelRef) -> Manifest | None:
         return self.store.read_manifest(ref)
 
