@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 # The shared suites' asserts report their operands like a test module's own.
-pytest.register_assert_rewrite("tests.conformance")
+pytest.register_assert_rewrite("tests.conformance", "tests.fixtures.cluster", "tests.helpers")
 
 pytest_plugins = [
     "tests.fixtures.models",

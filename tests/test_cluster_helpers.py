@@ -74,6 +74,7 @@ def test_cluster_options_are_publish_options_fields_and_extra_is_folded_in() -> 
 
     cli = build_options(fail_fast=True, min_success="50%", batch_size=2, atomic=False)
     assert (cli.fail_fast, cli.min_success, cli.batch_size, cli.atomic) == (True, "50%", 2, False)
+    assert (cli.strategy, cli.max_parallel, cli.s3) == (None, None, None)  # the cluster's own
     timed = build_options(timeout=3.0)
     assert (timed.timeout, timed.override_timeout) == (3.0, True)
 

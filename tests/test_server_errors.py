@@ -72,7 +72,7 @@ def test_core_and_storage_load_neither_http_nor_integrations() -> None:
     code = (
         "import sys, mlos_core.core, mlos_core.oneshot, mlos_core.storage.receive;"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in"
-        " ('starlette', 'uvicorn', 'click', 'axon')"
+        " ('starlette', 'uvicorn', 'multipart', 'python_multipart', 'click', 'axon')"
         " or m.startswith(('mlos_core.http', 'mlos_core.integrations', 'mlos_core.cli'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

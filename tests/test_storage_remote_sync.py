@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from axon.publish import PublishOptions
 from axon.publish.storage import publish_to_storage
 from axon.targets import StorageTarget
@@ -62,3 +64,31 @@ def test_no_models_url_means_no_sync(tmp_path: Path) -> None:
     settings = Settings(models_dir=tmp_path / "models", durable=False)
     assert model_sources(settings) == []
     assert Core(settings, model_sources(settings)).sources == ()
+
+
+def test_core_pulls_its_sources_before_it_scans(tmp_path: Path) -> None:
+    """startup() and scan() bring in what each source has before registering the models
+    dir, so a model a source delivers is registered by that same scan."""
+    models = tmp_path / "models"
+    pulled: list[int] = []
+
+    class Delivering:  # a source that places one more complete version per pull
+        def pull(self, core: Core) -> None:
+            version = f"v{len(pulled) + 1}"
+            pulled.append(1)
+            dest = models / "hf" / "s" / version
+            model = make_model(dest, f"hf/s@{version}", {"w.bin": version.encode()})
+            (dest / "manifest.yaml").write_text(model.manifest.to_yaml(), encoding="utf-8")
+
+    core = Core(Settings(models_dir=models, durable=False), [Delivering()])
+    core.startup()
+    assert {e.id for e in core.registry.all()} == {"hf/s@v1"}
+    assert core.scan() == (2, 1)  # found v1 and the v2 this scan's pull delivered; 1 new
+    assert {e.id for e in core.registry.all()} == {"hf/s@v1", "hf/s@v2"}
+
+
+def test_a_models_url_without_a_source_is_refused(tmp_path: Path) -> None:
+    """Core does not build its own sources: a models URL nobody would pull is an error."""
+    settings = Settings(models_dir=tmp_path / "models", models_url="s3://b/p", durable=False)
+    with pytest.raises(ValueError, match="no model source"):
+        Core(settings)

@@ -88,6 +88,13 @@ class Core:
     operations of the API on them."""
 
     def __init__(self, settings: Settings, sources: Sequence[ModelSource] = ()) -> None:
+        if settings.models_url and not sources:
+            # the core does not build its sources (that is the CLI's wiring): a models URL
+            # with none would silently never be pulled
+            raise ValueError(
+                f"models_url {settings.models_url!r} is set but no model source was given: "
+                "pass sources=mlos_core.cli.model_sources(settings)"
+            )
         self.settings = settings
         self.sources = tuple(sources)
         self.models_dir = settings.models_dir

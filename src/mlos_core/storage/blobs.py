@@ -274,9 +274,11 @@ class IncomingBlob:
 
     def finish(self) -> str:
         """fsync (when the store is durable) and close; the content's sha256."""
-        if self.store.durable:
-            os.fsync(self._fd)
-        self.close()
+        try:
+            if self.store.durable:
+                os.fsync(self._fd)
+        finally:
+            self.close()  # also when fsync fails (EIO, ENOSPC): the caller no longer holds it
         return self._hash.hexdigest()
 
     def close(self) -> None:
