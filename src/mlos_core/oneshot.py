@@ -24,6 +24,7 @@ from mlos_core.storage.blobs import IncomingBlob
 from mlos_core.tenants import Tenant
 from modelpkg.atomic import remove_tree
 from modelpkg.errors import ManifestError
+from modelpkg.layout import ONESHOT_PART_PREFIX, ONESHOT_PREFIX
 from modelpkg.manifest import FileEntry, Manifest, check_relpath
 from modelpkg.refs import ModelRef
 
@@ -35,7 +36,7 @@ class OneShotUpload:
     def __init__(self, core: Core, authorization: str | None) -> None:
         self.core = core
         self.authorization = authorization
-        self.tmp_dir = core.versions.staging_dir / f"mp-{uuid.uuid4().hex}"
+        self.tmp_dir = core.versions.staging_dir / f"{ONESHOT_PREFIX}{uuid.uuid4().hex}"
         self.tmp_dir.mkdir()
         self.ref: ModelRef | None = None
         self.manifest: Manifest | None = None
@@ -71,7 +72,7 @@ class OneShotUpload:
             raise BadRequest(str(exc), code="invalid_path") from exc
         if filename in self.received:
             raise BadRequest(f"file {filename!r} sent twice", code="duplicate_file")
-        tmp = self.tmp_dir / f"part-{len(self.received)}"
+        tmp = self.tmp_dir / f"{ONESHOT_PART_PREFIX}{len(self.received)}"
         self._file = IncomingBlob(self.core.blobs, tmp, f"file {filename!r}")
         self._filename = filename
 

@@ -21,6 +21,8 @@ them, mlos-core writes and reads them, so both take their names from here::
         ├── blobs/sha256/<ab>/<sha256>             that versions are hard links to blobs:
         ├── partial/<sha256>                       verified blobs (0444); blobs being received
         ├── staging/<id>/                          a version built, fsynced, not yet visible
+        ├── staging/mp-<id>/part-<n>               a one-shot upload's files, before they
+        │                                          become blobs
         ├── previous/<ns>/<name...>/<version>/     the generation a re-publish replaced
         ├── trash/                                 trees being deleted
         ├── uploads/<upload id>.json               open resumable uploads
@@ -59,6 +61,8 @@ STATE_DIR = ".mlos"
 BLOBS_DIR = "blobs/sha256"
 PARTIAL_BLOBS_DIR = "partial"
 STAGING_DIR = "staging"
+ONESHOT_PREFIX = "mp-"  # staging/mp-<id>/: the files of one one-shot (multipart) upload
+ONESHOT_PART_PREFIX = "part-"  # staging/mp-<id>/part-<n>: the n-th file of it
 PREVIOUS_DIR = "previous"
 TRASH_DIR = "trash"
 UPLOADS_DIR = "uploads"
