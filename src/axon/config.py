@@ -39,6 +39,7 @@ TargetType = Literal["instance", "cluster", "network_storage"]
 StorageType = Literal["filesystem", "api", "nfs", "s3"]
 AccessMethod = Literal["filesystem", "ssh", "api", "nfs"]
 Strategy = Literal["all", "first-available", "round-robin"]
+STRATEGIES: tuple[str, ...] = typing.get_args(Strategy)  # the order --help lists them in
 
 
 def axon_home() -> Path:

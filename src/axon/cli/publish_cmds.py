@@ -13,22 +13,19 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from axon.cli.output import Output
+from axon.config import STRATEGIES
 from axon.errors import EXIT_INTEGRITY, EXIT_NOT_FOUND, AxonError
-from axon.publish import (
-    PublishOptions,
-    PublishResult,
-    cluster_status_for,
-    publish,
-    register,
-    status,
-)
-from axon.publish.options import STRATEGIES
-from axon.publish.results import error_text, size_text
+
+if TYPE_CHECKING:
+    from axon.publish import PublishOptions, PublishResult
+
+# axon.publish (and through it the cache, targets, transports and the HTTP client) is
+# imported inside each command: `axon publish --help` stays as light as it was.
 
 DEFAULT_TARGET = "localhost"
 
@@ -64,6 +61,8 @@ def build_options(**values: Any) -> PublishOptions:
 
     ``--timeout`` given means it replaces each target's own timeout.
     """
+    from axon.publish import PublishOptions
+
     timeout = values.pop("timeout", None)
     if timeout is not None:
         values.update(timeout=timeout, override_timeout=True)
@@ -96,6 +95,8 @@ def build_options(**values: Any) -> PublishOptions:
 def publish_cmd(ref: str, target: str, as_json: bool, quiet: bool, **values: Any) -> None:
     """Publish a cached model REF (namespace/name[@version]) to an instance, a cluster or
     shared storage. Only what the target lacks is sent; the model becomes visible at once."""
+    from axon.publish import publish
+
     try:
         options = build_options(**values)
     except AxonError as exc:
@@ -126,6 +127,8 @@ def _progress(*, enabled: bool) -> Any:
 
 
 def _render_plans(result: PublishResult) -> None:
+    from axon.publish.results import size_text
+
     for plan in result.plans:
         state = "unchanged, nothing to send" if plan.unchanged else "would send"
         click.echo(
@@ -159,6 +162,8 @@ def _render_results(result: PublishResult, quiet: bool) -> None:
 def register_cmd(ref: str, target: str | None, as_json: bool) -> None:
     """Register REF with an MLOS Core instance that already has its files (upstream
     compatible: POST /models/register)."""
+    from axon.publish import register
+
     spec = target or os.environ.get("MLOS_CORE_ENDPOINT") or DEFAULT_TARGET
     try:
         answer = register(ref, spec)
@@ -181,6 +186,9 @@ def status_cmd(ref: str, target: str, as_json: bool, full_verify: bool) -> None:
     registered? Exit 0 when present and matching, 3 when absent, 5 when it differs.
     For a cluster: a matrix instance x (present, checksum ok, registered); exit 0 when every
     instance agrees, 9 when some do, 10 when none does."""
+    from axon.publish import cluster_status_for, status
+    from axon.publish.results import error_text
+
     try:
         matrix = cluster_status_for(ref, target, full=full_verify)
     except AxonError as exc:

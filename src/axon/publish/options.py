@@ -16,9 +16,8 @@ from collections.abc import Mapping
 from dataclasses import InitVar, dataclass
 from typing import Any
 
+from axon.config import STRATEGIES
 from axon.errors import OptionError
-
-STRATEGIES = ("all", "first-available", "round-robin")
 
 
 @dataclass
