@@ -5,10 +5,12 @@ a connection cut mid-file (the ControlMaster is killed) that resumes, quoting an
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -407,3 +409,40 @@ def test_ssh_persist_from_the_config(axon_home: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config()
     assert "ssh_persist" in str(info.value)
+
+
+def test_the_shipped_helper_needs_only_a_standard_python(tmp_path: Path) -> None:
+    """What the SSH transport runs on the host (modelpkg.layout + blobcopy + stagedir as one
+    ``python3 -c`` program) parses as Python 3.7, imports only the standard library, and
+    answers with no site-packages at all (``-I -S``: nothing of ours is importable)."""
+    import ast
+
+    from axon.transports.ssh import _helper_source
+
+    source = _helper_source()
+    tree = ast.parse(source, feature_version=(3, 7))
+    imported = {
+        (alias.name if isinstance(node, ast.Import) else node.module or "").split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    ours = {"axon", "modelpkg", "mlos_core"}
+    # the guarded imports of our own modules are skipped at run time (names already defined)
+    assert imported - ours <= set(sys.stdlib_module_names) | {"__future__"}
+    root = tmp_path / "models"
+    (root / "ns" / "m" / "v1").mkdir(parents=True)
+    (root / "ns" / "m" / "v1" / "manifest.yaml").write_text("kind: Model\n")
+    request = {"op": "status", "params": {"root": str(root), "rel": "ns/m/v1"}}
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", source, "serve"],
+        input=json.dumps(request) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        env={"PATH": os.environ.get("PATH", "")},
+    )
+    assert proc.returncode == 0, proc.stderr
+    answer = json.loads(proc.stdout.splitlines()[0])
+    assert answer["ok"] is True and answer["manifest"] == "kind: Model\n", answer

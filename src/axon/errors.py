@@ -37,19 +37,11 @@ from __future__ import annotations
 from typing import Any
 
 from modelpkg.errors import (
-    EXIT_ALL_FAILED,
     EXIT_CONFIG,
-    EXIT_DISCOVERY,
     EXIT_ERROR,
     EXIT_INTEGRITY,
-    EXIT_INTERRUPTED,
     EXIT_INVALID,
-    EXIT_NOT_FOUND,
-    EXIT_NOT_NOTIFIED,
-    EXIT_OK,
-    EXIT_PARTIAL,
     EXIT_TRANSPORT,
-    EXIT_USAGE,
     AuthenticationError,
     BucketNotFoundError,
     ConfigError,
@@ -65,6 +57,17 @@ from modelpkg.errors import (
 )
 
 AxonError = PackageError
+
+# Exit codes of the axon command line, documented in docs/exit-codes.md (stable: scripts
+# depend on them). 1, 4, 5, 6 and 7 belong to the shared errors (modelpkg.errors).
+EXIT_OK = 0
+EXIT_USAGE = 2  # bad command line (click's own code)
+EXIT_NOT_FOUND = 3  # model or target not found
+EXIT_NOT_NOTIFIED = 8  # files published but an instance was not notified
+EXIT_PARTIAL = 9  # some targets of a cluster/storage publish failed
+EXIT_ALL_FAILED = 10  # every target of a publish failed
+EXIT_DISCOVERY = 11  # service discovery failed
+EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
 def retryable(exc: AxonError, value: bool) -> AxonError:

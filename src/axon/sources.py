@@ -27,6 +27,7 @@ from axon.errors import ManifestError, NoSpaceError, SourceError, UnsafeArchiveE
 from axon.hashing import CHUNK, sha256_file
 from axon.progress import Progress
 from axon.transports.blobcopy import NO_COPY_RANGE
+from modelpkg.layout import TMP_TAG, sibling
 from modelpkg.manifest import MANIFEST_NAME, check_relpath
 from modelpkg.progress import OnBytes
 
@@ -311,7 +312,7 @@ def _strip_single_top_dir(staged: Path, digests: dict[str, Digest]) -> None:
     top = entries[0]
     if not ((top / MANIFEST_NAME).is_file() or (top / "config.json").is_file()):
         return
-    hidden = staged / f".{top.name}.tmp-strip"
+    hidden = staged / sibling(top.name, TMP_TAG, "strip")
     os.rename(top, hidden)
     for child in hidden.iterdir():
         os.rename(child, staged / child.name)

@@ -27,20 +27,14 @@ from __future__ import annotations
 
 from typing import Any
 
-# Exit codes, documented in docs/exit-codes.md. Stable: scripts depend on them.
-EXIT_OK = 0
+# The exit codes of the errors defined here (the axon command line's full table, with the
+# codes of its own errors, is in axon.errors and docs/exit-codes.md). Stable: scripts
+# depend on them.
 EXIT_ERROR = 1  # unexpected error (a bug: please report it with AXON_DEBUG=1 output)
-EXIT_USAGE = 2  # bad command line (click's own code)
-EXIT_NOT_FOUND = 3  # model or target not found
 EXIT_INVALID = 4  # invalid input: reference, manifest, source, archive
 EXIT_INTEGRITY = 5  # checksum, size, missing or extra files
 EXIT_CONFIG = 6  # config file problem
 EXIT_TRANSPORT = 7  # target unreachable, refused credentials, no space, permission denied
-EXIT_NOT_NOTIFIED = 8  # files published but an instance was not notified
-EXIT_PARTIAL = 9  # some targets of a cluster/storage publish failed
-EXIT_ALL_FAILED = 10  # every target of a publish failed
-EXIT_DISCOVERY = 11  # service discovery failed
-EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
 class PackageError(Exception):

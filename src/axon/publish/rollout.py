@@ -2,7 +2,7 @@
 
 :mod:`axon.publish.cluster` decides *which* instances get the model and *what counts as
 success*; this module does the work on a given list of instances and reports per instance.
-The checks between batches are passed in (from :mod:`axon.publish.status`); undo for
+The checks between batches are passed in (from :mod:`axon.publish.matrix`); undo for
 ``--atomic`` is :mod:`axon.publish.undo`.
 
 Nothing here ever raises because one instance failed: every failure becomes that instance's

@@ -229,7 +229,7 @@ def notify_reader(
     """Tell one reader of ``storage`` about ``model``: register its path, or (S3) ask it to
     scan, which makes it pull the new version, and check that it registered it."""
     started = time.monotonic()
-    is_s3 = storage.storage_type == "s3" or storage.location.startswith("s3://")
+    is_s3 = storage.scheme == "s3"
     notice = InstanceNotice(instance.name, instance.endpoint, "scan" if is_s3 else "register")
     timeout = min(options.timeout, 120.0)
     try:

@@ -22,7 +22,7 @@ kind with :func:`register_transport`.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -56,6 +56,9 @@ _REGISTRY: dict[str, TransportSpec] = {
 
 #: read-only view of the registry: access method or storage scheme -> TransportSpec
 TRANSPORTS = MappingProxyType(_REGISTRY)
+_BUILT_IN = frozenset(_REGISTRY)  # kinds added by register_transport are offered everywhere
+ACCESS_METHODS = ("api", "filesystem", "nfs", "ssh")  # what an instance is reached by
+STORAGE_SCHEMES = ("file", "nfs", "s3")  # what network storage is written by
 
 
 def register_transport(method: str, path: str, *, extra: str | None = None) -> None:
@@ -67,17 +70,23 @@ def register_transport(method: str, path: str, *, extra: str | None = None) -> N
 
 
 def transport_class(
-    method: str, *, target: str | None = None, key: str = "access_method"
+    method: str,
+    *,
+    target: str | None = None,
+    key: str = "access_method",
+    kinds: Iterable[str] | None = None,
 ) -> type[Transport]:
     """Import and return the transport class for ``method`` (ConfigError with a hint;
-    ``key`` names the config key that chose it)."""
+    ``key`` names the config key that chose it, ``kinds`` the names valid there)."""
     spec = _REGISTRY.get(method)
     if spec is None:
+        added = {m for m in _REGISTRY if m not in _BUILT_IN}
+        valid = sorted({*(_REGISTRY if kinds is None else kinds), *added})
         raise ConfigError(
             f"unknown access method {method!r}",
             key=key,
             target=target,
-            hint=f"use one of: {', '.join(sorted(_REGISTRY))}",
+            hint=f"use one of: {', '.join(valid)}",
         )
     module_name, _, attr = spec.path.partition(":")
     try:
@@ -110,7 +119,7 @@ def _install_hint(spec: TransportSpec, missing: str) -> str:
 
 def transport_for(target: InstanceTarget) -> Transport:
     """The transport that reaches instance ``target`` by its ``access_method``."""
-    cls = transport_class(target.access_method, target=target.name)
+    cls = transport_class(target.access_method, target=target.name, kinds=ACCESS_METHODS)
     return cls.from_target(target)
 
 
@@ -122,7 +131,9 @@ def storage_transport_for(
     ``tuning``: settings of that kind of storage by field name (for ``s3``, the fields of
     :class:`modelpkg.s3.S3Settings`); transports with nothing to tune ignore it.
     """
-    cls = transport_class(target.scheme, target=target.name, key="storage_path")
+    cls = transport_class(
+        target.scheme, target=target.name, key="storage_path", kinds=STORAGE_SCHEMES
+    )
     return cls.from_storage(target, tuning)
 
 

@@ -416,7 +416,7 @@ def commit(root: str, rel: str, digest: str) -> dict[str, Any]:
         # No RENAME_EXCHANGE (old kernel, some NFS servers): for the microseconds between
         # these two renames the path is absent, never partial.
         how = "aside"
-        old = stage + "." + OLD_TAG
+        old = os.path.join(parent, sibling(os.path.basename(final), OLD_TAG, digest[:16]))
         os.rename(final, old)
         os.rename(stage, final)
         shutil.rmtree(old, ignore_errors=True)
