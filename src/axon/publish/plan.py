@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from axon.mlos_client import quote_id
 from axon.publish.prepared import PreparedModel
 from axon.transports import transport_for
 
@@ -64,13 +63,7 @@ def compare(model: PreparedModel, remote: Manifest | None) -> list[PlannedFile]:
 def target_location(transport: Transport, model: PreparedModel) -> tuple[str, str | None]:
     """Where ``model`` goes through ``transport`` (for messages), and the model directory
     as the instance sees it when the transport knows it."""
-    path = transport.instance_path(model.ref)
-    where = transport.describe().rstrip("/")
-    if path:
-        return f"{where}/{model.ref.relpath}", path
-    if transport.method == "api":  # where the instance serves it (as InstanceResult says)
-        return f"{where}/models/{quote_id(model.ref.id)}", None
-    return where, None
+    return transport.location(model.ref), transport.instance_path(model.ref)
 
 
 def plan_instance(model: PreparedModel, target: InstanceTarget) -> InstancePlan:

@@ -326,6 +326,10 @@ class ApiTransport(Transport):
     def describe(self) -> str:
         return self.endpoint
 
+    def location(self, ref: ModelRef) -> str:
+        """Where the instance serves ``ref`` (as its commit answer says)."""
+        return self.client.model_url(ref)
+
     def open(self, ref: ModelRef, manifest: Manifest) -> ApiSession:
         session = ApiSession(self.client, ref, manifest, self.client.open_upload(ref, manifest))
         session.settle(self._interrupted)

@@ -160,6 +160,11 @@ class Transport(ABC):
         have = {f.sha256 for f in remote.files} if remote is not None else set()
         return {f.sha256 for f in manifest.files} - have
 
+    def location(self, ref: ModelRef) -> str:
+        """Where ``ref`` is once published, for messages and results."""
+        where = self.describe().rstrip("/")
+        return f"{where}/{ref.relpath}" if self.instance_path(ref) else where
+
     def instance_path(self, ref: ModelRef) -> str | None:
         """The model directory as the instance sees it (for register), if it has one."""
         return None
