@@ -158,10 +158,6 @@ class Health:
         status = self.body.get("status")
         return None if status == "healthy" else f"GET {self.url} says status {status!r}"
 
-    @property
-    def healthy(self) -> bool:
-        return self.problem is None
-
 
 def _no_answer(exc: BaseException) -> NoAnswer:
     import httpx

@@ -67,9 +67,7 @@ def check_member(member: Member, *, timeout: float = 3.0) -> MemberHealth:
     reason = unreachable_reason(health)
     if reason is not None:
         return MemberHealth(member, False, "unreachable", seconds=seconds, error=reason)
-    status = (
-        str(health.body.get("status", "unknown")) if isinstance(health.body, dict) else "unknown"
-    )
+    status = str(health.status or "unknown")
     return MemberHealth(
         member, status == "healthy", status, version=health.version, seconds=seconds
     )
