@@ -54,9 +54,9 @@ def test_contradicting_options_are_refused_before_anything_moves() -> None:
     PublishOptions(atomic=True).check("all")  # fine
 
 
-def test_cluster_options_are_publish_options_fields_and_extra_is_folded_in() -> None:
+def test_cluster_options_are_publish_options_fields() -> None:
     opts = PublishOptions(
-        atomic=True, strategy="all", max_parallel=3, extra={"min_success": "2", "fail_fast": True}
+        atomic=True, strategy="all", max_parallel=3, min_success="2", fail_fast=True
     )
     assert (opts.strategy, opts.max_parallel, opts.fail_fast, opts.min_success, opts.atomic) == (
         "all",
@@ -65,9 +65,9 @@ def test_cluster_options_are_publish_options_fields_and_extra_is_folded_in() -> 
         "2",
         True,
     )
-    assert PublishOptions(extra={"s3": {"part_size": 5 << 20}}).s3 == {"part_size": 5 << 20}
-    with pytest.raises(OptionError, match="unknown publish option"):
-        PublishOptions(extra={"bogus": 1})
+    assert PublishOptions(s3={"part_size": 5 << 20}).s3 == {"part_size": 5 << 20}
+    with pytest.raises(TypeError):  # no catch-all: every option is a field
+        PublishOptions(bogus=1)  # type: ignore[call-arg]
     with pytest.raises(OptionError, match="unknown S3 setting"):
         PublishOptions(s3={"part_sise": 1})
     from axon.cli.publish_cmds import build_options

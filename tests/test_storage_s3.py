@@ -37,7 +37,7 @@ def publish(
     storage = StorageTarget(
         "shared-s3", "s3", f"s3://{bucket}/{prefix}", endpoint_url=s3.endpoint_url
     )
-    options = PublishOptions(retries=opts.pop("retries", 1), backoff=0.05, extra={"s3": SMALL})
+    options = PublishOptions(retries=opts.pop("retries", 1), backoff=0.05, s3=SMALL)
     return publish_to_storage(model, storage, options)
 
 
@@ -199,7 +199,7 @@ def test_part_checksum_setting(tmp_path: Path, s3: S3Server, algorithm: str) -> 
     model = make_model(tmp_path / "m", "hf/ck@v1", {"big.bin": big})
     storage = StorageTarget("s", "s3", f"s3://{s3.bucket()}/m", endpoint_url=s3.endpoint_url)
     tuning = {**SMALL, "part_checksum": algorithm}
-    result = publish_to_storage(model, storage, PublishOptions(retries=0, extra={"s3": tuning}))
+    result = publish_to_storage(model, storage, PublishOptions(retries=0, s3=tuning))
     if algorithm == "MD5":  # not an S3 part checksum: refused before anything is sent
         assert result.error is not None and result.error["type"] == "ConfigError"
         assert "CRC32 or SHA256" in result.error["hint"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import InitVar, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from axon.config import STRATEGIES
@@ -22,12 +22,7 @@ from axon.errors import OptionError
 
 @dataclass
 class PublishOptions:
-    """Every knob of a publish, to an instance, a cluster or network storage.
-
-    ``extra`` (a mapping of field names, as older callers passed cluster and S3 settings)
-    is accepted when building and folded into the fields; a name that is no field is an
-    OptionError.
-    """
+    """Every knob of a publish, to an instance, a cluster or network storage."""
 
     validate: bool = True  # manifest + every sha256 checked before anything is sent
     notify: bool = True  # POST /models/register after a filesystem/SSH/NFS copy
@@ -48,29 +43,13 @@ class PublishOptions:
     # network storage (axon.publish.storage): S3 multipart tuning by S3Settings field name;
     # the values are checked where the transport is built (a bad one fails that target)
     s3: Mapping[str, Any] | None = None
-    extra: InitVar[Mapping[str, Any] | None] = None
 
-    def __post_init__(self, extra: Mapping[str, Any] | None) -> None:
-        if extra:
-            self._fold(extra)
+    def __post_init__(self) -> None:
         if self.s3 is not None:
             _check_s3_names(self.s3)
         if self.min_success not in (None, ""):
             _min_success_form(self.min_success)
         self.check(self.strategy)
-
-    def _fold(self, extra: Mapping[str, Any]) -> None:
-        """Take each ``extra`` value whose field still has its default (the field wins)."""
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        unknown = sorted(set(extra) - set(defaults))
-        if unknown:
-            raise OptionError(
-                f"unknown publish option(s): {', '.join(unknown)}",
-                hint="see PublishOptions for the options a publish takes",
-            )
-        for name, value in extra.items():
-            if getattr(self, name) == defaults[name]:
-                setattr(self, name, value)
 
     def check(self, strategy: str | None) -> None:
         """Refuse what contradicts itself under ``strategy`` (None: not known yet; a cluster
