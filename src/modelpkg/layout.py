@@ -98,3 +98,27 @@ def staging_dir(root: str, rel: str, digest: str) -> str:
     """The deterministic staging dir of one (model, manifest digest)."""
     parent, version = os.path.split(final_dir(root, rel))
     return os.path.join(parent, sibling(version, STAGING_TAG, digest[:16]))
+
+
+def overlapping_model(root: str, rel: str) -> str | None:
+    """The model directory (posix, relative to ``root``) that the model at ``rel`` would overlap.
+
+    A name may hold ``/``, so two references can map to nested directories: ``n/b@v1`` lives
+    at ``n/b/v1/`` and ``n/b/v1@x`` at ``n/b/v1/x/``. Writing either would replace or write
+    into the other, so a writer refuses ``rel`` when this answers. A model directory is one
+    that holds a manifest; ``rel`` itself holding one is the same model, not an overlap.
+    Housekeeping (``.``-prefixed) directories are skipped.
+    """
+    parts = rel.split("/")
+    for depth in range(3, len(parts)):  # the shortest model dir is <ns>/<name>/<version>
+        above = "/".join(parts[:depth])
+        if os.path.isfile(os.path.join(final_dir(root, above), MANIFEST_NAME)):
+            return above
+    here = final_dir(root, rel)
+    if not os.path.isdir(here) or os.path.isfile(os.path.join(here, MANIFEST_NAME)):
+        return None
+    for dirpath, dirnames, filenames in os.walk(here):
+        if MANIFEST_NAME in filenames:
+            return os.path.relpath(dirpath, root).replace(os.sep, "/")
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    return None
