@@ -33,7 +33,9 @@ KNOWN_API_VERSIONS = {"v1", "axon.mlos.io/v1"}
 EXECUTION_FORMATS = {"onnx", "gguf", "pytorch", "safetensors", "tensorflow", "tflite", "coreml"}
 EXECUTION_FILE_TYPES = {"single", "encoder", "decoder", "text_encoder", "vision_encoder"}
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
-MAX_PATH = 1024
+MAX_PATH = 1024  # bytes of a file path (UTF-8)
+MAX_NAME = 255  # bytes of one path segment: NAME_MAX of every filesystem we write to
+MAX_SIZE = 2**63 - 1  # a file size must fit an off_t (int64)
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -43,6 +45,8 @@ def check_relpath(path: str, *, field: str = "path", source: str | None = None) 
 
     Refuses absolute paths, ``..``, ``.`` and empty segments, backslashes, NUL and control
     characters, and over-long paths: every one of these could write outside the model dir.
+    Text that is not valid Unicode (a lone surrogate) and segments over NAME_MAX bytes are
+    refused too: no filesystem could hold them.
     """
 
     def bad(why: str) -> ManifestError:
@@ -55,8 +59,12 @@ def check_relpath(path: str, *, field: str = "path", source: str | None = None) 
 
     if not isinstance(path, str) or path == "":
         raise bad("empty")
-    if len(path) > MAX_PATH:
-        raise bad(f"longer than {MAX_PATH} characters")
+    try:
+        encoded = path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise bad("not valid Unicode (a lone surrogate)") from None
+    if len(encoded) > MAX_PATH:
+        raise bad(f"longer than {MAX_PATH} bytes")
     if any(ord(c) < 32 or ord(c) == 127 for c in path):
         raise bad("control character")
     if "\\" in path:
@@ -66,6 +74,8 @@ def check_relpath(path: str, *, field: str = "path", source: str | None = None) 
     parts = path.split("/")
     if any(p in ("", ".", "..") for p in parts):
         raise bad("'.', '..' or empty segment")
+    if any(len(p.encode("utf-8")) > MAX_NAME for p in parts):
+        raise bad(f"a segment longer than {MAX_NAME} bytes")
     if parts[0] == MANIFEST_NAME and len(parts) == 1:
         raise bad("manifest.yaml cannot list itself")
     return path
@@ -155,7 +165,8 @@ class Manifest:
 
         try:
             data = json.loads(text) if text.lstrip().startswith("{") else _load_yaml(text)
-        except (yaml.YAMLError, json.JSONDecodeError, RecursionError) as exc:
+        # ValueError: an integer of more digits than Python converts (sys.int_max_str_digits)
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:
             raise ManifestError(
                 f"not valid YAML/JSON: {str(exc).splitlines()[0] if str(exc) else exc!r}",
                 path=source,
@@ -345,6 +356,8 @@ class Manifest:
                 err(f"{field}.size", f"must be an integer, got {size!r:.40}")
             elif isinstance(size, int) and size < 0:
                 err(f"{field}.size", f"negative size {size}")
+            elif isinstance(size, int) and size > MAX_SIZE:
+                err(f"{field}.size", f"larger than {MAX_SIZE} bytes (2^63 - 1)")
             elif strict and size is None:
                 err(f"{field}.size", f"missing for {path!r}")
             if sha not in (None, "") and not (
@@ -366,6 +379,8 @@ class Manifest:
                 if str(parent) in seen:
                     err("spec.format.files", f"{str(parent)!r} is both a file and a directory")
                 parent = parent.parent
+        if not errs and self.total_size > MAX_SIZE:
+            err("spec.format.files", f"the files add up to more than {MAX_SIZE} bytes")
         return errs
 
     def validate(self, *, strict: bool = False) -> Manifest:
