@@ -13,9 +13,9 @@ for S3. The subclass provides:
   :class:`DirectoryConformance` implements it from a local path; for an S3 layout,
   :class:`tests.conformance.s3.S3Conformance`.
 
-Class knobs: ``supports_resume`` (a cut file resumes at an offset > 0), ``dedupes_content``
-(two paths with the same bytes are sent once), ``big_size`` (bytes of the file cut in the
-resume test: larger than the transport's first progress report).
+Class knobs: ``supports_resume`` (a cut file resumes at an offset > 0), ``big_size`` (bytes of
+the file cut in the resume test: larger than the transport's first progress report). Every
+transport sends two paths with the same bytes once.
 
 This module is not a test module: nothing here is collected until a ``Test...`` subclass in a
 ``test_*`` module names a transport. The helpers (``write_model``, ``publish``,
@@ -36,6 +36,7 @@ from axon.errors import TransportError
 from axon.transports.base import CommitInfo, Transport
 from modelpkg.manifest import MANIFEST_NAME, FileEntry, Manifest
 from modelpkg.refs import ModelRef
+from tests.fixtures.common import wait_for
 
 MiB = 1024 * 1024
 REF = ModelRef.parse("hf/conformance-model@v1")
@@ -91,7 +92,6 @@ def expected_snapshot(src: Path, manifest: Manifest) -> dict[str, bytes]:
 # ---- the suite -------------------------------------------------------------------------------
 class TransportConformance:
     supports_resume = True
-    dedupes_content = True
     big_size = 24 * MiB
 
     @pytest.fixture
@@ -152,8 +152,6 @@ class TransportConformance:
         self.assert_published(transport, src, manifest)
 
     def test_same_content_twice_is_sent_once(self, transport: Transport, tmp_path: Path) -> None:
-        if not self.dedupes_content:
-            pytest.skip("this transport sends each path")
         src = tmp_path / "src"
         blob = os.urandom(64 * 1024)
         manifest = write_model(src, {"a.bin": blob, "copy/a.bin": blob, "b.txt": b"b"})
@@ -258,12 +256,19 @@ class TransportConformance:
         thread.start()
         try:
             for i in range(6):
-                publish(transport, *versions[(i + 1) % 2])
+                now = (i + 1) % 2
+                publish(transport, *versions[now])
+                # the reader must see each replace land before the next one starts
+                wait_for(
+                    lambda now=now: bool(problems) or (bool(seen) and seen[-1] == now),
+                    timeout=30,
+                    what=f"a reader seeing version {now} after replace {i}",
+                )
         finally:
             stop.set()
             thread.join(30)
         assert problems == []
-        assert len(seen) > 0
+        assert set(seen) == {0, 1}, f"the reader saw versions {sorted(set(seen))}"
 
 
 class DirectoryConformance(TransportConformance):
