@@ -94,8 +94,13 @@ def test_exit_codes_of_a_result() -> None:
 
 
 def test_options_defaults_match_the_cli() -> None:
-    opts = PublishOptions()
-    assert (opts.validate, opts.notify, opts.dry_run, opts.retries) == (True, True, False, 5)
+    from axon.cli.publish_cmds import build_options, publish_cmd
+
+    params = publish_cmd.make_context("publish", ["hf/x@v1"]).params
+    for shown_only in ("ref", "target", "as_json", "quiet"):
+        del params[shown_only]
+    # `axon publish REF` with no options runs with the library's defaults, field for field
+    assert build_options(**params) == PublishOptions()
 
 
 def test_register_payload_is_upstream_shaped() -> None:
