@@ -153,14 +153,27 @@ def test_atomic_commit_failure_rolls_back_api_and_filesystem_instances(
 
 
 def test_atomic_success_switches_every_instance(
-    mlos_server: Any, installed_model: ModelRef, axon_home: Path
+    mlos_server: Any,
+    installed_model: ModelRef,
+    install_model: Any,
+    make_model_dir: Any,
+    axon_home: Path,
 ) -> None:
+    from tests.stress.checkers import check_model_dir
+
     servers = [mlos_server(no_fsync=True) for _ in range(3)]
     write_config(axon_home, clusters={"prod": cluster_of(*servers)})
+    assert run_cluster(installed_model, "prod").exit_code == EXIT_OK  # everyone has build 1
+    old = cached_files(axon_home, installed_model)
+    reinstall(install_model, make_model_dir, installed_model, seed=7)
+    new = cached_files(axon_home, installed_model)
+    assert new != old
     res = run_cluster(installed_model, "prod", atomic=True)
     assert res.exit_code == EXIT_OK and res.succeeded == 3
-    want = cached_files(axon_home, installed_model)
-    assert all(on_disk(s, installed_model) == want for s in servers)
+    for server in servers:
+        assert on_disk(server, installed_model) == new, server.url
+        assert check_model_dir(server.models_dir / installed_model.relpath) == []
+        assert registered(server, installed_model)
 
 
 # ---- status matrix --------------------------------------------------------------------------
