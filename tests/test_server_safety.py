@@ -53,6 +53,11 @@ def test_replacement_is_atomic_for_filesystem_and_http_readers(mlos_server):
     stop = threading.Event()
     problems: list[str] = []
     reads = [0, 0]
+    whole = [
+        {path: hashlib.sha256(data).hexdigest() for path, data in generation(n).items()}
+        for n in range(8)
+    ]
+    seen_over_http: set[int] = set()
 
     def fs_reader() -> None:
         while not stop.is_set():
@@ -62,11 +67,23 @@ def test_replacement_is_atomic_for_filesystem_and_http_readers(mlos_server):
             reads[0] += 1
 
     def http_reader() -> None:
+        # what an HTTP reader sees: the registered entry and the manifest of the visible
+        # version, which must always be one whole generation's
         with httpx.Client() as c:
             while not stop.is_set():
                 r = c.get(f"{srv.url}/models/ns/m@v1")
-                if r.status_code != 200:
-                    problems.append(f"GET answered {r.status_code}")
+                m = c.get(f"{srv.url}/v1/models/ns%2Fm%40v1/manifest")
+                if r.status_code != 200 or m.status_code != 200:
+                    problems.append(f"GET answered {r.status_code} / manifest {m.status_code}")
+                    continue
+                files = yaml.safe_load(m.text)["spec"]["format"]["files"]
+                shas = {f["path"]: f["sha256"] for f in files}
+                if shas not in whole:
+                    problems.append(f"the manifest over HTTP is no whole generation: {shas}")
+                else:
+                    seen_over_http.add(whole.index(shas))
+                if r.json().get("size") != sum(f["size"] for f in files):
+                    problems.append(f"registered size {r.json().get('size')} != the manifest's")
                 reads[1] += 1
 
     threads = [threading.Thread(target=fs_reader), threading.Thread(target=http_reader)]
@@ -81,6 +98,7 @@ def test_replacement_is_atomic_for_filesystem_and_http_readers(mlos_server):
             t.join()
     assert not problems, problems[:5]
     assert reads[0] > 10 and reads[1] > 10
+    assert len(seen_over_http) >= 2, f"HTTP reads saw only generations {seen_over_http}"
     assert read_consistent(model_dir) == {b"gen-0007"}
     # the replaced generation is kept for rollback; rolling back twice rolls forward
     r = httpx.post(f"{srv.url}/v1/models/ns%2Fm%40v1/rollback")
