@@ -8,11 +8,12 @@ import pytest
 
 from axon.discovery import check_members, discover
 from axon.errors import DiscoveryError
-from tests.fixtures.common import free_port
+from tests.fixtures.common import free_port, require_module
 
-pytest.importorskip(
-    "dns.resolver", reason="dnspython missing: pip install 'axon-publish[discovery]'"
-)
+
+@pytest.fixture(autouse=True)
+def _dnspython() -> None:
+    require_module("dns.resolver", "discovery")
 
 NAME = "_mlos._tcp.prod.example.internal"
 
