@@ -530,8 +530,10 @@ def axon_json(env: dict[str, str], *args: str) -> tuple[int, dict[str, object], 
 
 @pytest.fixture
 def fake_hub():  # type: ignore[no-untyped-def]
-    pytest.importorskip("huggingface_hub")
+    from tests.fixtures.common import require_module
     from tests.fixtures.models import safetensors_bytes
+
+    require_module("huggingface_hub", "hf")
 
     hub = FakeHub(
         {
