@@ -658,7 +658,7 @@ def test_where_the_kernel_cannot_copy_the_source_is_read_once(
         raise AssertionError("the source was read a second time")
 
     monkeypatch.setattr(os, "copy_file_range", refuse)
-    monkeypatch.setattr(sources, "sha256_file", second_pass)
+    monkeypatch.setattr(sources, "_sha256_fd", second_pass)
     data = os.urandom(3 * 1024 * 1024 + 5)
     src = tmp_path / "w.bin"
     src.write_bytes(data)
@@ -666,3 +666,177 @@ def test_where_the_kernel_cannot_copy_the_source_is_read_once(
     digest = sources.copy_hashing(src, tmp_path / "copy.bin", seen.append)
     assert digest.sha256 == hashlib.sha256(data).hexdigest() and digest.size == len(data)
     assert (tmp_path / "copy.bin").read_bytes() == data and sum(seen) == len(data)
+
+
+# ---- symlinks in a source directory ------------------------------------------------------
+SECRET = b"TOP-SECRET-" * 10
+
+
+def _model_with_link(root: Path, name: str, target: str | Path) -> Path:
+    """``root/model``: a config.json and ``name``, a symlink to ``target``."""
+    src = root / "model"
+    src.mkdir(parents=True, exist_ok=True)
+    (src / "config.json").write_bytes(b"{}")
+    (src / name).parent.mkdir(parents=True, exist_ok=True)
+    (src / name).symlink_to(target)
+    return src
+
+
+def _installed_bytes(axon_home: Path) -> bytes:
+    models = axon_home / "cache" / "models"
+    return b"".join(p.read_bytes() for p in sorted(models.rglob("*")) if p.is_file())
+
+
+@pytest.mark.parametrize("how", ["absolute", "relative"])
+def test_a_symlink_leading_out_of_the_directory_is_refused_by_name(
+    axon_home: Path, tmp_path: Path, how: str
+) -> None:
+    """`ln -s /etc/passwd model/passwd` (or `../../etc/hostname`): the file it points to is
+    not part of the model. Refused naming the link and where it leads (exit 4), nothing
+    installed; `--follow-symlinks` says the user wants it, and then it is copied."""
+    from tests.helpers import run_axon
+
+    secret = tmp_path / "outside" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_bytes(SECRET)
+    target = secret if how == "absolute" else Path("../" * 8) / secret.relative_to("/")
+    src = _model_with_link(tmp_path, "sub/passwd", target)
+    done = run_axon("install", str(src), "--as", "a/b@v1")
+    assert done.code == 4, done.err
+    assert f"{src}/sub/passwd" in done.err and str(secret) in done.err
+    assert "--follow-symlinks" in done.err and "Traceback" not in done.err
+    assert SECRET not in _installed_bytes(axon_home)
+    assert not (axon_home / "cache" / "models" / "a").exists()
+
+    done = run_axon("install", str(src), "--as", "a/b@v1", "--follow-symlinks")
+    assert done.code == 0, done.err
+    installed = axon_home / "cache" / "models" / "a" / "b" / "v1" / "sub" / "passwd"
+    assert installed.read_bytes() == SECRET and not installed.is_symlink()
+
+
+def test_a_symlink_inside_the_directory_is_followed(cache: Cache, tmp_path: Path) -> None:
+    src = _model_with_link(tmp_path, "alias.json", "config.json")
+    (src / "deep").mkdir()
+    (src / "deep" / "up.json").symlink_to("../config.json")
+    model = install_source(str(src), as_ref="a/b@v1", cache=cache)
+    for rel in ("alias.json", "deep/up.json"):
+        assert (model.path / rel).read_bytes() == b"{}" and not (model.path / rel).is_symlink()
+
+
+def test_a_snapshot_link_leading_past_its_blobs_is_refused(cache: Cache, tmp_path: Path) -> None:
+    """A Hugging Face snapshot's links may lead into its repo's blobs/, nowhere else."""
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(SECRET)
+    (tmp_path / "repo" / "blobs").mkdir(parents=True)
+    (tmp_path / "repo" / "blobs" / "abc").write_bytes(b"weights")
+    snap = tmp_path / "repo" / "snapshots" / "rev"
+    snap.mkdir(parents=True)
+    (snap / "model.onnx").symlink_to("../../blobs/abc")
+    (snap / "config.json").symlink_to(secret)
+    with pytest.raises(SourceError, match="outside the model directory") as info:
+        install_source(str(snap), as_ref="hf/snap@rev", cache=cache)
+    assert str(secret) in str(info.value) and cache.list() == [] and leftovers(cache) == []
+    # blobs/ itself a link (to anywhere) is not the snapshot's own storage
+    (snap / "config.json").unlink()
+    os.rename(tmp_path / "repo" / "blobs", tmp_path / "elsewhere")
+    (tmp_path / "repo" / "blobs").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(SourceError, match="outside the model directory"):
+        install_source(str(snap), as_ref="hf/snap@rev", cache=cache)
+
+
+# what each odd link is refused as: (without --follow-symlinks, with it); None: installed
+ODD_LINKS = {
+    "dir-outside": ("symlinked directory", None),
+    "dir-inside": ("symlinked directory", "symlink loop"),
+    "loop": ("symlink loop", "symlink loop"),
+    "dir-loop": ("symlinked directory", "symlink loop"),
+    "dev-zero": ("outside the model directory", "not a regular file"),
+    "fifo": ("outside the model directory", "not a regular file"),
+    "fifo-inside": ("not a regular file", "not a regular file"),
+    "broken": ("broken symlink", "broken symlink"),
+}
+
+
+@pytest.mark.parametrize("case", ODD_LINKS)
+@pytest.mark.parametrize("follow", [False, True])
+def test_odd_links_are_refused_without_hanging(
+    axon_home: Path, tmp_path: Path, case: str, follow: bool
+) -> None:
+    """A linked directory, a loop, a link to /dev/zero or to a fifo (opening it would block
+    until a writer came) or to nothing: exit 4 naming the link, in well under the timeout.
+    ``--follow-symlinks`` follows directories, never devices, fifos or loops."""
+    from tests.helpers import run_axon
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(SECRET)
+    os.mkfifo(tmp_path / "fifo")
+    targets = {
+        "dir-outside": ("link", outside),
+        "dir-inside": ("link", Path(".")),  # the model dir itself: a loop once followed
+        "loop": ("loop", Path("loop")),
+        "dir-loop": ("sub/up", Path("..")),
+        "dev-zero": ("link", Path("/dev/zero")),
+        "fifo": ("link", tmp_path / "fifo"),
+        "fifo-inside": ("link", Path("pipe")),
+        "broken": ("link", tmp_path / "nothing-here"),
+    }
+    name, target = targets[case]
+    src = _model_with_link(tmp_path, name, target)
+    if case == "fifo-inside":
+        os.mkfifo(src / "pipe")
+    args = ["install", str(src), "--as", "a/b@v1", *(["--follow-symlinks"] if follow else [])]
+    done = run_axon(*args, timeout=60)
+    words = ODD_LINKS[case][follow]
+    if words is None:  # asked for: the linked directory's files
+        assert done.code == 0, done.err
+        assert SECRET in _installed_bytes(axon_home)
+        return
+    assert done.code == 4, done.err
+    assert words in done.err and "Traceback" not in done.err
+    assert f"{src}/{name}" in done.err and f"{src}/{name}/" not in done.err  # the link, by name
+    assert SECRET not in _installed_bytes(axon_home)
+    assert not (axon_home / "cache" / "models" / "a").exists()
+
+
+def test_a_link_changed_after_listing_cannot_lead_out(tmp_path: Path) -> None:
+    """The file opened is checked, not the name listed: a link retargeted between listing
+    and copying (outside, or to another file) is refused, and its bytes are not copied."""
+    from axon.sources import copy_hashing, source_files
+
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(SECRET)
+    src = _model_with_link(tmp_path, "alias.json", "config.json")
+    listing = source_files(src)
+    (listing_file,) = [f for f in listing.files if f.rel == "alias.json"]
+    (src / "alias.json").unlink()
+    (src / "alias.json").symlink_to(secret)
+    dst = tmp_path / "copy.json"
+    with pytest.raises(SourceError, match=r"alias\.json"):
+        copy_hashing(Path(listing_file.path), dst, lambda n: None, listed=listing_file)
+    assert not dst.exists() or SECRET not in dst.read_bytes()
+    # the same inode, but now reached through a link leading out: refused by where it is
+    (src / "alias.json").unlink()
+    moved = tmp_path / "moved.json"
+    os.rename(src / "config.json", moved)
+    (src / "config.json").symlink_to(moved)
+    (config_file,) = [f for f in listing.files if f.rel == "config.json"]
+    with pytest.raises(SourceError, match="outside the model directory"):
+        copy_hashing(Path(config_file.path), dst, lambda n: None, listed=config_file,
+                     roots=listing.roots)  # fmt: skip
+
+
+def test_a_read_only_cache_is_a_permission_error_not_a_crash(
+    tmp_path: Path, make_model_dir: MakeDir
+) -> None:
+    """A cache on a read-only filesystem was "unexpected error" (exit 1, OSError EROFS); it
+    is exit 7 naming the cache, with what to do."""
+    from tests.fixtures.common import tmpfs
+    from tests.helpers import run_axon
+
+    src = make_model_dir()
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
+        done = run_axon("install", str(src), "--as", "a/b@v1", env={"AXON_HOME": str(ro)})
+    assert done.code == 7, done.err
+    assert f"cannot write the cache at {ro}/cache/models" in done.err
+    assert "AXON_HOME" in done.err and "Traceback" not in done.err

@@ -3,7 +3,8 @@
 SOURCE is one of:
 
 * a local model directory (e.g. a Hugging Face snapshot: config.json, weights, tokenizer
-  files, subfolders; symlinks to files are followed, as in HF's own cache);
+  files, subfolders). A symlink to a file inside it (or into a snapshot's ``blobs/``, as in
+  HF's own cache) is followed; any other link is refused by name unless ``follow_symlinks``;
 * a ``.axon`` archive (tar.gz). Extraction streams member by member and refuses anything that
   could land outside the model directory: absolute names, ``..``, links, devices, fifos;
 * ``hf/<repo>[@revision]``, downloaded with huggingface_hub (the ``hf`` extra).
@@ -20,6 +21,7 @@ import tarfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NoReturn
 
 from axon.cache import METADATA_NAME, Cache, CachedModel
 from axon.detect import detect_dir
@@ -28,6 +30,7 @@ from axon.errors import (
     IntegrityError,
     NoSpaceError,
     SourceError,
+    TargetPermissionError,
     TargetUnreachableError,
 )
 from axon.progress import NULL_PROGRESS, Progress
@@ -46,22 +49,32 @@ def install_source(
     cache: Cache | None = None,
     progress: Progress = NULL_PROGRESS,
     hf_token: str | None = None,
+    follow_symlinks: bool = False,
 ) -> CachedModel:
-    """Install ``source`` into ``cache`` (default: from the config) and return the model."""
+    """Install ``source`` into ``cache`` (default: from the config) and return the model.
+
+    ``follow_symlinks``: a directory's links are followed wherever they lead (by default only
+    links to files inside it, or into a Hugging Face snapshot's ``blobs/``, are).
+    """
     cache = cache or Cache.from_config()
     ref = ModelRef.parse(as_ref) if isinstance(as_ref, str) else as_ref
     kind = classify_source(source)
+    follow = follow_symlinks
     if kind == "hf":
         repo, revision = parse_hf_source(source)
-        local = download_hf(repo, revision, token=hf_token, progress=progress)
         ref = ref or ModelRef("hf", repo, revision or "latest")
+        local = download_hf(repo, revision, token=hf_token, progress=progress)
         return _install(
-            cache, ref, source, progress, lambda staged: copy_dir(local, staged, progress)
+            cache,
+            ref,
+            source,
+            progress,
+            lambda staged: copy_dir(local, staged, progress, follow_symlinks=follow),
         )
     path = Path(source).expanduser()
     if kind == "dir":
         populate: Callable[[Path], dict[str, Digest]] = lambda staged: copy_dir(  # noqa: E731
-            path, staged, progress
+            path, staged, progress, follow_symlinks=follow
         )
     else:
         populate = lambda staged: extract_archive(path, staged, progress)  # noqa: E731
@@ -120,10 +133,13 @@ def _install(
 ) -> CachedModel:
     # Staged in a hidden dir under models/ (same filesystem as the final place, skipped by
     # listing); it becomes the model dir in one rename, or is removed on any failure.
-    cache.models_dir.mkdir(parents=True, exist_ok=True)
-    cache.clean_stale()  # what an install killed with SIGKILL long ago left behind
-    staged = staging_name(cache.models_dir / "install")
-    staged.mkdir()
+    try:
+        cache.models_dir.mkdir(parents=True, exist_ok=True)
+        cache.clean_stale()  # what an install killed with SIGKILL long ago left behind
+        staged = staging_name(cache.models_dir / "install")
+        staged.mkdir()
+    except OSError as exc:
+        _raise_cache_error(exc, cache, source)
     try:
         digests = populate(staged)
         base = _take_base_manifest(staged)
@@ -137,17 +153,33 @@ def _install(
         replace_dir(staged, cache.path_for(final_ref))
     except BaseException as exc:
         remove_tree(staged)
-        full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        if full and not isinstance(exc, AxonError):
-            raise NoSpaceError(
-                f"no space left installing {source} into the cache at {cache.models_dir}",
-                path=getattr(exc, "filename", None) or str(cache.models_dir),
-                hint="free space there or point AXON_HOME at a bigger disk; nothing was installed",
-            ) from exc
+        if isinstance(exc, OSError):
+            _raise_cache_error(exc, cache, source)
         raise
     cache.remember_digests(final_ref, manifest.files, inodes)
     progress.message(f"installed {final_ref} ({len(manifest.files)} files)")
     return cache.get(final_ref)
+
+
+def _raise_cache_error(exc: OSError, cache: Cache, source: str) -> NoReturn:
+    """Raise an OSError met writing the cache: no space and no permission as our errors
+    (exit 7); ours, and any other, as they are."""
+    if isinstance(exc, AxonError):
+        raise exc
+    where = getattr(exc, "filename", None) or str(cache.models_dir)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise NoSpaceError(
+            f"no space left installing {source} into the cache at {cache.models_dir}",
+            path=where,
+            hint="free space there or point AXON_HOME at a bigger disk; nothing was installed",
+        ) from exc
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        raise TargetPermissionError(
+            f"cannot write the cache at {cache.models_dir}: {exc.strerror}",
+            path=where,
+            hint="give this user write access there, or point AXON_HOME elsewhere",
+        ) from exc
+    raise exc
 
 
 def _inode(path: Path) -> tuple[int, int]:

@@ -1,16 +1,22 @@
 """Reading install sources: local directories and ``.axon`` archives, copied (or extracted)
 and hashed in one pass, so a model's bytes are read once.
 
-* Directories: symlinks to files are followed (Hugging Face snapshots link into ``blobs/``);
-  symlinked directories, fifos, devices and sockets are refused. The kernel copies each file
-  (``copy_file_range``) while another thread hashes it; several files go in parallel.
+* Directories: a symlink to a file is followed when it leads inside the directory (or, for
+  a Hugging Face snapshot, into its repo's ``blobs/``); a link leading anywhere else and a
+  symlinked directory are refused by name unless the user asks to follow links
+  (``follow_symlinks``); loops, fifos, devices and sockets always are. The file opened is
+  checked to be the one listed, so a link changed meanwhile cannot lead elsewhere. The kernel
+  copies each file (``copy_file_range``) while this thread hashes it; several files go in
+  parallel.
 * Archives (tar, tar.gz): streamed member by member; anything that could land outside the
   model directory (absolute names, ``..``, links, devices, fifos, duplicates) is refused
-  before a byte of it is written.
+  before a byte of it is written; a name the cache's filesystem cannot hold (too long) is
+  refused naming the member.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -23,8 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from axon.errors import ManifestError, NoSpaceError, SourceError, UnsafeArchiveError
-from axon.hashing import CHUNK, sha256_file
+from axon.errors import (
+    AxonError,
+    ManifestError,
+    NoSpaceError,
+    SourceError,
+    UnsafeArchiveError,
+)
+from axon.hashing import CHUNK
 from axon.progress import Progress
 from axon.transports.blobcopy import NO_COPY_RANGE
 from modelpkg.layout import TMP_TAG, sibling
@@ -41,95 +53,341 @@ class Digest:
 
 
 # ---- local directories ------------------------------------------------------------------
-def source_files(root: Path) -> list[str]:
-    """Relative paths of the files to install from a directory; SourceError on odd entries."""
-    out = []
-    for dirpath, dirs, files in os.walk(root):
-        rel_dir = os.path.relpath(dirpath, root)
-        if rel_dir == ".":
-            dirs[:] = [d for d in dirs if d not in _SKIP_DIRS]
-        for d in dirs:
-            if os.path.islink(os.path.join(dirpath, d)):
+@dataclass(frozen=True)
+class SourceFile:
+    """One file to install from a directory: its path in the model (``rel``), the path it is
+    read from, and the identity (device, inode) it had when listed: the file opened to copy
+    must be that one."""
+
+    rel: str
+    path: str
+    size: int
+    dev: int
+    ino: int
+
+
+@dataclass
+class SourceListing:
+    """What a directory source holds. ``roots``: the real directories its links may lead
+    into (None with ``follow_symlinks``: anywhere)."""
+
+    root: str
+    files: list[SourceFile]
+    roots: tuple[str, ...] | None
+
+
+def link_roots(top: str) -> tuple[str, ...]:
+    """Where the links of the source directory ``top`` (a real path) may lead: inside it, and
+    for a Hugging Face snapshot (``<repo>/snapshots/<revision>/``, whose files link to
+    ``../../blobs/<hash>``) into that repo's own ``blobs/`` directory (a real one)."""
+    parent = os.path.dirname(top)
+    if os.path.basename(parent) == "snapshots":
+        blobs = os.path.join(os.path.dirname(parent), "blobs")
+        try:
+            if stat.S_ISDIR(os.lstat(blobs).st_mode):
+                return (top, blobs)
+        except OSError:
+            pass
+    return (top,)
+
+
+def within(path: str, roots: tuple[str, ...]) -> bool:
+    """True when the real path ``path`` is one of ``roots`` or below one."""
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+_FOLLOW_HINT = (
+    "copy the file(s) into the model directory, or pass --follow-symlinks to install what "
+    "the link points to"
+)
+
+
+def source_files(root: Path, *, follow_symlinks: bool = False) -> SourceListing:
+    """The files to install from the directory ``root``; SourceError on anything else.
+
+    A symlink to a file is followed when it leads inside ``root`` (or, for a Hugging Face
+    snapshot, into its repo's ``blobs/``); one leading elsewhere, and a symlinked directory,
+    are refused by name unless ``follow_symlinks``. Loops, broken links, devices, fifos and
+    sockets are always refused; nothing is opened while listing (a fifo cannot block it).
+    """
+    top = os.path.realpath(root)
+    roots = None if follow_symlinks else link_roots(top)
+    out: list[SourceFile] = []
+    entered: set[tuple[int, int]] = set()  # directories walked, by identity: once each
+
+    def walk(directory: str, rel_dir: str, st: os.stat_result) -> None:
+        if (st.st_dev, st.st_ino) in entered:
+            raise SourceError(
+                f"{directory}: a symlink loop (this directory is reached twice through links)",
+                path=directory,
+                hint="remove the link that leads back, or copy the files in instead",
+            )
+        entered.add((st.st_dev, st.st_ino))
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            raise _unreadable(directory, exc) from None
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            if not rel_dir and entry.name in _SKIP_DIRS and entry.is_dir():
+                continue
+            full = entry.path
+            st = _stat_entry(full)
+            link = entry.is_symlink()
+            if link and roots is not None:
+                _check_link(full, st, roots)
+            if stat.S_ISDIR(st.st_mode):
+                walk(full, rel, st)
+            elif stat.S_ISREG(st.st_mode):
+                checked = rel if rel == MANIFEST_NAME else check_relpath(rel, source=str(root))
+                out.append(SourceFile(checked, full, st.st_size, st.st_dev, st.st_ino))
+            else:
+                what = f" (a symlink to {os.path.realpath(full)})" if link else ""
                 raise SourceError(
-                    f"{os.path.join(dirpath, d)}: symlinked directories are not supported",
-                    path=os.path.join(dirpath, d),
-                    hint="copy the directory's contents in instead of linking it",
+                    f"{full}{what}: not a regular file (device, fifo or socket)",
+                    path=full,
+                    hint="remove it from the model directory; only regular files are installed",
                 )
-        for name in files:
-            full = os.path.join(dirpath, name)
-            try:
-                st = os.stat(full)  # follows symlinks (HF snapshots link into blobs/)
-            except FileNotFoundError:
-                raise SourceError(f"{full}: broken symlink", path=full) from None
-            if not stat.S_ISREG(st.st_mode):
-                raise SourceError(f"{full}: not a regular file (device, fifo or socket)", path=full)
-            rel = name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/")
-            out.append(rel if rel == MANIFEST_NAME else check_relpath(rel, source=str(root)))
+
+    try:
+        top_st = os.stat(top)
+    except OSError as exc:
+        raise _unreadable(str(root), exc) from None
+    walk(top, "", top_st)
     if not out:
         raise SourceError(f"{root}: empty directory, no model files", path=str(root))
-    return sorted(out)
+    out.sort(key=lambda f: f.rel)
+    return SourceListing(str(root), out, roots)
 
 
-def copy_dir(src: Path, staged: Path, progress: Progress) -> dict[str, Digest]:
-    rels = source_files(src)
-    sizes = {rel: os.stat(src / rel).st_size for rel in rels}
-    progress.begin("install", f"copying {len(rels)} files", sum(sizes.values()))
+def _stat_entry(full: str) -> os.stat_result:
+    """``stat`` following links: what a link leads to (a loop or a broken link: refused)."""
+    try:
+        return os.stat(full)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SourceError(
+                f"{full}: a symlink loop (the link leads back to itself)",
+                path=full,
+                hint="remove or fix the link",
+            ) from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR) and os.path.islink(full):
+            raise SourceError(
+                f"{full}: broken symlink (to {os.readlink(full)!r})",
+                path=full,
+                hint="remove or fix the link",
+            ) from None
+        raise _unreadable(full, exc) from None
 
-    def one(rel: str) -> Digest:
-        dst = staged / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        return copy_hashing(src / rel, dst, lambda n: progress.advance("install", n))
 
-    workers = min(len(rels), max(2, os.cpu_count() or 2), 8)
+def _check_link(full: str, st: os.stat_result, roots: tuple[str, ...]) -> None:
+    """Refuse the link ``full`` unless it may be followed (a file inside ``roots``)."""
+    real = os.path.realpath(full)
+    if stat.S_ISDIR(st.st_mode):
+        raise SourceError(
+            f"{full}: a symlinked directory (to {real}) is not followed",
+            path=full,
+            hint="copy the directory's contents in instead of linking it, or pass "
+            "--follow-symlinks to install what it points to",
+        )
+    if not within(real, roots):
+        raise SourceError(
+            f"{full}: a symlink to {real}, outside the model directory {roots[0]}",
+            path=full,
+            hint=_FOLLOW_HINT,
+        )
+
+
+def _unreadable(path: str, exc: OSError) -> SourceError:
+    return SourceError(
+        f"{path}: cannot read it ({exc.strerror or exc})",
+        path=path,
+        hint="check that the source exists and is readable by this user",
+    )
+
+
+def copy_dir(
+    src: Path, staged: Path, progress: Progress, *, follow_symlinks: bool = False
+) -> dict[str, Digest]:
+    listing = source_files(src, follow_symlinks=follow_symlinks)
+    files = listing.files
+    progress.begin("install", f"copying {len(files)} files", sum(f.size for f in files))
+
+    def one(f: SourceFile) -> Digest:
+        dst = staged / f.rel
+        on_bytes: OnBytes = lambda n: progress.advance("install", n)  # noqa: E731
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            return copy_hashing(Path(f.path), dst, on_bytes, listed=f, roots=listing.roots)
+        except OSError as exc:
+            raise member_error(exc, f.rel, str(src)) from None
+
+    workers = min(len(files), max(2, os.cpu_count() or 2), 8)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="axon-install") as pool:
-        digests = dict(zip(rels, pool.map(one, rels), strict=True))
+        digests = dict(zip([f.rel for f in files], pool.map(one, files), strict=True))
     progress.end("install")
     return digests
+
+
+# what a file's name can make the cache's filesystem answer: too long (a component over 255
+# bytes, a path over 4096), not storable there, a file where a directory is needed, ...
+_NAME_ERRORS = (
+    errno.ENAMETOOLONG,
+    errno.EILSEQ,
+    errno.EINVAL,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EEXIST,
+    errno.ELOOP,
+)
+
+
+def member_error(exc: OSError, rel: str, source: str) -> BaseException:
+    """An OSError met while writing the file ``rel`` of ``source`` into the cache: when its
+    name is the cause, the input's fault (SourceError, exit 4, naming the file); anything
+    else (no space: reported as such by the install) stays as it is."""
+    if exc.errno not in _NAME_ERRORS:
+        return exc
+    why = exc.strerror or str(exc)
+    hint = "rename or remove that file in the source"
+    if exc.errno == errno.ENAMETOOLONG:
+        hint = (
+            "the cache's filesystem allows 255 bytes a name and 4096 a path (with the cache "
+            "directory's own): rename it in the source, or move the cache (AXON_HOME) to a "
+            "shorter path"
+        )
+    return SourceError(f"{source}: cannot install {_shown(rel)}: {why}", path=source, hint=hint)
+
+
+def _shown(name: str) -> str:
+    """``name`` quoted for a message; a long one cut in the middle, with its length."""
+    if len(name) <= 120:
+        return repr(name)
+    return f"{name[:80]!r}...{name[-24:]!r} ({len(name.encode('utf-8', 'replace'))} bytes)"
 
 
 _COPY_CHUNK = 64 * 1024 * 1024
 
 
-def copy_hashing(src: Path, dst: Path, on_bytes: OnBytes) -> Digest:
+def copy_hashing(
+    src: Path,
+    dst: Path,
+    on_bytes: OnBytes,
+    *,
+    listed: SourceFile | None = None,
+    roots: tuple[str, ...] | None = None,
+) -> Digest:
     """Copy ``src`` to ``dst`` and return the digest of what was copied.
 
     The kernel copies (``copy_file_range``: no bytes through Python) in a helper thread while
-    this thread hashes the source, so the two overlap. The source must not change meanwhile
-    (checked by its size, mtime and ctime). The first chunk is copied up front: where the
-    kernel cannot copy between these filesystems it fails at once, and the file is then read
-    once, hashed and written in the same pass.
+    this thread hashes the same open file, so the two overlap. The source must not change
+    meanwhile (checked by its size, mtime and ctime). The first chunk is copied up front:
+    where the kernel cannot copy between these filesystems it fails at once, and the file is
+    then read once, hashed and written in the same pass.
+
+    ``listed``: the file opened must be that one (same device and inode, a regular file);
+    ``roots``: and it must lie below one of these real directories (checked on the open
+    file, so a link changed after listing cannot lead elsewhere).
     """
-    before = os.stat(src)
+    fd = _open_source(src, listed, roots)
+    with open(fd, "rb", buffering=0) as fin:
+        before = os.fstat(fd)
+        with open(dst, "wb", buffering=0) as fout:
+            if not _first_kernel_copy(fin.fileno(), fout.fileno(), before.st_size):
+                fout.close()
+                digest = write_hashing(fin, dst, on_bytes)
+                _check_unchanged(src, fd, before, dst)
+                return digest
+            sha = _copy_while_hashing(fin.fileno(), fout.fileno(), on_bytes)
+        _check_unchanged(src, fd, before, dst)
+    return Digest(before.st_size, sha)
+
+
+def _open_source(src: Path, listed: SourceFile | None, roots: tuple[str, ...] | None) -> int:
+    """Open ``src`` to read it, never blocking (a fifo swapped in), and check it is the file
+    listed, a regular one, inside ``roots``."""
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise _unreadable(str(src), exc) from None
+    try:
+        st = os.fstat(fd)
+        same = listed is None or (st.st_dev, st.st_ino) == (listed.dev, listed.ino)
+        if not (stat.S_ISREG(st.st_mode) and same):
+            raise SourceError(
+                f"{src}: changed while it was being installed (it is not the file listed)",
+                path=str(src),
+                hint="install again once nothing changes the source",
+            )
+        where = _open_path(fd)
+        if roots is not None and where is not None and not within(where, roots):
+            raise SourceError(
+                f"{src}: leads to {where}, outside the model directory {roots[0]}",
+                path=str(src),
+                hint=_FOLLOW_HINT,
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_path(fd: int) -> str | None:
+    """Where the open file ``fd`` really is (Linux: /proc/self/fd); None when unknown."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+
+
+def _copy_while_hashing(fin: int, fout: int, on_bytes: OnBytes) -> str:
+    """Copy the rest of ``fin`` (the kernel, in a helper thread) while hashing all of it
+    from offset 0 (``pread``: the copy's file position is not moved); the sha256."""
     stop = threading.Event()
     failure: list[BaseException] = []
-    with open(src, "rb", buffering=0) as fin, open(dst, "wb", buffering=0) as fout:
-        if not _first_kernel_copy(fin.fileno(), fout.fileno(), before.st_size):
-            fout.close()
-            return write_hashing(fin, dst, on_bytes)
 
-        def copy() -> None:
-            try:
-                _kernel_copy(fin.fileno(), fout.fileno(), stop)
-            except BaseException as exc:  # reported to the hashing thread
-                failure.append(exc)
-
-        def hashed(n: int) -> None:
-            if failure:  # the copy failed (no space ...): stop hashing, report it below
-                raise failure[0]
-            on_bytes(n)
-
-        helper = threading.Thread(target=copy, name="axon-copy", daemon=True)
-        helper.start()
+    def copy() -> None:
         try:
-            sha = sha256_file(src, hashed)
-        except BaseException:
-            stop.set()  # Ctrl-C: do not wait for the rest of a big copy
-            raise
-        finally:
-            helper.join()
+            _kernel_copy(fin, fout, stop)
+        except BaseException as exc:  # reported to the hashing thread
+            failure.append(exc)
+
+    def hashed(n: int) -> None:
+        if failure:  # the copy failed (no space ...): stop hashing, report it below
+            raise failure[0]
+        on_bytes(n)
+
+    helper = threading.Thread(target=copy, name="axon-copy", daemon=True)
+    helper.start()
+    try:
+        sha = _sha256_fd(fin, hashed)
+    except BaseException:
+        stop.set()  # Ctrl-C: do not wait for the rest of a big copy
+        raise
+    finally:
+        helper.join()
     if failure:
         raise failure[0]
-    after = os.stat(src)
+    return sha
+
+
+def _sha256_fd(fd: int, on_bytes: OnBytes) -> str:
+    """The sha256 of the open file ``fd``, read with ``pread`` from offset 0."""
+    h = hashlib.sha256()
+    view = memoryview(bytearray(CHUNK))
+    pos = 0
+    while True:
+        n = os.preadv(fd, [view], pos)
+        if not n:
+            return h.hexdigest()
+        h.update(view[:n])
+        pos += n
+        on_bytes(n)
+
+
+def _check_unchanged(src: Path, fd: int, before: os.stat_result, dst: Path) -> None:
+    after = os.fstat(fd)
     same = (before.st_size, before.st_mtime_ns, before.st_ctime_ns) == (
         after.st_size,
         after.st_mtime_ns,
@@ -141,7 +399,6 @@ def copy_hashing(src: Path, dst: Path, on_bytes: OnBytes) -> Digest:
             path=str(src),
             hint="install again once nothing writes to the source",
         )
-    return Digest(before.st_size, sha)
 
 
 def _first_kernel_copy(fin: int, fout: int, size: int) -> bool:
@@ -199,20 +456,24 @@ def _member_name(member: tarfile.TarInfo, archive: Path) -> str | None:
         return None
     kind = _unsafe_kind(member)
     if kind:
+        to = f" (to {_shown(member.linkname)})" if member.issym() or member.islnk() else ""
+        hint = "a .axon archive may only hold regular files and directories"
+        if to:
+            hint += "; make it with `tar --dereference --hard-dereference` to store the files"
         raise UnsafeArchiveError(
-            f"{archive}: refusing {kind} {member.name!r}",
-            path=str(archive),
-            hint="a .axon archive may only hold regular files and directories",
+            f"{archive}: refusing {kind} {_shown(member.name)}{to}", path=str(archive), hint=hint
         )
     if name == MANIFEST_NAME:
         return name  # the package's own manifest: read as the base, never kept as a file
     try:
         return check_relpath(name, field="archive member", source=str(archive))
     except ManifestError as exc:
+        why = exc.message.removeprefix(f"unsafe file path {name!r}: ")
         raise UnsafeArchiveError(
-            f"{archive}: refusing member {member.name!r}: {exc.message}",
+            f"{archive}: refusing member {_shown(member.name)}: {why}",
             path=str(archive),
-            hint="the archive tries to write outside the model directory; do not use it",
+            hint="no model file may have this name (it could land outside the model directory, "
+            "or no filesystem can hold it): do not use this archive",
         ) from None
 
 
@@ -267,22 +528,27 @@ def _extract_member(
     archive: Path,
 ) -> None:
     dst = staged / rel
-    if rel in digests or (member.isreg() and dst.exists()):
-        raise UnsafeArchiveError(f"{archive}: member {rel!r} appears twice", path=str(archive))
     try:
-        if member.isdir():
-            dst.mkdir(parents=True, exist_ok=True)
-            return
-        dst.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise UnsafeArchiveError(
-            f"{archive}: {rel!r} is both a file and a directory", path=str(archive)
-        ) from None
-    _check_room(staged, member.size, rel, archive)
-    fin = tf.extractfile(member)
-    if fin is None:  # pragma: no cover - regular members always have data
-        raise SourceError(f"{archive}: cannot read member {rel!r}", path=str(archive))
-    digests[rel] = write_hashing(fin, dst, lambda n: None)
+        if rel in digests or (member.isreg() and dst.exists()):
+            raise UnsafeArchiveError(f"{archive}: member {rel!r} appears twice", path=str(archive))
+        try:
+            if member.isdir():
+                dst.mkdir(parents=True, exist_ok=True)
+                return
+            dst.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise UnsafeArchiveError(
+                f"{archive}: {rel!r} is both a file and a directory", path=str(archive)
+            ) from None
+        _check_room(staged, member.size, rel, archive)
+        fin = tf.extractfile(member)
+        if fin is None:  # pragma: no cover - regular members always have data
+            raise SourceError(f"{archive}: cannot read member {rel!r}", path=str(archive))
+        digests[rel] = write_hashing(fin, dst, lambda n: None)
+    except OSError as exc:  # a name the cache's filesystem cannot hold (too long ...)
+        if isinstance(exc, AxonError):
+            raise
+        raise member_error(exc, rel, str(archive)) from None
 
 
 def _check_room(staged: Path, size: int, rel: str, archive: Path) -> None:

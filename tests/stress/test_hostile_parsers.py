@@ -379,3 +379,86 @@ def test_regression_configured_storage_path_with_bad_url_is_a_config_error(
     with pytest.raises(ConfigError, match=r"mlos_targets\.a") as info:
         resolve_target("a", load_config(path))
     assert info.value.exit_code == EXIT_CONFIG
+
+
+def _archive(path: Path, members: list[tarfile.TarInfo]) -> Path:
+    with tarfile.open(path, "w:gz", format=tarfile.PAX_FORMAT) as tf:
+        for info in [tarfile.TarInfo("config.json"), *members]:
+            data = b"{}" if info.isreg() else b""
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data) if data else None)
+    return path
+
+
+def _deep_dir(base: Path, total: int) -> Path:
+    """A directory whose absolute path is about ``total`` bytes long (each name < 255)."""
+    path = base
+    while len(os.fsencode(path)) < total - 250:
+        path = path / ("d" * 240)
+    path.mkdir(parents=True)
+    return path
+
+
+def _no_model(home: Path) -> bool:
+    models = home / "cache" / "models"
+    return not models.exists() or not [p for p in models.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a" * 300, "d" * 300 + "/weights.bin", "ok/" + "é" * 130 + ".bin"],
+    ids=["file-300-bytes", "dir-300-bytes", "utf8-260-bytes"],
+)
+def test_regression_archive_member_name_too_long_is_invalid_input(
+    tmp_path: Path, name: str
+) -> None:
+    # Found by the attacker corpus: a member with a 300-byte name was "unexpected error"
+    # (exit 1, OSError ENAMETOOLONG from open); it is invalid input, naming the member.
+    from tests.helpers import run_axon
+
+    home = tmp_path / "home"
+    archive = _archive(tmp_path / "long.axon", [tarfile.TarInfo(name)])
+    done = run_axon("install", str(archive), "--as", "a/b@v1", env={"AXON_HOME": str(home)})
+    assert done.code == 4, done.err
+    assert name[:40] in done.err and "255 bytes" in done.err and "Traceback" not in done.err
+    assert _no_model(home)
+
+
+def test_regression_a_path_too_long_for_the_cache_is_invalid_input(tmp_path: Path) -> None:
+    # A member (or a directory's file) with a valid name whose path under a deep cache
+    # directory passes the kernel's 4096 bytes: ENAMETOOLONG was exit 1; it is exit 4
+    # naming the file, with what to do (a shorter name, or a cache at a shorter path).
+    from tests.helpers import run_axon
+
+    home = _deep_dir(tmp_path / "deep", 3600) / "home"
+    rel = "/".join(["s" * 200] * 4) + "/w.bin"
+    archive = _archive(tmp_path / "deep.axon", [tarfile.TarInfo(rel)])
+    source = tmp_path / "src"
+    (source / rel).parent.mkdir(parents=True)
+    (source / rel).write_bytes(b"w")
+    (source / "config.json").write_bytes(b"{}")
+    for install_from in (archive, source):
+        done = run_axon(
+            "install", str(install_from), "--as", "a/b@v1", env={"AXON_HOME": str(home)}
+        )
+        assert done.code == 4, done.err
+        assert "s" * 40 in done.err and "File name too long" in done.err, done.err
+        assert "AXON_HOME" in done.err and "Traceback" not in done.err
+        assert _no_model(home)
+
+
+def test_regression_archive_links_are_refused_naming_member_and_target(tmp_path: Path) -> None:
+    # The directory rules hold for archives: a symlink or hard link member is refused by name
+    # with where it points (a .axon holds files); nothing is written, not even the link.
+    from tests.helpers import run_axon
+
+    home = tmp_path / "home"
+    for kind, name in ((tarfile.SYMTYPE, "passwd"), (tarfile.LNKTYPE, "hostname")):
+        link = tarfile.TarInfo(name)
+        link.type = kind
+        link.linkname = "/etc/passwd" if kind == tarfile.SYMTYPE else "../../../etc/hostname"
+        archive = _archive(tmp_path / f"{name}.axon", [link])
+        done = run_axon("install", str(archive), "--as", "a/b@v1", env={"AXON_HOME": str(home)})
+        assert done.code == 4, done.err
+        assert repr(name) in done.err and repr(link.linkname) in done.err
+        assert "--dereference" in done.err and _no_model(home)

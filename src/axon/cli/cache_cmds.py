@@ -65,9 +65,15 @@ def init_cmd(as_json: bool) -> None:
     "--as", "as_ref", metavar="REF", help="Install as namespace/name[@version] (default: from "
     "the source's manifest, or hf/<repo>@<revision> for the Hub)."
 )  # fmt: skip
+@click.option(
+    "--follow-symlinks", is_flag=True, help="Copy what a directory's symlinks point to, even "
+    "outside it (default: only links to files inside it, or an HF snapshot's blobs/)."
+)  # fmt: skip
 @json_option
 @quiet_option
-def install_cmd(source: str, as_ref: str | None, as_json: bool, quiet: bool) -> None:
+def install_cmd(
+    source: str, as_ref: str | None, follow_symlinks: bool, as_json: bool, quiet: bool
+) -> None:
     """Install SOURCE into the cache: a model directory, a .axon archive or hf/<repo>[@rev]."""
     from axon.cache import Cache
     from axon.config import load_config
@@ -82,6 +88,7 @@ def install_cmd(source: str, as_ref: str | None, as_json: bool, quiet: bool) -> 
             cache=Cache(config.cache_dir),
             progress=progress,
             hf_token=config.registry.huggingface_token or None,
+            follow_symlinks=follow_symlinks,
         )
     if as_json:
         out.json(model.to_dict())
