@@ -15,6 +15,7 @@ from axon.cache import METADATA_NAME, Cache
 from axon.config import load_config
 from axon.errors import IntegrityError, ManifestError, ModelNotFoundError
 from modelpkg.refs import ModelRef
+from tests.fixtures.models import MakeModelDir
 
 UPSTREAM_MANIFEST = """apiVersion: v1
 kind: Model
@@ -202,3 +203,105 @@ def test_verify_names_a_corrupt_file_when_the_last_listed_file_is_missing(
     report = cache.verify(installed_model)
     assert last.path in report.missing
     assert any(c.startswith(f"{first.path}: sha256") for c in report.corrupt)
+
+
+# ---- model ids whose directories nest --------------------------------------------------
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("n/b@v1", "n/b/v1@x"), ("n/b/v1@x", "n/b@v1"), ("n/b@v1", "n/b/v1/x/y@z")],
+)
+def test_a_model_whose_directory_nests_with_another_is_refused(
+    cache: Cache, axon_home: Path, make_model_dir: MakeModelDir, first: str, second: str
+) -> None:
+    """``n/b@v1`` lives at ``n/b/v1/`` and ``n/b/v1@x`` at ``n/b/v1/x/``: installing the
+    second replaced (or wrote into) the first. Refused (exit 4) naming the other model and
+    what to do; the first stays whole and the only model."""
+    from tests.helpers import run_axon
+
+    src = make_model_dir()
+    assert run_axon("install", str(src), "--as", first).code == 0
+    before = _tree(cache.models_dir)
+    done = run_axon("install", str(src), "--as", second)
+    assert done.code == 4, done.err
+    assert f"cannot install {second}" in done.err and f"the cached model {first}" in done.err
+    assert f"axon uninstall {first}" in done.err and "Traceback" not in done.err
+    assert _tree(cache.models_dir) == before
+    assert [str(r) for r in cache.refs()] == [first] and cache.verify(first).ok
+    # a re-install of the same model, and a sibling, are no overlap
+    assert run_axon("install", str(src), "--as", first).code == 0
+    assert run_axon("install", str(src), "--as", "n/b@v2").code == 0
+
+
+def test_a_source_named_by_its_manifest_is_checked_too(
+    cache: Cache, make_model_dir: MakeModelDir
+) -> None:
+    from axon.errors import InvalidReferenceError
+    from axon.install import install_source
+
+    src = make_model_dir()
+    install_source(str(src), as_ref="n/b/v1@x", cache=cache)
+    named = install_source(str(src), as_ref="n/b@v1", cache=Cache(cache.root.parent / "other"))
+    with pytest.raises(InvalidReferenceError, match="n/b/v1@x"):  # its manifest says n/b@v1
+        install_source(str(named.path), cache=cache)
+    assert [str(r) for r in cache.refs()] == ["n/b/v1@x"] and cache.verify("n/b/v1@x").ok
+
+
+def test_the_clash_is_found_before_a_byte_is_copied(
+    cache: Cache, make_model_dir: MakeModelDir
+) -> None:
+    from axon.errors import InvalidReferenceError
+    from axon.install import install_source
+
+    src = make_model_dir()
+    install_source(str(src), as_ref="n/b@v1", cache=cache)
+    with pytest.raises(InvalidReferenceError, match="n/b@v1"):
+        install_source(str(src), as_ref="n/b/v1@x", cache=cache, progress=_NoCopy())
+
+
+class _NoCopy:
+    """A progress sink for an install that must fail before it copies anything."""
+
+    def begin(self, key: str, description: str, total: int | None = None) -> None:
+        pytest.fail("the copy began")
+
+    def advance(self, key: str, nbytes: int) -> None:
+        pass
+
+    def end(self, key: str, *, ok: bool = True, note: str = "") -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+
+class _InstallsMeanwhile(_NoCopy):
+    """A progress sink that installs ``other`` into ``cache`` once the copy has begun: a
+    concurrent ``axon install`` of a model whose directory nests with this one's."""
+
+    def __init__(self, cache: Cache, source: Path, other: str) -> None:
+        self.cache, self.source, self.other = cache, source, other
+
+    def begin(self, key: str, description: str, total: int | None = None) -> None:
+        from axon.install import install_source
+
+        install_source(str(self.source), as_ref=self.other, cache=self.cache)
+
+
+def test_a_nesting_model_installed_meanwhile_is_not_replaced(
+    cache: Cache, make_model_dir: MakeModelDir
+) -> None:
+    """The check is made again right before the rename: ``n/b/v1@x`` installed while
+    ``n/b@v1`` was being copied is not swept away by it."""
+    from axon.errors import InvalidReferenceError
+    from axon.install import install_source
+
+    src = make_model_dir()
+    meanwhile = _InstallsMeanwhile(cache, src, "n/b/v1@x")
+    with pytest.raises(InvalidReferenceError, match="n/b/v1@x"):
+        install_source(str(src), as_ref="n/b@v1", cache=cache, progress=meanwhile)
+    assert [str(r) for r in cache.refs()] == ["n/b/v1@x"] and cache.verify("n/b/v1@x").ok
+    assert not [p for p in cache.models_dir.iterdir() if p.name.startswith(".")]
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}

@@ -22,8 +22,10 @@ from axon.errors import (
 )
 from axon.targets import InstanceTarget
 from axon.transports.filesystem import FilesystemTransport
+from modelpkg.refs import ModelRef
 from tests.conformance.transport import REF, base_files, dir_snapshot, publish, write_model
 from tests.fixtures.common import tmpfs
+from tests.helpers import run_axon
 
 MiB = 1024 * 1024
 
@@ -335,3 +337,94 @@ def test_commit_sweeps_day_old_copies_aside_but_not_fresh_ones(
     publish(transport, src, write_model(src, base_files("b")))
     assert not aside.exists()
     assert dir_snapshot(root / REF.relpath) is not None
+
+
+# ---- model ids whose directories nest ----------------------------------------------------
+NESTED = ModelRef.parse("hf/conformance-model/v1@x")  # lives at REF's directory /x
+
+
+def _all_files(root: Path) -> dict[str, bytes]:
+    """Every file under ``root``, housekeeping (``.``-names) included."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("first", "second"), [(REF, NESTED), (NESTED, REF)], ids=["inside", "holding"]
+)
+def test_publishing_a_model_whose_directory_nests_with_another_is_refused(
+    tmp_path: Path, make_model_dir: Callable[..., Path], first: ModelRef, second: ModelRef
+) -> None:
+    """``n/b@v1`` at ``n/b/v1/`` and ``n/b/v1@x`` at ``n/b/v1/x/``: publishing the second
+    into a shared directory replaced (or wrote into) the first. `axon publish` refuses it
+    (exit 7, the target refuses), naming the other model and what to do; nothing is
+    written, not even a staging directory, and no retry is made."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    src = make_model_dir()
+    for ref in (first, second):  # two developers, two caches
+        home = {"AXON_HOME": str(tmp_path / f"home-{ref.version}")}
+        assert run_axon("install", str(src), "--as", str(ref), env=home).code == 0
+    first_home = {"AXON_HOME": str(tmp_path / f"home-{first.version}")}
+    assert run_axon("publish", str(first), "-t", str(shared), "-q", env=first_home).code == 0
+    before = _all_files(shared)
+    home = {"AXON_HOME": str(tmp_path / f"home-{second.version}")}
+    done = run_axon("publish", str(second), "-t", str(shared), "--json", env=home)
+    assert done.code == 7, done.err
+    (result,) = done.json()["results"]
+    error = result["error"]
+    assert f"refusing to publish {second}" in error["message"] and str(first) in error["message"]
+    assert f"remove {first}" in error["hint"] and result["attempts"] == 1
+    assert result["files_sent"] == 0 and result["bytes_sent"] == 0  # refused at open
+    assert error["path"] == f"{shared}/{first.relpath}"
+    assert _all_files(shared) == before
+
+
+def test_a_nesting_model_published_meanwhile_is_not_replaced_at_commit(tmp_path: Path) -> None:
+    """Checked again right before the rename: ``n/b/v1@x`` published by someone else while
+    ``n/b@v1`` was staged is not swept away by its commit."""
+    from axon.errors import RemoteError
+
+    root = tmp_path / "models"
+    root.mkdir()
+    manifest = write_model(tmp_path / "src", base_files())
+    session = FilesystemTransport(root).open(REF, manifest)
+    for entry in session.needed:
+        session.send(entry, tmp_path / "src" / entry.path)
+    session.prepare()
+    nested = write_model(tmp_path / "other", base_files("b"), NESTED)
+    publish(FilesystemTransport(root), tmp_path / "other", nested, NESTED)
+    before = dir_snapshot(root / NESTED.relpath)
+    with pytest.raises(RemoteError, match=str(NESTED)) as info:
+        session.commit()
+    assert info.value.retryable is False and info.value.exit_code == 7
+    session.abort()
+    assert before is not None and dir_snapshot(root / NESTED.relpath) == before
+    assert not (root / REF.relpath / "manifest.yaml").exists()
+
+
+def test_a_model_published_meanwhile_around_a_staged_one_is_not_written_into(
+    tmp_path: Path,
+) -> None:
+    """``n/b/v1@x`` staged (its staging dir lies in ``n/b/v1/``), then ``n/b@v1`` published
+    by someone else: preparing the first must not write into the second's directory."""
+    from axon.errors import RemoteError
+
+    root = tmp_path / "models"
+    root.mkdir()
+    nested = write_model(tmp_path / "other", base_files("b"), NESTED)
+    session = FilesystemTransport(root).open(NESTED, nested)
+    for entry in session.needed:
+        session.send(entry, tmp_path / "other" / entry.path)
+    manifest = write_model(tmp_path / "src", base_files())
+    publish(FilesystemTransport(root), tmp_path / "src", manifest)
+    before = _all_files(root / REF.relpath)
+    with pytest.raises(RemoteError, match=str(REF)):
+        session.prepare()
+    session.abort()
+    assert _all_files(root / REF.relpath) == before
+    assert sorted(os.listdir(root / REF.relpath)) == [
+        "config.json",
+        "manifest.yaml",
+        "tokenizer",
+        "weights.bin",
+    ]

@@ -28,6 +28,7 @@ from axon.errors import (
 )
 from axon.targets import InstanceTarget
 from axon.transports.ssh import SshTransport
+from modelpkg.refs import ModelRef
 from tests.conformance.transport import REF, base_files, dir_snapshot, publish, write_model
 from tests.fixtures.common import free_port, tmpfs, wait_for
 from tests.helpers import run_axon, write_config
@@ -446,3 +447,67 @@ def test_the_shipped_helper_needs_only_a_standard_python(tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stderr
     answer = json.loads(proc.stdout.splitlines()[0])
     assert answer["ok"] is True and answer["manifest"] == "kind: Model\n", answer
+
+
+# ---- model ids whose directories nest ----------------------------------------------------
+NESTED = ModelRef.parse("hf/conformance-model/v1@x")  # lives at REF's directory /x
+
+
+@pytest.mark.parametrize(
+    ("first", "second"), [(REF, NESTED), (NESTED, REF)], ids=["inside", "holding"]
+)
+def test_publishing_a_model_whose_directory_nests_with_another_is_refused(
+    sshd: Any, tmp_path: Path, make_model_dir: Any, first: ModelRef, second: ModelRef
+) -> None:
+    """The host refuses it (the shipped stagedir runs layout.overlapping_model there):
+    exit 7 naming the other model and what to do, no byte sent, no retry, the first whole."""
+    models = tmp_path / "host-models"
+    models.mkdir()
+    src = make_model_dir()
+    homes = {}
+    for ref in (first, second):  # two developers, two caches, one host
+        home = tmp_path / f"home-{ref.version}"
+        write_config(home, {"host": sshd.config_target("http://127.0.0.1:9", models)})
+        homes[ref] = {"AXON_HOME": str(home)}
+        assert run_axon("install", str(src), "--as", str(ref), env=homes[ref]).code == 0
+    done = run_axon("publish", str(first), "-t", "host", "--no-notify", "-q", env=homes[first])
+    assert done.code == 0, done.err
+    before = dir_snapshot(models / first.relpath)
+    done = run_axon(
+        "publish", str(second), "-t", "host", "--no-notify", "--json", env=homes[second]
+    )
+    assert done.code == 7, done.err
+    (result,) = done.json()["results"]
+    error = result["error"]
+    assert f"refusing to publish {second}" in error["message"] and str(first) in error["message"]
+    assert f"on {sshd.user}@{sshd.host}:{sshd.port}" in error["message"]
+    assert f"remove {first}" in error["hint"] and result["attempts"] == 1
+    assert result["files_sent"] == 0 and result["bytes_sent"] == 0
+    assert before is not None and dir_snapshot(models / first.relpath) == before
+    assert not [p for p in models.rglob("*") if ".staging-" in p.name]
+
+
+def test_a_nesting_model_published_meanwhile_is_not_replaced_at_commit(
+    sshd: Any, tmp_path: Path
+) -> None:
+    """Checked on the host again right before the rename."""
+    root = tmp_path / "host-models"
+    root.mkdir()
+    manifest = write_model(tmp_path / "src", base_files())
+    transport = sshd.transport(root)
+    try:
+        session = transport.open(REF, manifest)
+        for entry in session.needed:
+            session.send(entry, tmp_path / "src" / entry.path)
+        session.prepare()
+        nested = write_model(tmp_path / "other", base_files("b"), NESTED)
+        publish(sshd.transport(root), tmp_path / "other", nested, NESTED)
+        before = dir_snapshot(root / NESTED.relpath)
+        with pytest.raises(RemoteError, match=str(NESTED)) as info:
+            session.commit()
+        assert info.value.retryable is False and info.value.exit_code == 7
+        session.abort()
+    finally:
+        transport.close()
+    assert before is not None and dir_snapshot(root / NESTED.relpath) == before
+    assert not (root / REF.relpath / "manifest.yaml").exists()

@@ -35,7 +35,7 @@ from modelpkg.atomic import (
     remove_tree,
     staging_name,
 )
-from modelpkg.layout import OLD_TAG, is_leftover
+from modelpkg.layout import OLD_TAG, is_leftover, overlapping_model
 from modelpkg.manifest import MANIFEST_NAME, FileEntry, Manifest, check_relpath
 from modelpkg.progress import OnBytes
 from modelpkg.refs import ModelRef
@@ -352,6 +352,31 @@ class Cache:
                 model.ref.namespace, model.ref.name, model.ref.version
             )
         return manifest.validate(strict=True)
+
+    def check_no_overlap(self, ref: ModelRef) -> None:
+        """Refuse ``ref`` when its directory would nest with another cached model's.
+
+        A name may hold ``/``: ``n/b@v1`` lives at ``n/b/v1/`` and ``n/b/v1@x`` at
+        ``n/b/v1/x/``, so installing either would write into, or replace, the other
+        (:func:`modelpkg.layout.overlapping_model`). InvalidReferenceError (exit 4).
+        """
+        other = overlapping_model(str(self.models_dir), str(ref.relpath))
+        if other is None:
+            return
+        try:
+            named = str(ModelRef.from_parts(other.split("/")))
+        except InvalidReferenceError:
+            named = other
+        if other.count("/") < len(ref.parts) - 1:
+            clash = f"is inside that of the cached model {named}: installing it would write into it"
+        else:
+            clash = f"holds the cached model {named}: installing it would replace that model"
+        raise InvalidReferenceError(
+            f"cannot install {ref}: its directory {self.path_for(ref)} {clash}",
+            path=str(self.models_dir / other),
+            hint=f"install it under another name (--as), or remove the other model first: "
+            f"axon uninstall {named}",
+        )
 
     # ---- writing -------------------------------------------------------------------
     def write_package_files(

@@ -58,11 +58,14 @@ def install_source(
     """
     cache = cache or Cache.from_config()
     ref = ModelRef.parse(as_ref) if isinstance(as_ref, str) else as_ref
+    if ref is not None:
+        cache.check_no_overlap(ref)  # before a byte is copied
     kind = classify_source(source)
     follow = follow_symlinks
     if kind == "hf":
         repo, revision = parse_hf_source(source)
         ref = ref or ModelRef("hf", repo, revision or "latest")
+        cache.check_no_overlap(ref)
         local = download_hf(repo, revision, token=hf_token, progress=progress)
         return _install(
             cache,
@@ -150,6 +153,7 @@ def _install(
         cache.write_package_files(staged, final_ref, manifest, source=source)
         fsync_tree(staged)
         inodes = {f.path: _inode(staged / f.path) for f in manifest.files}
+        cache.check_no_overlap(final_ref)  # again: another install may have run meanwhile
         replace_dir(staged, cache.path_for(final_ref))
     except BaseException as exc:
         remove_tree(staged)

@@ -28,6 +28,7 @@ from typing import Any, Generic, TypeVar
 from axon.errors import (
     AxonError,
     NoSpaceError,
+    RemoteError,
     TargetPermissionError,
     TargetUnreachableError,
     TransportError,
@@ -154,12 +155,40 @@ def error_from_code(
     on = f" on {host}" if host else ""
     if code == "oserror":
         return _os_error(message, err, where, on, target=target, root=root)
+    if code == "overlap":
+        return _overlap(message, path or "", root, on, target=target)
     known = _PROTOCOL_ERRORS.get(code)
     if known is None:
         return TransportError(f"{message} at {where}{on}", target=target, path=where)
     between, hint, again = known
     error = TransportError(f"{message}{between}{where}{on}", target=target, path=where, hint=hint)
     return retryable(error, again)
+
+
+def _overlap(rel: str, other: str, root: str, on: str, *, target: str) -> AxonError:
+    """The target holds a model (``other``) whose directory nests with that of the model
+    being published (``rel``; both relative to ``root``): refused by the target, and no
+    retry changes that."""
+    model, named = _model_name(rel), _model_name(other)
+    if len(other) < len(rel):
+        clash = f"is inside that of {named}: publishing would write into that model"
+    else:
+        clash = f"holds {named}: publishing would replace that model"
+    error = RemoteError(
+        f"refusing to publish {model}: its directory {root.rstrip('/')}/{rel}{on} {clash}",
+        target=target,
+        path=f"{root.rstrip('/')}/{other}",
+        hint=f"publish it under another name, or remove {named} from the target first",
+    )
+    return retryable(error, False)
+
+
+def _model_name(rel: str) -> str:
+    """``ns/name@version`` for a model directory relative to a models root."""
+    try:
+        return str(ModelRef.from_parts(rel.split("/")))
+    except AxonError:
+        return rel
 
 
 def _os_error(

@@ -16,6 +16,10 @@ model into ``<root>/<ns>/<name...>/.<version>.staging-<d16>/`` (files being rece
   apply modes, fsync the directories: complete and durable, not yet visible.
 * ``commit``: swap the staging dir in (``renameat2(RENAME_EXCHANGE)``, else rename-aside +
   rename-in: a window of microseconds with no directory, never a partial one).
+
+A model whose directory would nest with another's (``n/b@v1`` at ``n/b/v1/``, ``n/b/v1@x``
+at ``n/b/v1/x/``) is refused (``overlap``) when a publish opens, at ``prepare`` and again
+just before the rename in ``commit``: writing it would write into, or replace, the other.
 * ``abort``: delete the staging dir; the current version is untouched.
 
 The staging name is deterministic (it contains the manifest digest), so a publish killed at
@@ -49,6 +53,7 @@ if "staging_dir" not in globals():
         STAGING_TAG,
         TMP_TAG,
         final_dir,
+        overlapping_model,
         sibling,
         sibling_prefix,
         staging_dir,
@@ -94,6 +99,16 @@ def _makedirs(path: str, dir_mode: int | None) -> None:
         return
     if dir_mode is not None:
         os.chmod(path, dir_mode)
+
+
+def _check_no_overlap(root: str, rel: str) -> None:
+    """Refuse to write the model ``rel`` where its directory would nest with another model's
+    (``n/b@v1`` at ``n/b/v1/`` holds ``n/b/v1@x`` at ``n/b/v1/x/``): writing it would write
+    into, or replace, that other model (:func:`modelpkg.layout.overlapping_model`). The
+    error's message is ``rel``, its path the other model's (both relative to ``root``)."""
+    other = overlapping_model(root, rel)
+    if other is not None:
+        raise StageError("overlap", rel, other)
 
 
 def _sizes_under(top: str, skip: str = "") -> dict[str, int]:
@@ -153,8 +168,14 @@ def _fsync_path(path: str, directory: bool = False) -> None:
 
 # ---- status ----------------------------------------------------------------------------
 def status(root: str, rel: str, digest: str = "") -> dict[str, Any]:
-    """What the target holds for ``rel`` (and the staging dir of ``digest``)."""
+    """What the target holds for ``rel`` (and the staging dir of ``digest``).
+
+    With a ``digest`` (a publish about to stage it), refuses a model whose directory would
+    nest with another model's, before anything is written.
+    """
     _check_root(root)
+    if digest:
+        _check_no_overlap(root, rel)
     final = final_dir(root, rel)
     manifest = None
     try:
@@ -335,6 +356,7 @@ def prepare(
     version, check every ``expected`` [path, size], write manifest.yaml, apply modes, fsync.
     """
     _check_root(root)
+    _check_no_overlap(root, rel)
     final = final_dir(root, rel)
     stage = staging_dir(root, rel, digest)
     _makedirs(stage, dir_mode)
@@ -406,6 +428,7 @@ def commit(root: str, rel: str, digest: str) -> dict[str, Any]:
     if not os.path.exists(os.path.join(stage, MANIFEST_NAME)):
         raise StageError("not_prepared", "nothing prepared to commit", stage)
     parent = os.path.dirname(final)
+    _check_no_overlap(root, rel)  # again: another model may have been published meanwhile
     how = "rename"
     if not os.path.lexists(final):
         os.rename(stage, final)
