@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,20 +104,54 @@ def timed_run(cmd: list[str], **kw: object) -> tuple[float, float]:
     return seconds, rss
 
 
+_GNU_TIME = "/usr/bin/time"
+
+
+@functools.cache
+def _gnu_time() -> str | None:
+    """GNU time, when installed: it reports its child's own peak RSS (see timed_run_cpu)."""
+    try:
+        out = subprocess.run(
+            [_GNU_TIME, "--version"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        out = None
+    if out is None or "GNU" not in out.stdout + out.stderr:
+        print(
+            f"note: no GNU time at {_GNU_TIME} (apt-get install time): peak RSS is not measured",
+            file=sys.stderr,
+        )
+        return None
+    return _GNU_TIME
+
+
 def timed_run_cpu(cmd: list[str], **kw: object) -> tuple[float, float, float]:
     """Run ``cmd``; return (wall seconds, CPU seconds (user + system), peak RSS in MB) of that
     child. On a busy machine the wall time mostly measures the scheduler, the CPU time the work.
 
-    Uses ``wait4`` so the CPU time and RSS are this child's own, not those of earlier children.
+    Uses ``wait4`` so the CPU time is this child's own, not that of earlier children. The peak
+    RSS is not taken from there: Linux carries a process's high-water mark across ``exec``,
+    so a child spawned from this (large) Python process would report at least this process's
+    RSS. GNU time, itself small, forks the command and reports the command's own peak
+    (``%M``); without GNU time the RSS is 0 (not measured).
     """
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, **kw)  # type: ignore[call-overload]
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise subprocess.CalledProcessError(proc.returncode, cmd)
-    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0
+    time_bin = _gnu_time()
+    fd, report = tempfile.mkstemp(prefix="axon-bench-rss-")
+    os.close(fd)
+    argv = [time_bin, "-f", "%M", "-o", report, *cmd] if time_bin else cmd
+    try:
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, **kw)  # type: ignore[call-overload]
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise subprocess.CalledProcessError(proc.returncode, cmd)
+        lines = Path(report).read_text().split()
+        rss_kb = int(lines[-1]) if time_bin and lines else 0
+    finally:
+        os.unlink(report)
+    return seconds, usage.ru_utime + usage.ru_stime, rss_kb / 1024.0
 
 
 def percentile(values: list[float], q: float) -> float:
