@@ -110,6 +110,15 @@ class Link:
                 await asyncio.wait_for(self.server.wait_closed(), 2.0)
 
 
+async def _cancel_connections() -> None:
+    """End the connections still open (their server may have been stopped under them), so
+    closing the loop does not leave tasks pending ("Task was destroyed but it is pending")."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class Throttle:
     """Many proxies on one event loop running in a daemon thread. A context manager."""
 
@@ -135,6 +144,8 @@ class Throttle:
         for link in self.links:
             with contextlib.suppress(Exception):
                 self._call(link.stop())
+        with contextlib.suppress(Exception):
+            self._call(_cancel_connections())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
         if not self._thread.is_alive():
