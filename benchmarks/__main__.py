@@ -2,6 +2,9 @@
 
 Each ``bench_<name>.py`` module defines ``run(workdir: Path) -> list[Row]``. Results are
 printed as a table and written to ``.bench/results.json`` for docs/benchmarks.md.
+
+``AXON_BENCH_QUICK=1``: small sizes and 2 rounds, to check that everything runs (the figures
+mean little); ``AXON_BENCH_ROUNDS=N``: how many times each tool runs (see each module).
 """
 
 from __future__ import annotations

@@ -4,29 +4,40 @@ Compared in the same run with writing the same bytes durably to the same disk
 (``dd bs=4M conv=fdatasync``). Reports throughput, the ratio to dd (target: ingest takes at
 most 2x dd's time, i.e. >= 50% of durable disk speed) and the server's peak RSS (VmHWM,
 target < 150 MB). The client is curl (streams the file, negligible CPU), so the figure is the
-server's. ``AXON_BENCH_INGEST_MB`` changes the size.
+server's. Both upload forms send the file's size and sha256 in the manifest: the server
+hashes every byte it receives and checks it against them.
+
+* resumable: ``POST /v1/uploads`` (open), ``PUT`` of the blob with curl, commit;
+* one-shot: ``curl -F`` multipart ``POST /models/upload`` (manifest + file).
+
+Each upload gets a new server (no deduplication against an earlier run) and the three tools
+run ``AXON_BENCH_ROUNDS`` rounds (default 3) in rotated order, everything synced before
+each timed run; the table shows medians. ``AXON_BENCH_INGEST_MB`` changes the size (default
+1024; ``AXON_BENCH_QUICK=1``: 16).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
+import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
-from benchmarks.common import MiB, Row, make_file, peak_rss_mb_of, timed_run
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from benchmarks.common import (
+    MiB,
+    Mlos,
+    Row,
+    Sample,
+    command,
+    make_file,
+    on_fresh_mlos,
+    rounds,
+    run_rounds,
+    size_from_env,
+)
 
 
 def _sha256(path: Path) -> str:
@@ -37,31 +48,21 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _start_server(models: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "mlos_core", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--models-dir", str(models), "--log-level", "warning"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"mlos-core did not start: {log.read_text()}")
-
-
-def _resumable(url: str, model_id: str, src: Path, digest: str, size: int) -> float:
-    manifest = {
+def _manifest(size: int, digest: str) -> dict[str, object]:
+    return {
         "apiVersion": "axon.mlos.io/v1",
         "kind": "Model",
         "metadata": {},
         "spec": {"format": {"files": [{"path": "weights.bin", "size": size, "sha256": digest}]}},
     }
+
+
+def _resumable(server: Mlos, src: Path, manifest: dict[str, object], digest: str) -> Sample:
+    url = server.url
     start = time.perf_counter()
-    opened = httpx.post(f"{url}/v1/uploads", json={"model_id": model_id, "manifest": manifest})
+    opened = httpx.post(
+        f"{url}/v1/uploads", json={"model_id": "bench/ingest@v1", "manifest": manifest}
+    )
     opened.raise_for_status()
     uid = opened.json()["upload_id"]
     subprocess.run(
@@ -71,66 +72,54 @@ def _resumable(url: str, model_id: str, src: Path, digest: str, size: int) -> fl
         check=True,
     )  # fmt: skip
     httpx.post(f"{url}/v1/uploads/{uid}/commit", timeout=120).raise_for_status()
-    return time.perf_counter() - start
+    return Sample(time.perf_counter() - start, server.peak_rss_mb())
 
 
-def _multipart(url: str, model_id: str, src: Path) -> float:
+def _multipart(server: Mlos, src: Path, manifest: Path) -> Sample:
     start = time.perf_counter()
     subprocess.run(
         ["curl", "-sS", "--fail", "-o", "/dev/null", "-H", "Expect:",
-         "-F", f"model_id={model_id}", "-F", "manifest={}",
-         "-F", f"model_files=@{src};filename=weights.bin", f"{url}/models/upload"],
+         "-F", "model_id=bench/ingest-mp@v1", "-F", f"manifest=<{manifest}",
+         "-F", f"model_files=@{src};filename=weights.bin", f"{server.url}/models/upload"],
         check=True,
     )  # fmt: skip
-    return time.perf_counter() - start
+    return Sample(time.perf_counter() - start, server.peak_rss_mb())
 
 
 def run(workdir: Path) -> list[Row]:
-    size = int(os.environ.get("AXON_BENCH_INGEST_MB", "1024")) * MiB
+    size = size_from_env("AXON_BENCH_INGEST_MB", 1024)
     src = make_file(workdir / "src.bin", size)
     digest = _sha256(src)
-    os.sync()
+    manifest = _manifest(size, digest)
+    manifest_file = workdir / "manifest.json"
+    manifest_file.write_text(json.dumps(manifest))
     dd_out = workdir / "dd.out"
-    dd_seconds, _ = timed_run(
-        ["dd", f"if={src}", f"of={dd_out}", "bs=4M", "conv=fdatasync", "status=none"]
+    runs = run_rounds(
+        {
+            "dd": command(
+                ["dd", f"if={src}", f"of={dd_out}", "bs=4M", "conv=fdatasync", "status=none"],
+                reset=lambda: dd_out.unlink(),
+            ),
+            "put": on_fresh_mlos(workdir, lambda s: _resumable(s, src, manifest, digest)),
+            "multipart": on_fresh_mlos(workdir, lambda s: _multipart(s, src, manifest_file)),
+        },
+        rounds(3),
     )
-    dd_out.unlink()
-    os.sync()
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = _start_server(workdir / "models", port, workdir / "server.log")
-    try:
-        put_seconds = _resumable(url, "bench/ingest@v1", src, digest, size)
-        rss_put = peak_rss_mb_of(proc.pid)
-        os.sync()
-        mp_seconds = _multipart(url, "bench/ingest-mp@v1", src)
-        rss = peak_rss_mb_of(proc.pid)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    dd = runs["dd"]
     mb = size // MiB
 
-    def note(seconds: float) -> str:
-        return f"{100 * dd_seconds / seconds:.0f}% of durable disk speed"
+    def note(name: str) -> str:
+        return f"{100 * dd.median / runs[name].median:.0f}% of durable disk speed; server RSS"
 
     return [
-        Row(f"dd bs=4M conv=fdatasync ({mb} MiB)", dd_seconds, size),
-        Row(
-            f"ingest resumable PUT, sha256 ({mb} MiB)",
-            put_seconds,
-            size,
-            baseline="dd fdatasync",
-            baseline_seconds=dd_seconds,
-            peak_rss_mb=rss_put,
-            note=note(put_seconds),
+        dd.row(f"dd bs=4M conv=fdatasync ({mb} MiB)", size, note="baseline"),
+        runs["put"].row(
+            f"ingest resumable PUT, sha256 ({mb} MiB)", size, ("dd fdatasync", dd), note("put")
         ),
-        Row(
+        runs["multipart"].row(
             f"ingest multipart POST, sha256 ({mb} MiB)",
-            mp_seconds,
             size,
-            baseline="dd fdatasync",
-            baseline_seconds=dd_seconds,
-            peak_rss_mb=rss,
-            note=note(mp_seconds),
+            ("dd fdatasync", dd),
+            note("multipart"),
         ),
     ]

@@ -1,137 +1,113 @@
-"""API publish of a 1 GiB model vs ``curl --upload-file`` into the same ``mlos-core``.
+"""API publish of a 1 GiB model vs ``curl`` into the same kind of ``mlos-core``.
 
-One ``mlos-core serve`` on a loopback port (fsync on, as in production) receives both:
+Every run gets a new ``mlos-core serve`` on a loopback port (fsync on, as in production),
+so no run finds blobs an earlier one uploaded (the server deduplicates by sha256) and none
+pays for a server grown by the others. Both tools send the same files of the same installed
+model under the same model id, with the upload protocol of docs/upload-protocol.md:
 
-* ``curl``: the baseline. A different 1 GiB file (so the server's dedupe cannot help
-  either side) is sent as one blob of an open upload of another model: ``curl -X PUT
-  --upload-file`` to the blob URL, then ``curl -X POST .../commit``; both timed together.
-  Opening that upload (a JSON POST) is not timed.
+* ``curl``: the baseline, a shell script of three curl commands, all timed: open the upload
+  (``POST /v1/uploads`` with the model's manifest), ``PUT`` every file's bytes to its blob
+  URL (one curl, one connection), then ``POST .../commit``;
 * ``axon publish``: the whole command (``--target http://127.0.0.1:PORT -q``): start-up,
-  config, validation through the hash index, open, streamed PUT, commit and register.
-* ``axon publish (unchanged)``: the same publish again: one open, one commit, no bytes
-  (best of 3 runs), next to the bare interpreter start-up for reference.
+  config, validation through the hash index, open, streamed PUTs, commit and register.
 
-Page caches are dropped (when root) before each timed run so both read from disk alike.
-``AXON_BENCH_PUBLISH_MB`` changes the size (default 1024).
+The two run ``AXON_BENCH_ROUNDS`` rounds (default 3) in rotated order; page caches are
+dropped (when root) before each timed run so both read from disk alike; the table shows
+medians. Then, absolute times (no tool does that work, so no ratio): the unchanged
+re-publish (one open, one commit, no bytes), and the bare interpreter start-up for
+reference. ``AXON_BENCH_PUBLISH_MB`` changes the size (default 1024;
+``AXON_BENCH_QUICK=1``: 16).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import subprocess
+import json
+import shutil
 import sys
-import time
 from pathlib import Path
 
-import httpx
-
-from benchmarks.bench_publish_fs import axon_bin, install_model
 from benchmarks.common import (
-    MiB,
+    Mlos,
     Row,
-    drop_caches_if_possible,
-    make_file,
-    timed_run,
-    timed_run_cpu,
+    Sample,
+    axon_bin,
+    command,
+    install_model,
+    on_fresh_mlos,
+    rounds,
+    run_rounds,
+    sample_of,
+    size_from_env,
+    start_mlos,
 )
+from modelpkg.manifest import Manifest
 
 REF = "bench/publish-api@v1"
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
-    models = workdir / "server-models"
-    models.mkdir()
-    log = open(workdir / "mlos-core.log", "wb")  # noqa: SIM115 - owned by the child
-    cmd = [sys.executable, "-m", "mlos_core", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--models-dir", str(models), "--log-level", "warning"]
-    proc = subprocess.Popen(
-        cmd,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    log.close()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(400):
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"mlos-core did not start: {(workdir / 'mlos-core.log').read_text()}")
+_CURL = """set -eo pipefail
+url=$1 open=$2; shift 2
+id=$(curl -sS -f -X POST -H 'Content-Type: application/json' --data-binary "@$open" \\
+  "$url/v1/uploads" | sed -n 's/.*"upload_id": *"\\([^"]*\\)".*/\\1/p')
+test -n "$id"
+puts=()
+while [ $# -gt 0 ]; do puts+=(-T "$1" "$url/v1/uploads/$id/blobs/$2"); shift 2; done
+curl -sS -f -H 'Expect:' -H 'Upload-Offset: 0' "${puts[@]}" >/dev/null
+curl -sS -f -o /dev/null -X POST "$url/v1/uploads/$id/commit"
+"""
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(4 * MiB):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def curl_upload(url: str, path: Path) -> float:
-    """Open an upload for one blob (untimed), then time curl's PUT + commit."""
-    size, sha = path.stat().st_size, _sha256(path)
-    manifest = {
-        "apiVersion": "axon.mlos.io/v1",
-        "kind": "Model",
-        "metadata": {"namespace": "bench", "name": "curl", "version": "v1"},
-        "spec": {"format": {"files": [{"path": path.name, "size": size, "sha256": sha}]}},
-    }
-    answer = httpx.post(
-        f"{url}/v1/uploads", json={"model_id": "bench/curl@v1", "manifest": manifest}, timeout=60
-    ).json()
-    upload = f"{url}/v1/uploads/{answer['upload_id']}"
-    script = (
-        'curl -sS -f -o /dev/null -X PUT -H "Upload-Offset: 0" --upload-file "$0" "$1" && '
-        'curl -sS -f -o /dev/null -X POST "$2"'
-    )
-    drop_caches_if_possible()
-    seconds, _ = timed_run(
-        ["bash", "-c", script, str(path), f"{upload}/blobs/{sha}", f"{upload}/commit"]
-    )
-    return seconds
+def curl_publish(workdir: Path, cached: Path) -> list[str]:
+    """The curl baseline's command, but for the server's URL (its first argument to add):
+    open, one PUT per distinct content, commit."""
+    manifest = Manifest.load(cached)
+    opening = workdir / "open.json"
+    text = (cached / "manifest.yaml").read_text()
+    opening.write_text(json.dumps({"model_id": REF, "manifest": text}))
+    blobs = {f.sha256: f.path for f in manifest.files}
+    files = [arg for sha, path in blobs.items() for arg in (str(cached / path), sha)]
+    return [str(opening), *files]
 
 
 def run(workdir: Path) -> list[Row]:
     workdir = workdir.resolve()
-    size = int(os.environ.get("AXON_BENCH_PUBLISH_MB", "1024")) * MiB
+    size = size_from_env("AXON_BENCH_PUBLISH_MB", 1024)
     env, cached = install_model(workdir, size, REF)
     total = sum(p.stat().st_size for p in cached.iterdir() if p.is_file())
-    other = make_file(workdir / "curl-data" / "model.safetensors", size)
-    proc, url = start_server(workdir)
+    curl_args = curl_publish(workdir, cached)
+
+    def publish(url: str) -> list[str]:
+        return [axon_bin(), "publish", REF, "--target", url, "-q"]
+
+    def curl(server: Mlos) -> Sample:
+        return sample_of(["bash", "-c", _CURL, "curl-publish", server.url, *curl_args])
+
+    def axon(server: Mlos) -> Sample:
+        return sample_of(publish(server.url), env=env)
+
+    runs = run_rounds(
+        {"curl": on_fresh_mlos(workdir, curl), "axon": on_fresh_mlos(workdir, axon)},
+        rounds(3),
+        cold=True,
+    )
+    server = start_mlos(workdir / "again-models")
     try:
-        curl_s = curl_upload(url, other)
-        publish = [axon_bin(), "publish", REF, "--target", url, "-q"]
-        drop_caches_if_possible()
-        axon_s, rss = timed_run(publish, env=env)
-        again = [timed_run_cpu(publish, env=env) for _ in range(3)]
-        again_s, again_cpu, again_rss = min(again)
-        python_s = min(timed_run([sys.executable, "-c", "pass"])[0] for _ in range(3))
+        command(publish(server.url), env=env).timed()  # in place: the next ones send nothing
+        again = run_rounds({"again": command(publish(server.url), env=env)}, rounds(3))["again"]
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        server.stop()
+        shutil.rmtree(server.models, ignore_errors=True)
+    python = run_rounds({"python": command([sys.executable, "-c", "pass"])}, 3)["python"]
+    cpu = f"{again.cpu:.2f} s CPU; " if again.cpu is not None else ""
     return [
-        Row(f"api: axon publish ({size // MiB} MiB)", axon_s, total, "curl", curl_s, rss),
-        Row(
-            "api: axon publish unchanged",
-            again_s,
-            0,
-            peak_rss_mb=again_rss,
-            note=f"best of 3, {again_cpu:.2f} s CPU; target < 0.5 s",
+        runs["axon"].row(
+            f"api: axon publish ({size // (1024 * 1024)} MiB)",
+            total,
+            ("curl open+PUT+commit", runs["curl"]),
+            "fresh server each run",
         ),
-        Row("api: python -c pass (reference)", python_s, note="interpreter start-up alone"),
+        again.row(
+            "api: axon publish unchanged (0 B sent)",
+            note=f"absolute, whole command; {cpu}target < 0.5 s",
+        ),
+        python.row("api: python -c pass (reference)", note="absolute: interpreter start-up"),
     ]

@@ -6,17 +6,19 @@ the same cached model directory into a fresh directory through that server:
 * ``rsync -a`` with plain ``ssh`` (OpenSSH's default cipher): the baseline a user would run;
 * ``rsync -a`` with the cipher axon picks (``aes128-gcm``): the same wire, tool vs tool;
 * ``axon publish``: the whole command (configured ssh target, ``--no-notify``);
-* ``axon publish (unchanged)``: again; nothing may be sent. Compared with ``ssh host true``
-  (one login, nothing else): the floor any tool that logs in pays;
+* ``axon publish (unchanged)``: again; nothing may be sent. Shown next to ``ssh host true``
+  (one login, nothing else: the floor any tool that logs in pays), not as a ratio;
 * the same with ``ssh_persist: 60`` on the target: each command rides on the connection the
   one before kept open (no login).
 
 The remote account is ``axon-bench`` (an unprivileged user with a plain ``/bin/sh``, made by
 ``scripts/bench-user.sh`` under ``make bench``) when it exists and we are root, as a publish
 account on a server; else the current user, whose shell start-up files then count too.
-Each tool runs ``AXON_BENCH_ROUNDS`` times (default 2), alternating; the fastest run counts
-(the figures of a shared machine are noisy). ``AXON_BENCH_PUBLISH_MB`` changes the size
-(default 1024).
+The tools run ``AXON_BENCH_ROUNDS`` rounds (default 3) in rotated order, each copy deleted
+and everything synced before the next run; the table shows medians. Only the two rsync
+rows are ratios (the same files over the same sshd); the unchanged re-publishes and the
+bare login are absolute times (5 runs each, alternating), as no tool does that work.
+``AXON_BENCH_PUBLISH_MB`` changes the size (default 1024; ``AXON_BENCH_QUICK=1``: 16).
 """
 
 from __future__ import annotations
@@ -24,11 +26,19 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import statistics
 from pathlib import Path
 
-from benchmarks.bench_publish_fs import axon_bin, best, install_model, rounds, write_config
-from benchmarks.common import MiB, Row, timed_run
+from benchmarks.common import (
+    MiB,
+    Row,
+    axon_bin,
+    command,
+    install_model,
+    rounds,
+    run_rounds,
+    size_from_env,
+    write_config,
+)
 
 REF = "bench/publish-ssh@v1"
 
@@ -60,7 +70,7 @@ def run(workdir: Path) -> list[Row]:
     user = login_user(workdir)
     if user is not None:
         workdir.chmod(0o711)  # the account reaches its dirs (and sshd its keys) through it
-    size = int(os.environ.get("AXON_BENCH_PUBLISH_MB", "1024")) * MiB
+    size = size_from_env("AXON_BENCH_PUBLISH_MB", 1024)
     env, cached = install_model(workdir, size, REF)
     total = sum(p.stat().st_size for p in cached.iterdir() if p.is_file())
     server = start_sshd(workdir / "sshd", user=user)
@@ -91,52 +101,48 @@ def run(workdir: Path) -> list[Row]:
         remote = f"{server.user}@{server.host}"
         publish = [axon_bin(), "publish", REF, "--target", "benchssh", "--no-notify", "-q"]
         gcm = f"{ssh} -o Ciphers={CIPHERS}"
-        runs: dict[str, list[tuple[float, float]]] = {"rsync": [], "gcm": [], "axon": []}
-        for i in range(rounds()):
-            shutil.rmtree(dst / "bench", ignore_errors=True)  # a fresh publish every round
-            for key, cmd in (
-                ("rsync", ["rsync", "-a", "-e", ssh, f"{cached}/", f"{remote}:{rs_dir}/rs{i}/"]),
-                ("gcm", ["rsync", "-a", "-e", gcm, f"{cached}/", f"{remote}:{rs_dir}/gcm{i}/"]),
-                ("axon", publish),
-            ):
-                os.sync()
-                runs[key].append(timed_run(cmd, env=env))
-        note = f"best of {rounds()}"
-        axon_s, rss = best(runs["axon"])
-        rsync_s, rsync_gcm_s = best(runs["rsync"])[0], best(runs["gcm"])[0]
-        login, again = [], []
-        for _ in range(5):  # short runs: more of them, alternating
-            login.append(timed_run([*ssh.split(), remote, "true"]))
-            again.append(timed_run(publish, env=env))
+        copy = rs_dir / "copy"
+
+        def fresh() -> None:  # every run copies into an empty place
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.rmtree(dst / "bench", ignore_errors=True)
+
+        runs = run_rounds(
+            {
+                "rsync": command(
+                    ["rsync", "-a", "-e", ssh, f"{cached}/", f"{remote}:{copy}/"], reset=fresh
+                ),
+                "gcm": command(
+                    ["rsync", "-a", "-e", gcm, f"{cached}/", f"{remote}:{copy}/"], reset=fresh
+                ),
+                "axon": command(publish, env=env, reset=fresh),
+            },
+            rounds(3),
+        )
+        command(publish, env=env).timed()  # in place: the next publishes send nothing
+        short = run_rounds(  # short runs: more of them
+            {
+                "login": command([*ssh.split(), remote, "true"]),
+                "again": command(publish, env=env),
+            },
+            5,
+        )
         kept = [*publish[:4], "benchkeep", *publish[5:]]
-        timed_run(kept, env=env)  # logs in and keeps the connection
-        reuse = [timed_run(kept, env=env) for _ in range(5)]
-        login_s = best(login)[0]
-        again_s, again_rss = best(again)
-        reuse_s, reuse_rss = best(reuse)
+        command(kept, env=env).timed()  # logs in and keeps the connection
+        reuse = run_rounds({"reuse": command(kept, env=env)}, 5)["reuse"]
         who = f"login {server.user}" + ("" if user else " (its shell start-up files count)")
-        rows = [
-            Row("ssh: axon publish (1 GiB)", axon_s, total, "rsync -a", rsync_s, rss, note),
-            Row("ssh: axon publish (1 GiB)", axon_s, total, "rsync -a, same cipher", rsync_gcm_s),
-            Row(
-                "ssh: axon publish unchanged",
-                again_s,
-                0,
-                "ssh host true",
-                login_s,
-                again_rss,
-                f"best of 5; median {statistics.median(r[0] for r in again):.2f} s; {who}",
+        mb = size // MiB
+        return [
+            runs["axon"].row(f"ssh: axon publish ({mb} MiB)", total, ("rsync -a", runs["rsync"])),
+            runs["axon"].row(
+                f"ssh: axon publish ({mb} MiB)", total, ("rsync -a, same cipher", runs["gcm"])
             ),
-            Row(
-                "ssh: unchanged, ssh_persist (no login)",
-                reuse_s,
-                0,
-                "ssh host true",
-                login_s,
-                reuse_rss,
-                f"best of 5; median {statistics.median(r[0] for r in reuse):.2f} s",
+            short["again"].row(
+                "ssh: axon publish unchanged (0 B sent)",
+                note=f"absolute, whole command, a login per command; {who}",
             ),
+            short["login"].row("ssh: ssh host true (one login)", note="absolute: the floor"),
+            reuse.row("ssh: unchanged, ssh_persist (no login)", note="absolute, whole command"),
         ]
-        return rows
     finally:
         server.stop()
