@@ -12,6 +12,7 @@ needs=(
   "dnsmasq:dnsmasq-base"
   "curl:curl"
   "pgrep:procps"
+  "/usr/bin/time:time"  # GNU time: the benchmarks measure peak RSS per command with it
 )
 missing=()
 for entry in "${needs[@]}"; do
