@@ -8,7 +8,7 @@ import io
 import os
 import tarfile
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -270,6 +270,14 @@ def _tar_bytes(entries: list[tuple[str, str, str]]) -> bytes:
     return buf.getvalue()
 
 
+def _tree(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*")}
+
+
+def _under(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root) or path.parent.resolve().is_relative_to(root)
+
+
 @CFG
 @given(members)
 def test_archive_install_never_writes_outside(entries: list[tuple[str, str, str]]) -> None:
@@ -286,12 +294,21 @@ def test_archive_install_never_writes_outside(entries: list[tuple[str, str, str]
             archive.write_bytes(_tar_bytes(entries))
         except (ValueError, UnicodeError):
             return  # tarfile itself cannot write this name
-        before = sorted(p.name for p in base.iterdir())
+        before = _tree(base)
         try:
             model = install_source(str(archive), as_ref="fz/arch@v1", cache=Cache(jail / "cache"))
         except (SourceError, ManifestError, IntegrityError, InvalidReferenceError):
             model = None
-        assert sorted(p.name for p in base.iterdir()) == before  # nothing new next to the jail
+        # Nothing the archive named may land anywhere but in the installed model: not in the
+        # cache around the staging dir, not next to the jail, not at an absolute path.
+        named = {PurePosixPath(name.replace("\\", "/")).name for name, _k, _e in entries} - {""}
+        inside = model.path.resolve() if model is not None else None
+        for rel in sorted(_tree(base) - before):
+            path = base / rel
+            assert rel.startswith("jail/cache/"), f"{rel} written outside the cache"
+            if path.name in named:
+                assert inside is not None and _under(path, inside), f"{rel} outside the model"
+        assert not Path("/etc/evil").exists()  # the absolute member of the corpus
         for path in (jail / "cache").rglob("*"):
             assert not path.is_symlink(), path
             if path.is_file():
