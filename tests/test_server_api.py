@@ -69,8 +69,9 @@ def test_startup_scan_registers_complete_models_only(mlos_server, tmp_path):
 
 
 def test_register_upstream_payloads_and_ids(mlos_server, tmp_path):
-    srv = mlos_server()
+    # outside the models dir: only under a root the operator names (as upstream's cache)
     d = write_model(tmp_path / "elsewhere", "ns/m/v1", FILES)
+    srv = mlos_server(register_root=tmp_path / "elsewhere")
     r = httpx.post(
         f"{srv.url}/models/register",
         json={"model_id": "ns/m@v1", "name": "m", "framework": "pytorch", "path": str(d)},
@@ -98,16 +99,28 @@ def test_register_upstream_payloads_and_ids(mlos_server, tmp_path):
     # the registration survives a restart (kept in .mlos/registry.json)
     srv.restart()
     assert httpx.get(f"{srv.url}/models/ns/m@v1").status_code == 200
+    # the model's own directory in the models dir needs no root (what axon sends after a copy)
+    write_model(srv.models_dir, "ns/local/v1", FILES)
+    for body in ({}, {"path": str(srv.models_dir / "ns" / "local" / "v1")}):
+        r = httpx.post(f"{srv.url}/models/register", json={"model_id": "ns/local@v1", **body})
+        assert r.status_code == 200, r.text
 
 
 def test_register_errors(mlos_server, tmp_path):
+    (tmp_path / "elsewhere").mkdir()
     srv = mlos_server()
     r = httpx.post(f"{srv.url}/models/register", json={"name": "no id"})
     assert r.status_code == 400 and r.json()["status"] == "error"
-    r = httpx.post(
-        f"{srv.url}/models/register", json={"model_id": "ns/m@v1", "path": str(tmp_path / "nope")}
-    )
-    assert r.status_code == 404 and "does not exist" in r.json()["message"]
+    # missing, and outside every root: one answer, naming no path of the server
+    answers = []
+    for path in (tmp_path / "nope", write_model(tmp_path / "elsewhere", "ns/m/v1", FILES)):
+        r = httpx.post(
+            f"{srv.url}/models/register", json={"model_id": "ns/m@v1", "path": str(path)}
+        )
+        assert r.status_code == 404 and r.json()["code"] == "path_not_found", r.text
+        assert str(tmp_path) not in r.text
+        answers.append(r.json())
+    assert answers[0] == answers[1]
     r = httpx.post(f"{srv.url}/models/register", content=b"{not json")
     assert r.status_code == 400 and r.json()["code"] == "invalid_json"
     assert httpx.get(f"{srv.url}/models/ns/unknown@v1").status_code == 404

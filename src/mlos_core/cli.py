@@ -131,6 +131,14 @@ def registration(
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="YAML tenants file; writes then need 'Authorization: Bearer <token>'.",
 )
+@click.option(
+    "--register-root",
+    "register_roots",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A directory outside --models-dir whose models POST /models/register may point "
+    "to (e.g. a developer's ~/.axon/cache/models); repeatable. Default: none.",
+)
 @click.option("--instance-id", default="mlos-core", show_default=True)
 @click.option(
     "--max-upload-size",
@@ -187,6 +195,7 @@ def serve(
     port: int,
     models_dir: Path,
     tokens_file: Path | None,
+    register_roots: tuple[Path, ...],
     instance_id: str,
     max_upload_size: int | None,
     upload_ttl: float,
@@ -213,6 +222,7 @@ def serve(
         host=host,
         port=port,
         tokens_file=tokens_file,
+        register_roots=tuple(p.absolute() for p in register_roots),
         instance_id=instance_id,
         max_upload_size=max_upload_size,
         upload_ttl=upload_ttl,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import shutil
 import threading
@@ -23,6 +24,7 @@ from typing import Any, Protocol
 
 from mlos_core.errors import BadRequest, CorruptState, NoSpace, NotFound, TooLarge
 from mlos_core.metrics import Metrics
+from mlos_core.registration import find_model_dir
 from mlos_core.settings import Settings
 from mlos_core.storage.blobs import BlobStore
 from mlos_core.storage.locks import KeyedLocks
@@ -322,37 +324,28 @@ class Core:
         return register_answer(entry, "rolled back to the previous version")
 
     def register(self, body: dict[str, Any]) -> dict[str, Any]:
-        """``POST /models/register`` (upstream payload: ``path`` or ``model_path``)."""
+        """``POST /models/register`` (upstream payload: ``path`` or ``model_path``).
+
+        The path must be the model's own directory in the models dir or, ending in the
+        model's ``<ns>/<name>/<version>``, under a ``--register-root`` dir; it is walked and
+        its manifest read without following links (:mod:`mlos_core.registration`).
+        """
         ref = parse_ref(body.get("model_id"))
         for key in ("path", "model_path", "framework", "execution_format", "description"):
             if body.get(key) is not None and not isinstance(body[key], str):
                 raise BadRequest(f"{key} must be a string, got {type(body[key]).__name__}")
-        raw_path = body.get("path") or body.get("model_path")
-        path = Path(str(raw_path)) if raw_path else self.versions.path_for(ref)
-        if not _is_dir(path):
-            raise NotFound(
-                f"model directory {path} does not exist on this instance; copy the model "
-                "there first (or upload it with POST /models/upload)",
-                code="path_not_found",
-            )
-        try:
-            manifest = Manifest.load(path)
-            entry = entry_from_manifest(ref, path, manifest, "register")
-        except ManifestError:
-            entry = ModelEntry(id=ref.id, name=ref.name, path=str(path), source="register")
+        raw_path = body.get("path") or body.get("model_path") or None
+        found = find_model_dir(self.settings, ref, raw_path)
+        entry = ModelEntry(id=ref.id, name=ref.name, path=found.path, source="register")
+        if found.manifest is not None:
+            with contextlib.suppress(ManifestError):  # registered as it is, like upstream
+                manifest = Manifest.from_text(found.manifest, source=MANIFEST_NAME)
+                entry = entry_from_manifest(ref, Path(found.path), manifest, "register")
         entry.framework = body.get("framework") or entry.framework
         entry.execution_format = body.get("execution_format") or entry.execution_format
         entry.description = body.get("description") or entry.description
         existed = self.registry.put(entry)
         return register_answer(entry, "already registered" if existed else "registered")
-
-
-def _is_dir(path: Path) -> bool:
-    """``Path.is_dir`` that is False, not an error, for names too long or otherwise odd."""
-    try:
-        return path.is_dir()
-    except (OSError, ValueError):
-        return False
 
 
 def register_answer(entry: ModelEntry, message: str) -> dict[str, Any]:

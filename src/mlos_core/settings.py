@@ -34,6 +34,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     tokens_file: Path | None = None
+    # directories outside models_dir that POST /models/register may point into (absolute)
+    register_roots: tuple[Path, ...] = ()
     instance_id: str = "mlos-core"
     max_upload_size: int | None = None  # bytes of one model (all files); None = no limit
     upload_ttl: float = DEFAULT_UPLOAD_TTL  # seconds an idle resumable upload is kept

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -13,10 +12,10 @@ from mlos_core.core import Core, parse_manifest, parse_ref
 from mlos_core.errors import BadRequest, CoreError, NotFound
 from mlos_core.http.errors import BodyTimeout
 from mlos_core.http.request import ClientGone, body_chunks, core_of, json_body
+from mlos_core.registration import find_model_dir
 from mlos_core.storage.blobs import BlobWriter, check_sha256
 from mlos_core.storage.receive import StalledBody, receive_blob
 from mlos_core.storage.uploads import Upload
-from modelpkg.manifest import MANIFEST_NAME
 
 
 def owned_upload(core: Core, request: Request) -> Upload:
@@ -153,18 +152,21 @@ async def rollback_model(request: Request) -> JSONResponse:
 
 
 async def get_manifest(request: Request) -> Response:
-    """The manifest.yaml of the visible version (what ``axon`` compares before publishing)."""
+    """The manifest.yaml of the visible version (what ``axon`` compares before publishing),
+    read where the model is registered the way a registration reads it: inside the models dir
+    or a --register-root, through no symbolic link (:mod:`mlos_core.registration`)."""
     core = core_of(request)
     ref = parse_ref(request.path_params["model_id"])
     entry = core.registry.get(ref.id)
-    model_dir = Path(entry.path) if entry else core.versions.path_for(ref)
     try:
-        text = await asyncio.to_thread((model_dir / MANIFEST_NAME).read_bytes)
-    except (FileNotFoundError, NotADirectoryError):
-        raise NotFound(
-            f"model {ref.id} has no manifest on this instance", code="unknown_model"
-        ) from None
-    return Response(text, media_type="application/yaml")
+        found = await asyncio.to_thread(
+            find_model_dir, core.settings, ref, entry.path if entry else None
+        )
+    except CoreError:
+        found = None
+    if found is None or found.manifest is None:
+        raise NotFound(f"model {ref.id} has no manifest on this instance", code="unknown_model")
+    return Response(found.manifest, media_type="application/yaml")
 
 
 ROUTES = [
