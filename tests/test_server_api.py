@@ -4,6 +4,8 @@ process."""
 from __future__ import annotations
 
 import hashlib
+import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from tests.fixtures.common import wait_for
 from tests.fixtures.mlos import manifest_for, upload_resumable
 
 FILES = {"weights.bin": b"w" * 1000, "config.json": b'{"a": 1}', "tok/vocab.txt": b"a\nb\n"}
@@ -199,3 +202,103 @@ def test_bad_tokens_file_refuses_to_start(tmp_path):
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert out.returncode != 0 and "has no tokens" in out.stderr
+
+
+TENANTS = {
+    "tenants": {
+        "acme": {"tokens": ["tok-acme"], "namespaces": ["acme"]},
+        "a-only": {"tokens": ["tok-a"], "namespaces": ["a"]},
+        "ops": {"tokens": ["tok-ops"], "namespaces": ["*"]},
+    }
+}
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_blob_head_needs_the_same_tenant_as_get(mlos_server):
+    srv = mlos_server(tokens=TENANTS)
+    opened = upload_resumable(
+        srv.url, "acme/m@v1", FILES, headers=_bearer("tok-acme"), commit=False
+    )
+    need = hashlib.sha256(b"never sent").hexdigest()
+    manifest = {
+        "model_id": "acme/m@v2",
+        "manifest": yaml.safe_dump(
+            {"spec": {"format": {"files": [{"path": "x", "size": 10, "sha256": need}]}}}
+        ),
+    }
+    uid = httpx.post(f"{srv.url}/v1/uploads", json=manifest, headers=_bearer("tok-acme")).json()[
+        "upload_id"
+    ]
+    blob = f"{srv.url}/v1/uploads/{uid}/blobs/{need}"
+    for headers, status in (
+        ({}, 401),
+        (_bearer("tok-wrong"), 401),
+        (_bearer("tok-a"), 403),
+        (_bearer("tok-acme"), 200),
+        (_bearer("tok-ops"), 200),
+    ):
+        head = httpx.head(blob, headers=headers)
+        get = httpx.get(f"{srv.url}/v1/uploads/{uid}", headers=headers)
+        assert (head.status_code, get.status_code) == (status, status), headers
+        assert ("upload-offset" in head.headers) == (status == 200)
+    assert opened["upload_id"] != uid
+
+
+def test_scan_needs_a_tenant_allowed_every_namespace(mlos_server):
+    srv = mlos_server(tokens=TENANTS)
+    write_model(srv.models_dir, "b/late/v1", FILES)  # another namespace's model, copied in
+    for headers, status in (({}, 401), (_bearer("tok-a"), 403), (_bearer("tok-acme"), 403)):
+        r = httpx.post(f"{srv.url}/models/scan", headers=headers)
+        assert r.status_code == status, r.text
+        assert httpx.get(f"{srv.url}/models/b/late@v1").status_code == 404
+    assert "a-only" in httpx.post(f"{srv.url}/models/scan", headers=_bearer("tok-a")).text
+    r = httpx.post(f"{srv.url}/models/scan", headers=_bearer("tok-ops"))
+    assert r.status_code == 200 and r.json()["new"] == 1
+    assert httpx.get(f"{srv.url}/models/b/late@v1").status_code == 200
+
+
+def _raw_multipart(filename: bytes) -> tuple[bytes, str]:
+    b = b"win-boundary-3"
+    manifest = json.dumps({"spec": {"format": {"files": []}}}).encode()
+    body = b"".join([
+        b'--%s\r\nContent-Disposition: form-data; name="model_id"\r\n\r\nns/win@v1\r\n' % b,
+        b'--%s\r\nContent-Disposition: form-data; name="manifest"\r\n\r\n%s\r\n' % (b, manifest),
+        b'--%s\r\nContent-Disposition: form-data; name="model_files"; filename="%s"\r\n'
+        b"\r\nevil\r\n" % (b, filename),
+        b"--%s--\r\n" % b,
+    ])  # fmt: skip
+    return body, f"multipart/form-data; boundary={b.decode()}"
+
+
+def test_multipart_windows_paths_are_refused_not_cut_to_their_last_segment(mlos_server):
+    srv = mlos_server()
+    # as a browser sends them (no escaping) and as curl does (backslashes escaped)
+    for name in (b"C:\\evil", b"C:\\\\evil", b"\\\\server\\share\\evil", b"a\\..\\evil"):
+        body, ctype = _raw_multipart(name)
+        r = httpx.post(f"{srv.url}/models/upload", content=body, headers={"content-type": ctype})
+        assert (r.status_code, r.json()["code"]) == (400, "invalid_path"), (name, r.text)
+        assert "backslash" in r.json()["message"]
+    assert httpx.get(f"{srv.url}/models").json()["total"] == 0
+    assert not (srv.models_dir / "ns").exists()
+    # a quote escaped the way curl does it is part of the name, as sent
+    body, ctype = _raw_multipart(b'say \\"hi\\".txt')
+    r = httpx.post(f"{srv.url}/models/upload", content=body, headers={"content-type": ctype})
+    assert r.status_code == 201, r.text
+    assert (srv.models_dir / "ns" / "win" / "v1" / 'say "hi".txt').read_bytes() == b"evil"
+
+
+def test_a_client_gone_mid_body_is_no_internal_error(mlos_server):
+    """A JSON body cut off by the client (or by the server's slow-body limits) is a client
+    that went away: logged as such (499), not as an internal error with a traceback."""
+    srv = mlos_server()
+    for path in ("/models/register", "/v1/uploads"):
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+            head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            sock.sendall(head.encode() + b"Content-Length: 1000\r\n\r\n" + b'{"model_id": ')
+        wait_for(lambda p=path: f'"POST {p}" 499' in srv.log(), timeout=10, what="the 499 line")
+    log = srv.log()
+    assert "internal error" not in log and "Traceback" not in log
+    assert httpx.get(f"{srv.url}/health").status_code == 200

@@ -14,7 +14,8 @@ The tokens file is YAML::
 Without a tokens file every write is allowed (and the server binds loopback by default).
 With one, a write needs ``Authorization: Bearer <token>``: refused as unauthorized without or
 with an unknown token, as forbidden when the token's tenant does not own the model's
-namespace. Reads stay open.
+namespace. A scan (``POST /models/scan``) registers the models of every namespace: it needs
+a tenant with the pattern ``"*"``. Reads stay open.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ class Tenant:
 
     def owns(self, namespace: str) -> bool:
         return any(fnmatch.fnmatchcase(namespace, pat) for pat in self.namespaces)
+
+    @property
+    def owns_every_namespace(self) -> bool:
+        """The pattern ``"*"`` (an operator's tenant): what a scan of all models needs."""
+        return "*" in self.namespaces
 
 
 ANONYMOUS = Tenant("anonymous", ("*",))

@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,10 +17,11 @@ import httpx
 import pytest
 
 from tests.fixtures.common import tmpfs
-from tests.fixtures.mlos import ServerFactory, manifest_for
+from tests.fixtures.mlos import ServerFactory, manifest_for, upload_resumable
 from tests.stress.checkers import check_fs_root
 from tests.stress.figures import record
 from tests.stress.harness import MiB, make_homes, run_axon
+from tests.test_server_input import json_request, on_one_connection, request_bytes
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -100,3 +102,63 @@ def test_disk_fills_during_an_upload_then_resumes(
         assert c.post(f"/v1/uploads/{uid}/commit").status_code == 200
     assert check_fs_root(srv.models_dir) == (1, [])
     record("full_disk", "mid_upload_trials", 1, add=True)
+
+
+def test_full_disk_answers_on_every_route_keep_the_connection(
+    small_fs: Path, mlos_server: ServerFactory
+) -> None:
+    """register, scan and DELETE on a full disk (and on one turned read-only) each answer
+    once, naming no server path, and the keep-alive connection serves the next request:
+    these answers used to be followed by "Exception in ASGI application" and a reset."""
+    srv = mlos_server(models_dir=small_fs / "models", no_fsync=True)
+    upload_resumable(srv.url, "hf/gone@v1", {"w.bin": os.urandom(4096)})
+    copied = srv.models_dir / "hf" / "copied" / "v1"  # copied in by hand: register, scan
+    copied.mkdir(parents=True)
+    (copied / "w.bin").write_bytes(b"copied")
+    (copied / "manifest.yaml").write_text(
+        json.dumps(manifest_for("hf/copied@v1", {"w.bin": b"copied"}))
+    )
+    filler = small_fs / "filler"
+    with open(filler, "wb") as fh, contextlib.suppress(OSError):  # every page taken
+        while True:
+            fh.write(b"\0" * 65536)
+            fh.flush()
+    health = request_bytes("GET", "/health")
+    calls = [
+        json_request("POST", "/models/register", {"model_id": "hf/copied@v1"}),
+        health,
+        request_bytes("POST", "/models/scan"),
+        health,
+        request_bytes("DELETE", "/models/hf/gone@v1"),
+        health,
+    ]
+    answers = on_one_connection(srv.url, calls)
+    for i in (0, 2, 4):
+        status, _, body = answers[i]
+        assert status == 507, answers[i]
+        assert json.loads(body)["code"] == "insufficient_storage"
+        assert str(small_fs) not in body.decode()
+    assert [a[0] for a in answers[1::2]] == [200, 200, 200]
+    filler.unlink()  # space is back: the same calls succeed, still on one connection
+    answers = on_one_connection(srv.url, [calls[0], calls[2], calls[4], health])
+    assert [a[0] for a in answers] == [200, 200, 200, 200], answers
+    assert httpx.get(f"{srv.url}/models/hf/copied@v1").status_code == 200
+    assert httpx.get(f"{srv.url}/models/hf/gone@v1").status_code == 404
+    # a filesystem error no code expects (read-only): a 500 with an incident id, no path
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    try:
+        answers = on_one_connection(
+            srv.url,
+            [json_request("POST", "/models/register", {"model_id": "hf/copied@v1"}), health],
+        )
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_fs)], check=True)
+    status, _, body = answers[0]
+    assert status == 500 and json.loads(body)["code"] == "internal", answers[0]
+    assert str(small_fs) not in body.decode() and "Errno" not in body.decode()
+    incident = json.loads(body)["message"].split()[2].rstrip(";")
+    assert answers[1][0] == 200
+    log = srv.log()
+    assert "Exception in ASGI application" not in log
+    assert f"internal error {incident}" in log and "Read-only file system" in log
+    record("full_disk", "keepalive_routes", 4, add=True)

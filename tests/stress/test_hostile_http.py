@@ -192,9 +192,9 @@ def test_malformed_bodies_offsets_and_bombs(jailed: Any) -> None:
 
 
 def test_symlinks_and_hard_links_in_model_dirs(tmp_path: Path, install_model: Any) -> None:
-    """A model dir being installed may not smuggle links to files outside it as model files
-    in a way that later writes outside: a symlinked directory is refused, a symlinked file is
-    copied (content, not link), so nothing in the cache points outside it."""
+    """A model dir being installed may not smuggle links to files outside it: a link leading
+    out of it is refused by name, a link inside it and a hard link are copied (content, not
+    link), so nothing in the cache points outside it; a symlinked directory is refused."""
     from axon.errors import SourceError
 
     secret = tmp_path / "secret.txt"
@@ -203,21 +203,25 @@ def test_symlinks_and_hard_links_in_model_dirs(tmp_path: Path, install_model: An
     src.mkdir()
     (src / "config.json").write_text("{}")
     (src / "w.bin").symlink_to(secret)
+    with pytest.raises(SourceError, match="outside the model directory"):
+        install_model(src, "ln/files@v1")
+    (src / "w.bin").unlink()
+    (src / "w.bin").symlink_to(src / "config.json")  # a link inside the model dir
     os.link(secret, src / "hard.bin")
     ref = install_model(src, "ln/files@v1")
     model_dir = Path(os.environ["AXON_HOME"]) / "cache" / "models" / ref.relpath
     for p in model_dir.rglob("*"):
         assert not p.is_symlink()
         assert p.stat().st_ino != secret.stat().st_ino
-    (model_dir / "w.bin").write_text("changed")  # writing the cache never reaches the secret
+    (model_dir / "hard.bin").write_text("changed")  # writing the cache never reaches the secret
     assert secret.read_text() == "outside"
     linked = tmp_path / "src2"
     linked.mkdir()
     (linked / "config.json").write_text("{}")
     (linked / "sub").symlink_to(tmp_path)
-    with pytest.raises(SourceError, match="symlinked directories"):
+    with pytest.raises(SourceError, match="symlinked director"):
         install_model(linked, "ln/dirs@v1")
-    record("hostile_input", "link_cases", 3, add=True)
+    record("hostile_input", "link_cases", 4, add=True)
 
 
 TOKENS = {
@@ -255,6 +259,7 @@ def test_tenant_isolation_on_every_write_endpoint(mlos_server: ServerFactory) ->
     writes: list[tuple[str, str, dict[str, Any]]] = [
         ("POST", "/v1/uploads", {"json": {"model_id": "acme/m@v3", "manifest": manifest}}),
         ("GET", f"/v1/uploads/{uid}", {}),
+        ("HEAD", f"/v1/uploads/{uid}/blobs/{sha}", {}),
         ("PUT", f"/v1/uploads/{uid}/blobs/{sha}", {"content": new["w.bin"]}),
         ("POST", f"/v1/uploads/{uid}/prepare", {}),
         ("POST", f"/v1/uploads/{uid}/commit", {}),
@@ -276,9 +281,7 @@ def test_tenant_isolation_on_every_write_endpoint(mlos_server: ServerFactory) ->
     tried = 0
     with httpx.Client(base_url=srv.url, timeout=30) as c:
         for who, headers in CALLERS.items():
-            for method, path, kw in writes:
-                if path == "/models/scan" and who == "other tenant":
-                    continue  # any tenant may ask for a scan (it writes no model)
+            for method, path, kw in writes:  # a scan needs a tenant allowed every namespace
                 r = c.request(method, path, headers=headers, **kw)
                 tried += 1
                 want = {403} if who == "other tenant" else {401}

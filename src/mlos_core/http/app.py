@@ -3,7 +3,7 @@
 :func:`create_app` serves one :class:`~mlos_core.core.Core`: it starts the core (and an
 upload-expiry sweeper) in the app's lifespan, routes the upstream MLOS Core API
 (:mod:`mlos_core.http.routes`) and the upload protocol (:mod:`mlos_core.http.routes_v1`),
-and answers errors as :mod:`mlos_core.http.errors` maps them.
+and answers errors as :mod:`mlos_core.http.errors` maps them (what no code expected too).
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ import time
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlos_core import __version__
 from mlos_core.core import Core
 from mlos_core.http import routes, routes_v1
-from mlos_core.http.errors import EXCEPTION_HANDLERS
+from mlos_core.http.errors import EXCEPTION_HANDLERS, CatchAll
 
 log = logging.getLogger("mlos_core.http")
 
@@ -91,6 +92,9 @@ def create_app(core: Core) -> ASGIApp:
     app = Starlette(
         routes=[*routes.ROUTES, *routes_v1.ROUTES, routes.MODEL_ROUTE],
         lifespan=lifespan,
+        # inside Starlette's outermost error middleware, which drops the connection after
+        # answering: what no handler took is answered here and the connection stays usable
+        middleware=[Middleware(CatchAll)],
         exception_handlers=EXCEPTION_HANDLERS,
     )
     app.state.core = core

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,12 +22,15 @@ from starlette.requests import Request
 
 from mlos_core.core import Core
 from mlos_core.errors import BadRequest, TooLarge
-from mlos_core.http.errors import UnsupportedMediaType
-from mlos_core.http.request import body_chunks
+from mlos_core.http.errors import BodyTimeout, UnsupportedMediaType
+from mlos_core.http.request import body_chunks, byte_count
 from mlos_core.oneshot import OneShotUpload
-from mlos_core.storage.receive import pump
+from mlos_core.storage.receive import StalledBody, pump
 
 MAX_FIELD = 16 * 1024 * 1024
+_PARAM = re.compile(rb"[ \t;]*([^=;]*)(=?)[ \t]*(.*)", re.DOTALL)  # key, "=", the rest
+_QUOTED = re.compile(rb'"((?:[^"\\]|\\.)*)"', re.DOTALL)
+_ESCAPED = re.compile(rb'\\(["\\])')  # curl's escapes; browsers send "\" unescaped
 _FIELDS = ("model_id", "manifest")
 
 
@@ -64,11 +68,17 @@ class FormReader:
         self._hname, self._hvalue = b"", b""
 
     def _headers_done(self) -> None:
-        _, opts = parse_options_header(self._headers.get(b"content-disposition", b""))
-        self._name = opts.get(b"name", b"").decode("utf-8", "replace")
+        opts = disposition_params(self._headers.get(b"content-disposition", b""))
+        self._name = opts.get("name", b"").decode("utf-8", "replace")
         # ``curl -F manifest=@manifest.yaml`` sends a filename too: those two stay fields.
-        if b"filename" in opts and self._name not in _FIELDS:
-            filename = opts[b"filename"].decode("utf-8", "replace")
+        if "filename" in opts and self._name not in _FIELDS:
+            try:
+                filename = opts["filename"].decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadRequest(
+                    f"filename {opts['filename'][:300]!r} of part {self._name!r} is not UTF-8",
+                    code="invalid_path",
+                ) from None
             self.upload.open_file(filename, self._name)
             self._is_file = True
 
@@ -88,6 +98,33 @@ class FormReader:
             self.upload.set_model_id(self._value.decode("utf-8", "replace"))
         elif self._name == "manifest":
             self.upload.set_manifest(bytes(self._value))
+
+
+def disposition_params(header: bytes) -> dict[str, bytes]:
+    """The parameters of a part's ``Content-Disposition`` (``form-data; name="x";
+    filename="a/b.bin"``), each value exactly as sent (the quotes, and the ``\\"`` and
+    ``\\\\`` escapes curl writes, undone; any other backslash stays).
+
+    Not python-multipart's ``parse_options_header``: it cuts a filename such as
+    ``C:\\evil`` down to ``evil`` (an old browser's habit), so a path the model would never
+    list was stored under another name; here it reaches the path check, which refuses it.
+    """
+    params: dict[str, bytes] = {}
+    rest = header.partition(b";")[2]
+    while rest:
+        key, eq, rest = _PARAM.match(rest).groups()  # type: ignore[union-attr]  # always matches
+        quoted = _QUOTED.match(rest) if eq else None
+        if quoted:
+            value, rest = _ESCAPED.sub(rb"\1", quoted[1]), rest[quoted.end() :]
+            rest = rest.partition(b";")[2]
+        else:
+            value, _, rest = rest.partition(b";")
+            value = value.strip(b" \t")
+        key = key.strip(b" \t").lower()
+        # RFC 7578 forbids the extended form (filename*=...): the plain parameters rule
+        if eq and key and not key.endswith(b"*"):
+            params.setdefault(key.decode("latin-1"), value)
+    return params
 
 
 def _boundary(request: Request) -> bytes:
@@ -112,9 +149,9 @@ def _malformed_is_400() -> Iterator[None]:
 
 async def upload_multipart(request: Request, core: Core) -> dict[str, Any]:
     boundary = _boundary(request)
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit():
-        core.check_size(int(declared))
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        core.check_size(byte_count(declared, "Content-Length"))
     core.tenants.authenticate(request.headers.get("authorization"))
     upload = OneShotUpload(core, request.headers.get("authorization"))
     reader = FormReader(upload)
@@ -127,12 +164,18 @@ async def upload_multipart(request: Request, core: Core) -> dict[str, Any]:
             parser.write(bytes(batch))
 
     try:
-        await pump(
-            body_chunks(request),
-            lambda batch: [functools.partial(feed, batch)],
-            core.metrics.received,
-            idle=core.settings.body_timeout,
-        )
+        try:
+            await pump(
+                body_chunks(request),
+                lambda batch: [functools.partial(feed, batch)],
+                core.metrics.received,
+                idle=core.settings.body_timeout,
+            )
+        except StalledBody:
+            raise BodyTimeout(
+                f"no body bytes for {core.settings.body_timeout:g} s; nothing was stored "
+                "from this upload: send it again",
+            ) from None
         with _malformed_is_400():
             await asyncio.to_thread(parser.finalize)
         answer = await upload.commit()

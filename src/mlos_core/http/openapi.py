@@ -55,12 +55,19 @@ def _paths() -> dict[str, Any]:
         "/models/register": {
             "post": {
                 "summary": "Register a model directory already on this instance",
+                "description": "path: the model's own <models-dir>/<ns>/<name>/<version>, or a "
+                "directory under a --register-root ending in <ns>/<name>/<version>, reached "
+                "without symbolic links; 404 path_not_found alike for missing and not allowed",
                 "requestBody": _json_body("RegisterRequest"),
                 "responses": _ok("registered", "Registered"),
             }
         },
         "/models/scan": {
-            "post": {"summary": "Register every complete model", "responses": _ok("scanned")}
+            "post": {
+                "summary": "Register every complete model",
+                "description": 'with tokens: a tenant allowed every namespace ("*")',
+                "responses": _ok("scanned"),
+            }
         },
         "/models/upload": {
             "post": {
@@ -121,7 +128,11 @@ def _paths() -> dict[str, Any]:
                 "parameters": [
                     _UPLOAD_ID,
                     _SHA,
-                    {"name": "Upload-Offset", "in": "header", "schema": {"type": "integer"}},
+                    {
+                        "name": "Upload-Offset",
+                        "in": "header",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+                    },
                 ],
                 "requestBody": {
                     "content": {"application/octet-stream": {"schema": {"format": "binary"}}}

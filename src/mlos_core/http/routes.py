@@ -14,12 +14,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from mlos_core import __version__
 from mlos_core.core import parse_ref
-from mlos_core.errors import NotFound
+from mlos_core.errors import Forbidden, NotFound
+from mlos_core.http.errors import JSONAnswer
 from mlos_core.http.metrics import metrics
 from mlos_core.http.multipart import upload_multipart
 from mlos_core.http.openapi import openapi_document
@@ -32,16 +33,16 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def health(_request: Request) -> JSONResponse:
-    return JSONResponse(
+async def health(_request: Request) -> JSONAnswer:
+    return JSONAnswer(
         {"status": "healthy", "service": "mlos-core", "version": __version__, "timestamp": _now()}
     )
 
 
-async def stats(request: Request) -> JSONResponse:
+async def stats(request: Request) -> JSONAnswer:
     core = core_of(request)
     models = core.registry.all()
-    return JSONResponse(
+    return JSONAnswer(
         {
             "status": "success",
             "instance_id": core.settings.instance_id,
@@ -56,30 +57,38 @@ async def stats(request: Request) -> JSONResponse:
     )
 
 
-async def list_models(request: Request) -> JSONResponse:
+async def list_models(request: Request) -> JSONAnswer:
     models = [m.summary() for m in core_of(request).registry.all()]
-    return JSONResponse({"status": "success", "models": models, "total": len(models)})
+    return JSONAnswer({"status": "success", "models": models, "total": len(models)})
 
 
-async def register(request: Request) -> JSONResponse:
+async def register(request: Request) -> JSONAnswer:
     core = core_of(request)
     body = await json_body(request)
     ref = parse_ref(body.get("model_id"))
     core.tenants.authorize(request.headers.get("authorization"), ref.namespace)
-    return JSONResponse(await asyncio.to_thread(core.register, body))
+    return JSONAnswer(await asyncio.to_thread(core.register, body))
 
 
-async def scan(request: Request) -> JSONResponse:
+async def scan(request: Request) -> JSONAnswer:
+    """Registers every model in the models dir, of every namespace: with tokens, only a tenant
+    allowed every namespace (``"*"``) may ask for it."""
     core = core_of(request)
-    core.tenants.authenticate(request.headers.get("authorization"))
+    tenant = core.tenants.authenticate(request.headers.get("authorization"))
+    if not tenant.owns_every_namespace:
+        raise Forbidden(
+            f"tenant {tenant.name!r} may not scan: a scan registers the models of every "
+            'namespace (it needs a tenant with namespaces ["*"]); register your own '
+            "models with POST /models/register",
+        )
     found, new = await asyncio.to_thread(core.scan)
-    return JSONResponse(
+    return JSONAnswer(
         {"status": "success", "found": found, "new": new, "total": len(core.registry)}
     )
 
 
-async def upload(request: Request) -> JSONResponse:
-    return JSONResponse(await upload_multipart(request, core_of(request)), status_code=201)
+async def upload(request: Request) -> JSONAnswer:
+    return JSONAnswer(await upload_multipart(request, core_of(request)), status_code=201)
 
 
 async def model_route(request: Request) -> Response:
@@ -93,13 +102,13 @@ async def model_route(request: Request) -> Response:
     ref = parse_ref(rest)
     if request.method == "DELETE":
         core.tenants.authorize(request.headers.get("authorization"), ref.namespace)
-        return JSONResponse(await core.delete_model(ref))
+        return JSONAnswer(await core.delete_model(ref))
     entry = core.get_entry(ref)
     data = entry.to_dict()
-    return JSONResponse({**data, "model_status": entry.status, "status": "success", "model": data})
+    return JSONAnswer({**data, "model_status": entry.status, "status": "success", "model": data})
 
 
-async def inference(request: Request, model_id: str) -> JSONResponse:
+async def inference(request: Request, model_id: str) -> JSONAnswer:
     """A plausible answer: this server has no inference engine (it says so in the answer)."""
     core = core_of(request)
     entry = core.get_entry(parse_ref(model_id))
@@ -115,7 +124,7 @@ async def inference(request: Request, model_id: str) -> JSONResponse:
     }
     if request.query_params.get("include_outputs", "").lower() in ("1", "true", "yes"):
         answer["outputs"] = {"output": [[0.0]]}
-    return JSONResponse(answer)
+    return JSONAnswer(answer)
 
 
 def _shape(value: Any) -> list[int]:
@@ -126,8 +135,8 @@ def _shape(value: Any) -> list[int]:
     return shape
 
 
-async def openapi(_request: Request) -> JSONResponse:
-    return JSONResponse(openapi_document(__version__))
+async def openapi(_request: Request) -> JSONAnswer:
+    return JSONAnswer(openapi_document(__version__))
 
 
 ROUTES = [

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from mlos_core.core import Core, parse_manifest, parse_ref
 from mlos_core.errors import BadRequest, CoreError, NotFound
-from mlos_core.http.errors import BodyTimeout
-from mlos_core.http.request import ClientGone, body_chunks, core_of, json_body
+from mlos_core.http.errors import BodyTimeout, JSONAnswer
+from mlos_core.http.request import ClientGone, body_chunks, byte_count, core_of, json_body
 from mlos_core.registration import find_model_dir
 from mlos_core.storage.blobs import BlobWriter, check_sha256
 from mlos_core.storage.receive import StalledBody, receive_blob
@@ -25,7 +25,7 @@ def owned_upload(core: Core, request: Request) -> Upload:
     return upload
 
 
-async def open_upload(request: Request) -> JSONResponse:
+async def open_upload(request: Request) -> JSONAnswer:
     core = core_of(request)
     body = await json_body(request)
     ref = parse_ref(body.get("model_id"))
@@ -36,13 +36,13 @@ async def open_upload(request: Request) -> JSONResponse:
         answer = await asyncio.to_thread(core.describe, upload)
     have = set(answer["have"])
     core.metrics.deduplicated(sum(f.size for f in manifest.files if f.path in have))
-    return JSONResponse(answer, status_code=201)
+    return JSONAnswer(answer, status_code=201)
 
 
-async def get_upload(request: Request) -> JSONResponse:
+async def get_upload(request: Request) -> JSONAnswer:
     core = core_of(request)
     upload = owned_upload(core, request)
-    return JSONResponse(await asyncio.to_thread(core.describe, upload))
+    return JSONAnswer(await asyncio.to_thread(core.describe, upload))
 
 
 def _blob_of(upload: Upload, request: Request) -> tuple[str, int]:
@@ -55,16 +55,9 @@ def _blob_of(upload: Upload, request: Request) -> tuple[str, int]:
     return sha, size
 
 
-def _offset_header(request: Request) -> int:
-    raw = request.headers.get("upload-offset", "0")
-    if not raw.isdigit():
-        raise BadRequest(f"Upload-Offset must be a byte count, got {raw[:40]!r}")
-    return int(raw)
-
-
 async def head_blob(request: Request) -> Response:
     core = core_of(request)
-    upload = core.uploads.get(request.path_params["upload_id"])
+    upload = owned_upload(core, request)  # the same tenant check as every other upload call
     sha, size = _blob_of(upload, request)
     offset = core.blobs.offset(sha, size)
     return Response(headers={"Upload-Offset": str(offset), "Upload-Length": str(size)})
@@ -74,9 +67,9 @@ async def put_blob(request: Request) -> Response:
     core = core_of(request)
     upload = owned_upload(core, request)
     sha, size = _blob_of(upload, request)
-    offset = _offset_header(request)
+    offset = byte_count(request.headers.get("upload-offset", "0"), "Upload-Offset")
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and offset + int(declared) > size:
+    if declared is not None and offset + byte_count(declared, "Content-Length") > size:
         raise BadRequest(
             f"body of {declared} bytes from offset {offset} is longer than the blob "
             f"({size} bytes); nothing stored",
@@ -114,41 +107,41 @@ async def _receive(request: Request, core: Core, upload: Upload, writer: BlobWri
     return _blob_answer(writer.sha256, writer.offset, complete, 201 if complete else 200)
 
 
-def _blob_answer(sha: str, offset: int, complete: bool, status: int) -> JSONResponse:
+def _blob_answer(sha: str, offset: int, complete: bool, status: int) -> JSONAnswer:
     body = {"status": "success", "sha256": sha, "offset": offset, "complete": complete}
-    return JSONResponse(body, status_code=status)
+    return JSONAnswer(body, status_code=status)
 
 
-async def prepare_upload(request: Request) -> JSONResponse:
+async def prepare_upload(request: Request) -> JSONAnswer:
     core = core_of(request)
     upload = owned_upload(core, request)
     async with core.model_lock(upload.ref):
         await asyncio.to_thread(core.prepare, upload)
-    return JSONResponse({"status": "success", "upload_id": upload.upload_id, "state": "prepared"})
+    return JSONAnswer({"status": "success", "upload_id": upload.upload_id, "state": "prepared"})
 
 
-async def commit_upload(request: Request) -> JSONResponse:
+async def commit_upload(request: Request) -> JSONAnswer:
     core = core_of(request)
     upload = owned_upload(core, request)
     try:
-        return JSONResponse(await core.commit(upload))
+        return JSONAnswer(await core.commit(upload))
     except CoreError:
         core.metrics.upload("resumable", False)
         raise
 
 
-async def abort_upload(request: Request) -> JSONResponse:
+async def abort_upload(request: Request) -> JSONAnswer:
     core = core_of(request)
     upload = owned_upload(core, request)
     await asyncio.to_thread(core.drop_upload, upload)
-    return JSONResponse({"status": "success", "upload_id": upload.upload_id, "state": "aborted"})
+    return JSONAnswer({"status": "success", "upload_id": upload.upload_id, "state": "aborted"})
 
 
-async def rollback_model(request: Request) -> JSONResponse:
+async def rollback_model(request: Request) -> JSONAnswer:
     core = core_of(request)
     ref = parse_ref(request.path_params["model_id"])
     core.tenants.authorize(request.headers.get("authorization"), ref.namespace)
-    return JSONResponse(await core.rollback(ref))
+    return JSONAnswer(await core.rollback(ref))
 
 
 async def get_manifest(request: Request) -> Response:
