@@ -21,6 +21,8 @@ from mlos_core.core import Core, ModelSource
 from mlos_core.integrations.discovery import DEFAULT_TTL, Registration, registered
 from mlos_core.integrations.s3_sync import S3Sync
 from mlos_core.settings import (
+    DEFAULT_MAX_DUPLICATES,
+    DEFAULT_MAX_FILES,
     DEFAULT_MODELS_DIR,
     DEFAULT_PORT,
     DEFAULT_UPLOAD_TTL,
@@ -153,6 +155,20 @@ def registration(
     help="Seconds an idle resumable upload is kept before it expires.",
 )
 @click.option(
+    "--max-files",
+    default=DEFAULT_MAX_FILES,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Most files one model's manifest may list (more: 413 too_many_files).",
+)
+@click.option(
+    "--max-duplicates",
+    default=DEFAULT_MAX_DUPLICATES,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Most files of one model with the same content (more: 413 too_many_duplicates).",
+)
+@click.option(
     "--no-fsync", is_flag=True, help="Skip fsync (tests/benchmarks only: not crash safe)."
 )
 @click.option(
@@ -199,6 +215,8 @@ def serve(
     instance_id: str,
     max_upload_size: int | None,
     upload_ttl: float,
+    max_files: int,
+    max_duplicates: int,
     no_fsync: bool,
     body_timeout: float,
     log_level: str,
@@ -226,6 +244,8 @@ def serve(
         instance_id=instance_id,
         max_upload_size=max_upload_size,
         upload_ttl=upload_ttl,
+        max_files=max_files,
+        max_duplicates=max_duplicates,
         durable=not no_fsync,
         body_timeout=body_timeout,
         models_url=models_url,

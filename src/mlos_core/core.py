@@ -1,8 +1,15 @@
 """The server's state and operations, independent of HTTP: storage, registry, uploads, locks.
 
 Blocking file work runs in worker threads; the event loop only coordinates. A per-model
-asyncio lock serialises commits of one model (two concurrent uploads end with one complete
-version); different models never wait for each other.
+lock serialises commits of one model (two concurrent uploads end with one complete version);
+different models never wait for each other. Two ids whose directories would nest
+(``n/b@v1`` at ``n/b/v1/`` holds ``n/b/v1@x``) are never both published: the second is refused
+(:class:`~mlos_core.errors.ModelOverlap`) at open and, race-free, right before its rename.
+
+With a tokens file, deduplication is per tenant: a tenant links content the store holds
+without sending it only if the content is in one of its own models or it sent the bytes for
+an upload still open (:meth:`Core.holds`; :mod:`mlos_core.storage.tenancy`). Without one it is
+global: every upload may link anything the store holds.
 
 Models arrive by upload, by a copy into the models dir (found by a scan), or from a
 :class:`ModelSource` the core is handed (the command line hands it the S3 sync when
@@ -18,24 +25,33 @@ import logging
 import shutil
 import threading
 from collections.abc import Iterable, Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
-from mlos_core.errors import BadRequest, CorruptState, NoSpace, NotFound, TooLarge
+from mlos_core.errors import (
+    BadRequest,
+    ChecksumMismatch,
+    CorruptState,
+    MissingBlob,
+    NoSpace,
+    NotFound,
+    TooLarge,
+)
 from mlos_core.metrics import Metrics
 from mlos_core.registration import find_model_dir
 from mlos_core.settings import Settings
-from mlos_core.storage.blobs import BlobStore
+from mlos_core.storage.blobs import BlobStore, BlobWriter
 from mlos_core.storage.locks import KeyedLocks
 from mlos_core.storage.registry import ModelEntry, Registry, entry_from_manifest, inference_endpoint
+from mlos_core.storage.tenancy import SentIndex, tenant_key
 from mlos_core.storage.uploads import Upload, UploadStore, expires_at, new_upload_id
 from mlos_core.storage.versions import VersionStore
 from mlos_core.tenants import Tenants
 from modelpkg.atomic import clean_leftovers, remove_tree
 from modelpkg.errors import ManifestError, PackageError
 from modelpkg.layout import REGISTRY_FILE
-from modelpkg.manifest import API_VERSION, MANIFEST_NAME, Manifest
+from modelpkg.manifest import API_VERSION, MANIFEST_NAME, FileEntry, Manifest
 from modelpkg.refs import ModelRef
 
 log = logging.getLogger("mlos_core")
@@ -43,6 +59,9 @@ log = logging.getLogger("mlos_core")
 # Staging dirs in the models tree idle longer than this are leftovers; younger ones may be a
 # writer at work on a shared models dir (axon drops its own stale ones after a day too).
 SHARED_LEFTOVER_AGE = 24 * 3600.0
+# how long the S3 sync waits for a model an upload is committing before it skips it (the next
+# scan tries again): a worker thread waiting on a coroutine must not wait forever
+SOURCE_LOCK_TIMEOUT = 60.0
 
 
 def parse_ref(model_id: Any) -> ModelRef:
@@ -63,8 +82,12 @@ def parse_manifest(raw: Any, ref: ModelRef, *, strict: bool) -> Manifest:
             manifest = Manifest(raw, source="manifest")
         else:
             raise BadRequest("manifest is required (manifest.yaml text or a JSON object)")
-        # the model id is authoritative for the identity (metadata may be missing)
-        manifest = manifest.with_identity(ref.namespace, ref.name, ref.version)
+        # the model id is authoritative for the identity (metadata may be missing); set in
+        # place: the Manifest holds its own copy (a copy more costs seconds at 100,000 files)
+        meta = manifest.data.get("metadata")
+        if not isinstance(meta, dict):
+            meta = manifest.data["metadata"] = {}
+        meta.update(namespace=ref.namespace, name=ref.name, version=ref.version)
         manifest.data.setdefault("apiVersion", API_VERSION)
         manifest.data.setdefault("kind", "Model")
         manifest.validate(strict=strict)
@@ -102,11 +125,19 @@ class Core:
         self.models_dir = settings.models_dir
         self.state_dir = settings.state_dir
         self.models_dir.mkdir(parents=True, exist_ok=True)
+        self.tenants = Tenants(settings.tokens_file)
         self.blobs = BlobStore(self.state_dir, durable=settings.durable)
-        self.versions = VersionStore(self.models_dir, self.blobs, durable=settings.durable)
+        self.versions = VersionStore(
+            self.models_dir,
+            self.blobs,
+            durable=settings.durable,
+            track_contents=self.tenants.enabled,  # per-tenant dedup asks what models hold
+        )
         self.registry = Registry(self.state_dir / REGISTRY_FILE, durable=settings.durable)
         self.uploads = UploadStore(self.state_dir, ttl=settings.upload_ttl)
-        self.tenants = Tenants(settings.tokens_file)
+        self.sent = SentIndex(self.state_dir)
+        # per tenant: (versions.generation, what its models hold), rebuilt when that changes
+        self._held_cache: dict[str, tuple[int, set[str]]] = {}
         self.metrics = Metrics()
         self._model_locks = KeyedLocks()
         self.blob_locks = KeyedLocks()
@@ -122,7 +153,7 @@ class Core:
         restored = self.versions.recover()
         for path in restored:
             log.warning("restored %s (a crash interrupted its replacement)", path)
-        removed = self.versions.clean_leftovers()
+        removed = self.versions.clean_leftovers() + self.blobs.clean_leftovers()
         # Outside our own state dir, staging dirs may belong to a writer still at work on a
         # shared models dir (axon publishing to it): only remove those idle for a day.
         removed += clean_leftovers(self.models_dir, min_age=SHARED_LEFTOVER_AGE)
@@ -134,6 +165,7 @@ class Core:
             log.info("removed %d leftover(s) of interrupted writes", len(removed))
         self.expire_uploads()
         self.registry.load()
+        self.versions.note_previous()
         self.scan()
 
     def scan(self) -> tuple[int, int]:
@@ -142,6 +174,7 @@ class Core:
         for source in self.sources:  # first bring in what is new elsewhere
             source.pull(self)
         found = self.versions.scan()
+        self.versions.note_found(found)
         entries = [entry_from_manifest(f.ref, f.path, f.manifest, "scan") for f in found]
         return len(found), self.registry.put_many(entries)
 
@@ -151,7 +184,8 @@ class Core:
             log.info("upload %s of %s expired", upload.upload_id, upload.model_id)
             self._forget_upload(upload)
         # what the uploads still open (and pins) need, read once for all the expired ones
-        protected = self.protected_blobs()
+        protected, by_tenant = self._listed()
+        self.sent.retain(by_tenant)
         for upload in expired:
             self._drop_partials(upload, protected)
         self.blobs.gc_partials(protected, min_age=self.settings.upload_ttl)
@@ -159,12 +193,19 @@ class Core:
         return len(expired)
 
     def protected_blobs(self) -> set[str]:
+        return self._listed()[0]
+
+    def _listed(self) -> tuple[set[str], dict[str, set[str]]]:
+        """What the open uploads (and pins) need, and per tenant key what its uploads list."""
         out: set[str] = set()
+        by_tenant: dict[str, set[str]] = {}
         for u in self.uploads.all():
-            out.update(u.blobs())
+            shas = u.blobs()
+            out.update(shas)
+            by_tenant.setdefault(tenant_key(u.tenant), set()).update(shas)
         with self._pins_lock:
             out.update(sha for sha, n in self._pins.items() if n > 0)
-        return out
+        return out, by_tenant
 
     def gc_blobs(self, protected: set[str], *, min_age: float = 0.0) -> int:
         """Garbage-collect unlinked blobs; one pinned while the scan runs is kept."""
@@ -188,7 +229,9 @@ class Core:
 
     def drop_upload(self, upload: Upload) -> None:
         self._forget_upload(upload)
-        self._drop_partials(upload, self.protected_blobs())
+        protected, by_tenant = self._listed()
+        self.sent.retain(by_tenant)  # what it sent for this upload must be sent again
+        self._drop_partials(upload, protected)
 
     def _forget_upload(self, upload: Upload) -> None:
         if upload.staged:
@@ -197,13 +240,127 @@ class Core:
 
     def _drop_partials(self, upload: Upload, protected: set[str]) -> None:
         """Drop the partly received blobs of a finished/dropped ``upload`` no one else needs."""
+        scope = self.scope(upload.tenant)
         for sha in upload.blobs():
             if sha not in protected:
-                self.blobs.drop_partial(sha)
+                self.blobs.drop_partial(sha, scope)
 
     def model_lock(self, ref: ModelRef) -> AbstractAsyncContextManager[None]:
         """Held while a model's visible directory or registration changes."""
         return self._model_locks.hold(ref.id)
+
+    def model_lock_blocking(self, ref: ModelRef) -> AbstractContextManager[None]:
+        """:meth:`model_lock` for a worker thread (a model source); TimeoutError after
+        :data:`SOURCE_LOCK_TIMEOUT` seconds."""
+        return self._model_locks.hold_blocking(ref.id, timeout=SOURCE_LOCK_TIMEOUT)
+
+    def check_overlap(self, ref: ModelRef) -> None:
+        """ModelOverlap when ``ref``'s directory nests with another model's (an early answer:
+        publishing checks again, race-free, right before its rename)."""
+        self.versions.refuse_overlap(ref)
+
+    # ---- per-tenant deduplication -----------------------------------------------------
+    def scope(self, tenant: str) -> str | None:
+        """Where ``tenant``'s partial blobs and records live; None without tenants (shared)."""
+        return tenant_key(tenant) if self.tenants.enabled else None
+
+    def holds(self, tenant: str, sha256: str, size: int | None = None) -> bool:
+        """True when ``tenant`` may link content ``sha256`` without sending it: the store has
+        it and, with tenants, it is in one of the tenant's models or the tenant sent it."""
+        if not self.blobs.has(sha256, size):
+            return False
+        if not self.tenants.enabled:
+            return True
+        return self.sent.has(tenant_key(tenant), sha256) or sha256 in self._held_by(tenant)
+
+    def _held_by(self, tenant: str) -> set[str]:
+        generation = self.versions.generation
+        cached = self._held_cache.get(tenant)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        owner = self.tenants.by_name.get(tenant)
+        held = self.versions.held_in(owner.owns) if owner is not None else set()
+        self._held_cache[tenant] = (generation, held)
+        return held
+
+    def blob_offset(self, upload: Upload, sha256: str, size: int) -> int:
+        """Bytes of ``sha256`` the upload's tenant need not send again (``size``: none)."""
+        if self.holds(upload.tenant, sha256, size) or self._finish_partial(upload, sha256, size):
+            return size
+        return self.blobs.partial_offset(sha256, size, self.scope(upload.tenant))
+
+    def _finish_partial(self, upload: Upload, sha256: str, size: int) -> bool:
+        """True when the upload's tenant had sent all of ``sha256`` without it being checked
+        (the server died between the last byte and the check): finished here, verified and
+        moved into the store. A full-length partial that does not match is dropped (sent
+        again from 0); one a request is receiving right now is left to that request."""
+        scope = self.scope(upload.tenant)
+        partial = self.blobs.partial_path(sha256, scope)
+        if self.blobs.partial_offset(sha256, size, scope) < size or not partial.exists():
+            return False
+        key = sha256 if scope is None else f"{scope}/{sha256}"
+        try:
+            with self.blob_locks.hold_blocking(key, timeout=0):
+                writer = self.blob_writer(upload, sha256, size, size)
+                writer.open()
+                writer.finish()
+        except TimeoutError:
+            return False  # being received
+        except ChecksumMismatch:
+            log.warning("dropped partial blob %s: full length, wrong sha256", sha256[:12])
+            return False
+        return True
+
+    def blob_writer(self, upload: Upload, sha256: str, size: int, offset: int) -> BlobWriter:
+        """Receives ``sha256`` for ``upload`` from ``offset`` (hold :meth:`blob_lock`)."""
+        scope = self.scope(upload.tenant)
+        if scope is None:
+            return BlobWriter(self.blobs, sha256, size, offset)
+
+        def stored() -> None:
+            self.sent.add(scope, sha256)
+
+        return BlobWriter(self.blobs, sha256, size, offset, scope=scope, on_stored=stored)
+
+    def blob_lock(self, upload: Upload, sha256: str) -> AbstractAsyncContextManager[None]:
+        """Held while ``sha256`` is received for ``upload``: per tenant with tenants (one
+        tenant's slow upload never holds up another's)."""
+        scope = self.scope(upload.tenant)
+        return self.blob_locks.hold(sha256 if scope is None else f"{scope}/{sha256}")
+
+    def _check_held(self, upload: Upload) -> None:
+        """MissingBlob unless the upload's tenant holds all of its content."""
+        if not self.tenants.enabled:
+            return  # building the version finds what the store lacks
+        paths = upload.paths_by_blob()
+        for sha, size in upload.blobs().items():
+            if not self.holds(upload.tenant, sha, size):
+                raise MissingBlob(
+                    f"{paths[sha][0]}: content {sha[:12]} has not been uploaded; "
+                    "send it, then commit again",
+                )
+
+    # ---- limits -----------------------------------------------------------------------
+    def check_files(self, files: list[FileEntry]) -> None:
+        """TooLarge when a manifest lists more files than ``--max-files``, or more files with
+        one content than ``--max-duplicates``."""
+        limit = self.settings.max_files
+        if len(files) > limit:
+            raise TooLarge(
+                f"the manifest lists {len(files)} files, over this server's --max-files of "
+                f"{limit}; nothing was stored (ask the operator to raise --max-files)",
+                code="too_many_files",
+            )
+        counts = collections.Counter(f.sha256 for f in files if f.known)
+        if counts:
+            sha, n = counts.most_common(1)[0]
+            if n > self.settings.max_duplicates:
+                raise TooLarge(
+                    f"{n} files of the manifest have the same content (sha256 {sha[:12]}), "
+                    f"over this server's --max-duplicates of {self.settings.max_duplicates}; "
+                    "nothing was stored (ask the operator to raise --max-duplicates)",
+                    code="too_many_duplicates",
+                )
 
     # ---- uploads --------------------------------------------------------------------
     def check_size(self, total: int) -> None:
@@ -226,6 +383,8 @@ class Core:
 
     def open_upload(self, ref: ModelRef, manifest: Manifest, tenant: str) -> Upload:
         files = manifest.files
+        self.check_files(files)
+        self.check_overlap(ref)
         self.check_size(sum(f.size for f in files))
         self._check_free_space({f.sha256: f.size for f in files})
         upload = Upload(new_upload_id(), ref.id, tenant, manifest.data)
@@ -237,10 +396,10 @@ class Core:
         needed, have = [], []
         paths = upload.paths_by_blob()
         for sha, size in upload.blobs().items():
-            if self.blobs.has(sha, size):
+            if self.holds(upload.tenant, sha, size) or self._finish_partial(upload, sha, size):
                 have += paths[sha]
             else:
-                offset = self.blobs.offset(sha, size)
+                offset = self.blobs.partial_offset(sha, size, self.scope(upload.tenant))
                 needed.append({"sha256": sha, "size": size, "offset": offset, "paths": paths[sha]})
         last = self.uploads.last_activity(upload.upload_id)
         return {
@@ -266,6 +425,7 @@ class Core:
         """Build the complete, verified model dir in staging (blocking: run in a thread)."""
         if upload.staged and Path(upload.staged).is_dir():
             return Path(upload.staged)
+        self._check_held(upload)
         staged = self.versions.stage(upload.manifest_obj())
         upload.staged = str(staged)
         self.uploads.save(upload)
@@ -273,7 +433,7 @@ class Core:
 
     def publish_staged(self, staged: Path, ref: ModelRef, manifest: Manifest) -> ModelEntry:
         """Make a prepared dir visible and register it (blocking; hold the model lock)."""
-        final = self.versions.publish(staged, ref)
+        final = self.versions.publish(staged, ref, manifest)
         entry = entry_from_manifest(ref, final, manifest, "upload")
         self.registry.put(entry)
         return entry
@@ -305,12 +465,18 @@ class Core:
     async def delete_model(self, ref: ModelRef) -> dict[str, Any]:
         async with self.model_lock(ref):
             entry = self.registry.remove(ref.id)
-            removed = await asyncio.to_thread(self.versions.delete, ref)
+            removed, other = await asyncio.to_thread(self.versions.delete, ref)
         if entry is None and not removed:
             raise NotFound(f"model {ref.id} is not registered on this instance")
         async with self.gc_lock:
             await asyncio.to_thread(self.gc_blobs, self.protected_blobs())
-        return {"status": "success", "model_id": ref.id, "message": "deleted"}
+        message = "deleted"
+        if other is not None:
+            message = (
+                f"deleted the registration; its directory nests with model {other}'s and was "
+                "left alone"
+            )
+        return {"status": "success", "model_id": ref.id, "message": message}
 
     async def rollback(self, ref: ModelRef) -> dict[str, Any]:
         async with self.model_lock(ref):

@@ -14,7 +14,8 @@ Hierarchy (each class has a default ``code``; a raise may name a more precise on
     ├── NotFound (LookupError)               not_found: no such model, upload, blob
     ├── Conflict                             conflict: the state differs from the request's
     │   ├── OffsetMismatch                   offset_mismatch: resume from ``offset``
-    │   └── MissingBlob                      missing_blob: content not uploaded yet
+    │   ├── MissingBlob                      missing_blob: content not uploaded yet
+    │   └── ModelOverlap                     model_overlap: directories of two ids would nest
     ├── UploadAborted                        upload_aborted: dropped while being received
     ├── TooLarge                             too_large: over a size limit
     ├── Unprocessable (ValueError)           content that does not match its manifest
@@ -75,6 +76,13 @@ class OffsetMismatch(Conflict):
 
 class MissingBlob(Conflict):
     code = "missing_blob"
+
+
+class ModelOverlap(Conflict):
+    """The model's directory would nest with another model's (``n/b@v1`` lives at
+    ``n/b/v1/``, which holds ``n/b/v1@x``); ``overlaps`` names the other model."""
+
+    code = "model_overlap"
 
 
 class UploadAborted(CoreError):

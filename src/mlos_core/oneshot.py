@@ -10,6 +10,12 @@ added. The HTTP layer (:mod:`mlos_core.http.multipart`) parses the request and d
 
 Blobs it brings in or relies on are pinned until the version links them: garbage collection
 must not take them meanwhile. A failed upload drops the blobs it brought in.
+
+The limits are checked as early as they can be: an id whose directory would nest with another
+model's as soon as the id arrives, the manifest's count of files (``--max-files``,
+``--max-duplicates``) as soon as it arrives, and files the manifest does not list as they come.
+With tenants, a listed file left out is taken from the store only if the tenant holds its
+content (:meth:`Core.holds <mlos_core.core.Core.holds>`).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import uuid
 from typing import Any
 
 from mlos_core.core import Core, parse_manifest, parse_ref, register_answer
-from mlos_core.errors import BadRequest, ChecksumMismatch, SizeMismatch
+from mlos_core.errors import BadRequest, ChecksumMismatch, SizeMismatch, TooLarge
 from mlos_core.storage.blobs import IncomingBlob
 from mlos_core.tenants import Tenant
 from modelpkg.atomic import remove_tree
@@ -52,11 +58,13 @@ class OneShotUpload:
     def set_model_id(self, text: str) -> None:
         self.ref = parse_ref(text.strip())
         self.tenant = self.core.tenants.authorize(self.authorization, self.ref.namespace)
+        self.core.check_overlap(self.ref)
 
     def set_manifest(self, raw: bytes) -> None:
         if self.ref is None:
             raise BadRequest("send the model_id field before the manifest")
         self.manifest = parse_manifest(raw, self.ref, strict=False)
+        self.core.check_files(self.manifest.files)
 
     # ---- files ------------------------------------------------------------------------
     def open_file(self, filename: str, part_name: str) -> None:
@@ -72,6 +80,16 @@ class OneShotUpload:
             raise BadRequest(str(exc), code="invalid_path") from exc
         if filename in self.received:
             raise BadRequest(f"file {filename!r} sent twice", code="duplicate_file")
+        listed = self._listed()
+        if filename not in listed:
+            unlisted = sum(1 for name in self.received if name not in listed)
+            if len(listed) + unlisted + 1 > self.core.settings.max_files:
+                limit = self.core.settings.max_files
+                raise TooLarge(
+                    f"file {filename!r} would make {len(listed) + unlisted + 1} files, over "
+                    f"this server's --max-files of {limit}; nothing was stored",
+                    code="too_many_files",
+                )
         tmp = self.tmp_dir / f"{ONESHOT_PART_PREFIX}{len(self.received)}"
         self._file = IncomingBlob(self.core.blobs, tmp, f"file {filename!r}")
         self._filename = filename
@@ -121,8 +139,8 @@ class OneShotUpload:
                 continue
             if entry.known:
                 self._pin(entry.sha256)  # before looking: gc cannot take it after
-            if entry.known and self.core.blobs.has(entry.sha256, entry.size):
-                files[entry.path] = entry  # content already on the server
+            if entry.known and self._holds(entry):
+                files[entry.path] = entry  # content already on the server (for this tenant)
             else:
                 missing.append(entry.path)
         if missing:
@@ -131,10 +149,15 @@ class OneShotUpload:
                 code="missing_files",
             )
         final = self.manifest.with_files(files.values())
+        self.core.check_files(final.files)  # received files may repeat one content
         try:  # files received but not listed join it: "a" and "a/b" cannot both exist
             return final.validate(strict=True)
         except ManifestError as exc:
             raise BadRequest(f"invalid set of files: {exc}", code="invalid_manifest") from exc
+
+    def _holds(self, entry: FileEntry) -> bool:
+        assert self.tenant is not None
+        return self.core.holds(self.tenant.name, entry.sha256, entry.size)
 
     async def commit(self) -> dict[str, Any]:
         """Build the version from the blobs, make it visible and register it; the answer."""
@@ -144,7 +167,11 @@ class OneShotUpload:
         ref = self.ref
         async with core.model_lock(ref):
             staged = await asyncio.to_thread(core.versions.stage, manifest)
-            entry = await asyncio.to_thread(core.publish_staged, staged, ref, manifest)
+            try:
+                entry = await asyncio.to_thread(core.publish_staged, staged, ref, manifest)
+            except BaseException:
+                await asyncio.to_thread(remove_tree, staged)  # refused: nothing left behind
+                raise
         answer = register_answer(entry, "uploaded")
         answer.update(files=len(manifest.files), bytes=manifest.total_size)
         return answer

@@ -12,6 +12,8 @@ from modelpkg.layout import STATE_DIR
 DEFAULT_MODELS_DIR = Path(layout.DEFAULT_MODELS_DIR)
 DEFAULT_PORT = 8080
 DEFAULT_UPLOAD_TTL = 24 * 3600.0
+DEFAULT_MAX_FILES = 100_000  # files of one model (Hugging Face's advice for one repository)
+DEFAULT_MAX_DUPLICATES = 10_000  # files of one model with the same content
 LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)?\s*", re.IGNORECASE)
@@ -39,6 +41,8 @@ class Settings:
     instance_id: str = "mlos-core"
     max_upload_size: int | None = None  # bytes of one model (all files); None = no limit
     upload_ttl: float = DEFAULT_UPLOAD_TTL  # seconds an idle resumable upload is kept
+    max_files: int = DEFAULT_MAX_FILES  # files one manifest may list
+    max_duplicates: int = DEFAULT_MAX_DUPLICATES  # files of one manifest with one sha256
     body_timeout: float = 120.0  # seconds without a body byte before an upload is dropped
     durable: bool = True  # fsync before making anything visible (off only for benchmarks)
     # an instance reading S3 storage: the command line hands the core an S3 sync for these

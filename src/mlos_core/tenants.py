@@ -62,6 +62,7 @@ class Tenants:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._by_digest: dict[str, Tenant] = {}
+        self.by_name: dict[str, Tenant] = {}  # what an upload's record names
         if path is not None:
             self._load(path)
 
@@ -86,6 +87,7 @@ class Tenants:
             if not isinstance(namespaces, list) or not all(isinstance(n, str) for n in namespaces):
                 raise TokensFileError(f"{path}: tenants.{name}.namespaces must be a list")
             tenant = Tenant(str(name), tuple(namespaces))
+            self.by_name[tenant.name] = tenant
             digests = [_digest(str(t)) for t in spec.get("tokens") or []]
             digests += [str(d).lower() for d in spec.get("token_sha256") or []]
             if not digests:

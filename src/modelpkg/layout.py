@@ -27,6 +27,8 @@ them, mlos-core writes and reads them, so both take their names from here::
         ├── trash/                                 trees being deleted
         ├── uploads/<upload id>.json               open resumable uploads
         ├── remote-tmp/                            blobs being pulled from S3
+        ├── tenants/<tenant>/sent                  with tenants: the sha256s a tenant has sent
+        ├── tenants/<tenant>/partial/<sha256>      for its open uploads; its blobs being received
         └── registry.json                          the registered models
 
     s3://<bucket>/<prefix>/
@@ -67,6 +69,9 @@ PREVIOUS_DIR = "previous"
 TRASH_DIR = "trash"
 UPLOADS_DIR = "uploads"
 REMOTE_TMP_DIR = "remote-tmp"
+TENANTS_DIR = "tenants"  # tenants/<tenant>/: what one tenant has sent (with --tokens)
+TENANT_SENT_FILE = "sent"
+TENANT_PARTIAL_DIR = "partial"
 REGISTRY_FILE = "registry.json"
 
 # ---- S3 ---------------------------------------------------------------------------------

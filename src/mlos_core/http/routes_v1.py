@@ -59,7 +59,7 @@ async def head_blob(request: Request) -> Response:
     core = core_of(request)
     upload = owned_upload(core, request)  # the same tenant check as every other upload call
     sha, size = _blob_of(upload, request)
-    offset = core.blobs.offset(sha, size)
+    offset = core.blob_offset(upload, sha, size)  # the upload's tenant's bytes
     return Response(headers={"Upload-Offset": str(offset), "Upload-Length": str(size)})
 
 
@@ -76,12 +76,12 @@ async def put_blob(request: Request) -> Response:
             code="size_mismatch",
         )
     core.uploads.touch(upload.upload_id)
-    async with core.blob_locks.hold(sha):
-        if core.blobs.has(sha, size):  # another upload completed it meanwhile
+    async with core.blob_lock(upload, sha):
+        if core.holds(upload.tenant, sha, size):  # another upload completed it meanwhile
             async for _ in request.stream():
                 pass
             return _blob_answer(sha, size, True, 201)
-        return await _receive(request, core, upload, BlobWriter(core.blobs, sha, size, offset))
+        return await _receive(request, core, upload, core.blob_writer(upload, sha, size, offset))
 
 
 async def _receive(request: Request, core: Core, upload: Upload, writer: BlobWriter) -> Response:

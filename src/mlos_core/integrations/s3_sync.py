@@ -9,7 +9,12 @@ is :mod:`modelpkg.s3`'s), and for each one the instance does not hold with the s
 1. downloads each blob it lacks into its blob store (streamed, sha256 verified, then moved
    in with one rename; content it already has for any model is not fetched again);
 2. builds the version directory from hard links in staging, fsynced;
-3. swaps it in atomically and registers it (the same path as an upload commit).
+3. swaps it in atomically and registers it (the same path as an upload commit), holding the
+   model's lock as a commit does.
+
+A bucket's manifest is input like an upload's: over the server's ``--max-files`` or
+``--max-duplicates``, or an id whose directory would nest with another model's, that model is
+refused (logged, reported as failed) and the others go on.
 
 A failure (store unreachable, a corrupt object) is logged and leaves the instance serving
 what it already has; the next scan tries again. Credentials come from the standard AWS chain.
@@ -110,16 +115,19 @@ class _Pull:
         manifest = manifest.with_identity(ref.namespace, ref.name, ref.version)
         if self.core.is_unchanged(ref, manifest):
             return False
+        self.core.check_files(manifest.files)
+        self.core.check_overlap(ref)  # before fetching anything (checked again when published)
         shas = [entry.sha256 for entry in manifest.files]
         self.core.pin(shas)  # fetched or present blobs stay until the version links them
         try:
             self._fetch_blobs(manifest)
-            staged = self.core.versions.stage(manifest)
-            try:
-                self.core.publish_staged(staged, ref, manifest)
-            except BaseException:
-                remove_tree(staged)
-                raise
+            with self.core.model_lock_blocking(ref):
+                staged = self.core.versions.stage(manifest)
+                try:
+                    self.core.publish_staged(staged, ref, manifest)
+                except BaseException:
+                    remove_tree(staged)
+                    raise
         finally:
             self.core.unpin(shas)
         return True

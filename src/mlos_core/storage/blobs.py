@@ -9,6 +9,15 @@ completion the digest is checked, the file fsynced once and renamed into the sto
 A blob is therefore in the store only when its content is verified. A file whose sha256 is
 known only at its end (a one-shot upload) is an :class:`IncomingBlob`. Blobs no version
 directory links to (``st_nlink == 1``) are garbage and removed by :meth:`BlobStore.gc`.
+
+A version file is a hard link to its blob (:meth:`BlobStore.link`), and a filesystem bounds
+the links of one file (ext4: 65,000). When a blob has no links left (``EMLINK``), the store
+takes a fresh copy of it, verified, under the blob's name: that link and the following ones go
+to the copy, the versions linked so far keep the old one (which the filesystem frees with the
+last of them). So dedup never depends on a link count anyone can exhaust.
+
+With tenants, a blob being received is partial per tenant (one tenant cannot resume, or
+learn of, another's upload): :meth:`BlobStore.partial_path` with a ``scope``.
 """
 
 from __future__ import annotations
@@ -19,7 +28,9 @@ import functools
 import hashlib
 import os
 import re
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -29,12 +40,21 @@ from typing import Any
 from mlos_core.errors import (
     BadRequest,
     ChecksumMismatch,
+    MissingBlob,
     OffsetMismatch,
     UploadAborted,
     no_space,
 )
 from modelpkg.atomic import fsync_dir
-from modelpkg.layout import BLOBS_DIR, PARTIAL_BLOBS_DIR
+from modelpkg.layout import (
+    BLOBS_DIR,
+    PARTIAL_BLOBS_DIR,
+    TENANT_PARTIAL_DIR,
+    TENANTS_DIR,
+    TMP_TAG,
+    is_leftover,
+    sibling,
+)
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 READ_CHUNK = 4 * 1024 * 1024
@@ -67,9 +87,11 @@ class BlobStore:
     def __init__(self, state_dir: Path, *, durable: bool = True) -> None:
         self.root = state_dir / BLOBS_DIR
         self.partial_dir = state_dir / PARTIAL_BLOBS_DIR
+        self.tenants_dir = state_dir / TENANTS_DIR
         self.durable = durable
         self.root.mkdir(parents=True, exist_ok=True)
         self.partial_dir.mkdir(parents=True, exist_ok=True)
+        self._copy_lock = threading.Lock()  # one fresh copy of a blob out of links at a time
 
     def path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256
@@ -81,20 +103,98 @@ class BlobStore:
             return False
         return size is None or st.st_size == size
 
-    def partial_path(self, sha256: str) -> Path:
-        return self.partial_dir / sha256
+    def partial_path(self, sha256: str, scope: str | None = None) -> Path:
+        """Where ``sha256`` is being received: shared, or one tenant's (``scope``)."""
+        if scope is None:
+            return self.partial_dir / sha256
+        return self.tenants_dir / scope / TENANT_PARTIAL_DIR / sha256
+
+    def partial_offset(self, sha256: str, size: int, scope: str | None = None) -> int:
+        """Bytes of ``sha256`` received so far in ``scope`` (the partial file's length)."""
+        try:
+            return min(os.stat(self.partial_path(sha256, scope)).st_size, size)
+        except FileNotFoundError:
+            return 0
 
     def offset(self, sha256: str, size: int) -> int:
         """Bytes already held: ``size`` when complete, else the partial file's length."""
         if self.has(sha256, size):
             return size
-        try:
-            return min(os.stat(self.partial_path(sha256)).st_size, size)
-        except FileNotFoundError:
-            return 0
+        return self.partial_offset(sha256, size)
 
-    def drop_partial(self, sha256: str) -> None:
-        self.partial_path(sha256).unlink(missing_ok=True)
+    def drop_partial(self, sha256: str, scope: str | None = None) -> None:
+        self.partial_path(sha256, scope).unlink(missing_ok=True)
+
+    def partial_dirs(self) -> list[Path]:
+        """The shared partial dir and every tenant's."""
+        dirs = [self.partial_dir]
+        if self.tenants_dir.is_dir():
+            dirs += [d / TENANT_PARTIAL_DIR for d in sorted(self.tenants_dir.iterdir())]
+        return [d for d in dirs if d.is_dir()]
+
+    def clean_leftovers(self) -> list[Path]:
+        """Remove fresh copies a crash interrupted (start-up: no copy is running)."""
+        removed = []
+        for sub in self.root.iterdir():
+            for p in sub.iterdir() if sub.is_dir() else []:
+                if is_leftover(p.name):
+                    p.unlink(missing_ok=True)
+                    removed.append(p)
+        return removed
+
+    # ---- links ------------------------------------------------------------------------
+    def link(self, sha256: str, dest: Path) -> None:
+        """Hard-link blob ``sha256`` at ``dest``. A blob out of links (``EMLINK``) is
+        replaced in the store by a fresh, verified copy that takes this link and the next."""
+        for _ in range(3):  # a copy could run out too, under a flood of concurrent links
+            if self._try_link(sha256, dest):
+                return
+            with self._copy_lock:
+                if self._try_link(sha256, dest):  # another thread made the copy meanwhile
+                    return
+                self._fresh_copy(sha256)
+        raise OSError(errno.EMLINK, os.strerror(errno.EMLINK), str(self.path(sha256)))
+
+    def _try_link(self, sha256: str, dest: Path) -> bool:
+        try:
+            os.link(os.path.join(self.root, sha256[:2], sha256), dest)  # hot: no Path ops
+        except OSError as exc:
+            if exc.errno == errno.EMLINK:
+                return False
+            raise
+        return True
+
+    def _fresh_copy(self, sha256: str) -> None:
+        """Copy the blob, checking its sha256 on the way, and put the copy under its name
+        (versions linked to the old file keep it). A blob that no longer matches its name is
+        dropped from the store: MissingBlob, the client sends it again."""
+        final = self.path(sha256)
+        tmp = final.parent / sibling(sha256, TMP_TAG, uuid.uuid4().hex[:12])
+        digest = hashlib.sha256()
+        try:
+            with open(final, "rb") as src, open(tmp, "xb") as dst:
+                while chunk := src.read(READ_CHUNK):
+                    digest.update(chunk)
+                    dst.write(chunk)
+                if self.durable:
+                    dst.flush()
+                    os.fsync(dst.fileno())
+            if digest.hexdigest() != sha256:
+                final.unlink(missing_ok=True)
+                raise MissingBlob(
+                    f"stored content {sha256[:12]} no longer matches its sha256 and was "
+                    "dropped; send it again, then commit again",
+                )
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, final)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise no_space(f"a fresh copy of blob {sha256[:12]} (out of hard links)") from exc
+            raise
+        finally:
+            tmp.unlink(missing_ok=True)
+        if self.durable:
+            fsync_dir(final.parent)
 
     def adopt(self, tmp: Path, sha256: str) -> Path:
         """Move a verified temp file into the store (or drop it if the blob exists)."""
@@ -127,7 +227,12 @@ class BlobStore:
         now = time.time()
         for sub in self.root.iterdir() if self.root.is_dir() else []:
             for blob in sub.iterdir():
-                st = blob.stat()
+                if not SHA256_RE.fullmatch(blob.name):
+                    continue  # a fresh copy being written (:meth:`link`)
+                try:
+                    st = blob.stat()
+                except FileNotFoundError:
+                    continue
                 if st.st_nlink > 1 or blob.name in keep or now - st.st_mtime < min_age:
                     continue
                 with pin_lock or contextlib.nullcontext():
@@ -140,9 +245,13 @@ class BlobStore:
     def gc_partials(self, protected: Iterable[str], *, min_age: float) -> None:
         keep = set(protected)
         now = time.time()
-        for p in self.partial_dir.iterdir():
-            if p.name not in keep and now - p.stat().st_mtime >= min_age:
-                p.unlink(missing_ok=True)
+        for d in self.partial_dirs():
+            for p in d.iterdir():
+                try:
+                    if p.name not in keep and now - p.stat().st_mtime >= min_age:
+                        p.unlink(missing_ok=True)
+                except FileNotFoundError:
+                    pass
 
 
 class BlobWriter:
@@ -153,24 +262,39 @@ class BlobWriter:
     request stores nothing.
     """
 
-    def __init__(self, store: BlobStore, sha256: str, size: int, offset: int) -> None:
+    def __init__(
+        self,
+        store: BlobStore,
+        sha256: str,
+        size: int,
+        offset: int,
+        *,
+        scope: str | None = None,
+        on_stored: Callable[[], None] | None = None,
+    ) -> None:
         self.store = store
         self.sha256 = sha256
         self.size = size
         self.start = offset
         self.offset = offset
-        self.path = store.partial_path(sha256)
+        self.scope = scope  # a tenant's partials (None: shared)
+        self.on_stored = on_stored  # called once the blob is verified and in the store
+        self.path = store.partial_path(sha256, scope)
         self._hash = hashlib.sha256()
         self._fd = -1
 
     def open(self) -> None:
-        held = self.store.offset(self.sha256, self.size)
+        if self.scope is None:
+            held = self.store.offset(self.sha256, self.size)
+        else:  # the tenant's own bytes: what the store holds is for those who sent it
+            held = self.store.partial_offset(self.sha256, self.size, self.scope)
         if held != self.start:
             raise OffsetMismatch(
                 f"blob {self.sha256[:12]} holds {held} bytes, the request starts at "
                 f"{self.start}; resend from Upload-Offset: {held}",
                 offset=held,
             )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
         os.ftruncate(self._fd, self.start)  # drop any unflushed tail beyond the offset
         if self.start:
@@ -217,7 +341,7 @@ class BlobWriter:
         digest = self._hash.hexdigest()
         if digest != self.sha256:
             self.close()
-            self.store.drop_partial(self.sha256)
+            self.store.drop_partial(self.sha256, self.scope)
             raise ChecksumMismatch(
                 f"blob content hashes to {digest}, not {self.sha256}; the received data was "
                 "dropped (offset back to 0): resend the file from the start",
@@ -227,12 +351,14 @@ class BlobWriter:
             os.fsync(self._fd)
         self.close()
         try:
-            self.store.adopt(self.path, self.sha256)
+            self.store.adopt(self.path, self.sha256)  # bytes of a blob held already: dropped
         except FileNotFoundError:
             raise UploadAborted(
                 f"blob {self.sha256[:12]} was dropped while it was being received (its upload "
                 "was aborted or expired); open a new upload",
             ) from None
+        if self.on_stored is not None:
+            self.on_stored()
 
     def rollback(self) -> None:
         """Cut the partial file back to where this request started (a refused request)."""
@@ -241,7 +367,7 @@ class BlobWriter:
                 os.ftruncate(self._fd, self.start)
         self.close()
         if self.start == 0:
-            self.store.drop_partial(self.sha256)
+            self.store.drop_partial(self.sha256, self.scope)
 
     def close(self) -> None:
         if self._fd >= 0:

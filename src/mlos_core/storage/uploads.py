@@ -9,11 +9,12 @@ received), shared by every upload that needs the same content.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import secrets
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 from mlos_core.errors import CoreError, CorruptState, NotFound
 from modelpkg.atomic import atomic_write_text
 from modelpkg.layout import UPLOADS_DIR
-from modelpkg.manifest import Manifest
+from modelpkg.manifest import FileEntry, Manifest
 from modelpkg.refs import ModelRef
 
 _ID_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-")
@@ -40,16 +41,25 @@ class Upload:
     def ref(self) -> ModelRef:
         return ModelRef.parse(self.model_id)
 
-    def manifest_obj(self) -> Manifest:
+    # read once per record: a manifest may list 100,000 files
+    @functools.cached_property
+    def _manifest(self) -> Manifest:
         return Manifest(self.manifest)
+
+    @functools.cached_property
+    def _files(self) -> list[FileEntry]:
+        return self._manifest.files
+
+    def manifest_obj(self) -> Manifest:
+        return self._manifest
 
     def blobs(self) -> dict[str, int]:
         """sha256 -> size of every unique content of the model."""
-        return {f.sha256: f.size for f in self.manifest_obj().files}
+        return {f.sha256: f.size for f in self._files}
 
     def paths_by_blob(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
-        for f in self.manifest_obj().files:
+        for f in self._files:
             out.setdefault(f.sha256, []).append(f.path)
         return out
 
@@ -74,7 +84,8 @@ class UploadStore:
         return self.dir / f"{upload_id}.json"
 
     def save(self, upload: Upload) -> None:
-        atomic_write_text(self._path(upload.upload_id), json.dumps(asdict(upload)), durable=False)
+        record = {f.name: getattr(upload, f.name) for f in fields(upload)}  # no deep copy
+        atomic_write_text(self._path(upload.upload_id), json.dumps(record), durable=False)
 
     def get(self, upload_id: str) -> Upload:
         path = self._path(upload_id)
