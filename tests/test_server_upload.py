@@ -360,3 +360,27 @@ def test_multipart_cut_or_malformed_stores_nothing(mlos_server):
     assert not [p for p in blobs.rglob("*") if p.is_file()]
     assert not (srv.models_dir / "ns").exists()
     assert httpx.get(f"{srv.url}/models").json()["total"] == 0
+
+
+def test_a_full_length_partial_left_by_a_crash_is_finished_at_open(mlos_server):
+    """kill -9 between a blob's last byte and its check leaves a partial of full length: the
+    next open verifies it (complete: "have"; wrong content: dropped, needed from 0), rather
+    than ask for it at offset == size forever."""
+    srv = mlos_server()
+    good, bad = b"g" * 5000, b"b" * 5000
+    partial = srv.models_dir / ".mlos" / "partial"
+    srv.stop()
+    (partial / sha(good)).write_bytes(good)
+    (partial / sha(bad)).write_bytes(b"not the content, same length".ljust(5000, b"."))
+    srv.start()
+    files = {"good.bin": good, "bad.bin": bad}
+    opened = open_upload(srv.url, "ns/crash@v1", files).json()
+    assert opened["have"] == ["good.bin"]
+    assert [(n["paths"], n["offset"]) for n in opened["needed"]] == [(["bad.bin"], 0)]
+    assert blob_path(srv.models_dir, sha(good)).read_bytes() == good
+    assert not (partial / sha(bad)).exists()
+    uid = opened["upload_id"]
+    r = httpx.put(f"{srv.url}/v1/uploads/{uid}/blobs/{sha(bad)}", content=bad)
+    assert r.status_code == 201, r.text
+    assert httpx.post(f"{srv.url}/v1/uploads/{uid}/commit").status_code == 200
+    assert (srv.models_dir / "ns/crash/v1/good.bin").read_bytes() == good
