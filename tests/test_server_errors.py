@@ -77,3 +77,11 @@ def test_core_and_storage_load_neither_http_nor_integrations() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_an_answer_holding_a_lone_surrogate_still_renders() -> None:
+    """Text that is not valid Unicode never makes an answer fail: it is written escaped."""
+    from mlos_core.http.errors import JSONAnswer
+
+    assert JSONAnswer({"a": "\ud800"}).body == b'{"a":"\\ud800"}'
+    assert JSONAnswer({"a": "\u00e9"}).body == '{"a":"\u00e9"}'.encode()

@@ -186,24 +186,29 @@ def test_text_that_is_not_unicode_is_400_and_no_upload_is_stored(srv: Server) ->
     assert httpx.get(f"{srv.url}/models").json()["total"] == 0
 
 
-def test_a_manifest_value_that_is_not_unicode_never_breaks_an_answer(srv: Server) -> None:
-    """A description decoded to a lone surrogate (YAML's pure-Python loader) is stored as
-    sent; every answer naming it still renders (as a \\u escape)."""
-    text = (
+def test_a_manifest_value_that_is_not_unicode_is_400(srv: Server) -> None:
+    """A description decoded to a lone surrogate (YAML's pure-Python loader, or JSON text)
+    is refused like a path would be: storing it (the server writes manifest.yaml) or naming
+    it in an answer would fail later."""
+    texts = [
         'apiVersion: axon.mlos.io/v1\nkind: Model\nmetadata: {description: "x*\\ud800"}\n'
-        f"spec:\n  format:\n    files:\n    - {{path: w.bin, size: 5, sha256: {SHA}}}\n"
-    )
+        f"spec:\n  format:\n    files:\n    - {{path: w.bin, size: 5, sha256: {SHA}}}\n",
+        json.dumps(manifest([entry()])).replace(
+            '"spec"', '"metadata": {"description": "\\udc00"}, "spec"'
+        ),
+    ]
     with httpx.Client(base_url=srv.url, timeout=30) as c:
-        r = c.post(
-            "/models/upload",
-            data={"model_id": "ns/d@v1", "manifest": text},
-            files=[("model_files", ("w.bin", DATA))],
-        )
-        assert r.status_code == 201, r.text
-        for path in ("/models", "/models/ns/d@v1", "/stats"):
-            got = c.get(path)
-            assert got.status_code == 200, (path, got.text)
-        assert c.get("/models/ns/d@v1").json()["description"] == "x*\ud800"
+        for text in texts:
+            r = c.post(
+                "/models/upload",
+                data={"model_id": "ns/d@v1", "manifest": text},
+                files=[("model_files", ("w.bin", DATA))],
+            )
+            assert (r.status_code, r.json()["code"]) == (400, "invalid_manifest"), r.text
+            r = c.post("/v1/uploads", json={"model_id": "ns/d@v1", "manifest": text})
+            assert (r.status_code, r.json()["code"]) == (400, "invalid_manifest"), r.text
+        assert c.get("/models").json()["total"] == 0 and c.get("/stats").status_code == 200
+    assert stored_uploads(srv) == [] and model_files(srv) == []
 
 
 @pytest.mark.parametrize(
