@@ -411,6 +411,7 @@ class Core:
             "have": sorted(have),
             "state": "prepared" if upload.staged else "open",
             "expires_at": expires_at(last, self.settings.upload_ttl),
+            "manifest_sha256": upload.manifest_obj().digest(),  # what a commit will show
         }
 
     def is_unchanged(self, ref: ModelRef, manifest: Manifest) -> bool:
@@ -449,7 +450,8 @@ class Core:
                 entry = await asyncio.to_thread(self.publish_staged, staged, ref, manifest)
             self.uploads.delete(upload.upload_id)
         self.metrics.upload("resumable", True)
-        return register_answer(entry, "committed")
+        # the client checks it is the manifest it sent (docs/upload-protocol.md)
+        return {**register_answer(entry, "committed"), "manifest_sha256": manifest.digest()}
 
     # ---- registry operations ----------------------------------------------------------
     def get_entry(self, ref: ModelRef) -> ModelEntry:

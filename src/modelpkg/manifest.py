@@ -16,6 +16,7 @@ typed accessors for what axon uses.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -316,6 +317,24 @@ class Manifest:
             meta = data["metadata"] = {}
         meta.update({"namespace": namespace, "name": name, "version": version})
         return Manifest(data, source=self.source)
+
+    def as_uploaded(self, namespace: str, name: str, version: str) -> Manifest:
+        """The manifest an upload to mlos-core stores for ``namespace/name@version``: the
+        identity from the model id, ``apiVersion`` and ``kind`` filled in when missing, as
+        JSON carries it (docs/upload-protocol.md)."""
+        data = json.loads(
+            json.dumps(self.with_identity(namespace, name, version).data, default=str)
+        )
+        data.setdefault("apiVersion", API_VERSION)
+        data.setdefault("kind", "Model")
+        return Manifest(data, source=self.source)
+
+    def digest(self) -> str:
+        """sha256 of the manifest as canonical JSON (keys sorted, no spaces, ASCII): how the
+        upload protocol names the manifest a commit made visible (docs/upload-protocol.md)."""
+        plain = json.loads(json.dumps(self.data, default=str))  # keys as JSON has them
+        text = json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(text.encode("ascii")).hexdigest()
 
     # ---- validation ----------------------------------------------------------------
     def problems(self, *, strict: bool = False) -> list[ManifestError]:
