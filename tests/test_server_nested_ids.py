@@ -1,7 +1,7 @@
 """Two model ids whose directories nest (``n/b@v1`` at ``n/b/v1/``, ``n/b/v1@x`` at
 ``n/b/v1/x/``) never destroy each other: the second is refused with 409 ``model_overlap``
 naming the first, on every path that writes, rolls back or deletes a model directory, over
-real HTTP."""
+real HTTP (and, for the S3 sync, in-process against a real S3 server)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,15 @@ import httpx
 import pytest
 import yaml
 
+from axon.publish import PublishOptions
+from axon.publish.storage import publish_to_storage
+from axon.targets import StorageTarget
+from mlos_core.cli import model_sources
+from mlos_core.core import Core
+from mlos_core.settings import Settings
 from tests.fixtures.mlos import manifest_for, upload_resumable
+from tests.fixtures.models import make_model
+from tests.fixtures.s3 import S3Server
 
 INNER = "n/b/v1@x"  # lives at n/b/v1/x/
 OUTER = "n/b@v1"  # lives at n/b/v1/
@@ -244,3 +252,28 @@ def test_concurrent_publishes_of_nesting_ids_leave_one_complete_model(mlos_serve
         else:
             assert_intact(srv, inner, f"{ns}/b/v1/x", INNER_FILES)
         assert httpx.get(f"{srv.url}/models/{loser}").status_code == 404
+
+
+def test_an_s3_sync_refuses_a_nesting_id_and_pulls_the_rest(tmp_path: Path, s3: S3Server) -> None:
+    """A bucket holding both ids: the sync publishes the first it lists and reports the
+    second as failed, naming the first; the first's files stay whole."""
+    bucket = s3.bucket()
+    url = f"s3://{bucket}/prod"
+    storage = StorageTarget("s3", "s3", url, endpoint_url=s3.endpoint_url)
+    for model_id, files in ((OUTER, OUTER_FILES), (INNER, INNER_FILES), ("n/c@v1", {"c": b"c"})):
+        model = make_model(tmp_path / model_id.replace("/", "_"), model_id, files)
+        assert publish_to_storage(model, storage, PublishOptions()).ok
+    settings = Settings(
+        models_dir=tmp_path / "models", models_url=url, s3_endpoint_url=s3.endpoint_url
+    )
+    (source,) = model_sources(settings)
+    core = Core(settings, [source])
+    report = source.pull(core)
+    assert sorted(report.fetched) == sorted([OUTER, "n/c@v1"]), report
+    assert set(report.failed) == {INNER}
+    assert OUTER in report.failed[INNER] and "nest" in report.failed[INNER]
+    assert model_files(tmp_path / "models", "n/b/v1") == OUTER_FILES
+    assert core.registry.get(INNER) is None
+    again = source.pull(core)  # the next scan: still refused, nothing moved
+    assert set(again.failed) == {INNER}
+    assert model_files(tmp_path / "models", "n/b/v1") == OUTER_FILES
