@@ -304,3 +304,29 @@ def test_the_httpx_streaming_path_too(
     assert proxy.cuts == 1 and r.attempts == 2
     on_server = _files(srv.models_dir / ref.relpath)
     assert {k: v for k, v in on_server.items() if k != "manifest.yaml"} == _files(source)
+
+
+def test_a_manifest_with_yaml_dates_publishes_and_the_commit_names_it(
+    mlos_server, installed_model
+) -> None:
+    """YAML reads ``created: 2024-01-01`` as a date: it goes out as text, and the commit's
+    ``manifest_sha256`` is the digest of the manifest as sent (the server's copy)."""
+    import datetime
+
+    import yaml
+
+    from modelpkg.manifest import Manifest
+
+    srv = mlos_server(no_fsync=True)
+    cached = Path(os.environ["AXON_HOME"]) / "cache" / "models" / installed_model.relpath
+    text = (cached / "manifest.yaml").read_text()
+    data = yaml.safe_load(text)
+    data["metadata"]["created"] = datetime.date(2024, 1, 1)  # written as a YAML date
+    (cached / "manifest.yaml").write_text(yaml.safe_dump(data))
+    result = publish(installed_model, srv.url, PublishOptions(**FAST))
+    (r,) = result.results
+    assert result.ok, r.error
+    served = Manifest.load(srv.models_dir / installed_model.relpath)
+    assert str(served.metadata["created"]) == "2024-01-01"
+    sent = Manifest.load(cached).as_uploaded("hf", "tiny-bert", "v1")
+    assert served.as_uploaded("hf", "tiny-bert", "v1").digest() == sent.digest()

@@ -1,8 +1,9 @@
 """The one client of an MLOS Core instance's HTTP API (docs/upload-protocol.md).
 
 Everything axon says to an instance goes through :class:`MlosClient`: it alone knows the
-endpoints, quotes model ids into paths, sends the bearer token, applies the timeouts and
-turns httpx exceptions and HTTP answers into :mod:`axon.errors`::
+endpoints, quotes model ids into paths, sends the bearer token, applies the time and size
+limits, checks every answer and turns httpx exceptions and HTTP answers into
+:mod:`axon.errors`::
 
     GET    /health                            health()          never raises: a Health
     POST   /models/register                   register()
@@ -11,38 +12,64 @@ turns httpx exceptions and HTTP answers into :mod:`axon.errors`::
     POST   /models/scan                       scan()            (S3 readers pull)
     GET    /v1/models/{id}/manifest           manifest()
     POST   /v1/models/{id}/rollback           rollback()
-    POST   /v1/uploads                        open_upload()
+    POST   /v1/uploads                        open_upload()     -> OpenAnswer
     HEAD   /v1/uploads/{u}/blobs/{sha256}     blob_offset()
-    PUT    /v1/uploads/{u}/blobs/{sha256}     blob_path(): the bytes themselves are moved by
+    PUT    /v1/uploads/{u}/blobs/{sha256}     blob_path(), blob_answer() -> BlobAnswer: the
+                                              bytes themselves are moved by
                                               axon.transports.api (sendfile on plain http)
     POST   /v1/uploads/{u}/prepare            prepare_upload()
-    POST   /v1/uploads/{u}/commit             commit_upload()
+    POST   /v1/uploads/{u}/commit             commit_upload()   -> CommitAnswer
     DELETE /v1/uploads/{u}                    abort_upload()
 
-Answers outside a call's expected statuses become errors (:meth:`MlosClient.status_error`)::
+Nothing an instance answers is trusted (docs/upload-protocol.md#what-the-client-checks):
+
+* **Time.** Each connect and each read or write waits at most ``timeout`` seconds, and a
+  whole exchange has a :class:`Budget`: sending the request may take ``timeout`` seconds plus
+  one second per :data:`MIN_RATE` bytes sent, and so may receiving the answer; a server that
+  drips its answer a byte at a time is cut off there.
+* **Size.** An answer is read up to a cap (:data:`ANSWER_LIMIT`; an open answer grows with the
+  manifest, a manifest download may be :data:`MANIFEST_LIMIT`), never decompressed
+  (``Accept-Encoding: identity``), never held whole beyond the cap.
+* **Shape.** Every answer that claims success is parsed by the typed parser of its call
+  (:class:`OpenAnswer`, :class:`BlobAnswer`, :class:`CommitAnswer`, ...): a JSON object with
+  ``"status": "success"``, each field of its type and range, about the model and upload that
+  were asked, a commit naming the digest of the manifest that was sent. Anything else is a
+  :class:`ProtocolError` (exit 7, never retried) naming the instance, the URL and what was
+  wrong. Redirects are not followed.
+
+Answers outside a call's expected statuses become errors (:meth:`MlosClient.error_for`)::
 
     401                              AuthenticationError
     403                              TargetPermissionError
     507 / code insufficient_storage  NoSpaceError
     413                              NoSpaceError (over the upload size limit)
+    3xx                              ProtocolError (redirects are not followed)
     anything else                    RemoteError; retryable for 5xx, 408, 409, 429,
                                      checksum_mismatch and an expired upload (404 on it)
-    no answer at all                 TargetUnreachableError (retryable)
+    no answer at all, or too slow    TargetUnreachableError (retryable)
 
-Every error names the target, the URL and the status, with a hint of what to do next.
+Every error names the target, the URL and the status, with a hint of what to do next; text
+the server wrote is shortened and stripped of control characters before it is shown.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ipaddress
+import json
+import re
 import sys
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 from axon.errors import (
     AuthenticationError,
     AxonError,
+    ManifestError,
     NoSpaceError,
     RemoteError,
     TargetPermissionError,
@@ -50,17 +77,33 @@ from axon.errors import (
     retryable,
 )
 from modelpkg.layout import MANIFEST_NAME
+from modelpkg.manifest import MAX_MANIFEST_BYTES, Manifest
 
 if TYPE_CHECKING:
     import httpx
 
     from axon.targets import InstanceTarget
-    from modelpkg.manifest import Manifest
     from modelpkg.refs import ModelRef
 
 DEFAULT_TIMEOUT = 30.0
 HEALTH_TIMEOUT = 5.0  # a probe: an instance that takes longer is not one to publish to
 CONNECT_TIMEOUT = 10.0  # the most a connect may take, whatever the call's timeout
+
+#: bytes per second: each direction of an exchange may take ``timeout`` seconds plus one
+#: second per MIN_RATE bytes it moved (a 1 GiB blob: timeout + 4.5 h at the very least)
+MIN_RATE = 64 * 1024
+KiB, MiB = 1024, 1024 * 1024
+ANSWER_LIMIT = 1 * MiB  # a control answer: commit, register, prepare, a blob's PUT, ...
+ERROR_LIMIT = 64 * KiB  # what is read of an error answer (its message)
+HEALTH_LIMIT = 64 * KiB
+MANIFEST_LIMIT = MAX_MANIFEST_BYTES  # a manifest download, a registration record
+HEAD_ROOM = 256 * KiB  # an answer's head (and interim 1xx heads) on top of its body
+SHOWN = 300  # characters of server-written text in a message
+
+#: an upload id: what the client puts in paths; mlos-core's are ``u-`` + 24 hex digits
+UPLOAD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+STATES = ("open", "prepared")
 
 
 # httpx is imported inside the methods that use it: a filesystem or SSH publish never needs
@@ -114,6 +157,526 @@ def already_registered(message: str) -> bool:
     return "already registered" in message.lower()
 
 
+def shown(value: object, limit: int = SHOWN) -> str:
+    """Server-written text made safe to print: control characters (terminal escapes, line
+    breaks) replaced, at most ``limit`` characters."""
+    text = "".join(c if c.isprintable() else "?" for c in str(value)[: limit + 1])
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class ProtocolError(RemoteError):
+    """The instance answered, but not as the MLOS Core protocol says: not JSON, a field
+    missing or of the wrong type, an offset outside the blob, an upload id that cannot be
+    one, a commit of another manifest, an answer too large. Never retried: the same server
+    answers the same way. Exit 7, like every transport failure."""
+
+    retryable = False
+
+
+# ---- the budget of one exchange -------------------------------------------------------------
+class SendTimeout(TimeoutError):
+    """The server took no bytes of a request for the operation's timeout."""
+
+
+class OverBudget(Exception):
+    """An exchange ran past its :class:`Budget`: too slow (``slow``), or an answer with more
+    bytes on the wire than its call allows. The message says how far it got."""
+
+    def __init__(self, message: str, *, slow: bool) -> None:
+        super().__init__(message)
+        self.slow = slow
+
+
+class Budget:
+    """How long one request/answer exchange may still take.
+
+    Each direction (``send``: connecting and sending the request, ``receive``: the answer)
+    may take ``timeout`` seconds plus one second per ``rate`` bytes moved in it; the clock of
+    ``receive`` starts when the first answer byte is awaited. Every socket wait is the
+    shorter of the operation's own timeout and what is left (:meth:`wait`); once nothing is
+    left, :class:`OverBudget`. So is an answer of more than ``receive_limit`` bytes on the
+    wire, head and all (an endless stream of ``100 Continue`` heads, say).
+    """
+
+    SEND, RECEIVE = "send", "receive"
+
+    def __init__(
+        self, timeout: float, *, rate: float = MIN_RATE, receive_limit: int | None = None
+    ) -> None:
+        self.timeout = timeout
+        self.rate = rate
+        self.receive_limit = receive_limit
+        self.direction = self.SEND
+        self.started = time.monotonic()
+        self.moved = 0
+
+    def _enter(self, direction: str) -> None:
+        if direction != self.direction:
+            self.direction, self.started, self.moved = direction, time.monotonic(), 0
+
+    def left(self, direction: str) -> float:
+        """Seconds left for ``direction``; raises OverBudget when none are."""
+        self._enter(direction)
+        elapsed = time.monotonic() - self.started
+        left = self.timeout + self.moved / self.rate - elapsed
+        if left <= 0:
+            what = "sent" if direction == self.SEND else "received"
+            raise OverBudget(
+                f"{self.moved} bytes {what} in {elapsed:.1f} s, slower than the "
+                f"{self.timeout:g} s plus 1 s per {MIN_RATE // KiB} KiB allowed",
+                slow=True,
+            )
+        return left
+
+    def wait(self, direction: str, timeout: float | None) -> float:
+        """How long the next socket operation in ``direction`` may block."""
+        left = self.left(direction)
+        return left if timeout is None else min(timeout, left)
+
+    def timed_out(self, direction: str) -> None:
+        """A socket operation timed out: OverBudget when bytes were moving, but too slowly;
+        plain silence stays the operation's own timeout."""
+        if self.moved:
+            self.left(direction)
+
+    def count(self, n: int) -> None:
+        self.moved += n
+        limit = self.receive_limit
+        if self.direction == self.RECEIVE and limit is not None and self.moved > limit:
+            raise OverBudget(f"more than {_size(limit)} in its answer", slow=False)
+
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[Budget]:
+        """Make this the budget of the exchanges this thread runs meanwhile."""
+        token = _CURRENT.set(self)
+        try:
+            yield self
+        finally:
+            _CURRENT.reset(token)
+
+
+_CURRENT: contextvars.ContextVar[Budget | None] = contextvars.ContextVar(
+    "axon_exchange_budget", default=None
+)
+WRITE_SLICE = 64 * KiB  # writes are cut so the budget is checked between the slices
+
+
+class _BudgetStream:
+    """An httpcore network stream whose reads and writes keep to the current Budget."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        import httpcore
+
+        budget = _CURRENT.get()
+        if budget is None:
+            data: bytes = self._inner.read(max_bytes, timeout)
+            return data
+        try:
+            data = self._inner.read(max_bytes, budget.wait(Budget.RECEIVE, timeout))
+        except httpcore.ReadTimeout:
+            budget.timed_out(Budget.RECEIVE)
+            raise
+        budget.count(len(data))
+        return data
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        import httpcore
+
+        budget = _CURRENT.get()
+        if budget is None:
+            self._inner.write(buffer, timeout)
+            return
+        view = memoryview(buffer)
+        for start in range(0, len(view), WRITE_SLICE):
+            piece = view[start : start + WRITE_SLICE]
+            try:
+                self._inner.write(piece, budget.wait(Budget.SEND, timeout))
+            except httpcore.WriteTimeout:
+                budget.timed_out(Budget.SEND)
+                raise
+            budget.count(len(piece))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> _BudgetStream:
+        budget = _CURRENT.get()
+        wait = budget.wait(Budget.SEND, timeout) if budget else timeout
+        return _BudgetStream(self._inner.start_tls(ssl_context, server_hostname, wait))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _BudgetBackend:
+    """An httpcore network backend whose connections keep to the current Budget."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def _wait(self, timeout: float | None) -> float | None:
+        budget = _CURRENT.get()
+        return budget.wait(Budget.SEND, timeout) if budget else timeout
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> _BudgetStream:
+        inner = self._inner.connect_tcp(
+            host, port, self._wait(timeout), local_address, socket_options
+        )
+        return _BudgetStream(inner)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> _BudgetStream:
+        inner = self._inner.connect_unix_socket(path, self._wait(timeout), socket_options)
+        return _BudgetStream(inner)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def _keep_to_budgets(client: httpx.Client) -> None:
+    """Put every connection pool of ``client`` (its transport and the proxies' from the
+    environment) on a :class:`_BudgetBackend`.
+
+    httpx has no total timeout (encode/httpx#1450) and no public way to pass a network
+    backend; httpcore's pools take one, and httpx keeps its pool as ``_pool``. Should that
+    change, this raises at once rather than leaving answers without a deadline.
+    """
+    transports = [client._transport, *client._mounts.values()]
+    for transport in transports:
+        if transport is None:
+            continue
+        pool = getattr(transport, "_pool", None)
+        backend = getattr(pool, "_network_backend", None)
+        if backend is None:
+            raise RuntimeError(
+                f"cannot bound answer times: httpx {type(transport).__name__} has no "
+                "httpcore pool with a network backend (httpx changed?)"
+            )
+        if not isinstance(backend, _BudgetBackend):
+            pool._network_backend = _BudgetBackend(backend)  # type: ignore[union-attr]
+
+
+# ---- answers --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Answer:
+    """One HTTP answer as read within its limits. ``content`` is at most the limit the call
+    allowed; ``truncated`` says there was more (or the declared length was larger)."""
+
+    status: int
+    reason: str
+    headers: Mapping[str, str]  # names in lower case
+    content: bytes
+    url: str
+    truncated: bool = False
+
+    @property
+    def encoding(self) -> str:
+        return self.headers.get("content-encoding", "identity").strip().lower() or "identity"
+
+    def start(self) -> str:
+        """The start of the body, printable, for messages."""
+        return shown(self.content[:80].decode("utf-8", "replace"), 80)
+
+    def error_fields(self) -> tuple[str, str]:
+        """``(code, message)`` of an error answer's JSON (empty when it has none)."""
+        try:
+            data = json.loads(self.content)
+        except (ValueError, RecursionError):
+            return "", ""
+        if not isinstance(data, dict):
+            return "", ""
+        code, message = data.get("code"), data.get("message")
+        return (
+            code if isinstance(code, str) else "",
+            shown(message) if isinstance(message, str) else "",
+        )
+
+
+def read_capped(chunks: Iterable[bytes], declared: int | None, limit: int) -> tuple[bytes, bool]:
+    """At most ``limit`` bytes of a body, and whether there was more. A declared length over
+    the limit reads nothing."""
+    if declared is not None and declared > limit:
+        return b"", True
+    body = bytearray()
+    for chunk in chunks:
+        room = limit - len(body)
+        if len(chunk) > room:
+            body += chunk[:room]
+            return bytes(body), True
+        body += chunk
+    return bytes(body), False
+
+
+class Invalid(Exception):
+    """An answer's content is not what its call expects; the message says what is wrong."""
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list):
+        return "a list"
+    return "an object" if isinstance(value, dict) else type(value).__name__
+
+
+class Fields:
+    """The JSON object of an answer, read field by field, each of the type (and in the range)
+    its call expects; the first deviation is :class:`Invalid`, naming the field."""
+
+    def __init__(self, data: object, where: str = "the answer") -> None:
+        if not isinstance(data, dict):
+            raise Invalid(f"{where} is {_kind(data)}, not a JSON object")
+        self.data: dict[str, Any] = data
+        self.where = where
+
+    def _name(self, key: str) -> str:
+        return f"{self.where}'s {key!r}" if self.where != "the answer" else repr(key)
+
+    def _get(self, key: str, optional: bool) -> Any:
+        if key not in self.data or (optional and self.data[key] is None):
+            if optional:
+                return None
+            raise Invalid(f"{self._name(key)} is missing")
+        return self.data[key]
+
+    def text(
+        self, key: str, *, optional: bool = False, pattern: re.Pattern[str] | None = None
+    ) -> str | None:
+        value = self._get(key, optional)
+        if value is None and optional:
+            return None
+        if not isinstance(value, str):
+            raise Invalid(f"{self._name(key)} is {_kind(value)}, not text")
+        if pattern is not None and not pattern.fullmatch(value):
+            raise Invalid(f"{self._name(key)} {shown(value, 80)!r} is not a valid {key}")
+        return value
+
+    def required_text(self, key: str, *, pattern: re.Pattern[str] | None = None) -> str:
+        value = self.text(key, pattern=pattern)
+        assert value is not None
+        return value
+
+    def byte_count(self, key: str, *, high: int) -> int:
+        """A whole number from 0 to ``high`` (booleans and fractions are not numbers here)."""
+        value = self._get(key, False)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise Invalid(f"{self._name(key)} is {_kind(value)}, not a byte count")
+        if not 0 <= value <= high:
+            raise Invalid(f"{self._name(key)} is {value}, outside 0..{high}")
+        return value
+
+    def flag(self, key: str) -> bool:
+        value = self._get(key, False)
+        if not isinstance(value, bool):
+            raise Invalid(f"{self._name(key)} is {_kind(value)}, not true or false")
+        return value
+
+    def objects(self, key: str) -> list[Fields]:
+        value = self._get(key, False)
+        if not isinstance(value, list):
+            raise Invalid(f"{self._name(key)} is {_kind(value)}, not a list")
+        return [Fields(item, f"{self._name(key)}[{i}]") for i, item in enumerate(value)]
+
+    def texts(self, key: str) -> list[str]:
+        value = self._get(key, False)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise Invalid(f"{self._name(key)} is not a list of text")
+        return list(value)
+
+    def success(self) -> None:
+        """``"status": "success"``, as every successful answer of the API says."""
+        status = self._get("status", False)
+        if status != "success":
+            message = self.data.get("message")
+            said = f": {shown(message)}" if isinstance(message, str) and message else ""
+            raise Invalid(f"'status' is {shown(status, 40)!r}, not 'success'{said}")
+
+    def same(self, key: str, expected: str) -> str:
+        """A text field that must say ``expected`` (the model or upload that was asked)."""
+        value = self.required_text(key)
+        if value != expected:
+            raise Invalid(f"{self._name(key)} is {shown(value, 120)!r}, not {expected!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class Needed:
+    """One blob the server still needs: its bytes from ``offset`` on."""
+
+    sha256: str
+    size: int
+    offset: int
+    paths: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class OpenAnswer:
+    """``POST /v1/uploads`` answered: the upload, what it needs and what the server has."""
+
+    upload_id: str
+    unchanged: bool
+    needed: tuple[Needed, ...]
+    have: tuple[str, ...]
+    manifest_sha256: str
+
+    @classmethod
+    def parse(cls, data: object, *, ref: ModelRef, manifest: Manifest) -> OpenAnswer:
+        """Check an open answer against the model id and the manifest that were sent:
+        every needed blob one of the manifest's with its size, its offset within it, each
+        path once in ``needed`` or ``have``, and the digest of the manifest that was sent."""
+        f = Fields(data)
+        f.success()
+        f.same("model_id", ref.id)
+        upload_id = f.required_text("upload_id", pattern=UPLOAD_ID)
+        unchanged = f.flag("unchanged")
+        digest = f.same("manifest_sha256", manifest.digest())
+        f.text("expires_at", optional=True)
+        state = f.text("state", optional=True)
+        if state is not None and state not in STATES:
+            raise Invalid(f"'state' is {shown(state, 40)!r}, not one of {', '.join(STATES)}")
+        sizes = {e.sha256: e.size for e in manifest.files}
+        paths_of: dict[str, set[str]] = {}
+        for e in manifest.files:
+            paths_of.setdefault(e.sha256, set()).add(e.path)
+        needed: list[Needed] = []
+        covered: list[str] = []
+        for item in f.objects("needed"):
+            sha = item.required_text("sha256", pattern=SHA256)
+            if sha not in sizes:
+                raise Invalid(f"{item.where} asks for blob {sha}, which the manifest lacks")
+            if any(n.sha256 == sha for n in needed):
+                raise Invalid(f"{item.where} asks for blob {sha} a second time")
+            size = item.byte_count("size", high=sizes[sha])
+            if size != sizes[sha]:
+                raise Invalid(f"{item.where} says blob {sha} has {size} bytes, not {sizes[sha]}")
+            offset = item.byte_count("offset", high=size)
+            paths = item.texts("paths")
+            if set(paths) != paths_of[sha]:
+                raise Invalid(f"{item.where}'s 'paths' are not the files of blob {sha}")
+            covered += paths
+            needed.append(Needed(sha, size, offset, tuple(paths)))
+        have = f.texts("have")
+        covered += have
+        listed = sorted(e.path for e in manifest.files)
+        if sorted(covered) != listed:
+            raise Invalid(
+                "'needed' and 'have' together do not list each of the manifest's "
+                f"{len(listed)} files once"
+            )
+        if unchanged and needed:
+            raise Invalid("'unchanged' is true but 'needed' is not empty")
+        return cls(upload_id, unchanged, tuple(needed), tuple(have), digest)
+
+
+@dataclass(frozen=True)
+class BlobAnswer:
+    """A blob's ``PUT`` answered: whole (``complete``), or where the server stands."""
+
+    complete: bool
+    offset: int
+
+    @classmethod
+    def parse(cls, status: int, data: object, *, sha256: str, size: int) -> BlobAnswer:
+        """``201`` whole (sha256 and offset = size), ``200`` cut short (offset < size), or
+        ``409`` elsewhere (offset within the blob)."""
+        f = Fields(data)
+        if status == 409:  # an error answer: {"status": "error", ..., "offset": N}
+            return cls(False, f.byte_count("offset", high=size))
+        f.success()
+        f.same("sha256", sha256)
+        offset = f.byte_count("offset", high=size)
+        complete = f.flag("complete")
+        if complete != (status == 201) or complete != (offset == size):
+            raise Invalid(
+                f"HTTP {status} with 'complete' {str(complete).lower()} at offset {offset} "
+                f"of {size} bytes does not add up"
+            )
+        return cls(complete, offset)
+
+
+@dataclass(frozen=True)
+class CommitAnswer:
+    """``POST /v1/uploads/{id}/commit`` answered: the model is visible and registered."""
+
+    path: str | None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, data: object, *, ref: ModelRef, manifest_sha256: str) -> CommitAnswer:
+        """Success, for ``ref``, naming the digest of the manifest that was sent."""
+        f = Fields(data)
+        f.success()
+        f.same("model_id", ref.id)
+        f.same("manifest_sha256", manifest_sha256)
+        path = f.text("path", optional=True)
+        f.text("inference_endpoint", optional=True)
+        return cls(shown(path, 4096) if path else None, dict(f.data))
+
+
+class _Refused(Exception):
+    """A ``POST /models/register`` answered 2xx with ``"status": "error"``: a refusal."""
+
+
+def parse_register(data: object, *, ref: ModelRef) -> dict[str, Any]:
+    """``POST /models/register`` answered 200/201: success for ``ref`` (or "already
+    registered"). A plain ``"status": "error"`` is the server's refusal: RemoteError."""
+    f = Fields(data)
+    message = f.text("message", optional=True) or ""
+    if f.data.get("status") == "error":
+        if already_registered(message):
+            return f.data
+        raise _Refused(shown(message) or "status error, no message")
+    f.success()
+    f.same("model_id", ref.id)
+    f.text("inference_endpoint", optional=True)
+    return f.data
+
+
+def parse_record(data: object, *, ref: ModelRef) -> dict[str, Any]:
+    """``GET /models/{id}`` answered 200: the registration record (``model`` when the answer
+    nests it, as mlos-core's does)."""
+    f = Fields(data)
+    if "status" in f.data:
+        f.success()
+    record = Fields(f.data["model"], "'model'") if "model" in f.data else f
+    if "id" in record.data:
+        record.same("id", ref.id)
+    return record.data
+
+
+def blob_offset_header(headers: Mapping[str, str], *, size: int) -> int:
+    """A ``HEAD`` answer's ``Upload-Offset``: a byte count within the blob's ``size``, its
+    ``Upload-Length`` (when given) the blob's size."""
+    raw = headers.get("upload-offset")
+    if raw is None:
+        raise Invalid("it has no Upload-Offset header")
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > size:
+        raise Invalid(f"Upload-Offset {shown(raw, 40)!r} is not a byte count within 0..{size}")
+    length = headers.get("upload-length")
+    if length is not None and length != str(size):
+        raise Invalid(f"Upload-Length {shown(length, 40)!r} is not the blob's size {size}")
+    return int(raw)
+
+
 @dataclass(frozen=True)
 class NoAnswer:
     """Why a request got no HTTP answer: ``kind`` is ``timeout``, ``connect`` or ``other``;
@@ -133,29 +696,33 @@ class Health:
     code: int | None = None  # the HTTP status; None when no answer came (see no_answer)
     body: Any = None  # the decoded JSON answer, whatever its type
     is_json: bool = False
-    text: str = ""  # the start of the answer, for messages
+    text: str = ""  # the start of the answer, printable, for messages
     no_answer: NoAnswer | None = None
+    invalid: str | None = None  # an answer no MLOS Core gives (too large, compressed)
 
     @property
     def status(self) -> str | None:
         """The ``status`` word of a JSON-object answer."""
-        return self.body.get("status") if isinstance(self.body, dict) else None
+        value = self.body.get("status") if isinstance(self.body, dict) else None
+        return shown(value, 40) if isinstance(value, str) else None
 
     @property
     def version(self) -> str | None:
         value = self.body.get("version") if isinstance(self.body, dict) else None
-        return str(value) if value is not None else None
+        return shown(value, 40) if isinstance(value, str | int | float) else None
 
     @property
     def problem(self) -> str | None:
         """None when healthy, else why not (one line naming the URL)."""
         if self.no_answer is not None:
             return f"GET {self.url} failed: {self.no_answer.name}: {self.no_answer.message}"
+        if self.invalid is not None:
+            return f"GET {self.url}: {self.invalid}"
         if self.code != 200:
             return f"GET {self.url} answered HTTP {self.code}"
         if not isinstance(self.body, dict):
             return f"GET {self.url} did not answer a JSON object"
-        status = self.body.get("status")
+        status = self.status
         return None if status == "healthy" else f"GET {self.url} says status {status!r}"
 
 
@@ -164,28 +731,23 @@ def _no_answer(exc: BaseException) -> NoAnswer:
 
     if isinstance(exc, httpx.ConnectError):
         kind = "connect"
-    elif isinstance(exc, httpx.TimeoutException):
+    elif isinstance(exc, httpx.TimeoutException | OverBudget):
         kind = "timeout"
     else:
         kind = "other"
-    return NoAnswer(kind, type(exc).__name__, str(exc))
+    return NoAnswer(kind, type(exc).__name__, shown(exc))
 
 
-def body_of(resp: httpx.Response) -> dict[str, Any]:
-    """The JSON object of an answer; {} when it is not one."""
-    try:
-        data = resp.json()
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
+T = TypeVar("T")
 
 
 class MlosClient:
     """A client of one MLOS Core instance; every failure becomes an axon error.
 
     ``name`` is the target name used in messages (defaults to the endpoint); ``token`` is
-    sent as ``Authorization: Bearer``; ``timeout`` bounds each network operation (connects
-    at most :data:`CONNECT_TIMEOUT`). Close it (or use it as a context manager).
+    sent as ``Authorization: Bearer``; ``timeout`` bounds each connect (at most
+    :data:`CONNECT_TIMEOUT`), read and write, and with :data:`MIN_RATE` the whole of each
+    exchange (:class:`Budget`). Close it (or use it as a context manager).
     """
 
     def __init__(
@@ -201,7 +763,8 @@ class MlosClient:
         self.endpoint = endpoint.rstrip("/")
         self.name = name or self.endpoint
         self.timeout = timeout
-        headers = {"User-Agent": "axon-publish"}
+        # identity: an answer is capped as it comes, not after a decompression bomb
+        headers = {"User-Agent": "axon-publish", "Accept-Encoding": "identity"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         #: what every request carries (the raw-socket blob PUT of the API transport too)
@@ -210,11 +773,13 @@ class MlosClient:
             base_url=self.endpoint,
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
+            follow_redirects=False,
             # plain http needs no TLS context (building one loads the CA bundle: slow)
             verify=self.endpoint.startswith("https:"),
             # never route loopback traffic through an environment proxy
             trust_env=not is_loopback(self.endpoint),
         )
+        _keep_to_budgets(self._client)
 
     @classmethod
     def for_target(cls, target: InstanceTarget, timeout: float | None = None) -> MlosClient:
@@ -233,16 +798,44 @@ class MlosClient:
         self.close()
 
     # ---- the HTTP exchange -----------------------------------------------------------
-    def request(
+    def budget(self, limit: int = ANSWER_LIMIT) -> Budget:
+        """The budget of one exchange with this client's timeout, whose answer may have
+        ``limit`` bytes of body (twice that on the wire, chunked, plus its head)."""
+        return Budget(self.timeout, receive_limit=2 * max(limit, ERROR_LIMIT) + HEAD_ROOM)
+
+    def fetch(
+        self, method: str, path: str, *, limit: int, ok: tuple[int, ...] = (), **kw: Any
+    ) -> Answer:
+        """Send one request and read its answer within the budget: at most ``limit`` bytes
+        of an answer whose status is in ``ok`` (else :data:`ERROR_LIMIT`; with no ``ok``,
+        ``limit`` for any status). Raises only httpx's transport errors and
+        :class:`OverBudget`."""
+        with self.budget(limit).applied(), self._client.stream(method, path, **kw) as resp:
+            cap = limit if resp.status_code in ok or not ok else ERROR_LIMIT
+            content, truncated = read_capped(
+                resp.iter_raw(), declared_length(resp.headers.get("content-length")), cap
+            )
+            return Answer(
+                resp.status_code,
+                resp.reason_phrase,
+                {k.lower(): v for k, v in resp.headers.items()},
+                content,
+                str(resp.request.url),
+                truncated,
+            )
+
+    def exchange(
         self,
         method: str,
         path: str,
         *,
         what: str,
         ok: tuple[int, ...] = (200, 201),
+        limit: int = ANSWER_LIMIT,
         **kw: Any,
-    ) -> httpx.Response:
-        """Send one request; raise the matching axon error unless the status is in ``ok``.
+    ) -> Answer:
+        """Send one request; raise the matching axon error unless the status is in ``ok``
+        and the answer is whole, within ``limit`` bytes, uncompressed.
 
         ``what`` names the step for messages ("upload of weights.bin", "register").
         """
@@ -250,36 +843,74 @@ class MlosClient:
 
         url = self.endpoint + path
         try:
-            resp = self._client.request(method, path, **kw)
+            answer = self.fetch(method, path, limit=limit, ok=ok, **kw)
+        except OverBudget as exc:
+            raise self.over_budget(exc, what=what, url=url) from None
         except httpx.TransportError as exc:
             raise self.network_error(exc, what=what, url=url) from exc
-        if resp.status_code not in ok:
-            raise self.error_for(resp, what=what)
-        return resp
+        return self.accept(answer, what=what, ok=ok, limit=limit)
 
-    def json(self, method: str, path: str, *, what: str, **kw: Any) -> dict[str, Any]:
-        """:meth:`request`, answering the JSON object of the answer ({} if none)."""
-        return body_of(self.request(method, path, what=what, **kw))
+    def accept(self, answer: Answer, *, what: str, ok: tuple[int, ...], limit: int) -> Answer:
+        """``answer`` when its status is in ``ok`` and its body whole and plain; the error
+        for it otherwise. Public for senders that read the answer themselves (raw sockets)."""
+        if answer.status not in ok:
+            raise self.error_for(answer, what=what)
+        if answer.encoding != "identity":
+            raise self.invalid(
+                answer, f"it is encoded ({shown(answer.encoding, 40)}), not plain", what=what
+            )
+        if answer.truncated:
+            raise self.invalid(answer, f"it is larger than {_size(limit)}", what=what)
+        return answer
 
-    def error_for(self, resp: httpx.Response, *, what: str) -> AxonError:
-        """The axon error for an unexpected HTTP answer (status, server code and message)."""
-        return self.status_error(
-            resp.status_code, body_of(resp), str(resp.request.url), resp.reason_phrase, what=what
+    def parsed(self, answer: Answer, parse: Callable[[object], T], *, what: str) -> T:
+        """``parse`` of the answer's JSON; a ProtocolError naming what is wrong with it."""
+        try:
+            data = json.loads(answer.content)
+        except (ValueError, RecursionError):
+            kind = answer.headers.get("content-type", "no Content-Type")
+            start = answer.start()
+            raise self.invalid(
+                answer,
+                f"it is not JSON ({shown(kind, 60)}" + (f", starts {start!r})" if start else ")"),
+                what=what,
+            ) from None
+        try:
+            return parse(data)
+        except Invalid as exc:
+            raise self.invalid(answer, str(exc), what=what) from None
+
+    def invalid(self, answer: Answer, why: str, *, what: str) -> ProtocolError:
+        """The error for an answer no MLOS Core gives."""
+        err = ProtocolError(
+            f"{what}: {self.endpoint} answered {answer.status}, not as MLOS Core does: {why}",
+            target=self.name,
+            url=answer.url,
+            status=answer.status,
+            hint="check that the endpoint is an MLOS Core instance (mlos-core) and its version",
         )
+        return err
 
-    def status_error(
-        self, status: int, body: dict[str, Any], url: str, reason: str, *, what: str
-    ) -> AxonError:
-        """The axon error for HTTP ``status`` with JSON ``body`` (the table in the module
-        docstring). Public for senders that read the answer themselves (raw sockets)."""
-        detail = str(body.get("message") or reason or "").strip()
-        code = str(body.get("code") or "")
+    def error_for(self, answer: Answer, *, what: str) -> AxonError:
+        """The axon error for an answer outside the expected statuses (the table in the
+        module docstring): the status, the server's code and message."""
+        status, url = answer.status, answer.url
+        code, message = answer.error_fields()
+        detail = message or shown(answer.reason, 80)
         text = f"{what}: {self.endpoint} answered {status}" + (f": {detail}" if detail else "")
 
         def make(cls: type[AxonError], hint: str, retry: bool = False) -> AxonError:
             err = cls(text, hint=hint, target=self.name, url=url, status=status)
             return retryable(err, retry)
 
+        if 300 <= status < 400:
+            where = shown(answer.headers.get("location", "nowhere"), 200)
+            return self.invalid(
+                answer,
+                f"a redirect to {where} (axon does not follow redirects: "
+                "use the instance's own address)",
+                what=what,
+            )
         if status == 401:
             return make(AuthenticationError, "the instance refused the token: set token/token_env")
         if status == 403:
@@ -298,15 +929,42 @@ class MlosClient:
         import httpx
 
         if isinstance(exc, httpx.TimeoutException | TimeoutError):
-            text = f"{what}: {self.endpoint} did not answer in time ({type(exc).__name__})"
+            if isinstance(exc, httpx.ConnectTimeout):
+                did = "did not accept the connection in time"
+            elif isinstance(exc, httpx.WriteTimeout | SendTimeout):
+                did = f"took no bytes of the request for {self.timeout:g} s"
+            else:
+                did = "did not answer in time"
+            text = f"{what}: {self.endpoint} {did} ({type(exc).__name__})"
             hint = "check the instance is up and reachable; re-running resumes"
         elif isinstance(exc, httpx.ConnectError | ConnectionRefusedError):
-            text = f"{what}: cannot connect to {self.endpoint} ({exc})"
+            text = f"{what}: cannot connect to {self.endpoint} ({shown(exc)})"
             hint = "check the instance is running and the endpoint/port is right"
+        elif isinstance(exc, httpx.RemoteProtocolError | httpx.DecodingError):
+            text = f"{what}: {self.endpoint} broke HTTP ({shown(exc)})"
+            hint = "check that the endpoint is an MLOS Core instance (mlos-core)"
         else:
             text = f"{what}: connection to {self.endpoint} lost ({type(exc).__name__}: {exc})"
             hint = "check the network; re-running resumes where it stopped"
         return retryable(TargetUnreachableError(text, target=self.name, url=url, hint=hint), True)
+
+    def over_budget(self, exc: OverBudget, *, what: str, url: str) -> AxonError:
+        """An exchange that ran past its budget: too slow is a retryable
+        TargetUnreachableError, too large a ProtocolError."""
+        if not exc.slow:
+            return ProtocolError(
+                f"{what}: {self.endpoint} sent {exc}, more than MLOS Core does",
+                target=self.name,
+                url=url,
+                hint="check that the endpoint is an MLOS Core instance (mlos-core) and its version",
+            )
+        err = TargetUnreachableError(
+            f"{what}: {self.endpoint} is too slow: {exc}",
+            target=self.name,
+            url=url,
+            hint="check the instance and the network; --timeout S allows more",
+        )
+        return retryable(err, True)
 
     # ---- instance and models ---------------------------------------------------------
     def health(self) -> Health:
@@ -316,14 +974,22 @@ class MlosClient:
 
         url = self.endpoint + "/health"
         try:
-            resp = self._client.get("/health")
+            answer = self.fetch("GET", "/health", limit=HEALTH_LIMIT)
+        except OverBudget as exc:
+            if not exc.slow:
+                return Health(url, invalid=f"sent {exc}")
+            return Health(url, no_answer=_no_answer(exc))
         except httpx.HTTPError as exc:
             return Health(url, no_answer=_no_answer(exc))
+        text = answer.start()
+        if answer.truncated or answer.encoding != "identity":
+            why = "answer larger than 64 KiB" if answer.truncated else "answer is encoded"
+            return Health(url, answer.status, text=text, invalid=why)
         try:
-            body, is_json = resp.json(), True
-        except ValueError:
+            body, is_json = json.loads(answer.content), True
+        except (ValueError, RecursionError):
             body, is_json = None, False
-        return Health(url, resp.status_code, body, is_json, resp.text[:200])
+        return Health(url, answer.status, body, is_json, text)
 
     def model_url(self, ref: ModelRef) -> str:
         """Where the instance serves ``ref``'s registration (``.../models/{id}``)."""
@@ -335,38 +1001,41 @@ class MlosClient:
         """``POST /models/register`` for files already on the instance; the answer's JSON.
 
         A refusal raises RemoteError (``<endpoint> answered <status>: <message>``), unless
-        it says the model is already registered (see :func:`already_registered`).
+        it says the model is already registered (see :func:`already_registered`); an answer
+        that is no MLOS Core's raises ProtocolError.
         """
-        resp = self.request(
+        what = f"register {ref}"
+        answer = self.exchange(
             "POST",
             "/models/register",
-            what=f"register {ref}",
+            what=what,
             ok=(200, 201, 400, 409, 500),
-            json=register_payload(ref, instance_path, manifest),
+            **_json(register_payload(ref, instance_path, manifest)),
         )
-        body = body_of(resp)
-        if resp.status_code in (200, 201):
-            return body
-        message = str(body.get("message") or resp.reason_phrase)
-        if already_registered(message):
-            return body
+        message = answer.error_fields()[1]
+        if answer.status in (200, 201):
+            try:
+                return self.parsed(answer, lambda d: parse_register(d, ref=ref), what=what)
+            except _Refused as exc:
+                message = str(exc)
+        elif already_registered(message):
+            return {"status": "success", "model_id": ref.id, "message": message}
         raise RemoteError(
-            f"{self.endpoint} answered {resp.status_code}: {message}",
+            f"{what}: {self.endpoint} answered {answer.status}: {message or answer.reason}",
             target=self.name,
             url=self.endpoint + "/models/register",
-            status=resp.status_code,
+            status=answer.status,
         )
 
     def model_info(self, ref: ModelRef) -> dict[str, Any] | None:
         """``GET /models/{id}``: the registration record, or None when not registered."""
-        resp = self.request(
-            "GET", f"/models/{quote_id(ref.id)}", what=f"status of {ref}", ok=(200, 404)
+        what = f"status of {ref}"
+        answer = self.exchange(
+            "GET", f"/models/{quote_id(ref.id)}", what=what, ok=(200, 404), limit=MANIFEST_LIMIT
         )
-        if resp.status_code == 404:
+        if answer.status == 404:
             return None
-        body = body_of(resp)
-        model = body.get("model")
-        return model if isinstance(model, dict) else body
+        return self.parsed(answer, lambda d: parse_record(d, ref=ref), what=what)
 
     def is_registered(self, ref: ModelRef) -> bool:
         """``GET /models/{id}`` answers 200: the instance has ``ref`` registered."""
@@ -374,44 +1043,64 @@ class MlosClient:
 
     def scan(self) -> None:
         """``POST /models/scan``: look for new models (an S3 reader pulls them)."""
-        self.request("POST", "/models/scan", what="scan for new models", ok=(200, 201, 202))
+        what = "scan for new models"
+        answer = self.exchange("POST", "/models/scan", what=what, ok=(200, 201, 202))
+        self.parsed(answer, lambda d: Fields(d).success(), what=what)
 
-    def manifest(self, ref: ModelRef) -> tuple[bool, bytes | None]:
-        """``GET /v1/models/{id}/manifest`` as ``(served, text)``: ``served`` is False for an
-        older server without the endpoint (ask :meth:`model_info` then); ``text`` is None
-        when the server has no such model."""
-        resp = self.request(
+    def manifest(self, ref: ModelRef) -> tuple[bool, Manifest | None]:
+        """``GET /v1/models/{id}/manifest`` as ``(served, manifest)``: ``served`` is False
+        for an older server without the endpoint (ask :meth:`model_info` then); the manifest
+        is None when the server has no such model. A manifest that does not parse is the
+        server's fault: ProtocolError."""
+        what = f"manifest of {ref}"
+        answer = self.exchange(
             "GET",
             f"/v1/models/{quote_id(ref.id)}/manifest",
-            what=f"manifest of {ref}",
+            what=what,
             ok=(200, 404, 405),
+            limit=MANIFEST_LIMIT,
         )
-        if resp.status_code == 200:
-            return True, resp.content
-        if body_of(resp).get("code") == "unknown_model":
+        if answer.status == 200:
+            return True, self.manifest_in(answer, answer.content, what=what)
+        if answer.error_fields()[0] == "unknown_model":
             return True, None  # the server has the endpoint: it has no such model
         return False, None
+
+    def manifest_in(self, answer: Answer, text: str | bytes, *, what: str) -> Manifest:
+        """The manifest an answer carries; ProtocolError when it is none."""
+        try:
+            return Manifest.from_text(text, source=f"{self.endpoint}: {what}")
+        except ManifestError as exc:
+            raise self.invalid(
+                answer, f"its manifest is invalid: {exc.message}", what=what
+            ) from None
 
     def rollback(self, ref: ModelRef) -> None:
         """``POST /v1/models/{id}/rollback``: swap the previous generation (kept by the
         server at each commit) back in."""
         path = f"/v1/models/{quote_id(ref.id)}/rollback"
-        self.request("POST", path, what=f"undo (POST {path})", ok=(200,))
+        what = f"undo (POST {path})"
+        answer = self.exchange("POST", path, what=what, ok=(200,))
+        self.parsed(answer, lambda d: _success_for(d, ref), what=what)
 
     def delete_model(self, ref: ModelRef) -> None:
         """``DELETE /models/{id}``: remove the model (undo of a first publish)."""
         path = f"/models/{quote_id(ref.id)}"
-        self.request("DELETE", path, what=f"undo (DELETE {path})", ok=(200,))
+        what = f"undo (DELETE {path})"
+        answer = self.exchange("DELETE", path, what=what, ok=(200,))
+        self.parsed(answer, lambda d: _success_for(d, ref), what=what)
 
     # ---- resumable uploads -----------------------------------------------------------
-    def open_upload(self, ref: ModelRef, manifest: Manifest) -> dict[str, Any]:
-        """``POST /v1/uploads``: the answer names the upload and the blobs it still needs."""
-        return self.json(
-            "POST",
-            "/v1/uploads",
-            what=f"open upload of {ref}",
-            json={"model_id": ref.id, "manifest": manifest.data},
-        )
+    def open_upload(self, ref: ModelRef, manifest: Manifest) -> OpenAnswer:
+        """``POST /v1/uploads``: the upload, the blobs it still needs, checked against what
+        was sent (the manifest as the server stores it: :meth:`Manifest.as_uploaded`)."""
+        what = f"open upload of {ref}"
+        sent = manifest.as_uploaded(ref.namespace, ref.name, ref.version)
+        body = _json({"model_id": ref.id, "manifest": sent.data})
+        # the answer lists the manifest's files again: its cap grows with the manifest
+        limit = ANSWER_LIMIT + 2 * len(body["content"])
+        answer = self.exchange("POST", "/v1/uploads", what=what, limit=limit, **body)
+        return self.parsed(answer, lambda d: OpenAnswer.parse(d, ref=ref, manifest=sent), what=what)
 
     def upload_path(self, upload_id: str, suffix: str = "") -> str:
         return f"/v1/uploads/{quote(upload_id, safe='')}{suffix}"
@@ -420,34 +1109,105 @@ class MlosClient:
         """The path a blob's bytes are PUT to (``Upload-Offset`` says from where)."""
         return self.upload_path(upload_id, f"/blobs/{sha256}")
 
-    def blob_offset(self, upload_id: str, sha256: str, *, what: str) -> int:
-        """``HEAD`` of a blob: how many of its bytes the server holds."""
-        resp = self.request("HEAD", self.blob_path(upload_id, sha256), what=what)
-        value = resp.headers.get("Upload-Offset", "0")
-        return int(value) if value.isdigit() else 0
+    def blob_answer(self, answer: Answer, *, sha256: str, size: int, what: str) -> BlobAnswer:
+        """The checked answer to a blob's ``PUT`` (status 200, 201 or 409)."""
+        return self.parsed(
+            answer,
+            lambda d: BlobAnswer.parse(answer.status, d, sha256=sha256, size=size),
+            what=what,
+        )
+
+    def blob_offset(self, upload_id: str, sha256: str, *, size: int, what: str) -> int:
+        """``HEAD`` of a blob: how many of its ``size`` bytes the server holds."""
+        answer = self.exchange("HEAD", self.blob_path(upload_id, sha256), what=what, ok=(200,))
+        try:
+            return blob_offset_header(answer.headers, size=size)
+        except Invalid as exc:
+            raise self.invalid(answer, str(exc), what=what) from None
 
     def prepare_upload(self, upload_id: str, ref: ModelRef) -> None:
         """Stage the upload verified and invisible (``--atomic``: commit later)."""
-        self.request("POST", self.upload_path(upload_id, "/prepare"), what=f"prepare {ref}")
+        what = f"prepare {ref}"
+        answer = self.exchange(
+            "POST", self.upload_path(upload_id, "/prepare"), what=what, ok=(200,)
+        )
 
-    def commit_upload(self, upload_id: str, ref: ModelRef) -> dict[str, Any]:
-        """Make the upload the visible version and register it; the server's answer."""
-        return self.json("POST", self.upload_path(upload_id, "/commit"), what=f"commit {ref}")
+        def check(data: object) -> None:
+            f = Fields(data)
+            f.success()
+            if f.text("state") != "prepared":
+                raise Invalid(f"'state' is {shown(f.data['state'], 40)!r}, not 'prepared'")
+
+        self.parsed(answer, check, what=what)
+
+    def commit_upload(self, upload_id: str, ref: ModelRef, manifest_sha256: str) -> CommitAnswer:
+        """Make the upload the visible version and register it; the checked answer (it must
+        name ``manifest_sha256``, the digest of the manifest the upload was opened with)."""
+        what = f"commit {ref}"
+        answer = self.exchange("POST", self.upload_path(upload_id, "/commit"), what=what, ok=(200,))
+        return self.parsed(
+            answer,
+            lambda d: CommitAnswer.parse(d, ref=ref, manifest_sha256=manifest_sha256),
+            what=what,
+        )
 
     def abort_upload(self, upload_id: str) -> None:
         """Drop the upload (its partial blobs stay while another upload needs them)."""
-        self.request("DELETE", self.upload_path(upload_id), what="abort", ok=(200, 202, 204, 404))
+        self.exchange(
+            "DELETE",
+            self.upload_path(upload_id),
+            what="abort",
+            ok=(200, 202, 204, 404),
+            limit=ERROR_LIMIT,
+        )
+
+
+def _json(payload: dict[str, Any]) -> dict[str, Any]:
+    """Request keywords sending ``payload`` as JSON (values YAML gave as dates as text)."""
+    content = json.dumps(payload, default=str).encode()
+    return {"content": content, "headers": {"Content-Type": "application/json"}}
+
+
+def _success_for(data: object, ref: ModelRef) -> None:
+    f = Fields(data)
+    f.success()
+    if "model_id" in f.data:
+        f.same("model_id", ref.id)
+
+
+def _size(n: int) -> str:
+    return f"{n / MiB:.1f} MiB" if n >= MiB else f"{n // KiB} KiB"
+
+
+def declared_length(value: str | None) -> int | None:
+    """A Content-Length header as a number (None when absent or not one; a number too long
+    to convert is taken as too large)."""
+    if value is None or not (value.isascii() and value.isdigit()):
+        return None
+    return int(value) if len(value) <= 18 else 2**63
 
 
 __all__ = [
+    "ANSWER_LIMIT",
     "DEFAULT_TIMEOUT",
     "HEALTH_TIMEOUT",
+    "MIN_RATE",
+    "Answer",
+    "BlobAnswer",
+    "Budget",
+    "CommitAnswer",
     "Health",
     "MlosClient",
     "NoAnswer",
+    "OpenAnswer",
+    "OverBudget",
+    "ProtocolError",
+    "SendTimeout",
     "already_registered",
-    "body_of",
+    "declared_length",
     "is_loopback",
     "quote_id",
+    "read_capped",
     "register_payload",
+    "shown",
 ]

@@ -172,8 +172,10 @@ def register_cmd(ref: str, target: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"ok": True, "target": spec, "response": answer}, indent=2))
     else:
+        from axon.mlos_client import shown  # the server's text, made safe to print
+
         endpoint = answer.get("inference_endpoint")
-        click.echo(f"registered {ref} on {spec}" + (f" ({endpoint})" if endpoint else ""))
+        click.echo(f"registered {ref} on {spec}" + (f" ({shown(endpoint)})" if endpoint else ""))
 
 
 @click.command("status")

@@ -42,8 +42,8 @@ class MemberHealth:
 
 
 def unreachable_reason(health: Health) -> str | None:
-    """Why a member counts as unreachable (no answer, not 2xx, not JSON); None if it
-    answered JSON with a 2xx status."""
+    """Why a member counts as unreachable (no answer or too slow, not 2xx, not JSON, an
+    answer no MLOS Core gives); None if it answered JSON with a 2xx status."""
     failure = health.no_answer
     if failure is not None:
         if failure.kind == "connect":
@@ -51,6 +51,8 @@ def unreachable_reason(health: Health) -> str | None:
         if failure.kind == "timeout":
             return "timed out"
         return f"{failure.name}: {failure.message}"
+    if health.invalid is not None:
+        return health.invalid
     if health.code is None or not 200 <= health.code < 300:
         return f"HTTP {health.code} {health.text!r}"
     if not health.is_json:

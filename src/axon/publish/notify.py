@@ -3,7 +3,9 @@
 Used after a filesystem, SSH or NFS copy (an API upload registers on commit) and by
 ``axon register``; the wire format is :func:`axon.mlos_client.register_payload`
 (docs/compatibility.md). A failure is a :class:`~axon.errors.NotifyError` (exit 8): the
-files are published, the instance just was not told, and the hint says how to tell it.
+files are published, the instance just was not told, and the hint says how to tell it. An
+answer no MLOS Core gives is the client's :class:`~axon.mlos_client.ProtocolError` (exit 7)
+as it is: the endpoint is not an instance to tell.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from axon.errors import AxonError, NotifyError
-from axon.mlos_client import MlosClient
+from axon.mlos_client import MlosClient, ProtocolError
 
 if TYPE_CHECKING:
     from axon.targets import InstanceTarget
@@ -40,6 +42,8 @@ def notify_instance(
     try:
         with registry_client(target, timeout) as client:
             return client.register(ref, instance_path, manifest)
+    except ProtocolError:
+        raise  # not an MLOS Core answering (exit 7): registering again later cannot help
     except AxonError as exc:
         raise NotifyError(
             f"{ref} was published but the instance was not notified: {exc.message}",

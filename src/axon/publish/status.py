@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from axon.errors import AxonError
-from axon.mlos_client import HEALTH_TIMEOUT, MlosClient
+from axon.mlos_client import HEALTH_TIMEOUT, MlosClient, ProtocolError
 from axon.publish.notify import is_registered
 from axon.publish.plan import compare, target_location
 from axon.publish.prepared import PreparedModel
@@ -73,6 +73,8 @@ def instance_status(model: PreparedModel, target: InstanceTarget) -> InstanceSta
     )
     try:
         status.registered = is_registered(target, model.ref)
+    except ProtocolError:
+        raise  # not an MLOS Core answering: nothing it says about the model counts
     except AxonError as exc:
         status.error = exc.to_dict()
     if not status.present and held is not None and status.registered:

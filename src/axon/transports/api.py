@@ -11,17 +11,23 @@ Protocol, as this transport drives it::
 The server deduplicates by sha256 (``needed`` is per unique blob) and keeps partial blobs,
 so re-opening after a cut connection resumes at ``offset``.
 
-:class:`~axon.mlos_client.MlosClient` owns the endpoints, the token, the timeouts and the
-mapping of HTTP answers to :mod:`axon.errors`; this module only moves a blob's bytes. On
-plain http without a proxy they go from the page cache straight to the socket
-(``sendfile``: no copy through Python, as fast as curl); otherwise httpx streams them.
+:class:`~axon.mlos_client.MlosClient` owns the endpoints, the token, the timeouts, the
+checked answers (:class:`~axon.mlos_client.OpenAnswer`, ...) and the mapping of HTTP answers
+to :mod:`axon.errors`; this module only moves a blob's bytes. On plain http without a proxy
+they go from the page cache straight to the socket (``sendfile``: no copy through Python, as
+fast as curl) and the answer is read off the same socket, both within the exchange's
+:class:`~axon.mlos_client.Budget`; otherwise httpx streams them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
-import json
+import io
+import os
+import select
+import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -30,7 +36,20 @@ from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from axon.errors import RemoteError, TransportError, retryable
-from axon.mlos_client import MlosClient, body_of, is_loopback
+from axon.mlos_client import (
+    ANSWER_LIMIT,
+    CONNECT_TIMEOUT,
+    ERROR_LIMIT,
+    Answer,
+    Budget,
+    MlosClient,
+    OpenAnswer,
+    OverBudget,
+    SendTimeout,
+    declared_length,
+    is_loopback,
+    read_capped,
+)
 from axon.transports.base import CommitInfo, FileKey, Session, Transport
 from modelpkg.manifest import FileEntry, Manifest
 from modelpkg.progress import OnBytes, ignore_bytes
@@ -42,7 +61,7 @@ if TYPE_CHECKING:
     from axon.targets import InstanceTarget
 
 CHUNK = 4 * 1024 * 1024  # big chunks: few syscalls and Python round trips per GiB
-SENDFILE_SLICE = 8 * 1024 * 1024  # progress is reported after each slice
+SENDFILE_SLICE = 8 * 1024 * 1024  # the most one sendfile call moves
 SETTLE_SECONDS = 2.0  # longest wait for a cut blob's offset to stop moving
 
 
@@ -58,13 +77,16 @@ def put_file(
     headers: dict[str, str],
     what: str,
     ok: tuple[int, ...],
-) -> tuple[int, dict[str, Any]]:
-    """PUT ``length`` bytes of ``source`` from ``offset`` to ``path``; (status, JSON body).
+) -> Answer:
+    """PUT ``length`` bytes of ``source`` from ``offset`` to ``path``; the answer, whole and
+    within :data:`~axon.mlos_client.ANSWER_LIMIT`.
 
-    Raises the client's error for an answer outside ``ok`` or a lost connection.
+    Raises the client's error for an answer outside ``ok``, a lost connection or a blown
+    budget (:class:`~axon.mlos_client.Budget`: the bytes are sent, and the answer read, at
+    no less than MIN_RATE after ``timeout`` seconds).
     """
     if not _direct(client.endpoint):
-        resp = client.request(
+        return client.exchange(
             "PUT",
             path,
             what=what,
@@ -72,18 +94,8 @@ def put_file(
             content=_stream(source, offset, length, on_bytes),
             headers={**headers, "Content-Length": str(length)},
         )
-        return resp.status_code, body_of(resp)
-    status, raw, reason = _sendfile_put(
-        client, path, source, offset, length, on_bytes, headers, what
-    )
-    try:
-        body = json.loads(raw) if raw else {}
-    except ValueError:
-        body = {}
-    body = body if isinstance(body, dict) else {}
-    if status not in ok:
-        raise client.status_error(status, body, client.endpoint + path, reason, what=what)
-    return status, body
+    answer = _sendfile_put(client, path, source, offset, length, on_bytes, headers, what, ok)
+    return client.accept(answer, what=what, ok=ok, limit=ANSWER_LIMIT)
 
 
 def _sendfile_put(
@@ -95,37 +107,92 @@ def _sendfile_put(
     on_bytes: OnBytes,
     headers: dict[str, str],
     what: str,
-) -> tuple[int, bytes, str]:
-    """The PUT over a raw connection (the client's headers and timeout): (status, body,
-    reason). A connection failure becomes the client's error for it."""
+    ok: tuple[int, ...],
+) -> Answer:
+    """The PUT over a raw connection (the client's headers, timeout and budget). A
+    connection failure becomes the client's error for it."""
     url = client.endpoint + path
     parts = urlsplit(client.endpoint)
+    budget = client.budget()
+    timeout = client.timeout
     with open(source, "rb") as fh:  # local errors stay local: opened before connecting
         conn = http.client.HTTPConnection(
-            parts.hostname or "localhost", parts.port or 80, timeout=client.timeout
+            parts.hostname or "localhost",
+            parts.port or 80,
+            timeout=budget.wait(Budget.SEND, min(timeout, CONNECT_TIMEOUT)),
         )
         sent_error: OSError | None = None  # a send failure: the server may have answered
         try:
+            conn.connect()
+            sock = conn.sock
+            sock.settimeout(timeout)
             conn.putrequest("PUT", parts.path + path, skip_accept_encoding=True)
             for key, value in {**client.headers, **headers}.items():
                 conn.putheader(key, value)
             conn.putheader("Content-Length", str(length))
             conn.endheaders()
             try:
-                _sendfile(conn, fh, offset, length, on_bytes, source)
+                _sendfile(sock, fh, offset, length, on_bytes, source, budget, timeout)
             except OSError as exc:
                 if isinstance(exc, TransportError):
                     raise
                 sent_error = exc  # read the answer anyway: a 507/413 says more than EPIPE
-            resp = conn.getresponse()
-            return resp.status, resp.read(), resp.reason
-        except (OSError, http.client.HTTPException) as exc:
+            return _read_answer(sock, budget, timeout, url, ok)
+        except OverBudget as exc:
+            raise client.over_budget(exc, what=what, url=url) from None
+        except (OSError, http.client.HTTPException, ValueError) as exc:
             if isinstance(exc, TransportError):
                 raise
             cause = sent_error if sent_error is not None else exc
             raise client.network_error(cause, what=what, url=url) from exc
         finally:
             conn.close()
+
+
+def _read_answer(
+    sock: socket.socket, budget: Budget, timeout: float, url: str, ok: tuple[int, ...]
+) -> Answer:
+    """Read one HTTP answer from ``sock`` within ``budget``: head, then at most
+    ANSWER_LIMIT bytes of its body (ERROR_LIMIT for a status outside ``ok``)."""
+    resp = http.client.HTTPResponse(_AnswerSocket(sock, budget, timeout), method="PUT")  # type: ignore[arg-type]
+    resp.begin()
+    cap = ANSWER_LIMIT if resp.status in ok else ERROR_LIMIT
+    headers = {k.lower(): v for k, v in resp.getheaders()}
+    chunks = iter(functools.partial(resp.read, 64 * 1024), b"")
+    content, truncated = read_capped(chunks, declared_length(headers.get("content-length")), cap)
+    return Answer(resp.status, resp.reason, headers, content, url, truncated)
+
+
+class _BudgetReader(io.RawIOBase):
+    """A socket's bytes, each read within the exchange's budget."""
+
+    def __init__(self, sock: socket.socket, budget: Budget, timeout: float) -> None:
+        self._sock = sock
+        self._budget = budget
+        self._timeout = timeout
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        self._sock.settimeout(self._budget.wait(Budget.RECEIVE, self._timeout))
+        try:
+            n = self._sock.recv_into(buffer)
+        except TimeoutError:
+            self._budget.timed_out(Budget.RECEIVE)
+            raise
+        self._budget.count(n)
+        return n
+
+
+class _AnswerSocket:
+    """What :class:`http.client.HTTPResponse` reads an answer from (``makefile``)."""
+
+    def __init__(self, sock: socket.socket, budget: Budget, timeout: float) -> None:
+        self._reader = _BudgetReader(sock, budget, timeout)
+
+    def makefile(self, mode: str, *args: object, **kw: object) -> io.BufferedReader:
+        return io.BufferedReader(self._reader)
 
 
 def _direct(endpoint: str) -> bool:
@@ -142,18 +209,29 @@ def _direct(endpoint: str) -> bool:
 
 
 def _sendfile(
-    conn: http.client.HTTPConnection,
+    sock: socket.socket,
     fh: IO[bytes],
     offset: int,
     length: int,
     on_bytes: OnBytes,
     source: Path,
+    budget: Budget,
+    timeout: float,
 ) -> None:
-    """Send ``length`` bytes of ``fh`` from ``offset`` over the connection's socket."""
-    sock = conn.sock
+    """Send ``length`` bytes of ``fh`` from ``offset`` over ``sock``, straight from the page
+    cache; each wait for room at most ``timeout``, the whole within ``budget``."""
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    sock.settimeout(timeout)  # non-blocking underneath: sendfile returns what fits
     pos, left = offset, length
     while left > 0:
-        sent = sock.sendfile(fh, pos, min(SENDFILE_SLICE, left))
+        if not poller.poll(budget.wait(Budget.SEND, timeout) * 1000):
+            budget.timed_out(Budget.SEND)
+            raise SendTimeout(f"no room to send for {timeout:g} s")
+        try:
+            sent = os.sendfile(sock.fileno(), fh.fileno(), pos, min(SENDFILE_SLICE, left))
+        except BlockingIOError:
+            continue
         if not sent:
             raise TransportError(
                 f"{source} became shorter while it was being sent",
@@ -162,6 +240,7 @@ def _sendfile(
             )
         pos += sent
         left -= sent
+        budget.count(sent)
         on_bytes(sent)
 
 
@@ -185,29 +264,20 @@ def _stream(path: Path, offset: int, length: int, on_bytes: OnBytes) -> Iterator
 
 # ---- one upload -----------------------------------------------------------------------------
 class ApiSession(Session):
-    """One open upload (``upload_id``) on the server."""
+    """One open upload (``upload_id``) on the server, from its checked open answer."""
 
     def __init__(
-        self, client: MlosClient, ref: ModelRef, manifest: Manifest, answer: dict[str, Any]
+        self, client: MlosClient, ref: ModelRef, manifest: Manifest, answer: OpenAnswer
     ) -> None:
         self.client = client
         self.ref = ref
-        self.upload_id = str(answer.get("upload_id", ""))
-        self.unchanged = bool(answer.get("unchanged", False))
-        by_sha = {f.sha256: f for f in manifest.files}
-        self._offsets: dict[str, int] = {}
-        self.needed: list[FileEntry] = []
-        for item in answer.get("needed") or []:
-            sha = str(item.get("sha256", ""))
-            entry = by_sha.get(sha)
-            if entry is None:
-                raise RemoteError(
-                    f"upload of {ref}: server asked for unknown blob {sha[:12]}",
-                    target=client.name,
-                    hint="the server's answer does not match the manifest; check its version",
-                )
-            self._offsets[sha] = int(item.get("offset") or 0)
-            self.needed.append(entry)
+        self.upload_id = answer.upload_id
+        self.unchanged = answer.unchanged
+        #: the digest of the manifest the upload was opened with: the commit must name it
+        self.manifest_sha256 = answer.manifest_sha256
+        by_sha = {f.sha256: f for f in manifest.files}  # the answer names only these
+        self._offsets = {n.sha256: n.offset for n in answer.needed}
+        self.needed: list[FileEntry] = [by_sha[n.sha256] for n in answer.needed]
         self._prepared = False
         self._done = False
         #: blobs whose PUT was cut in this transport: shared by its sessions
@@ -226,7 +296,7 @@ class ApiSession(Session):
             while time.monotonic() < deadline and still < 3:
                 time.sleep(0.05)
                 now = self.client.blob_offset(
-                    self.upload_id, entry.sha256, what=f"offset of {entry.path}"
+                    self.upload_id, entry.sha256, size=entry.size, what=f"offset of {entry.path}"
                 )
                 still = still + 1 if now == last else 0
                 if now == last and now > 0:
@@ -246,12 +316,13 @@ class ApiSession(Session):
         verified: FileKey | None = None,
     ) -> None:
         """PUT the blob from the server's offset; a 409 re-syncs the offset once."""
+        what = f"upload of {entry.path}"
         for _ in range(2):
             offset = self.offset(entry)
             if offset >= entry.size and entry.size > 0:
                 return
             try:
-                status, body = put_file(
+                answer = put_file(
                     self.client,
                     self.client.blob_path(self.upload_id, entry.sha256),
                     source,
@@ -259,17 +330,17 @@ class ApiSession(Session):
                     entry.size - offset,
                     on_bytes,
                     headers={"Upload-Offset": str(offset)},
-                    what=f"upload of {entry.path}",
+                    what=what,
                     ok=(200, 201, 409),
                 )
             except BaseException:
                 self.interrupted.add(entry.sha256)  # the next open() waits for the offset
                 raise
-            self._offsets[entry.sha256] = int(body.get("offset") or 0)
-            if status == 201 or body.get("complete") is True:
-                self._offsets[entry.sha256] = entry.size
+            blob = self.client.blob_answer(answer, sha256=entry.sha256, size=entry.size, what=what)
+            self._offsets[entry.sha256] = blob.offset
+            if blob.complete:
                 return
-            if status == 200:
+            if answer.status == 200:
                 break  # body ended early: let the orchestrator re-open and resume
         raise retryable(
             RemoteError(
@@ -286,14 +357,13 @@ class ApiSession(Session):
             self._prepared = True
 
     def commit(self) -> CommitInfo:
-        body = self.client.commit_upload(self.upload_id, self.ref)
+        answer = self.client.commit_upload(self.upload_id, self.ref, self.manifest_sha256)
         self._done = True
-        path = body.get("path")
         return CommitInfo(
             location=self.client.model_url(self.ref),
-            path=str(path) if path else None,
+            path=answer.path,
             registered=True,
-            details=body,
+            details=answer.details,
         )
 
     def abort(self) -> None:
@@ -337,17 +407,16 @@ class ApiTransport(Transport):
 
     def fetch_manifest(self, ref: ModelRef) -> Manifest | None:
         """The manifest the server holds for ``ref`` (None when it has none)."""
-        source = f"{self.endpoint}:{ref.id}"
-        served, text = self.client.manifest(ref)
+        served, held = self.client.manifest(ref)
         self._serves_manifests = served
         if served:
-            return Manifest.from_text(text, source=source) if text is not None else None
+            return held
         info = self.model_info(ref)  # an older server: its registration may carry one
         data = info.get("manifest") if info else None
         if isinstance(data, dict):
-            return Manifest(data, source=source)
+            return Manifest(data, source=f"{self.endpoint}:{ref.id}")
         if isinstance(data, str):
-            return Manifest.from_text(data, source=source)
+            return Manifest.from_text(data, source=f"{self.endpoint}:{ref.id}")
         return None
 
     def matches(self, ref: ModelRef, manifest: Manifest) -> bool:
