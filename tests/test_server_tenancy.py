@@ -198,6 +198,17 @@ def test_a_deleted_model_no_longer_vouches_for_its_content(mlos_server):
     assert bravo["have"] == ["w.bin"]
 
 
+def test_a_model_deleted_right_after_its_publish_vouches_for_nothing(mlos_server):
+    """What alpha sent for an upload it committed is forgotten when the model goes (not a
+    minute later, at the next sweep)."""
+    srv = mlos_server(tokens=TOKENS)
+    upload_resumable(srv.url, "bravo/m@v1", {"w.bin": SECRET}, headers=BRAVO)
+    upload_resumable(srv.url, "alpha/f@v1", {"w.bin": SECRET}, headers=ALPHA)
+    assert httpx.delete(f"{srv.url}/models/alpha/f@v1", headers=ALPHA).status_code == 200
+    opened = open_upload(srv, "alpha/g@v1", {"w.bin": SECRET}, ALPHA)
+    assert needed(opened) == {sha(SECRET): 0} and opened["have"] == []
+
+
 def test_without_tokens_dedup_stays_global(mlos_server):
     srv = mlos_server()
     upload_resumable(srv.url, "bravo/m@v1", {"w.bin": SECRET})

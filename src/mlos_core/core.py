@@ -195,6 +195,13 @@ class Core:
     def protected_blobs(self) -> set[str]:
         return self._listed()[0]
 
+    def _collect(self) -> None:
+        """After a delete: unlinked blobs go, and what tenants sent is trimmed to what their
+        open uploads list (a deleted model no longer vouches for content it sent)."""
+        protected, by_tenant = self._listed()
+        self.sent.retain(by_tenant)
+        self.gc_blobs(protected)
+
     def _listed(self) -> tuple[set[str], dict[str, set[str]]]:
         """What the open uploads (and pins) need, and per tenant key what its uploads list."""
         out: set[str] = set()
@@ -284,8 +291,10 @@ class Core:
         return held
 
     def blob_offset(self, upload: Upload, sha256: str, size: int) -> int:
-        """Bytes of ``sha256`` the upload's tenant need not send again (``size``: none)."""
-        if self.holds(upload.tenant, sha256, size) or self._finish_partial(upload, sha256, size):
+        """Bytes of ``sha256`` the upload's tenant need not send again (``size``: none).
+        Cheap (no hashing): a full-length partial answers ``size``, and a PUT at that offset
+        finishes it."""
+        if self.holds(upload.tenant, sha256, size):
             return size
         return self.blobs.partial_offset(sha256, size, self.scope(upload.tenant))
 
@@ -471,7 +480,7 @@ class Core:
         if entry is None and not removed:
             raise NotFound(f"model {ref.id} is not registered on this instance")
         async with self.gc_lock:
-            await asyncio.to_thread(self.gc_blobs, self.protected_blobs())
+            await asyncio.to_thread(self._collect)
         message = "deleted"
         if other is not None:
             message = (
