@@ -118,6 +118,8 @@ def test_a_commit_is_refused_when_the_other_id_was_published_after_its_open(
     send_all(srv.url, opened.json(), second_files)
     upload_resumable(srv.url, first, first_files)
     upload_id = opened.json()["upload_id"]
+    r = httpx.post(f"{srv.url}/v1/uploads/{upload_id}/prepare", timeout=30)
+    assert_overlap(r, first)  # prepare (a cluster's --atomic first step) says so already
     r = httpx.post(f"{srv.url}/v1/uploads/{upload_id}/commit", timeout=30)
     assert_overlap(r, first)
     assert_intact(srv, first, first_rel, first_files)

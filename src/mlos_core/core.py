@@ -433,6 +433,7 @@ class Core:
 
     def prepare(self, upload: Upload) -> Path:
         """Build the complete, verified model dir in staging (blocking: run in a thread)."""
+        self.check_overlap(upload.ref)  # before a cluster's --atomic switch starts
         if upload.staged and Path(upload.staged).is_dir():
             return Path(upload.staged)
         self._check_held(upload)
