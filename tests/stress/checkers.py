@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,33 +41,53 @@ def _visible_files(root: Path | str, dir_fd: int | None = None) -> list[str]:
 
 
 def check_model_dir(model_dir: Path) -> list[str]:
-    """Problems of one visible model dir (empty: it is whole and unmixed).
+    """Problems of one visible model dir (empty: it is whole and unmixed)."""
+    return read_model_dir(model_dir)[1]
+
+
+def read_model_dir(model_dir: Path) -> tuple[Manifest | None, list[str]]:
+    """The manifest of the generation read (None: no model there, or it is unreadable) and
+    the problems of that generation (empty: it is whole and unmixed).
 
     Read the way a careful reader does: through one directory fd, so a version swapped in
     while we read (an atomic rename by a publish still finishing) is not mistaken for a mix.
-    A generation removed under us is read again from the path."""
+    A generation swapped out and removed under us (its files vanish as we read) is read
+    again from the path; a generation still visible there answers for what it lacks."""
     for _attempt in range(5):
         try:
             fd = os.open(model_dir, os.O_RDONLY | os.O_DIRECTORY)
         except FileNotFoundError:
-            return []  # replaced and gone: nothing visible here to be partial
+            return None, []  # replaced and gone: nothing visible here to be partial
         try:
-            return _check_dir_fd(model_dir, fd)
+            manifest, problems = _check_dir_fd(model_dir, fd)
+            if problems and not _still_visible(model_dir, fd):
+                continue  # no longer the one readers see (deleted as we read): look again
+            return manifest, problems
         except FileNotFoundError:
             continue  # the old generation was deleted under us: look again
         finally:
             os.close(fd)
-    return [f"{model_dir}: kept vanishing while being read"]
+    return None, [f"{model_dir}: kept vanishing while being read"]
 
 
-def _check_dir_fd(model_dir: Path, fd: int) -> list[str]:
+def _still_visible(model_dir: Path, fd: int) -> bool:
+    """Whether the directory open at ``fd`` is still the one at ``model_dir``."""
+    held = os.fstat(fd)
+    try:
+        there = os.stat(model_dir)
+    except FileNotFoundError:
+        return False
+    return held.st_nlink > 0 and (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _check_dir_fd(model_dir: Path, fd: int) -> tuple[Manifest | None, list[str]]:
     try:
         with open(os.open(MANIFEST_NAME, os.O_RDONLY, dir_fd=fd), "rb") as fh:
             manifest = Manifest.from_text(fh.read(), source=str(model_dir))
     except FileNotFoundError:
         raise
     except Exception as exc:  # an unreadable manifest is a torn write: report, don't raise
-        return [f"{model_dir}: unreadable manifest: {exc}"]
+        return None, [f"{model_dir}: unreadable manifest: {exc}"]
     problems = []
     listed = {f.path: f for f in manifest.files}
     for entry in listed.values():
@@ -82,7 +103,50 @@ def _check_dir_fd(model_dir: Path, fd: int) -> list[str]:
     for rel in _visible_files(".", dir_fd=fd):
         if rel not in listed and rel not in BOOKKEEPING and not rel.endswith(".axon"):
             problems.append(f"{model_dir}: {rel} is not in the manifest (mixed versions?)")
-    return problems
+    return manifest, problems
+
+
+def which_version(manifest: Manifest, versions: Mapping[str, Manifest]) -> str | None:
+    """The label of the version in ``versions`` whose files (path, size, sha256) are
+    exactly ``manifest``'s; None when it is none of them (a mix, or something else)."""
+    files = _file_set(manifest)
+    return next((label for label, m in versions.items() if _file_set(m) == files), None)
+
+
+def _file_set(manifest: Manifest) -> frozenset[tuple[str, int, str]]:
+    return frozenset((f.path, f.size, f.sha256) for f in manifest.files)
+
+
+def check_served(
+    client: httpx.Client, model_id: str, versions: Mapping[str, Manifest]
+) -> tuple[str | None, list[str]]:
+    """What a reader of the HTTP API sees of ``model_id``: the manifest served
+    (``GET /v1/models/{id}/manifest``) must be exactly one of ``versions`` (label ->
+    manifest), and the registry entry (``GET /models/{id}``) must have the file count and
+    total size of one of them. Answers the label of the manifest served and the problems;
+    a model that is not there (404) is a problem too: this reads a model known to exist."""
+    problems = []
+    label = None
+    answer = client.get(f"/v1/models/{model_id}/manifest")
+    if answer.status_code != 200:
+        problems.append(f"GET manifest of {model_id}: {answer.status_code} {answer.text[:200]}")
+    else:
+        try:
+            label = which_version(Manifest.from_text(answer.content), versions)
+        except Exception as exc:
+            problems.append(f"GET manifest of {model_id}: unreadable: {exc}")
+        else:
+            if label is None:
+                problems.append(f"GET manifest of {model_id}: none of the versions published")
+    answer = client.get(f"/models/{model_id}")
+    sizes = {(len(m.files), sum(f.size for f in m.files)) for m in versions.values()}
+    if answer.status_code != 200:
+        problems.append(f"GET /models/{model_id}: {answer.status_code} {answer.text[:200]}")
+    else:
+        entry = answer.json().get("model", {})
+        if (entry.get("files"), entry.get("size")) not in sizes:
+            problems.append(f"GET /models/{model_id}: files/size of no version: {entry}")
+    return label, problems
 
 
 def check_fs_root(root: Path) -> tuple[int, list[str]]:
