@@ -31,3 +31,16 @@ def record(section: str, key: str, value: Any, *, add: bool = False) -> None:
             FIGURES[section][key] = FIGURES[section].get(key, 0) + value
         else:
             FIGURES[section][key] = value
+
+
+_TALLIES: dict[tuple[str, str], dict[str, int]] = {}
+
+
+def tally(section: str, key: str, counts: dict[str, int]) -> None:
+    """Add ``counts`` (label -> n) to a distribution, shown as ``label:n,...`` in the order
+    the labels first came (``phases=before:6,transfer:6,commit:6,after:1,exited:2``)."""
+    with _LOCK:
+        total = _TALLIES.setdefault((section, key), {})
+        for label, n in counts.items():
+            total[label] = total.get(label, 0) + n
+        FIGURES[section][key] = ",".join(f"{k}:{v}" for k, v in total.items())
