@@ -178,6 +178,43 @@ def registration(
     type=float,
     help="Seconds without a body byte before an upload is dropped (bytes kept for resume).",
 )
+# ---- connections (mlos_core.http.server) ----
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    help="Most connections open at once; at the cap a new one replaces an idle or slow one. "
+    "Default: from the open-files limit (ulimit -n, raised to its hard limit at start).",
+)
+@click.option(
+    "--max-header-size",
+    default="32K",
+    show_default=True,
+    callback=_size,
+    help="Largest request line + headers; over it: 414/431 and the connection closes.",
+)
+@click.option(
+    "--header-timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds for a request's line and headers to arrive (from the connection's start, "
+    "or the request's first byte); then 408 and close.",
+)
+@click.option(
+    "--keep-alive-timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds an idle connection is kept open between two requests.",
+)
+@click.option(
+    "--min-body-rate",
+    default="500",
+    show_default=True,
+    callback=_size,
+    help="Bytes/s a request body must average, with --body-timeout seconds in hand; a "
+    "slower body gets 408 and the connection closes (bytes kept for resume). 0: no rate.",
+)
 @click.option("--log-level", default="info", show_default=True)
 # ---- service discovery (mlos_core.integrations.discovery) ----
 @click.option("--cluster", help="Cluster this instance belongs to (with --discovery).")
@@ -219,6 +256,11 @@ def serve(
     max_duplicates: int,
     no_fsync: bool,
     body_timeout: float,
+    max_connections: int | None,
+    max_header_size: int,
+    header_timeout: float,
+    keep_alive_timeout: float,
+    min_body_rate: int,
     log_level: str,
     cluster: str | None,
     advertise: str | None,
@@ -230,9 +272,9 @@ def serve(
     s3_profile: str | None,
 ) -> None:
     """Run the MLOS Core HTTP server."""
-    import uvicorn
-
     _start_logging(log_level, host, tokens_file)
+    if max_header_size < 1024:
+        raise click.BadParameter("at least 1K", param_hint="--max-header-size")
     if models_url is not None and not models_url.startswith("s3://"):
         raise click.BadParameter("use s3://bucket/prefix", param_hint="--models-url")
     settings = Settings(
@@ -248,24 +290,24 @@ def serve(
         max_duplicates=max_duplicates,
         durable=not no_fsync,
         body_timeout=body_timeout,
+        max_connections=max_connections,
+        max_header_size=max_header_size,
+        header_timeout=header_timeout,
+        keep_alive_timeout=keep_alive_timeout,
+        min_body_rate=min_body_rate,
         models_url=models_url,
         s3_endpoint_url=s3_endpoint_url,
         s3_region=s3_region,
         s3_profile=s3_profile,
     )
     app = _app(settings)
+    from mlos_core.http import server  # uvicorn only for serve, not for --help
+
     # Registered with service discovery (--discovery) while serving; removed on clean exit.
     with registration(
         discovery_uri, settings, cluster=cluster, advertise=advertise, ttl=discovery_ttl
     ):
-        uvicorn.run(
-            app,
-            host=host,
-            port=port,
-            log_level=log_level.lower(),
-            access_log=False,  # our middleware logs one line per request
-            timeout_keep_alive=30,
-        )
+        server.serve(app, settings, log_level=log_level)
 
 
 def _start_logging(log_level: str, host: str, tokens_file: Path | None) -> None:

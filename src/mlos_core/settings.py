@@ -15,6 +15,7 @@ DEFAULT_UPLOAD_TTL = 24 * 3600.0
 DEFAULT_MAX_FILES = 100_000  # files of one model (Hugging Face's advice for one repository)
 DEFAULT_MAX_DUPLICATES = 10_000  # files of one model with the same content
 LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
+DEFAULT_MAX_HEADER_SIZE = 32 * 1024
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)?\s*", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4, "p": 1024**5}
@@ -43,7 +44,13 @@ class Settings:
     upload_ttl: float = DEFAULT_UPLOAD_TTL  # seconds an idle resumable upload is kept
     max_files: int = DEFAULT_MAX_FILES  # files one manifest may list
     max_duplicates: int = DEFAULT_MAX_DUPLICATES  # files of one manifest with one sha256
-    body_timeout: float = 120.0  # seconds without a body byte before an upload is dropped
+    body_timeout: float = 120.0  # seconds without a body byte before a request is dropped
+    # connections (mlos_core.http.server): cap, request head size, deadlines
+    max_connections: int | None = None  # None: derived from the open-files limit
+    max_header_size: int = DEFAULT_MAX_HEADER_SIZE  # request line + headers, bytes
+    header_timeout: float = 10.0  # seconds for a request head to arrive
+    keep_alive_timeout: float = 30.0  # seconds an idle connection is kept between requests
+    min_body_rate: int = 500  # bytes/s a body must average (body_timeout s in hand); 0: off
     durable: bool = True  # fsync before making anything visible (off only for benchmarks)
     # an instance reading S3 storage: the command line hands the core an S3 sync for these
     # (mlos_core.integrations.s3_sync), pulled at start-up and on every scan
