@@ -8,7 +8,8 @@ with a :class:`~tests.stress.harness.ServerProbe`). The publisher must then end 
 with exit 7 and a message naming the server (or 0 when the server answered first); after
 the restart the previous version (or the new one) is whole, leftovers are cleaned, and the
 publish re-runs cleanly. In a race one complete version wins, and a reader reading the model
-dir and the HTTP API all the while only ever sees whole versions.
+dir and the HTTP API all the while only ever sees whole versions; each round starts from a
+third content, so that reader reads across at least one swap.
 """
 
 from __future__ import annotations
@@ -162,9 +163,10 @@ def _expected(home: Home) -> dict[str, str]:
 
 
 class Reader(threading.Thread):
-    """Reads one model again and again until stopped: on disk through the checkers'
-    whole-model check (one directory fd per read), and over the HTTP API (the manifest
-    served and the registry entry). Every read must be exactly one of ``versions``."""
+    """Reads one model again and again until stopped, and once more after: on disk through
+    the checkers' whole-model check (one directory fd per read), and over the HTTP API (the
+    manifest served and the registry entry). Every read must be exactly one of
+    ``versions``. ``ready`` is set once the first read is done."""
 
     def __init__(
         self, model_dir: Path, url: str, model_id: str, versions: dict[str, Manifest]
@@ -172,7 +174,7 @@ class Reader(threading.Thread):
         super().__init__(name="model-reader", daemon=True)
         self.model_dir, self.url, self.model_id = model_dir, url, model_id
         self.versions = versions
-        self.halt = threading.Event()
+        self.halt, self.ready = threading.Event(), threading.Event()
         self.disk_reads = self.http_reads = self.gaps = 0
         self.disk_seen: list[str] = []  # the versions disk reads saw, in order
         self.http_seen: list[str] = []  # and HTTP reads
@@ -182,14 +184,19 @@ class Reader(threading.Thread):
     def run(self) -> None:
         try:
             with httpx.Client(base_url=self.url, timeout=10) as client:
-                while not self.halt.is_set():
+                while True:
+                    last = self.halt.is_set()  # one more read after the race: its end state
                     self._read_disk()
                     label, problems = check_served(client, self.model_id, self.versions)
                     self.http_reads += 1
                     self.problems += [f"over HTTP: {p}" for p in problems]
                     _note(self.http_seen, label)
+                    self.ready.set()
+                    if last:
+                        break
         except BaseException as exc:  # reported by the test, not lost in the thread
             self.error = exc
+            self.ready.set()
 
     def _read_disk(self) -> None:
         manifest, problems = read_model_dir(self.model_dir)
@@ -218,7 +225,9 @@ def _note(seen: list[str], label: str | None) -> None:
 def test_concurrent_publishers_one_complete_version_wins(
     kind: str, mlos_server: ServerFactory, tmp_path: Path
 ) -> None:
-    a, b = make_homes(tmp_path, REF, scale(2 * MiB, 8 * MiB))
+    weights = scale(2 * MiB, 8 * MiB)
+    a, b = make_homes(tmp_path, REF, weights)
+    c = make_home(tmp_path, REF, 0, weights)  # each round starts from c: a or b must win
     srv = mlos_server(no_fsync=True)
     if kind == "api":
         target = srv.url
@@ -229,18 +238,21 @@ def test_concurrent_publishers_one_complete_version_wins(
             "access_method": "filesystem",
             "storage_path": str(srv.models_dir),
         }
-        for home in (a, b):
+        for home in (a, b, c):
             home.write_config({"inst": conf})
     args = ["publish", REF, "-t", target, "-q"]
-    assert run_axon(a, *args).returncode == 0  # the model exists before the race: read it
-    versions = {"a": a.manifest(), "b": b.manifest()}
+    versions = {"a": a.manifest(), "b": b.manifest(), "c": c.manifest()}
     model_dir = srv.models_dir / "hf" / "crash" / "v1"
     rounds, racers = scale(1, 5), scale(3, 8)
     disk_reads = http_reads = disk_swaps = http_swaps = gaps = 0
     problems: list[str] = []
+    exits: dict[str, int] = {}
     for _ in range(rounds):
+        first = run_axon(c, *args)  # the model is there, as neither racer's content
+        assert first.returncode == 0, first.stderr
         reader = Reader(model_dir, srv.url, a.ref.id, versions)
         reader.start()
+        assert reader.ready.wait(60), "the reader did not read"
         procs = [start_axon((b, a)[i % 2], *args, stderr=subprocess.PIPE) for i in range(racers)]
         try:
             codes = [p.wait(timeout=300) for p in procs]
@@ -250,11 +262,16 @@ def test_concurrent_publishers_one_complete_version_wins(
         assert reader.error is None, f"the reader failed: {reader.error!r}"
         errors = [p.stderr.read() if p.stderr else "" for p in procs]
         assert 0 in codes, errors
+        for code in codes:
+            exits[str(code)] = exits.get(str(code), 0) + 1
         n, found = check_fs_root(srv.models_dir)
         found += check_registered(srv.url, srv.models_dir)
         assert found == [] and n == 1, found
         assert _content(srv.models_dir) in (_expected(a), _expected(b))
-        assert reader.disk_reads and reader.http_reads, "the reader read nothing during the race"
+        # the reader read c first and a or b last: it read across at least one swap
+        assert reader.swaps[0] >= 1 and reader.swaps[1] >= 1, (
+            f"the reader saw no swap: {reader.disk_seen} {reader.http_seen}"
+        )
         disk_reads += reader.disk_reads
         http_reads += reader.http_reads
         disk_swaps += reader.swaps[0]
@@ -263,9 +280,9 @@ def test_concurrent_publishers_one_complete_version_wins(
         problems += reader.problems
     record("concurrent_publishers", f"{kind}_rounds", rounds)
     record("concurrent_publishers", "racers_per_round", racers)
+    tally("concurrent_publishers", f"{kind}_racer_exits", exits)
     record("concurrent_publishers", f"{kind}_reads", f"disk:{disk_reads},http:{http_reads}")
     record("concurrent_publishers", f"{kind}_swaps_seen", f"disk:{disk_swaps},http:{http_swaps}")
     record("concurrent_publishers", f"{kind}_gaps_seen", gaps)
     record("concurrent_publishers", "partial_views_seen", len(problems), add=True)
     assert problems == [], f"a reader saw {len(problems)} partial/mixed view(s): {problems[:20]}"
-    assert disk_swaps and http_swaps, "the reader never read across a swap: it proved nothing"
