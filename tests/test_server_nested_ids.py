@@ -279,3 +279,17 @@ def test_an_s3_sync_refuses_a_nesting_id_and_pulls_the_rest(tmp_path: Path, s3: 
     again = source.pull(core)  # the next scan: still refused, nothing moved
     assert set(again.failed) == {INNER}
     assert model_files(tmp_path / "models", "n/b/v1") == OUTER_FILES
+
+
+def test_a_registration_cannot_claim_a_directory_inside_another_model(mlos_server):
+    """n/b@v1 holds x/notes.txt: registering n/b/v1@x at n/b/v1/x would make a model of its
+    directory (and a DELETE of it would remove the outer model's files)."""
+    srv = mlos_server()
+    upload_resumable(srv.url, OUTER, OUTER_FILES)
+    inner_dir = srv.models_dir / "n/b/v1/x"
+    for path in (None, str(inner_dir)):
+        body = {"model_id": INNER} | ({"path": path} if path else {})
+        r = httpx.post(f"{srv.url}/models/register", json=body, timeout=30)
+        assert_overlap(r, OUTER)
+    assert httpx.get(f"{srv.url}/models/{INNER}", timeout=10).status_code == 404
+    assert_intact(srv, OUTER, "n/b/v1", OUTER_FILES)

@@ -22,6 +22,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 import shutil
 import threading
 from collections.abc import Iterable, Sequence
@@ -514,6 +515,9 @@ class Core:
                 raise BadRequest(f"{key} must be a string, got {type(body[key]).__name__}")
         raw_path = body.get("path") or body.get("model_path") or None
         found = find_model_dir(self.settings, ref, raw_path)
+        models_dir = os.path.realpath(self.settings.models_dir)
+        if os.path.realpath(found.path).startswith(models_dir + os.sep):
+            self.check_overlap(ref)  # never claim a directory inside (or around) another model
         entry = ModelEntry(id=ref.id, name=ref.name, path=found.path, source="register")
         if found.manifest is not None:
             with contextlib.suppress(ManifestError):  # registered as it is, like upstream
