@@ -15,6 +15,7 @@ from tests.fixtures.common import free_port, require_module
 def _dnspython() -> None:
     require_module("dns.resolver", "discovery")
 
+
 NAME = "_mlos._tcp.prod.example.internal"
 
 

@@ -445,7 +445,6 @@ class Manifest:
         except UnicodeEncodeError:
             return yaml.safe_dump(self.data, sort_keys=False, allow_unicode=True)
 
-
     def to_json(self) -> str:
         return json.dumps(self.data, sort_keys=False, default=str)
 
