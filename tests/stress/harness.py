@@ -16,10 +16,11 @@ process works and sends SIGKILL at the point asked for, one of :data:`PHASES`:
   of the way to visible (a server probe also sees the server build it in its staging dir:
   a kill can wait for that).
 
-The kill record (:class:`Kill`) says where the kill landed, measured at the last look before
-the signal: one of the three, ``after`` (the new version was visible already: killed while
-registering or exiting), or ``exited`` (the process ended before that point: no kill). A
-kill counts only when the victim was alive when the signal arrived (reaped with -SIGKILL).
+At that point the victim is frozen (SIGSTOP), the target looked at in full, then the victim
+killed: the kill record (:class:`Kill`) says where the kill landed, one of the three,
+``after`` (the new version was visible already: killed while registering or exiting), or
+``exited`` (the process ended before that point: no kill). A kill counts only when the
+victim was alive when the signal arrived (reaped with -SIGKILL).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from modelpkg.layout import (
 )
 from modelpkg.manifest import MANIFEST_NAME, Manifest
 from modelpkg.refs import ModelRef
+from modelpkg.s3 import S3Settings
 from tests.fixtures.models import write_model_dir
 from tests.helpers import write_config
 from tests.stress.checkers import tree_digest
@@ -155,11 +157,12 @@ class Seen:
 
 class Probe:
     """One content being written to one target: ``total`` is what the target lacked when the
-    probe was made (what must land), :meth:`seen` what has landed so far."""
+    probe was made (what must land), :meth:`seen` what has landed so far (``full``: all of
+    it, now; a probe whose looks are slow may otherwise move a step per look)."""
 
     total = 0
 
-    def seen(self) -> Seen:
+    def seen(self, full: bool = False) -> Seen:
         raise NotImplementedError
 
 
@@ -240,7 +243,7 @@ class StagedDirProbe(Probe):
         self.stages = _Stages(final.parent, sibling_prefix(final.name, STAGING_TAG), final)
         self.before = _identity(self.manifest_path)
 
-    def seen(self) -> Seen:
+    def seen(self, full: bool = False) -> Seen:
         got = dict.fromkeys(self.needed, 0)
         for stage in self.stages.dirs():
             for sha, size in self.needed.items():
@@ -272,7 +275,7 @@ class ServerProbe(Probe):
     def _blob(self, sha: str) -> Path:
         return self.blob_dir / sha[:2] / sha
 
-    def seen(self) -> Seen:
+    def seen(self, full: bool = False) -> Seen:
         landed = 0
         for sha, size in self.needed.items():
             done = _size(self._blob(sha)) == size
@@ -287,34 +290,61 @@ class ServerProbe(Probe):
 
 class S3Probe(Probe):
     """A bucket prefix: bytes land as blob objects under ``.blobs/sha256/`` (a PUT appears
-    whole) or as the parts of a multipart upload in progress; the version is visible once
-    ``manifest.yaml`` changes (its ETag). Blobs the bucket holds already are not counted."""
+    whole) or, for blobs of ``multipart`` bytes or more (axon's default threshold), as the
+    parts of a multipart upload in progress; the version is visible once ``manifest.yaml``
+    changes (its ETag). Blobs the bucket holds already are not counted.
 
-    def __init__(self, client: Any, bucket: str, prefix: str, ref: ModelRef, m: Manifest) -> None:
+    Looked at with HEAD requests, not listings (a listing of a bucket that grows with every
+    trial takes tens of ms on the test server, longer than a commit): axon sends the blobs
+    one after the other, in manifest order, so a look asks for the next blob not seen yet
+    (``full``: for every one), and for the manifest once every blob is there (axon writes
+    it last)."""
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        prefix: str,
+        ref: ModelRef,
+        m: Manifest,
+        multipart: int = S3Settings.multipart_threshold,
+    ) -> None:
         self.client, self.bucket = client, bucket
-        self.base = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self.manifest_key = f"{self.base}{ref.relpath.as_posix()}/{MANIFEST_NAME}"
-        objects = self._objects()
+        base = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.manifest_key = f"{base}{ref.relpath.as_posix()}/{MANIFEST_NAME}"
+        self.blob_prefix = f"{base}{S3_BLOBS}/"
         self.needed = {
-            f"{self.base}{S3_BLOBS}/{s}": n
+            f"{self.blob_prefix}{s}": n
             for s, n in _blobs(m).items()
-            if objects.get(f"{self.base}{S3_BLOBS}/{s}", ("", -1))[1] != n
+            if self._size(f"{self.blob_prefix}{s}") != n
         }
         self.total = sum(self.needed.values())
-        self.before = objects.get(self.manifest_key, ("", 0))[0]
+        self.multipart = any(n >= multipart for n in self.needed.values())
+        self.done: set[str] = set()  # blobs seen whole (a publish never deletes one)
+        self.before = self._etag(self.manifest_key)
 
-    def _objects(self) -> dict[str, tuple[str, int]]:
-        out = {}
-        pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=self.base
-        )
-        for page in pages:
-            out.update({o["Key"]: (o["ETag"], o["Size"]) for o in page.get("Contents", [])})
-        return out
+    def _head(self, key: str) -> dict[str, Any] | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            answer: dict[str, Any] = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return answer
+
+    def _size(self, key: str) -> int:
+        head = self._head(key)
+        return -1 if head is None else int(head["ContentLength"])
+
+    def _etag(self, key: str) -> str:
+        head = self._head(key)
+        return "" if head is None else str(head["ETag"])
 
     def _in_parts(self) -> dict[str, int]:
         uploads = self.client.list_multipart_uploads(
-            Bucket=self.bucket, Prefix=f"{self.base}{S3_BLOBS}/"
+            Bucket=self.bucket, Prefix=self.blob_prefix
         ).get("Uploads", [])
         out: dict[str, int] = {}
         for up in uploads:
@@ -325,15 +355,26 @@ class S3Probe(Probe):
                 out[up["Key"]] = max(out.get(up["Key"], 0), sum(p["Size"] for p in parts))
         return out
 
-    def seen(self) -> Seen:
-        objects = self._objects()
-        parts = self._in_parts()
-        landed = 0
+    def seen(self, full: bool = False) -> Seen:
         for key, size in self.needed.items():
-            done = objects.get(key, ("", -1))[1] == size
-            landed += size if done else min(parts.get(key, 0), size)
-        etag = objects.get(self.manifest_key, ("", 0))[0]
-        return Seen(landed, bool(etag) and etag != self.before)
+            if key in self.done:
+                continue
+            if self._size(key) != size:
+                break  # the blob being sent now (the ones after it are not there yet)
+            self.done.add(key)
+            if not full:
+                break  # one step per look: a walk would trail the sender to the end
+        landed = sum(self.needed[k] for k in self.done)
+        if self.multipart:
+            parts = self._in_parts()
+            landed += sum(
+                min(parts.get(k, 0), n) for k, n in self.needed.items() if k not in self.done
+            )
+        visible = False
+        if len(self.done) == len(self.needed):
+            etag = self._etag(self.manifest_key)
+            visible = bool(etag) and etag != self.before
+        return Seen(landed, visible)
 
 
 class CacheProbe(Probe):
@@ -349,7 +390,7 @@ class CacheProbe(Probe):
         self.stages = _Stages(models_dir, sibling_prefix("install", STAGING_TAG), final)
         self.before = _identity(self.manifest_path)
 
-    def seen(self) -> Seen:
+    def seen(self, full: bool = False) -> Seen:
         landed = 0
         for stage in self.stages.dirs():
             got = sum(min(_size(stage / rel), n) for rel, n in self.files.items())
@@ -366,8 +407,8 @@ class AllOf(Probe):
         self.probes = list(probes)
         self.total = sum(p.total for p in self.probes)
 
-    def seen(self) -> Seen:
-        seen = [p.seen() for p in self.probes]
+    def seen(self, full: bool = False) -> Seen:
+        seen = [p.seen(full) for p in self.probes]
         return Seen(
             sum(s.landed for s in seen), all(s.visible for s in seen), any(s.building for s in seen)
         )
@@ -449,10 +490,12 @@ def calibrate(home: Home, args: list[str], probe: Probe) -> Timeline:
 
 @dataclass(frozen=True)
 class Victim:
-    """The process a kill is for: ``kill`` sends SIGKILL and answers whether that signal is
-    what ended it (False: it had exited already)."""
+    """The process a kill is for: ``stop`` freezes it (SIGSTOP: the point where it is killed
+    is looked at while nothing moves it on), ``kill`` sends SIGKILL and answers whether
+    that signal is what ended it (False: it had exited already)."""
 
     name: str
+    stop: Callable[[], None]
     kill: Callable[[], bool]
 
 
@@ -462,7 +505,7 @@ def process_victim(proc: subprocess.Popen[Any], name: str = "axon") -> Victim:
         proc.wait(timeout=30)
         return proc.returncode == -signal.SIGKILL
 
-    return Victim(name, kill)
+    return Victim(name, lambda: proc.send_signal(signal.SIGSTOP), kill)
 
 
 @dataclass(frozen=True)
@@ -471,10 +514,10 @@ class Kill:
 
     want: str
     phase: str
-    landed: int  # bytes landed at the last look before the signal
+    landed: int  # bytes landed when the victim was frozen, just before the signal
     total: int
     elapsed: float  # seconds from the start of the watch to the signal
-    landed_after: int  # bytes landed at the first look after it
+    landed_after: int  # bytes landed at a look after it (requests in flight may land)
     building: bool = False  # the target was building the version (probes that see it)
 
     def __str__(self) -> str:
@@ -543,8 +586,10 @@ def kill_on_progress(
             victim.kill()
             raise AssertionError(f"{victim.name}: no {want} point after {timeout} s ({seen})")
         time.sleep(POLL)
+    victim.stop()
+    seen = probe.seen(full=True)  # where it is frozen: where the kill lands
     killed = victim.kill()
-    after = probe.seen().landed
+    after = probe.seen(full=True).landed
     phase = landing(seen, total) if killed else "exited"
     return Kill(want, phase, seen.landed, total, elapsed, after, seen.building)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import signal
 import subprocess
 import threading
 from pathlib import Path
@@ -75,12 +76,16 @@ def _leftovers(models_dir: Path) -> list[str]:
 
 
 def _server_victim(srv: Server) -> Victim:
+    def stop() -> None:
+        if srv.running:
+            os.kill(srv.pid, signal.SIGSTOP)
+
     def kill() -> bool:
         alive = srv.running
         srv.kill()
         return alive
 
-    return Victim(f"mlos-core at {srv.url}", kill)
+    return Victim(f"mlos-core at {srv.url}", stop, kill)
 
 
 def test_kill_9_of_mlos_core_mid_upload(mlos_server: ServerFactory, tmp_path: Path) -> None:
