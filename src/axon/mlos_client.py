@@ -17,6 +17,9 @@ limits, checks every answer and turns httpx exceptions and HTTP answers into
     PUT    /v1/uploads/{u}/blobs/{sha256}     blob_path(), blob_answer() -> BlobAnswer: the
                                               bytes themselves are moved by
                                               axon.transports.api (sendfile on plain http)
+    PUT    /v1/uploads/{u}/blobs              batch_path(), batch_answer() -> BatchAnswer:
+                                              many small blobs in one body (when the open
+                                              answer says ``blob_batches``)
     POST   /v1/uploads/{u}/prepare            prepare_upload()
     POST   /v1/uploads/{u}/commit             commit_upload()   -> CommitAnswer
     DELETE /v1/uploads/{u}                    abort_upload()
@@ -61,7 +64,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urlsplit
@@ -104,6 +107,7 @@ SHOWN = 300  # characters of server-written text in a message
 UPLOAD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 STATES = ("open", "prepared")
+BATCHES = "blob_batches"  # the open answer's field: PUT /v1/uploads/{id}/blobs takes a batch
 
 
 # httpx is imported inside the methods that use it: a filesystem or SSH publish never needs
@@ -537,6 +541,8 @@ class OpenAnswer:
     needed: tuple[Needed, ...]
     have: tuple[str, ...]
     manifest_sha256: str
+    #: the server takes many blobs in one ``PUT /v1/uploads/{id}/blobs`` (older ones do not)
+    batches: bool = False
 
     @classmethod
     def parse(cls, data: object, *, ref: ModelRef, manifest: Manifest) -> OpenAnswer:
@@ -558,13 +564,15 @@ class OpenAnswer:
         for e in manifest.files:
             paths_of.setdefault(e.sha256, set()).add(e.path)
         needed: list[Needed] = []
+        asked: set[str] = set()
         covered: list[str] = []
         for item in f.objects("needed"):
             sha = item.required_text("sha256", pattern=SHA256)
             if sha not in sizes:
                 raise Invalid(f"{item.where} asks for blob {sha}, which the manifest lacks")
-            if any(n.sha256 == sha for n in needed):
+            if sha in asked:
                 raise Invalid(f"{item.where} asks for blob {sha} a second time")
+            asked.add(sha)
             size = item.byte_count("size", high=sizes[sha])
             if size != sizes[sha]:
                 raise Invalid(f"{item.where} says blob {sha} has {size} bytes, not {sizes[sha]}")
@@ -584,7 +592,8 @@ class OpenAnswer:
             )
         if unchanged and needed:
             raise Invalid("'unchanged' is true but 'needed' is not empty")
-        return cls(upload_id, unchanged, tuple(needed), tuple(have), digest)
+        batches = f.flag(BATCHES) if BATCHES in f.data else False
+        return cls(upload_id, unchanged, tuple(needed), tuple(have), digest, batches)
 
 
 @dataclass(frozen=True)
@@ -611,6 +620,58 @@ class BlobAnswer:
                 f"of {size} bytes does not add up"
             )
         return cls(complete, offset)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One blob of a batch answered: stored (``complete``), cut short at ``offset``, or
+    refused (``code`` and ``message``, nothing kept)."""
+
+    sha256: str
+    complete: bool
+    offset: int
+    code: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchAnswer:
+    """``PUT /v1/uploads/{id}/blobs`` answered: one result per blob sent, in order."""
+
+    results: tuple[BatchResult, ...]
+
+    @classmethod
+    def parse(cls, data: object, *, upload_id: str, sent: Sequence[tuple[str, int]]) -> BatchAnswer:
+        """Success for the upload, and ``blobs`` answering each ``(sha256, size)`` of ``sent``
+        once, in order: ``complete`` exactly when the offset is the size and no ``code``
+        says it was refused; a refused blob kept nothing (offset 0)."""
+        f = Fields(data)
+        f.success()
+        f.same("upload_id", upload_id)
+        items = f.objects("blobs")
+        if len(items) != len(sent):
+            raise Invalid(f"'blobs' answers {len(items)} blobs, not the {len(sent)} sent")
+        results = []
+        for item, (sha, size) in zip(items, sent, strict=True):
+            item.same("sha256", sha)
+            offset = item.byte_count("offset", high=size)
+            complete = item.flag("complete")
+            code = item.text("code", optional=True)
+            message = item.text("message", optional=True)
+            if code is not None:
+                if complete or offset:
+                    raise Invalid(
+                        f"{item.where} refuses blob {sha[:12]} ({shown(code, 40)}) but says "
+                        f"'complete' {str(complete).lower()} at offset {offset}"
+                    )
+                message = shown(message or code)
+            elif complete != (offset == size):
+                raise Invalid(
+                    f"{item.where}: 'complete' {str(complete).lower()} at offset {offset} of "
+                    f"{size} bytes does not add up"
+                )
+            results.append(BatchResult(sha, complete, offset, code, message))
+        return cls(tuple(results))
 
 
 @dataclass(frozen=True)
@@ -1117,6 +1178,20 @@ class MlosClient:
             what=what,
         )
 
+    def batch_path(self, upload_id: str) -> str:
+        """The path many blobs are PUT to in one body (``<sha256> <size>\\n`` + bytes each)."""
+        return self.upload_path(upload_id, "/blobs")
+
+    def batch_answer(
+        self, answer: Answer, *, upload_id: str, sent: Sequence[tuple[str, int]], what: str
+    ) -> BatchAnswer:
+        """The checked answer to a batch ``PUT`` (status 200)."""
+        return self.parsed(
+            answer,
+            lambda d: BatchAnswer.parse(d, upload_id=upload_id, sent=sent),
+            what=what,
+        )
+
     def blob_offset(self, upload_id: str, sha256: str, *, size: int, what: str) -> int:
         """``HEAD`` of a blob: how many of its ``size`` bytes the server holds."""
         answer = self.exchange("HEAD", self.blob_path(upload_id, sha256), what=what, ok=(200,))
@@ -1193,6 +1268,8 @@ __all__ = [
     "HEALTH_TIMEOUT",
     "MIN_RATE",
     "Answer",
+    "BatchAnswer",
+    "BatchResult",
     "BlobAnswer",
     "Budget",
     "CommitAnswer",
