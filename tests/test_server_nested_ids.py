@@ -293,3 +293,24 @@ def test_a_registration_cannot_claim_a_directory_inside_another_model(mlos_serve
         assert_overlap(r, OUTER)
     assert httpx.get(f"{srv.url}/models/{INNER}", timeout=10).status_code == 404
     assert_intact(srv, OUTER, "n/b/v1", OUTER_FILES)
+
+
+def test_axon_publish_of_a_nesting_id_fails_at_once_naming_the_other(
+    mlos_server, tmp_path: Path
+) -> None:
+    """The client does not retry a 409 model_overlap (it would get the same answer)."""
+    from tests.helpers import error_lines, run_axon
+
+    srv = mlos_server()
+    upload_resumable(srv.url, OUTER, OUTER_FILES)
+    source = tmp_path / "inner"
+    for rel, data in INNER_FILES.items():
+        (source / rel).parent.mkdir(parents=True, exist_ok=True)
+        (source / rel).write_bytes(data)
+    assert run_axon("install", str(source), "--as", INNER).code == 0
+    run = run_axon("publish", INNER, "--target", srv.url, "--retries", "3")
+    assert run.code == 7, run.err
+    (line,) = error_lines(run.err)
+    assert OUTER in line and "another name or version" in line and "retry" not in line
+    assert "attempts" not in line  # refused once, not retried
+    assert_intact(srv, OUTER, "n/b/v1", OUTER_FILES)

@@ -60,5 +60,7 @@ run curl -s -X POST "$URL/models/register" -H 'Content-Type: application/json' \
 echo
 
 say "refusals: a request head past --max-header-size (32K) is cut with 431"
-run curl -s -o /dev/null -w 'GET /health with a 40 KB header -> %{http_code}\n' \
-  -H "X-Junk: $(head -c 40000 /dev/zero | tr '\0' a)" "$URL/health"
+junk=$(head -c 40000 /dev/zero | tr '\0' a)
+printf '\033[2m$ curl -H "X-Junk: <40,000 bytes>" %s/health\033[0m\n' "$URL"
+curl -s -o /dev/null -w 'GET /health with a 40 KB header -> %{http_code}\n' \
+  -H "X-Junk: $junk" "$URL/health"

@@ -978,8 +978,12 @@ class MlosClient:
             return make(TargetPermissionError, "the token may not write this namespace")
         if status == 507 or code == "insufficient_storage":
             return make(NoSpaceError, "free space on the instance's models disk")
+        if code in ("too_many_files", "too_many_duplicates"):
+            return make(RemoteError, "ask its operator to raise --max-files / --max-duplicates")
         if status == 413:
             return make(NoSpaceError, "the file is over the server's upload size limit")
+        if code == "model_overlap":  # the same answer however often it is asked
+            return make(RemoteError, "publish it under another name or version")
         expired = status == 404 and "/v1/uploads/" in url  # re-open helps
         retry = expired or status >= 500 or status in (408, 409, 429) or code == "checksum_mismatch"
         return make(RemoteError, "re-run to retry" if retry else "see the server's log", retry)
