@@ -305,3 +305,56 @@ def test_a_nesting_model_installed_meanwhile_is_not_replaced(
 
 def _tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_checking_many_files_is_one_stat_each_and_a_few_index_queries(
+    cache: Cache, make_model_dir: MakeModelDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model of 1,200 small files: checking it stats each file once and asks the hash
+    index a few hundred paths per query (not a query, an INSERT and a commit per file);
+    unchanged, it reads no file, and every file comes back with the identity it was
+    checked at (what a local publish trusts)."""
+    from axon.install import install_source
+
+    src = make_model_dir(extra={f"shards/s{i:04d}.bin": os.urandom(64) for i in range(1200)})
+    install_source(str(src), as_ref="hf/many@v1", cache=cache)
+    ref = ModelRef.parse("hf/many@v1")
+    root = str(cache.path_for(ref))
+    cache.index.forget_under(cache.path_for(ref))  # the first check hashes every file
+    statements: list[str] = []
+    db = cache.index._db()
+    assert db is not None
+    db.set_trace_callback(statements.append)
+    stats: list[str] = []
+    real_stat = os.stat
+
+    def counting_stat(path: object, *a: object, **k: object) -> os.stat_result:
+        if str(path).startswith(root + "/shards/"):
+            stats.append(str(path))
+        return real_stat(path, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "stat", counting_stat)
+    manifest, identities = cache.checked(ref)
+    shards = [f for f in manifest.files if f.path.startswith("shards/")]
+    assert len(shards) == 1200 and set(identities) == {f.path for f in manifest.files}
+    selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    commits = [s for s in statements if s.strip().upper() == "COMMIT"]
+    assert len(selects) <= 4 and len(commits) == 1, (len(selects), len(commits))
+    # hashing re-stats a file it read, to tell whether it changed meanwhile: two each
+    assert len(stats) == 2 * 1200
+
+    statements.clear()
+    stats.clear()
+    reads: list[str] = []
+
+    def no_read(path: object, *_a: object) -> str:
+        reads.append(str(path))
+        return ""
+
+    monkeypatch.setattr(axon.hashing, "sha256_file", no_read)
+    again, identities = cache.checked(ref)
+    assert again.files == manifest.files and reads == []
+    assert len(stats) == 1200  # one stat per file, nothing else
+    assert not [s for s in statements if not s.lstrip().upper().startswith("SELECT")]
+    first = shards[0].path
+    assert identities[first] == axon.hashing.file_key(real_stat(f"{root}/{first}"))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 import axon.hashing
-from axon.hashing import HashIndex, hash_files, sha256_file
+from axon.hashing import HashIndex, file_key, hash_files, hash_stats, sha256_file
 
 
 def test_sha256_file_streams_and_reports(tmp_path: Path) -> None:
@@ -84,6 +85,38 @@ def test_fresh_index_shared_by_many_threads_never_loses_its_table(tmp_path: Path
         paths.append(p)
     for round_ in range(10):
         index = HashIndex(tmp_path / f"i{round_}.sqlite")
-        got = hash_files(paths, index=index, workers=16)
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            digests = list(pool.map(index.digest, paths))
+        got = dict(zip(paths, digests, strict=True))
         assert got == {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
         assert all(index.lookup(p) == got[p] for p in paths)
+
+
+def test_hash_stats_remembers_only_what_did_not_change_while_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many files at once: hashed ones are remembered in one go with the identity they had;
+    one rewritten while it was read keeps no identity and is not remembered (its digest is
+    of bytes it may no longer hold)."""
+    index = HashIndex(tmp_path / "i.sqlite")
+    paths = []
+    for i in range(5):
+        p = tmp_path / f"f{i}"
+        p.write_bytes(bytes([i]) * 100)
+        paths.append(p)
+    real = axon.hashing.sha256_file
+
+    def rewrite_f3(path: Path, on_bytes: object = None) -> str:
+        sha = real(path, on_bytes)  # type: ignore[arg-type]
+        if Path(path).name == "f3":
+            Path(path).write_bytes(b"changed meanwhile")
+        return sha
+
+    monkeypatch.setattr(axon.hashing, "sha256_file", rewrite_f3)
+    got = hash_stats([(p, p.stat()) for p in paths], index=index)
+    assert all(h.read for h in got.values())
+    assert got[paths[3]].key is None and index.lookup(paths[3]) is None
+    for p in paths[:3] + paths[4:]:
+        assert got[p].key == file_key(p.stat()) and index.lookup(p) == got[p].sha256
+    again = hash_stats([(p, p.stat()) for p in paths], index=index)
+    assert [again[p].read for p in paths] == [False, False, False, True, False]

@@ -21,6 +21,7 @@ import builtins
 import contextlib
 import json
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from axon.errors import IntegrityError, InvalidReferenceError, ManifestError, ModelNotFoundError
-from axon.hashing import HashIndex, hash_files
+from axon.hashing import FileKey, Hashed, HashIndex, file_key, hash_stats
 from modelpkg.atomic import (
     atomic_write_text,
     clean_leftovers,
@@ -143,6 +144,27 @@ def walk_files(root: Path, *, skip_top: set[str] | frozenset[str] = frozenset())
             if rel_dir == "." and name in skip_top:
                 continue
             yield rel
+
+
+def _stat_files(
+    root: Path, entries: _Entries
+) -> tuple[dict[str, tuple[Path, os.stat_result]], builtins.list[str]]:
+    """({relative path: (path, stat)} of the listed regular files, [missing paths]): one
+    stat (following links) per file."""
+    present: dict[str, tuple[Path, os.stat_result]] = {}
+    missing: builtins.list[str] = []
+    for entry in entries:
+        p = root / entry.path
+        try:
+            st = os.stat(p)
+        except (OSError, ValueError):
+            missing.append(entry.path)
+            continue
+        if stat.S_ISREG(st.st_mode):
+            present[entry.path] = (p, st)
+        else:
+            missing.append(entry.path)
+    return present, missing
 
 
 def _safe(path: str) -> bool:
@@ -265,42 +287,35 @@ class Cache:
         for problem in problems:
             report.corrupt.append(f"{MANIFEST_NAME}: {problem.field}: {problem.message}")
         entries = [e for e in entries if _safe(e.path)]
-        present: dict[str, Path] = {}
-        for entry in entries:
-            p = model.path / entry.path
-            if p.is_file():
-                present[entry.path] = p
-            else:
-                report.missing.append(entry.path)
+        present, report.missing = _stat_files(model.path, entries)
         listed = {e.path for e in entries}
         skip = housekeeping_names(model.ref)
         report.extra = [r for r in walk_files(model.path, skip_top=skip) if r not in listed]
         report.files_checked = len(present)
-        digests = self._hash(present.values(), full=full, on_bytes=on_bytes, report=report)
+        digests = self._hash(present, full=full, on_bytes=on_bytes)
         for entry in entries:
-            found = present.get(entry.path)
-            if found is None:
+            got = digests.get(entry.path)
+            if got is None:
                 continue
-            wrong = entry.mismatch(found.stat().st_size, digests[found])
+            if got.read:
+                report.files_hashed += 1
+                report.bytes_hashed += got.size
+            wrong = entry.mismatch(got.size, got.sha256)
             if wrong is not None:
                 report.corrupt.append(wrong)
         return report
 
     def _hash(
         self,
-        paths: Any,
+        present: dict[str, tuple[Path, os.stat_result]],
         *,
         full: bool,
         on_bytes: OnBytes | None,
-        report: VerifyReport | None = None,
-    ) -> dict[Path, str]:
-        todo = list(paths)
-        if report is not None:
-            for p in todo:
-                if full or self.index.lookup(p) is None:
-                    report.files_hashed += 1
-                    report.bytes_hashed += p.stat().st_size
-        return hash_files(todo, index=self.index, full=full, on_bytes=on_bytes)
+    ) -> dict[str, Hashed]:
+        """{relative path: digest} of the ``present`` files (each stat'ed once by the
+        caller): one pass over the hash index, only changed files read."""
+        got = hash_stats(list(present.values()), index=self.index, full=full, on_bytes=on_bytes)
+        return {rel: got[p] for rel, (p, _st) in present.items()}
 
     def _entries_from_dir(self, model: CachedModel) -> _Entries:
         # Upstream manifests sometimes list no files: the directory is then the truth.
@@ -315,27 +330,31 @@ class Cache:
         Missing sizes/digests (upstream manifests) are filled in; any missing or mismatching
         file raises :class:`IntegrityError` listing each one. Cheap when nothing changed.
         """
+        return self.checked(ref, full=full, on_bytes=on_bytes)[0]
+
+    def checked(
+        self, ref: ModelRef | str, *, full: bool = False, on_bytes: OnBytes | None = None
+    ) -> tuple[Manifest, dict[str, FileKey]]:
+        """:meth:`checked_manifest`, and the identity (:func:`axon.hashing.file_key`) at
+        which each file was found to hold its sha256, by relative path (a file that changed
+        while it was read has none). One stat and one pass over the hash index per file."""
         model = self.get(ref)
         model.manifest.validate()
         entries = model.manifest.files or self._entries_from_dir(model)
-        problems: builtins.list[str] = []
-        present = []
-        for entry in entries:
-            p = model.path / entry.path
-            if p.is_file():
-                present.append(p)
-            else:
-                problems.append(f"missing: {entry.path}")
+        present, missing = _stat_files(model.path, entries)
+        problems: builtins.list[str] = [f"missing: {p}" for p in missing]
         digests = self._hash(present, full=full, on_bytes=on_bytes)
         out: _Entries = []
+        identities: dict[str, FileKey] = {}
         for entry in entries:
-            p = model.path / entry.path
-            if p not in digests:
+            got = digests.get(entry.path)
+            if got is None:
                 continue
-            size, sha = p.stat().st_size, digests[p]
-            if (problem := entry.mismatch(size, sha)) is not None:
+            if (problem := entry.mismatch(got.size, got.sha256)) is not None:
                 problems.append(f"corrupt: {problem}")
-            out.append(FileEntry(entry.path, size, sha))
+            elif got.key is not None:
+                identities[entry.path] = got.key
+            out.append(FileEntry(entry.path, got.size, got.sha256))
         if problems:
             raise IntegrityError(
                 f"{model.ref}: {len(problems)} file(s) do not match the manifest: "
@@ -351,7 +370,7 @@ class Cache:
             manifest = manifest.with_identity(
                 model.ref.namespace, model.ref.name, model.ref.version
             )
-        return manifest.validate(strict=True)
+        return manifest.validate(strict=True), identities
 
     def check_no_overlap(self, ref: ModelRef) -> None:
         """Refuse ``ref`` when its directory would nest with another cached model's.
@@ -404,6 +423,7 @@ class Cache:
         install of the same version that replaced ours meanwhile: its files are skipped.
         """
         base = self.path_for(ref)
+        rows: builtins.list[tuple[str, FileKey, str]] = []
         for entry in files:
             p = base / entry.path
             try:
@@ -412,7 +432,8 @@ class Cache:
                 continue
             if inodes is not None and inodes.get(entry.path) != (st.st_dev, st.st_ino):
                 continue
-            self.index.remember(p, st, entry.sha256)
+            rows.append((str(p.absolute()), file_key(st), entry.sha256))
+        self.index.remember_many(rows)  # one transaction
 
     def clean_stale(self, max_age: float = 3600.0) -> builtins.list[Path]:
         """Remove staging dirs left by installs killed more than ``max_age`` seconds ago."""

@@ -5,6 +5,9 @@
 * :class:`HashIndex` remembers the digest of a file keyed by its identity (device, inode,
   size, mtime_ns, ctime_ns). ctime cannot be set from user space, so a file rewritten with a
   faked mtime is still re-hashed. ``verify`` of an unchanged model reads no file bytes.
+* :func:`hash_stats`: many files at once, each stat'ed by the caller once: one query for all
+  of them, only the misses hashed (in parallel threads), one transaction to remember them.
+  A model of thousands of small files costs a few queries, not a query and a commit per file.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import hashlib
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 CHUNK = 4 * 1024 * 1024
@@ -38,8 +42,26 @@ def sha256_file(path: str | os.PathLike[str], on_bytes: ProgressFn | None = None
     return h.hexdigest()
 
 
-def file_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
+FileKey = tuple[int, int, int, int, int]  # (dev, ino, size, mtime_ns, ctime_ns)
+
+#: paths per ``IN (...)`` query: below every sqlite's limit on bound variables (999)
+_QUERY_BATCH = 500
+
+
+def file_key(st: os.stat_result) -> FileKey:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@dataclass(frozen=True)
+class Hashed:
+    """A file's sha256, and ``key``: the identity at which that digest is known to hold (None
+    when the file changed while it was read: the digest is of bytes it no longer holds
+    for sure). ``read``: its bytes were read (not found in the index)."""
+
+    sha256: str
+    size: int
+    key: FileKey | None
+    read: bool
 
 
 class HashIndex:
@@ -86,6 +108,9 @@ class HashIndex:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
+            # only a cache: a power cut may lose the last rows (files are hashed again), never
+            # corrupt it; without this every commit waits for an fsync of the log
+            db.execute("PRAGMA synchronous=NORMAL")
             db.execute(
                 "CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, dev INT, ino INT,"
                 " size INT, mtime INT, ctime INT, sha256 TEXT)"
@@ -111,6 +136,45 @@ class HashIndex:
         if row and tuple(row[:5]) == file_key(st):
             return str(row[5])
         return None
+
+    def lookup_many(self, keys: dict[str, FileKey]) -> dict[str, str]:
+        """{absolute path: digest} of those of ``keys`` (absolute path -> identity now) that
+        are unchanged since they were hashed: one query per few hundred paths."""
+        db = self._db()
+        if db is None or not keys:
+            return {}
+        out: dict[str, str] = {}
+        paths = list(keys)
+        try:
+            for i in range(0, len(paths), _QUERY_BATCH):
+                chunk = paths[i : i + _QUERY_BATCH]
+                marks = ",".join("?" * len(chunk))
+                rows = db.execute(
+                    "SELECT path, dev, ino, size, mtime, ctime, sha256 FROM hashes"
+                    f" WHERE path IN ({marks})",
+                    chunk,
+                ).fetchall()
+                for row in rows:
+                    if keys.get(row[0]) == tuple(row[1:6]):
+                        out[row[0]] = str(row[6])
+        except sqlite3.Error:  # only a cache: hash instead
+            return {}
+        return out
+
+    def remember_many(self, rows: Iterable[tuple[str, FileKey, str]]) -> None:
+        """Remember (absolute path, identity, digest) rows in one transaction."""
+        db = self._db()
+        todo = [(path, *key, sha) for path, key, sha in rows]
+        if db is None or not todo:
+            return
+        with contextlib.suppress(sqlite3.Error):  # only a cache: not remembering is fine
+            db.execute("BEGIN")
+            try:
+                db.executemany("INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?, ?, ?)", todo)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
 
     def remember(self, path: Path, st: os.stat_result, sha256: str) -> None:
         db = self._db()
@@ -152,6 +216,57 @@ class HashIndex:
         self._local.db = None
 
 
+def hash_stats(
+    files: Sequence[tuple[Path, os.stat_result]],
+    *,
+    index: HashIndex | None = None,
+    full: bool = False,
+    workers: int | None = None,
+    on_bytes: ProgressFn | None = None,
+) -> dict[Path, Hashed]:
+    """The sha256 of each of ``files`` (path, its stat now): from the index when unchanged
+    (unless ``full``), else read, in parallel threads (``on_bytes`` must be thread-safe).
+
+    One pass: the caller's stat is the identity looked up, one query for every few hundred
+    paths, and one transaction remembers what was hashed."""
+    idx = index or HashIndex(None)
+    absolute = {p: str(Path(p).absolute()) for p, _ in files}
+    keys = {absolute[p]: file_key(st) for p, st in files}
+    known = {} if full else idx.lookup_many(keys)
+    out: dict[Path, Hashed] = {}
+    misses: list[tuple[Path, os.stat_result]] = []
+    skipped = 0
+    for p, st in files:
+        sha = known.get(absolute[p])
+        if sha is None:
+            misses.append((p, st))
+        else:
+            out[p] = Hashed(sha, st.st_size, file_key(st), read=False)
+            skipped += st.st_size
+    if on_bytes is not None and skipped:
+        on_bytes(skipped)
+
+    def one(item: tuple[Path, os.stat_result]) -> Hashed:
+        p, st = item
+        sha = sha256_file(p, on_bytes)
+        after = os.stat(p)
+        same = file_key(after) == file_key(st)  # not modified while we read it
+        return Hashed(sha, st.st_size, file_key(after) if same else None, read=True)
+
+    n = workers or min(len(misses), max(2, os.cpu_count() or 2))
+    if n <= 1 or len(misses) <= 1:
+        hashed = [one(item) for item in misses]
+    else:
+        from concurrent.futures import ThreadPoolExecutor  # only when there is work
+
+        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="axon-hash") as pool:
+            hashed = list(pool.map(one, misses))
+    for (p, _st), h in zip(misses, hashed, strict=True):
+        out[p] = h
+    idx.remember_many((absolute[p], h.key, h.sha256) for p, h in out.items() if h.read and h.key)
+    return out
+
+
 def hash_files(
     paths: Iterable[Path],
     *,
@@ -161,15 +276,6 @@ def hash_files(
     on_bytes: ProgressFn | None = None,
 ) -> dict[Path, str]:
     """sha256 of many files, in parallel threads; ``on_bytes`` must be thread-safe."""
-    idx = index or HashIndex(None)
-    todo = list(paths)
-    if not todo:
-        return {}
-    n = workers or min(len(todo), max(2, os.cpu_count() or 2))
-    if n == 1 or len(todo) == 1:
-        return {p: idx.digest(p, full=full, on_bytes=on_bytes) for p in todo}
-    from concurrent.futures import ThreadPoolExecutor  # only when there is work: fast start-up
-
-    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="axon-hash") as pool:
-        digests = list(pool.map(lambda p: idx.digest(p, full=full, on_bytes=on_bytes), todo))
-    return dict(zip(todo, digests, strict=True))
+    files = [(p, os.stat(p)) for p in paths]
+    got = hash_stats(files, index=index, full=full, workers=workers, on_bytes=on_bytes)
+    return {p: h.sha256 for p, h in got.items()}

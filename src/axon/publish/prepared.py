@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from axon.errors import AxonError, IntegrityError
-from axon.hashing import file_key
 from axon.progress import NULL_PROGRESS, Progress
 from modelpkg.manifest import FileEntry, Manifest
 from modelpkg.refs import ModelRef
 
 if TYPE_CHECKING:
     from axon.cache import Cache
-    from axon.transports.base import FileKey
+    from axon.hashing import FileKey
 
 
 @dataclass
@@ -55,11 +54,12 @@ def prepare_model(
     """
     cached = cache.get(ref)
     manifest = cached.manifest
+    identities: dict[str, FileKey] = {}
     if validate or full or not all(f.known for f in manifest.files):
         total = sum(f.size for f in manifest.files) or None
         progress.begin("verify", f"checking {ref}", total)
         try:
-            manifest = cache.checked_manifest(
+            manifest, identities = cache.checked(
                 ref, full=full, on_bytes=lambda n: progress.advance("verify", n)
             )
         except AxonError:
@@ -77,26 +77,11 @@ def prepare_model(
         manifest=manifest,
         source_dir=cached.path,
         total_bytes=sum(f.size for f in manifest.files),
-        verified=_verified_identities(cache, cached.path, manifest)
-        if validate and not full
-        else {},
+        # the identity of each file whose sha256 validation just vouched for (found in the
+        # hash index or computed from these exact bytes); a file that changes afterwards
+        # gets a new identity (its mtime/ctime move), so the copy hashes it again
+        verified=identities if validate and not full else {},
     )
-
-
-def _verified_identities(cache: Cache, root: Path, manifest: Manifest) -> dict[str, FileKey]:
-    """The identity of each file whose sha256 validation just vouched for (through the hash
-    index: it was computed from these exact bytes). A file that changes afterwards gets a
-    new identity (its mtime/ctime move), so the copy hashes it again and catches it."""
-    out: dict[str, FileKey] = {}
-    for entry in manifest.files:
-        path = root / entry.path
-        try:
-            st = path.stat()
-        except OSError:
-            continue  # vanished: the copy reports it
-        if st.st_size == entry.size and cache.index.lookup(path, st) == entry.sha256:
-            out[entry.path] = file_key(st)
-    return out
 
 
 __all__ = ["PreparedModel", "prepare_model"]
