@@ -37,13 +37,17 @@ from axon.publish.options import PublishOptions
 from axon.publish.prepared import PreparedModel
 from axon.publish.results import InstanceResult
 from axon.transports import transport_for
-from axon.transports.base import CommitInfo, Session, Transport
+from axon.transports.base import CommitInfo, Outgoing, Session, Transport
 
 if TYPE_CHECKING:
     from axon.targets import InstanceTarget
     from modelpkg.manifest import FileEntry
 
 T = TypeVar("T")
+
+#: files at least this big are sent one by one, each with its own progress bar; the smaller
+#: ones go together through one Session.send_many
+OWN_BAR = 8 * 1024 * 1024
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -111,10 +115,40 @@ class StagedPublish:
         self.counters.attempts += 1
         session = self.transport.open(self.model.ref, self.model.manifest)
         self.session = session
+        small = [e for e in session.needed if e.size < OWN_BAR]
+        if small:
+            self._send_many(session, small)
         for entry in session.needed:
-            self._send(session, entry)
+            if entry.size >= OWN_BAR:
+                self._send(session, entry)
         if self._prepare:
             session.prepare()
+
+    def _send_many(self, session: Session, entries: list[FileEntry]) -> None:
+        """Send the small files through one :meth:`Session.send_many`, under one progress
+        task: thousands of them must not cost a round trip, or a progress bar, each."""
+        what = entries[0].path if len(entries) == 1 else f"{len(entries)} files"
+        key = f"{self.target.name}:{what}"
+        self.progress.begin(key, what, sum(e.size for e in entries))
+        if resumed := sum(session.offset(e) for e in entries):
+            self.progress.advance(key, resumed)
+
+        def on_bytes(n: int) -> None:
+            self.counters.add(n)
+            self.progress.advance(key, n)
+
+        def on_file(entry: FileEntry) -> None:
+            self.counters.sent_sha.add(entry.sha256)
+
+        items = [
+            Outgoing(e, self.model.source(e), self.model.verified.get(e.path)) for e in entries
+        ]
+        try:
+            session.send_many(items, on_bytes, on_file)
+        except AxonError as exc:
+            self.progress.end(key, ok=False, note=exc.message)
+            raise
+        self.progress.end(key)
 
     def _send(self, session: Session, entry: FileEntry) -> None:
         key = f"{self.target.name}:{entry.path}"

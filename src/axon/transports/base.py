@@ -10,6 +10,7 @@ Life of a publish on one target::
     session = transport.open(ref, manifest)      # what does the target already have?
     for entry in session.needed:                 # only what is missing
         session.send(entry, local_path, on_bytes)  # resumes from session.offset(entry)
+    # or many at once: session.send_many([Outgoing(entry, local_path), ...], on_bytes, on_file)
     session.prepare()                            # staged + verified, not visible yet
     info = session.commit()                      # visible in one atomic step
     # or session.abort() on any failure: nothing partial is ever visible
@@ -26,7 +27,7 @@ for an MLOS Core instance, :meth:`Transport.from_storage` for network storage. T
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,16 @@ class CommitInfo:
     path: str | None = None  # instance-side directory, for POST /models/register
     registered: bool = False  # the target registered it itself (API upload)
     details: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One file for :meth:`Session.send_many`: the entry, the local file holding it, and the
+    identity at which the caller verified it (see :meth:`Session.send`)."""
+
+    entry: FileEntry
+    source: Path
+    verified: FileKey | None = None
 
 
 class Session(ABC):
@@ -85,6 +96,23 @@ class Session(ABC):
         hashing the bytes again as long as the file keeps that identity; a transport whose
         bytes cross a network hashes them on the far side regardless.
         """
+
+    def send_many(
+        self,
+        items: Sequence[Outgoing],
+        on_bytes: OnBytes = ignore_bytes,
+        on_file: Callable[[FileEntry], None] = lambda entry: None,
+    ) -> None:
+        """Send many files (each as :meth:`send` would), ``on_file(entry)`` once each one is
+        on the target, verified. Raises at the first failure; the files reported before it
+        are sent (a new session does not need them again).
+
+        By default one :meth:`send` after another; a transport that can move many small
+        files in one stream or request overrides it (the per-file round trip, commit or
+        fsync is what many small files cost)."""
+        for item in items:
+            self.send(item.entry, item.source, on_bytes, verified=item.verified)
+            on_file(item.entry)
 
     @abstractmethod
     def prepare(self) -> None:
