@@ -428,3 +428,49 @@ def test_a_model_published_meanwhile_around_a_staged_one_is_not_written_into(
         "tokenizer",
         "weights.bin",
     ]
+
+
+def test_files_placed_unsynced_before_a_restart_are_not_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Received files are placed without an fsync each; prepare makes them all durable at
+    once before the commit. A process killed meanwhile leaves them in the page cache: the
+    next publish keeps them. A machine that restarted meanwhile may have lost their bytes
+    while their sizes look right: the staging dir (marked with the boot id) starts over,
+    and a staging dir still marked is never committed."""
+    from axon.transports import stagedir
+    from axon.transports.blobcopy import StageError
+
+    root = tmp_path / "models"
+    root.mkdir()
+    src = tmp_path / "src"
+    files = {f"f{i}.bin": os.urandom(1000 + i) for i in range(6)}
+    manifest = write_model(src, files)
+    transport = FilesystemTransport(root)
+    first = transport.open(REF, manifest)
+    for entry in first.needed[:4]:
+        first.send(entry, src / entry.path)
+    stage = next((root / REF.relpath.parent).glob(".*staging-*"))
+    marker = stage / ".axon-partial" / stagedir.UNSYNCED
+    assert marker.read_text() == stagedir.boot_id() != ""
+
+    # the same boot (a killed process): what was placed is kept
+    assert len(transport.open(REF, manifest).needed) == 2
+    # ... but never committed before prepare made it durable
+    (stage / "manifest.yaml").write_text(manifest.to_yaml())
+    with pytest.raises(StageError, match="nothing prepared"):
+        stagedir.commit(str(root), str(REF.relpath), first.plan.digest)
+    (stage / "manifest.yaml").unlink()
+
+    # another boot: the staging dir starts over
+    other_boot = tmp_path / "boot_id"
+    other_boot.write_text("00000000-0000-0000-0000-000000000000\n")
+    monkeypatch.setattr(stagedir, "_BOOT_ID", str(other_boot))
+    again = transport.open(REF, manifest)
+    assert len(again.needed) == len(files) and not stage.exists()
+    for entry in again.needed:
+        again.send(entry, src / entry.path)
+    again.commit()
+    assert not marker.exists()
+    snap = dir_snapshot(root / REF.relpath)
+    assert snap is not None and {k: snap[k] for k in files} == files

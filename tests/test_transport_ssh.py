@@ -27,7 +27,9 @@ from axon.errors import (
     TargetUnreachableError,
 )
 from axon.targets import InstanceTarget
+from axon.transports.base import Outgoing
 from axon.transports.ssh import SshTransport
+from modelpkg.manifest import FileEntry
 from modelpkg.refs import ModelRef
 from tests.conformance.transport import REF, base_files, dir_snapshot, publish, write_model
 from tests.fixtures.common import free_port, tmpfs, wait_for
@@ -145,6 +147,57 @@ def test_connection_cut_mid_file_resumes(sshd: Any, tmp_path: Path) -> None:
         assert sent == 24 * MiB - offset
         snap = dir_snapshot(tmp_path / "models" / REF.relpath)
         assert snap is not None and snap["big.bin"] == (src / "big.bin").read_bytes()
+
+
+def test_a_cut_stream_of_small_files_resumes_without_sending_what_arrived(
+    sshd: Any, tmp_path: Path
+) -> None:
+    """Many small files go through one stream (one request, no round trip per file). The
+    connection dies mid-stream: every file the host received whole is placed and is not
+    needed again, the one cut short resumes at its offset, and the next session sends
+    exactly the rest."""
+    src = tmp_path / "src"
+    files = {f"shards/s{i:03d}.bin": os.urandom(48 * 1024 + i) for i in range(240)}
+    manifest = write_model(src, files)
+    total = sum(f.size for f in manifest.files)
+    models = tmp_path / "models"
+    models.mkdir()
+
+    def placed_on_the_host() -> int:
+        return sum(1 for p in models.rglob("shards/*") if p.is_file())
+
+    with sshd.transport(models) as transport:
+        session = transport.open(REF, manifest)
+        sessions = _server_side_sessions(sshd)
+        assert sessions and len(session.needed) == len(manifest.files)
+        sent, done, cut = [0], list[FileEntry](), list[int]()
+
+        def cut_the_wire(n: int) -> None:
+            sent[0] += n
+            if sent[0] >= total // 2 and not cut:
+                deadline = time.monotonic() + 10
+                while placed_on_the_host() == 0 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                cut.append(placed_on_the_host())
+                for pid in sessions:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, 9)
+
+        items = [Outgoing(e, src / e.path) for e in session.needed]
+        with pytest.raises(TargetUnreachableError):
+            session.send_many(items, cut_the_wire, done.append)
+        assert cut and cut[0] > 0
+        again = transport.open(REF, manifest)  # reconnects
+        left = sum(e.size - again.offset(e) for e in again.needed)
+        assert len(again.needed) <= len(manifest.files) - cut[0]
+        assert 0 < left < total
+        resent = [0]
+        items = [Outgoing(e, src / e.path) for e in again.needed]
+        again.send_many(items, lambda n: resent.__setitem__(0, resent[0] + n))
+        again.commit()
+        assert resent[0] == left  # nothing that arrived was sent again
+        snap = dir_snapshot(models / REF.relpath)
+        assert snap is not None and {k: snap[k] for k in files} == files
 
 
 def test_awkward_root_is_quoted_and_modes_apply(

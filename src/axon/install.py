@@ -35,7 +35,8 @@ from axon.errors import (
 )
 from axon.progress import NULL_PROGRESS, Progress
 from axon.sources import Digest, copy_dir, extract_archive
-from modelpkg.atomic import fsync_tree, remove_tree, replace_dir, staging_name
+from axon.transports.stagedir import sync_tree
+from modelpkg.atomic import remove_tree, replace_dir, staging_name
 from modelpkg.manifest import MANIFEST_NAME, FileEntry, Manifest
 from modelpkg.refs import ModelRef
 
@@ -151,7 +152,7 @@ def _install(
         _check_against_base(base, digests, source)
         manifest = build_manifest(final_ref, staged, digests, base)
         cache.write_package_files(staged, final_ref, manifest, source=source)
-        fsync_tree(staged)
+        sync_tree(str(staged))  # every file written, then all made durable at once
         inodes = {f.path: _inode(staged / f.path) for f in manifest.files}
         cache.check_no_overlap(final_ref)  # again: another install may have run meanwhile
         replace_dir(staged, cache.path_for(final_ref))

@@ -31,6 +31,10 @@ if TYPE_CHECKING:  # remote Pythons (>= 3.7) cannot subscript collections.abc at
     Reader = Callable[[memoryview], int]
 
 CHUNK = 8 * 1024 * 1024
+#: a blob up to this size moves through one buffer in the calling thread: a writer thread
+#: and three 8 MiB buffers cost more than such a blob's bytes. Its writeback is not started
+#: on its own either: the final sync starts that of every file together
+SMALL = 1024 * 1024
 
 
 class StageError(Exception):
@@ -93,7 +97,7 @@ _SYNC_FILE_RANGE_WRITE = 2
 _sync_file_range: list[Any] = []
 
 
-def _start_writeback(fd: int, pos: int, n: int) -> None:
+def start_writeback(fd: int, pos: int, n: int) -> None:
     """Ask the kernel to start writing ``[pos, pos+n)`` to disk now, without waiting.
 
     Disk writes then overlap with copying and hashing, so the final fsync finds little left
@@ -148,12 +152,14 @@ def _write_chunk(fd: int, data: memoryview, pos: int, copy_from: list[int | None
     when it can, else from the buffer."""
     done = _kernel_copy(copy_from, fd, pos, len(data))
     write_all_at(fd, data[done:], pos + done)
-    _start_writeback(fd, pos, len(data))
+    start_writeback(fd, pos, len(data))
 
 
-def _copy_range(fd: int, src_fd: int, pos: int, n: int, copy_from: list[int | None]) -> None:
+def _copy_range(
+    fd: int, src_fd: int, pos: int, n: int, copy_from: list[int | None], writeback: bool = True
+) -> None:
     """Copy ``[pos, pos+n)`` of ``src_fd`` to ``fd`` without hashing: by the kernel when it
-    can, else read into one buffer and written."""
+    can, else read into one buffer and written (and its writeback started: ``writeback``)."""
     done = _kernel_copy(copy_from, fd, pos, n)
     if done < n:
         buf = memoryview(bytearray(n - done))
@@ -164,7 +170,8 @@ def _copy_range(fd: int, src_fd: int, pos: int, n: int, copy_from: list[int | No
                 raise StageError("source_changed", "the source file shrank while copied")
             got += r
         write_all_at(fd, buf, pos + done)
-    _start_writeback(fd, pos, n)
+    if writeback:
+        start_writeback(fd, pos, n)
 
 
 class _Writer:
@@ -218,6 +225,14 @@ def pump_stream(fd: int, read: Reader, h: Any, limit: int, on_bytes: OnBytes) ->
     ``on_bytes`` runs once a chunk is hashed and queued; if it raises, the queued chunks
     are still written (a clean resume point)."""
     start = os.lseek(fd, 0, os.SEEK_CUR)
+    if limit <= SMALL:
+        view = memoryview(bytearray(limit))
+        n = fill(read, view)
+        h.update(view[:n])
+        write_all_at(fd, view[:n], start)
+        if n:
+            on_bytes(n)
+        return n
     free: queue.Queue[bytearray] = queue.Queue()
     for _ in range(3):
         free.put(bytearray(CHUNK))
@@ -261,10 +276,12 @@ def pump_file(fd: int, src_fd: int, h: Any, limit: int, on_bytes: OnBytes) -> in
         pos = start
         while pos < end:
             n = min(CHUNK, end - pos)
-            _copy_range(fd, src_fd, pos, n, copy_from)
+            _copy_range(fd, src_fd, pos, n, copy_from, writeback=end - start > SMALL)
             pos += n
             on_bytes(n)
         return pos - start
+    if end - start <= SMALL:
+        return _pump_small_file(fd, src_fd, h, start, end, on_bytes)
     writer = _Writer(fd, src_fd)
     pos = start
     try:
@@ -286,6 +303,22 @@ def pump_file(fd: int, src_fd: int, h: Any, limit: int, on_bytes: OnBytes) -> in
         writer.join()
     writer.check()
     return pos - start
+
+
+def _pump_small_file(fd: int, src_fd: int, h: Any, start: int, end: int, on_bytes: OnBytes) -> int:
+    """:func:`pump_file` of a small range: read once, hashed and written from one buffer."""
+    view = memoryview(bytearray(end - start))
+    got = 0
+    while got < len(view):
+        n = os.preadv(src_fd, [view[got:]], start + got)
+        if n <= 0:
+            raise StageError("source_changed", "the source file shrank while it was copied")
+        got += n
+    h.update(view)
+    write_all_at(fd, view, start)
+    if len(view):
+        on_bytes(len(view))
+    return len(view)
 
 
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # fault the chunk in with one call (Linux)

@@ -150,6 +150,7 @@ class FilesystemSession(StagedSession[FilesystemTransport]):
                 file_mode=self.file_mode,
                 src_fd=fh.fileno(),
                 src_key=list(verified) if verified is not None else None,
+                durable=False,  # prepare makes every file durable at once
             )
         if not result["complete"]:
             self.plan.offsets[entry.sha256] = int(result["offset"])

@@ -11,9 +11,10 @@ model into ``<root>/<ns>/<name...>/.<version>.staging-<d16>/`` (files being rece
 * ``status``: what the target holds: the current manifest text, the sizes of the files of
   the current version and of the staging dir, and the partial blobs (resume offsets).
 * ``receive``: append bytes to a partial blob at its offset (hashing the existing prefix and
-  every new byte while writing), check size + sha256, fsync, place it at each path.
+  every new byte while writing), check size + sha256, place it at each path. ``receive_many``
+  (SSH): many blobs in one framed stream, each placed as it completes.
 * ``prepare``: hard-link unchanged files from the current version, write manifest.yaml,
-  apply modes, fsync the directories: complete and durable, not yet visible.
+  apply modes, make every file and directory durable: complete, not yet visible.
 * ``commit``: swap the staging dir in (``renameat2(RENAME_EXCHANGE)``, else rename-aside +
   rename-in: a window of microseconds with no directory, never a partial one).
 
@@ -24,6 +25,16 @@ just before the rename in ``commit``: writing it would write into, or replace, t
 
 The staging name is deterministic (it contains the manifest digest), so a publish killed at
 any point resumes where it stopped; a different manifest gets a different staging dir.
+
+Durability is one decision per publish, not an fsync per file: received files are placed
+without waiting for the disk, and ``prepare`` makes all of them durable together (write all,
+then sync all: the disk's queue is used once, not drained per file), before the version can
+be committed. What a crash of the *process* leaves is in the page cache and is resumed as
+is; what a crash of the *machine* may leave (a placed file whose bytes never reached the
+disk) is never trusted: the first file placed unsynced marks the staging dir with the boot
+id (``.axon-partial/unsynced``, made durable first), ``status`` after a reboot drops such a
+staging dir, and ``commit`` refuses one still marked. Where the boot id cannot be read (not
+Linux) each file is fsync'ed when placed, as before.
 """
 
 from __future__ import annotations
@@ -66,6 +77,7 @@ if "pump_stream" not in globals():
         libc,
         pump_file,
         pump_stream,
+        start_writeback,
         write_all,
     )
 
@@ -145,6 +157,8 @@ def _partial_sizes(part_dir: str) -> dict[str, int]:
     """Sizes of the partial blobs, each read once no receiver holds it."""
     out: dict[str, int] = {}
     for sha, _size in _sizes_under(part_dir).items():
+        if sha == UNSYNCED:
+            continue
         path = os.path.join(part_dir, sha)
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -164,6 +178,105 @@ def _fsync_path(path: str, directory: bool = False) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# ---- durability: one decision per publish ------------------------------------------------
+#: in ``.axon-partial/``: this staging dir holds files placed without an fsync; its text is
+#: the boot id they were written in
+UNSYNCED = "unsynced"
+_BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+
+def boot_id() -> str:
+    """This boot of the machine (Linux); "" where unknown: then nothing is left unsynced."""
+    try:
+        with open(_BOOT_ID, "rb") as fh:
+            return fh.read(64).decode("ascii", "replace").strip()
+    except OSError:
+        return ""
+
+
+def _mark_unsynced(stage: str) -> bool:
+    """Before a file is placed in ``stage`` without an fsync: make sure the marker saying so
+    is on disk (once per staging dir). False where the boot id is unknown: the caller then
+    fsyncs each file itself."""
+    part_dir = os.path.join(stage, PARTIAL_DIR)
+    marker = os.path.join(part_dir, UNSYNCED)
+    if os.path.exists(marker):
+        return True
+    boot = boot_id()
+    if not boot:
+        return False
+    tmp = os.path.join(part_dir, sibling(UNSYNCED, TMP_TAG, "axon"))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        write_all(fd, memoryview(boot.encode("ascii")))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, marker)
+    _fsync_path(part_dir, directory=True)
+    _fsync_path(stage, directory=True)  # the partial dir itself, if new
+    _fsync_path(os.path.dirname(stage), directory=True)  # and the staging dir, if new
+    return True
+
+
+def _unsynced_boot(stage: str) -> str | None:
+    """The boot id in ``stage``'s marker; None when it has none (nothing unsynced)."""
+    try:
+        with open(os.path.join(stage, PARTIAL_DIR, UNSYNCED), "rb") as fh:
+            return fh.read(64).decode("ascii", "replace").strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _drop_if_unsynced_by_a_crash(stage: str) -> None:
+    """A staging dir whose files were placed unsynced before the machine restarted may hold
+    files of the right size but not the right bytes: start it over."""
+    boot = _unsynced_boot(stage)
+    if boot is not None and boot != boot_id():
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def sync_files(paths: list[str]) -> None:
+    """Make the bytes of all ``paths`` durable: the writeback of each is started first, all
+    together (each file's own, not the whole filesystem's: a ``syncfs`` would also wait for
+    every other writer's data), then each is fsync'ed. The disk sees one queue of writes,
+    and the journal one commit, rather than a write and a flush per file."""
+    fds: list[int] = []
+    try:
+        for path in paths:
+            fd = os.open(path, os.O_RDONLY)
+            fds.append(fd)
+            start_writeback(fd, 0, 0)
+            if len(fds) >= 256:  # bounded: a model of any number of files
+                _fsync_all(fds)
+        _fsync_all(fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def sync_tree(top: str) -> None:
+    """Make everything under ``top`` durable: every file's bytes (:func:`sync_files`), then
+    every directory, deepest first."""
+    files: list[str] = []
+    dirs: list[str] = []
+    for dirpath, _dirs, names in os.walk(top):
+        dirs.append(dirpath)
+        files += [os.path.join(dirpath, n) for n in names]
+    sync_files([f for f in files if not os.path.islink(f)])
+    for d in reversed(dirs):
+        _fsync_path(d, directory=True)
+
+
+def _fsync_all(fds: list[int]) -> None:
+    while fds:
+        fd = fds.pop()
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 # ---- status ----------------------------------------------------------------------------
@@ -189,6 +302,7 @@ def status(root: str, rel: str, digest: str = "") -> dict[str, Any]:
     partials: dict[str, int] = {}
     if digest:
         stage = staging_dir(root, rel, digest)
+        _drop_if_unsynced_by_a_crash(stage)
         staged = _sizes_under(stage, skip=PARTIAL_DIR)
         staged.pop(MANIFEST_NAME, None)
         partials = _partial_sizes(os.path.join(stage, PARTIAL_DIR))
@@ -208,6 +322,7 @@ def receive(
     ready: Callable[[], None] | None = None,
     src_fd: int | None = None,
     src_key: list[int] | None = None,
+    durable: bool = True,
 ) -> dict[str, Any]:
     """Receive one blob ``{"sha256", "size", "offset", "paths"}`` from ``read``.
 
@@ -220,6 +335,9 @@ def receive(
     source still has exactly that identity before and after the copy, and the copy starts
     at 0, its bytes are the verified ones and are not hashed again (a resumed copy always
     is: its prefix came from an earlier attempt).
+
+    ``durable`` False: the file is placed without an fsync (``prepare`` syncs them all,
+    see the module's docstring), unless this host cannot tell a restart happened.
 
     ``ready()`` is called once the partial file is locked and its prefix hashed, just before
     the first byte is read (the remote tells the client to start streaming). Returns
@@ -246,7 +364,8 @@ def receive(
         if got < size:
             return {"complete": False, "offset": got}
         _check_received(fd, part, size, sha, longer, None if trusted else h)
-        os.fsync(fd)
+        if durable or not _mark_unsynced(stage):
+            os.fsync(fd)
     finally:
         os.close(fd)
     if file_mode is not None:
@@ -266,12 +385,13 @@ def _resume(fd: int, part: str, size: int, offset: int) -> Any:
     if have != offset:
         raise StageError("offset_mismatch", f"partial file holds {have} bytes, not {offset}", part)
     h = hashlib.sha256()
-    rfd = os.open(part, os.O_RDONLY)
-    try:
-        hash_prefix(rfd, offset, h)
-    finally:
-        os.close(rfd)
-    os.lseek(fd, offset, os.SEEK_SET)
+    if offset:
+        rfd = os.open(part, os.O_RDONLY)
+        try:
+            hash_prefix(rfd, offset, h)
+        finally:
+            os.close(rfd)
+        os.lseek(fd, offset, os.SEEK_SET)
     return h
 
 
@@ -366,8 +486,7 @@ def prepare(
             continue
         _makedirs(os.path.dirname(target), dir_mode)
         _link_or_copy(os.path.join(final, *src.split("/")), target)
-    shutil.rmtree(os.path.join(stage, PARTIAL_DIR), ignore_errors=True)
-    have = _sizes_under(stage)
+    have = _sizes_under(stage, skip=PARTIAL_DIR)
     want = {str(p): int(s) for p, s in expected}
     wrong = sorted(p for p, s in want.items() if have.get(p) != s)
     if wrong:
@@ -378,10 +497,17 @@ def prepare(
         )
     for extra in set(have) - set(want) - {MANIFEST_NAME}:
         os.unlink(os.path.join(stage, *extra.split("/")))
-    _write_manifest(stage, manifest, file_mode)
-    for dirpath, _dirs, files in os.walk(stage, topdown=False):
+    _write_manifest(stage, manifest, file_mode, durable=False)
+    # every file's bytes on disk (one pass for all: the durability of the whole version),
+    # then no longer marked unsynced, then every directory, then the version may be swapped in
+    files = [os.path.join(stage, *p.split("/")) for p in want] + [
+        os.path.join(stage, MANIFEST_NAME)
+    ]
+    sync_files(files)
+    shutil.rmtree(os.path.join(stage, PARTIAL_DIR), ignore_errors=True)
+    for dirpath, _dirs, names in os.walk(stage, topdown=False):
         if file_mode is not None:
-            for name in files:
+            for name in names:
                 os.chmod(os.path.join(dirpath, name), file_mode)
         if dir_mode is not None:
             os.chmod(dirpath, dir_mode)
@@ -390,12 +516,13 @@ def prepare(
     return {"path": stage}
 
 
-def _write_manifest(stage: str, text: str, file_mode: int | None) -> None:
+def _write_manifest(stage: str, text: str, file_mode: int | None, durable: bool = True) -> None:
     tmp = os.path.join(stage, sibling(MANIFEST_NAME, TMP_TAG, "axon"))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         write_all(fd, memoryview(text.encode("utf-8")))
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.chmod(tmp, 0o644 if file_mode is None else file_mode)
@@ -425,7 +552,7 @@ def commit(root: str, rel: str, digest: str) -> dict[str, Any]:
     _check_root(root)
     final = final_dir(root, rel)
     stage = staging_dir(root, rel, digest)
-    if not os.path.exists(os.path.join(stage, MANIFEST_NAME)):
+    if not os.path.exists(os.path.join(stage, MANIFEST_NAME)) or _unsynced_boot(stage):
         raise StageError("not_prepared", "nothing prepared to commit", stage)
     parent = os.path.dirname(final)
     _check_no_overlap(root, rel)  # again: another model may have been published meanwhile
@@ -520,8 +647,69 @@ def _serve_receive(inp: Any, out: Any, params: dict[str, Any]) -> dict[str, Any]
     return receive(read=read, ready=lambda: _reply(out, {"ok": True, "ready": True}), **params)
 
 
+#: a blob's failure that leaves the stream's framing intact: its bytes are skipped and the
+#: next blob received; the answer names it
+_BLOB_FAILURES = ("offset_mismatch", "busy", "checksum_mismatch", "size_mismatch")
+
+
+def receive_many(
+    root: str,
+    rel: str,
+    digest: str,
+    blobs: list[dict[str, Any]],
+    inp: Any,
+    ready: Callable[[], None],
+    dir_mode: int | None = None,
+    file_mode: int | None = None,
+) -> dict[str, Any]:
+    """Receive ``blobs`` (each as :func:`receive`) from one stream: their bytes back to back,
+    ``size - offset`` each, in order. Each is verified and placed as soon as its last byte
+    arrives, so a cut stream leaves every complete blob placed and the one cut short
+    resumable at its offset.
+
+    A blob refused on its own (another transfer holds it, a wrong sha256) does not stop the
+    stream: its bytes are skipped and it is named in the answer, ``failed``. Input ending
+    early: ``{"complete": False, "done": [...], "sha256": cut one, "offset": n}``.
+    """
+    _check_root(root)
+    ready()
+    done: list[str] = []
+    failed: list[dict[str, Any]] = []
+    scratch = memoryview(bytearray(64 * 1024))
+    for blob in blobs:
+        left = [int(blob["size"]) - int(blob["offset"])]
+
+        def read(view: memoryview, left: list[int] = left) -> int:
+            if left[0] <= 0:
+                return 0
+            n = int(inp.readinto(view[: min(len(view), left[0])]) or 0)
+            left[0] -= n
+            return n
+
+        try:
+            got = receive(
+                root, rel, digest, blob, read, dir_mode=dir_mode, file_mode=file_mode,
+                durable=False,
+            )  # fmt: skip
+        except StageError as exc:
+            if exc.code not in _BLOB_FAILURES:
+                raise
+            failed.append({"sha256": blob["sha256"], **_error(exc)})
+            while left[0] > 0 and read(scratch):  # skip the rest of its bytes
+                pass
+            if left[0] > 0:
+                return {"complete": False, "done": done, "failed": failed, "offset": 0,
+                        "sha256": blob["sha256"]}  # fmt: skip
+            continue
+        if not got["complete"]:
+            return {"complete": False, "done": done, "failed": failed,
+                    "offset": got["offset"], "sha256": blob["sha256"]}  # fmt: skip
+        done.append(str(blob["sha256"]))
+    return {"complete": True, "done": done, "failed": failed}
+
+
 #: the operations taking ``(root, rel, digest, **params)`` and answering a dict; ``receive``
-#: also takes the bytes, so each caller wires it to its own source
+#: and ``receive_many`` also take the bytes, so each caller wires them to its own source
 OPERATIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "status": status,
     "prepare": prepare,
@@ -534,8 +722,10 @@ def serve(inp: Any, out: Any) -> int:
     """Answer requests until EOF: one JSON line ``{"op", "params"}`` in, one JSON line out.
 
     ``receive`` is a dialogue: request line, ``{"ready": true}`` (or an error: then no bytes
-    follow), exactly ``size - offset`` raw bytes, result line. After a failure mid-bytes, or
-    input that ends early (a cut connection), the framing is lost: answer and exit.
+    follow), exactly ``size - offset`` raw bytes, result line. ``receive_many`` likewise,
+    with the bytes of every blob back to back and one result line for all of them. After a
+    failure mid-bytes, or input that ends early (a cut connection), the framing is lost:
+    answer and exit.
     """
     while True:
         line = inp.readline()
@@ -545,9 +735,13 @@ def serve(inp: Any, out: Any) -> int:
         try:
             req = json.loads(line)
             op, params = req.get("op"), req.get("params") or {}
-            if op == "receive":
-                streaming = True
-                answer = _serve_receive(inp, out, params)
+            if op in ("receive", "receive_many"):
+                streaming = True  # a refusal too ends the dialogue: the client may be sending
+                if op == "receive":
+                    answer = _serve_receive(inp, out, params)
+                else:
+                    ready = lambda: _reply(out, {"ok": True, "ready": True})  # noqa: E731
+                    answer = receive_many(inp=inp, ready=ready, **params)
                 if not answer["complete"]:
                     answer["ok"] = True
                     _reply(out, answer)
