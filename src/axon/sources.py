@@ -23,6 +23,7 @@ import shutil
 import stat
 import tarfile
 import threading
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -213,12 +214,13 @@ def copy_dir(
     listing = source_files(src, follow_symlinks=follow_symlinks)
     files = listing.files
     progress.begin("install", f"copying {len(files)} files", sum(f.size for f in files))
+    on_bytes = Batched(lambda n: progress.advance("install", n))
+    made = _Dirs(staged)
 
     def one(f: SourceFile) -> Digest:
         dst = staged / f.rel
-        on_bytes: OnBytes = lambda n: progress.advance("install", n)  # noqa: E731
         try:
-            dst.parent.mkdir(parents=True, exist_ok=True)
+            made.ensure(dst.parent)
             return copy_hashing(Path(f.path), dst, on_bytes, listed=f, roots=listing.roots)
         except OSError as exc:
             raise member_error(exc, f.rel, str(src)) from None
@@ -226,8 +228,55 @@ def copy_dir(
     workers = min(len(files), max(2, os.cpu_count() or 2), 8)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="axon-install") as pool:
         digests = dict(zip([f.rel for f in files], pool.map(one, files), strict=True))
+    on_bytes.flush()
     progress.end("install")
     return digests
+
+
+class Batched:
+    """An :data:`OnBytes` that forwards to ``inner`` at most every ``interval`` seconds
+    (and on :meth:`flush`): thousands of small files make thousands of calls, a progress bar
+    needs a few a second. Thread-safe."""
+
+    def __init__(self, inner: OnBytes, interval: float = 0.1) -> None:
+        self.inner = inner
+        self.interval = interval
+        self._pending = 0
+        self._last = time.monotonic()
+        self._lock = threading.Lock()
+
+    def __call__(self, n: int) -> None:
+        with self._lock:
+            self._pending += n
+            now = time.monotonic()
+            if now - self._last < self.interval:
+                return
+            self._last = now
+            n, self._pending = self._pending, 0
+        self.inner(n)
+
+    def flush(self) -> None:
+        with self._lock:
+            n, self._pending = self._pending, 0
+        if n:
+            self.inner(n)
+
+
+class _Dirs:
+    """``mkdir -p`` below ``top``, each directory made (or found) once however many files
+    it receives. Thread-safe: a race makes a directory twice, which ``exist_ok`` allows."""
+
+    def __init__(self, top: Path) -> None:
+        self._known = {top}
+        self._lock = threading.Lock()
+
+    def ensure(self, directory: Path) -> None:
+        with self._lock:
+            if directory in self._known:
+                return
+        directory.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            self._known.add(directory)
 
 
 # what a file's name can make the cache's filesystem answer: too long (a component over 255
@@ -293,15 +342,47 @@ def copy_hashing(
     fd = _open_source(src, listed, roots)
     with open(fd, "rb", buffering=0) as fin:
         before = os.fstat(fd)
+        if before.st_size <= _SMALL:
+            digest = _copy_small(fd, dst, before.st_size)
+            on_bytes(digest.size)
+            _check_unchanged(src, fd, before, digest.size)
+            return digest
         with open(dst, "wb", buffering=0) as fout:
             if not _first_kernel_copy(fin.fileno(), fout.fileno(), before.st_size):
                 fout.close()
                 digest = write_hashing(fin, dst, on_bytes)
-                _check_unchanged(src, fd, before, dst)
+                _check_unchanged(src, fd, before, os.stat(dst).st_size)
                 return digest
             sha = _copy_while_hashing(fin.fileno(), fout.fileno(), on_bytes)
-        _check_unchanged(src, fd, before, dst)
+        _check_unchanged(src, fd, before, os.stat(dst).st_size)
     return Digest(before.st_size, sha)
+
+
+#: files up to this size are read once into memory, hashed and written: two system calls,
+#: no copy thread (which costs more than such a file's bytes)
+_SMALL = 1024 * 1024
+
+
+def _copy_small(fd: int, dst: Path, size: int) -> Digest:
+    """Copy the small file ``fd`` (``size`` bytes when stat'ed) to ``dst`` through one
+    buffer: (bytes copied, their sha256). A file that grew shows in the caller's check."""
+    parts = []
+    got = 0
+    while got < size:
+        chunk = os.pread(fd, size - got, got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(out, view) :]
+    finally:
+        os.close(out)
+    return Digest(len(data), hashlib.sha256(data).hexdigest())
 
 
 def _open_source(src: Path, listed: SourceFile | None, roots: tuple[str, ...] | None) -> int:
@@ -386,14 +467,16 @@ def _sha256_fd(fd: int, on_bytes: OnBytes) -> str:
         on_bytes(n)
 
 
-def _check_unchanged(src: Path, fd: int, before: os.stat_result, dst: Path) -> None:
+def _check_unchanged(src: Path, fd: int, before: os.stat_result, copied: int) -> None:
+    """The source ``fd`` kept its size, mtime and ctime while ``copied`` bytes of it (all of
+    them) were copied."""
     after = os.fstat(fd)
     same = (before.st_size, before.st_mtime_ns, before.st_ctime_ns) == (
         after.st_size,
         after.st_mtime_ns,
         after.st_ctime_ns,
     )
-    if not same or os.stat(dst).st_size != before.st_size:
+    if not same or copied != before.st_size:
         raise SourceError(
             f"{src}: changed while it was being installed",
             path=str(src),
