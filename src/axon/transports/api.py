@@ -30,17 +30,18 @@ import select
 import socket
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from axon.errors import RemoteError, TransportError, retryable
+from axon.errors import AxonError, RemoteError, TransportError, retryable
 from axon.mlos_client import (
     ANSWER_LIMIT,
     CONNECT_TIMEOUT,
     ERROR_LIMIT,
     Answer,
+    BatchResult,
     Budget,
     MlosClient,
     OpenAnswer,
@@ -50,7 +51,7 @@ from axon.mlos_client import (
     is_loopback,
     read_capped,
 )
-from axon.transports.base import CommitInfo, FileKey, Session, Transport
+from axon.transports.base import CommitInfo, FileKey, Outgoing, Session, Transport
 from modelpkg.manifest import FileEntry, Manifest
 from modelpkg.progress import OnBytes, ignore_bytes
 from modelpkg.refs import ModelRef
@@ -63,6 +64,13 @@ if TYPE_CHECKING:
 CHUNK = 4 * 1024 * 1024  # big chunks: few syscalls and Python round trips per GiB
 SENDFILE_SLICE = 8 * 1024 * 1024  # the most one sendfile call moves
 SETTLE_SECONDS = 2.0  # longest wait for a cut blob's offset to stop moving
+BATCH_TYPE = "application/vnd.mlos.blob-batch"  # a batch body (docs/upload-protocol.md)
+BATCH_BYTES = 8 * 1024 * 1024  # blobs gathered into one batch request, at most ...
+BATCH_FILES = 1024  # ... and this many (a batch's answer grows with them)
+BATCH_ANSWER_PER_FILE = 1024  # bytes of answer allowed per blob of a batch
+
+#: what a PUT body is made of: literal bytes, or ``(file, offset, length)`` of a local file
+Piece = bytes | tuple[Path, int, int]
 
 
 # ---- moving a blob's bytes ------------------------------------------------------------------
@@ -85,37 +93,75 @@ def put_file(
     budget (:class:`~axon.mlos_client.Budget`: the bytes are sent, and the answer read, at
     no less than MIN_RATE after ``timeout`` seconds).
     """
+    pieces: list[Piece] = [(source, offset, length)]
+    return put_pieces(client, path, pieces, on_bytes, headers=headers, what=what, ok=ok)
+
+
+def put_pieces(
+    client: MlosClient,
+    path: str,
+    pieces: Sequence[Piece],
+    on_bytes: OnBytes,
+    *,
+    headers: dict[str, str],
+    what: str,
+    ok: tuple[int, ...],
+    limit: int = ANSWER_LIMIT,
+) -> Answer:
+    """PUT a body made of ``pieces`` (see :data:`Piece`; ``on_bytes`` counts the files'
+    bytes) to ``path``; the answer, whole and within ``limit``. Errors as :func:`put_file`;
+    a local file that cannot be read is the OSError of reading it."""
+    length = sum(len(p) if isinstance(p, bytes) else p[2] for p in pieces)
     if not _direct(client.endpoint):
         return client.exchange(
             "PUT",
             path,
             what=what,
             ok=ok,
-            content=_stream(source, offset, length, on_bytes),
+            limit=limit,
+            content=_stream(pieces, on_bytes),
             headers={**headers, "Content-Length": str(length)},
         )
-    answer = _sendfile_put(client, path, source, offset, length, on_bytes, headers, what, ok)
-    return client.accept(answer, what=what, ok=ok, limit=ANSWER_LIMIT)
+    answer = _sendfile_put(client, path, pieces, length, on_bytes, headers, what, ok, limit)
+    return client.accept(answer, what=what, ok=ok, limit=limit)
+
+
+class _LocalError(Exception):
+    """Reading a local file failed while sending: its OSError, raised as it is."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _open_local(source: Path) -> IO[bytes]:
+    try:
+        return open(source, "rb")
+    except OSError as exc:
+        raise _LocalError(exc) from exc
 
 
 def _sendfile_put(
     client: MlosClient,
     path: str,
-    source: Path,
-    offset: int,
+    pieces: Sequence[Piece],
     length: int,
     on_bytes: OnBytes,
     headers: dict[str, str],
     what: str,
     ok: tuple[int, ...],
+    limit: int,
 ) -> Answer:
     """The PUT over a raw connection (the client's headers, timeout and budget). A
     connection failure becomes the client's error for it."""
     url = client.endpoint + path
     parts = urlsplit(client.endpoint)
-    budget = client.budget()
+    budget = client.budget(limit)
     timeout = client.timeout
-    with open(source, "rb") as fh:  # local errors stay local: opened before connecting
+    first = pieces[0] if pieces else b""
+    # local errors stay local: the first file is opened before connecting
+    opened = None if isinstance(first, bytes) else open(first[0], "rb")  # noqa: SIM115
+    try:
         conn = http.client.HTTPConnection(
             parts.hostname or "localhost",
             parts.port or 80,
@@ -132,12 +178,22 @@ def _sendfile_put(
             conn.putheader("Content-Length", str(length))
             conn.endheaders()
             try:
-                _sendfile(sock, fh, offset, length, on_bytes, source, budget, timeout)
+                for piece in pieces:
+                    if isinstance(piece, bytes):
+                        _send_bytes(sock, piece, budget, timeout)
+                        continue
+                    source, offset, count = piece
+                    fh = opened if opened is not None else _open_local(source)
+                    opened = None
+                    with fh:
+                        _sendfile(sock, fh, offset, count, on_bytes, source, budget, timeout)
             except OSError as exc:
                 if isinstance(exc, TransportError):
                     raise
                 sent_error = exc  # read the answer anyway: a 507/413 says more than EPIPE
-            return _read_answer(sock, budget, timeout, url, ok)
+            return _read_answer(sock, budget, timeout, url, ok, limit)
+        except _LocalError as exc:
+            raise exc.error from None
         except OverBudget as exc:
             raise client.over_budget(exc, what=what, url=url) from None
         except (OSError, http.client.HTTPException, ValueError) as exc:
@@ -147,16 +203,39 @@ def _sendfile_put(
             raise client.network_error(cause, what=what, url=url) from exc
         finally:
             conn.close()
+    finally:
+        if opened is not None:
+            opened.close()
+
+
+def _send_bytes(sock: socket.socket, data: bytes, budget: Budget, timeout: float) -> None:
+    """Send ``data`` (a batch record's head: small), saying more follows (``MSG_MORE``: one
+    packet with the file's first bytes)."""
+    sock.settimeout(budget.wait(Budget.SEND, timeout))
+    try:
+        sock.sendall(data, _MSG_MORE)
+    except TimeoutError:
+        budget.timed_out(Budget.SEND)
+        raise SendTimeout(f"no room to send for {timeout:g} s") from None
+    budget.count(len(data))
+
+
+_MSG_MORE = getattr(socket, "MSG_MORE", 0)
 
 
 def _read_answer(
-    sock: socket.socket, budget: Budget, timeout: float, url: str, ok: tuple[int, ...]
+    sock: socket.socket,
+    budget: Budget,
+    timeout: float,
+    url: str,
+    ok: tuple[int, ...],
+    limit: int = ANSWER_LIMIT,
 ) -> Answer:
-    """Read one HTTP answer from ``sock`` within ``budget``: head, then at most
-    ANSWER_LIMIT bytes of its body (ERROR_LIMIT for a status outside ``ok``)."""
+    """Read one HTTP answer from ``sock`` within ``budget``: head, then at most ``limit``
+    bytes of its body (ERROR_LIMIT for a status outside ``ok``)."""
     resp = http.client.HTTPResponse(_AnswerSocket(sock, budget, timeout), method="PUT")  # type: ignore[arg-type]
     resp.begin()
-    cap = ANSWER_LIMIT if resp.status in ok else ERROR_LIMIT
+    cap = limit if resp.status in ok else ERROR_LIMIT
     headers = {k.lower(): v for k, v in resp.getheaders()}
     chunks = iter(functools.partial(resp.read, 64 * 1024), b"")
     content, truncated = read_capped(chunks, declared_length(headers.get("content-length")), cap)
@@ -244,22 +323,27 @@ def _sendfile(
         on_bytes(sent)
 
 
-def _stream(path: Path, offset: int, length: int, on_bytes: OnBytes) -> Iterator[bytes]:
-    """The bytes of ``path`` from ``offset``, ``length`` of them, in big chunks."""
-    with open(path, "rb", buffering=0) as fh:
-        fh.seek(offset)
-        left = length
-        while left > 0:
-            chunk = fh.read(min(CHUNK, left))
-            if not chunk:
-                raise TransportError(
-                    f"{path} became shorter while it was being sent",
-                    path=str(path),
-                    hint="do not change cached models during a publish",
-                )
-            left -= len(chunk)
-            yield chunk
-            on_bytes(len(chunk))
+def _stream(pieces: Sequence[Piece], on_bytes: OnBytes) -> Iterator[bytes]:
+    """The bytes of ``pieces``, the files' in big chunks."""
+    for piece in pieces:
+        if isinstance(piece, bytes):
+            yield piece
+            continue
+        path, offset, length = piece
+        with open(path, "rb", buffering=0) as fh:
+            fh.seek(offset)
+            left = length
+            while left > 0:
+                chunk = fh.read(min(CHUNK, left))
+                if not chunk:
+                    raise TransportError(
+                        f"{path} became shorter while it was being sent",
+                        path=str(path),
+                        hint="do not change cached models during a publish",
+                    )
+                left -= len(chunk)
+                yield chunk
+                on_bytes(len(chunk))
 
 
 # ---- one upload -----------------------------------------------------------------------------
@@ -282,6 +366,8 @@ class ApiSession(Session):
         self._done = False
         #: blobs whose PUT was cut in this transport: shared by its sessions
         self.interrupted: set[str] = set()
+        #: the server takes many blobs in one request (older servers do not)
+        self.batches = answer.batches
 
     def settle(self, interrupted: set[str]) -> None:
         """After a cut PUT the server may still be storing what arrived: wait (briefly) until
@@ -350,6 +436,96 @@ class ApiSession(Session):
             ),
             True,
         )
+
+    def send_many(
+        self,
+        items: Sequence[Outgoing],
+        on_bytes: OnBytes = ignore_bytes,
+        on_file: Callable[[FileEntry], None] = lambda entry: None,
+    ) -> None:
+        """Blobs the server needs whole, in batches of up to :data:`BATCH_BYTES` and
+        :data:`BATCH_FILES` (one request each) when it takes batches; a blob it holds part
+        of, one larger than a batch, or any blob for an older server, with its own PUT."""
+        if not self.batches:
+            super().send_many(items, on_bytes, on_file)
+            return
+        single: list[Outgoing] = []
+        batch: list[Outgoing] = []
+        size = 0
+        for item in items:
+            entry = item.entry
+            if self.offset(entry) or entry.size > BATCH_BYTES:
+                single.append(item)
+                continue
+            if batch and (size + entry.size > BATCH_BYTES or len(batch) >= BATCH_FILES):
+                self._send_batch(batch, on_bytes, on_file)
+                batch, size = [], 0
+            batch.append(item)
+            size += entry.size
+        if batch:
+            self._send_batch(batch, on_bytes, on_file)
+        super().send_many(single, on_bytes, on_file)
+
+    def _send_batch(
+        self,
+        items: Sequence[Outgoing],
+        on_bytes: OnBytes,
+        on_file: Callable[[FileEntry], None],
+    ) -> None:
+        """One batch request (``<sha256> <size>\\n`` and the bytes, per blob); each blob's
+        answer taken on its own. A refused or cut-short blob raises (retryable: a new
+        session sends what is still missing) once every other blob was accounted for."""
+        entries = [item.entry for item in items]
+        what = f"upload of {len(entries)} files ({entries[0].path}, ...)"
+        pieces: list[Piece] = []
+        for item in items:
+            pieces.append(f"{item.entry.sha256} {item.entry.size}\n".encode("ascii"))
+            pieces.append((item.source, 0, item.entry.size))
+        answer = put_pieces(
+            self.client,
+            self.client.batch_path(self.upload_id),
+            pieces,
+            on_bytes,
+            headers={"Content-Type": BATCH_TYPE},
+            what=what,
+            ok=(200,),
+            limit=ANSWER_LIMIT + BATCH_ANSWER_PER_FILE * len(entries),
+        )
+        # a cut batch needs no settling here: the server answers the next open once it has
+        # stored what arrived (docs/upload-protocol.md, 2b)
+        checked = self.client.batch_answer(
+            answer,
+            upload_id=self.upload_id,
+            sent=[(e.sha256, e.size) for e in entries],
+            what=what,
+        )
+        failed: list[tuple[FileEntry, BatchResult]] = []
+        for entry, result in zip(entries, checked.results, strict=True):
+            self._offsets[entry.sha256] = result.offset
+            if result.complete:
+                on_file(entry)
+            else:
+                failed.append((entry, result))
+        if failed:
+            raise self._batch_failure(failed, answer.url)
+
+    def _batch_failure(self, failed: list[tuple[FileEntry, BatchResult]], url: str) -> AxonError:
+        entry, result = failed[0]
+        others = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        if result.code is not None:
+            text = (
+                f"upload of {entry.path}: {self.client.endpoint} refused it{others}: "
+                f"{result.message}"
+            )
+        else:
+            text = f"upload of {entry.path}{others} stopped at byte {result.offset} of {entry.size}"
+        err = RemoteError(
+            text,
+            target=self.client.name,
+            url=url,
+            hint="re-run to retry; the files the server took are not sent again",
+        )
+        return retryable(err, True)
 
     def prepare(self) -> None:
         if not self._prepared:
