@@ -8,11 +8,13 @@ received), shared by every upload that needs the same content.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import json
 import os
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -26,6 +28,7 @@ from modelpkg.manifest import FileEntry, Manifest
 from modelpkg.refs import ModelRef
 
 _ID_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-")
+CACHED = 16  # parsed upload records kept (the most recently used)
 
 
 @dataclass
@@ -77,6 +80,20 @@ class UploadStore:
         self.dir = state_dir / UPLOADS_DIR
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ttl = ttl
+        # parsed records by id, with the (inode, size) of the file each was read from: every
+        # request names its upload, and parsing a manifest of 100,000 files per request made
+        # a publish cost O(files^2). save() replaces the file (a new inode); touch() keeps it.
+        self._cache: collections.OrderedDict[str, tuple[tuple[int, int], Upload]] = (
+            collections.OrderedDict()
+        )
+        self._cache_lock = threading.Lock()
+
+    def _remember(self, upload_id: str, identity: tuple[int, int], upload: Upload) -> None:
+        with self._cache_lock:
+            self._cache[upload_id] = (identity, upload)
+            self._cache.move_to_end(upload_id)
+            while len(self._cache) > CACHED:
+                self._cache.popitem(last=False)
 
     def _path(self, upload_id: str) -> Path:
         if not upload_id.startswith("u-") or len(upload_id) > 64 or set(upload_id) - _ID_CHARS:
@@ -85,12 +102,24 @@ class UploadStore:
 
     def save(self, upload: Upload) -> None:
         record = {f.name: getattr(upload, f.name) for f in fields(upload)}  # no deep copy
-        atomic_write_text(self._path(upload.upload_id), json.dumps(record), durable=False)
+        path = self._path(upload.upload_id)
+        atomic_write_text(path, json.dumps(record), durable=False)
+        with contextlib.suppress(FileNotFoundError):
+            st = os.stat(path)
+            self._remember(upload.upload_id, (st.st_ino, st.st_size), upload)
 
     def get(self, upload_id: str) -> Upload:
         path = self._path(upload_id)
         try:
-            raw = json.loads(path.read_text())
+            with open(path, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                identity = (st.st_ino, st.st_size)
+                with self._cache_lock:
+                    cached = self._cache.get(upload_id)
+                    if cached is not None and cached[0] == identity:
+                        self._cache.move_to_end(upload_id)
+                        return cached[1]
+                raw = json.loads(fh.read())
             upload = Upload(**raw)
         except FileNotFoundError:
             raise NotFound(
@@ -102,6 +131,7 @@ class UploadStore:
             raise CorruptState(
                 f"upload {upload_id} state unreadable", code="corrupt_upload"
             ) from exc
+        self._remember(upload_id, identity, upload)
         return upload
 
     def touch(self, upload_id: str) -> None:
@@ -116,6 +146,8 @@ class UploadStore:
 
     def delete(self, upload_id: str) -> None:
         self._path(upload_id).unlink(missing_ok=True)
+        with self._cache_lock:
+            self._cache.pop(upload_id, None)
 
     def all(self) -> list[Upload]:
         out = []
