@@ -1,7 +1,8 @@
 """Run the benchmarks: ``python -m benchmarks [name ...]`` (names: suffixes of bench_*.py).
 
 Each ``bench_<name>.py`` module defines ``run(workdir: Path) -> list[Row]``. Results are
-printed as a table and written to ``.bench/results.json`` for docs/benchmarks.md.
+printed as a table (then, for rows with a target, a summary saying whether each is met) and
+written to ``.bench/results.json`` for docs/benchmarks.md.
 
 ``AXON_BENCH_QUICK=1``: small sizes and 2 rounds, to check that everything runs (the figures
 mean little); ``AXON_BENCH_ROUNDS=N``: how many times each tool runs (see each module).
@@ -16,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import Row, print_rows
+from benchmarks.common import Row, print_rows, print_targets
 
 
 def main(argv: list[str]) -> int:
@@ -37,6 +38,7 @@ def main(argv: list[str]) -> int:
         with tempfile.TemporaryDirectory(prefix=f"axon-bench-{name}-", dir=out) as tmp:
             rows: list[Row] = module.run(Path(tmp))
         print_rows(rows)
+        print_targets(rows)
         print(f"({time.monotonic() - started:.1f} s)")
         all_rows[name] = [r.as_dict() for r in rows]
     results = out / "results.json"

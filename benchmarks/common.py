@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -40,11 +40,38 @@ def rounds(default: int = 3) -> int:
     return max(1, int(os.environ.get("AXON_BENCH_ROUNDS", "2" if QUICK else str(default))))
 
 
+_UNITS = {"ratio": "x", "seconds": " s", "rss": " MB"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a row must reach: its ``ratio``, its ``seconds`` or its peak RSS in MB (``rss``)
+    at most ``limit`` (below it when ``strict``)."""
+
+    limit: float
+    of: Literal["ratio", "seconds", "rss"] = "ratio"
+    strict: bool = False
+
+    def value(self, row: Row) -> float | None:
+        return {"ratio": row.ratio, "seconds": row.seconds, "rss": row.peak_rss_mb}[self.of]
+
+    def met(self, row: Row) -> bool | None:
+        """Whether ``row`` meets it; None when the row lacks the figure."""
+        value = self.value(row)
+        if value is None:
+            return None
+        return value < self.limit if self.strict else value <= self.limit
+
+    def __str__(self) -> str:
+        return f"{'<' if self.strict else '<='} {self.limit:g}{_UNITS[self.of]}"
+
+
 @dataclass
 class Row:
     """One measurement: ``name``, seconds, bytes moved, and optionally the baseline it is
-    compared with (its name and seconds) and the peak RSS in MB of the measured process.
-    ``runs`` holds every run's seconds when ``seconds`` is their median."""
+    compared with (its name and seconds), the peak RSS in MB of the measured process and the
+    :class:`Target` it must meet. ``runs`` holds every run's seconds when ``seconds`` is
+    their median."""
 
     name: str
     seconds: float
@@ -54,6 +81,7 @@ class Row:
     peak_rss_mb: float | None = None
     note: str = ""
     runs: list[float] = field(default_factory=list)
+    target: Target | None = None
 
     @property
     def ratio(self) -> float | None:
@@ -77,6 +105,11 @@ class Row:
             "peak_rss_mb": round(self.peak_rss_mb, 1) if self.peak_rss_mb else None,
             "note": self.note,
             "runs": [round(s, 3) for s in self.runs],
+            **(
+                {"target": str(self.target), "meets_target": self.target.met(self)}
+                if self.target
+                else {}
+            ),
         }
 
 
@@ -104,6 +137,29 @@ def print_rows(rows: list[Row]) -> None:
         speed = f"{r.mb_per_s:.1f}" if r.mb_per_s else ""
         print(f"{r.name:44} {r.seconds:8.2f} {speed:>8} {base:>26} {ratio:>6} {rss:>7}{note}")
     print(LEGEND)
+
+
+TARGETS_LEGEND = (
+    "measured: the figure the target is about (ratio to the row's baseline, seconds, or peak\n"
+    "RSS in MB), as in the table above; meets target: yes / NO, or ? when not measured."
+)
+
+
+def print_targets(rows: list[Row]) -> None:
+    """A summary of the rows that have a :class:`Target`: the figure, the target, whether
+    it is met."""
+    aimed = [r for r in rows if r.target]
+    if not aimed:
+        return
+    head = f"{'summary':44} {'measured':>10} {'target':>10} {'meets target':>13}"
+    print(f"\n{head}\n{'-' * len(head)}")
+    for r in aimed:
+        assert r.target is not None
+        value = r.target.value(r)
+        shown = f"{value:.2f}{_UNITS[r.target.of]}" if value is not None else "-"
+        met = {True: "yes", False: "NO", None: "?"}[r.target.met(r)]
+        print(f"{r.name:44} {shown:>10} {r.target!s:>10} {met:>13}")
+    print(TARGETS_LEGEND)
 
 
 def make_file(path: Path, size: int, *, seed: int = 0) -> Path:
@@ -266,6 +322,7 @@ class Runs:
         nbytes: int = 0,
         baseline: tuple[str, Runs] | None = None,
         note: str = "",
+        target: Target | None = None,
     ) -> Row:
         """The row of these runs: their median, compared with the median of ``baseline``'s
         runs (its label, its runs) when given; the spread first in the note."""
@@ -278,6 +335,7 @@ class Runs:
             self.rss or None,
             "; ".join(part for part in (self.spread(), note) if part),
             self.seconds,
+            target,
         )
 
 
@@ -341,10 +399,17 @@ def install_model(workdir: Path, size: int, ref: str) -> tuple[dict[str, str], P
     make_file(src / "model.safetensors", size)
     (src / "config.json").write_text('{"model_type": "bert"}')
     (src / "tokenizer.json").write_text('{"version": "1.0"}')
-    env = {**os.environ, "AXON_HOME": str(workdir / "home")}
-    subprocess.run([axon_bin(), "install", str(src), "--as", ref, "-q"], env=env, check=True)
+    installed = install_dir(workdir, src, ref)
     shutil.rmtree(src)
     os.sync()
+    return installed
+
+
+def install_dir(workdir: Path, src: Path, ref: str) -> tuple[dict[str, str], Path]:
+    """The model directory ``src`` installed as ``ref`` in the AXON_HOME ``workdir/home``;
+    returns (env, cached model dir)."""
+    env = {**os.environ, "AXON_HOME": str(workdir / "home")}
+    subprocess.run([axon_bin(), "install", str(src), "--as", ref, "-q"], env=env, check=True)
     ns, rest = ref.split("/", 1)
     name, version = rest.split("@")
     cached = workdir / "home" / "cache" / "models" / ns / name / version
