@@ -13,6 +13,7 @@ needs=(
   "curl:curl"
   "pgrep:procps"
   "/usr/bin/time:time"  # GNU time: the benchmarks measure peak RSS per command with it
+  "nginx:nginx"  # the ingest benchmark's baseline server (PUT to a file), run privately
 )
 missing=()
 for entry in "${needs[@]}"; do
@@ -25,6 +26,12 @@ done
 if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
   echo "system-deps: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # Packages such as nginx start their system service when installed: not here (the
+  # benchmarks run their own, privately). Debian's policy-rc.d hook says no, for this install.
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
     || { echo "system-deps: apt-get install ${missing[*]} failed" >&2; exit 1; }
 else
