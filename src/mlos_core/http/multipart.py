@@ -157,11 +157,12 @@ async def upload_multipart(request: Request, core: Core) -> dict[str, Any]:
     reader = FormReader(upload)
     parser = MultipartParser(boundary, reader.callbacks())  # type: ignore[arg-type]
 
-    def feed(batch: bytearray) -> None:
-        reader.total += len(batch)
+    def feed(batch: list[bytes]) -> None:
+        reader.total += sum(len(chunk) for chunk in batch)
         core.check_size(reader.total)
         with _malformed_is_400():
-            parser.write(bytes(batch))
+            for chunk in batch:
+                parser.write(chunk)
 
     try:
         try:
