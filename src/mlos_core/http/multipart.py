@@ -23,7 +23,7 @@ from starlette.requests import Request
 from mlos_core.core import Core
 from mlos_core.errors import BadRequest, TooLarge
 from mlos_core.http.errors import BodyTimeout, UnsupportedMediaType
-from mlos_core.http.request import body_chunks, byte_count
+from mlos_core.http.request import body_batches, byte_count
 from mlos_core.oneshot import OneShotUpload
 from mlos_core.storage.receive import StalledBody, pump
 
@@ -167,7 +167,7 @@ async def upload_multipart(request: Request, core: Core) -> dict[str, Any]:
     try:
         try:
             await pump(
-                body_chunks(request),
+                body_batches(request),
                 lambda batch: [functools.partial(feed, batch)],
                 core.metrics.received,
                 idle=core.settings.body_timeout,

@@ -12,6 +12,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from mlos_core.core import Core
 from mlos_core.errors import BadRequest, TooLarge
+from mlos_core.http.server import body_stream
 from mlos_core.storage.receive import BodyInterrupted
 from modelpkg.manifest import MAX_SIZE
 
@@ -67,5 +68,21 @@ async def body_chunks(request: Request) -> AsyncIterator[bytes]:
     try:
         async for chunk in request.stream():
             yield chunk
+    except ClientDisconnect as exc:
+        raise ClientGone() from exc
+
+
+async def body_batches(request: Request) -> AsyncIterator[bytes | list[bytes]]:
+    """:func:`body_chunks` for a big body stored as it arrives: in batches (lists of chunks)
+    from the connection layer's fast body path when the server has one (``mlos-core
+    serve``: :class:`~mlos_core.http.server.BodyStream`), else chunk by chunk."""
+    stream = body_stream(request.scope)
+    if stream is None:
+        async for chunk in body_chunks(request):
+            yield chunk
+        return
+    try:
+        async for batch in stream.batches():
+            yield batch
     except ClientDisconnect as exc:
         raise ClientGone() from exc

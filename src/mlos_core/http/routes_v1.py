@@ -11,7 +11,7 @@ from starlette.routing import Route
 from mlos_core.core import Core, parse_manifest, parse_ref
 from mlos_core.errors import BadRequest, CoreError, NotFound
 from mlos_core.http.errors import BodyTimeout, JSONAnswer
-from mlos_core.http.request import ClientGone, body_chunks, byte_count, core_of, json_body
+from mlos_core.http.request import ClientGone, body_batches, byte_count, core_of, json_body
 from mlos_core.registration import find_model_dir
 from mlos_core.storage.blobs import BlobWriter, check_sha256
 from mlos_core.storage.receive import StalledBody, receive_blob
@@ -93,7 +93,7 @@ async def _receive(request: Request, core: Core, upload: Upload, writer: BlobWri
 
     try:
         complete = await receive_blob(
-            body_chunks(request), writer, on_bytes, idle=core.settings.body_timeout
+            body_batches(request), writer, on_bytes, idle=core.settings.body_timeout
         )
     except StalledBody:
         raise BodyTimeout(
