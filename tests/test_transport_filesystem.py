@@ -474,3 +474,24 @@ def test_files_placed_unsynced_before_a_restart_are_not_trusted(
     assert not marker.exists()
     snap = dir_snapshot(root / REF.relpath)
     assert snap is not None and {k: snap[k] for k in files} == files
+
+
+def test_an_unchanged_republish_does_not_parse_the_published_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The target holds the very text this publish would write: unchanged, without parsing
+    it (a manifest of thousands of files costs more to parse than the rest of the check)."""
+    import axon.transports.staged as staged
+
+    root = tmp_path / "models"
+    root.mkdir()
+    manifest = write_model(tmp_path / "src", base_files())
+    transport = FilesystemTransport(root)
+    publish(transport, tmp_path / "src", manifest)
+
+    def no_parse(text: str | None) -> None:
+        raise AssertionError("the published manifest was parsed")
+
+    monkeypatch.setattr(staged, "_current_manifest", no_parse)
+    session = transport.open(REF, manifest)
+    assert session.unchanged and session.needed == []

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from axon.errors import IntegrityError, InvalidReferenceError, ManifestError, ModelNotFoundError
-from axon.hashing import FileKey, Hashed, HashIndex, file_key, hash_stats
+from axon.hashing import FileKey, Hashed, HashIndex, absolute, file_key, hash_stats
 from modelpkg.atomic import (
     atomic_write_text,
     clean_leftovers,
@@ -333,12 +333,19 @@ class Cache:
         return self.checked(ref, full=full, on_bytes=on_bytes)[0]
 
     def checked(
-        self, ref: ModelRef | str, *, full: bool = False, on_bytes: OnBytes | None = None
+        self,
+        ref: ModelRef | str | CachedModel,
+        *,
+        full: bool = False,
+        on_bytes: OnBytes | None = None,
     ) -> tuple[Manifest, dict[str, FileKey]]:
         """:meth:`checked_manifest`, and the identity (:func:`axon.hashing.file_key`) at
         which each file was found to hold its sha256, by relative path (a file that changed
-        while it was read has none). One stat and one pass over the hash index per file."""
-        model = self.get(ref)
+        while it was read has none). One stat and one pass over the hash index per file.
+
+        ``ref`` may be the model as :meth:`get` just returned it (its manifest is then not
+        read again)."""
+        model = ref if isinstance(ref, CachedModel) else self.get(ref)
         model.manifest.validate()
         entries = model.manifest.files or self._entries_from_dir(model)
         present, missing = _stat_files(model.path, entries)
@@ -432,7 +439,7 @@ class Cache:
                 continue
             if inodes is not None and inodes.get(entry.path) != (st.st_dev, st.st_ino):
                 continue
-            rows.append((str(p.absolute()), file_key(st), entry.sha256))
+            rows.append((absolute(p), file_key(st), entry.sha256))
         self.index.remember_many(rows)  # one transaction
 
     def clean_stale(self, max_age: float = 3600.0) -> builtins.list[Path]:

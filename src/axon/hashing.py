@@ -48,6 +48,15 @@ FileKey = tuple[int, int, int, int, int]  # (dev, ino, size, mtime_ns, ctime_ns)
 _QUERY_BATCH = 500
 
 
+def absolute(path: str | os.PathLike[str]) -> str:
+    """The index's key of a file: its absolute path, as :meth:`pathlib.Path.absolute` gives
+    it (not resolved), without building a Path per file."""
+    text = os.fspath(path)
+    if isinstance(path, Path):
+        return text if path.is_absolute() else os.path.join(os.getcwd(), text)
+    return str(Path(text).absolute())
+
+
 def file_key(st: os.stat_result) -> FileKey:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
@@ -129,7 +138,7 @@ class HashIndex:
         try:
             row = db.execute(
                 "SELECT dev, ino, size, mtime, ctime, sha256 FROM hashes WHERE path = ?",
-                (str(Path(path).absolute()),),
+                (absolute(path),),
             ).fetchone()
         except sqlite3.Error:  # only a cache: hash instead
             return None
@@ -183,14 +192,14 @@ class HashIndex:
         with contextlib.suppress(sqlite3.Error):  # only a cache: not remembering is fine
             db.execute(
                 "INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (str(Path(path).absolute()), *file_key(st), sha256),
+                (absolute(path), *file_key(st), sha256),
             )
 
     def forget_under(self, root: Path) -> None:
         db = self._db()
         if db is None:
             return
-        prefix = str(Path(root).absolute()).rstrip("/") + "/"
+        prefix = absolute(root).rstrip("/") + "/"
         with contextlib.suppress(sqlite3.Error):  # only a cache: stale rows never match
             db.execute("DELETE FROM hashes WHERE substr(path, 1, ?) = ?", (len(prefix), prefix))
 
@@ -230,14 +239,14 @@ def hash_stats(
     One pass: the caller's stat is the identity looked up, one query for every few hundred
     paths, and one transaction remembers what was hashed."""
     idx = index or HashIndex(None)
-    absolute = {p: str(Path(p).absolute()) for p, _ in files}
-    keys = {absolute[p]: file_key(st) for p, st in files}
+    paths = {p: absolute(p) for p, _ in files}
+    keys = {paths[p]: file_key(st) for p, st in files}
     known = {} if full else idx.lookup_many(keys)
     out: dict[Path, Hashed] = {}
     misses: list[tuple[Path, os.stat_result]] = []
     skipped = 0
     for p, st in files:
-        sha = known.get(absolute[p])
+        sha = known.get(paths[p])
         if sha is None:
             misses.append((p, st))
         else:
@@ -263,7 +272,7 @@ def hash_stats(
             hashed = list(pool.map(one, misses))
     for (p, _st), h in zip(misses, hashed, strict=True):
         out[p] = h
-    idx.remember_many((absolute[p], h.key, h.sha256) for p, h in out.items() if h.read and h.key)
+    idx.remember_many((paths[p], h.key, h.sha256) for p, h in out.items() if h.read and h.key)
     return out
 
 

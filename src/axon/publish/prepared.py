@@ -60,7 +60,7 @@ def prepare_model(
         progress.begin("verify", f"checking {ref}", total)
         try:
             manifest, identities = cache.checked(
-                ref, full=full, on_bytes=lambda n: progress.advance("verify", n)
+                cached, full=full, on_bytes=lambda n: progress.advance("verify", n)
             )
         except AxonError:
             progress.end("verify", ok=False, note="model does not match its manifest")

@@ -79,11 +79,16 @@ def plan_session(manifest: Manifest, status: dict[str, Any], text: str) -> Stage
     files = manifest.files
     plan.expected = [(f.path, f.size) for f in files]
     on_disk: dict[str, int] = status.get("current") or {}
-    current = _current_manifest(status.get("manifest"))
-    same = current is not None and current.data == manifest.data
+    held = status.get("manifest")
+    # the text this publish would write: the same manifest, without parsing it (thousands of
+    # files make a parse cost more than the rest of an unchanged re-publish)
+    current = None if held == text else _current_manifest(held)
+    same = held == text or (current is not None and current.data == manifest.data)
     if same and all(on_disk.get(f.path) == f.size for f in files):
         plan.unchanged = True
         return plan
+    if held == text:
+        current = _current_manifest(held)
     reusable: dict[str, str] = {}
     for f in current.files if current is not None else []:
         if f.known and on_disk.get(f.path) == f.size:
