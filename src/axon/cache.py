@@ -214,7 +214,7 @@ class Cache:
                 hint=f"reinstall it: axon uninstall {ref} && axon install SOURCE --as {ref}",
             )
         manifest = Manifest.load(path / MANIFEST_NAME)
-        return CachedModel(ref, path, manifest, self._metadata(path))
+        return CachedModel(ref, path, manifest, self.metadata_of(path))
 
     def _installed(self, ref: ModelRef | str) -> tuple[ModelRef, Path]:
         """``ref`` parsed and its model directory; ModelNotFoundError when not installed."""
@@ -238,7 +238,8 @@ class Cache:
         return f"install it first: axon install SOURCE --as {ref}; `axon list` shows the cache"
 
     @staticmethod
-    def _metadata(path: Path) -> dict[str, Any]:
+    def metadata_of(path: Path) -> dict[str, Any]:
+        """The ``.axon_metadata.json`` of the model directory ``path`` ({} if unreadable)."""
         try:
             data = json.loads((path / METADATA_NAME).read_text(encoding="utf-8"))
         except (OSError, ValueError):

@@ -163,7 +163,9 @@ def _install(
         raise
     cache.remember_digests(final_ref, manifest.files, inodes)
     progress.message(f"installed {final_ref} ({len(manifest.files)} files)")
-    return cache.get(final_ref)
+    final = cache.path_for(final_ref)
+    # the manifest just written, not read back (thousands of files take a while to parse)
+    return CachedModel(final_ref, final, manifest, cache.metadata_of(final))
 
 
 def _raise_cache_error(exc: OSError, cache: Cache, source: str) -> NoReturn:
