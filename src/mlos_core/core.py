@@ -63,6 +63,7 @@ SHARED_LEFTOVER_AGE = 24 * 3600.0
 # how long the S3 sync waits for a model an upload is committing before it skips it (the next
 # scan tries again): a worker thread waiting on a coroutine must not wait forever
 SOURCE_LOCK_TIMEOUT = 60.0
+VISIBLE_CACHED = 16  # visible manifests kept for the unchanged check (most recently used)
 
 
 def parse_ref(model_id: Any) -> ModelRef:
@@ -139,6 +140,13 @@ class Core:
         self.sent = SentIndex(self.state_dir)
         # per tenant: (versions.generation, what its models hold), rebuilt when that changes
         self._held_cache: dict[str, tuple[int, set[str]]] = {}
+        # the visible manifests last read, by model id, with the identity of the file each
+        # was read from (a publish makes a new file): an unchanged re-publish compares its
+        # manifest at open and at commit, and a 3,000-file manifest.yaml took ~0.2 s to read
+        self._visible_cache: collections.OrderedDict[
+            str, tuple[tuple[int, int, int, int], dict[str, Any]]
+        ] = collections.OrderedDict()
+        self._visible_lock = threading.Lock()
         self.metrics = Metrics()
         self._model_locks = KeyedLocks()
         self.blob_locks = KeyedLocks()
@@ -425,11 +433,25 @@ class Core:
         }
 
     def is_unchanged(self, ref: ModelRef, manifest: Manifest) -> bool:
-        path = self.versions.path_for(ref)
+        path = self.versions.path_for(ref) / MANIFEST_NAME
         try:
-            current = Manifest.load(path / MANIFEST_NAME)
+            st = os.stat(path)
+        except OSError:
+            return False
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        with self._visible_lock:
+            cached = self._visible_cache.get(ref.id)
+        if cached is not None and cached[0] == identity:
+            return cached[1] == manifest.data
+        try:
+            current = Manifest.load(path)
         except ManifestError:
             return False
+        with self._visible_lock:
+            self._visible_cache[ref.id] = (identity, current.data)
+            self._visible_cache.move_to_end(ref.id)
+            while len(self._visible_cache) > VISIBLE_CACHED:
+                self._visible_cache.popitem(last=False)
         return current.data == manifest.data
 
     def prepare(self, upload: Upload) -> Path:
