@@ -11,11 +11,22 @@ from starlette.routing import Route
 from mlos_core.core import Core, parse_manifest, parse_ref
 from mlos_core.errors import BadRequest, CoreError, NotFound
 from mlos_core.http.errors import BodyTimeout, JSONAnswer
-from mlos_core.http.request import ClientGone, body_batches, byte_count, core_of, json_body
+from mlos_core.http.request import (
+    ClientGone,
+    body_batches,
+    body_chunks,
+    byte_count,
+    core_of,
+    json_body,
+)
 from mlos_core.registration import find_model_dir
+from mlos_core.storage.batch import IN_FLIGHT, receive_batch
 from mlos_core.storage.blobs import BlobWriter, check_sha256
 from mlos_core.storage.receive import StalledBody, receive_blob
 from mlos_core.storage.uploads import Upload
+
+BATCHES = "blob_batches"  # the open answer's field saying PUT .../blobs takes a batch
+TOUCH_EVERY = 4 * 1024 * 1024  # bytes of a batch between two marks of upload activity
 
 
 def owned_upload(core: Core, request: Request) -> Upload:
@@ -31,9 +42,12 @@ async def open_upload(request: Request) -> JSONAnswer:
     ref = parse_ref(body.get("model_id"))
     tenant = core.tenants.authorize(request.headers.get("authorization"), ref.namespace)
     manifest = parse_manifest(body.get("manifest"), ref, strict=True)
+    # after a cut batch: what it brought is stored before we say what is needed
+    await IN_FLIGHT.settle(core, tenant.name, {f.sha256 for f in manifest.files})
     async with core.gc_lock:
         upload = core.open_upload(ref, manifest, tenant.name)
         answer = await asyncio.to_thread(core.describe, upload)
+    answer[BATCHES] = True
     have = set(answer["have"])
     core.metrics.deduplicated(sum(f.size for f in manifest.files if f.path in have))
     return JSONAnswer(answer, status_code=201)
@@ -42,7 +56,10 @@ async def open_upload(request: Request) -> JSONAnswer:
 async def get_upload(request: Request) -> JSONAnswer:
     core = core_of(request)
     upload = owned_upload(core, request)
-    return JSONAnswer(await asyncio.to_thread(core.describe, upload))
+    await IN_FLIGHT.settle(core, upload.tenant, upload.blobs())
+    answer = await asyncio.to_thread(core.describe, upload)
+    answer[BATCHES] = True
+    return JSONAnswer(answer)
 
 
 def _blob_of(upload: Upload, request: Request) -> tuple[str, int]:
@@ -107,6 +124,46 @@ async def _receive(request: Request, core: Core, upload: Upload, writer: BlobWri
     return _blob_answer(writer.sha256, writer.offset, complete, 201 if complete else 200)
 
 
+async def put_blobs(request: Request) -> Response:
+    """Many blobs in one body, each answered on its own (:mod:`mlos_core.storage.batch`)."""
+    core = core_of(request)
+    upload = owned_upload(core, request)
+    core.uploads.touch(upload.upload_id)
+    unmarked = 0
+
+    def on_bytes(n: int) -> None:
+        nonlocal unmarked
+        core.metrics.received(n)
+        unmarked += n
+        if unmarked >= TOUCH_EVERY:  # a long batch is activity: no expiry
+            core.uploads.touch(upload.upload_id)
+            unmarked = 0
+
+    try:
+        outcomes = await receive_batch(
+            core,
+            upload,
+            body_chunks(request),
+            on_bytes=on_bytes,
+            idle=core.settings.body_timeout,
+        )
+    except StalledBody:
+        raise BodyTimeout(
+            f"no body bytes for {core.settings.body_timeout:g} s; the blobs received whole "
+            "are kept, and the bytes of the one cut: GET the upload for what is still needed",
+        ) from None
+    except ClientGone:
+        return Response(status_code=499)  # nobody is listening any more
+    finally:
+        core.uploads.touch(upload.upload_id)
+    body = {
+        "status": "success",
+        "upload_id": upload.upload_id,
+        "blobs": [o.answer() for o in outcomes],
+    }
+    return JSONAnswer(body)
+
+
 def _blob_answer(sha: str, offset: int, complete: bool, status: int) -> JSONAnswer:
     body = {"status": "success", "sha256": sha, "offset": offset, "complete": complete}
     return JSONAnswer(body, status_code=status)
@@ -166,6 +223,7 @@ ROUTES = [
     Route("/v1/uploads", open_upload, methods=["POST"]),
     Route("/v1/uploads/{upload_id}", get_upload, methods=["GET"]),
     Route("/v1/uploads/{upload_id}", abort_upload, methods=["DELETE"]),
+    Route("/v1/uploads/{upload_id}/blobs", put_blobs, methods=["PUT"]),
     Route("/v1/uploads/{upload_id}/blobs/{sha256}", put_blob, methods=["PUT"]),
     Route("/v1/uploads/{upload_id}/blobs/{sha256}", head_blob, methods=["HEAD"]),
     Route("/v1/uploads/{upload_id}/prepare", prepare_upload, methods=["POST"]),
