@@ -65,7 +65,6 @@ _WRITERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mlos-mp-write")
 
 
 Buffer = bytes | bytearray | memoryview
-IOV_MAX = 1024  # buffers per pwritev (Linux's limit)
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int, what: str) -> None:
@@ -81,22 +80,13 @@ def _pwrite_all(fd: int, data: memoryview, offset: int, what: str) -> None:
         raise
 
 
-def _pwritev_all(fd: int, pieces: Sequence[Buffer], offset: int, what: str) -> None:
-    """Write ``pieces`` one after another from ``offset``, in as few system calls as the
-    kernel allows (no copy into one buffer first); a full filesystem is :class:`NoSpace`."""
-    views = [memoryview(p) for p in pieces if len(p)]
-    try:
-        while views:
-            n = os.pwritev(fd, views[:IOV_MAX], offset)
-            offset += n
-            while views and n >= len(views[0]):
-                n -= len(views.pop(0))
-            if n:
-                views[0] = views[0][n:]
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise no_space(what) from exc
-        raise
+def _pwrite_pieces(fd: int, pieces: Sequence[Buffer], offset: int, what: str) -> None:
+    """Write ``pieces`` one after another from ``offset``, each straight from where it is
+    (no copy into one buffer first). One ``pwrite`` per piece: on Linux 6.x a ``pwritev`` of
+    many pieces cost 4x the CPU time here (1 GiB in 256 KB pieces: 1.0-1.2 s against 0.28 s)."""
+    for piece in pieces:
+        _pwrite_all(fd, memoryview(piece), offset, what)
+        offset += len(piece)
 
 
 def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
@@ -386,7 +376,7 @@ class BlobWriter:
             self._hash.update(piece)
 
     def _write_at(self, pieces: Sequence[Buffer], offset: int) -> None:
-        _pwritev_all(self._fd, pieces, offset, f"blob {self.sha256[:12]}")
+        _pwrite_pieces(self._fd, pieces, offset, f"blob {self.sha256[:12]}")
         if self.store.durable:
             start_writeback(self._fd, offset, sum(len(p) for p in pieces))
 

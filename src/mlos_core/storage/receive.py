@@ -2,7 +2,7 @@
 
 The event loop only gathers body chunks into ~4 MiB batches, as a list of the chunks (no
 copy); hashing and writing run in worker threads while the next batch arrives (hashlib and
-``pwritev`` release the GIL), each in its own lane at its own pace (:func:`pump`), so
+``pwrite`` release the GIL), each in its own lane at its own pace (:func:`pump`), so
 receive, hash and write overlap. At most :data:`DEPTH` batches per upload are in the lanes
 and one is being gathered. A body source may hand over whole batches already (the
 connection layer's fast body path, :mod:`mlos_core.http.server`): a list of chunks.
