@@ -30,11 +30,13 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import hashlib
 import os
 import re
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from mlos_core.errors import (
@@ -43,6 +45,7 @@ from mlos_core.errors import (
     CoreError,
     NotFound,
     UploadAborted,
+    no_space,
 )
 from mlos_core.storage.blobs import BlobStore, BlobWriter
 from mlos_core.storage.receive import IDLE_TIMEOUT, BodyInterrupted, StalledBody, receive_blob
@@ -154,6 +157,18 @@ def sync_dirs(dirs: Sequence[str]) -> None:
         fsync_dir(d)
 
 
+def _move(src: Path, dest: Path) -> None:
+    """Rename ``src`` to ``dest``, making ``dest``'s directory if it is missing;
+    FileNotFoundError when ``src`` is gone."""
+    try:
+        os.replace(src, dest)
+    except FileNotFoundError:
+        if not src.exists():
+            raise
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dest)
+
+
 # ---- the body ---------------------------------------------------------------------------------
 class _Body:
     """A request body read into a buffer as needed, each wait for bytes at most ``idle`` s."""
@@ -244,6 +259,7 @@ class Batch:
         self.outcomes: list[Outcome] = []
         self.records = 0  # records taken from the body (whole, cut, or streamed)
         self.done = asyncio.Event()  # set once every byte that arrived is stored or dropped
+        self._dirs: set[Path] = set()  # partial-blob directories known to exist
         self._paths: dict[str, list[str]] | None = None
 
     def name(self, sha256: str) -> str:
@@ -363,28 +379,34 @@ class Batch:
             raise error
 
     def _write_group(self, group: list[_Record]) -> tuple[list[Outcome], CoreError | None]:
-        """Write, hash and check each record, make the group durable, then move it into the
-        store (a worker thread; the group's locks held). A CoreError (a full disk) stops the
-        group: the records before it are kept, the error returned with their outcomes."""
-        core, upload = self.core, self.upload
-        scope = core.scope(upload.tenant)
+        """Check, write and make durable each record, then move them into the store (a
+        worker thread; the group's locks held). A CoreError (a full disk) stops the group:
+        the records before it are kept, the error returned with their outcomes.
+
+        Each blob costs a few system calls (a stat, a create, a write, a close, a rename):
+        a group of small files is bound by how fast the filesystem creates files."""
+        core, upload, store = self.core, self.upload, self.core.blobs
         outcomes: list[Outcome] = []
-        written: list[BlobWriter] = []
+        written: list[tuple[BlobWriter, bool]] = []  # (its path and callback, store had it)
         pending: set[str] = set()  # written in this group, not yet in the store
         error: CoreError | None = None
         for rec in group:
-            if rec.sha256 in pending or core.holds(upload.tenant, rec.sha256, rec.size):
+            present = rec.sha256 in pending or store.has(rec.sha256, rec.size)
+            if present and (
+                rec.sha256 in pending or core.holds(upload.tenant, rec.sha256, rec.size)
+            ):
                 outcomes.append(Outcome(rec.sha256, rec.size, rec.size))
                 continue
+            writer = core.blob_writer(upload, rec.sha256, rec.size, 0)  # no I/O: its path
             try:
-                writer = self._write(rec, scope)
+                self._write(rec, writer)
             except ChecksumMismatch as exc:
                 outcomes.append(self._rejected(rec, exc))
                 continue
             except CoreError as exc:
                 error = exc
                 break
-            written.append(writer)
+            written.append((writer, present))
             pending.add(rec.sha256)
             outcomes.append(Outcome(rec.sha256, rec.size, rec.size))
         try:
@@ -393,42 +415,63 @@ class Batch:
             return [], exc
         return outcomes, error
 
-    def _write(self, rec: _Record, scope: str | None) -> BlobWriter:
-        """``rec`` written whole as its partial blob and verified (not yet durable)."""
-        self.core.blobs.drop_partial(rec.sha256, scope)  # a batch sends a blob from byte 0
-        writer = self.core.blob_writer(self.upload, rec.sha256, rec.size, 0)
-        writer.open()
+    def _write(self, rec: _Record, writer: BlobWriter) -> None:
+        """``rec`` checked, then written whole as its partial blob, read-only (not yet
+        durable). ChecksumMismatch, nothing written and any earlier partial dropped, when
+        its bytes are not the blob's."""
+        digest = hashlib.sha256(rec.data).hexdigest()  # releases the GIL
+        if digest != rec.sha256:
+            writer.store.drop_partial(rec.sha256, writer.scope)
+            raise ChecksumMismatch(
+                f"blob content hashes to {digest}, not {rec.sha256}; it was dropped: send the "
+                "file again",
+                offset=0,
+            )
+        path = writer.path
+        if path.parent not in self._dirs:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._dirs.add(path.parent)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
         try:
-            for job in writer.jobs(rec.data):
-                job()
-            writer.verify()
-        except ChecksumMismatch:
-            raise  # verify dropped it
-        except BaseException:
-            writer.rollback()
+            fd = os.open(path, flags, 0o444)  # a batch sends a blob from byte 0
+        except FileExistsError:  # an earlier request's partial: start again
+            path.unlink(missing_ok=True)
+            fd = os.open(path, flags, 0o444)
+        try:
+            view = memoryview(rec.data)
+            offset = 0
+            while offset < len(view):
+                offset += os.pwrite(fd, view[offset:], offset)
+        except OSError as exc:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise no_space(f"blob {rec.sha256[:12]}") from exc
             raise
-        writer.close()
-        return writer
+        os.close(fd)
 
-    def _adopt(self, written: list[BlobWriter]) -> None:
-        """Make ``written`` durable in one pass, then move each into the store."""
+    def _adopt(self, written: list[tuple[BlobWriter, bool]]) -> None:
+        """Make ``written`` durable in one step, then move each into the store (or drop its
+        bytes where the store had the blob: a tenant proving it has them)."""
         if not written:
             return
         store = self.core.blobs
         if store.durable:
             try:
-                make_durable([str(w.path) for w in written])
-            except OSError as exc:
-                if exc.errno != errno.ENOENT:
-                    raise
-                raise self._aborted() from None
-        dirs: set[str] = set()
-        for w in written:
-            try:
-                final = store.adopt(w.path, w.sha256, sync_dir=False)
+                make_durable([str(w.path) for w, _ in written])
             except FileNotFoundError:
                 raise self._aborted() from None
-            dirs.add(str(final.parent))
+        dirs: set[str] = set()
+        for w, present in written:
+            final = store.path(w.sha256)
+            try:
+                if present:
+                    os.unlink(w.path)
+                else:
+                    _move(w.path, final)
+                    dirs.add(str(final.parent))
+            except FileNotFoundError:
+                raise self._aborted() from None
             if w.on_stored is not None:
                 w.on_stored()
         if store.durable:
