@@ -495,3 +495,44 @@ def test_an_unchanged_republish_does_not_parse_the_published_manifest(
     monkeypatch.setattr(staged, "_current_manifest", no_parse)
     session = transport.open(REF, manifest)
     assert session.unchanged and session.needed == []
+
+
+def test_many_files_are_made_durable_at_once_not_one_fsync_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A version of many small files is made durable with one syncfs of the target's
+    filesystem before it is swapped in (an fsync per file waits for a disk flush each);
+    a few files are fsync'ed each, after all of them were written."""
+    from axon.transports import stagedir
+
+    if not stagedir._syncfs_reports_errors():
+        pytest.skip("syncfs is used on Linux >= 5.8 only")
+    synced: list[str] = []
+    fsynced: list[int] = []
+    real_syncfs, real_fsync = stagedir._syncfs, os.fsync
+
+    def syncfs(path: str) -> bool:
+        synced.append(path)
+        return real_syncfs(path)
+
+    def fsync(fd: int) -> None:
+        fsynced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(stagedir, "_syncfs", syncfs)
+    monkeypatch.setattr(os, "fsync", fsync)
+    root = tmp_path / "models"
+    root.mkdir()
+    many = {f"shards/s{i:03d}.bin": os.urandom(100 + i) for i in range(stagedir.SYNCFS_MIN)}
+    manifest = write_model(tmp_path / "many", many)
+    publish(FilesystemTransport(root), tmp_path / "many", manifest)
+    assert len(synced) == 1
+    assert len(fsynced) < 10  # the staging dir's directories, the marker, the swap
+    snap = dir_snapshot(root / REF.relpath)
+    assert snap is not None and {k: snap[k] for k in many} == many
+
+    synced.clear()
+    fsynced.clear()
+    few = write_model(tmp_path / "few", base_files())
+    publish(FilesystemTransport(root), tmp_path / "few", few)
+    assert synced == [] and len(fsynced) >= len(few.files)
