@@ -9,7 +9,6 @@ import json
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.fixtures.mlos import ServerFactory
@@ -48,36 +47,39 @@ def test_cut_connections_resume(
     mlos_server: ServerFactory, tcp_proxy: ProxyFactory, tmp_path: Path
 ) -> None:
     a, _b = make_homes(tmp_path, REF, SIZE)
-    srv = mlos_server(no_fsync=True)
-    proxy = tcp_proxy(srv.port)
     trials = scale(1, 10)
-    worst = 0
+    worst, slowest = 0, 0.0
     cut_points = [SIZE // 3, SIZE // 2, 3 * RESEND_SLACK, SIZE - 4096, 2 * SIZE // 3]
     for trial in range(trials):
-        proxy.cut_after(
-            cut_points[trial % len(cut_points)], times=2, mode=("close", "reset")[trial % 2]
-        )
+        # a new server each trial: one that held the model would need none of its bytes
+        srv = mlos_server(no_fsync=True)
+        proxy = tcp_proxy(srv.port)
+        cut = cut_points[trial % len(cut_points)]
+        proxy.cut_after(cut, times=2, mode=("close", "reset")[trial % 2])
         proxy.throttle(LINK)  # the server keeps up: a reset loses little of what was sent
-        before, cuts_before = proxy.bytes_up, proxy.cuts
         started = time.monotonic()
         done = run_axon(a, "publish", REF, "-t", proxy.url, "-q", "--retries", "5", timeout=300)
         assert done.returncode == 0, done.stderr
         took = time.monotonic() - started
-        sent, cuts = proxy.bytes_up - before, proxy.cuts - cuts_before
-        assert cuts == 2, f"the proxy cut {cuts} connections, the trial needs 2"
+        # a connection resumed after a cut past the middle carries less than the cut point:
+        # the second cut only happens for the early ones
+        sent, cuts = proxy.bytes_up, proxy.cuts
+        assert 1 <= cuts <= 2, f"trial {trial}: the proxy cut {cuts} connections at {cut}"
         # Resuming sends what remained after each cut, plus requests and what was in flight
         # at the cut; starting again from zero would re-send each cut point's bytes.
         resent = sent - SIZE
         worst = max(worst, resent)
         assert resent <= cuts * RESEND_SLACK, (
-            f"resume re-sent {resent} bytes after {cuts} cuts (at most {RESEND_SLACK} per cut)"
+            f"trial {trial}: resume re-sent {resent} bytes after {cuts} cuts at {cut} "
+            f"(at most {RESEND_SLACK} per cut)"
         )
-        assert took < 120
+        assert took < 120, f"trial {trial}: a publish cut at {cut} ({cuts} cuts) took {took:.0f} s"
+        slowest = max(slowest, took)
         _whole(srv)
-        # next trial: drop the model so the bytes move again
-        assert httpx.delete(f"{srv.url}/models/hf%2Fnet%40v1", timeout=30).status_code == 200
+        srv.stop()
     record("network_faults", "cut_trials", trials)
-    record("network_faults", "resent_bytes_after_two_cuts_max", worst)
+    record("network_faults", "resent_bytes_after_the_cuts_max", worst)
+    record("network_faults", "cut_trial_seconds_max", round(slowest, 1))
 
 
 def test_stalled_link_fails_within_timeout_with_clear_error(
