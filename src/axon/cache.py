@@ -407,10 +407,19 @@ class Cache:
 
     # ---- writing -------------------------------------------------------------------
     def write_package_files(
-        self, staged: Path, ref: ModelRef, manifest: Manifest, *, source: str | None = None
+        self,
+        staged: Path,
+        ref: ModelRef,
+        manifest: Manifest,
+        *,
+        source: str | None = None,
+        validated: bool = False,
     ) -> None:
-        """Write ``manifest.yaml`` and ``.axon_metadata.json`` into a staged model dir."""
-        manifest.validate(strict=True)
+        """Write ``manifest.yaml`` and ``.axon_metadata.json`` into a staged model dir.
+
+        ``validated``: the caller just validated ``manifest`` strictly (it is not again)."""
+        if not validated:
+            manifest.validate(strict=True)
         atomic_write_text(staged / MANIFEST_NAME, manifest.to_yaml(), durable=False)
         meta: dict[str, Any] = {
             "installed_at": _now_rfc3339(),

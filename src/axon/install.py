@@ -151,7 +151,7 @@ def _install(
         _drop_housekeeping(staged, digests, final_ref)
         _check_against_base(base, digests, source)
         manifest = build_manifest(final_ref, staged, digests, base)
-        cache.write_package_files(staged, final_ref, manifest, source=source)
+        cache.write_package_files(staged, final_ref, manifest, source=source, validated=True)
         sync_tree(str(staged))  # every file written, then all made durable at once
         inodes = {f.path: _inode(staged / f.path) for f in manifest.files}
         cache.check_no_overlap(final_ref)  # again: another install may have run meanwhile
