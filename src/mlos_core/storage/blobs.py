@@ -101,7 +101,7 @@ def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
 
 
 _SYNC_FILE_RANGE = _sync_file_range()
-WRITEBACK_EVERY = 4 * 1024 * 1024  # bytes written between two start_writeback of a file
+WRITEBACK_EVERY = 16 * 1024 * 1024  # bytes written between two start_writeback of a file
 _SYNC_FILE_RANGE_WRITE = 2
 
 
@@ -322,6 +322,7 @@ class BlobWriter:
         self.path = store.partial_path(sha256, scope)
         self._hash = hashlib.sha256()
         self._fd = -1
+        self._flushed = offset  # bytes whose writeback was started (:func:`start_writeback`)
 
     def open(self) -> None:
         if self.scope is None:
@@ -377,8 +378,10 @@ class BlobWriter:
 
     def _write_at(self, pieces: Sequence[Buffer], offset: int) -> None:
         _pwrite_pieces(self._fd, pieces, offset, f"blob {self.sha256[:12]}")
-        if self.store.durable:
-            start_writeback(self._fd, offset, sum(len(p) for p in pieces))
+        end = offset + sum(len(p) for p in pieces)
+        if self.store.durable and end - self._flushed >= WRITEBACK_EVERY:
+            start_writeback(self._fd, self._flushed, end - self._flushed)
+            self._flushed = end
 
     @property
     def complete(self) -> bool:
