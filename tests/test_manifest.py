@@ -110,3 +110,95 @@ def test_file_entry_mismatch_names_what_differs() -> None:
         entry.mismatch(10, "b" * 64) == "w.bin: sha256 bbbbbbbbbbbb... does not match the manifest"
     )
     assert FileEntry("w.bin", 0, "").mismatch(99, "c" * 64) is None  # upstream: says nothing
+
+
+def _relpath_rule(path: str) -> bool:
+    """check_relpath's rules written plainly, one at a time (the reference it must keep)."""
+    try:
+        encoded = path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    parts = path.split("/")
+    return not (
+        path == ""
+        or len(encoded) > 1024
+        or any(ord(c) < 32 or ord(c) == 127 for c in path)
+        or "\\" in path
+        or path.startswith("/")
+        or any(p in ("", ".", "..") for p in parts)
+        or any(len(p.encode("utf-8")) > 255 for p in parts)
+        or parts == ["manifest.yaml"]
+    )
+
+
+_PATH_PIECES = st.sampled_from(
+    [
+        "a",
+        "b",
+        "/",
+        ".",
+        "..",
+        "\\",
+        "\x00",
+        "\x1f",
+        "\x7f",
+        "\ud800",
+        "é",
+        "manifest.yaml",
+        "x" * 200,
+    ]
+)
+
+
+@given(st.lists(_PATH_PIECES, max_size=12).map("".join) | st.text(max_size=40))
+def test_check_relpath_keeps_every_rule(path: str) -> None:
+    try:
+        check_relpath(path)
+        accepted = True
+    except ManifestError:
+        accepted = False
+    assert accepted == _relpath_rule(path)
+
+
+def test_a_file_below_another_file_is_found_at_any_depth() -> None:
+    def listing(*paths: str) -> Manifest:
+        files = [{"path": p, "size": 1, "sha256": SHA} for p in paths]
+        return Manifest({"spec": {"format": {"files": files}}})
+
+    errs = listing("a/b/c/d.bin", "x", "a/b").problems()
+    assert [e.message for e in errs] == ["'a/b' is both a file and a directory"]
+    assert listing("a/b/c", "a/bc", "ab/c").problems() == []
+
+
+def test_copies_share_nothing_mutable() -> None:
+    data = {
+        "metadata": {"name": "m", "labels": {"k": "v"}},
+        "spec": {"format": {"files": [{"path": "a", "size": 1, "sha256": SHA}]}, "io": [[1]]},
+    }
+    m = Manifest(data)
+    data["spec"]["io"][0].append(2)  # type: ignore[index]
+    data["metadata"]["labels"]["k"] = "changed"  # type: ignore[index]
+    assert m.data["spec"]["io"] == [[1]] and m.data["metadata"]["labels"] == {"k": "v"}
+    for other in (
+        m.with_files([FileEntry("b", 2, SHA)]),
+        m.with_identity("ns", "n", "v2"),
+        m.as_uploaded("ns", "n", "v2"),
+    ):
+        other.data["spec"]["io"][0].append(3)
+        other.data["metadata"]["labels"]["k"] = "other"
+        other.data["spec"]["format"].setdefault("files", []).append({"path": "z"})
+    assert m.data["spec"]["io"] == [[1]] and m.data["metadata"]["labels"] == {"k": "v"}
+    assert m.files == [FileEntry("a", 1, SHA)] and m.data["metadata"]["name"] == "m"
+    assert list(m.with_identity("ns", "n", "v2").data) == ["metadata", "spec"]  # order kept
+
+
+def test_cyclic_and_deep_data() -> None:
+    cyclic: dict[str, object] = {"kind": "Model"}
+    cyclic["self"] = cyclic
+    assert Manifest(cyclic).data["self"]["self"]["kind"] == "Model"
+    deep: dict[str, object] = {}
+    node = deep
+    for _ in range(100_000):
+        node["x"] = node = {}
+    with pytest.raises(ManifestError, match="nested too deeply"):
+        Manifest(deep)
