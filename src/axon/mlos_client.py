@@ -543,18 +543,28 @@ class OpenAnswer:
     manifest_sha256: str
     #: the server takes many blobs in one ``PUT /v1/uploads/{id}/blobs`` (older ones do not)
     batches: bool = False
+    #: a conditional open answered "unchanged" without opening an upload: the model is
+    #: visible and registered as it is (the registration's answer); nothing to commit
+    settled: CommitAnswer | None = None
 
     @classmethod
-    def parse(cls, data: object, *, ref: ModelRef, manifest: Manifest) -> OpenAnswer:
+    def parse(
+        cls, data: object, *, ref: ModelRef, manifest: Manifest, digest: str | None = None
+    ) -> OpenAnswer:
         """Check an open answer against the model id and the manifest that were sent:
         every needed blob one of the manifest's with its size, its offset within it, each
-        path once in ``needed`` or ``have``, and the digest of the manifest that was sent."""
+        path once in ``needed`` or ``have``, and the digest of the manifest that was sent
+        (``digest``, when the request named it: then the answer may also be the settled one,
+        no upload and ``unchanged`` true, for exactly that digest)."""
         f = Fields(data)
         f.success()
         f.same("model_id", ref.id)
+        digest = digest or manifest.digest()
+        if "upload_id" in f.data and f.data["upload_id"] is None:
+            return cls._settled(f, data, ref=ref, digest=digest)
         upload_id = f.required_text("upload_id", pattern=UPLOAD_ID)
         unchanged = f.flag("unchanged")
-        digest = f.same("manifest_sha256", manifest.digest())
+        digest = f.same("manifest_sha256", digest)
         f.text("expires_at", optional=True)
         state = f.text("state", optional=True)
         if state is not None and state not in STATES:
@@ -594,6 +604,17 @@ class OpenAnswer:
             raise Invalid("'unchanged' is true but 'needed' is not empty")
         batches = f.flag(BATCHES) if BATCHES in f.data else False
         return cls(upload_id, unchanged, tuple(needed), tuple(have), digest, batches)
+
+    @classmethod
+    def _settled(cls, f: Fields, data: object, *, ref: ModelRef, digest: str) -> OpenAnswer:
+        """No upload: the server says the visible version is the manifest of ``digest``,
+        registered (a commit answer's fields) with nothing to send."""
+        if not f.flag("unchanged"):
+            raise Invalid("'upload_id' is null but 'unchanged' is not true")
+        if f.data.get("needed"):
+            raise Invalid("'upload_id' is null but 'needed' is not empty")
+        settled = CommitAnswer.parse(data, ref=ref, manifest_sha256=digest)
+        return cls("", True, (), (), digest, settled=settled)
 
 
 @dataclass(frozen=True)
@@ -1161,11 +1182,18 @@ class MlosClient:
         was sent (the manifest as the server stores it: :meth:`Manifest.as_uploaded`)."""
         what = f"open upload of {ref}"
         sent = manifest.as_uploaded(ref.namespace, ref.name, ref.version)
-        body = _json({"model_id": ref.id, "manifest": sent.data})
+        digest = sent.digest()
+        # conditional: a server already showing that manifest answers "unchanged" without
+        # opening an upload (older servers ignore the field and open one)
+        body = _json({"model_id": ref.id, "manifest": sent.data, "manifest_sha256": digest})
         # the answer lists the manifest's files again: its cap grows with the manifest
         limit = ANSWER_LIMIT + 2 * len(body["content"])
         answer = self.exchange("POST", "/v1/uploads", what=what, limit=limit, **body)
-        return self.parsed(answer, lambda d: OpenAnswer.parse(d, ref=ref, manifest=sent), what=what)
+        return self.parsed(
+            answer,
+            lambda d: OpenAnswer.parse(d, ref=ref, manifest=sent, digest=digest),
+            what=what,
+        )
 
     def upload_path(self, upload_id: str, suffix: str = "") -> str:
         return f"/v1/uploads/{quote(upload_id, safe='')}{suffix}"

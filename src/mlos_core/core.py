@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -143,9 +144,7 @@ class Core:
         # the visible manifests last read, by model id, with the identity of the file each
         # was read from (a publish makes a new file): an unchanged re-publish compares its
         # manifest at open and at commit, and a 3,000-file manifest.yaml took ~0.2 s to read
-        self._visible_cache: collections.OrderedDict[
-            str, tuple[tuple[int, int, int, int], dict[str, Any]]
-        ] = collections.OrderedDict()
+        self._visible_cache: collections.OrderedDict[str, _Visible] = collections.OrderedDict()
         self._visible_lock = threading.Lock()
         self.metrics = Metrics()
         self._model_locks = KeyedLocks()
@@ -433,26 +432,53 @@ class Core:
         }
 
     def is_unchanged(self, ref: ModelRef, manifest: Manifest) -> bool:
+        visible = self._visible(ref)
+        return visible is not None and visible.manifest.data == manifest.data
+
+    def _visible(self, ref: ModelRef) -> _Visible | None:
+        """The visible version's manifest (None: none, or not readable), read once while its
+        file stays the same."""
         path = self.versions.path_for(ref) / MANIFEST_NAME
         try:
             st = os.stat(path)
         except OSError:
-            return False
+            return None
         identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         with self._visible_lock:
             cached = self._visible_cache.get(ref.id)
-        if cached is not None and cached[0] == identity:
-            return cached[1] == manifest.data
+        if cached is not None and cached.identity == identity:
+            return cached
         try:
-            current = Manifest.load(path)
+            current = _Visible(identity, Manifest.load(path))
         except ManifestError:
-            return False
+            return None
         with self._visible_lock:
-            self._visible_cache[ref.id] = (identity, current.data)
+            self._visible_cache[ref.id] = current
             self._visible_cache.move_to_end(ref.id)
             while len(self._visible_cache) > VISIBLE_CACHED:
                 self._visible_cache.popitem(last=False)
-        return current.data == manifest.data
+        return current
+
+    def unchanged_answer(self, ref: ModelRef, manifest_sha256: str) -> dict[str, Any] | None:
+        """The answer to an open that names ``manifest_sha256`` as the digest of its manifest,
+        when that is the digest of the visible version and the model is registered as a
+        commit of it would register it: nothing to send, nothing to commit, and no upload is
+        opened. None otherwise: the open goes on as any other, its manifest checked in full.
+        The digest only ever stands for what the server already holds, never for the
+        manifest sent (docs/upload-protocol.md)."""
+        visible = self._visible(ref)
+        entry = self.registry.get(ref.id)
+        if visible is None or entry is None or visible.digest() != manifest_sha256:
+            return None
+        if not visible.registers_as(entry, ref, self.versions.path_for(ref)):
+            return None  # a commit would register it anew: let one do it
+        self.metrics.upload("resumable", True)
+        return {
+            **register_answer(entry, "unchanged: this is the visible version"),
+            "upload_id": None,
+            "unchanged": True,
+            "manifest_sha256": manifest_sha256,
+        }
 
     def prepare(self, upload: Upload) -> Path:
         """Build the complete, verified model dir in staging (blocking: run in a thread)."""
@@ -550,6 +576,31 @@ class Core:
         entry.description = body.get("description") or entry.description
         existed = self.registry.put(entry)
         return register_answer(entry, "already registered" if existed else "registered")
+
+
+class _Visible:
+    """A model's visible manifest, read from the file of that ``identity``; its digest is
+    taken when first asked for."""
+
+    def __init__(self, identity: tuple[int, int, int, int], manifest: Manifest) -> None:
+        self.identity = identity
+        self.manifest = manifest
+        self._digest: str | None = None
+        self._entry: ModelEntry | None = None
+
+    def digest(self) -> str:
+        if self._digest is None:
+            self._digest = self.manifest.digest()
+        return self._digest
+
+    def registers_as(self, entry: ModelEntry, ref: ModelRef, final: Path) -> bool:
+        """Is ``entry`` what a commit of the visible version at ``final`` registers (its
+        source and time aside)?"""
+        if self._entry is None:
+            self._entry = entry_from_manifest(ref, final, self.manifest, "upload")
+        return entry == dataclasses.replace(
+            self._entry, source=entry.source, registered_at=entry.registered_at
+        )
 
 
 def register_answer(entry: ModelEntry, message: str) -> dict[str, Any]:

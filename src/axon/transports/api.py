@@ -368,6 +368,8 @@ class ApiSession(Session):
         self.interrupted: set[str] = set()
         #: the server takes many blobs in one request (older servers do not)
         self.batches = answer.batches
+        #: the server answered "unchanged" without opening an upload: nothing to commit
+        self.settled = answer.settled
 
     def settle(self, interrupted: set[str]) -> None:
         """After a cut PUT the server may still be storing what arrived: wait (briefly) until
@@ -528,12 +530,15 @@ class ApiSession(Session):
         return retryable(err, True)
 
     def prepare(self) -> None:
-        if not self._prepared:
+        if not self._prepared and self.settled is None:
             self.client.prepare_upload(self.upload_id, self.ref)
             self._prepared = True
 
     def commit(self) -> CommitInfo:
-        answer = self.client.commit_upload(self.upload_id, self.ref, self.manifest_sha256)
+        if self.settled is not None:  # visible and registered as it is: no upload to commit
+            answer = self.settled
+        else:
+            answer = self.client.commit_upload(self.upload_id, self.ref, self.manifest_sha256)
         self._done = True
         return CommitInfo(
             location=self.client.model_url(self.ref),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -26,7 +27,18 @@ from mlos_core.storage.receive import StalledBody, receive_blob
 from mlos_core.storage.uploads import Upload
 
 BATCHES = "blob_batches"  # the open answer's field saying PUT .../blobs takes a batch
+SHA256 = re.compile(r"[0-9a-f]{64}")
 TOUCH_EVERY = 4 * 1024 * 1024  # bytes of a batch between two marks of upload activity
+
+
+def check_digest(value: object) -> str:
+    """The ``manifest_sha256`` of an open request: 64 lowercase hex digits."""
+    if not isinstance(value, str) or not SHA256.fullmatch(value):
+        raise BadRequest(
+            f"manifest_sha256 must be 64 lowercase hex digits, got {str(value)[:80]!r}",
+            code="invalid_digest",
+        )
+    return value
 
 
 def owned_upload(core: Core, request: Request) -> Upload:
@@ -41,7 +53,18 @@ async def open_upload(request: Request) -> JSONAnswer:
     body = await json_body(request)
     ref = parse_ref(body.get("model_id"))
     tenant = core.tenants.authorize(request.headers.get("authorization"), ref.namespace)
+    claimed = body.get("manifest_sha256")
+    if claimed is not None:  # a conditional open: nothing to do when that is what we show
+        settled = await asyncio.to_thread(core.unchanged_answer, ref, check_digest(claimed))
+        if settled is not None:
+            return JSONAnswer(settled)  # 200: no upload opened, the sent manifest unused
     manifest = parse_manifest(body.get("manifest"), ref, strict=True)
+    if claimed is not None and claimed != manifest.digest():
+        raise BadRequest(
+            "manifest_sha256 is not the digest of the manifest sent (docs/upload-protocol.md: "
+            "the canonical JSON of the manifest as stored, identity set from the model id)",
+            code="invalid_digest",
+        )
     # after a cut batch: what it brought is stored before we say what is needed
     await IN_FLIGHT.settle(core, tenant.name, {f.sha256 for f in manifest.files})
     async with core.gc_lock:
