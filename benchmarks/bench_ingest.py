@@ -30,6 +30,7 @@ Without nginx (scripts/system-deps.sh installs it) its row is left out, with a n
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -133,25 +134,6 @@ def run(workdir: Path) -> list[Row]:
         ),
         "sha256": command(["openssl", "dgst", "-sha256", str(src)], stdout=subprocess.DEVNULL),
     }
-    nginx: Nginx | None = None
-    if nginx_bin() is not None:
-        nginx = start_nginx(workdir / "nginx-root")
-        server = nginx
-        tools["nginx"] = Tool(
-            lambda: sample_of([*_CURL_PUT, str(src), server.url_of("src.bin")]),
-            reset=lambda: (server.root / "src.bin").unlink(missing_ok=True),
-        )
-    else:
-        print("note: nginx not installed (scripts/system-deps.sh): no nginx row", file=sys.stderr)
-    sink_dir = workdir / "asgi-root"
-    sink: AsgiSink = start_asgi_sink(sink_dir)
-    tools["asgi"] = Tool(
-        lambda: sample_of([*_CURL_PUT, str(src), sink.url_of("src.bin")]),
-        reset=lambda: (sink_dir / "src.bin").unlink(missing_ok=True),
-    )
-    tools["put"] = on_fresh_mlos(workdir, lambda s: _resumable(s, src, manifest, digest))
-    tools["multipart"] = on_fresh_mlos(workdir, lambda s: _multipart(s, src, manifest_file))
-
     server_rss: list[float] = []  # of the servers axon published to (the row has axon's)
 
     def publish(server: Mlos) -> Sample:
@@ -159,14 +141,28 @@ def run(workdir: Path) -> list[Row]:
         server_rss.append(server.peak_rss_mb())
         return sample
 
-    tools["publish"] = on_fresh_mlos(workdir, publish)
-    try:
+    with contextlib.ExitStack() as stack:  # the baseline servers stop whatever happens
+        if nginx_bin() is not None:
+            nginx: Nginx = start_nginx(workdir / "nginx-root")
+            stack.callback(nginx.stop)
+            tools["nginx"] = Tool(
+                lambda: sample_of([*_CURL_PUT, str(src), nginx.url_of("src.bin")]),
+                reset=lambda: (nginx.root / "src.bin").unlink(missing_ok=True),
+            )
+        else:
+            print("note: no nginx (scripts/system-deps.sh): no nginx row", file=sys.stderr)
+        sink_dir = workdir / "asgi-root"
+        sink: AsgiSink = start_asgi_sink(sink_dir)
+        stack.callback(shutil.rmtree, sink_dir, ignore_errors=True)
+        stack.callback(sink.stop)
+        tools["asgi"] = Tool(
+            lambda: sample_of([*_CURL_PUT, str(src), sink.url_of("src.bin")]),
+            reset=lambda: (sink_dir / "src.bin").unlink(missing_ok=True),
+        )
+        tools["put"] = on_fresh_mlos(workdir, lambda s: _resumable(s, src, manifest, digest))
+        tools["multipart"] = on_fresh_mlos(workdir, lambda s: _multipart(s, src, manifest_file))
+        tools["publish"] = on_fresh_mlos(workdir, publish)
         runs = run_rounds(tools, rounds(3))
-    finally:
-        sink.stop()
-        shutil.rmtree(sink_dir, ignore_errors=True)
-        if nginx is not None:
-            nginx.stop()
     return _rows(runs, size, mb, max(server_rss))
 
 
