@@ -1,0 +1,140 @@
+"""manifest.yaml text written without PyYAML's Python representer, byte for byte as
+``yaml.dump(data, sort_keys=False, allow_unicode=True)`` writes it.
+
+PyYAML builds a node per value in Python and asks its resolver about every string before
+libyaml emits anything: ~0.1 s for a manifest of 3,000 files, paid by every publish that
+compares the text it would write with the target's. Manifests are mappings, lists, text,
+integers, booleans and nulls in block style, which is simple to write: :func:`dump` writes
+those, asks PyYAML itself how to write each string it cannot tell at a glance (remembered
+per string), and answers None for anything else (a float, a date, a key too long for a simple
+key, a string that could wrap), which the caller then dumps with PyYAML as before.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any
+
+WIDTH = 80  # PyYAML's default line width: plain and quoted strings may wrap beyond it
+SIMPLE_KEY = 128  # a key this long or longer is written as "? key" (not done here)
+
+# text that is plain in YAML unless one of the resolver's patterns (int, float, bool, null,
+# timestamp...) takes it: a letter, digit or '_' first, then no indicator, space or quote
+_PLAIN_CANDIDATE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./+-]*")
+# line breaks as YAML counts them: a key holding one is not a simple key
+_BREAKS = re.compile("[\r\n\x85\u2028\u2029]")
+_END = "\n...\n"
+
+
+class _Unsupported(Exception):
+    """A value this writer leaves to PyYAML."""
+
+
+def dump(data: dict[str, Any]) -> str | None:
+    """The YAML text of ``data`` (a mapping), or None when it holds anything beyond what
+    this writer knows to write exactly as PyYAML would."""
+    if type(data) is not dict:
+        return None
+    if not data:
+        return "{}\n"
+    out: list[str] = []
+    try:
+        _mapping(data, 0, "", out)
+    except (_Unsupported, RecursionError, ValueError):  # ValueError: an int too long for str()
+        return None
+    out.append("")
+    return "\n".join(out)
+
+
+def _mapping(data: dict[Any, Any], indent: int, first: str, out: list[str]) -> None:
+    """Block mapping items at ``indent``; the first line starts with ``first`` instead of
+    spaces (``"- "`` inside a sequence)."""
+    pad = " " * indent
+    lead = first or pad
+    for key, value in data.items():
+        if type(key) is not str or len(key) >= SIMPLE_KEY or _BREAKS.search(key):
+            raise _Unsupported
+        k = _string(key, len(lead))
+        if "\n" in k:
+            raise _Unsupported
+        kind = type(value)
+        if kind is dict and value:
+            out.append(f"{lead}{k}:")
+            _mapping(value, indent + 2, "", out)
+        elif kind is list and value:
+            out.append(f"{lead}{k}:")
+            _sequence(value, indent, "", out)  # indentless in a mapping
+        else:
+            out.append(f"{lead}{k}: {_scalar(value, len(lead) + len(k) + 2)}")
+        lead = pad
+
+
+def _sequence(items: list[Any], indent: int, first: str, out: list[str]) -> None:
+    pad = " " * indent
+    lead = first or pad
+    for item in items:
+        kind = type(item)
+        if kind is dict and item:
+            _mapping(item, indent + 2, lead + "- ", out)
+        elif kind is list and item:
+            _sequence(item, indent + 2, lead + "- ", out)
+        else:
+            out.append(f"{lead}- {_scalar(item, len(lead) + 2)}")
+        lead = pad
+
+
+def _scalar(value: Any, column: int) -> str:
+    kind = type(value)
+    if kind is str:
+        return _string(value, column)
+    if kind is int:
+        return str(value)
+    if kind is bool:
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if kind is dict:
+        return "{}"  # empty: a non-empty one is a block
+    if kind is list:
+        return "[]"
+    raise _Unsupported  # floats, dates, bytes...: PyYAML's own ways
+
+
+def _string(text: str, column: int) -> str:
+    """``text`` as PyYAML writes it starting at ``column``."""
+    if _PLAIN_CANDIDATE.fullmatch(text) and not _resolves(text):
+        return text
+    written = _written(text)
+    if written is None:
+        raise _Unsupported
+    # PyYAML breaks a line at a space (or, double-quoted, anywhere) past the width
+    if column + len(written) > WIDTH and (" " in written or written.startswith('"')):
+        raise _Unsupported
+    return written
+
+
+@lru_cache(maxsize=4096)
+def _resolves(text: str) -> bool:
+    """Does YAML read ``text``, written plain, as something other than a string?"""
+    from yaml.resolver import Resolver
+
+    for _tag, pattern in Resolver.yaml_implicit_resolvers.get(text[0], ()):
+        if pattern.match(text):
+            return True
+    return False
+
+
+@lru_cache(maxsize=4096)
+def _written(text: str) -> str | None:
+    """``text`` written by PyYAML on one line (None when it takes more)."""
+    import yaml
+
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    try:
+        written = yaml.dump(text, Dumper=dumper, allow_unicode=True, width=10**9)
+    except UnicodeEncodeError:  # a lone surrogate: the caller's fallback handles it
+        return None
+    # a plain scalar as the whole document ends with a document end marker
+    written = written[: -len(_END)] if written.endswith(_END) else written[:-1]
+    return None if "\n" in written else written

@@ -1,0 +1,115 @@
+"""modelpkg.yamltext writes exactly what PyYAML writes, or leaves the data to PyYAML."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from modelpkg import yamltext
+from modelpkg.manifest import FileEntry, Manifest
+
+TRICKY = [
+    "",
+    "a",
+    "on",
+    "No",
+    "null",
+    "~",
+    "true",
+    "0x1F",
+    "0o17",
+    "1_000",
+    "1:20",
+    "12",
+    "-5",
+    "+1",
+    ".5",
+    "1e5",
+    "1.0e+5",
+    ".inf",
+    "2026-11-30",
+    "2026-11-30T15:00:46Z",
+    "<<",
+    "=",
+    "a: b",
+    "a #b",
+    "#x",
+    "- x",
+    "-x",
+    "x-",
+    "?",
+    ":",
+    "a:",
+    "'q'",
+    '"d"',
+    "it's",
+    "\\",
+    "tab\there",
+    "line\nbreak",
+    " lead",
+    "trail ",
+    "ünï",
+    "\x7f",
+    "%x",
+    "@x",
+    "`x`",
+    "!t",
+    "&a",
+    "*a",
+    "[x]",
+    "{x}",
+    "a,b",
+    "x" * 127,
+    "y" * 128,
+    "word " * 30,
+    "---",
+    "...",
+    "axon.mlos.io/v1",
+    "onnx__MatMul_00001",
+    "tokenizer/vocab-00001.json",
+    "a" * 64,
+    "1" * 64,
+    "0123456789abcdef" * 4,
+]
+texts = st.sampled_from(TRICKY) | st.text(max_size=20)
+scalars = texts | st.integers() | st.booleans() | st.none() | st.floats(allow_nan=False)
+data = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
+    max_leaves=25,
+)
+
+
+def pyyaml(value: dict[str, Any]) -> str:
+    return yaml.dump(value, Dumper=yaml.CSafeDumper, sort_keys=False, allow_unicode=True)
+
+
+@settings(max_examples=400)
+@given(st.dictionaries(texts, data, max_size=6))
+def test_the_text_is_pyyamls_or_none(value: dict[str, Any]) -> None:
+    try:
+        expected = pyyaml(value)
+    except UnicodeEncodeError:
+        expected = None  # a lone surrogate: PyYAML's Python dumper's business
+    written = yamltext.dump(value)
+    assert written is None or written == expected
+
+
+def test_a_manifest_is_written_without_pyyaml() -> None:
+    files = [FileEntry(f"shards/{i:05d}.bin", i, f"{i:064x}") for i in range(300)]
+    m = Manifest.new(namespace="hf", name="bert", version="v1", files=files)
+    m.data["metadata"]["created"] = "2026-11-30T15:00:46Z"
+    m.data["metadata"]["description"] = "a model, described: in words"
+    m.data["spec"]["io"] = {"inputs": [{"name": "ids", "shape": [1, -1]}], "labels": {}}
+    written = yamltext.dump(m.data)
+    assert written is not None and written == pyyaml(m.data)
+    assert m.to_yaml() == written and Manifest.from_text(written) == m
+
+
+def test_what_it_leaves_to_pyyaml() -> None:
+    for value in ({"f": 1.5}, {"k" * 128: 1}, {1: "x"}, {"d": "word " * 30}):
+        assert yamltext.dump(value) is None
+        assert Manifest(value).to_yaml() == pyyaml(value)
