@@ -113,3 +113,51 @@ def test_what_it_leaves_to_pyyaml() -> None:
     for value in ({"f": 1.5}, {"k" * 128: 1}, {1: "x"}, {"d": "word " * 30}):
         assert yamltext.dump(value) is None
         assert Manifest(value).to_yaml() == pyyaml(value)
+
+
+@settings(max_examples=400)
+@given(st.dictionaries(texts, data, max_size=6))
+def test_pyyamls_text_is_read_as_pyyaml_reads_it(value: dict[str, Any]) -> None:
+    try:
+        text = pyyaml(value)
+    except UnicodeEncodeError:
+        return
+    read = yamltext.load(text)
+    assert read is None or read == yaml.load(text, Loader=yaml.CSafeLoader)
+
+
+EDITS = st.sampled_from(
+    [" #c", "\n", " ", "  ", "- ", ": ", "'", '"', "*a", "&a ", "!!str ", "{", "[", "-", ":", "0"]
+)
+
+
+@settings(max_examples=600)
+@given(
+    st.dictionaries(texts, data, min_size=1, max_size=4),
+    st.lists(st.tuples(st.integers(0), EDITS), max_size=3),
+)
+def test_edited_text_is_read_as_pyyaml_reads_it_or_left_to_it(
+    value: dict[str, Any], edits: list[tuple[int, str]]
+) -> None:
+    try:
+        text = pyyaml(value)
+    except UnicodeEncodeError:
+        return
+    for where, piece in edits:
+        at = where % (len(text) + 1)
+        text = text[:at] + piece + text[at:]
+    read = yamltext.load(text)
+    if read is not None:  # taken only when PyYAML reads exactly that
+        assert read == yaml.load(text, Loader=yaml.CSafeLoader)
+
+
+def test_a_manifest_is_read_without_pyyaml() -> None:
+    files = [FileEntry(f"shards/{i:05d}.bin", i, f"{i:064x}") for i in range(300)]
+    m = Manifest.new(namespace="hf", name="bert", version="v1", files=files)
+    m.data["metadata"]["created"] = "2026-11-30T15:00:46Z"
+    m.data["spec"]["io"] = {"inputs": [{"name": "ids", "shape": [1, -1]}], "labels": {}}
+    text = m.to_yaml()
+    assert yamltext.load(text) == m.data
+    assert yamltext.load(text.replace("kind: Model", "kind: Model # a comment")) is None
+    assert Manifest.from_text(text.replace("kind: Model", "kind: Model # a comment")) == m
+    assert yamltext.load(text.replace("- path", "-   path", 1)) is None

@@ -238,8 +238,15 @@ class Manifest:
             raise ManifestError("larger than 16 MiB", path=source)
         import yaml  # here, not at the top: `axon --help` must not pay for it
 
+        from modelpkg import yamltext
+
         try:
-            data = json.loads(text) if text.lstrip().startswith("{") else _load_yaml(text)
+            if text.lstrip().startswith("{"):
+                data = json.loads(text)
+            else:  # the text PyYAML writes is read without it (checked), anything else with it
+                data = yamltext.load(text)
+                if data is None:
+                    data = _load_yaml(text)
         # ValueError: an integer of more digits than Python converts (sys.int_max_str_digits)
         except (yaml.YAMLError, ValueError, RecursionError) as exc:
             raise ManifestError(

@@ -13,10 +13,14 @@ key, a string that could wrap), which the caller then dumps with PyYAML as befor
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 WIDTH = 80  # PyYAML's default line width: plain and quoted strings may wrap beyond it
+CACHED = 256  # strings up to this long have their way of writing remembered
 SIMPLE_KEY = 128  # a key this long or longer is written as "? key" (not done here)
 
 # text that is plain in YAML unless one of the resolver's patterns (int, float, bool, null,
@@ -114,7 +118,18 @@ def _string(text: str, column: int) -> str:
     return written
 
 
-@lru_cache(maxsize=4096)
+def _small(function: Callable[[str], T]) -> Callable[[str], T]:
+    """``function`` remembering its answers for short texts only (keys, digests, dates): a
+    hostile manifest's long strings must not fill the memory of a server."""
+    remembered = lru_cache(maxsize=4096)(function)
+
+    def answer(text: str) -> T:
+        return remembered(text) if len(text) <= CACHED else function(text)
+
+    return answer
+
+
+@_small
 def _resolves(text: str) -> bool:
     """Does YAML read ``text``, written plain, as something other than a string?"""
     from yaml.resolver import Resolver
@@ -125,7 +140,7 @@ def _resolves(text: str) -> bool:
     return False
 
 
-@lru_cache(maxsize=4096)
+@_small
 def _written(text: str) -> str | None:
     """``text`` written by PyYAML on one line (None when it takes more)."""
     import yaml
@@ -138,3 +153,117 @@ def _written(text: str) -> str | None:
     # a plain scalar as the whole document ends with a document end marker
     written = written[: -len(_END)] if written.endswith(_END) else written[:-1]
     return None if "\n" in written else written
+
+
+# ---- reading ---------------------------------------------------------------------------------
+_INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
+_KEY = re.compile(r"([A-Za-z0-9_][A-Za-z0-9_./+-]*):(?: (.*))?")
+_WORDS: dict[str, Any] = {"true": True, "false": False, "null": None}
+
+
+def load(text: str) -> dict[str, Any] | None:
+    """The mapping ``text`` holds when it is exactly what :func:`dump` writes for it (then
+    PyYAML reads the same mapping: it reads back what it wrote), else None: the caller
+    parses it with PyYAML. Every result is checked by writing it again, so a text this
+    reader gets wrong is never taken (3,000 files: ~35 ms, PyYAML's C loader ~70 ms)."""
+    if not text.endswith("\n") or text == "{}\n":
+        return {} if text == "{}\n" else None
+    lines: list[tuple[int, str]] = []
+    for line in text[:-1].split("\n"):
+        content = line.lstrip(" ")
+        lines.append((len(line) - len(content), content))
+    try:
+        reader = _Reader(lines)
+        data = reader.mapping(0)
+        if reader.at != len(lines) or type(data) is not dict:
+            return None
+    except (_Unsupported, RecursionError, ValueError, IndexError):
+        return None
+    return data if dump(data) == text else None
+
+
+class _Reader:
+    def __init__(self, lines: list[tuple[int, str]]) -> None:
+        self.lines = lines
+        self.at = 0
+
+    def node(self, indent: int) -> Any:
+        """The block node starting at the current line, at ``indent``."""
+        content = self.lines[self.at][1]
+        if content.startswith("- "):
+            return self.sequence(indent)
+        return self.mapping(indent)
+
+    def mapping(self, indent: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        lines = self.lines
+        while self.at < len(lines):
+            level, content = lines[self.at]
+            if level != indent:
+                if level > indent:
+                    raise _Unsupported
+                break
+            match = _KEY.fullmatch(content)
+            if match is None:
+                raise _Unsupported
+            key, value = match.group(1, 2)
+            self.at += 1
+            if value is not None:
+                out[key] = _value(value)
+                continue
+            if self.at == len(lines):
+                raise _Unsupported
+            level, content = lines[self.at]
+            if level == indent and content.startswith("- "):
+                out[key] = self.sequence(indent)  # indentless, as PyYAML writes it
+            elif level == indent + 2:
+                out[key] = self.mapping(indent + 2)
+            else:
+                raise _Unsupported
+        return out
+
+    def sequence(self, indent: int) -> list[Any]:
+        out: list[Any] = []
+        lines = self.lines
+        while self.at < len(lines):
+            level, content = lines[self.at]
+            if level != indent or not content.startswith("- "):
+                if level > indent:
+                    raise _Unsupported
+                break
+            rest = content[2:]
+            if rest.startswith("- ") or _KEY.fullmatch(rest):
+                lines[self.at] = (indent + 2, rest)  # the item's first line, its own indent
+                out.append(self.node(indent + 2))
+            else:
+                out.append(_value(rest))
+                self.at += 1
+        return out
+
+
+def _value(token: str) -> Any:
+    """A scalar as :func:`dump` writes one (anything else fails the check by writing)."""
+    if token in _WORDS:
+        return _WORDS[token]
+    if token == "{}":
+        return {}
+    if token == "[]":
+        return []
+    if _INT.fullmatch(token):
+        return int(token)
+    if token[:1] in ("'", '"'):
+        return _quoted(token)
+    return token
+
+
+@_small
+def _quoted(token: str) -> str:
+    import yaml
+
+    try:
+        value = yaml.load(token, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # safe
+    except yaml.YAMLError:
+        raise _Unsupported from None
+    if type(value) is not str:
+        raise _Unsupported
+    return value
