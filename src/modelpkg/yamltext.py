@@ -107,7 +107,9 @@ def _scalar(value: Any, column: int) -> str:
 
 def _string(text: str, column: int) -> str:
     """``text`` as PyYAML writes it starting at ``column``."""
-    if _PLAIN_CANDIDATE.fullmatch(text) and not _resolves(text):
+    if _PLAIN_CANDIDATE.fullmatch(text) and (
+        text[0] not in _resolved_first() or not _resolves(text)
+    ):
         return text
     written = _written(text)
     if written is None:
@@ -127,6 +129,14 @@ def _small(function: Callable[[str], T]) -> Callable[[str], T]:
         return remembered(text) if len(text) <= CACHED else function(text)
 
     return answer
+
+
+@lru_cache(maxsize=1)
+def _resolved_first() -> frozenset[str]:
+    """The first characters of text YAML may read as something other than a string."""
+    from yaml.resolver import Resolver
+
+    return frozenset(Resolver.yaml_implicit_resolvers)
 
 
 @_small
