@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from mlos_core.core import Core, parse_manifest, parse_ref, register_answer
 from mlos_core.errors import BadRequest, ChecksumMismatch, SizeMismatch, TooLarge
-from mlos_core.storage.blobs import IncomingBlob
+from mlos_core.storage.blobs import Buffer, IncomingBlob
 from mlos_core.tenants import Tenant
 from modelpkg.atomic import remove_tree
 from modelpkg.errors import ManifestError
@@ -97,6 +98,12 @@ class OneShotUpload:
     def write(self, chunk: memoryview) -> None:
         assert self._file is not None
         self._file.write(chunk)
+
+    def write_jobs(self, pieces: Sequence[Buffer]) -> list[Callable[[], None]]:
+        """The open file's next ``pieces`` as two jobs, hash and write, that may run in
+        parallel threads (:meth:`IncomingBlob.jobs`)."""
+        assert self._file is not None
+        return self._file.jobs(pieces)
 
     def finish_file(self) -> None:
         """Check the file against the manifest, then move it into the blob store."""

@@ -456,9 +456,31 @@ class IncomingBlob:
         self.size += len(chunk)
         written.result()
 
+    def jobs(self, pieces: Sequence[Buffer]) -> list[Callable[[], None]]:
+        """The work for the next ``pieces`` (to take one after another), as
+        :meth:`BlobWriter.jobs`: hash them, and write them at their offset. The two jobs may
+        run in parallel threads; call again, or :meth:`write` or :meth:`finish`, only after
+        both ran."""
+        offset = self.size
+        self.size += sum(len(p) for p in pieces)
+        return [
+            functools.partial(self._hash_all, pieces),
+            functools.partial(self._write_pieces, pieces, offset),
+        ]
+
+    def _hash_all(self, pieces: Sequence[Buffer]) -> None:
+        for piece in pieces:
+            self._hash.update(piece)
+
+    def _write_pieces(self, pieces: Sequence[Buffer], offset: int) -> None:
+        _pwrite_pieces(self._fd, pieces, offset, self.what)
+        self._wrote(offset + sum(len(p) for p in pieces))
+
     def _write_at(self, chunk: memoryview, offset: int) -> None:
         _pwrite_all(self._fd, chunk, offset, self.what)
-        end = offset + len(chunk)
+        self._wrote(offset + len(chunk))
+
+    def _wrote(self, end: int) -> None:
         if self.store.durable and end - self._flushed >= WRITEBACK_EVERY:
             start_writeback(self._fd, self._flushed, end - self._flushed)
             self._flushed = end
