@@ -13,16 +13,8 @@ from typing import Any
 
 import httpx
 
-from tests.fixtures.mlos import manifest_for, upload_resumable
+from tests.fixtures.mlos import ALPHA, BRAVO, TOKENS, manifest_for, upload_resumable
 
-TOKENS = {
-    "tenants": {
-        "alpha": {"tokens": ["alpha-token"], "namespaces": ["alpha"]},
-        "bravo": {"tokens": ["bravo-token"], "namespaces": ["bravo"]},
-    }
-}
-ALPHA = {"Authorization": "Bearer alpha-token"}
-BRAVO = {"Authorization": "Bearer bravo-token"}
 SECRET = b"bravo's weights, which alpha has never seen " * 2000
 PUBLIC = b'{"hidden": 8}'
 

@@ -21,18 +21,10 @@ from axon.errors import EXIT_TRANSPORT
 from axon.publish import PublishOptions, publish
 from modelpkg.refs import ModelRef
 from tests.fixtures.hostile_server import FakeCore, HostileServer, json_reply
-from tests.fixtures.mlos import manifest_for, upload_resumable
+from tests.fixtures.mlos import ALPHA, BRAVO, TOKENS, manifest_for, upload_resumable
 
 MiB = 1024 * 1024
 FAST = {"retries": 2, "backoff": 0.05, "max_backoff": 0.1}
-TOKENS = {
-    "tenants": {
-        "alpha": {"tokens": ["alpha-token"], "namespaces": ["alpha"]},
-        "bravo": {"tokens": ["bravo-token"], "namespaces": ["bravo"]},
-    }
-}
-ALPHA = {"Authorization": "Bearer alpha-token"}
-BRAVO = {"Authorization": "Bearer bravo-token"}
 
 
 def sha(data: bytes) -> str:

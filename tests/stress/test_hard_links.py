@@ -24,20 +24,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fixtures.mlos import ServerFactory, manifest_for, upload_resumable
+from tests.fixtures.mlos import ALPHA, BRAVO, TOKENS, ServerFactory, manifest_for, upload_resumable
 from tests.stress.figures import record
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 EXT4_LINK_MAX = 65_000
-TOKENS = {
-    "tenants": {
-        "alpha": {"tokens": ["alpha-token"], "namespaces": ["alpha"]},
-        "bravo": {"tokens": ["bravo-token"], "namespaces": ["bravo"]},
-    }
-}
-ALPHA = {"Authorization": "Bearer alpha-token"}
-BRAVO = {"Authorization": "Bearer bravo-token"}
 
 
 def sha(data: bytes) -> str:
