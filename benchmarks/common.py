@@ -387,6 +387,15 @@ def peak_rss_mb_of(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds_of(pid: int) -> float:
+    """User + system CPU seconds of a live process (all its threads), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # ---- the model, axon and mlos-core -----------------------------------------------------------
 def axon_bin() -> str:
     return str(Path(sys.executable).with_name("axon"))
@@ -458,6 +467,10 @@ class Mlos:
 
     def peak_rss_mb(self) -> float:
         return peak_rss_mb_of(self.proc.pid)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds the server has used so far (all its threads)."""
+        return cpu_seconds_of(self.proc.pid)
 
     def stop(self) -> None:
         self.proc.terminate()
