@@ -26,6 +26,7 @@ from modelpkg.refs import ModelRef
 from tests.conformance.transport import REF, base_files, dir_snapshot, publish, write_model
 from tests.fixtures.common import tmpfs
 from tests.helpers import run_axon
+from tests.interop.shapes import place_like_upstream
 
 MiB = 1024 * 1024
 
@@ -536,3 +537,88 @@ def test_many_files_are_made_durable_at_once_not_one_fsync_each(
     few = write_model(tmp_path / "few", base_files())
     publish(FilesystemTransport(root), tmp_path / "few", few)
     assert synced == [] and len(fsynced) >= len(few.files)
+
+
+# ---- a version another tool placed (the upstream Go axon's publish) -----------------------
+# `axon publish` of the Go axon copies its cache dir, bookkeeping included, file by file to
+# <models>/<ns>/<name>/<version>/ (tests/interop runs the real binary).
+
+
+def test_files_another_tool_placed_are_hashed_there_and_not_sent_again(tmp_path: Path) -> None:
+    """After the Go axon's publish placed the model (its layout, its manifest, no sha256s),
+    our publish of the same model sends nothing: each file at the same path with the same
+    size is hashed where it lies and used when its sha256 matches. The new version holds
+    our manifest and the model's files only (no upstream bookkeeping)."""
+    root = tmp_path / "models"
+    files = base_files()
+    place_like_upstream(root / REF.relpath, REF, files)
+    manifest = write_model(tmp_path / "src", files)
+    info, sent, paths = publish(FilesystemTransport(root), tmp_path / "src", manifest)
+    assert (sent, paths) == (0, [])
+    assert info.details["adopted"] == len(files) and info.details["unchanged"] is False
+    snap = dir_snapshot(root / REF.relpath)
+    assert snap is not None
+    assert snap.pop("manifest.yaml") == manifest.to_yaml().encode()
+    assert snap == files
+    assert sorted(p.name for p in (root / REF.relpath).parent.iterdir()) == [REF.version]
+
+
+def test_a_placed_file_is_used_only_when_its_bytes_hash_right(tmp_path: Path) -> None:
+    """Verified by hash, not by trust: the placed manifest claims the right sha256s (a cache
+    entry axon wrote, copied by the Go axon), but one file of the right size holds other
+    bytes, and a symbolic link stands where another file should be: those two are sent, the
+    rest is used as it lies."""
+    root = tmp_path / "models"
+    final = root / REF.relpath
+    files = base_files()
+    manifest = write_model(tmp_path / "src", files)
+    placed = dict(files)
+    placed["weights.bin"] = os.urandom(len(files["weights.bin"]))
+    placed["config.json"] = b"-" * len(files["config.json"])
+    place_like_upstream(final, REF, placed, manifest.to_yaml())
+    (final / "config.json").unlink()
+    (tmp_path / "elsewhere.json").write_bytes(files["config.json"])
+    (final / "config.json").symlink_to(tmp_path / "elsewhere.json")
+    info, sent, paths = publish(FilesystemTransport(root), tmp_path / "src", manifest)
+    assert sorted(paths) == ["config.json", "weights.bin"]
+    assert sent == len(files["weights.bin"]) + len(files["config.json"])
+    assert info.details["adopted"] == 1  # tokenizer/vocab.txt
+    snap = dir_snapshot(final)
+    assert snap is not None and {k: snap[k] for k in files} == files
+    assert not (final / "config.json").is_symlink()
+
+
+def test_a_version_a_publish_wrote_is_still_linked_without_hashing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Our own published versions keep the cheap path: files are hard-linked by what the
+    manifest says, nothing is hashed on the target."""
+    from axon.transports import stagedir
+
+    root = tmp_path / "models"
+    root.mkdir()
+    transport = FilesystemTransport(root)
+    files = base_files()
+    publish(transport, tmp_path / "src", write_model(tmp_path / "src", files))
+    monkeypatch.setattr(stagedir, "adopt", lambda *a, **k: pytest.fail("hashed our own files"))
+    monkeypatch.setitem(stagedir.OPERATIONS, "adopt", stagedir.adopt)
+    files["config.json"] = b"{}"
+    info, _sent, paths = publish(transport, tmp_path / "src", write_model(tmp_path / "src", files))
+    assert paths == ["config.json"] and info.details["linked"] == 2
+    assert info.details["adopted"] == 0
+
+
+def test_files_left_by_a_copy_cut_before_its_manifest_are_used(tmp_path: Path) -> None:
+    """A copy cut before it wrote manifest.yaml (the Go axon copies file by file) leaves
+    files and no manifest: the complete ones are hashed and used, a truncated one is sent."""
+    root = tmp_path / "models"
+    final = root / REF.relpath
+    files = base_files()
+    for rel, data in files.items():
+        (final / rel).parent.mkdir(parents=True, exist_ok=True)
+        (final / rel).write_bytes(data if rel != "weights.bin" else data[:1000])
+    manifest = write_model(tmp_path / "src", files)
+    info, _sent, paths = publish(FilesystemTransport(root), tmp_path / "src", manifest)
+    assert paths == ["weights.bin"] and info.details["adopted"] == 2
+    snap = dir_snapshot(final)
+    assert snap is not None and {k: snap[k] for k in files} == files

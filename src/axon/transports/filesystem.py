@@ -11,7 +11,11 @@ ctime) is copied by the kernel without hashing it again, as long as it keeps tha
 before and after the copy. Files the current version already holds with the same sha256 (and
 a matching size on disk) are hard-linked into the new version, not copied (published files
 are immutable by convention: nothing ever rewrites one in place); re-publishing an unchanged
-model writes nothing.
+model writes nothing. A version some other tool put there (the upstream Go axon's publish
+copies its cache dir into place: bookkeeping files, a manifest without sha256s) is not taken
+at its word: a file at the same path with the same size is hashed where it lies and used
+only when it matches (``stagedir.adopt``), so a publish after an upstream one sends nothing
+that is already there.
 
 On NFS the same protocol holds: hard links and renames are atomic on the server, but most
 servers refuse ``RENAME_EXCHANGE``, so replacing a version there uses rename-aside +

@@ -56,6 +56,9 @@ class StagePlan:
     offsets: dict[str, int] = field(default_factory=dict)  # sha256 -> bytes already there
     links: list[tuple[str, str]] = field(default_factory=list)  # (current path, new path)
     expected: list[tuple[str, int]] = field(default_factory=list)  # every (path, size)
+    # sha256 -> files of a current version no trusted manifest vouches for that may hold
+    # it (same path, same size): hashed on the target before any is used (``adopt``)
+    candidates: dict[str, list[str]] = field(default_factory=dict)
 
 
 def manifest_digest(text: str) -> str:
@@ -90,7 +93,8 @@ def plan_session(manifest: Manifest, status: dict[str, Any], text: str) -> Stage
     if held == text:
         current = _current_manifest(held)
     reusable: dict[str, str] = {}
-    for f in current.files if current is not None else []:
+    trusted = _written_by_a_publish(current, on_disk)
+    for f in current.files if current is not None and trusted else []:
         if f.known and on_disk.get(f.path) == f.size:
             reusable.setdefault(f.sha256, f.path)
     staged: dict[str, int] = status.get("staged") or {}
@@ -107,7 +111,23 @@ def plan_session(manifest: Manifest, status: dict[str, Any], text: str) -> Stage
             have = partials.get(f.sha256, 0)
             plan.offsets[f.sha256] = have if have <= f.size else 0
         plan.paths[f.sha256].append(f.path)
+        if not trusted and on_disk.get(f.path) == f.size:
+            plan.candidates.setdefault(f.sha256, []).append(f.path)
     return plan
+
+
+def _written_by_a_publish(current: Manifest | None, on_disk: dict[str, int]) -> bool:
+    """Whether the current version is one a publish wrote (axon's, or mlos-core's): a
+    manifest that gives every file's size and sha256, and nothing else in the directory.
+    Its files are then taken for what the manifest says (published files are immutable by
+    convention). Anything else was put there another way: the upstream Go axon copies the
+    whole cache dir (``.axon_metadata.json``, the ``.axon`` package, a manifest with sizes
+    0 and no sha256) into place, file by file; such files are only used once hashed."""
+    if current is None or not all(f.known for f in current.files):
+        return False
+    return len(on_disk) == len(current.files) and all(
+        on_disk.get(f.path) is not None for f in current.files
+    )
 
 
 # ---- errors -------------------------------------------------------------------------------
@@ -249,7 +269,10 @@ class StagedTransport(Transport):
     def open(self, ref: ModelRef, manifest: Manifest) -> StagedSession[Any]:
         text = manifest.to_yaml()
         status = self._status(ref, manifest_digest(text))
-        return self._session(ref, plan_session(manifest, status, text))
+        session = self._session(ref, plan_session(manifest, status, text))
+        if session.plan.candidates:
+            session.adopt()
+        return session
 
     def fetch_manifest(self, ref: ModelRef) -> Manifest | None:
         text = self._status(ref).get("manifest")
@@ -282,6 +305,7 @@ class StagedSession(Session, Generic[T]):
         self.file_mode = transport.file_mode
         self._sent: set[str] = set()
         self._prepared = False
+        self.adopted = 0  # blobs found on the target, hashed there, not sent (``adopt``)
 
     @abstractmethod
     def _op(self, op: str, **params: Any) -> dict[str, Any]:
@@ -301,6 +325,28 @@ class StagedSession(Session, Generic[T]):
             "offset": self.offset(entry),
             "paths": self.plan.paths.get(entry.sha256, [entry.path]),
         }
+
+    def adopt(self) -> None:
+        """Have the target hash the files the plan's ``candidates`` name and use those that
+        match instead of sending them (:func:`stagedir.adopt`); the others stay needed."""
+        blobs = [
+            {
+                "sha256": e.sha256,
+                "size": e.size,
+                "paths": self.plan.paths.get(e.sha256, [e.path]),
+                "from": self.plan.candidates[e.sha256],
+            }
+            for e in self.needed
+            if e.sha256 in self.plan.candidates
+        ]
+        if not blobs:
+            return
+        out = self._op("adopt", blobs=blobs, dir_mode=self.dir_mode, file_mode=self.file_mode)
+        asked = {b["sha256"] for b in blobs}
+        done = {str(sha) for sha in out.get("adopted") or ()} & asked
+        self.adopted = len(done)
+        self.needed = [e for e in self.needed if e.sha256 not in done]
+        self.plan.needed = [e for e in self.plan.needed if e.sha256 not in done]
 
     def _done(self, entry: FileEntry) -> None:
         self.plan.offsets[entry.sha256] = entry.size
@@ -333,6 +379,7 @@ class StagedSession(Session, Generic[T]):
             out = self._op("commit")
             details["swap"] = out.get("how")
             details["linked"] = len(self.plan.links)
+            details["adopted"] = self.adopted
         location, path = self._location()
         return CommitInfo(location=location, path=path, details=details)
 

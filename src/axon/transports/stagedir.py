@@ -13,6 +13,8 @@ model into ``<root>/<ns>/<name...>/.<version>.staging-<d16>/`` (files being rece
 * ``receive``: append bytes to a partial blob at its offset (hashing the existing prefix and
   every new byte while writing), check size + sha256, place it at each path. ``receive_many``
   (SSH): many blobs in one framed stream, each placed as it completes.
+* ``adopt``: place files the current version holds though no manifest we trust vouches
+  for them (another tool copied the model there): each is hashed where it lies first.
 * ``prepare``: hard-link unchanged files from the current version, write manifest.yaml,
   apply modes, make every file and directory durable: complete, not yet visible.
 * ``commit``: swap the staging dir in (``renameat2(RENAME_EXCHANGE)``, else rename-aside +
@@ -343,7 +345,9 @@ def status(root: str, rel: str, digest: str = "") -> dict[str, Any]:
             manifest = fh.read().decode("utf-8", "replace")
     except (FileNotFoundError, NotADirectoryError):
         pass
-    current = _sizes_under(final) if manifest is not None else {}
+    # without a manifest, files are only of interest to a publish (``digest``), which may
+    # adopt some that another tool placed there before it was cut (see ``adopt``)
+    current = _sizes_under(final) if manifest is not None or digest else {}
     current.pop(MANIFEST_NAME, None)
     staged: dict[str, int] = {}
     partials: dict[str, int] = {}
@@ -506,6 +510,87 @@ def _place(part: str, stage: str, paths: list[str], dir_mode: int | None) -> Non
         if os.path.lexists(dst):
             os.unlink(dst)
         _link_or_copy(first, dst)
+
+
+# ---- adopt: files another tool placed ------------------------------------------------------
+def adopt(
+    root: str,
+    rel: str,
+    digest: str,
+    blobs: list[dict[str, Any]],
+    dir_mode: int | None = None,
+    file_mode: int | None = None,
+) -> dict[str, Any]:
+    """Place blobs whose bytes the current version already holds though no manifest we trust
+    says so: another tool (the upstream Go axon's publish, a ``cp -r``) put the model there.
+
+    Each blob is ``{"sha256", "size", "paths", "from"}``: ``from`` lists the current
+    version's files (relative paths) that may hold it. Such a file is hard-linked into the
+    staging dir under a temporary name (a copy where a link is refused), and *that* file,
+    the one the new version will hold, is hashed here: only one whose size and sha256 match
+    is placed at every path of the blob; any other is dropped and the blob is sent as usual.
+    Answers ``{"adopted": [sha256...], "bytes": n}``.
+    """
+    _check_root(root)
+    _check_no_overlap(root, rel)
+    final = final_dir(root, rel)
+    stage = staging_dir(root, rel, digest)
+    adopted: list[str] = []
+    nbytes = 0
+    for blob in blobs:
+        sha, size = str(blob["sha256"]), int(blob["size"])
+        paths = [str(p) for p in blob["paths"]]
+        for src in blob.get("from") or ():
+            if _adopt_one(os.path.join(final, *str(src).split("/")), stage, sha, size, paths,
+                          dir_mode):  # fmt: skip
+                adopted.append(sha)
+                nbytes += size
+                break
+    if adopted and file_mode is not None:
+        for path in {p for blob in blobs if blob["sha256"] in adopted for p in blob["paths"]}:
+            os.chmod(os.path.join(stage, *path.split("/")), file_mode)
+    return {"adopted": adopted, "bytes": nbytes}
+
+
+def _adopt_one(
+    src: str, stage: str, sha: str, size: int, paths: list[str], dir_mode: int | None
+) -> bool:
+    """Link (or copy) the regular file ``src`` into ``stage`` and place it at ``paths`` when
+    the linked file has ``size`` bytes of sha256 ``sha``; False (nothing placed) otherwise."""
+    try:
+        st = os.lstat(src)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+        return False  # a link, a directory, another size: nothing to hash
+    part_dir = os.path.join(stage, PARTIAL_DIR)
+    _makedirs(part_dir, dir_mode)
+    tmp = os.path.join(part_dir, sibling(sha, TMP_TAG, "adopt"))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    _link_or_copy(src, tmp)
+    ok = False
+    try:
+        fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            before = os.fstat(fd)
+            h = hashlib.sha256()
+            if stat.S_ISREG(before.st_mode) and before.st_size == size:
+                hash_prefix(fd, size, h)
+                ok = h.hexdigest() == sha and not changed(before, os.fstat(fd))
+            # placed unsynced, as a received file: a crash of the machine before prepare
+            # must not leave a staged file whose bytes never reached the disk
+            if ok and not _mark_unsynced(stage):
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+    except StageError:
+        ok = False  # the file shrank while hashed
+    if not ok:
+        os.unlink(tmp)
+        return False
+    _place(tmp, stage, paths, dir_mode)
+    return True
 
 
 # ---- prepare / commit / abort ------------------------------------------------------------
@@ -759,6 +844,7 @@ def receive_many(
 #: and ``receive_many`` also take the bytes, so each caller wires them to its own source
 OPERATIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "status": status,
+    "adopt": adopt,
     "prepare": prepare,
     "commit": commit,
     "abort": abort,
