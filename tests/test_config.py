@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from axon.config import axon_home as get_home
 from axon.config import expand_path, load_config
 from axon.errors import EXIT_CONFIG, ConfigError
+from tests.helpers import write_config
 
 
 def write(home: Path, text: str) -> Path:
@@ -194,3 +196,81 @@ def test_malformed_integer_text_is_a_config_error(axon_home: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config()
     assert info.value.key == "mlos_targets.a.ssh_port" and info.value.path == str(path)
+
+
+# ---- file modes: octal digits as chmod reads them, however YAML typed them -----------------
+@pytest.mark.parametrize(
+    ("written", "mode"),
+    [
+        ("775", 0o775),  # YAML: the decimal int 775; chmod 775 means 0o775
+        ("644", 0o644),
+        ("0775", 0o775),  # YAML 1.1: an octal int
+        ("'775'", 0o775),
+        ('"0775"', 0o775),
+        ("0o750", 0o750),  # YAML 1.1: text
+        ("'0o750'", 0o750),
+        ("1777", 0o1777),
+        ("0", 0),
+        ("600", 0o600),
+    ],
+)
+def test_modes_are_octal_digits(axon_home: Path, written: str, mode: int) -> None:
+    write(axon_home, f"mlos_targets:\n  a:\n    dir_mode: {written}\n    file_mode: {written}\n")
+    target = load_config().mlos_targets["a"]
+    assert (target.dir_mode, target.file_mode) == (mode, mode)
+    assert type(target.dir_mode) is int
+
+
+@pytest.mark.parametrize(
+    ("written", "words"),
+    [
+        ("493", "digit 8 or 9"),  # decimal 493 == 0o755: ambiguous, refused
+        ("'0999'", "digit 8 or 9"),
+        ("17777", "more than 7777"),
+        ("-755", "not a file mode"),
+        ("true", "not a file mode"),
+        ("7.5", "not a file mode"),
+        ("0x1ed", "not a file mode"),
+        ("rwxr-xr-x", "not a file mode"),
+        ("''", "not a file mode"),
+        ("[7, 5, 5]", "not a file mode"),
+    ],
+)
+def test_ambiguous_modes_are_refused_naming_the_key(
+    axon_home: Path, written: str, words: str
+) -> None:
+    path = write(axon_home, f"clusters:\n  c:\n    instances: [h]\n    file_mode: {written}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    err = info.value
+    assert (err.path, err.key, err.exit_code) == (str(path), "clusters.c.file_mode", EXIT_CONFIG)
+    assert words in err.message
+    assert err.hint is not None and 'file_mode: "0775"' in err.hint
+
+
+def test_other_integers_are_plain_ints(axon_home: Path) -> None:
+    write(axon_home, "mlos_targets:\n  a: {ssh_port: 2222, timeout: 5, token: 12345}\n")
+    target = load_config().mlos_targets["a"]
+    assert type(target.ssh_port) is int and target.ssh_port == 2222
+    assert target.timeout == 5.0 and target.token == "12345"
+
+
+def test_unquoted_modes_reach_the_published_files(
+    axon_home: Path, installed_model: Any, tmp_path: Path
+) -> None:
+    """``dir_mode: 750`` / ``file_mode: 640`` unquoted: the model's directories are 0750 and
+    its files 0640 (they were 0o1356 and 0o1200: sticky, group and world bits wrong)."""
+    from tests.helpers import run_axon
+
+    models = tmp_path / "models"
+    models.mkdir()
+    local = {"storage_path": str(models), "access_method": "filesystem"}
+    write_config(axon_home, {"local": {**local, "dir_mode": 750, "file_mode": 640}})
+    assert "dir_mode: 750\n" in (axon_home / "config.yaml").read_text()  # unquoted
+    run = run_axon("publish", str(installed_model), "-t", "local", "--no-notify")
+    assert run.code == 0, run.err
+    final = models / installed_model.relpath
+    files = [p for p in final.rglob("*") if p.is_file()]
+    assert files
+    assert {oct(p.stat().st_mode & 0o7777) for p in files} == {oct(0o640)}
+    assert oct(final.stat().st_mode & 0o7777) == oct(0o750)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import types
 import typing
@@ -192,7 +193,7 @@ def _read_yaml(cfg_path: Path, *, explicit: bool) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read: {exc}", path=str(cfg_path)) from exc
     try:
-        return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # safe
+        return yaml.load(text, Loader=_yaml_loader())  # safe: a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -204,28 +205,69 @@ def _read_yaml(cfg_path: Path, *, explicit: bool) -> Any:
         ) from exc
 
 
+class _IntText(int):
+    """An int read from YAML that remembers how it was written (``775``, ``0775``, ``0x1ed``):
+    a file mode's meaning depends on the digits, not on the number YAML made of them."""
+
+    text: str
+
+
+@functools.cache
+def _yaml_loader() -> Any:
+    import yaml
+
+    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    class Loader(base):  # type: ignore[misc,valid-type]
+        pass
+
+    def construct_int(loader: Any, node: Any) -> Any:
+        value = loader.construct_yaml_int(node)
+        result = _IntText(value)
+        result.text = str(node.value)
+        return result
+
+    Loader.add_constructor("tag:yaml.org,2002:int", construct_int)
+    return Loader
+
+
+_MODE_HINT = (
+    'write the octal digits, quoted or as YAML\'s octal: {key}: "0775", {key}: 0o775 '
+    "(as `chmod 775`)"
+)
+
+
 def _parse_mode(value: Any, key: str, cfg_path: Path) -> Any:
-    """``"0755"``/``"0o755"``/``"755"`` (octal text) or an int (YAML ``0755`` is octal)."""
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        try:
-            value = int(value.removeprefix("0o"), 8)
-        except ValueError:
-            raise ConfigError(
-                f"{value!r} is not an octal file mode",
-                path=str(cfg_path),
-                key=key,
-                hint='write it quoted, e.g. dir_mode: "0755"',
-            ) from None
-    if isinstance(value, int) and not 0 <= value <= 0o7777:
-        raise ConfigError(
-            f"{value} is outside 0..0o7777",
-            path=str(cfg_path),
-            key=key,
-            hint='write it quoted, e.g. file_mode: "0644"',
+    """A file mode as ``chmod`` reads one: octal digits, however YAML typed them.
+
+    ``775``, ``0775``, ``"775"``, ``"0775"`` and ``"0o775"`` all mean ``0o775``: a plain
+    number is read as its digits (YAML would make ``775`` the decimal 775, i.e. 0o1407).
+    Anything else (digits 8 or 9, a sign, hex, a fraction, a boolean, more than 0o7777) is
+    refused rather than guessed."""
+    if value is None:
+        return None
+    name = key.rsplit(".", 1)[-1]
+
+    def refuse(why: str) -> ConfigError:
+        return ConfigError(why, path=str(cfg_path), key=key, hint=_MODE_HINT.format(key=name))
+
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise refuse(f"{value!r} is not a file mode")
+    text = value if isinstance(value, str) else getattr(value, "text", str(value))
+    digits = text.strip().replace("_", "")
+    if digits[:2].lower() == "0o":
+        digits = digits[2:]
+    if not digits.isascii() or not digits.isdigit():
+        raise refuse(f"{text!r} is not a file mode (octal digits 0-7, e.g. 0755)")
+    if any(d in "89" for d in digits):
+        raise refuse(
+            f"{text} has the digit 8 or 9, so it is no octal file mode (a decimal mode such as "
+            f"493 is ambiguous: write its octal digits)"
         )
-    return value
+    mode = int(digits, 8)
+    if mode > 0o7777:
+        raise refuse(f"{text} is more than 7777 (octal): modes are at most 4 octal digits")
+    return mode
 
 
 def _normalise_modes(raw: dict[str, Any], cfg_path: Path) -> None:
@@ -325,7 +367,7 @@ def _scalar(value: Any, tp: Any, key: str) -> Any:
         raise _Invalid(key, f"should be a valid boolean (true/false), got {_shown(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            return int(value)  # a plain int, not the _IntText the loader made
         if isinstance(value, str):
             with contextlib.suppress(ValueError):
                 return int(value)
