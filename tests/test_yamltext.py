@@ -106,7 +106,21 @@ def test_a_manifest_is_written_without_pyyaml() -> None:
     m.data["spec"]["io"] = {"inputs": [{"name": "ids", "shape": [1, -1]}], "labels": {}}
     written = yamltext.dump(m.data)
     assert written is not None and written == pyyaml(m.data)
-    assert m.to_yaml() == written and Manifest.from_text(written) == m
+    assert Manifest.from_text(written) == m
+    # metadata.created is a timestamp in the Model Package Format: written plain, as one
+    stamped = written.replace("created: '2026-11-30T15:00:46Z'", "created: 2026-11-30T15:00:46Z")
+    assert stamped != written and m.to_yaml() == stamped and Manifest.from_text(stamped) == m
+
+
+def test_timestamps_are_kept_as_written() -> None:
+    for stamp in ("0001-01-01T00:00:00Z", "2026-11-30", "2026-05-01 10:20:30.5 +02:00"):
+        text = f"metadata:\n  created: {stamp}\n  note: '{stamp}'\n"
+        read = yamltext.load(text)
+        assert read is not None and read["metadata"]["created"] == stamp
+        assert type(read["metadata"]["created"]) is yamltext.Timestamp
+        assert type(read["metadata"]["note"]) is str  # quoted: a string, and stays one
+        assert yamltext.dump(read) == text
+        assert Manifest.from_text(text).to_yaml() == text
 
 
 def test_what_it_leaves_to_pyyaml() -> None:

@@ -10,13 +10,17 @@ Read leniently, write strictly:
   normalised paths, no duplicates.
 
 Unknown keys survive a load/dump round trip: the manifest is kept as the raw mapping, with
-typed accessors for what axon uses.
+typed accessors for what axon uses. YAML timestamps (upstream writes ``created:`` and
+``updated:`` unquoted, ``0001-01-01T00:00:00Z`` when unknown) are kept as the text they were
+written as (:class:`~modelpkg.yamltext.Timestamp`, a ``str``): JSON carries that text, and
+YAML gets a timestamp back, never a Python ``datetime`` no JSON encoder takes.
 """
 
 from __future__ import annotations
 
 import copy
 import datetime
+import functools
 import hashlib
 import json
 import re
@@ -29,6 +33,7 @@ from modelpkg.errors import ManifestError
 from modelpkg.layout import (
     MANIFEST_NAME as MANIFEST_NAME,  # re-exported: the file this module reads
 )
+from modelpkg.yamltext import TIMESTAMP_TAG, Timestamp, is_timestamp
 
 API_VERSION = "axon.mlos.io/v1"
 KNOWN_API_VERSIONS = {"v1", "axon.mlos.io/v1"}
@@ -46,7 +51,9 @@ _SURROGATE_ESCAPE = re.compile(r"\\(?:u|U0000)[dD][89a-fA-F]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # C0 control characters and DEL
 _BAD_SEGMENTS = frozenset(("", ".", ".."))
 # values a manifest shares between copies: immutable (YAML's scalars, timestamps included)
-_ATOMS = frozenset((str, int, float, bool, type(None), bytes, datetime.date, datetime.datetime))
+_ATOMS = frozenset((str, int, float, bool, type(None), bytes, Timestamp))
+# metadata fields the Model Package Format types as timestamps (Go ``time.Time`` upstream)
+TIMESTAMP_FIELDS = ("created", "updated")
 
 
 def check_relpath(path: str, *, field: str = "path", source: str | None = None) -> str:
@@ -102,12 +109,27 @@ def _unsafe(path: object, why: str, field: str, source: str | None) -> ManifestE
 def _load_yaml(text: str) -> Any:
     """``yaml.safe_load`` without aliases: a manifest never needs ``*anchor`` references, and
     a few hundred bytes of nested aliases expand to gigabytes once copied or written as JSON
-    (a "billion laughs" sent to mlos-core). An alias is a YAML error here."""
+    (a "billion laughs" sent to mlos-core). An alias is a YAML error here. A timestamp is
+    read as the :class:`Timestamp` text it was written as, not a ``datetime``."""
     import yaml
 
+    fast, no_alias = _loaders()
     if "*" not in text:  # no alias possible: take libyaml's fast C loader when present
-        fast = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
         return yaml.load(text, Loader=fast)  # a safe loader
+    return yaml.load(text, Loader=no_alias)  # a SafeLoader subclass: safe
+
+
+@functools.cache
+def _loaders() -> tuple[Any, Any]:
+    """(the fast safe loader, a safe loader refusing aliases), both reading timestamps as
+    :class:`Timestamp`."""
+    import yaml
+
+    def timestamp(loader: Any, node: Any) -> Timestamp:
+        return Timestamp(loader.construct_scalar(node))
+
+    class FastLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+        pass
 
     class NoAliasLoader(yaml.SafeLoader):
         def compose_node(self, parent: Any, index: Any) -> Any:
@@ -118,7 +140,56 @@ def _load_yaml(text: str) -> Any:
                 )
             return super().compose_node(parent, index)
 
-    return yaml.load(text, Loader=NoAliasLoader)  # a SafeLoader subclass: safe
+    for loader in (FastLoader, NoAliasLoader):
+        loader.add_constructor(TIMESTAMP_TAG, timestamp)
+    return FastLoader, NoAliasLoader
+
+
+@functools.cache
+def _dumpers() -> tuple[Any, Any]:
+    """(libyaml's safe dumper when there is one, PyYAML's own), both writing a
+    :class:`Timestamp` plain (a timestamp again) when it is one."""
+    import yaml
+
+    def timestamp(dumper: Any, value: Timestamp) -> Any:
+        tag = TIMESTAMP_TAG if is_timestamp(value) else "tag:yaml.org,2002:str"
+        return dumper.represent_scalar(tag, str(value))
+
+    class FastDumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
+        pass
+
+    class PyDumper(yaml.SafeDumper):
+        pass
+
+    for dumper in (FastDumper, PyDumper):
+        dumper.add_representer(Timestamp, timestamp)
+    return FastDumper, PyDumper
+
+
+def _timestamp_text(value: datetime.date) -> Timestamp:
+    """A ``datetime``/``date`` (from a caller's own YAML parse) as RFC 3339 text, ``Z`` for
+    UTC, as the upstream Go axon writes it."""
+    if isinstance(value, datetime.datetime):
+        text = value.isoformat()
+        if value.utcoffset() == datetime.timedelta(0):
+            text = text.removesuffix("+00:00") + "Z"
+        return Timestamp(text)
+    return Timestamp(value.isoformat())
+
+
+def _with_timestamps(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with ``metadata.created`` / ``updated`` that are timestamp text (JSON carries
+    them as strings) as :class:`Timestamp`, written plain as upstream writes them; ``data``
+    itself when there is nothing to change."""
+    meta = data.get("metadata")
+    if type(meta) is not dict:
+        return data
+    changed = {
+        key: Timestamp(value)
+        for key in TIMESTAMP_FIELDS
+        if type(value := meta.get(key)) is str and is_timestamp(value)
+    }
+    return {**data, "metadata": {**meta, **changed}} if changed else data
 
 
 def _is_unicode(data: Any) -> bool:
@@ -144,6 +215,8 @@ def _copied(node: Any) -> Any:
         return [_copied(value) for value in node]
     if kind in _ATOMS:
         return node
+    if isinstance(node, datetime.date):  # datetime too: a subclass
+        return _timestamp_text(node)
     return copy.deepcopy(node)
 
 
@@ -508,18 +581,19 @@ class Manifest:
     def to_yaml(self) -> str:
         from modelpkg import yamltext
 
-        text = yamltext.dump(self.data)  # PyYAML's text, written without its representer
+        data = _with_timestamps(self.data)
+        text = yamltext.dump(data)  # PyYAML's text, written without its representer
         if text is not None:
             return text
         import yaml
 
         # libyaml's emitter when there is one: the same text, 3x faster (65,000 files: 4 s);
         # it cannot write text that is not valid Unicode (a lone surrogate), the Python one can
-        dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+        fast, python = _dumpers()
         try:
-            return yaml.dump(self.data, Dumper=dumper, sort_keys=False, allow_unicode=True)
+            return yaml.dump(data, Dumper=fast, sort_keys=False, allow_unicode=True)
         except UnicodeEncodeError:
-            return yaml.safe_dump(self.data, sort_keys=False, allow_unicode=True)
+            return yaml.dump(data, Dumper=python, sort_keys=False, allow_unicode=True)
 
     def to_json(self) -> str:
         return json.dumps(self.data, sort_keys=False, default=str)

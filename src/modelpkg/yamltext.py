@@ -6,8 +6,12 @@ libyaml emits anything: ~0.1 s for a manifest of 3,000 files, paid by every publ
 compares the text it would write with the target's. Manifests are mappings, lists, text,
 integers, booleans and nulls in block style, which is simple to write: :func:`dump` writes
 those, asks PyYAML itself how to write each string it cannot tell at a glance (remembered
-per string), and answers None for anything else (a float, a date, a key too long for a simple
-key, a string that could wrap), which the caller then dumps with PyYAML as before.
+per string), and answers None for anything else (a float, a key too long for a simple key, a
+string that could wrap), which the caller then dumps with PyYAML as before.
+
+Timestamps (``created: 0001-01-01T00:00:00Z``, as the upstream Go axon writes them) are read
+as :class:`Timestamp`: text, kept exactly as written, that is written back plain (a YAML
+timestamp again). JSON carries it as that text.
 """
 
 from __future__ import annotations
@@ -29,6 +33,23 @@ _PLAIN_CANDIDATE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./+-]*")
 # line breaks as YAML counts them: a key holding one is not a simple key
 _BREAKS = re.compile("[\r\n\x85\u2028\u2029]")
 _END = "\n...\n"
+
+
+TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+
+
+class Timestamp(str):
+    """A YAML timestamp, kept as the text it was written as (``0001-01-01T00:00:00Z``,
+    ``2026-11-30``): a ``str`` everywhere (JSON, comparisons, digests), written back to YAML
+    plain, so YAML (and the upstream Go axon's ``time.Time`` fields) read a timestamp again.
+    Text that is not a YAML timestamp is written as any other string."""
+
+    __slots__ = ()
+
+
+def is_timestamp(text: str) -> bool:
+    """Does YAML read ``text``, written plain, as a timestamp?"""
+    return bool(text) and text[0].isdigit() and _resolved_tag(text) == TIMESTAMP_TAG
 
 
 class _Unsupported(Exception):
@@ -92,6 +113,12 @@ def _scalar(value: Any, column: int) -> str:
     kind = type(value)
     if kind is str:
         return _string(value, column)
+    if kind is Timestamp:
+        if not is_timestamp(value):
+            return _string(str(value), column)
+        if column + len(value) > WIDTH and " " in value:
+            raise _Unsupported  # PyYAML may break it at a space
+        return str(value)
     if kind is int:
         return str(value)
     if kind is bool:
@@ -142,12 +169,18 @@ def _resolved_first() -> frozenset[str]:
 @_small
 def _resolves(text: str) -> bool:
     """Does YAML read ``text``, written plain, as something other than a string?"""
+    return _resolved_tag(text) is not None
+
+
+@_small
+def _resolved_tag(text: str) -> str | None:
+    """The tag YAML gives ``text`` written plain, when it is not a string's (None)."""
     from yaml.resolver import Resolver
 
-    for _tag, pattern in Resolver.yaml_implicit_resolvers.get(text[0], ()):
+    for tag, pattern in Resolver.yaml_implicit_resolvers.get(text[0], ()):
         if pattern.match(text):
-            return True
-    return False
+            return str(tag)
+    return None
 
 
 @_small
@@ -261,6 +294,8 @@ def _value(token: str) -> Any:
         return []
     if _INT.fullmatch(token):
         return int(token)
+    if token[:1].isdigit() and is_timestamp(token):
+        return Timestamp(token)
     if token[:1] in ("'", '"'):
         return _quoted(token)
     return token
