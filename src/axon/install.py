@@ -17,6 +17,7 @@ and the directory appears in one rename. An interrupted install leaves no model 
 from __future__ import annotations
 
 import errno
+import json
 import tarfile
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from axon.detect import detect_dir
 from axon.errors import (
     AxonError,
     IntegrityError,
+    InvalidReferenceError,
     NoSpaceError,
     SourceError,
     TargetPermissionError,
@@ -38,7 +40,7 @@ from axon.sources import Digest, copy_dir, extract_archive
 from axon.transports.stagedir import sync_tree
 from modelpkg.atomic import remove_tree, replace_dir, staging_name
 from modelpkg.manifest import MANIFEST_NAME, FileEntry, Manifest
-from modelpkg.refs import ModelRef
+from modelpkg.refs import DEFAULT_VERSION, ModelRef
 
 ARCHIVE_SUFFIXES = (".axon", ".tar.gz", ".tgz", ".tar")
 
@@ -146,9 +148,10 @@ def _install(
         _raise_cache_error(exc, cache, source)
     try:
         digests = populate(staged)
+        recorded = _take_recorded_ref(staged)
         base = _take_base_manifest(staged)
         final_ref = ref or _ref_from_manifest(base, source)
-        _drop_housekeeping(staged, digests, final_ref)
+        _drop_housekeeping(staged, digests, final_ref, base, recorded)
         _check_against_base(base, digests, source)
         manifest = build_manifest(final_ref, staged, digests, base)
         cache.write_package_files(staged, final_ref, manifest, source=source, validated=True)
@@ -194,12 +197,52 @@ def _inode(path: Path) -> tuple[int, int]:
     return (st.st_dev, st.st_ino)
 
 
-def _drop_housekeeping(staged: Path, digests: dict[str, Digest], ref: ModelRef) -> None:
+def _drop_housekeeping(
+    staged: Path,
+    digests: dict[str, Digest],
+    ref: ModelRef,
+    base: Manifest | None,
+    recorded: ModelRef | None,
+) -> None:
     """Our own bookkeeping files from a source that was itself a cache dir are not model
-    files (upstream's ``<ns>-<name>-<ver>.axon`` would double every publish)."""
-    for name in (MANIFEST_NAME, METADATA_NAME, ref.archive_name):
+    files: upstream's ``<ns>-<name>-<ver>.axon`` package (a tar.gz of the other files) would
+    double every publish. It is named after the reference the source was installed as
+    (``recorded``, from its ``.axon_metadata.json``: ``ns/name@latest`` when the user wrote
+    no version), which may differ from the manifest's version and from ``--as``; one its
+    manifest lists as a model file is kept."""
+    listed = {f.path for f in base.files} if base is not None else set()
+    names = {MANIFEST_NAME, METADATA_NAME, ref.archive_name}
+    for other in (recorded, _manifest_ref(base)):
+        if other is not None and other.archive_name not in listed:
+            names.add(other.archive_name)
+    for name in names:
         digests.pop(name, None)
         (staged / name).unlink(missing_ok=True)
+
+
+def _manifest_ref(base: Manifest | None) -> ModelRef | None:
+    """The reference a source's manifest names (None when it names none, or a bad one)."""
+    if base is None or not (base.namespace and base.name):
+        return None
+    try:
+        return ModelRef(base.namespace, base.name, base.version or DEFAULT_VERSION)
+    except InvalidReferenceError:
+        return None
+
+
+def _take_recorded_ref(staged: Path) -> ModelRef | None:
+    """The reference a cache dir source was installed as, from its ``.axon_metadata.json``
+    (removed: it is not a model file); None when there is none or it names no valid one."""
+    path = staged / METADATA_NAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return ModelRef(str(data["namespace"]), str(data["name"]), str(data["version"]))
+    except (OSError, ValueError, KeyError, TypeError, InvalidReferenceError):
+        return None
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _take_base_manifest(staged: Path) -> Manifest | None:
