@@ -243,6 +243,34 @@ def registration(
 @click.option("--s3-endpoint-url", help="S3-compatible endpoint (default: AWS).")
 @click.option("--s3-region", help="S3 region (default: the AWS config's).")
 @click.option("--s3-profile", help="AWS profile for the credentials.")
+# ---- running models (mlos_core.inference) ----
+@click.option(
+    "--datasets-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Evaluation data held here: DIR/<dataset>/*.npz or DIR/<namespace>/<dataset>/*.npz "
+    "(arrays named after the model's inputs, plus 'labels'). Default: none.",
+)
+@click.option(
+    "--max-loaded-models",
+    default=4,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Models kept loaded for inference; one more unloads the least recently used.",
+)
+@click.option(
+    "--inference-threads",
+    type=click.IntRange(min=1),
+    help="Threads of each inference session (CPU count // this many run at once). "
+    "Default: the CPU count.",
+)
+@click.option(
+    "--min-eval-examples",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Refuse to report an evaluation over fewer examples (an aggregate of one example "
+    "is that example).",
+)
 def serve(
     host: str,
     port: int,
@@ -270,6 +298,10 @@ def serve(
     s3_endpoint_url: str | None,
     s3_region: str | None,
     s3_profile: str | None,
+    datasets_dir: Path | None,
+    max_loaded_models: int,
+    inference_threads: int | None,
+    min_eval_examples: int,
 ) -> None:
     """Run the MLOS Core HTTP server."""
     _start_logging(log_level, host, tokens_file)
@@ -299,6 +331,10 @@ def serve(
         s3_endpoint_url=s3_endpoint_url,
         s3_region=s3_region,
         s3_profile=s3_profile,
+        datasets_dir=datasets_dir.absolute() if datasets_dir else None,
+        max_loaded_models=max_loaded_models,
+        inference_threads=inference_threads,
+        min_eval_examples=min_eval_examples,
     )
     app = _app(settings)
     from mlos_core.http import server  # uvicorn only for serve, not for --help

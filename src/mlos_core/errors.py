@@ -22,7 +22,9 @@ Hierarchy (each class has a default ``code``; a raise may name a more precise on
     │   ├── ChecksumMismatch                 checksum_mismatch
     │   └── SizeMismatch                     size_mismatch
     ├── CorruptState                         corrupt: the server's own state is unreadable
-    └── NoSpace                              insufficient_storage: the models filesystem is full
+    ├── NoSpace                              insufficient_storage: the models filesystem is full
+    └── NotSupported                         not_supported: nothing here can do it (a model
+                                             format without a runtime)
 """
 
 from __future__ import annotations
@@ -111,6 +113,13 @@ class CorruptState(CoreError):
 
 class NoSpace(CoreError):
     code = "insufficient_storage"
+
+
+class NotSupported(CoreError):
+    """A request this server cannot carry out at all (inference of a format it has no
+    runtime for): asking again will not help, publishing something else will."""
+
+    code = "not_supported"
 
 
 def no_space(where: str) -> NoSpace:

@@ -58,6 +58,11 @@ class Settings:
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     s3_profile: str | None = None
+    # running models (mlos_core.inference): datasets for evaluation, loaded-model cap, threads
+    datasets_dir: Path | None = None  # <dir>/<dataset>/*.npz or <dir>/<ns>/<dataset>/*.npz
+    max_loaded_models: int = 4  # sessions kept loaded (least recently used out)
+    inference_threads: int | None = None  # threads of each session; None: the CPU count
+    min_eval_examples: int = 10  # an evaluation over fewer examples is refused
 
     @property
     def state_dir(self) -> Path:

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlos_core import __version__
 from mlos_core.core import Core
-from mlos_core.http import routes, routes_v1
+from mlos_core.http import routes, routes_inference, routes_v1
 from mlos_core.http.errors import EXCEPTION_HANDLERS, CatchAll
 
 log = logging.getLogger("mlos_core.http")
@@ -90,7 +90,7 @@ def create_app(core: Core) -> ASGIApp:
         task.cancel()
 
     app = Starlette(
-        routes=[*routes.ROUTES, *routes_v1.ROUTES, routes.MODEL_ROUTE],
+        routes=[*routes.ROUTES, *routes_v1.ROUTES, *routes_inference.ROUTES, routes.MODEL_ROUTE],
         lifespan=lifespan,
         # inside Starlette's outermost error middleware, which drops the connection after
         # answering: what no handler took is answered here and the connection stays usable

@@ -37,6 +37,7 @@ from mlos_core.errors import (
     Forbidden,
     NoSpace,
     NotFound,
+    NotSupported,
     TooLarge,
     Unauthorized,
     Unprocessable,
@@ -69,6 +70,7 @@ STATUS: dict[type[CoreError], int] = {
     UnsupportedMediaType: 415,
     Unprocessable: 422,
     CorruptState: 500,
+    NotSupported: 501,
     NoSpace: 507,
 }
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,6 +19,7 @@ from starlette.routing import Route
 from mlos_core import __version__
 from mlos_core.core import parse_ref
 from mlos_core.errors import Forbidden, NotFound
+from mlos_core.http import routes_inference
 from mlos_core.http.errors import JSONAnswer
 from mlos_core.http.metrics import metrics
 from mlos_core.http.multipart import upload_multipart
@@ -98,41 +98,16 @@ async def model_route(request: Request) -> Response:
     if request.method == "POST":
         if not rest.endswith("/inference"):
             raise NotFound(f"no such endpoint: POST /models/{rest}")
-        return await inference(request, rest.removesuffix("/inference"))
+        return await routes_inference.inference(request, rest.removesuffix("/inference"))
     ref = parse_ref(rest)
     if request.method == "DELETE":
         core.tenants.authorize(request.headers.get("authorization"), ref.namespace)
-        return JSONAnswer(await core.delete_model(ref))
+        answer = await core.delete_model(ref)
+        routes_inference.forget(request, ref.id)  # its loaded session goes too
+        return JSONAnswer(answer)
     entry = core.get_entry(ref)
     data = entry.to_dict()
     return JSONAnswer({**data, "model_status": entry.status, "status": "success", "model": data})
-
-
-async def inference(request: Request, model_id: str) -> JSONAnswer:
-    """A plausible answer: this server has no inference engine (it says so in the answer)."""
-    core = core_of(request)
-    entry = core.get_entry(parse_ref(model_id))
-    body = await json_body(request)
-    shapes = {k: _shape(v) for k, v in body.items()}
-    answer: dict[str, Any] = {
-        "status": "success",
-        "model_id": entry.id,
-        "input_shapes": shapes,
-        "inference_time_ms": 0.0,
-        "note": "mlos-core (Python) stores and registers models; it has no inference engine, "
-        "so no real outputs are computed",
-    }
-    if request.query_params.get("include_outputs", "").lower() in ("1", "true", "yes"):
-        answer["outputs"] = {"output": [[0.0]]}
-    return JSONAnswer(answer)
-
-
-def _shape(value: Any) -> list[int]:
-    shape = []
-    while isinstance(value, list):
-        shape.append(len(value))
-        value = value[0] if value else None
-    return shape
 
 
 async def openapi(_request: Request) -> JSONAnswer:

