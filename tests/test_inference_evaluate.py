@@ -197,6 +197,7 @@ def test_tenants_evaluate_only_their_models_on_their_datasets(
 
     assert status("alpha/m@v1", "alpha/data", ALPHA) == 200
     assert status("bravo/m@v1", "bravo/data", ALPHA) == 403  # another tenant's model
+    assert status("bravo/m@v1", "alpha/data", ALPHA) == 403  # ... on its own dataset
     assert status("alpha/m@v1", "bravo/data", ALPHA) == 403  # another tenant's dataset
     assert status("alpha/m@v1", "shared", ALPHA) == 403  # outside any namespace
     assert status("alpha/m@v1", "alpha/data", None) == 401
