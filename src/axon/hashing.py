@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from axon.progress import skipped as skipped_bytes
+
 CHUNK = 4 * 1024 * 1024
 
 ProgressFn = Callable[[int], None]
@@ -210,7 +212,7 @@ class HashIndex:
             known = self.lookup(path, st)
             if known is not None:
                 if on_bytes is not None:
-                    on_bytes(st.st_size)
+                    skipped_bytes(on_bytes, st.st_size)
                 return known
         sha = sha256_file(path, on_bytes)
         after = os.stat(path)
@@ -253,7 +255,7 @@ def hash_stats(
             out[p] = Hashed(sha, st.st_size, file_key(st), read=False)
             skipped += st.st_size
     if on_bytes is not None and skipped:
-        on_bytes(skipped)
+        skipped_bytes(on_bytes, skipped)  # known: done, but no hashing rate
 
     def one(item: tuple[Path, os.stat_result]) -> Hashed:
         p, st = item

@@ -86,6 +86,8 @@ if TYPE_CHECKING:
     import httpx
 
     from axon.targets import InstanceTarget
+from modelpkg.signing import CODES as SIGNATURE_CODES
+from modelpkg.signing import SignatureError
     from modelpkg.refs import ModelRef
 
 DEFAULT_TIMEOUT = 30.0
@@ -1147,6 +1149,11 @@ class MlosClient:
             limit=MANIFEST_LIMIT,
         )
         if answer.status == 200:
+        if code in SIGNATURE_CODES and 400 <= status < 500:  # refused for its signature: exit 5
+            return SignatureError(
+                text, code=code, hint="sign it with a key the instance trusts: axon sign REF "
+                "--key KEY.pem", target=self.name, url=url, status=status
+            )  # fmt: skip
             return True, self.manifest_in(answer, answer.content, what=what)
         if answer.error_fields()[0] == "unknown_model":
             return True, None  # the server has the endpoint: it has no such model

@@ -7,6 +7,7 @@ thread-safe. :data:`NULL_PROGRESS` does nothing and is every library function's 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -39,8 +40,42 @@ class NullProgress:
     def message(self, text: str) -> None:
         pass
 
+    def skip(self, key: str, nbytes: int) -> None:
+        pass
+
 
 NULL_PROGRESS: Progress = NullProgress()
+
+
+def skip(progress: Progress, key: str, nbytes: int) -> None:
+    """``nbytes`` of task ``key`` are done without work (a sha256 the hash index knew, an
+    upload resumed at an offset): a sink with a ``skip`` method counts them as done but
+    not toward a rate; any other sink sees an ordinary ``advance``."""
+    method = getattr(progress, "skip", None)
+    if method is not None:
+        method(key, nbytes)
+    else:
+        progress.advance(key, nbytes)
+
+
+class BytesTo:
+    """An ``on_bytes(n)`` callback advancing task ``key`` of ``progress``, whose ``skip(n)``
+    reports bytes done without work (see :func:`skipped`)."""
+
+    def __init__(self, progress: Progress, key: str) -> None:
+        self.progress, self.key = progress, key
+
+    def __call__(self, nbytes: int) -> None:
+        self.progress.advance(self.key, nbytes)
+
+    def skip(self, nbytes: int) -> None:
+        skip(self.progress, self.key, nbytes)
+
+
+def skipped(on_bytes: Callable[[int], None], nbytes: int) -> None:
+    """Report ``nbytes`` done without work to ``on_bytes``: its ``skip`` when it has one
+    (:class:`BytesTo`), else as ordinary bytes."""
+    getattr(on_bytes, "skip", on_bytes)(nbytes)
 
 
 class PrefixedProgress:
@@ -58,6 +93,9 @@ class PrefixedProgress:
 
     def end(self, key: str, *, ok: bool = True, note: str = "") -> None:
         self.inner.end(f"{self.prefix}{key}", ok=ok, note=note)
+
+    def skip(self, key: str, nbytes: int) -> None:
+        skip(self.inner, f"{self.prefix}{key}", nbytes)
 
     def message(self, text: str) -> None:
         self.inner.message(f"{self.prefix}{text}")

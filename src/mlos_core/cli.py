@@ -31,6 +31,7 @@ from mlos_core.settings import (
     parse_size,
 )
 from mlos_core.tenants import TokensFileError
+from modelpkg.errors import ConfigError
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
@@ -140,6 +141,14 @@ def registration(
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="A directory outside --models-dir whose models POST /models/register may point "
     "to (e.g. a developer's ~/.axon/cache/models); repeatable. Default: none.",
+)
+@click.option(
+    "--trusted-keys",
+    "trusted_keys",
+    type=click.Path(exists=True, path_type=Path),
+    help="A directory (or file) of PEM public keys and CA certificates trusted to sign "
+    "models; every model must then carry a model.sig they verify (docs/signing.md). "
+    "Per-tenant keys: trusted_keys in the --tokens file.",
 )
 @click.option("--instance-id", default="mlos-core", show_default=True)
 @click.option(
@@ -277,6 +286,7 @@ def serve(
     models_dir: Path,
     tokens_file: Path | None,
     register_roots: tuple[Path, ...],
+    trusted_keys: Path | None,
     instance_id: str,
     max_upload_size: int | None,
     upload_ttl: float,
@@ -315,6 +325,7 @@ def serve(
         port=port,
         tokens_file=tokens_file,
         register_roots=tuple(p.absolute() for p in register_roots),
+        trusted_keys=trusted_keys.absolute() if trusted_keys else None,
         instance_id=instance_id,
         max_upload_size=max_upload_size,
         upload_ttl=upload_ttl,
@@ -363,7 +374,7 @@ def _app(settings: Settings) -> ASGIApp:
 
     try:
         return create_app(Core(settings, model_sources(settings)))
-    except (TokensFileError, OSError) as exc:
+    except (TokensFileError, OSError, ConfigError) as exc:  # ConfigError: a trusted key
         raise click.ClickException(f"cannot start: {exc}") from exc
 
 

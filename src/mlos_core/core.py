@@ -29,7 +29,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from mlos_core.errors import (
     BadRequest,
@@ -43,6 +43,7 @@ from mlos_core.errors import (
 from mlos_core.metrics import Metrics
 from mlos_core.registration import find_model_dir
 from mlos_core.settings import Settings
+from mlos_core.signatures import SignatureRefused, TrustPolicy, refusal
 from mlos_core.storage.blobs import BlobStore, BlobWriter
 from mlos_core.storage.locks import KeyedLocks
 from mlos_core.storage.registry import ModelEntry, Registry, entry_from_manifest, inference_endpoint
@@ -56,6 +57,15 @@ from modelpkg.layout import REGISTRY_FILE
 from modelpkg.manifest import API_VERSION, MANIFEST_NAME, FileEntry, Manifest
 from modelpkg.refs import ModelRef
 
+from modelpkg.signing import (
+    MAX_SIGNATURE_BYTES,
+    REQUIRED,
+    SIGNATURE_NAME,
+    SignatureError,
+    check_signature_bytes,
+    signature_entry,
+)
+from modelpkg.signing import verify as verify_bundle
 log = logging.getLogger("mlos_core")
 
 # Staging dirs in the models tree idle longer than this are leftovers; younger ones may be a
@@ -130,6 +140,8 @@ class Core:
         self.models_dir.mkdir(parents=True, exist_ok=True)
         self.tenants = Tenants(settings.tokens_file)
         self.blobs = BlobStore(self.state_dir, durable=settings.durable)
+        # who may sign which namespace (--trusted-keys, trusted_keys: in the tokens file)
+        self.trust = TrustPolicy(settings.trusted_keys, settings.tokens_file)
         self.versions = VersionStore(
             self.models_dir,
             self.blobs,
@@ -183,7 +195,17 @@ class Core:
             source.pull(self)
         found = self.versions.scan()
         self.versions.note_found(found)
-        entries = [entry_from_manifest(f.ref, f.path, f.manifest, "scan") for f in found]
+        entries = []
+        for f in found:
+            entry = entry_from_manifest(f.ref, f.path, f.manifest, "scan")
+            try:
+                entry.signer = self.verify_signature(f.ref, f.manifest, "scan", model_dir=f.path)
+            except SignatureRefused:  # counted and logged; what it replaced is not served
+                old = self.registry.get(f.ref.id)
+                if old is not None and Path(old.path) == Path(f.path):
+                    self.registry.remove(f.ref.id)
+                continue
+            entries.append(entry)
         return len(found), self.registry.put_many(entries)
 
     def expire_uploads(self) -> int:
@@ -403,6 +425,7 @@ class Core:
         self.check_files(files)
         self.check_overlap(ref)
         self.check_size(sum(f.size for f in files))
+        self.require_signature_file(ref, manifest, "upload")  # before any byte is sent
         self._check_free_space({f.sha256: f.size for f in files})
         upload = Upload(new_upload_id(), ref.id, tenant, manifest.data)
         self.uploads.save(upload)
@@ -491,8 +514,15 @@ class Core:
         self.uploads.save(upload)
         return staged
 
-    def publish_staged(self, staged: Path, ref: ModelRef, manifest: Manifest) -> ModelEntry:
-        """Make a prepared dir visible and register it (blocking; hold the model lock)."""
+        if entry.signer is None and self.trust.required(ref.namespace):
+            return None  # registered before signatures were required: a commit checks it
+    def publish_staged(
+        self, staged: Path, ref: ModelRef, manifest: Manifest, source: str = "upload"
+    ) -> ModelEntry:
+        """Make a prepared dir visible and register it (blocking; hold the model lock).
+        A model whose signature this instance refuses (:meth:`verify_signature`) is not:
+        SignatureRefused, the staged dir left to the caller."""
+        signer = self.verify_signature(ref, manifest, source)
         final = self.versions.publish(staged, ref, manifest)
         entry = entry_from_manifest(ref, final, manifest, "upload")
         self.registry.put(entry)
@@ -507,6 +537,7 @@ class Core:
             else:
                 staged = await asyncio.to_thread(self.prepare, upload)
                 entry = await asyncio.to_thread(self.publish_staged, staged, ref, manifest)
+        self.verify_signature(upload.ref, upload.manifest_obj(), "upload")  # before staging
             self.uploads.delete(upload.upload_id)
         self.metrics.upload("resumable", True)
         # the client checks it is the manifest it sent (docs/upload-protocol.md)
@@ -516,6 +547,7 @@ class Core:
     def get_entry(self, ref: ModelRef) -> ModelEntry:
         entry = self.registry.get(ref.id)
         if entry is None:
+        entry.signer = signer
             raise NotFound(
                 f"model {ref.id} is not registered on this instance "
                 "(GET /models lists what is; publish it or POST /models/scan)",
@@ -524,6 +556,9 @@ class Core:
         return entry
 
     async def delete_model(self, ref: ModelRef) -> dict[str, Any]:
+                entry.signer = await asyncio.to_thread(
+                    self.verify_signature, ref, manifest, "upload"
+                )
         async with self.model_lock(ref):
             entry = self.registry.remove(ref.id)
             removed, other = await asyncio.to_thread(self.versions.delete, ref)
@@ -533,6 +568,84 @@ class Core:
             await asyncio.to_thread(self._collect)
         message = "deleted"
         if other is not None:
+    # ---- signatures -------------------------------------------------------------------
+    def require_signature_file(self, ref: ModelRef, manifest: Manifest, source: str) -> None:
+        """SignatureRefused (``signature_required``) when ``ref``'s namespace needs a
+        signature and the manifest lists no ``model.sig``: the early answer, before any
+        byte is sent or fetched (the signature itself is checked before the commit)."""
+        if self.trust.required(ref.namespace) and signature_entry(manifest.files) is None:
+            self._refuse(ref, source, _unsigned(ref))
+
+    def verify_signature(
+        self,
+        ref: ModelRef,
+        manifest: Manifest,
+        source: str = "upload",
+        *,
+        model_dir: Path | None = None,
+    ) -> dict[str, Any] | None:
+        """Check ``ref``'s signature before it becomes visible (blocking): its signer, or
+        None when its namespace needs none. SignatureRefused (counted in ``/metrics`` by
+        ``source`` and reason) when ``model.sig`` is missing, does not verify, does not
+        cover exactly the manifest's files with their sha256s, or was made by a key not
+        trusted for the namespace.
+
+        The manifest's digests are the ones checked: no byte of the model is read again.
+        ``model.sig`` is read from the blob store (its content arrived verified), or from
+        ``model_dir`` (a scan, a registration, a rollback), checked against its entry.
+        """
+        if not self.trust.required(ref.namespace):
+            return None
+        try:
+            entry = signature_entry(manifest.files)
+            if entry is None:
+                raise _unsigned(ref)
+            data = self._signature_bytes(entry.sha256, model_dir)
+            if model_dir is not None:
+                check_signature_bytes(data, entry)
+            signer = verify_bundle(data, manifest.files, self.trust.keys_for(ref.namespace))
+        except SignatureError as exc:
+            self._refuse(ref, source, exc)
+        return signer.to_dict()
+
+    def _refuse(self, ref: ModelRef, source: str, exc: SignatureError) -> NoReturn:
+        self.metrics.refused(source, exc.code)
+        log.warning("refused %s (%s): %s", ref.id, source, exc.message)
+        raise refusal(exc, f"model {ref.id}") from None
+
+    def _signature_bytes(self, sha256: str, model_dir: Path | None) -> bytes:
+        """``model.sig``: from ``model_dir`` (not through a link), else the blob store."""
+        path = model_dir / SIGNATURE_NAME if model_dir is not None else self.blobs.path(sha256)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError as exc:
+            raise SignatureError(
+                f"model.sig cannot be read on this server ({exc.strerror})", code=REQUIRED
+            ) from None
+        with os.fdopen(fd, "rb") as fh:
+            return fh.read(MAX_SIGNATURE_BYTES + 1)
+
+    def _verify_registered(
+        self, ref: ModelRef, manifest_text: bytes | None, signature: bytes | None
+    ) -> dict[str, Any] | None:
+        """:meth:`verify_signature` of a directory named by ``POST /models/register``."""
+        if manifest_text is None:
+            self._refuse(ref, "register", _unsigned(ref))
+        try:
+            manifest = Manifest.from_text(manifest_text or b"", source=MANIFEST_NAME)
+        except ManifestError as exc:
+            self._refuse(ref, "register", SignatureError(f"its manifest.yaml: {exc}"))
+        entry = signature_entry(manifest.files)
+        if entry is None or signature is None:
+            self._refuse(ref, "register", _unsigned(ref))
+        assert entry is not None and signature is not None
+        try:
+            check_signature_bytes(signature, entry)
+            signer = verify_bundle(signature, manifest.files, self.trust.keys_for(ref.namespace))
+        except SignatureError as exc:
+            self._refuse(ref, "register", exc)
+        return signer.to_dict()
+
             message = (
                 f"deleted the registration; its directory nests with model {other}'s and was "
                 "left alone"
@@ -567,7 +680,15 @@ class Core:
         if os.path.realpath(found.path).startswith(models_dir + os.sep):
             self.check_overlap(ref)  # never claim a directory inside (or around) another model
         entry = ModelEntry(id=ref.id, name=ref.name, path=found.path, source="register")
+            try:
+                signer = await asyncio.to_thread(
+                    self.verify_signature, ref, manifest, "rollback", model_dir=final
+                )
+            except SignatureRefused:
+                await asyncio.to_thread(self.versions.rollback, ref)  # forward again
+                raise
         if found.manifest is not None:
+            entry.signer = signer
             with contextlib.suppress(ManifestError):  # registered as it is, like upstream
                 manifest = Manifest.from_text(found.manifest, source=MANIFEST_NAME)
                 entry = entry_from_manifest(ref, Path(found.path), manifest, "register")
@@ -587,11 +708,15 @@ class _Visible:
         self.manifest = manifest
         self._digest: str | None = None
         self._entry: ModelEntry | None = None
+        signer = None
+        if self.trust.required(ref.namespace):
+            signer = self._verify_registered(ref, found.manifest, found.signature)
 
     def digest(self) -> str:
         if self._digest is None:
             self._digest = self.manifest.digest()
         return self._digest
+        entry.signer = signer
 
     def registers_as(self, entry: ModelEntry, ref: ModelRef, final: Path) -> bool:
         """Is ``entry`` what a commit of the visible version at ``final`` registers (its
@@ -599,7 +724,7 @@ class _Visible:
         if self._entry is None:
             self._entry = entry_from_manifest(ref, final, self.manifest, "upload")
         return entry == dataclasses.replace(
-            self._entry, source=entry.source, registered_at=entry.registered_at
+            self._entry, source=entry.source, registered_at=entry.registered_at, signer=entry.signer
         )
 
 
@@ -613,3 +738,12 @@ def register_answer(entry: ModelEntry, message: str) -> dict[str, Any]:
         "framework": entry.framework,
         "inference_endpoint": inference_endpoint(entry.id),
     }
+def _unsigned(ref: ModelRef) -> SignatureError:
+    return SignatureError(
+        f"it has no {SIGNATURE_NAME}, and namespace {ref.namespace!r} takes only models "
+        "signed by a key this instance trusts",
+        code=REQUIRED,
+        hint=f"sign it, then publish again: axon sign {ref.id} --key KEY.pem",
+    )
+
+

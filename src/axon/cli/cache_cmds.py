@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from axon.cli.flags import GoFlagsCommand
 from axon.cli.output import Output, human_bytes, json_option, quiet_option
+from axon.cli.sign_cmds import report_signature, signature_field, signature_json, signature_options
 
 if TYPE_CHECKING:
     from axon.cache import Cache, CachedModel
@@ -33,13 +35,20 @@ def _progress(out: Output) -> Iterator[Progress]:
 
         yield NULL_PROGRESS
         return
+    from axon.cli.progress_lines import PlainProgress, progress_mode
+
+    mode = progress_mode(enabled=True)
+    if mode == "lines":  # no terminal: a plain line every 10 s or 10%
+        with PlainProgress() as lines:
+            yield lines
+        return
     from axon.cli.progress_view import progress_sink
 
-    with progress_sink(enabled=out.human) as sink:
+    with progress_sink(enabled=mode == "bars") as sink:
         yield sink
 
 
-@click.command("init")
+@click.command("init", cls=GoFlagsCommand)
 @json_option
 def init_cmd(as_json: bool) -> None:
     """Create the config file (if missing) and the cache directories."""
@@ -59,7 +68,7 @@ def init_cmd(as_json: bool) -> None:
     out.line(f"cache:  {config.cache_dir}")
 
 
-@click.command("install")
+@click.command("install", cls=GoFlagsCommand)
 @click.argument("source")
 @click.option(
     "--as", "as_ref", metavar="REF", help="Install as namespace/name[@version] (default: from "
@@ -102,15 +111,32 @@ def install_cmd(
     out.line(f"  {model.path}")
 
 
-@click.command("list")
+@click.command("list", cls=GoFlagsCommand)
+@click.option(
+    "--format",
+    "-f",
+    "fmt",
+    type=click.Choice(["default", "names", "json"]),
+    default="default",
+    show_default=True,
+    help="default: a table; names: namespace/name once per line; json: an array, one "
+    "object per model (upstream's keys Namespace, Name, Version, Path, and ours).",
+)
 @json_option
-def list_cmd(as_json: bool) -> None:
-    """List the models in the cache."""
+def list_cmd(fmt: str, as_json: bool) -> None:
+    """List the models in the cache (--json: one object with the cache dir and the models)."""
     out = Output(as_json=as_json)
     cache = _cache()
     models = cache.list()
     if as_json:
         out.json({"cache_dir": str(cache.root), "models": [m.to_dict() for m in models]})
+        return
+    if fmt == "json":  # upstream's shape: a bare array
+        out.json([_upstream_keys(m) | m.to_dict() for m in models])
+        return
+    if fmt == "names":  # upstream: each namespace/name once, no version
+        for name in dict.fromkeys(f"{m.ref.namespace}/{m.ref.name}" for m in models):
+            click.echo(name)
         return
     if not models:
         out.line(f"no models in {cache.models_dir} (add one with `axon install SOURCE`)")
@@ -128,7 +154,14 @@ def list_cmd(as_json: bool) -> None:
     out.table(["MODEL", "FORMAT", "FILES", "SIZE", "INSTALLED"], rows)
 
 
-@click.command("info")
+def _upstream_keys(model: CachedModel) -> dict[str, Any]:
+    """The keys upstream's `axon list -f json` prints for a model (Go field names)."""
+    ref = model.ref
+    return {"Namespace": ref.namespace, "Name": ref.name, "Version": ref.version,
+            "Path": str(model.path)}  # fmt: skip
+
+
+@click.command("info", cls=GoFlagsCommand)
 @click.argument("ref")
 @json_option
 def info_cmd(ref: str, as_json: bool) -> None:
@@ -136,7 +169,8 @@ def info_cmd(ref: str, as_json: bool) -> None:
     out = Output(as_json=as_json)
     model = _cache().get(ref)
     if as_json:
-        out.json({**model.to_dict(), "metadata": model.metadata, "manifest": model.manifest.data})
+        out.json({**model.to_dict(), "metadata": model.metadata, "manifest": model.manifest.data,
+                  "signature": signature_json(model)})  # fmt: skip
         return
     _render_info(out, model)
 
@@ -155,6 +189,7 @@ def _render_info(out: Output, model: CachedModel) -> None:
             ("size", f"{human_bytes(model.total_size)} in {len(m.files)} files"),
         ]
     )
+            ("signed", signature_field(model)),
     io = m.data.get("spec", {}).get("io") if isinstance(m.data.get("spec"), dict) else None
     if isinstance(io, dict):
         for direction in ("inputs", "outputs"):
@@ -172,18 +207,27 @@ def _tensor_text(tensor: dict[str, Any]) -> str:
     return f"{tensor.get('name')} {tensor.get('dtype', '')}[{dims}]"
 
 
-@click.command("verify")
+@click.command("verify", cls=GoFlagsCommand)
 @click.argument("ref")
 @click.option("--full", is_flag=True, help="Re-read every file, even unchanged ones.")
 @json_option
 @quiet_option
-def verify_cmd(ref: str, full: bool, as_json: bool, quiet: bool) -> None:
+@signature_options
+def verify_cmd(
+    ref: str,
+    full: bool,
+    signature: bool,
+    trusted_keys: tuple[Path, ...],
+    as_json: bool,
+    quiet: bool,
+) -> None:
     """Check a cached model against its manifest: missing, extra and corrupt files.
 
     Files unchanged since they were last hashed (same inode, size, mtime and ctime) are not
     read again unless --full.
     """
     from axon.errors import IntegrityError
+    from axon.progress import BytesTo
 
     out = Output(as_json=as_json, quiet=quiet)
     cache = _cache()
@@ -191,9 +235,12 @@ def verify_cmd(ref: str, full: bool, as_json: bool, quiet: bool) -> None:
         model = cache.get(ref)
         progress.begin("verify", f"verifying {model.ref}", model.total_size or None)
         report = cache.verify(
-            model.ref, full=full, on_bytes=lambda n: progress.advance("verify", n)
+            model.ref, full=full, on_bytes=BytesTo(progress, "verify")
         )
         progress.end("verify", ok=report.ok)
+    if signature and report.ok:  # model.sig too (axon.cli.sign_cmds)
+        report_signature(out, cache, report, trusted_keys)
+        return
     if as_json:
         out.json(report.to_dict())
         if not report.ok:
@@ -216,7 +263,7 @@ def verify_cmd(ref: str, full: bool, as_json: bool, quiet: bool) -> None:
     )
 
 
-@click.command("uninstall")
+@click.command("uninstall", cls=GoFlagsCommand)
 @click.argument("ref")
 @json_option
 @quiet_option

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("axon.cli.cache_cmds:info_cmd", "Show a cached model's manifest and files."),
     "verify": ("axon.cli.cache_cmds:verify_cmd", "Check a cached model against its manifest."),
     "uninstall": ("axon.cli.cache_cmds:uninstall_cmd", "Remove a model from the cache."),
+    "sign": ("axon.cli.sign_cmds:sign_cmd", "Sign a cached model (model.sig, OpenSSF format)."),
     "targets": ("axon.cli.targets_cmds:targets_group", "List and inspect publish targets."),
     "publish": (
         "axon.cli.publish_cmds:publish_cmd",
@@ -35,6 +36,28 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "axon.cli.publish_cmds:status_cmd",
         "Show whether a target has a model, and in what state.",
     ),
+    "version": ("axon.cli.upstream_cmds:version_cmd", "Show version information."),
+    "cache": ("axon.cli.upstream_cmds:cache_group", "List, measure and clean the cache."),
+    "config": ("axon.cli.config_cmds:config_group", "Get, set and list config values."),
+    "completion": (
+        "axon.cli.upstream_cmds:completion_cmd",
+        "Print the shell completion script (bash, zsh, fish).",
+    ),
+    "help": ("axon.cli.upstream_cmds:help_cmd", "Help about any command."),
+}
+
+# Commands of the upstream Go axon that this axon does not have: what to use instead.
+# `axon NAME ...` prints the pointer as an error and exits 2 (a usage error).
+POINTERS: dict[str, str] = {
+    "search": "this axon has no model registry to search: find models on the Hugging Face "
+    "Hub (https://huggingface.co/models), install one with `axon install hf/<repo>[@revision]`, "
+    "and list what you have with `axon list`",
+    "registry": "this axon installs from directories, .axon archives and the Hugging Face Hub, "
+    "not from an axon registry: set a Hub token with `axon config set "
+    "registry.huggingface_token TOKEN` (or HF_TOKEN), a Hub mirror with HF_ENDPOINT",
+    "update": "install the new version next to the old one (`axon install SOURCE --as "
+    "namespace/name@NEW`), publish it (`axon publish namespace/name@NEW -t TARGET`), then "
+    "`axon uninstall namespace/name@OLD`",
 }
 
 
@@ -45,7 +68,7 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         spec = COMMANDS.get(cmd_name)
         if spec is None:
-            return None
+            return _pointer(cmd_name) if cmd_name in POINTERS else None
         module_name, attr = spec[0].split(":")
         try:
             module = importlib.import_module(module_name)
@@ -62,6 +85,22 @@ class LazyGroup(click.Group):
         rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+
+def _pointer(name: str) -> click.Command:
+    """A hidden command for an upstream command we do not have: one line, exit 2."""
+
+    def run(args: tuple[str, ...]) -> None:
+        raise click.UsageError(f"`axon {name}` is an upstream axon command; {POINTERS[name]}")
+
+    return click.Command(
+        name,
+        callback=run,
+        params=[click.Argument(["args"], nargs=-1)],
+        context_settings={"ignore_unknown_options": True, "help_option_names": []},
+        hidden=True,
+        add_help_option=False,
+    )
 
 
 def debug_enabled() -> bool:
@@ -91,8 +130,16 @@ def main(argv: list[str] | None = None) -> Any:
         return cli.main(args=argv, prog_name="axon", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except click.UsageError as exc:  # the usage line, then the error in the one shape
+        if exc.ctx is not None and exc.cmd is not None and exc.cmd.name not in POINTERS:
+            click.echo(exc.ctx.get_usage(), err=True)
+            where = exc.ctx.command_path
+            click.echo(f"axon: error: {exc.format_message()} (see `{where} --help`)", err=True)
+        else:
+            click.echo(f"axon: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"axon: error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("axon: aborted", err=True)

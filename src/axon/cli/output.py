@@ -79,8 +79,10 @@ class Output:
         if self.as_json or (self.quiet and ok):
             return
         for line in lines:
-            text = f"axon: error: {line.text}" if line.error else line.text
-            click.echo(text, err=self.quiet or line.error)
+            if line.error:
+                error_line(line.text)
+            else:
+                click.echo(line.text, err=self.quiet)
 
     def fields(self, pairs: Sequence[tuple[str, Any]]) -> None:
         """``key: value`` lines, aligned."""
@@ -90,6 +92,11 @@ class Output:
         for key, value in pairs:
             if value not in (None, "", []):
                 click.echo(f"{key + ':':<{width + 1}} {value}")
+
+
+def error_line(text: str) -> None:
+    """The one shape of every error axon prints: ``axon: error: ...`` on stderr."""
+    click.echo(f"axon: error: {text}", err=True)
 
 
 def _plain_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None) -> None:

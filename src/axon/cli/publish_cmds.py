@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from axon.cli.output import Output
+from axon.cli.flags import GoFlagsCommand, bool_flag
+from axon.cli.output import Output, error_line
 from axon.config import STRATEGIES
-from axon.errors import EXIT_INTEGRITY, EXIT_NOT_FOUND, AxonError
+from axon.errors import EXIT_INTEGRITY, EXIT_NOT_FOUND, AxonError, OptionError
 
 if TYPE_CHECKING:
     from axon.publish import PublishOptions, PublishResult
@@ -31,9 +32,11 @@ DEFAULT_TARGET = "localhost"
 
 
 def _fail(exc: AxonError, as_json: bool) -> NoReturn:
-    """Errors raised before any target ran: one JSON object or one line, then the exit code."""
+    """Errors raised before any target ran: the one ``axon: error:`` line on stderr (with
+    ``--json`` also the error as one JSON object on stdout), then the exit code."""
     if as_json:
         click.echo(json.dumps({"ok": False, "exit_code": exc.exit_code, "error": exc.to_dict()}))
+        error_line(str(exc))
         sys.exit(exc.exit_code)
     raise exc  # axon.cli.main prints the one line
 
@@ -41,10 +44,10 @@ def _fail(exc: AxonError, as_json: bool) -> NoReturn:
 # ---- options of cluster targets -------------------------------------------------------------
 # Each lands on the PublishOptions field of its name (axon.publish.options checks them).
 TARGET_OPTIONS: list[Callable[[Any], Any]] = [
-    click.option("--atomic", is_flag=True, help="Cluster: stage everywhere, then switch all."),
+    bool_flag("--atomic", help="Cluster: stage everywhere, then switch all."),
     click.option("--strategy", type=click.Choice(STRATEGIES), help="Cluster: override strategy."),
     click.option("--max-parallel", type=click.IntRange(1), help="Cluster: instances at once."),
-    click.option("--fail-fast", is_flag=True, help="Cluster: stop at the first failure."),
+    bool_flag("--fail-fast", help="Cluster: stop at the first failure."),
     click.option("--min-success", help="Cluster: successes needed, N or P%."),
     click.option("--batch-size", type=click.IntRange(1), help="Cluster: rolling batches of N."),
 ]
@@ -69,7 +72,7 @@ def build_options(**values: Any) -> PublishOptions:
     return PublishOptions(**values)
 
 
-@click.command("publish")
+@click.command("publish", cls=GoFlagsCommand)
 @click.argument("ref")
 @click.option(
     "--target",
@@ -78,11 +81,24 @@ def build_options(**values: Any) -> PublishOptions:
     show_default=True,
     help="Configured target name, host, IP, http(s)://host:port URL, or storage URL/path.",
 )
-@click.option("--validate/--no-validate", default=True, help="Check every sha256 first.")
-@click.option("--notify/--no-notify", default=True, help="Register after a file copy.")
-@click.option("--dry-run", is_flag=True, help="Show what would be sent where; change nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON result object.")
-@click.option("--quiet", "-q", is_flag=True, help="Print errors only.")
+@bool_flag(
+    "--validate/--no-validate", default=True, help="Check every file's sha256 before sending."
+)
+@bool_flag(
+    "--notify/--no-notify",
+    default=True,
+    help="Register after a file copy; storage: tell its notify_instances.",
+)
+@click.option(
+    "--notify-instance",
+    "notify_instances",
+    multiple=True,
+    metavar="INSTANCE",
+    help="Storage: also tell this instance (name, host[:port] or URL); repeatable.",
+)
+@bool_flag("--dry-run", help="Show what would be sent where; change nothing.")
+@bool_flag("--json", "as_json", help="Print one JSON result object.")
+@bool_flag("--quiet", "-q", help="Print errors only.")
 @click.option("--retries", type=click.IntRange(0, 100), default=5, show_default=True)
 @click.option(
     "--timeout",
@@ -90,11 +106,15 @@ def build_options(**values: Any) -> PublishOptions:
     default=None,
     help="Seconds per network operation (default: the target's, else 30).",
 )
-@click.option("--full-verify", is_flag=True, help="Re-hash every file, ignoring the index.")
+@bool_flag("--full-verify", help="Re-hash every file, ignoring the index.")
 @_with_target_options
 def publish_cmd(ref: str, target: str, as_json: bool, quiet: bool, **values: Any) -> None:
     """Publish a cached model REF (namespace/name[@version]) to an instance, a cluster or
-    shared storage. Only what the target lacks is sent; the model becomes visible at once."""
+    shared storage. Only what the target lacks is sent; the model becomes visible at once.
+
+    Boolean flags also take Go's form: --validate=false is --no-validate. Without a
+    terminal, progress is a plain line on stderr every 10 s or 10% per target.
+    """
     from axon.publish import publish
 
     try:
@@ -108,6 +128,9 @@ def publish_cmd(ref: str, target: str, as_json: bool, quiet: bool, **values: Any
         _fail(exc, as_json)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
+        for item in result.results:  # errors go to stderr in every mode
+            for line in _error_lines(item, result.model_id):
+                error_line(line)
     elif result.dry_run:
         _render_plans(result)
     else:
@@ -116,14 +139,35 @@ def publish_cmd(ref: str, target: str, as_json: bool, quiet: bool, **values: Any
 
 
 def _progress(*, enabled: bool) -> Any:
-    """Bars only on a terminal; rich is not even imported otherwise (fast scripted runs)."""
-    if enabled and sys.stderr.isatty():
+    """Bars on a terminal, plain lines without one (:mod:`axon.cli.progress_lines`);
+    rich is imported only for bars (fast scripted runs)."""
+    from axon.cli.progress_lines import progress_mode
+
+    mode = progress_mode(enabled=enabled)
+    if mode == "bars":
         from axon.cli.progress_view import progress_sink
 
         return progress_sink(enabled=True)
+    if mode == "lines":
+        from axon.cli.progress_lines import PlainProgress
+
+        return PlainProgress()
     from axon.progress import NULL_PROGRESS
 
     return contextlib.nullcontext(NULL_PROGRESS)
+
+
+def _error_lines(item: Any, model_id: str) -> list[str]:
+    """The ``axon: error:`` texts of a failed target's result: its own error lines, or one
+    line saying it failed when its summary has none (a cluster's table)."""
+    if item.ok:
+        return [line.text for line in item.lines(model_id) if line.error]
+    texts = [line.text for line in item.lines(model_id) if line.error]
+    if texts:
+        return texts
+    name = getattr(item, "target", None) or getattr(item, "cluster", "?")
+    outcome = getattr(item, "outcome", "failed")
+    return [f"publish of {model_id} to {name}: {outcome} (exit {item.exit_code}; see above)"]
 
 
 def _render_plans(result: PublishResult) -> None:
@@ -140,17 +184,22 @@ def _render_plans(result: PublishResult) -> None:
             mark = "send" if f.send else "skip"
             click.echo(f"  {mark}  {f.path}  {size_text(f.size)}")
     for other in result.results:  # a target that could not even be planned
-        click.echo(json.dumps(other.to_dict(), indent=2))
+        for text in _error_lines(other, result.model_id):
+            error_line(text)
 
 
 def _render_results(result: PublishResult, quiet: bool) -> None:
-    """One summary per target (:meth:`Output.summary`: ``--quiet`` keeps the failures)."""
+    """One summary per target (:meth:`Output.summary`: ``--quiet`` keeps the failures);
+    a failed target whose summary has no error line of its own gets one on stderr."""
     out = Output(quiet=quiet)
     for item in result.results:
         out.summary(item.lines(result.model_id), ok=item.ok)
+        if not item.ok and not any(line.error for line in item.lines(result.model_id)):
+            for text in _error_lines(item, result.model_id):
+                error_line(text)
 
 
-@click.command("register")
+@click.command("register", cls=GoFlagsCommand)
 @click.argument("ref")
 @click.option(
     "--target",
@@ -178,16 +227,27 @@ def register_cmd(ref: str, target: str | None, as_json: bool) -> None:
         click.echo(f"registered {ref} on {spec}" + (f" ({shown(endpoint)})" if endpoint else ""))
 
 
-@click.command("status")
+@click.command("status", cls=GoFlagsCommand)
 @click.argument("ref")
 @click.option("--target", "-t", default=DEFAULT_TARGET, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--full-verify", is_flag=True, help="Re-hash the cached files.")
-def status_cmd(ref: str, target: str, as_json: bool, full_verify: bool) -> None:
+@bool_flag("--json", "as_json", help="Print one JSON object.")
+@bool_flag("--full-verify", help="Re-hash the cached files (and a storage dir's files).")
+@click.option(
+    "--notify-instance",
+    "readers",
+    multiple=True,
+    metavar="INSTANCE",
+    help="Storage: also ask this instance whether it registered REF; repeatable.",
+)
+def status_cmd(
+    ref: str, target: str, as_json: bool, full_verify: bool, readers: tuple[str, ...]
+) -> None:
     """Is REF on the target, which version, do its checksums match the cache, is it
     registered? Exit 0 when present and matching, 3 when absent, 5 when it differs.
     For a cluster: a matrix instance x (present, checksum ok, registered); exit 0 when every
-    instance agrees, 9 when some do, 10 when none does."""
+    instance agrees, 9 when some do, 10 when none does. For storage (a shared dir, nfs://,
+    s3://): every file checked against the cache, and each of its notify_instances asked;
+    exit 8 when the files match but an instance has not registered REF."""
     from axon.publish import cluster_status_for, status
     from axon.publish.results import error_text
 
@@ -198,6 +258,7 @@ def status_cmd(ref: str, target: str, as_json: bool, full_verify: bool) -> None:
     if matrix is not None:
         click.echo(json.dumps(matrix.to_dict(), indent=2) if as_json else "\n".join(matrix.lines()))
         sys.exit(matrix.exit_code)
+    _storage_status(ref, target, as_json, full_verify, readers)
     try:
         st = status(ref, target, full=full_verify)
     except AxonError as exc:
@@ -219,3 +280,27 @@ def status_cmd(ref: str, target: str, as_json: bool, full_verify: bool) -> None:
     if st.error:
         click.echo(f"  note: {error_text(st.error, st.target)}", err=True)
     sys.exit(code)
+
+
+def _storage_status(
+    ref: str, target: str, as_json: bool, full: bool, readers: tuple[str, ...]
+) -> None:
+    """``axon status`` when TARGET is network storage: report and exit; else return."""
+    from axon.publish.storage import storage_status_for
+
+    try:
+        st = storage_status_for(ref, target, full=full, readers=readers)
+    except AxonError as exc:
+        _fail(exc, as_json)
+    if st is None:
+        if readers:
+            _fail(OptionError("--notify-instance applies to network storage targets"), as_json)
+        return
+    if as_json:
+        click.echo(json.dumps(st.to_dict(), indent=2))
+    for line in st.lines():
+        if line.error:
+            error_line(line.text)
+        elif not as_json:
+            click.echo(line.text)
+    sys.exit(st.exit_code)

@@ -94,6 +94,10 @@ def publish(
     options = options or PublishOptions()
     ref, config, cache = _context(ref_or_str, config, cache)
     target = resolve_target(target_spec, config)
+    if options.notify_instances:
+        from axon.publish.storage import with_readers
+
+        target = with_readers(target, options.notify_instances, config)
     early = None
     if isinstance(target, InstanceTarget) and not options.dry_run:
         early = early_transport(target, options)  # an SSH login overlaps the validation

@@ -31,11 +31,12 @@ from axon.errors import (
     TargetUnreachableError,
     TransportError,
 )
-from axon.progress import NULL_PROGRESS, Progress
+from axon.progress import NULL_PROGRESS, Progress, skip
 from axon.publish.notify import notify_instance
 from axon.publish.options import PublishOptions
 from axon.publish.prepared import PreparedModel
 from axon.publish.results import InstanceResult
+from axon.signing import preflight
 from axon.transports import transport_for
 from axon.transports.base import CommitInfo, Outgoing, Session, Transport
 
@@ -109,6 +110,7 @@ class StagedPublish:
         backoff on transient errors. Without ``prepare`` the commit prepares (one round trip
         less on the API)."""
         self._prepare = prepare
+        preflight(self.model, self.target, self.options.timeout)  # a model it would refuse
         self._retrying(self._attempt_stage)
 
     def _attempt_stage(self) -> None:
@@ -131,7 +133,7 @@ class StagedPublish:
         key = f"{self.target.name}:{what}"
         self.progress.begin(key, what, sum(e.size for e in entries))
         if resumed := sum(session.offset(e) for e in entries):
-            self.progress.advance(key, resumed)
+            skip(self.progress, key, resumed)  # already there: no transfer rate
 
         def on_bytes(n: int) -> None:
             self.counters.add(n)
@@ -155,7 +157,7 @@ class StagedPublish:
         offset = session.offset(entry)
         self.progress.begin(key, entry.path, entry.size)
         if offset:
-            self.progress.advance(key, offset)
+            skip(self.progress, key, offset)
 
         def on_bytes(n: int) -> None:
             self.counters.add(n)

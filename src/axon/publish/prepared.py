@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from axon.errors import AxonError, IntegrityError
-from axon.progress import NULL_PROGRESS, Progress
+from axon.progress import NULL_PROGRESS, BytesTo, Progress
 from modelpkg.manifest import FileEntry, Manifest
 from modelpkg.refs import ModelRef
 
@@ -60,7 +60,7 @@ def prepare_model(
         progress.begin("verify", f"checking {ref}", total)
         try:
             manifest, identities = cache.checked(
-                cached, full=full, on_bytes=lambda n: progress.advance("verify", n)
+                cached, full=full, on_bytes=BytesTo(progress, "verify")
             )
         except AxonError:
             progress.end("verify", ok=False, note="model does not match its manifest")

@@ -18,23 +18,35 @@ the manifest is written last (see :mod:`axon.transports.s3`). Retries and resume
 from __future__ import annotations
 
 import dataclasses
+import stat
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-from axon.errors import EXIT_NOT_NOTIFIED, AxonError, NotifyError, TransportError
+from axon.errors import (
+    EXIT_INTEGRITY,
+    EXIT_NOT_FOUND,
+    EXIT_NOT_NOTIFIED,
+    AxonError,
+    NotifyError,
+    OptionError,
+    TransportError,
+)
 from axon.mlos_client import MlosClient
 from axon.progress import NULL_PROGRESS, Progress
 from axon.publish.instance import StagedPublish, is_transient
 from axon.publish.notify import is_registered, notify_instance
 from axon.publish.options import PublishOptions
-from axon.publish.plan import InstancePlan, PlannedFile
+from axon.publish.plan import InstancePlan, PlannedFile, compare
 from axon.publish.prepared import PreparedModel
-from axon.publish.results import InstanceResult, Line
+from axon.publish.results import InstanceResult, Line, error_text, size_text
+from axon.targets import ClusterTarget, InstanceTarget, StorageTarget, Target, resolve_target
 from axon.transports.base import Transport
 
 if TYPE_CHECKING:
-    from axon.targets import InstanceTarget, StorageTarget
+    from axon.config import Config
+    from modelpkg.manifest import Manifest
 
 
 @dataclass
@@ -71,6 +83,8 @@ class StorageResult:
     error: dict[str, Any] | None = None
     instances: list[InstanceNotice] = field(default_factory=list)
     plans: list[InstancePlan] | None = None  # dry run only
+    # why no instance was told, when none was ("--no-notify", none configured)
+    nobody_reason: str = ""
 
     @property
     def ok(self) -> bool:
@@ -85,19 +99,24 @@ class StorageResult:
     def lines(self, model_id: str = "") -> list[Line]:
         """Human summary: the write, then one line per notified instance."""
         if self.error is not None:
-            hint = f" ({self.error['hint']})" if self.error.get("hint") else ""
-            return [Line(f"{self.target}: publish failed: {self.error.get('message')}{hint}")]
+            return [Line(error_text(self.error, self.target), error=True)]
         sent = f"{self.files_sent} sent, {self.files_skipped} skipped"
         lines = [
-            f"published {self.model_id} -> {self.target} ({self.method}): {sent}, "
-            f"{self.bytes_sent} bytes in {self.seconds:.2f} s",
-            f"  at {self.location}",
+            Line(
+                f"published {self.model_id} -> {self.target} ({self.method}): {sent}, "
+                f"{size_text(self.bytes_sent)} in {self.seconds:.2f} s"
+            ),
+            Line(f"  at {self.location}"),
         ]
         for n in self.instances:
-            state = "registered" if n.ok else f"NOT notified: {(n.error or {}).get('message')}"
             who = n.target if n.target == n.endpoint else f"{n.target} ({n.endpoint})"
-            lines.append(f"  {who}: {n.action} -> {state}")
-        return [Line(text) for text in lines]
+            if n.ok:
+                lines.append(Line(f"  {who}: {n.action} -> registered"))
+            else:  # the storage write is done; this reader was not told (exit 8)
+                lines.append(Line(error_text(n.error or {}, n.target), error=True))
+        if not self.instances and self.nobody_reason:
+            lines.append(Line(f"  notified: nobody ({self.nobody_reason})"))
+        return lines
 
     def summary(self) -> str:
         """:meth:`lines` as one text."""
@@ -110,6 +129,48 @@ class StorageResult:
         if self.plans is not None:
             data["plans"] = [p.to_dict() for p in self.plans]
         return data
+
+
+def nobody_reason(storage: StorageTarget, options: PublishOptions) -> str:
+    """Why a publish to ``storage`` tells no instance ("" when it tells some)."""
+    if not options.notify:
+        return "--no-notify: no instance was told"
+    if storage.notify_instances:
+        return ""
+    if storage.name == storage.location or "://" in storage.name or storage.name[:1] in "/.~":
+        where = "an ad-hoc storage location has no notify_instances"
+    else:
+        where = f"mlos_targets.{storage.name} lists no notify_instances"
+    return (
+        f"{where}; instances that read it pick the model up on their next scan, or name them "
+        "with --notify-instance URL"
+    )
+
+
+def with_readers(target: Target, specs: Sequence[str], config: Config) -> StorageTarget:
+    """``target`` (network storage) with the instances ``specs`` name added to the ones it
+    notifies (``--notify-instance``, each a configured instance name, host[:port] or URL).
+    An OptionError (exit 2) for any other kind of target, or a spec that is not an
+    instance."""
+    if not isinstance(target, StorageTarget):
+        raise OptionError(
+            f"--notify-instance applies to network storage, and {target.name!r} is "
+            f"{'a cluster' if isinstance(target, ClusterTarget) else 'an instance'}",
+            hint="an instance registers what it receives; drop --notify-instance",
+        )
+    readers = list(target.notify_instances)
+    for spec in specs:
+        reader = resolve_target(spec, config)
+        if not isinstance(reader, InstanceTarget):
+            raise OptionError(
+                f"--notify-instance {spec!r} is not an instance (it names "
+                f"{'a cluster' if isinstance(reader, ClusterTarget) else 'storage'})",
+                hint="give an instance: a configured name, host[:port] or http(s)://host:port",
+            )
+        if all(r.endpoint != reader.endpoint for r in readers):
+            # only its API is used: a reader is told over HTTP, never written to
+            readers.append(dataclasses.replace(reader, access_method="api"))
+    return dataclasses.replace(target, notify_instances=readers)
 
 
 def storage_transport(storage: StorageTarget, options: PublishOptions | None = None) -> Transport:
@@ -177,6 +238,7 @@ def publish_to_storage(
                 notify_reader(inst, storage, model, written.path, options)
                 for inst in storage.notify_instances
             ]
+        result.nobody_reason = nobody_reason(storage, options)
     result.seconds = round(time.monotonic() - started, 3)
     return result
 
@@ -289,3 +351,195 @@ def _cache_read_error(exc: OSError, storage: StorageTarget, model: PreparedModel
         path=str(exc.filename) if exc.filename else None,
         hint=f"check the cached model with `axon verify {model.ref}`, then re-run",
     )
+
+
+# ---- axon status REF --target STORAGE ------------------------------------------------------
+@dataclass
+class ReaderStatus:
+    """Whether one of the storage's ``notify_instances`` has the model registered."""
+
+    target: str
+    endpoint: str
+    registered: bool | None  # None: the instance could not be asked (see error)
+    error: dict[str, Any] | None = None
+
+
+@dataclass
+class StorageStatus:
+    """``axon status`` for network storage: is the model there, do its files match the
+    cache file by file, and which of the storage's readers have it registered."""
+
+    target: str
+    storage_type: str
+    method: str
+    model_id: str
+    location: str
+    present: bool
+    version: str | None = None
+    checksums_match: bool | None = None
+    mismatched: list[str] = field(default_factory=list)  # listed differently, or extra
+    missing: list[str] = field(default_factory=list)  # listed, but its bytes are not there
+    files_checked: int = 0
+    bytes_hashed: int = 0  # --full-verify: bytes read back from the storage
+    readers: list[ReaderStatus] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Present and matching, and every reader has it registered."""
+        return (
+            self.present and bool(self.checksums_match) and all(r.registered for r in self.readers)
+        )
+
+    @property
+    def exit_code(self) -> int:
+        """0 ok, 3 absent, 5 differs, 8 present and matching but a reader has not
+        registered it (or could not be asked)."""
+        if not self.present:
+            return EXIT_NOT_FOUND
+        if not self.checksums_match:
+            return EXIT_INTEGRITY
+        return 0 if self.ok else EXIT_NOT_NOTIFIED
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(ok=self.ok, exit_code=self.exit_code)
+        return data
+
+    def lines(self) -> list[Line]:
+        """The human report; problems are error lines (``axon: error:`` on stderr)."""
+        head = f"{self.model_id} on {self.target} ({self.method})"
+        if not self.present:
+            return [
+                Line(f"{head}: not present at {self.location}"),
+                *self._reader_lines(),
+            ]
+        match = {True: "yes", False: "NO", None: "unknown"}[self.checksums_match]
+        hashed = f", {size_text(self.bytes_hashed)} re-read" if self.bytes_hashed else ""
+        out = [
+            Line(f"{head}: present at {self.location}"),
+            Line(
+                f"  version: {self.version or '?'}  checksums match cache: {match} "
+                f"({self.files_checked} files checked{hashed})"
+            ),
+        ]
+        out += [Line(f"  differs: {p}") for p in self.mismatched]
+        out += [Line(f"  missing or damaged: {p}") for p in self.missing]
+        out += self._reader_lines()
+        return out
+
+    def _reader_lines(self) -> list[Line]:
+        if not self.readers:
+            return [Line("  readers: none configured (notify_instances; --notify-instance)")]
+        out = []
+        for r in self.readers:
+            who = r.target if r.target == r.endpoint else f"{r.target} ({r.endpoint})"
+            state = {True: "registered", False: "NOT registered", None: "unknown"}[r.registered]
+            out.append(Line(f"  reader {who}: {state}"))
+            if r.error is not None:
+                out.append(Line(error_text(r.error, r.target), error=True))
+        return out
+
+
+def storage_status(
+    model: PreparedModel,
+    storage: StorageTarget,
+    *,
+    full: bool = False,
+    options: PublishOptions | None = None,
+) -> StorageStatus:
+    """Compare what ``storage`` holds for ``model.ref`` with the cache, file by file, and
+    ask each of its readers whether it has the model registered. Reads only.
+
+    A directory (shared, file://, NFS): each listed file must be there with its size (and,
+    with ``full``, its sha256, read back). S3: each blob the manifest names must be in the
+    bucket with its size (blobs are named by their sha256, checked by the store on write).
+    """
+    with storage_transport(storage, options) as transport:
+        remote = transport.fetch_manifest(model.ref)
+        where = transport.describe().rstrip("/")
+        status = StorageStatus(
+            target=storage.name,
+            storage_type=storage.storage_type,
+            method=transport.method,
+            model_id=model.ref.id,
+            location=f"{where}/{model.ref.relpath}",
+            present=remote is not None,
+        )
+        if remote is not None:
+            status.version = remote.version
+            ours = {f.path for f in model.manifest.files}
+            status.mismatched = [f.path for f in compare(model, remote) if f.send]
+            status.mismatched += sorted(f.path for f in remote.files if f.path not in ours)
+            status.missing, status.bytes_hashed = _missing_bytes(transport, model, remote, full)
+            status.files_checked = len(remote.files)
+            status.checksums_match = not status.mismatched and not status.missing
+    status.readers = [_reader_status(inst, model) for inst in storage.notify_instances]
+    return status
+
+
+def _missing_bytes(
+    transport: Transport, model: PreparedModel, remote: Manifest, full: bool
+) -> tuple[list[str], int]:
+    """The files of ``remote`` whose bytes the storage lacks (or, with ``full``, holds
+    with another sha256); and the bytes read to tell."""
+    from axon.transports.filesystem import FilesystemTransport
+
+    if not isinstance(transport, FilesystemTransport):
+        lacking = transport.missing_content(remote, remote)
+        return sorted(f.path for f in remote.files if f.sha256 in lacking), 0
+    from axon.hashing import sha256_file
+
+    root = transport.root / model.ref.relpath
+    missing: list[str] = []
+    hashed = 0
+    for entry in remote.files:
+        path = root / entry.path
+        try:
+            st = path.lstat()
+        except OSError:
+            missing.append(entry.path)
+            continue
+        if not stat.S_ISREG(st.st_mode) or st.st_size != entry.size:
+            missing.append(entry.path)
+        elif full:
+            try:
+                if sha256_file(path) != entry.sha256:
+                    missing.append(entry.path)
+            except OSError:
+                missing.append(entry.path)
+            hashed += st.st_size
+    return missing, hashed
+
+
+def _reader_status(instance: InstanceTarget, model: PreparedModel) -> ReaderStatus:
+    reader = ReaderStatus(instance.name, instance.endpoint, registered=None)
+    try:
+        reader.registered = is_registered(instance, model.ref)
+    except AxonError as exc:
+        reader.error = {**exc.to_dict(), "exit_code": exc.exit_code}
+    return reader
+
+
+def storage_status_for(
+    ref: str,
+    target_spec: str,
+    *,
+    full: bool = False,
+    readers: Sequence[str] = (),
+    config: Config | None = None,
+) -> StorageStatus | None:
+    """:func:`storage_status` when ``target_spec`` names network storage (with ``readers``
+    added to its notify_instances), None for any other target."""
+    from axon.cache import Cache
+    from axon.config import load_config
+    from axon.publish.prepared import prepare_model
+    from modelpkg.refs import ModelRef
+
+    config = config if config is not None else load_config()
+    target = resolve_target(target_spec, config)
+    if not isinstance(target, StorageTarget):
+        return None
+    if readers:
+        target = with_readers(target, readers, config)
+    model = prepare_model(Cache.from_config(config), ModelRef.parse(ref), validate=True, full=full)
+    return storage_status(model, target, full=full)

@@ -22,6 +22,7 @@ from mlos_core import __version__
 from mlos_core.core import Core
 from mlos_core.http import routes, routes_inference, routes_v1
 from mlos_core.http.errors import EXCEPTION_HANDLERS, CatchAll
+from mlos_core.http.routes_signing import ROUTES as SIGNING_ROUTES
 
 log = logging.getLogger("mlos_core.http")
 
@@ -90,7 +91,13 @@ def create_app(core: Core) -> ASGIApp:
         task.cancel()
 
     app = Starlette(
-        routes=[*routes.ROUTES, *routes_v1.ROUTES, *routes_inference.ROUTES, routes.MODEL_ROUTE],
+        routes=[
+            *routes.ROUTES,
+            *routes_v1.ROUTES,
+            *routes_inference.ROUTES,
+            *SIGNING_ROUTES,  # after the other /v1/models/... routes: GET /v1/models/{id}
+            routes.MODEL_ROUTE,
+        ],
         lifespan=lifespan,
         # inside Starlette's outermost error middleware, which drops the connection after
         # answering: what no handler took is answered here and the connection stays usable
