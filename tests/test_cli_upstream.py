@@ -91,7 +91,7 @@ def test_config_set_refuses_invalid_values_and_changes_nothing(axon_home: Path) 
 
 def test_split_key() -> None:
     assert split_key("mlos_targets.10.0.0.7.endpoint") == ["mlos_targets", "10.0.0.7", "endpoint"]
-    assert split_key("clusters.prod.relay.seeds") == ["clusters", "prod", "relay", "seeds"]
+    assert split_key("clusters.eu.prod.strategy") == ["clusters", "eu.prod", "strategy"]
     assert split_key("registry.url") == ["registry", "url"]
 
 

@@ -18,6 +18,8 @@ from axon.cli.output import Output, human_bytes, json_option, quiet_option
 from axon.cli.sign_cmds import report_signature, signature_field, signature_json, signature_options
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from axon.cache import Cache, CachedModel
     from axon.progress import Progress
 
@@ -187,9 +189,9 @@ def _render_info(out: Output, model: CachedModel) -> None:
             ("installed", model.installed_at),
             ("source", model.metadata.get("source")),
             ("size", f"{human_bytes(model.total_size)} in {len(m.files)} files"),
+            ("signed", signature_field(model)),
         ]
     )
-            ("signed", signature_field(model)),
     io = m.data.get("spec", {}).get("io") if isinstance(m.data.get("spec"), dict) else None
     if isinstance(io, dict):
         for direction in ("inputs", "outputs"):
@@ -210,9 +212,9 @@ def _tensor_text(tensor: dict[str, Any]) -> str:
 @click.command("verify", cls=GoFlagsCommand)
 @click.argument("ref")
 @click.option("--full", is_flag=True, help="Re-read every file, even unchanged ones.")
+@signature_options
 @json_option
 @quiet_option
-@signature_options
 def verify_cmd(
     ref: str,
     full: bool,

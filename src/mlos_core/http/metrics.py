@@ -36,6 +36,10 @@ def render(counters: Metrics, *, models: int, open_uploads: int) -> str:
     _metric(lines, "mlos_models", "Models registered.", "gauge")
     lines.append(f"mlos_models {models}")
     _metric(lines, "mlos_open_uploads", "Resumable uploads open.", "gauge")
+    refused = "Models refused for their signature, by source and reason."
+    _metric(lines, "mlos_signature_refusals_total", refused, "counter")
+    for (source, reason), n in sorted(counters.signature_refusals.items()):
+        lines.append(f'mlos_signature_refusals_total{{source="{source}",reason="{reason}"}} {n}')
     lines.append(f"mlos_open_uploads {open_uploads}")
     return "\n".join(lines) + "\n"
 
