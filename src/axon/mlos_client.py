@@ -81,13 +81,13 @@ from axon.errors import (
 )
 from modelpkg.layout import MANIFEST_NAME
 from modelpkg.manifest import MAX_MANIFEST_BYTES, Manifest
+from modelpkg.signing import CODES as SIGNATURE_CODES
+from modelpkg.signing import SignatureError
 
 if TYPE_CHECKING:
     import httpx
 
     from axon.targets import InstanceTarget
-from modelpkg.signing import CODES as SIGNATURE_CODES
-from modelpkg.signing import SignatureError
     from modelpkg.refs import ModelRef
 
 DEFAULT_TIMEOUT = 30.0
@@ -995,6 +995,11 @@ class MlosClient:
                 "use the instance's own address)",
                 what=what,
             )
+        if code in SIGNATURE_CODES and 400 <= status < 500:  # refused for its signature: exit 5
+            return SignatureError(
+                text, code=code, hint="sign it with a key the instance trusts: axon sign REF "
+                "--key KEY.pem", target=self.name, url=url, status=status
+            )  # fmt: skip
         if status == 401:
             return make(AuthenticationError, "the instance refused the token: set token/token_env")
         if status == 403:
@@ -1149,11 +1154,6 @@ class MlosClient:
             limit=MANIFEST_LIMIT,
         )
         if answer.status == 200:
-        if code in SIGNATURE_CODES and 400 <= status < 500:  # refused for its signature: exit 5
-            return SignatureError(
-                text, code=code, hint="sign it with a key the instance trusts: axon sign REF "
-                "--key KEY.pem", target=self.name, url=url, status=status
-            )  # fmt: skip
             return True, self.manifest_in(answer, answer.content, what=what)
         if answer.error_fields()[0] == "unknown_model":
             return True, None  # the server has the endpoint: it has no such model

@@ -56,7 +56,6 @@ from modelpkg.errors import ManifestError, PackageError
 from modelpkg.layout import REGISTRY_FILE
 from modelpkg.manifest import API_VERSION, MANIFEST_NAME, FileEntry, Manifest
 from modelpkg.refs import ModelRef
-
 from modelpkg.signing import (
     MAX_SIGNATURE_BYTES,
     REQUIRED,
@@ -66,6 +65,7 @@ from modelpkg.signing import (
     signature_entry,
 )
 from modelpkg.signing import verify as verify_bundle
+
 log = logging.getLogger("mlos_core")
 
 # Staging dirs in the models tree idle longer than this are leftovers; younger ones may be a
@@ -139,9 +139,9 @@ class Core:
         self.state_dir = settings.state_dir
         self.models_dir.mkdir(parents=True, exist_ok=True)
         self.tenants = Tenants(settings.tokens_file)
-        self.blobs = BlobStore(self.state_dir, durable=settings.durable)
         # who may sign which namespace (--trusted-keys, trusted_keys: in the tokens file)
         self.trust = TrustPolicy(settings.trusted_keys, settings.tokens_file)
+        self.blobs = BlobStore(self.state_dir, durable=settings.durable)
         self.versions = VersionStore(
             self.models_dir,
             self.blobs,
@@ -424,8 +424,8 @@ class Core:
         files = manifest.files
         self.check_files(files)
         self.check_overlap(ref)
-        self.check_size(sum(f.size for f in files))
         self.require_signature_file(ref, manifest, "upload")  # before any byte is sent
+        self.check_size(sum(f.size for f in files))
         self._check_free_space({f.sha256: f.size for f in files})
         upload = Upload(new_upload_id(), ref.id, tenant, manifest.data)
         self.uploads.save(upload)
@@ -493,6 +493,8 @@ class Core:
         entry = self.registry.get(ref.id)
         if visible is None or entry is None or visible.digest() != manifest_sha256:
             return None
+        if entry.signer is None and self.trust.required(ref.namespace):
+            return None  # registered before signatures were required: a commit checks it
         if not visible.registers_as(entry, ref, self.versions.path_for(ref)):
             return None  # a commit would register it anew: let one do it
         self.metrics.upload("resumable", True)
@@ -509,13 +511,12 @@ class Core:
         if upload.staged and Path(upload.staged).is_dir():
             return Path(upload.staged)
         self._check_held(upload)
+        self.verify_signature(upload.ref, upload.manifest_obj(), "upload")  # before staging
         staged = self.versions.stage(upload.manifest_obj())
         upload.staged = str(staged)
         self.uploads.save(upload)
         return staged
 
-        if entry.signer is None and self.trust.required(ref.namespace):
-            return None  # registered before signatures were required: a commit checks it
     def publish_staged(
         self, staged: Path, ref: ModelRef, manifest: Manifest, source: str = "upload"
     ) -> ModelEntry:
@@ -525,6 +526,7 @@ class Core:
         signer = self.verify_signature(ref, manifest, source)
         final = self.versions.publish(staged, ref, manifest)
         entry = entry_from_manifest(ref, final, manifest, "upload")
+        entry.signer = signer
         self.registry.put(entry)
         return entry
 
@@ -533,41 +535,18 @@ class Core:
         async with self.model_lock(ref):
             if self.is_unchanged(ref, manifest) and not upload.staged:
                 entry = entry_from_manifest(ref, self.versions.path_for(ref), manifest, "upload")
+                entry.signer = await asyncio.to_thread(
+                    self.verify_signature, ref, manifest, "upload"
+                )
                 await asyncio.to_thread(self.registry.put, entry)
             else:
                 staged = await asyncio.to_thread(self.prepare, upload)
                 entry = await asyncio.to_thread(self.publish_staged, staged, ref, manifest)
-        self.verify_signature(upload.ref, upload.manifest_obj(), "upload")  # before staging
             self.uploads.delete(upload.upload_id)
         self.metrics.upload("resumable", True)
         # the client checks it is the manifest it sent (docs/upload-protocol.md)
         return {**register_answer(entry, "committed"), "manifest_sha256": manifest.digest()}
 
-    # ---- registry operations ----------------------------------------------------------
-    def get_entry(self, ref: ModelRef) -> ModelEntry:
-        entry = self.registry.get(ref.id)
-        if entry is None:
-        entry.signer = signer
-            raise NotFound(
-                f"model {ref.id} is not registered on this instance "
-                "(GET /models lists what is; publish it or POST /models/scan)",
-                code="unknown_model",
-            )
-        return entry
-
-    async def delete_model(self, ref: ModelRef) -> dict[str, Any]:
-                entry.signer = await asyncio.to_thread(
-                    self.verify_signature, ref, manifest, "upload"
-                )
-        async with self.model_lock(ref):
-            entry = self.registry.remove(ref.id)
-            removed, other = await asyncio.to_thread(self.versions.delete, ref)
-        if entry is None and not removed:
-            raise NotFound(f"model {ref.id} is not registered on this instance")
-        async with self.gc_lock:
-            await asyncio.to_thread(self._collect)
-        message = "deleted"
-        if other is not None:
     # ---- signatures -------------------------------------------------------------------
     def require_signature_file(self, ref: ModelRef, manifest: Manifest, source: str) -> None:
         """SignatureRefused (``signature_required``) when ``ref``'s namespace needs a
@@ -646,6 +625,27 @@ class Core:
             self._refuse(ref, "register", exc)
         return signer.to_dict()
 
+    # ---- registry operations ----------------------------------------------------------
+    def get_entry(self, ref: ModelRef) -> ModelEntry:
+        entry = self.registry.get(ref.id)
+        if entry is None:
+            raise NotFound(
+                f"model {ref.id} is not registered on this instance "
+                "(GET /models lists what is; publish it or POST /models/scan)",
+                code="unknown_model",
+            )
+        return entry
+
+    async def delete_model(self, ref: ModelRef) -> dict[str, Any]:
+        async with self.model_lock(ref):
+            entry = self.registry.remove(ref.id)
+            removed, other = await asyncio.to_thread(self.versions.delete, ref)
+        if entry is None and not removed:
+            raise NotFound(f"model {ref.id} is not registered on this instance")
+        async with self.gc_lock:
+            await asyncio.to_thread(self._collect)
+        message = "deleted"
+        if other is not None:
             message = (
                 f"deleted the registration; its directory nests with model {other}'s and was "
                 "left alone"
@@ -659,7 +659,15 @@ class Core:
                 manifest = Manifest.load(final)
             except ManifestError as exc:
                 raise CorruptState(f"{final}: {exc}", code="corrupt_model") from exc
+            try:
+                signer = await asyncio.to_thread(
+                    self.verify_signature, ref, manifest, "rollback", model_dir=final
+                )
+            except SignatureRefused:
+                await asyncio.to_thread(self.versions.rollback, ref)  # forward again
+                raise
             entry = entry_from_manifest(ref, final, manifest, "upload")
+            entry.signer = signer
             await asyncio.to_thread(self.registry.put, entry)
         return register_answer(entry, "rolled back to the previous version")
 
@@ -679,19 +687,15 @@ class Core:
         models_dir = os.path.realpath(self.settings.models_dir)
         if os.path.realpath(found.path).startswith(models_dir + os.sep):
             self.check_overlap(ref)  # never claim a directory inside (or around) another model
+        signer = None
+        if self.trust.required(ref.namespace):
+            signer = self._verify_registered(ref, found.manifest, found.signature)
         entry = ModelEntry(id=ref.id, name=ref.name, path=found.path, source="register")
-            try:
-                signer = await asyncio.to_thread(
-                    self.verify_signature, ref, manifest, "rollback", model_dir=final
-                )
-            except SignatureRefused:
-                await asyncio.to_thread(self.versions.rollback, ref)  # forward again
-                raise
         if found.manifest is not None:
-            entry.signer = signer
             with contextlib.suppress(ManifestError):  # registered as it is, like upstream
                 manifest = Manifest.from_text(found.manifest, source=MANIFEST_NAME)
                 entry = entry_from_manifest(ref, Path(found.path), manifest, "register")
+        entry.signer = signer
         entry.framework = body.get("framework") or entry.framework
         entry.execution_format = body.get("execution_format") or entry.execution_format
         entry.description = body.get("description") or entry.description
@@ -708,15 +712,11 @@ class _Visible:
         self.manifest = manifest
         self._digest: str | None = None
         self._entry: ModelEntry | None = None
-        signer = None
-        if self.trust.required(ref.namespace):
-            signer = self._verify_registered(ref, found.manifest, found.signature)
 
     def digest(self) -> str:
         if self._digest is None:
             self._digest = self.manifest.digest()
         return self._digest
-        entry.signer = signer
 
     def registers_as(self, entry: ModelEntry, ref: ModelRef, final: Path) -> bool:
         """Is ``entry`` what a commit of the visible version at ``final`` registers (its
@@ -726,6 +726,15 @@ class _Visible:
         return entry == dataclasses.replace(
             self._entry, source=entry.source, registered_at=entry.registered_at, signer=entry.signer
         )
+
+
+def _unsigned(ref: ModelRef) -> SignatureError:
+    return SignatureError(
+        f"it has no {SIGNATURE_NAME}, and namespace {ref.namespace!r} takes only models "
+        "signed by a key this instance trusts",
+        code=REQUIRED,
+        hint=f"sign it, then publish again: axon sign {ref.id} --key KEY.pem",
+    )
 
 
 def register_answer(entry: ModelEntry, message: str) -> dict[str, Any]:
@@ -738,12 +747,3 @@ def register_answer(entry: ModelEntry, message: str) -> dict[str, Any]:
         "framework": entry.framework,
         "inference_endpoint": inference_endpoint(entry.id),
     }
-def _unsigned(ref: ModelRef) -> SignatureError:
-    return SignatureError(
-        f"it has no {SIGNATURE_NAME}, and namespace {ref.namespace!r} takes only models "
-        "signed by a key this instance trusts",
-        code=REQUIRED,
-        hint=f"sign it, then publish again: axon sign {ref.id} --key KEY.pem",
-    )
-
-

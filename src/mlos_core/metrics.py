@@ -20,6 +20,8 @@ class Metrics:
         self.upload_bytes = 0
         self.dedup_bytes = 0
         self.errors: dict[str, int] = defaultdict(int)
+        # models refused for their signature, by (source, reason)
+        self.signature_refusals: dict[tuple[str, str], int] = defaultdict(int)
 
     def request(self, method: str, status: int) -> None:
         with self._lock:
@@ -30,6 +32,10 @@ class Metrics:
     def upload(self, kind: str, ok: bool) -> None:
         with self._lock:
             self.uploads[(kind, "ok" if ok else "error")] += 1
+
+    def refused(self, source: str, reason: str) -> None:
+        with self._lock:
+            self.signature_refusals[(source, reason)] += 1
 
     def received(self, nbytes: int) -> None:
         with self._lock:

@@ -175,7 +175,9 @@ class OneShotUpload:
         async with core.model_lock(ref):
             staged = await asyncio.to_thread(core.versions.stage, manifest)
             try:
-                entry = await asyncio.to_thread(core.publish_staged, staged, ref, manifest)
+                entry = await asyncio.to_thread(
+                    core.publish_staged, staged, ref, manifest, "oneshot"
+                )
             except BaseException:
                 await asyncio.to_thread(remove_tree, staged)  # refused: nothing left behind
                 raise

@@ -35,6 +35,7 @@ from mlos_core.errors import BadRequest, NotFound
 from mlos_core.settings import Settings
 from modelpkg.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES
 from modelpkg.refs import ModelRef
+from modelpkg.signing import MAX_SIGNATURE_BYTES, SIGNATURE_NAME
 
 MAX_PATH_BYTES = 4096  # PATH_MAX
 # O_PATH: walking needs search permission only, as a path lookup does (Linux); else O_RDONLY
@@ -48,6 +49,7 @@ class ModelDir:
 
     path: str  # as it is registered: the root as written plus the segments below it
     manifest: bytes | None  # None: the directory has no manifest.yaml
+    signature: bytes | None = None  # its model.sig (read the same way); None: none there
 
 
 def find_model_dir(settings: Settings, ref: ModelRef, raw_path: str | None) -> ModelDir:
@@ -77,10 +79,10 @@ def find_model_dir(settings: Settings, ref: ModelRef, raw_path: str | None) -> M
             if not allowed:
                 continue
             try:
-                manifest = _read(real, below, ref)
+                manifest, signature = _read(real, below, ref)
             except _Unreachable:
                 continue
-            return ModelDir("/" + "/".join(segments), manifest)
+            return ModelDir("/" + "/".join(segments), manifest, signature)
     raise _not_found(ref, raw_path)
 
 
@@ -124,8 +126,11 @@ class _Unreachable(Exception):
     """The walk failed: missing, a link, not a directory, no permission, a name too long."""
 
 
-def _read(real_root: tuple[str, ...], below: tuple[str, ...], ref: ModelRef) -> bytes | None:
-    """Walk ``below`` from the root without following links; the manifest found there."""
+def _read(
+    real_root: tuple[str, ...], below: tuple[str, ...], ref: ModelRef
+) -> tuple[bytes | None, bytes | None]:
+    """Walk ``below`` from the root without following links; the manifest and the
+    signature found there."""
     try:
         fd = os.open("/" + "/".join(real_root), _DIR_FLAGS)
     except OSError:
@@ -138,7 +143,7 @@ def _read(real_root: tuple[str, ...], below: tuple[str, ...], ref: ModelRef) -> 
                 raise _Unreachable() from None
             os.close(fd)
             fd = nxt
-        return _manifest(fd, ref)
+        return _manifest(fd, ref), _signature(fd)
     finally:
         os.close(fd)
 
@@ -166,6 +171,21 @@ def _manifest(dir_fd: int, ref: ModelRef) -> bytes | None:
         return b"".join(chunks)  # over the limit: the manifest parser refuses it
     finally:
         os.close(fd)
+
+
+def _signature(dir_fd: int) -> bytes | None:
+    """model.sig in ``dir_fd`` if it is a regular file (a link or anything else: None, which
+    a server that requires signatures refuses as unsigned)."""
+    try:
+        fd = os.open(
+            SIGNATURE_NAME, os.O_RDONLY | _NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
+        )
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            return None
+        return fh.read(MAX_SIGNATURE_BYTES + 1)
 
 
 def _unsafe(ref: ModelRef, why: str) -> BadRequest:

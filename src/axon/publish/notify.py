@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from axon.errors import AxonError, NotifyError
 from axon.mlos_client import MlosClient, ProtocolError
+from modelpkg.signing import SignatureError
 
 if TYPE_CHECKING:
     from axon.targets import InstanceTarget
@@ -42,8 +43,10 @@ def notify_instance(
     try:
         with registry_client(target, timeout) as client:
             return client.register(ref, instance_path, manifest)
-    except ProtocolError:
-        raise  # not an MLOS Core answering (exit 7): registering again later cannot help
+    except (ProtocolError, SignatureError):
+        # not an MLOS Core answering (exit 7), or a model refused for its signature (exit 5):
+        # registering again later cannot help
+        raise
     except AxonError as exc:
         raise NotifyError(
             f"{ref} was published but the instance was not notified: {exc.message}",

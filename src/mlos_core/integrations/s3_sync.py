@@ -117,6 +117,7 @@ class _Pull:
             return False
         self.core.check_files(manifest.files)
         self.core.check_overlap(ref)  # before fetching anything (checked again when published)
+        self.core.require_signature_file(ref, manifest, "s3")  # checked in full when published
         shas = [entry.sha256 for entry in manifest.files]
         self.core.pin(shas)  # fetched or present blobs stay until the version links them
         try:
@@ -124,7 +125,7 @@ class _Pull:
             with self.core.model_lock_blocking(ref):
                 staged = self.core.versions.stage(manifest)
                 try:
-                    self.core.publish_staged(staged, ref, manifest)
+                    self.core.publish_staged(staged, ref, manifest, "s3")
                 except BaseException:
                     remove_tree(staged)
                     raise

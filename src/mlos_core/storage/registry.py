@@ -40,6 +40,9 @@ class ModelEntry:
     files: int = 0
     size: int = 0
     registered_at: str = field(default_factory=now_iso)
+    # who signed it, as checked when it was made visible (None: its namespace needs no
+    # signature); see mlos_core.signatures
+    signer: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
