@@ -46,6 +46,7 @@ from mlos_core.settings import Settings
 from mlos_core.signatures import SignatureRefused, TrustPolicy, refusal
 from mlos_core.storage.blobs import BlobStore, BlobWriter
 from mlos_core.storage.locks import KeyedLocks
+from mlos_core.storage.placed import adopt_placed, written_by_a_publish
 from mlos_core.storage.registry import ModelEntry, Registry, entry_from_manifest, inference_endpoint
 from mlos_core.storage.tenancy import SentIndex, tenant_key
 from mlos_core.storage.uploads import Upload, UploadStore, expires_at, new_upload_id
@@ -436,7 +437,11 @@ class Core:
         needed, have = [], []
         paths = upload.paths_by_blob()
         for sha, size in upload.blobs().items():
-            if self.holds(upload.tenant, sha, size) or self._finish_partial(upload, sha, size):
+            if (
+                self.holds(upload.tenant, sha, size)
+                or self._finish_partial(upload, sha, size)
+                or self._adopt_placed(upload, sha, size, paths[sha])
+            ):
                 have += paths[sha]
             else:
                 offset = self.blobs.partial_offset(sha, size, self.scope(upload.tenant))
@@ -454,9 +459,24 @@ class Core:
             "manifest_sha256": upload.manifest_obj().digest(),  # what a commit will show
         }
 
+    def _adopt_placed(self, upload: Upload, sha256: str, size: int, paths: list[str]) -> bool:
+        """True when the visible version of the upload's model holds ``sha256`` at one of its
+        ``paths``, put there by another tool (the upstream axon's publish copies files into
+        the models dir): hashed, taken into the store, and counted as sent by the tenant."""
+        if not adopt_placed(self.blobs, self.versions.path_for(upload.ref), sha256, size, paths):
+            return False
+        scope = self.scope(upload.tenant)
+        if scope is not None:
+            self.sent.add(scope, sha256)
+        return True
+
     def is_unchanged(self, ref: ModelRef, manifest: Manifest) -> bool:
         visible = self._visible(ref)
-        return visible is not None and visible.manifest.data == manifest.data
+        return (
+            visible is not None
+            and visible.manifest.data == manifest.data
+            and visible.ours(self.versions.path_for(ref))
+        )
 
     def _visible(self, ref: ModelRef) -> _Visible | None:
         """The visible version's manifest (None: none, or not readable), read once while its
@@ -498,6 +518,8 @@ class Core:
         if not visible.registers_as(entry, ref, self.versions.path_for(ref)):
             return None  # a commit would register it anew: let one do it
         self.metrics.upload("resumable", True)
+        if not visible.ours(self.versions.path_for(ref)):
+            return None  # placed by another tool: an upload hashes its files (placed.py)
         return {
             **register_answer(entry, "unchanged: this is the visible version"),
             "upload_id": None,
@@ -717,6 +739,14 @@ class _Visible:
         if self._digest is None:
             self._digest = self.manifest.digest()
         return self._digest
+        self._ours: bool | None = None
+
+    def ours(self, final: Path) -> bool:
+        """Was this version written by a publish (not placed by another tool)? See
+        :func:`mlos_core.storage.placed.written_by_a_publish`."""
+        if self._ours is None:
+            self._ours = written_by_a_publish(final, self.manifest)
+        return self._ours
 
     def registers_as(self, entry: ModelEntry, ref: ModelRef, final: Path) -> bool:
         """Is ``entry`` what a commit of the visible version at ``final`` registers (its
