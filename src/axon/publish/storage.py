@@ -22,7 +22,7 @@ import stat
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from axon.errors import (
     EXIT_INTEGRITY,
@@ -257,13 +257,12 @@ def _write(
     try:
         transport = storage_transport(storage, options)
         result.method = transport.method
-        # StagedPublish only uses the target's name; storage notifications are ours (below).
+        # StagedPublish needs a target for its name and messages only: the storage is no
+        # instance ("api": nothing to ask before the write; each reader checks what it is
+        # told of), and storage notifications are ours (below).
+        writer = InstanceTarget(name=storage.name, endpoint=storage.location, access_method="api")
         staged = StagedPublish(
-            model,
-            cast("InstanceTarget", storage),
-            dataclasses.replace(options, notify=False),
-            progress,
-            transport,
+            model, writer, dataclasses.replace(options, notify=False), progress, transport
         )
         staged.stage()
         return staged.commit()
