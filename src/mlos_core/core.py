@@ -513,13 +513,13 @@ class Core:
         entry = self.registry.get(ref.id)
         if visible is None or entry is None or visible.digest() != manifest_sha256:
             return None
+        if not visible.ours(self.versions.path_for(ref)):
+            return None  # placed by another tool: an upload hashes its files (placed.py)
         if entry.signer is None and self.trust.required(ref.namespace):
             return None  # registered before signatures were required: a commit checks it
         if not visible.registers_as(entry, ref, self.versions.path_for(ref)):
             return None  # a commit would register it anew: let one do it
         self.metrics.upload("resumable", True)
-        if not visible.ours(self.versions.path_for(ref)):
-            return None  # placed by another tool: an upload hashes its files (placed.py)
         return {
             **register_answer(entry, "unchanged: this is the visible version"),
             "upload_id": None,
@@ -734,11 +734,6 @@ class _Visible:
         self.manifest = manifest
         self._digest: str | None = None
         self._entry: ModelEntry | None = None
-
-    def digest(self) -> str:
-        if self._digest is None:
-            self._digest = self.manifest.digest()
-        return self._digest
         self._ours: bool | None = None
 
     def ours(self, final: Path) -> bool:
@@ -747,6 +742,11 @@ class _Visible:
         if self._ours is None:
             self._ours = written_by_a_publish(final, self.manifest)
         return self._ours
+
+    def digest(self) -> str:
+        if self._digest is None:
+            self._digest = self.manifest.digest()
+        return self._digest
 
     def registers_as(self, entry: ModelEntry, ref: ModelRef, final: Path) -> bool:
         """Is ``entry`` what a commit of the visible version at ``final`` registers (its
