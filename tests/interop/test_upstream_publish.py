@@ -1,0 +1,159 @@
+"""The upstream Go axon publishing to, and registering with, our mlos-core; then our axon
+publishing the same model where upstream already placed it.
+
+Upstream ``publish`` copies the cache dir to ``/var/lib/mlos/models/<ns>/<name>/<ver>/``
+and POSTs ``/models/scan`` to ``$MLOS_CORE_ENDPOINT``. Both it and our server run in private
+mount namespaces where one temp dir is bound at ``/var/lib/mlos/models`` (``bound_mlos``),
+so they see the same path, as on a real host, and the machine's own /var/lib is untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from modelpkg.refs import ModelRef
+from tests.helpers import run_axon
+from tests.interop.conftest import BoundServer, SharedConfig, UpstreamInstall
+from tests.interop.test_ours_reads_upstream import model_files
+from tests.interop.upstream import MODELS_DIR, Upstream
+
+REF = ModelRef.parse("acme/tiny-bert@v1")
+
+
+def registered(server: BoundServer) -> dict[str, dict[str, Any]]:
+    models = httpx.get(f"{server.url}/models", timeout=10).json()["models"]
+    return {m["id"]: m for m in models}
+
+
+def files_under(path: Path) -> dict[str, bytes]:
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(params=["all", "first"])
+def published_by_upstream(
+    request: pytest.FixtureRequest,
+    upstream: Upstream,
+    upstream_install: UpstreamInstall,
+    bound_mlos: BoundServer,
+    tmp_path: Path,
+) -> tuple[dict[str, bytes], Path]:
+    """REF installed and published by the binary into ``bound_mlos``'s models dir:
+    (the model's files, the dir it landed in, seen from here). Its registry listed every
+    file with size and sha256 (``all``), or only the first, without (``first``)."""
+    files = model_files(tmp_path)
+    cache_dir = upstream_install(REF, files, listed=request.param)
+    run = upstream.run_bound(
+        bound_mlos.models, "publish", str(REF), env={"MLOS_CORE_ENDPOINT": bound_mlos.url}
+    )
+    assert run.code == 0, run.out + run.err
+    assert f"Location: {MODELS_DIR}/{REF.relpath}" in run.out
+    assert "Notified MLOS Core" in run.out
+    final = bound_mlos.models / REF.relpath
+    assert files_under(final) == files_under(cache_dir)  # a plain copy of its cache dir
+    return files, final
+
+
+def test_upstream_publish_is_registered_by_our_mlos_core(
+    published_by_upstream: tuple[dict[str, bytes], Path], bound_mlos: BoundServer
+) -> None:
+    """The POST /models/scan upstream sends after its copy registers the model."""
+    entry = registered(bound_mlos)[REF.id]
+    assert entry["path"] == f"{MODELS_DIR}/{REF.relpath}"
+    answer = httpx.get(f"{bound_mlos.url}/models/{REF.id}", timeout=10)
+    assert answer.status_code == 200
+
+
+def test_upstream_register_of_what_it_published(
+    published_by_upstream: tuple[dict[str, bytes], Path],
+    upstream: Upstream,
+    bound_mlos: BoundServer,
+) -> None:
+    """Upstream ``register`` finds the published copy first and sends its path: accepted
+    (the model's own directory in the models dir), and again (already registered: 200)."""
+    for _ in range(2):
+        run = upstream.run_bound(
+            bound_mlos.models, "register", str(REF), env={"MLOS_CORE_ENDPOINT": bound_mlos.url}
+        )
+        assert run.code == 0, run.out + run.err
+        assert f"Using published model: {MODELS_DIR}/{REF.relpath}" in run.out
+    assert registered(bound_mlos)[REF.id]["path"] == f"{MODELS_DIR}/{REF.relpath}"
+
+
+def test_upstream_publish_without_our_server_running_warns_and_places_the_model(
+    upstream: Upstream, upstream_install: UpstreamInstall, tmp_path: Path
+) -> None:
+    """Only the binary's side: no server at MLOS_CORE_ENDPOINT is a warning, the copy is
+    done (what our server then picks up at start-up: docs/compatibility.md)."""
+    from tests.fixtures.common import free_port
+    from tests.interop.upstream import require_mount_namespace
+
+    require_mount_namespace()
+    files = model_files(tmp_path)
+    upstream_install(REF, files)
+    models = tmp_path / "models"
+    models.mkdir()
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    run = upstream.run_bound(models, "publish", str(REF), env={"MLOS_CORE_ENDPOINT": endpoint})
+    assert run.code == 0 and "MLOS Core not running" in run.out
+    assert {k: v for k, v in files_under(models / REF.relpath).items() if k in files} == files
+
+
+# ---- our publish where upstream placed the model: nothing is sent again ------------------
+def check_ours_replaced_upstreams(final: Path, files: dict[str, bytes]) -> None:
+    """The version now there is ours: our manifest (every file's sha256) and the files,
+    without upstream's bookkeeping."""
+    assert files_under(final) == {**files, "manifest.yaml": (final / "manifest.yaml").read_bytes()}
+    listed = yaml.safe_load((final / "manifest.yaml").read_text())["spec"]["format"]["files"]
+    assert {f["path"]: f["sha256"] for f in listed} == {
+        p: hashlib.sha256(b).hexdigest() for p, b in files.items()
+    }
+
+
+def test_our_publish_to_the_directory_after_upstreams_sends_nothing(
+    published_by_upstream: tuple[dict[str, bytes], Path], bound_mlos: BoundServer
+) -> None:
+    files, final = published_by_upstream
+    run = run_axon("publish", str(REF), "-t", str(bound_mlos.models), "--json")
+    assert run.code == 0, run.out + run.err
+    (result,) = run.json()["results"]
+    assert (result["files_sent"], result["bytes_sent"]) == (0, 0), result
+    check_ours_replaced_upstreams(final, files)
+
+
+def test_our_publish_over_ssh_after_upstreams_sends_nothing(
+    published_by_upstream: tuple[dict[str, bytes], Path],
+    bound_mlos: BoundServer,
+    sshd: Any,
+    shared_config: SharedConfig,
+    registry: Any,
+) -> None:
+    files, final = published_by_upstream
+    target = sshd.config_target(bound_mlos.url, bound_mlos.models)
+    shared_config({"core": target}, registry={"url": registry.url})
+    run = run_axon("publish", str(REF), "-t", "core", "--no-notify", "--json")
+    assert run.code == 0, run.out + run.err
+    (result,) = run.json()["results"]
+    assert (result["files_sent"], result["bytes_sent"]) == (0, 0), result
+    check_ours_replaced_upstreams(final, files)
+
+
+def test_our_publish_through_the_api_after_upstreams_sends_nothing(
+    published_by_upstream: tuple[dict[str, bytes], Path], bound_mlos: BoundServer
+) -> None:
+    """Through mlos-core's API: the server finds the bytes upstream placed in the model's
+    directory, hashes them, takes them into its store and builds our version from them.
+    (Even where upstream's manifest says what ours says, the directory is not taken for
+    that version: upstream's bookkeeping beside the files shows another tool wrote it.)"""
+    files, final = published_by_upstream
+    run = run_axon("publish", str(REF), "-t", bound_mlos.url, "--json")
+    assert run.code == 0, run.out + run.err
+    (result,) = run.json()["results"]
+    assert (result["files_sent"], result["bytes_sent"]) == (0, 0), result
+    check_ours_replaced_upstreams(final, files)
+    assert registered(bound_mlos)[REF.id]["path"] == f"{MODELS_DIR}/{REF.relpath}"
