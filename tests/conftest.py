@@ -17,6 +17,7 @@ pytest_plugins = [
     "tests.fixtures.s3",
     "tests.fixtures.discovery",
     "tests.fixtures.proxy",
+    "tests.fixtures.relay",
 ]
 
 

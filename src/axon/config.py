@@ -80,6 +80,17 @@ class DownloadConfig:
 
 
 @dataclass
+class RelayConfig:
+    """A cluster's ``relay:`` as a mapping (``relay: true`` is this with its defaults): the
+    members the publisher sends to itself (``seeds``) and how many pullers one member serves
+    at once (``fanout``); docs/relay.md."""
+
+    enabled: bool = True
+    seeds: int = 1
+    fanout: int = 3
+
+
+@dataclass
 class TargetConfig:
     """One entry of ``mlos_targets:``. ``type`` is filled in by :func:`load_config`:
     given explicitly, or ``cluster`` when it has instances/discovery, ``network_storage`` for
@@ -105,6 +116,7 @@ class TargetConfig:
     strategy: Strategy | None = None
     discovery: str | None = None
     max_parallel: int | None = None
+    relay: bool | RelayConfig | None = None  # clusters: members pull from members (relay.md)
     notify_instances: list[str] = field(default_factory=list)
     mount_path: str | None = None
     endpoint_url: str | None = None

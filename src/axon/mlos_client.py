@@ -23,6 +23,10 @@ limits, checks every answer and turns httpx exceptions and HTTP answers into
     POST   /v1/uploads/{u}/prepare            prepare_upload()
     POST   /v1/uploads/{u}/commit             commit_upload()   -> CommitAnswer
     DELETE /v1/uploads/{u}                    abort_upload()
+    GET    /v1/relay                          relay_info()      -> RelayInfo (None: no relay)
+    POST   /v1/pulls                          start_pull()      -> PullStatus (docs/relay.md)
+    GET    /v1/pulls/{p}?wait=S               pull_status()     -> PullStatus
+    DELETE /v1/pulls/{p}                      cancel_pull()
 
 Nothing an instance answers is trusted (docs/upload-protocol.md#what-the-client-checks):
 
@@ -716,6 +720,147 @@ class CommitAnswer:
         return cls(shown(path, 4096) if path else None, dict(f.data))
 
 
+@dataclass(frozen=True)
+class RelayInfo:
+    """``GET /v1/relay`` answered: the address peers reach this instance at, whether it can
+    pull, and which sources it accepts (their base URLs, as it compares them)."""
+
+    advertise: str
+    instance_id: str | None = None
+    cluster: str | None = None
+    pull: bool = False
+    blobs: bool = False
+    peers: tuple[str, ...] = ()
+    accept_from: tuple[str, ...] = ()
+    catching_up: bool = False
+
+    @property
+    def can_pull(self) -> bool:
+        """It pulls, and from somewhere: an instance given no peers cannot."""
+        return self.pull and bool(self.peers)
+
+    @property
+    def why_not(self) -> str:
+        """Why it cannot pull ("" when it can)."""
+        if not self.pull:
+            return "this mlos-core does not pull (GET /v1/relay says pull: false)"
+        if not self.peers:
+            return "it has no peers (start it with --cluster/--discovery or --peer URL)"
+        return ""
+
+    @classmethod
+    def parse(cls, data: object) -> RelayInfo:
+        f = Fields(data)
+        f.success()
+        advertise = f.required_text("advertise")
+        if not advertise.startswith(("http://", "https://")):
+            raise Invalid(f"'advertise' {shown(advertise, 80)!r} is not an http(s) URL")
+        flags = {k: f.flag(k) if k in f.data else False for k in ("pull", "blobs", "catching_up")}
+        lists = {k: tuple(f.texts(k)) if k in f.data else () for k in ("peers", "accept_from")}
+        return cls(
+            advertise.rstrip("/"),
+            f.text("instance_id", optional=True),
+            f.text("cluster", optional=True),
+            flags["pull"],
+            flags["blobs"],
+            tuple(p.rstrip("/") for p in lists["peers"]),
+            lists["accept_from"],
+            flags["catching_up"],
+        )
+
+
+PULL_STATES = ("queued", "running", "committed", "prepared", "failed", "cancelled")
+PULL_FINAL = ("committed", "prepared", "failed", "cancelled")
+PULL_ID = UPLOAD_ID
+BIG = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class PullTry:
+    """A source a pull gave up on, and why."""
+
+    source: str
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class PullStatus:
+    """A pull's status document (``POST /v1/pulls``, ``GET /v1/pulls/{id}``), checked: about
+    the model and build that were asked, byte counts in range, a known state. ``pull_id``
+    is None when the instance already showed that build (``unchanged``)."""
+
+    pull_id: str | None
+    state: str
+    upload_id: str | None = None
+    source: str | None = None
+    tried: tuple[PullTry, ...] = ()
+    bytes_total: int = 0
+    bytes_done: int = 0
+    bytes_fetched: int = 0
+    code: str | None = None
+    message: str | None = None
+    unchanged: bool = False
+    joined: bool = False
+    result: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final(self) -> bool:
+        return self.state in PULL_FINAL
+
+    @classmethod
+    def parse(
+        cls, data: object, *, ref: ModelRef, digest: str, pull_id: str | None = None
+    ) -> PullStatus:
+        f = Fields(data)
+        f.success()
+        f.same("model_id", ref.id)
+        f.same("manifest_sha256", digest)
+        if f.data.get("pull_id") is None:  # the build is visible already: nothing pulled
+            if not f.flag("unchanged") or f.data.get("state") != "committed":
+                raise Invalid("'pull_id' is null but the answer is not 'unchanged' and committed")
+            return cls(None, "committed", unchanged=True, result=dict(f.data))
+        found = f.required_text("pull_id", pattern=PULL_ID)
+        if pull_id is not None and found != pull_id:
+            raise Invalid(f"'pull_id' is {shown(found, 80)!r}, not {pull_id!r}")
+        state = f.required_text("state")
+        if state not in PULL_STATES:
+            raise Invalid(f"'state' is {shown(state, 40)!r}, not one of {', '.join(PULL_STATES)}")
+        tried = tuple(
+            PullTry(
+                shown(t.required_text("source"), 200),
+                shown(t.text("code", optional=True) or "", 60),
+                shown(t.text("message", optional=True) or ""),
+            )
+            for t in (f.objects("tried") if f.data.get("tried") is not None else [])
+        )
+        counts = {k: f.byte_count(k, high=BIG) if k in f.data else 0 for k in _COUNTS}
+        if counts["bytes_done"] > counts["bytes_total"]:
+            raise Invalid("'bytes_done' is more than 'bytes_total'")
+        result = f.data.get("result")
+        if state == "committed" and isinstance(result, dict):
+            CommitAnswer.parse(result, ref=ref, manifest_sha256=digest)
+        source = f.text("source", optional=True)
+        code, message = f.text("code", optional=True), f.text("message", optional=True)
+        return cls(
+            found,
+            state,
+            f.text("upload_id", optional=True, pattern=UPLOAD_ID),
+            shown(source, 200) if source else None,
+            tried,
+            counts["bytes_total"],
+            counts["bytes_done"],
+            counts["bytes_fetched"],
+            shown(code, 60) if code else None,
+            shown(message) if message else None,
+            joined=bool(f.data.get("joined") is True),
+            result=dict(result) if isinstance(result, dict) else {},
+        )
+
+
+_COUNTS = ("bytes_total", "bytes_done", "bytes_fetched")
+
+
 class _Refused(Exception):
     """A ``POST /models/register`` answered 2xx with ``"status": "error"``: a refusal."""
 
@@ -1002,6 +1147,8 @@ class MlosClient:
             )  # fmt: skip
         if status == 401:
             return make(AuthenticationError, "the instance refused the token: set token/token_env")
+        if code == "not_a_peer":  # a pull naming a source the instance was not given
+            return make(RemoteError, "give it that peer: mlos-core --peer URL or --accept-from C")
         if status == 403:
             return make(TargetPermissionError, "the token may not write this namespace")
         if status == 507 or code == "insufficient_storage":
@@ -1275,6 +1422,62 @@ class MlosClient:
             limit=ERROR_LIMIT,
         )
 
+    # ---- relay: instances pull from each other (docs/relay.md) ------------------------
+    def relay_info(self) -> RelayInfo | None:
+        """``GET /v1/relay``: this instance's peer address and whether it can pull; None for
+        a server without relay (404/405)."""
+        what = "relay info"
+        answer = self.exchange("GET", "/v1/relay", what=what, ok=(200, 404, 405))
+        if answer.status != 200:
+            return None
+        return self.parsed(answer, RelayInfo.parse, what=what)
+
+    def start_pull(
+        self,
+        ref: ModelRef,
+        manifest: Manifest,
+        sources: Sequence[str],
+        *,
+        commit: bool = True,
+        fallback: bool = True,
+    ) -> PullStatus:
+        """``POST /v1/pulls``: the instance fetches ``ref`` (exactly ``manifest``, sent as an
+        upload sends it) from ``sources`` (peer URLs, preferred first); ``commit`` false stops
+        at a prepared upload (commit it with :meth:`commit_upload`)."""
+        what = f"pull of {ref}"
+        sent = manifest.as_uploaded(ref.namespace, ref.name, ref.version)
+        digest = sent.digest()
+        body = {
+            "model_id": ref.id,
+            "manifest_sha256": digest,
+            "manifest": sent.data,
+            "sources": list(sources),
+            "commit": commit,
+            "fallback": fallback,
+        }
+        answer = self.exchange("POST", "/v1/pulls", what=what, ok=(200, 202), **_json(body))
+        return self.parsed(answer, lambda d: PullStatus.parse(d, ref=ref, digest=digest), what=what)
+
+    def pull_status(
+        self, pull_id: str, *, ref: ModelRef, digest: str, wait: float = 0.0
+    ) -> PullStatus:
+        """``GET /v1/pulls/{id}``, answered when the pull is final or after ``wait`` s."""
+        what = f"pull of {ref}"
+        path = f"/v1/pulls/{quote(pull_id, safe='')}"
+        if wait > 0:
+            path += f"?wait={min(wait, 30.0):g}"
+        answer = self.exchange("GET", path, what=what, ok=(200,))
+        return self.parsed(
+            answer,
+            lambda d: PullStatus.parse(d, ref=ref, digest=digest, pull_id=pull_id),
+            what=what,
+        )
+
+    def cancel_pull(self, pull_id: str) -> None:
+        """``DELETE /v1/pulls/{id}``: stop a pull (what it fetched is kept for the next)."""
+        path = f"/v1/pulls/{quote(pull_id, safe='')}"
+        self.exchange("DELETE", path, what="cancel pull", ok=(200, 404), limit=ERROR_LIMIT)
+
 
 def _json(payload: dict[str, Any]) -> dict[str, Any]:
     """Request keywords sending ``payload`` as JSON (values YAML gave as dates as text)."""
@@ -1318,6 +1521,9 @@ __all__ = [
     "OpenAnswer",
     "OverBudget",
     "ProtocolError",
+    "PullStatus",
+    "PullTry",
+    "RelayInfo",
     "SendTimeout",
     "already_registered",
     "declared_length",

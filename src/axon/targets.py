@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from axon.config import DEFAULT_TIMEOUT, ClusterConfig, Config, TargetConfig
+from axon.config import DEFAULT_TIMEOUT, ClusterConfig, Config, RelayConfig, TargetConfig
 from axon.errors import AxonError, ConfigError, TargetNotFoundError
 from modelpkg.layout import DEFAULT_MODELS_DIR
 
@@ -80,6 +80,8 @@ class ClusterTarget:
     max_parallel: int | None = None
     #: access settings for discovered members (method, storage path, ssh, token, timeout)
     template: InstanceTarget | None = None
+    #: ``relay:`` as configured: members pull from members (None: decided per publish)
+    relay: bool | RelayConfig | None = None
 
     @property
     def kind(self) -> str:
@@ -390,6 +392,7 @@ def _cluster(name: str, conf: TargetConfig, config: Config, key: str) -> Cluster
         discovery=conf.discovery,
         max_parallel=conf.max_parallel,
         template=template,
+        relay=conf.relay,
     )
 
 
@@ -401,7 +404,8 @@ def _member_template(name: str, conf: TargetConfig, key: str, config: Config) ->
 def _defaults_only(conf: TargetConfig) -> TargetConfig:
     """The instance-level settings of a cluster entry, as a plain instance config."""
     data = {f.name: getattr(conf, f.name) for f in fields(TargetConfig)}
-    for k in ("type", "instances", "strategy", "discovery", "max_parallel", "notify_instances"):
+    cluster_only = ("type", "instances", "strategy", "discovery", "max_parallel", "relay")
+    for k in (*cluster_only, "notify_instances"):
         data.pop(k)
     data["type"] = "instance"
     if isinstance(conf, ClusterConfig) or conf.type == "cluster":

@@ -50,6 +50,11 @@ TARGET_OPTIONS: list[Callable[[Any], Any]] = [
     bool_flag("--fail-fast", help="Cluster: stop at the first failure."),
     click.option("--min-success", help="Cluster: successes needed, N or P%."),
     click.option("--batch-size", type=click.IntRange(1), help="Cluster: rolling batches of N."),
+    click.option(
+        "--relay/--no-relay",
+        default=None,
+        help="Cluster: members pull from members that have it (default: the cluster's relay:).",
+    ),
 ]
 
 

@@ -17,6 +17,11 @@ Rollout control (strategy ``all`` only): ``--batch-size N`` publishes N at a tim
 each batch (healthy, registered, right checksum) before the next; ``--atomic`` stages on
 every member and switches all or none (see :mod:`axon.publish.rollout`).
 
+Relay (strategy ``all``; a cluster's ``relay:`` or ``--relay``): the publisher sends the model
+to a seed, the other members pull it from members that have it (:mod:`axon.publish.relayed`);
+each member's line says where its bytes came from. After a publish to a cluster found through
+etcd succeeded, the cluster's desired state is recorded there (:mod:`axon.publish.desired`).
+
 Exit codes (:mod:`axon.errors`): 0 when enough members succeeded, 9 (EXIT_PARTIAL) when some
 but not enough did, 10 (EXIT_ALL_FAILED) when none did.
 """
@@ -28,14 +33,25 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from axon.errors import EXIT_ALL_FAILED, EXIT_OK, EXIT_PARTIAL, AxonError, ConfigError
+from axon.config import RelayConfig
+from axon.errors import (
+    EXIT_ALL_FAILED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    AxonError,
+    ConfigError,
+    OptionError,
+)
 from axon.progress import NULL_PROGRESS, Progress
-from axon.publish.instance import StagedPublish, publish_to_instance, stage_on_instance
+from axon.publish.desired import record_desired
+from axon.publish.instance import publish_to_instance, stage_on_instance
 from axon.publish.matrix import StatusMatrix, status_matrix, verify_published
 from axon.publish.members import cluster_members
 from axon.publish.options import PublishOptions, parse_min_success
 from axon.publish.plan import InstancePlan, plan_instance
 from axon.publish.prepared import PreparedModel
+from axon.publish.relay import RelaySettings, relay_plans, survey
+from axon.publish.relayed import Pusher, Relay
 from axon.publish.results import (
     CANCELLED,
     FAILED,
@@ -48,8 +64,11 @@ from axon.publish.results import (
     state_error,
 )
 from axon.publish.rollout import (
+    BatchWork,
     InstanceLine,
+    PushStage,
     RolloutOutcome,
+    Staged,
     StageWork,
     Work,
     fan_out,
@@ -57,6 +76,7 @@ from axon.publish.rollout import (
     run_atomic,
     run_batches,
     run_guarded,
+    switch_staged,
 )
 from axon.publish.round_robin import round_robin_claim, round_robin_record, round_robin_start
 from axon.publish.status import health_problem
@@ -89,6 +109,8 @@ class ClusterResult:
     batches: list[list[str]] = field(default_factory=list)
     matrix: StatusMatrix | None = None  # who has what, after a stopped rollout
     plans: list[InstancePlan] | None = None  # --dry-run: one per member that would get it
+    relay: bool = False  # members pulled from members (docs/relay.md)
+    desired: str | None = None  # the desired state recorded after success (or why not)
 
     @property
     def total(self) -> int:
@@ -140,28 +162,37 @@ class ClusterResult:
             "batches": self.batches,
             "instances": instances,
             "matrix": self.matrix.to_dict() if self.matrix else None,
+            "relay": self.relay,
+            "publisher_bytes": self.publisher_bytes,
+            "desired": self.desired,
         }
+
+    @property
+    def publisher_bytes(self) -> int:
+        """Model bytes that left the publisher (pulled members: none)."""
+        return sum(r.bytes_sent for r in self.results)
 
     def lines(self, model_id: str = "") -> list[Line]:
         """Succeeded n/N, then each member's state (and why it failed), then the matrix."""
-        head = f"cluster {self.cluster} ({self.strategy}): succeeded {self.succeeded}/{self.total}"
+        how = f"{self.strategy}, relay" if self.relay else self.strategy
+        head = f"cluster {self.cluster} ({how}): succeeded {self.succeeded}/{self.total}"
         if self.required != self.total:
             head += f" (needs {self.required})"
         lines = [head + (" - ok" if self.ok else f" - {self.outcome.upper()}")]
         for r in self.results:
             state = self.states.get(r.target, FAILED)
             if state == PUBLISHED:
-                mib = r.bytes_sent / 2**20
-                lines.append(
-                    f"  ok      {r.target}: {r.files_sent} sent, {r.files_skipped} skipped, "
-                    f"{mib:.1f} MiB in {r.seconds:.1f} s"
-                )
+                lines.append(f"  ok      {r.target}: {_done_text(r)}")
             elif state == UNUSED:
                 lines.append(f"  unused  {r.target}")
             else:
                 lines.append(f"  {state:7} {r.target}: {reason(r)}")
         if self.stopped:
             lines.append(f"  {self.stopped}")
+        if self.relay:
+            lines.append(f"  from the publisher: {self.publisher_bytes / 2**20:.1f} MiB")
+        if self.desired:
+            lines.append(f"  {self.desired}")
         if self.matrix:
             lines += self.matrix.lines()
         return [Line(text) for text in lines]
@@ -171,7 +202,45 @@ class ClusterResult:
         return "\n".join(line.text for line in self.lines())
 
 
+def _done_text(r: InstanceResult) -> str:
+    """A member that has the model: where its bytes came from, how many, how long."""
+    mib = r.bytes_sent / 2**20
+    sent = f"{r.files_sent} sent, {r.files_skipped} skipped, {mib:.1f} MiB in {r.seconds:.1f} s"
+    how = r.relay or {}
+    if how.get("how") == "pulled":
+        pulled = int(how.get("bytes") or 0) / 2**20
+        return f"{how['text']}, {pulled:.1f} MiB in {r.seconds:.1f} s"
+    if how.get("how") == "unchanged":
+        return f"had it already ({r.seconds:.1f} s)"
+    if how.get("how") == "pushed":
+        if not r.files_sent and not r.bytes_sent:
+            return f"{how['text']}: had it already ({r.seconds:.1f} s)"
+        return f"{how['text']}: {sent}"
+    return sent
+
+
 # ---- publish --------------------------------------------------------------------------------
+def relay_settings(cluster: ClusterTarget, options: PublishOptions) -> RelaySettings | None:
+    """The relay of this publish: ``--relay/--no-relay``, else the cluster's ``relay:``
+    (true, false, or a mapping with ``seeds`` and ``fanout``); None when off."""
+    conf = cluster.relay
+    on = conf.enabled if isinstance(conf, RelayConfig) else bool(conf)
+    if options.relay is not None:
+        on = options.relay
+    if not on:
+        return None
+    if not isinstance(conf, RelayConfig):
+        return RelaySettings()
+    for key in ("seeds", "fanout"):
+        if getattr(conf, key) < 1:
+            raise ConfigError(
+                f"relay {key} {getattr(conf, key)} must be at least 1",
+                key=f"clusters.{cluster.name}.relay.{key}",
+                target=cluster.name,
+            )
+    return RelaySettings(seeds=conf.seeds, fanout=conf.fanout)
+
+
 def publish_to_cluster(
     model: PreparedModel,
     cluster: ClusterTarget,
@@ -187,6 +256,11 @@ def publish_to_cluster(
     started = time.monotonic()
     strategy = options.strategy or cluster.strategy or "all"
     options.check(strategy)
+    if options.relay and strategy != "all":
+        raise OptionError(
+            f"--relay needs strategy 'all', not {strategy!r}", hint="add --strategy all"
+        )
+    relay = relay_settings(cluster, options) if strategy == "all" else None
     members = cluster_members(cluster, timeout=min(options.timeout, 10.0))
     if not members:
         raise ConfigError(
@@ -199,18 +273,22 @@ def publish_to_cluster(
     parallel = (
         options.max_parallel or cluster.max_parallel or min(DEFAULT_MAX_PARALLEL, len(members))
     )
-    result = ClusterResult(cluster.name, strategy, [], {}, required, wanted)
+    result = ClusterResult(cluster.name, strategy, [], {}, required, wanted, relay=bool(relay))
     if options.dry_run:
         result.plans = _plans(model, cluster, members, strategy, parallel)
+        if relay:
+            relay_plans(result.plans, members, relay, parallel)
         return result
     if strategy == "all":
-        outcome = _publish_all(model, members, options, parallel, progress)
+        outcome = _publish_all(model, members, options, parallel, progress, relay)
     else:
         outcome = _publish_one(model, cluster, members, options, strategy, progress)
     result.results = [outcome.results[m.name] for m in members]
     result.states, result.stopped, result.batches = outcome.states, outcome.stopped, outcome.batches
     if outcome.stopped and options.batch_size:
         result.matrix = status_matrix(cluster.name, members, model, max_parallel=parallel)
+    if result.ok and cluster.discovery:
+        result.desired = record_desired(cluster, model.ref, model.manifest, options.timeout)
     result.seconds = time.monotonic() - started
     return result
 
@@ -261,7 +339,7 @@ def _stage_work(
 ) -> StageWork:
     """Stage on one member (``--atomic``) on a progress line of its own."""
 
-    def stage(target: InstanceTarget) -> StagedPublish:
+    def stage(target: InstanceTarget) -> Staged:
         line = InstanceLine(progress, target.name, model.total_bytes, cancel)
         line.start(f"{target.name} (staging)")
         try:
@@ -270,7 +348,7 @@ def _stage_work(
             line.finish(ok=False, note=str(exc))
             raise
         line.finish(ok=True, note="staged")
-        return staged
+        return PushStage(staged)
 
     return stage
 
@@ -281,27 +359,41 @@ def _publish_all(
     options: PublishOptions,
     parallel: int,
     progress: Progress,
+    relay: RelaySettings | None = None,
 ) -> RolloutOutcome:
-    """Strategy ``all``: every member at once, in batches, or all-or-nothing."""
+    """Strategy ``all``: every member at once, in batches, or all-or-nothing; directly, or
+    through relay."""
     cancel = threading.Event()  # Ctrl-C: instances still sending stop at their next chunk
+    relayed = None
+    if relay is not None:
+        peers = survey(members, max_parallel=parallel)
+        pusher = Pusher(model, options, progress, cancel)
+        relayed = Relay(
+            model.ref, model.manifest, model.total_bytes, peers, relay, options, progress,
+            parallel, cancel, pusher,
+        )  # fmt: skip
     if options.atomic:
+        if relayed is not None:
+            staged = relayed.stage(members)
+            return switch_staged(members, staged, model.ref, max_parallel=parallel)
         stage = _stage_work(model, options, progress, cancel)
         return run_atomic(members, stage, model.ref, max_parallel=parallel, cancel=cancel)
     work = _instance_work(model, options, progress, cancel)
+    batch_work: BatchWork = relayed.publish if relayed is not None else (
+        lambda batch: fan_out(
+            batch, work, max_parallel=parallel, fail_fast=options.fail_fast, cancel=cancel
+        )
+    )  # fmt: skip
     if options.batch_size:
         return run_batches(
             members,
-            work,
+            batch_work,
             lambda t: verify_published(model, t),
             batch_size=options.batch_size,
             max_parallel=parallel,
-            fail_fast=options.fail_fast,
-            cancel=cancel,
         )
     out = RolloutOutcome(batches=[[m.name for m in members]])
-    results = fan_out(
-        members, work, max_parallel=parallel, fail_fast=options.fail_fast, cancel=cancel
-    )
+    results = batch_work(members)
     for m in members:
         result = results[m.name]
         if result is None:

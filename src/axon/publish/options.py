@@ -40,6 +40,7 @@ class PublishOptions:
     fail_fast: bool = False  # the first failure cancels every member not started yet
     min_success: str | int | None = None  # successes needed: N or "P%"; default: all targeted
     batch_size: int | None = None  # rolling: members per batch, each verified before the next
+    relay: bool | None = None  # members pull from members (docs/relay.md); None: the cluster's
     # network storage: instances told besides its notify_instances (--notify-instance)
     notify_instances: tuple[str, ...] = ()
     # network storage (axon.publish.storage): S3 multipart tuning by S3Settings field name;

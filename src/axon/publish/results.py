@@ -103,6 +103,8 @@ class InstanceResult:
     error: dict[str, Any] | None = None
     ok: bool = False
     exit_code: int = 0
+    #: a relayed cluster publish: where the bytes came from (docs/relay.md), else None
+    relay: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from axon.errors import InterruptedPublish, RemoteError
 from axon.progress import Progress
@@ -95,8 +95,56 @@ class InstanceLine:
 
 
 # ---- fan-out --------------------------------------------------------------------------------
+class Staged(Protocol):
+    """A model staged on one instance, not yet visible (``--atomic``): pushed
+    (:class:`PushStage`) or pulled from a peer (:class:`axon.publish.pull.StagedPull`)."""
+
+    @property
+    def unchanged(self) -> bool:
+        """The instance already holds exactly this model: nothing to undo."""
+        ...
+
+    def commit(self) -> InstanceResult:
+        """Make it visible (raises, or returns a failed result, when it cannot)."""
+        ...
+
+    def abort(self) -> None:
+        """Drop what was staged; never raises."""
+        ...
+
+    def close(self) -> None:
+        """Release what the staging holds open (what it staged stays)."""
+        ...
+
+
+class PushStage:
+    """A :class:`~axon.publish.instance.StagedPublish` (the publisher sent the bytes) as a
+    :class:`Staged`."""
+
+    def __init__(self, staged: StagedPublish, relay: dict[str, Any] | None = None) -> None:
+        self.staged = staged
+        self.relay = relay  # a relayed rollout: why the publisher sent this one the bytes
+
+    @property
+    def unchanged(self) -> bool:
+        return self.staged.session is not None and self.staged.session.unchanged
+
+    def commit(self) -> InstanceResult:
+        result = self.staged.commit()
+        result.relay = self.relay
+        return result
+
+    def abort(self) -> None:
+        self.staged.abort()
+
+    def close(self) -> None:
+        self.staged.transport.close()
+
+
 Work = Callable[["InstanceTarget"], "InstanceResult"]  # publish to one instance
-StageWork = Callable[["InstanceTarget"], "StagedPublish"]  # stage on one (--atomic)
+StageWork = Callable[["InstanceTarget"], Staged]  # stage on one (--atomic)
+#: publish to one batch of instances: a result per instance (None: not started)
+BatchWork = Callable[[list["InstanceTarget"]], dict[str, "InstanceResult | None"]]
 
 
 def run_guarded(work: Work, target: InstanceTarget) -> InstanceResult:
@@ -208,23 +256,20 @@ class RolloutOutcome:
 
 def run_batches(
     members: list[InstanceTarget],
-    work: Work,
+    work: BatchWork,
     verify: Callable[[InstanceTarget], str | None],
     *,
     batch_size: int,
     max_parallel: int,
-    fail_fast: bool = False,
-    cancel: threading.Event | None = None,
 ) -> RolloutOutcome:
-    """Publish ``batch_size`` instances at a time; after each batch every instance of it must
-    pass ``verify`` (healthy, registered, right checksum) before the next batch starts."""
+    """Publish ``batch_size`` instances at a time (``work`` on each batch: :func:`fan_out`,
+    or a relay); after each batch every instance of it must pass ``verify`` (healthy,
+    registered, right checksum) before the next batch starts."""
     out = RolloutOutcome()
     batches = [members[i : i + batch_size] for i in range(0, len(members), batch_size)]
     for number, batch in enumerate(batches, 1):
         out.batches.append([t.name for t in batch])
-        results = fan_out(
-            batch, work, max_parallel=max_parallel, fail_fast=fail_fast, cancel=cancel
-        )
+        results = work(batch)
         bad = _check_batch(batch, results, verify, max_parallel, out)
         if bad:
             out.stopped = (
@@ -280,6 +325,14 @@ def run_atomic(
     committed instances back on their previous version. Ctrl-C sets ``cancel`` while
     staging; the switch itself is never interrupted half-way."""
     staged = parallel_map(members, stage, max_parallel, cancel, release=_close)
+    return switch_staged(members, staged, ref, max_parallel=max_parallel)
+
+
+def switch_staged(
+    members: list[InstanceTarget], staged: dict[str, Outcome], ref: ModelRef, *, max_parallel: int
+) -> RolloutOutcome:
+    """The second half of :func:`run_atomic`: ``staged`` is each member's staging outcome
+    (``(Staged, None)`` or ``(None, exception)``); commit on all, or on none."""
     try:
         return _switch_all(members, staged, ref, max_parallel)
     finally:
@@ -288,10 +341,10 @@ def run_atomic(
                 _close(value)
 
 
-def _close(staged: StagedPublish) -> None:
+def _close(staged: Staged) -> None:
     """Release a staged publish's connection (what it staged stays: a re-run resumes)."""
     with contextlib.suppress(Exception):
-        staged.transport.close()
+        staged.close()
 
 
 def _switch_all(
@@ -301,9 +354,9 @@ def _switch_all(
     return _Switch(members, staged, backups, max_parallel).run()
 
 
-def _unchanged(staged: StagedPublish) -> bool:
+def _unchanged(staged: Staged) -> bool:
     """The instance already holds exactly this model (its session needs nothing)."""
-    return staged.session is not None and staged.session.unchanged
+    return staged.unchanged
 
 
 def _commit_failed(outcome: Outcome) -> bool:

@@ -1,0 +1,320 @@
+"""Relay: the members of a cluster pull a model from members that already have it.
+
+The publisher's uplink is the slow link; the instances sit next to each other. So the
+publisher sends the model to a few *seeds* and every other member pulls it from a member
+that has it (``POST /v1/pulls``, docs/relay.md), spreading as a tree::
+
+    publisher --push--> core-1                      (seeds: 1 by default)
+    core-1 --pull--> core-2, core-3, core-4         (each source serves at most `fanout`
+    core-2 --pull--> core-5, core-6, core-7          pullers at once)
+    core-3 --pull--> core-8 ...
+
+A member becomes a source as soon as its pull is done. A pull names its source first and
+every other member that has the model (and that the puller accepts as a peer) after it: when
+a source dies mid-pull, the puller carries on from the next one, at the bytes it holds.
+
+Where relay cannot work for a member (an older server, an instance given no peers, a pull
+that failed on every source), the member gets a direct push when the publisher has the model
+(``axon publish``), and its line in the report says so; ``axon promote`` has no bytes to
+push and reports the member failed instead.
+
+Peer addresses: each member tells its own (``GET /v1/relay``: the address it advertises),
+which need not be the URL the publisher uses (a tunnel or a proxy in front of it).
+
+:func:`survey` asks the members, :func:`spread` decides who pulls from whom and when,
+:class:`Relay` runs a publish (or promotion) through both; one pull on one member is
+:mod:`axon.publish.pull`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Generic, TypeVar
+from urllib.parse import urlsplit
+
+from axon.errors import AxonError
+from axon.mlos_client import HEALTH_TIMEOUT, MlosClient
+from axon.publish.rollout import parallel_map
+
+if TYPE_CHECKING:
+    from axon.publish.plan import InstancePlan
+    from axon.targets import InstanceTarget
+
+#: pullers one source serves at once (a tree of this degree)
+DEFAULT_FANOUT = 3
+#: members the publisher sends the model to itself
+DEFAULT_SEEDS = 1
+
+R = TypeVar("R")
+
+# how a member gets the model (the ``role`` a spread's work is called with)
+PULL = "pull"  # from the sources it is given
+SEED = "seed"  # nobody has it yet: the publisher sends it
+PUSH = "push"  # it cannot pull (``Peer.why_not``), or no member it accepts has the model
+
+
+def normal_url(url: str) -> str:
+    """``scheme://host:port/path`` as mlos-core compares peer URLs (host in lower case, the
+    default port filled in, no trailing ``/``)."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(scheme, 0)
+    except ValueError:
+        return url.strip().rstrip("/")
+    host = (parts.hostname or "").lower()
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}:{port}{parts.path.rstrip('/')}"
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A member as relay sees it: its target (how the publisher reaches it), the address its
+    peers use (None: it cannot serve them), whether it can pull, from which addresses
+    (normalised; None: unknown, assume any) and why it cannot."""
+
+    target: InstanceTarget
+    address: str | None = None
+    can_pull: bool = False
+    accepts: frozenset[str] | None = None
+    why_not: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+    def accepts_from(self, source: Peer) -> bool:
+        if source.address is None:
+            return False
+        return self.accepts is None or normal_url(source.address) in self.accepts
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """How wide the tree is: ``seeds`` members get the publisher's bytes, each source serves
+    at most ``fanout`` pullers at once."""
+
+    seeds: int = DEFAULT_SEEDS
+    fanout: int = DEFAULT_FANOUT
+
+
+def survey(members: list[InstanceTarget], *, max_parallel: int) -> dict[str, Peer]:
+    """Ask every member whether it can relay (``GET /v1/relay``), in parallel; a member that
+    cannot be asked is a :class:`Peer` that cannot pull, saying why."""
+
+    def ask(target: InstanceTarget) -> Peer:
+        if target.access_method != "api":
+            return Peer(target, why_not=f"reached over {target.access_method}, not the API")
+        with MlosClient.for_target(target, min(target.timeout, HEALTH_TIMEOUT * 2)) as client:
+            info = client.relay_info()
+        if info is None:
+            return Peer(target, why_not="this mlos-core has no relay (GET /v1/relay: 404)")
+        accepts = frozenset(normal_url(p) for p in info.peers)
+        address = info.advertise if info.blobs else None
+        return Peer(target, address, info.can_pull, accepts, info.why_not)
+
+    answers = parallel_map(members, ask, max_parallel)
+    out: dict[str, Peer] = {}
+    for t in members:
+        peer, exc = answers[t.name]
+        if exc is not None:
+            why = exc.message if isinstance(exc, AxonError) else str(exc)
+            peer = Peer(t, why_not=f"cannot ask it about relay: {why}")
+        out[t.name] = peer
+    return out
+
+
+# ---- the tree -------------------------------------------------------------------------------
+Work = Callable[["Peer", list["Peer"], str], R]  # (member, sources, role) -> outcome
+
+
+@dataclass
+class Spread(Generic[R]):
+    """What :func:`spread` did: each member's outcome (``(value, None)``, ``(None, exc)``,
+    or ``(None, None)`` when it never started), and which members have the model now."""
+
+    outcomes: dict[str, tuple[R | None, BaseException | None]] = field(default_factory=dict)
+    holders: list[Peer] = field(default_factory=list)
+
+
+@dataclass
+class _Tree:
+    """The state of a spread: who has the model, how many pullers each serves."""
+
+    holders: list[Peer]
+    fanout: int
+    seeds: int
+    seeded: int = 0
+    serving: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.serving = {p.name: 0 for p in self.holders}
+
+    def choose(self, member: Peer, running: list[Peer]) -> tuple[str, list[Peer]] | None:
+        """How ``member`` starts now: ``(role, sources)``, or None to wait for a source."""
+        if not member.can_pull:
+            return PUSH, []
+        usable = [h for h in self.holders if member.accepts_from(h)]
+        free = [h for h in usable if self.serving[h.name] < self.fanout]
+        if free:
+            first = min(free, key=lambda h: self.serving[h.name])
+            return PULL, [first, *(h for h in usable if h is not first)]
+        if usable or any(member.accepts_from(p) for p in running):
+            return None  # a source it accepts is busy, or will have the model soon
+        if not self.holders:
+            if member.address is not None and (self.seeded < self.seeds or not running):
+                return SEED, []  # the first seeds, or a new one after they all failed
+            if running:
+                return None  # the seeds are on their way (or may fail: then it is one)
+        return PUSH, []  # no member it accepts has the model, nor will soon
+
+    def started(self, role: str, sources: list[Peer]) -> None:
+        if role == PULL:
+            self.serving[sources[0].name] += 1
+        elif role == SEED:
+            self.seeded += 1
+
+    def finished(
+        self, member: Peer, role: str, sources: list[Peer], good: bool, gone: list[str]
+    ) -> None:
+        """``member`` is done (``good``: it has the model); ``gone``: sources its pull gave
+        up on, which are not offered again."""
+        if role == PULL:
+            self.serving[sources[0].name] -= 1
+        if gone:
+            self.holders = [h for h in self.holders if h.name not in gone]
+        if good and member.address is not None:
+            self.holders.append(member)
+            self.serving[member.name] = 0
+
+
+def spread(
+    members: list[Peer],
+    sources: list[Peer],
+    work: Work[R],
+    ok: Callable[[R], bool],
+    *,
+    gone: Callable[[R | None, BaseException | None], list[str]] = lambda value, exc: [],
+    settings: RelaySettings,
+    max_parallel: int,
+    fail_fast: bool = False,
+    cancel: threading.Event | None = None,
+) -> Spread[R]:
+    """Run ``work(member, sources, role)`` for every member, as a tree.
+
+    ``sources`` have the model now; a member for which ``ok`` holds becomes one, a source
+    named by ``gone`` (of an outcome: the sources its pull gave up on) is one no more. A puller
+    is given its sources in order of preference: the least busy first, then every other it
+    accepts (to carry on from, should the first fail). No source is first for more than
+    ``settings.fanout`` pullers at once: a puller waits for a free one. When nobody has the
+    model, up to ``settings.seeds`` members get it from the publisher (role ``seed``); a
+    member that cannot pull, or that accepts none of the members that could ever have it,
+    gets a direct push (role ``push``). ``work`` never raises for the member's sake (an
+    exception is its outcome). With ``fail_fast`` the first failure starts nothing more; on
+    Ctrl-C ``cancel`` is set and nothing more starts.
+    """
+    out: Spread[R] = Spread()
+    tree = _Tree(list(sources), settings.fanout, settings.seeds)
+    waiting = list(members)
+    running: dict[Future[tuple[R | None, BaseException | None]], tuple[Peer, str, list[Peer]]] = {}
+
+    def guarded(
+        member: Peer, given: list[Peer], role: str
+    ) -> tuple[R | None, BaseException | None]:
+        try:
+            return work(member, given, role), None
+        except Exception as exc:
+            return None, exc
+
+    def launch(pool: ThreadPoolExecutor) -> None:
+        started = True
+        while started and waiting and len(running) < workers:
+            started = False
+            busy = [m for m, _, _ in running.values()]
+            for member in waiting:
+                how = tree.choose(member, busy)
+                if how is None:
+                    continue
+                role, given = how
+                waiting.remove(member)
+                tree.started(role, given)
+                running[pool.submit(guarded, member, given, role)] = (member, role, given)
+                started = True
+                break
+
+    workers = max(1, min(max_parallel, len(members) or 1))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="axon-relay") as pool:
+        try:
+            while waiting or running:
+                launch(pool)
+                if not running:
+                    break  # pragma: no cover - choose() always starts someone when idle
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    member, role, given = running.pop(future)
+                    value, exc = future.result()
+                    out.outcomes[member.name] = (value, exc)
+                    good = exc is None and value is not None and ok(value)
+                    tree.finished(member, role, given, good, gone(value, exc))
+                    if fail_fast and not good:
+                        waiting.clear()
+        except BaseException:  # Ctrl-C: start nothing more; running pulls stop at their poll
+            waiting.clear()
+            if cancel is not None:
+                cancel.set()
+            raise
+    for member in members:
+        out.outcomes.setdefault(member.name, (None, None))
+    out.holders = tree.holders
+    return out
+
+
+def relay_plans(
+    plans: list[InstancePlan],
+    members: list[InstanceTarget],
+    settings: RelaySettings,
+    max_parallel: int,
+) -> None:
+    """``--dry-run`` with relay: say in each plan's method how the member would get the
+    model (pushed as a seed, pulled from a peer, or pushed because it cannot pull)."""
+    peers = survey(members, max_parallel=max_parallel)
+    seeds = 0
+    for plan in plans:
+        peer = peers.get(plan.target)
+        if peer is None:
+            continue
+        if plan.unchanged:
+            plan.method += ", relay: has it"
+        elif peer.address is not None and seeds < settings.seeds:
+            seeds += 1
+            plan.method += ", relay: pushed (seed)"
+        elif peer.can_pull:
+            plan.method += ", relay: would pull from a member that has it"
+        else:
+            plan.method += f", relay: direct push ({peer.why_not})"
+
+
+def peer_names(peers: list[Peer]) -> dict[str, str]:
+    """``{advertised address: member name}``: what a pull's answer names, as the report
+    names it."""
+    return {p.address.rstrip("/"): p.name for p in peers if p.address}
+
+
+__all__ = [
+    "DEFAULT_FANOUT",
+    "DEFAULT_SEEDS",
+    "PULL",
+    "PUSH",
+    "SEED",
+    "Peer",
+    "RelaySettings",
+    "Spread",
+    "normal_url",
+    "peer_names",
+    "relay_plans",
+    "spread",
+    "survey",
+]

@@ -1,0 +1,187 @@
+"""``axon publish --target CLUSTER`` with relay, on real ``mlos-core`` processes that pull from
+each other: the publisher sends the model once, the members pull it from members that have
+it, every member ends bit-exact, and each member's line says where its bytes came from."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from axon.errors import EXIT_ALL_FAILED, EXIT_OK, EXIT_USAGE
+from axon.publish.results import ABORTED, FAILED, PUBLISHED
+from modelpkg.refs import ModelRef
+from tests.fixtures.cluster import Recorder, registered, run_cluster
+from tests.fixtures.relay import relay_config, tree_of
+from tests.helpers import run_axon
+
+pytestmark = pytest.mark.slow
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def big_model(install_model: Any, make_model_dir: Any) -> ModelRef:
+    """A model of 4 MiB (weights) plus the small files."""
+    ref: ModelRef = install_model(make_model_dir(weights_size=4 * MiB), "hf/relay-bert@v1")
+    return ref
+
+
+def how(res: Any, name: str) -> dict[str, Any]:
+    item = next(r for r in res.results if r.target == name)
+    assert item.relay is not None, f"{name} has no relay record"
+    return dict(item.relay)
+
+
+def test_relay_to_five_is_bit_exact_and_the_publisher_sends_once(
+    peered: Any, big_model: ModelRef, axon_home: Path
+) -> None:
+    servers = peered(5)
+    names = relay_config(axon_home, servers, relay={"fanout": 1})
+    res = run_cluster(big_model, "prod")
+    assert res.exit_code == EXIT_OK, res.summary()
+    assert all(res.states[n] == PUBLISHED for n in names)
+    cached = tree_of_cache(axon_home, big_model)
+    for server in servers:
+        assert tree_of(server, big_model) == cached
+        assert registered(server, big_model)
+    total = sum(s for s in cached_sizes(axon_home, big_model))
+    assert res.publisher_bytes == total  # one copy left the publisher, not five
+    hows = [how(res, n) for n in names]
+    assert [h["how"] for h in hows].count("pushed") == 1
+    assert [h["how"] for h in hows].count("pulled") == 4
+    # fanout 1: each source serves one puller at a time, so the tree has several sources
+    assert len({h["source"] for h in hows if h["how"] == "pulled"}) >= 2
+    text = res.summary()
+    assert "pushed (seed)" in text
+    for h in hows[1:]:
+        assert f"pulled from {h['source']}" in text
+    assert "(all, relay)" in text
+
+
+def test_a_member_that_cannot_pull_gets_a_direct_push_and_the_report_says_so(
+    peered: Any, installed_model: ModelRef, axon_home: Path
+) -> None:
+    servers = peered(3, lone={2})  # core-2 has no peers: it cannot pull
+    names = relay_config(axon_home, servers, relay=True)
+    res = run_cluster(installed_model, "prod")
+    assert res.exit_code == EXIT_OK, res.summary()
+    assert how(res, names[2])["how"] == "pushed"
+    assert "direct push: it has no peers" in res.summary()
+    assert how(res, names[1])["how"] == "pulled"
+    for server in servers:
+        assert tree_of(server, installed_model) == tree_of_cache(axon_home, installed_model)
+
+
+def test_a_source_killed_mid_relay_its_puller_switches_and_finishes(
+    peered: Any, tcp_proxy: Any, big_model: ModelRef, axon_home: Path
+) -> None:
+    from tests.fixtures.common import free_port
+
+    ports = [free_port() for _ in range(3)]
+    slow = tcp_proxy(ports[0])  # core-0 as its peers reach it: slowly
+    slow.throttle(1 * MiB)
+    servers = peered(3, ports=ports, advertise={0: slow.url})
+    names = relay_config(axon_home, servers, relay={"seeds": 2, "fanout": 1})
+    killed = threading.Event()
+
+    class KillSource(Recorder):
+        def advance(self, key: str, nbytes: int) -> None:
+            # core-2 pulls from core-0 (the least busy seed, first in order): once bytes
+            # flow, kill -9 core-0
+            if key == names[2] and not killed.is_set():
+                killed.set()
+                servers[0].kill()
+                slow.drop_all()  # and what the network still held for core-2 is lost
+
+    res = run_cluster(big_model, "prod", KillSource())
+    assert killed.is_set(), "core-2 never started pulling from core-0"
+    assert res.states[names[2]] == PUBLISHED, res.summary()
+    record = how(res, names[2])
+    assert record["how"] == "pulled" and record["source"] == names[1], (record, res.summary())
+    assert [t["source"] for t in record["tried"]] == [names[0]]
+    assert f"pulled from {names[1]} (after {names[0]} failed)" in res.summary()
+    assert tree_of(servers[2], big_model) == tree_of_cache(axon_home, big_model)
+
+
+def test_atomic_relay_stages_by_pull_and_switches_all_or_none(
+    peered: Any, installed_model: ModelRef, axon_home: Path
+) -> None:
+    servers = peered(3)
+    names = relay_config(axon_home, servers, relay=True)
+    res = run_cluster(installed_model, "prod", atomic=True)
+    assert res.exit_code == EXIT_OK, res.summary()
+    assert [how(res, n)["how"] for n in names] == ["pushed", "pulled", "pulled"]
+    for server in servers:
+        assert registered(server, installed_model)
+        assert tree_of(server, installed_model) == tree_of_cache(axon_home, installed_model)
+
+
+def test_atomic_relay_where_one_cannot_stage_switches_nobody(
+    peered: Any, installed_model: ModelRef, axon_home: Path
+) -> None:
+    # core-2 takes nothing (a 1 KiB upload limit): it cannot stage, by pull or by push
+    servers = peered(3, flags_for={2: {"max_upload_size": 1024}})
+    names = relay_config(axon_home, servers, relay=True)
+    res = run_cluster(installed_model, "prod", atomic=True)
+    assert res.exit_code == EXIT_ALL_FAILED, res.summary()
+    assert res.states[names[2]] == FAILED
+    assert {res.states[names[0]], res.states[names[1]]} == {ABORTED}
+    for server in servers:
+        assert not registered(server, installed_model)
+
+
+def test_no_relay_forces_the_direct_push(
+    peered: Any, installed_model: ModelRef, axon_home: Path
+) -> None:
+    servers = peered(2)
+    names = relay_config(axon_home, servers, relay=True)
+    res = run_cluster(installed_model, "prod", relay=False)
+    assert res.exit_code == EXIT_OK and not res.relay
+    assert all(how_or_none(res, n) is None for n in names)
+    assert res.publisher_bytes == 2 * sum(cached_sizes(axon_home, installed_model))
+
+
+def test_cli_relay_report_and_option_errors(
+    peered: Any, installed_model: ModelRef, axon_home: Path
+) -> None:
+    servers = peered(2)
+    relay_config(axon_home, servers)  # relay not configured: --relay turns it on
+    run = run_axon("publish", str(installed_model), "--target", "prod", "--relay")
+    assert run.code == EXIT_OK, run.err
+    assert "pushed (seed)" in run.out and "pulled from core-0" in run.out
+    run = run_axon(
+        "publish", str(installed_model), "--target", "prod", "--relay", "--strategy",
+        "first-available",
+    )  # fmt: skip
+    assert run.code == EXIT_USAGE and "--relay needs strategy 'all'" in run.err
+    run = run_axon("publish", str(installed_model), "--target", "prod", "--relay", "--dry-run")
+    assert run.code == EXIT_OK
+    assert "relay: has it" in run.out  # both hold it after the first publish
+
+
+# ---- helpers ------------------------------------------------------------------------------
+def how_or_none(res: Any, name: str) -> dict[str, Any] | None:
+    item = next(r for r in res.results if r.target == name)
+    return item.relay  # type: ignore[no-any-return]
+
+
+def tree_of_cache(axon_home: Path, ref: ModelRef) -> dict[str, str]:
+    import hashlib
+
+    from axon.cache import Cache
+
+    cached = Cache.from_config().get(ref)
+    return {
+        f.path: hashlib.sha256((cached.path / f.path).read_bytes()).hexdigest()
+        for f in cached.manifest.files
+    }
+
+
+def cached_sizes(axon_home: Path, ref: ModelRef) -> list[int]:
+    from axon.cache import Cache
+
+    cached = Cache.from_config().get(ref)
+    return [(cached.path / f.path).stat().st_size for f in cached.manifest.files]
