@@ -87,7 +87,9 @@ def plan_session(manifest: Manifest, status: dict[str, Any], text: str) -> Stage
     # files make a parse cost more than the rest of an unchanged re-publish)
     current = None if held == text else _current_manifest(held)
     same = held == text or (current is not None and current.data == manifest.data)
-    if same and all(on_disk.get(f.path) == f.size for f in files):
+    # the same manifest, and nothing else in the directory (see _written_by_a_publish): a
+    # copy another tool made, bookkeeping and all, is rewritten once, its files hashed
+    if same and len(on_disk) == len(files) and all(on_disk.get(f.path) == f.size for f in files):
         plan.unchanged = True
         return plan
     if held == text:
