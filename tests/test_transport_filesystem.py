@@ -622,3 +622,23 @@ def test_files_left_by_a_copy_cut_before_its_manifest_are_used(tmp_path: Path) -
     assert paths == ["weights.bin"] and info.details["adopted"] == 2
     snap = dir_snapshot(final)
     assert snap is not None and {k: snap[k] for k in files} == files
+
+
+def test_a_copy_of_this_very_manifest_with_bookkeeping_beside_it_is_not_unchanged(
+    tmp_path: Path,
+) -> None:
+    """The Go axon copied a cache entry axon wrote: our manifest, byte for byte, beside its
+    bookkeeping, and a file of the right size with other bytes. That is not the version
+    the manifest describes: the files are hashed, the wrong one sent, the rest used."""
+    root = tmp_path / "models"
+    final = root / REF.relpath
+    files = base_files()
+    manifest = write_model(tmp_path / "src", files)
+    placed = {**files, "weights.bin": os.urandom(len(files["weights.bin"]))}
+    place_like_upstream(final, REF, placed, manifest.to_yaml())
+    info, _sent, paths = publish(FilesystemTransport(root), tmp_path / "src", manifest)
+    assert info.details["unchanged"] is False and paths == ["weights.bin"]
+    assert info.details["adopted"] == len(files) - 1
+    snap = dir_snapshot(final)
+    assert snap is not None and snap.pop("manifest.yaml") == manifest.to_yaml().encode()
+    assert snap == files
