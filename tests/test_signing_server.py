@@ -335,3 +335,20 @@ def test_bad_trusted_keys_stop_the_server_with_a_clear_message(
     assert run.returncode != 0
     assert "oops.pem" in run.stderr and "private key does not belong" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_rollback_to_a_version_the_policy_refuses_is_refused(
+    mlos_server, trusted: Path, keys: dict[str, KeyPair], tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    before = mlos_server(models_dir=models, no_fsync=True)  # no policy yet
+    assert _upload(before.url, "hf/m@v1", FILES).status_code == 200
+    before.stop()
+    srv = mlos_server(models_dir=models, no_fsync=True, trusted_keys=trusted)
+    assert _record(srv.url, "hf/m@v1").status_code == 404  # the unsigned one is not served
+    good = _signed(FILES, keys["alice"])
+    assert _upload(srv.url, "hf/m@v1", good).status_code == 200  # the unsigned one kept aside
+    r = httpx.post(f"{srv.url}/v1/models/{_quoted('hf/m@v1')}/rollback", timeout=10)
+    assert r.status_code == 403 and r.json()["code"] == signing.REQUIRED
+    assert SIGNATURE_NAME in _visible(srv, "hf/m@v1")  # the signed version is back in place
+    assert _record(srv.url, "hf/m@v1").json()["signer"]["trusted_as"] == "alice.pub"

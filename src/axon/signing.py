@@ -280,8 +280,8 @@ def preflight(model: PreparedModel, target: InstanceTarget, timeout: float) -> N
     (exit 5) when the instance would refuse its signature. Over the API the instance answers
     that itself when the upload opens; an instance that cannot be asked is not asked (it
     checks again when it is told of the model)."""
-    if target.access_method == "api":
-        return
+    if getattr(target, "access_method", "api") == "api":
+        return  # an upload: the instance answers at open; or no instance at all (storage)
     try:
         policy = fetch_policy(target, model.ref.namespace, timeout)
     except ProtocolError:

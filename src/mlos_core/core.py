@@ -711,7 +711,13 @@ class Core:
             self.check_overlap(ref)  # never claim a directory inside (or around) another model
         signer = None
         if self.trust.required(ref.namespace):
-            signer = self._verify_registered(ref, found.manifest, found.signature)
+            try:
+                signer = self._verify_registered(ref, found.manifest, found.signature)
+            except SignatureRefused:
+                old = self.registry.get(ref.id)
+                if old is not None and old.path == found.path:  # its bytes are what was refused
+                    self.registry.remove(ref.id)
+                raise
         entry = ModelEntry(id=ref.id, name=ref.name, path=found.path, source="register")
         if found.manifest is not None:
             with contextlib.suppress(ManifestError):  # registered as it is, like upstream
