@@ -23,6 +23,7 @@ limits, checks every answer and turns httpx exceptions and HTTP answers into
     POST   /v1/uploads/{u}/prepare            prepare_upload()
     POST   /v1/uploads/{u}/commit             commit_upload()   -> CommitAnswer
     DELETE /v1/uploads/{u}                    abort_upload()
+    GET    /models                            list_models()     (ids; axon sync)
     GET    /v1/relay                          relay_info()      -> RelayInfo (None: no relay)
     POST   /v1/pulls                          start_pull()      -> PullStatus (docs/relay.md)
     GET    /v1/pulls/{p}?wait=S               pull_status()     -> PullStatus
@@ -1472,6 +1473,18 @@ class MlosClient:
             lambda d: PullStatus.parse(d, ref=ref, digest=digest, pull_id=pull_id),
             what=what,
         )
+
+    def list_models(self) -> list[str]:
+        """``GET /models``: the ids of the models the instance has registered."""
+        what = "list of models"
+        answer = self.exchange("GET", "/models", what=what, ok=(200,), limit=MANIFEST_LIMIT)
+
+        def ids(data: object) -> list[str]:
+            f = Fields(data)
+            f.success()
+            return [m.required_text("id") for m in f.objects("models")]
+
+        return self.parsed(answer, ids, what=what)
 
     def cancel_pull(self, pull_id: str) -> None:
         """``DELETE /v1/pulls/{id}``: stop a pull (what it fetched is kept for the next)."""

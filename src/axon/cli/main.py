@@ -36,6 +36,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "axon.cli.publish_cmds:status_cmd",
         "Show whether a target has a model, and in what state.",
     ),
+    "promote": (
+        "axon.cli.relay_cmds:promote_cmd",
+        "Promote a model between clusters: the target's members pull it from the source's.",
+    ),
+    "sync": (
+        "axon.cli.relay_cmds:sync_cmd",
+        "Make a cluster's lagging members pull from the others.",
+    ),
     "version": ("axon.cli.upstream_cmds:version_cmd", "Show version information."),
     "cache": ("axon.cli.upstream_cmds:cache_group", "List, measure and clean the cache."),
     "config": ("axon.cli.config_cmds:config_group", "Get, set and list config values."),

@@ -50,7 +50,7 @@ from axon.publish.members import cluster_members
 from axon.publish.options import PublishOptions, parse_min_success
 from axon.publish.plan import InstancePlan, plan_instance
 from axon.publish.prepared import PreparedModel
-from axon.publish.relay import RelaySettings, relay_plans, survey
+from axon.publish.relay import Peer, RelaySettings, relay_plans, survey
 from axon.publish.relayed import Pusher, Relay
 from axon.publish.results import (
     CANCELLED,
@@ -280,7 +280,7 @@ def publish_to_cluster(
             relay_plans(result.plans, members, relay, parallel)
         return result
     if strategy == "all":
-        outcome = _publish_all(model, members, options, parallel, progress, relay)
+        outcome = rollout_all(model, members, options, parallel, progress, relay)
     else:
         outcome = _publish_one(model, cluster, members, options, strategy, progress)
     result.results = [outcome.results[m.name] for m in members]
@@ -353,24 +353,28 @@ def _stage_work(
     return stage
 
 
-def _publish_all(
+def rollout_all(
     model: PreparedModel,
     members: list[InstanceTarget],
     options: PublishOptions,
     parallel: int,
     progress: Progress,
     relay: RelaySettings | None = None,
+    *,
+    sources: list[Peer] | None = None,
+    push: bool = True,
 ) -> RolloutOutcome:
     """Strategy ``all``: every member at once, in batches, or all-or-nothing; directly, or
-    through relay."""
+    through relay (from ``sources``, members of another cluster that have the model, when
+    given; ``push`` False: the publisher sends no bytes, as for a promotion)."""
     cancel = threading.Event()  # Ctrl-C: instances still sending stop at their next chunk
     relayed = None
     if relay is not None:
         peers = survey(members, max_parallel=parallel)
-        pusher = Pusher(model, options, progress, cancel)
+        pusher = Pusher(model, options, progress, cancel) if push else None
         relayed = Relay(
             model.ref, model.manifest, model.total_bytes, peers, relay, options, progress,
-            parallel, cancel, pusher,
+            parallel, cancel, pusher, list(sources or []),
         )  # fmt: skip
     if options.atomic:
         if relayed is not None:
@@ -438,4 +442,10 @@ def _publish_one(
     return out
 
 
-__all__ = ["DEFAULT_MAX_PARALLEL", "ClusterResult", "publish_to_cluster"]
+__all__ = [
+    "DEFAULT_MAX_PARALLEL",
+    "ClusterResult",
+    "publish_to_cluster",
+    "relay_settings",
+    "rollout_all",
+]
