@@ -293,3 +293,20 @@ def test_axon_verifies_what_the_model_signing_cli_signed(
     assert signer.trusted_as == "alice.pub"
     manifest = Manifest.load(Cache.from_config().path_for(ref))
     assert SIGNATURE_NAME in {f.path for f in manifest.files}
+
+
+def test_nothing_trusted_accepts_nothing(tmp_path: Path) -> None:
+    keys = make_key(tmp_path, "alice")
+    data = signing.sign(_entries(FILES), "m", signing.load_private_key(keys.private))
+    with pytest.raises(SignatureError) as err:
+        signing.verify(data, _entries(FILES), [])
+    assert err.value.code == signing.UNTRUSTED
+    chain = make_chain(tmp_path / "ca")
+    leaf = signing.load_certificates(chain.leaf)[0]
+    cert_sig = signing.sign(
+        _entries(FILES), "m", signing.load_private_key(chain.key), certificate=leaf
+    )
+    with pytest.raises(SignatureError):
+        signing.verify(cert_sig, _entries(FILES), [])
+    # a local look at a certificate signature's own consistency, trust aside
+    assert signing.verify(cert_sig, _entries(FILES), [], check_trust=False).trusted_as is None

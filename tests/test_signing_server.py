@@ -182,6 +182,7 @@ def test_a_key_trusted_for_tenant_a_cannot_sign_for_tenant_b(
             "bravo": {"tokens": ["bravo-token"], "namespaces": ["bravo"],
                       "trusted_keys": [str(keys["bob"].public)]},
             "free": {"tokens": ["free-token"], "namespaces": ["free"]},
+            "locked": {"tokens": ["locked-token"], "namespaces": ["locked"], "trusted_keys": []},
         }
     }  # fmt: skip
     srv = mlos_server(no_fsync=True, tokens=tokens)
@@ -196,6 +197,11 @@ def test_a_key_trusted_for_tenant_a_cannot_sign_for_tenant_b(
     free = {"Authorization": "Bearer free-token"}
     assert _upload(srv.url, "free/m@v1", FILES, **free).status_code == 200
     assert _record(srv.url, "free/m@v1").json()["signer"] is None
+    # a tenant whose list of trusted keys is empty takes no model at all, signed or not
+    locked = {"Authorization": "Bearer locked-token"}
+    r = _upload(srv.url, "locked/m@v1", _signed(FILES, keys["alice"]), **locked)
+    assert r.status_code == 403 and r.json()["code"] == signing.UNTRUSTED
+    assert "no key is trusted" in r.json()["message"]
     policy = httpx.get(f"{srv.url}/v1/signing?namespace=bravo", timeout=5).json()
     assert policy["required"] is True
     assert [k["name"] for k in policy["trusted_keys"]] == ["bravo:bob.pub"]

@@ -197,7 +197,7 @@ def verify_model(cache: Cache, ref: ModelRef | str, trusted: tuple[Path, ...] = 
             hint=f"axon verify {model.ref} --signature --trusted-key KEY.pub",
         )
     try:
-        return signing.verify(data, model.manifest.files, keys)
+        return signing.verify(data, model.manifest.files, keys, check_trust=bool(keys))
     except SignatureError as exc:
         exc.path = str(model.path / SIGNATURE_NAME)
         raise

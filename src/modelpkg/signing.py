@@ -724,10 +724,25 @@ def compare(statement: Statement, files: Iterable[FileEntry]) -> None:
         )
 
 
-def verify(data: bytes, files: Iterable[FileEntry], trusted: Sequence[TrustedKey]) -> Signer:
+def verify(
+    data: bytes,
+    files: Iterable[FileEntry],
+    trusted: Sequence[TrustedKey],
+    *,
+    check_trust: bool = True,
+) -> Signer:
     """Check ``model.sig`` bytes against the model's ``files`` (manifest entries) and the
-    ``trusted`` keys; the signer, or SignatureError naming the reason."""
+    ``trusted`` keys; the signer, or SignatureError naming the reason. With nothing trusted
+    every signature is untrusted, unless ``check_trust`` is false (a local look at a
+    certificate signature's own consistency)."""
     bundle = Bundle.parse(data)
+    if check_trust and not trusted:
+        raise SignatureError(
+            "no key is trusted to sign this namespace, so no signature can be accepted",
+            code=UNTRUSTED,
+            hint="ask the operator to trust the signing key (--trusted-keys, or trusted_keys "
+            "of the tenant in the tokens file)",
+        )
     signer = bundle.signer(trusted)
     statement = bundle.statement()
     compare(statement, files)
