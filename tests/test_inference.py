@@ -179,6 +179,16 @@ def test_a_format_without_a_runtime_is_501(server: Any) -> None:
     assert r.status_code == 501
 
 
+def test_outputs_json_cannot_hold_are_null(server: Any) -> None:
+    inf = float("inf")
+    w = [[inf, 1.0, -inf], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+    assert upload(server.url, "fl/inf@v1", {"model.onnx": linear_onnx(w, [0, 0, 0])}).is_success
+    r = infer(server.url, "fl/inf@v1", {"x": [[0.0, 2.5, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/json"
+    assert r.json()["outputs"]["logits"] == [[None, 2.5, None], [None, 1.0, None]]
+
+
 def test_unknown_model_and_bad_body(server: Any) -> None:
     r = infer(server.url, "fl/none@v1", {"x": [[1]]})
     assert r.status_code == 404 and "fl/none@v1" in r.json()["message"]
