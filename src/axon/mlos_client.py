@@ -1142,10 +1142,10 @@ class MlosClient:
                 what=what,
             )
         if code in SIGNATURE_CODES and 400 <= status < 500:  # refused for its signature: exit 5
+            hint = None if "axon sign" in text else "sign it with a key the instance trusts"
             return SignatureError(
-                text, code=code, hint="sign it with a key the instance trusts: axon sign REF "
-                "--key KEY.pem", target=self.name, url=url, status=status
-            )  # fmt: skip
+                text, code=code, hint=hint, target=self.name, url=url, status=status
+            )
         if status == 401:
             return make(AuthenticationError, "the instance refused the token: set token/token_env")
         if code == "not_a_peer":  # a pull naming a source the instance was not given

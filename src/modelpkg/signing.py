@@ -702,7 +702,7 @@ def compare(statement: Statement, files: Iterable[FileEntry]) -> None:
         if path == MANIFEST_NAME:
             problems.append(
                 "the signature covers manifest.yaml, which is not a file of the model (sign the "
-                "model's files: model_signing sign ... --ignore_paths manifest.yaml)"
+                "model's files: model_signing sign ... --ignore-paths manifest.yaml)"
             )
         else:
             problems.append(f"signed but not in the model: {path}")
