@@ -172,3 +172,21 @@ def test_publish_an_upstream_entry_to_s3(
     for data in files.values():
         key = f"m/.blobs/sha256/{hashlib.sha256(data).hexdigest()}"
         assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == data
+
+
+def test_our_install_of_an_upstream_cache_dir_takes_the_model_files_only(
+    entry: tuple[ModelRef, dict[str, bytes], Path], tmp_path: Path
+) -> None:
+    """``axon install DIR`` of a directory upstream's cache holds: the model files, not its
+    ``.axon`` package or ``.axon_metadata.json``; named from its manifest or with --as."""
+    ref, files, path = entry
+    copy = ModelRef.parse(f"{ref.namespace}/copy-of-{ref.name}@v2")
+    run = run_axon("install", str(path), "--as", str(copy), "--json")
+    assert run.code == 0, run.out + run.err
+    shown = run_axon("info", str(copy), "--json")
+    assert shown.code == 0, shown.err
+    verify = run_axon("verify", str(copy))
+    assert verify.code == 0, verify.out + verify.err
+    installed = Path(shown.json()["path"])
+    names = {p.relative_to(installed).as_posix() for p in installed.rglob("*") if p.is_file()}
+    assert names - {"manifest.yaml", ".axon_metadata.json"} == set(files)

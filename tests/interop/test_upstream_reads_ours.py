@@ -80,3 +80,19 @@ def test_upstream_registers_our_cached_model_with_our_mlos_core(
     assert entry["path"] == str(cache_models / REF.relpath)
     again = upstream.run("register", str(REF), env={"MLOS_CORE_ENDPOINT": srv.url})
     assert again.code == 0, again.err  # already registered: 200 as upstream expects
+
+
+def test_upstream_uninstalls_a_model_our_axon_installed(
+    upstream: Upstream,
+    shared_config: SharedConfig,
+    make_model_dir: MakeModelDir,
+    install_model: InstallModel,
+) -> None:
+    from tests.helpers import run_axon
+
+    install_model(make_model_dir(), str(REF))
+    install_model(make_model_dir(), str(NESTED))
+    run = upstream.run("uninstall", "acme/tiny-bert")
+    assert run.code == 0 and f"Pruned pathway: {REF}" in run.out
+    listed = run_axon("list", "--json").json()["models"]
+    assert [m["ref"] for m in listed] == [str(NESTED)]
