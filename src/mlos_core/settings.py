@@ -63,6 +63,7 @@ class Settings:
     max_loaded_models: int = 4  # sessions kept loaded (least recently used out)
     inference_threads: int | None = None  # threads of each session; None: the CPU count
     min_eval_examples: int = 10  # an evaluation over fewer examples is refused
+    max_batch: int = 1  # requests queued for one model run together (1: off)
     # PEM public keys / CA certificates trusted to sign every namespace (--trusted-keys);
     # with it every model must be signed (mlos_core.signatures)
     trusted_keys: Path | None = None

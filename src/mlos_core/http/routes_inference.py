@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +53,7 @@ def sessions_of(request: Request) -> Sessions:
             core_of(request),
             max_loaded=settings.max_loaded_models,
             threads=settings.inference_threads or default_threads(),
+            max_batch=settings.max_batch,
         )
         state.inference = sessions
     return sessions
@@ -85,24 +85,17 @@ async def inference(request: Request, model_id: str) -> Response:
     sessions = sessions_of(request)
     model = await sessions.model(entry)
     feeds = model.feeds(body)
-    queued = time.perf_counter()
-    started = 0.0
-
-    def run() -> Any:
-        nonlocal started
-        started = time.perf_counter()
-        return model.run(feeds)
-
-    outputs = await sessions.run(run)
-    ended = time.perf_counter()
+    ran = await sessions.infer(model, feeds)
+    outputs = ran.outputs
     named = list(zip(model.output_names, outputs, strict=True))
     answer: dict[str, Any] = {
         "status": "success",
         "model_id": entry.id,
         "model_version": ref.version,
         "message": "Inference completed successfully",
-        "inference_time_us": round((ended - started) * 1e6),
-        "queue_time_us": round((started - queued) * 1e6),
+        "inference_time_us": round(ran.run * 1e6),
+        "queue_time_us": round(ran.queued * 1e6),
+        "batch_size": ran.batch,  # requests served by the run (--max-batch)
         "output_size": int(sum(o.size for o in outputs)),
         "input_shapes": {k: list(v.shape) for k, v in feeds.items()},
         "output_shapes": {n: list(o.shape) for n, o in named},

@@ -9,7 +9,8 @@ build from start to end (it holds the session it started with). Deleted models a
 once when deleted over the API, and otherwise at the next use of the cache.
 
 Sessions run in one thread pool off the event loop, sized to the machine: each session uses
-``--inference-threads`` threads, and ``cpus // threads`` runs go at once (more wait their turn).
+``--inference-threads`` threads, and ``cpus // threads`` runs go at once (more wait their turn;
+with ``--max-batch`` the requests waiting for one model run together: :mod:`.batching`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import TypeVar
 
 from mlos_core.core import Core
 from mlos_core.errors import NotSupported
+from mlos_core.inference.batching import Arrays, Batcher, Outputs, Ran, batchable
 from mlos_core.inference.runtime import OnnxModel, find_model_file, identity, runtime_available
 from mlos_core.storage.registry import ModelEntry
 
@@ -50,8 +52,9 @@ class _Loaded:
 class Sessions:
     """The cache of loaded models of ``core`` (see the module docstring)."""
 
-    def __init__(self, core: Core, *, max_loaded: int, threads: int) -> None:
+    def __init__(self, core: Core, *, max_loaded: int, threads: int, max_batch: int = 1) -> None:
         self.core = core
+        self.max_batch = max(1, max_batch)
         self.max_loaded = max(1, max_loaded)
         self.threads = max(1, threads)
         self.workers = max(1, default_threads() // self.threads)
@@ -141,6 +144,27 @@ class Sessions:
                 self.forget(model_id)
             elif not self._current(cached, entry):
                 self.forget(model_id, why="replaced")
+
+    async def infer(self, model: OnnxModel, feeds: Arrays) -> Ran:
+        """``model``'s outputs for ``feeds``, run in the pool: with ``--max-batch`` over 1,
+        together with other requests queued for the model (:mod:`.batching`)."""
+        if self.max_batch > 1 and batchable(model):
+            batcher: Batcher | None = model.batcher
+            if batcher is None:
+                batcher = model.batcher = Batcher(
+                    model, self.run, slots=self.workers, max_batch=self.max_batch
+                )
+            return await batcher.infer(feeds)
+        queued = time.perf_counter()
+        started = 0.0
+
+        def run() -> Outputs:
+            nonlocal started
+            started = time.perf_counter()
+            return model.run(feeds)
+
+        outputs = await self.run(run)
+        return Ran(outputs, started - queued, time.perf_counter() - started)
 
     async def run(self, fn: Callable[[], T]) -> T:
         """``fn`` in the inference pool."""
