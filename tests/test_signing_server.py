@@ -109,7 +109,8 @@ def test_unsigned_publish_fails_before_sending_bytes(
     assert run.code == EXIT_INTEGRITY, run.err
     (r,) = run.json()["results"]
     assert r["bytes_sent"] == 0 and not r["ok"]
-    assert "axon sign" in r["error"]["hint"] and "model.sig" in r["error"]["message"]
+    assert "axon sign" in r["error"]["message"] and "model.sig" in r["error"]["message"]
+    assert run.err.count("axon sign") == 1  # the hint once, not twice
     assert r["error"]["code"] == signing.REQUIRED
     assert _record(srv.url, str(installed_model)).status_code == 404
     assert _refusals(srv.url) == {'source="upload",reason="signature_required"': 1}
@@ -129,8 +130,10 @@ def test_signed_publish_is_accepted_and_reports_its_signer(
     upstream = httpx.get(f"{srv.url}/models/{_quoted(str(installed_model))}", timeout=5).json()
     assert upstream["signer"] == record["signer"]
     assert SIGNATURE_NAME in _visible(srv, str(installed_model))
+    commits = Path(srv.log_path).read_text().count("/commit")
     again = publish(installed_model, srv.url, FAST)  # unchanged: the conditional open
     assert again.ok and again.results[0].bytes_sent == 0
+    assert Path(srv.log_path).read_text().count("/commit") == commits  # nothing to commit
 
 
 def test_untrusted_signer_is_refused_and_the_old_version_keeps_serving(

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from axon.cache import Cache, housekeeping_names
-from axon.errors import AxonError
+from axon.errors import AxonError, TransportError
 from axon.mlos_client import Fields, MlosClient, ProtocolError
 from modelpkg import signing
 from modelpkg.atomic import atomic_write_bytes, atomic_write_text
@@ -121,7 +121,7 @@ def sign_model_keyless(cache: Cache, ref: ModelRef | str, *, staging: bool = Fal
             config.use_sigstore_signer(use_staging=staging)
             config.set_hashing_config(hashing).sign(model.path, out)
         except Exception as exc:  # network, OIDC: the library raises what it meets
-            raise AxonError(
+            raise TransportError(
                 f"keyless signing of {model.ref} failed: {type(exc).__name__}: {exc}",
                 hint="keyless signing needs the Sigstore services and an OIDC identity; "
                 "sign with a key instead: axon sign REF --key KEY.pem",
