@@ -150,6 +150,20 @@ def _paths() -> dict[str, Any]:
         "/v1/uploads/{upload_id}/commit": {
             "post": {"parameters": [_UPLOAD_ID], "responses": _ok("committed", "Registered")}
         },
+        "/v1/models/{model_id}": {
+            "get": {
+                "summary": "The registration record, with who signed it (docs/signing.md)",
+                "parameters": [_ID],
+                "responses": _ok("registered"),
+            }
+        },
+        "/v1/signing": {
+            "get": {
+                "summary": "Whether models must be signed; the keys trusted for a namespace",
+                "parameters": [{"name": "namespace", "in": "query", "schema": {"type": "string"}}],
+                "responses": _ok("the signing policy"),
+            }
+        },
         "/v1/models/{model_id}/manifest": {
             "get": {
                 "summary": "manifest.yaml of the visible version",
