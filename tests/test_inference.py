@@ -189,6 +189,36 @@ def test_outputs_json_cannot_hold_are_null(server: Any) -> None:
     assert r.json()["outputs"]["logits"] == [[None, 2.5, None], [None, 1.0, None]]
 
 
+def test_hostile_values_are_400s_never_500s(server: Any) -> None:
+    assert upload(server.url, "fl/m@v1", {"model.onnx": lin(1.0)}).status_code == 201
+    deep: Any = [1.0]
+    for _ in range(200):
+        deep = [deep]
+    for value in (
+        {"a": 1},
+        None,
+        True,
+        "1,2,3,4",
+        [[10**30, 1, 2, 3]],
+        [[1, 2, None, 4]],
+        [[[1, 2, 3, 4]]] * 2,
+        deep,
+        [],
+        [[]],
+    ):
+        r = infer(server.url, "fl/m@v1", {"x": value})
+        assert r.status_code == 400, (value, r.text)
+        assert r.json()["code"] == "invalid_input" and "'x'" in r.json()["message"]
+    r = httpx.post(
+        f"{server.url}/models/fl/m@v1/inference?include_outputs=true",
+        content=b'{"x": [[NaN, 1, 2, 3]]}',  # Python's json writes and reads NaN
+        headers={"Content-Type": "application/json"},
+    )
+    assert r.status_code == 200 and r.json()["outputs"]["logits"][0][0] is None
+    r = infer(server.url, "fl/m@v1", {"x": [[1, 2, 3, 4]] * 20000})  # many rows: one run
+    assert r.status_code == 200 and r.json()["output_shapes"] == {"logits": [20000, 3]}
+
+
 def test_unknown_model_and_bad_body(server: Any) -> None:
     r = infer(server.url, "fl/none@v1", {"x": [[1]]})
     assert r.status_code == 404 and "fl/none@v1" in r.json()["message"]

@@ -92,13 +92,12 @@ def test_register_upstream_payloads_and_ids(mlos_server, tmp_path):
     for path in ("/models/ns%2Fm%40v1", "/models/ns/m@v1"):
         got = httpx.get(srv.url + path)
         assert got.status_code == 200 and got.json()["id"] == "ns/m@v1"
-    inf = httpx.post(f"{srv.url}/models/ns%2Fm%40v1/inference", json={"input_ids": [[1, 2, 3]]})
-    assert inf.status_code == 200 and inf.json()["status"] == "success"
-    assert "no inference engine" in inf.json()["note"] and "outputs" not in inf.json()
-    inf = httpx.post(
-        f"{srv.url}/models/ns/m@v1/inference?include_outputs=true", json={"x": [[1.0]]}
-    )
-    assert "outputs" in inf.json()
+    # both ids reach the model's inference, which refuses a format without a runtime here
+    # (weights.bin: PyTorch); ONNX models run: tests/test_inference.py
+    for path in ("/models/ns%2Fm%40v1/inference", "/models/ns/m@v1/inference?include_outputs=1"):
+        inf = httpx.post(srv.url + path, json={"input_ids": [[1, 2, 3]]})
+        assert inf.status_code == 501 and inf.json()["code"] == "format_not_supported", inf.text
+        assert "ns/m@v1" in inf.json()["message"] and "ONNX" in inf.json()["message"]
     # the registration survives a restart (kept in .mlos/registry.json)
     srv.restart()
     assert httpx.get(f"{srv.url}/models/ns/m@v1").status_code == 200

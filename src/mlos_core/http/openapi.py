@@ -100,7 +100,7 @@ def _paths() -> dict[str, Any]:
         },
         "/models/{model_id}/inference": {
             "post": {
-                "summary": "Inference (no engine here: plausible answer, says so)",
+                "summary": "Inference: named tensors in, outputs out (ONNX; docs/inference.md)",
                 "parameters": [
                     _ID,
                     {"name": "include_outputs", "in": "query", "schema": {"type": "boolean"}},
@@ -175,6 +175,33 @@ def _paths() -> dict[str, Any]:
                     },
                     "4XX": _ERR,
                 },
+            }
+        },
+        "/v1/models/{model_id}/load": {
+            "post": {
+                "summary": "Load the model's session now; its inputs and outputs",
+                "parameters": [_ID],
+                "responses": _ok("loaded"),
+            }
+        },
+        "/v1/models/{model_id}/evaluate": {
+            "post": {
+                "summary": "Aggregates of the model over a dataset the instance holds",
+                "parameters": [_ID],
+                "requestBody": {
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "dataset": {"type": "string"},
+                                    "metrics": {"type": "array", "items": {"type": "string"}},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": _ok("examples, metrics, seconds"),
             }
         },
         "/v1/models/{model_id}/rollback": {
