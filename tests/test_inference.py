@@ -219,6 +219,36 @@ def test_hostile_values_are_400s_never_500s(server: Any) -> None:
     assert r.status_code == 200 and r.json()["output_shapes"] == {"logits": [20000, 3]}
 
 
+def test_register_can_load_the_session_and_a_broken_graph_is_named(server: Any) -> None:
+    from tests.fixtures.onnx_models import manifest_for
+
+    def place(model_id: str, files: dict[str, bytes]) -> None:
+        ns, rest = model_id.split("/")
+        name, version = rest.split("@")
+        d = server.models_dir / ns / name / version
+        d.mkdir(parents=True)
+        for rel, data in files.items():
+            (d / rel).write_bytes(data)
+        (d / "manifest.yaml").write_text(manifest_for(model_id, files).to_yaml())
+
+    place("fl/reg@v1", {"model.onnx": lin(1.0)})
+    place("fl/broken@v1", {"model.onnx": b"not a graph"})
+    place("hf/st@v1", {"model.safetensors": safetensors_bytes(8)})
+    url = f"{server.url}/models/register"
+    r = httpx.post(url, json={"model_id": "fl/reg@v1", "load": True}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["loaded"]["inputs"] == [
+        {"name": "x", "dtype": "float32", "shape": ["batch", 4]}
+    ]
+    assert "loaded fl/reg@v1" in server.log()
+    for model_id, words in (("fl/broken@v1", "not an ONNX graph"), ("hf/st@v1", "safetensors")):
+        r = httpx.post(url, json={"model_id": model_id, "load": True}, timeout=60)
+        assert r.status_code == 200 and words in r.json()["load_error"], r.text  # registered
+        assert str(server.models_dir) not in r.json()["load_error"]
+    r = infer(server.url, "fl/broken@v1", {"x": [[1, 2, 3, 4]]})
+    assert r.status_code == 422 and r.json()["code"] == "invalid_model_file", r.text
+
+
 def test_unknown_model_and_bad_body(server: Any) -> None:
     r = infer(server.url, "fl/none@v1", {"x": [[1]]})
     assert r.status_code == 404 and "fl/none@v1" in r.json()["message"]

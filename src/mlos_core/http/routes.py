@@ -67,7 +67,10 @@ async def register(request: Request) -> JSONAnswer:
     body = await json_body(request)
     ref = parse_ref(body.get("model_id"))
     core.tenants.authorize(request.headers.get("authorization"), ref.namespace)
-    return JSONAnswer(await asyncio.to_thread(core.register, body))
+    answer = await asyncio.to_thread(core.register, body)
+    if body.get("load") is True:  # its session loaded now, not at the first inference
+        answer.update(await routes_inference.preload(request, ref))
+    return JSONAnswer(answer)
 
 
 async def scan(request: Request) -> JSONAnswer:

@@ -26,13 +26,21 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mlos_core.core import Core, parse_ref
-from mlos_core.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
+from mlos_core.errors import (
+    BadRequest,
+    Conflict,
+    CoreError,
+    Forbidden,
+    NotFound,
+    Unprocessable,
+)
 from mlos_core.http.errors import JSONAnswer
 from mlos_core.http.request import core_of, json_body
 from mlos_core.inference import evaluate as ev
 from mlos_core.inference.runtime import identity
 from mlos_core.inference.sessions import Sessions, default_threads
 from modelpkg.manifest import MANIFEST_NAME, Manifest
+from modelpkg.refs import ModelRef
 
 try:
     import orjson as _orjson  # the inference extra brings it
@@ -157,6 +165,19 @@ async def load_model(request: Request) -> JSONAnswer:
             "loaded": sessions.loaded_ids(),  # least recently used first
         }
     )
+
+
+async def preload(request: Request, ref: ModelRef) -> dict[str, Any]:
+    """``"load": true`` in a registration: the session loaded now. What the registration
+    answer gains: ``loaded`` (the inputs and outputs), or ``load_error`` (the model stays
+    registered; a format without a runtime, a graph that does not load)."""
+    core = core_of(request)
+    try:
+        entry = core.get_entry(ref)
+        model = await sessions_of(request).model(entry)
+    except CoreError as exc:
+        return {"load_error": exc.message}
+    return {"loaded": model.signature()}
 
 
 async def evaluate(request: Request) -> JSONAnswer:

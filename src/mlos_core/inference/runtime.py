@@ -189,7 +189,7 @@ class OnnxModel:
             except Exception as exc:  # onnxruntime raises its own classes for a bad graph
                 raise Unprocessable(
                     f"model {model_id}: {rel} is not an ONNX graph onnxruntime can load "
-                    f"({_short(exc)}); publish a valid ONNX file",
+                    f"({_short(exc).replace(str(base), '<model>')}); publish a valid ONNX file",
                     code="invalid_model_file",
                 ) from None
         self.load_seconds = time.perf_counter() - started
