@@ -146,3 +146,24 @@ def test_s3_sync_takes_only_signed_models(
         ("s3", "untrusted_signer"): 1,
         ("s3", "signature_required"): 1,
     }
+
+
+def test_cluster_publish_each_member_checks(
+    mlos_server, trusted: Path, keys: dict[str, KeyPair], installed_model: ModelRef
+) -> None:
+    strict = mlos_server(no_fsync=True, trusted_keys=trusted)
+    open_ = mlos_server(no_fsync=True)  # takes anything
+    write_config(_home(), {}, clusters={"c": {"instances": [strict.url, open_.url]}})
+    unsigned = run_axon("publish", str(installed_model), "-t", "c", "--json")
+    assert unsigned.code == 9, unsigned.err  # some members took it, not all
+    (cluster,) = unsigned.json()["results"]
+    results = {r["target"]: r for r in cluster["instances"]}
+    assert results[strict.url]["exit_code"] == EXIT_INTEGRITY
+    assert results[strict.url]["error"]["code"] == "signature_required"
+    assert results[strict.url]["bytes_sent"] == 0
+    assert results[open_.url]["ok"]
+    sign_model(Cache.from_config(), installed_model, key=keys["alice"].private)
+    signed = run_axon("publish", str(installed_model), "-t", "c", "--json")
+    assert signed.code == EXIT_OK, signed.err
+    assert (_signer(strict.url, installed_model) or {})["trusted_as"] == "alice.pub"
+    assert _signer(open_.url, installed_model) is None  # its namespace needs no signature
