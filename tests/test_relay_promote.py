@@ -100,7 +100,7 @@ def test_promotion_is_refused_when_staging_disagrees(
     # the cache holds core-1's build: core-0 is the one that differs
     run = run_axon("promote", str(installed_model), "--from", "staging", "--to", "prod")
     assert run.code == EXIT_INTEGRITY, run.err
-    assert "core-0 of staging hold(s) another build" in run.err
+    assert "core-0 of staging holds another build" in run.err
     assert not registered(prod[0], installed_model)
     # without the model in the cache, the members must agree: they do not
     Cache.from_config().uninstall(installed_model)

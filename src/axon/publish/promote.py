@@ -109,7 +109,8 @@ def source_build(
     if wrong:
         what = "the local cache's build" if expected else "the other members"
         raise IntegrityError(
-            f"{', '.join(wrong)} of {cluster} hold(s) another build of {ref} than {what} "
+            f"{', '.join(wrong)} of {cluster} {'holds' if len(wrong) == 1 else 'hold'} another "
+            f"build of {ref} than {what} "
             f"(manifest sha256 {digests[wrong[0]][:12]}, expected {want[:12]}): refusing to "
             "promote",
             target=wrong[0],

@@ -162,13 +162,15 @@ class _Tree:
         if free:
             first = min(free, key=lambda h: self.serving[h.name])
             return PULL, [first, *(h for h in usable if h is not first)]
+        if not self.holders and member.address is not None and self.seeded < self.seeds:
+            return SEED, []  # nobody has it: the publisher sends it
         if usable or any(member.accepts_from(p) for p in running):
             return None  # a source it accepts is busy, or will have the model soon
         if not self.holders:
-            if member.address is not None and (self.seeded < self.seeds or not running):
-                return SEED, []  # the first seeds, or a new one after they all failed
             if running:
                 return None  # the seeds are on their way (or may fail: then it is one)
+            if member.address is not None:
+                return SEED, []  # every seed failed: a new one
         return PUSH, []  # no member it accepts has the model, nor will soon
 
     def started(self, role: str, sources: list[Peer]) -> None:

@@ -1,0 +1,119 @@
+"""The relay tree (:func:`axon.publish.relay.spread`) on its own: who pulls from whom, and
+when. The work is a plain function here (the real pulls are in test_relay_publish.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+from axon.publish.relay import PULL, PUSH, SEED, Peer, RelaySettings, normal_url, spread
+from axon.targets import InstanceTarget
+
+
+def peer(i: int, *, can_pull: bool = True, accepts: set[int] | None = None) -> Peer:
+    url = f"http://127.0.0.1:{9000 + i}"
+    allowed = (
+        None
+        if accepts is None
+        else frozenset(normal_url(f"http://127.0.0.1:{9000 + j}") for j in accepts)
+    )
+    return Peer(
+        InstanceTarget(f"core-{i}", url), url, can_pull, allowed, "" if can_pull else "no peers"
+    )
+
+
+class Recorded:
+    """Work that takes a little while and records who served whom, and how many at once."""
+
+    def __init__(self, fail: set[str] | None = None) -> None:
+        self.lock = threading.Lock()
+        self.serving: Counter[str] = Counter()
+        self.most: Counter[str] = Counter()
+        self.calls: dict[str, tuple[str, list[str]]] = {}
+        self.fail = fail or set()
+
+    def __call__(self, member: Peer, sources: list[Peer], role: str) -> bool:
+        first = sources[0].name if sources else ""
+        with self.lock:
+            self.calls[member.name] = (role, [s.name for s in sources])
+            if first:
+                self.serving[first] += 1
+                self.most[first] = max(self.most[first], self.serving[first])
+        time.sleep(0.05)
+        with self.lock:
+            if first:
+                self.serving[first] -= 1
+        return member.name not in self.fail
+
+
+def test_no_source_serves_more_than_fanout_at_once_and_the_tree_grows() -> None:
+    members = [peer(i) for i in range(1, 11)]
+    work = Recorded()
+    done = spread(members, [peer(0)], work, bool, settings=RelaySettings(fanout=2), max_parallel=16)
+    assert all(value for value, exc in done.outcomes.values())
+    assert max(work.most.values()) <= 2
+    assert len(work.most) >= 3  # members that got it served others
+    assert all(role == PULL for role, _ in work.calls.values())
+    # every puller was offered every holder it could carry on from
+    assert all(len(sources) >= 1 for _, sources in work.calls.values())
+    assert len(done.holders) == 11
+
+
+def test_without_sources_one_seed_then_pulls_and_a_member_that_cannot_pull_is_pushed() -> None:
+    members = [peer(1), peer(2), peer(3, can_pull=False), peer(4)]
+    work = Recorded()
+    spread(members, [], work, bool, settings=RelaySettings(seeds=1, fanout=3), max_parallel=8)
+    roles = {name: role for name, (role, _) in work.calls.items()}
+    assert roles == {"core-1": SEED, "core-2": PULL, "core-3": PUSH, "core-4": PULL}
+    assert work.calls["core-2"][1][0] == "core-1"
+
+
+def test_a_failed_seed_is_replaced_by_the_next_member() -> None:
+    members = [peer(1), peer(2), peer(3)]
+    work = Recorded(fail={"core-1"})
+    done = spread(members, [], work, bool, settings=RelaySettings(), max_parallel=8)
+    roles = {name: role for name, (role, _) in work.calls.items()}
+    assert roles["core-1"] == SEED and roles["core-2"] == SEED and roles["core-3"] == PULL
+    assert done.outcomes["core-1"][0] is False
+    assert [h.name for h in done.holders] == ["core-2", "core-3"]
+
+
+def test_a_member_accepting_none_of_the_holders_is_pushed_and_gone_sources_are_dropped() -> None:
+    members = [peer(1), peer(2, accepts={5})]  # core-2 accepts only core-5: nobody has it
+    work = Recorded()
+    done = spread(
+        members,
+        [peer(0), peer(9)],
+        work,
+        bool,
+        gone=lambda value, exc: ["core-9"],  # every pull gave up on core-9
+        settings=RelaySettings(),
+        max_parallel=1,
+    )
+    assert work.calls["core-2"] == (PUSH, [])
+    assert "core-9" not in [h.name for h in done.holders]
+
+
+def test_fail_fast_starts_nothing_more() -> None:
+    members = [peer(i) for i in range(1, 6)]
+    work = Recorded(fail={"core-1"})
+    done = spread(
+        members,
+        [peer(0)],
+        work,
+        bool,
+        settings=RelaySettings(fanout=1),
+        max_parallel=1,
+        fail_fast=True,
+    )
+    assert done.outcomes["core-1"][0] is False
+    assert [done.outcomes[f"core-{i}"] for i in range(2, 6)] == [(None, None)] * 4
+
+
+def test_seeds_two_members_get_the_publishers_bytes() -> None:
+    members = [peer(i) for i in range(1, 6)]
+    work = Recorded()
+    spread(members, [], work, bool, settings=RelaySettings(seeds=2, fanout=3), max_parallel=8)
+    roles = [work.calls[f"core-{i}"][0] for i in range(1, 6)]
+    assert roles == [SEED, SEED, PULL, PULL, PULL]
