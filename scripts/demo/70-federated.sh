@@ -13,6 +13,7 @@ fi
 
 work="$DEMO_ROOT/federated"
 mkdir -p "$work"
+export AXON_HOME="$work/axon-home"  # a config of its own: the federation's participants
 
 # Two builds of one classifier (4 features -> 3 classes): v1.0 mixes the features up, v1.1
 # is what a round of federated training would give. Each participant's data never leaves it.
@@ -60,20 +61,18 @@ say "federated: three participants, each serving with --datasets-dir (its local 
 P1=$(start_mlos_core site-a "$work/site-a/models" --datasets-dir "$work/site-a/data")
 P2=$(start_mlos_core site-b "$work/site-b/models" --datasets-dir "$work/site-b/data")
 P3=$(start_mlos_core site-c "$work/site-c/models" --datasets-dir "$work/site-c/data")
-python - "$AXON_HOME/config.yaml" "$P1" "$P2" "$P3" <<'PY'
-import sys, yaml
-path, *urls = sys.argv[1:]
-try:
-    conf = yaml.safe_load(open(path)) or {}
-except FileNotFoundError:
-    conf = {}
-targets = conf.setdefault("mlos_targets", {})
-for name, url in zip(("site-a", "site-b", "site-c"), urls):
-    targets[name] = {"endpoint": url, "access_method": "api"}
-conf.setdefault("clusters", {})["mlos-federated-cluster"] = {
-    "instances": ["site-a", "site-b", "site-c"], "strategy": "all"}
-yaml.safe_dump(conf, open(path, "w"), sort_keys=False)
-PY
+mkdir -p "$AXON_HOME"
+cat >"$AXON_HOME/config.yaml" <<EOF
+mlos_targets:
+  site-a: {endpoint: "$P1", access_method: api}
+  site-b: {endpoint: "$P2", access_method: api}
+  site-c: {endpoint: "$P3", access_method: api}
+clusters:
+  mlos-federated-cluster:
+    instances: [site-a, site-b, site-c]
+    strategy: all
+EOF
+run cat "$AXON_HOME/config.yaml"
 
 say "federated: publish v1.0 to every participant, evaluate it where the data is"
 run axon publish fl/federated-model@v1.0 --target mlos-federated-cluster
