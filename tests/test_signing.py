@@ -310,3 +310,26 @@ def test_nothing_trusted_accepts_nothing(tmp_path: Path) -> None:
         signing.verify(cert_sig, _entries(FILES), [])
     # a local look at a certificate signature's own consistency, trust aside
     assert signing.verify(cert_sig, _entries(FILES), [], check_trust=False).trusted_as is None
+
+
+def test_a_key_with_a_password(tmp_path: Path, installed_model: ModelRef) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    keys = make_key(tmp_path / "keys", "locked")
+    locked = tmp_path / "locked.pem"
+    locked.write_bytes(
+        keys.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"s3cret"),
+        )
+    )
+    no_password = run_axon("sign", str(installed_model), "--key", str(locked))
+    assert no_password.code == 6 and "AXON_SIGNING_PASSWORD" in no_password.err
+    wrong = run_axon("sign", str(installed_model), "--key", str(locked),
+                     env={"AXON_SIGNING_PASSWORD": "nope"})  # fmt: skip
+    assert wrong.code == 6 and "password does not decrypt" in wrong.err
+    ok = run_axon("sign", str(installed_model), "--key", str(locked),
+                  env={"AXON_SIGNING_PASSWORD": "s3cret"})  # fmt: skip
+    assert ok.code == EXIT_OK, ok.err
+    assert verify_model(Cache.from_config(), installed_model, (keys.public,)).trusted_as

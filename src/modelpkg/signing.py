@@ -258,6 +258,11 @@ def load_private_key(path: Path, password: bytes | None = None) -> Any:
             hint="set the password in AXON_SIGNING_PASSWORD" if password is None else None,
         ) from exc
     except ValueError as exc:
+        if password is not None and "decrypt" in str(exc).lower():
+            raise ConfigError(
+                "the password does not decrypt the key", path=str(path),
+                hint="check AXON_SIGNING_PASSWORD",
+            ) from exc  # fmt: skip
         raise ConfigError(
             f"not an elliptic-curve private key in PEM form: {exc}",
             path=str(path),
