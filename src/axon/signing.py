@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from modelpkg.refs import ModelRef
 
 PASSWORD_ENV = "AXON_SIGNING_PASSWORD"  # the private key's password, when it has one
-POLICY_TIMEOUT = 10.0
+POLICY_TIMEOUT = 5.0  # an instance whose API does not answer is not waited for long
 
 
 @dataclass
