@@ -128,6 +128,15 @@ def test_aggregate_is_the_example_weighted_mean(
     assert agg["metrics"]["loss"] == pytest.approx(softmax_loss(everything), rel=1e-5)
     assert len({p["build"] for p in parts.values()}) == 1
 
+    # a dataset whose arrays do not fit the model: each participant says why, by name
+    write_dataset(
+        tmp_path / "data-site-a", "fl/bad", {"x": np.zeros((20, 5)), "labels": np.zeros(20)}
+    )
+    bad = run_mlos("federated", "evaluate", MODEL, "--target", "fed", "--dataset", "fl/bad")
+    assert bad.code == 10, (bad.out, bad.err)
+    assert "site-a  error:" in bad.out and "array 'x' has shape [20, 5]" in bad.out
+    assert "site-b  error:" in bad.out and "dataset 'fl/bad' is not on this instance" in bad.out
+
     human = run_mlos("federated", "evaluate", MODEL, "--target", "fed", "--metric", "accuracy")
     assert human.code == 0, human.err
     lines = human.out.splitlines()
