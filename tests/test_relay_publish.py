@@ -185,3 +185,61 @@ def cached_sizes(axon_home: Path, ref: ModelRef) -> list[int]:
 
     cached = Cache.from_config().get(ref)
     return [(cached.path / f.path).stat().st_size for f in cached.manifest.files]
+
+
+def test_ctrl_c_cancels_the_pulls_and_a_rerun_resumes_them(
+    peered: Any, tcp_proxy: Any, install_model: Any, make_model_dir: Any, axon_home: Path
+) -> None:
+    """Ctrl-C while a member pulls: exit 130 at once, the pull is cancelled on the member
+    (nothing visible there), and the next publish resumes the pull from what it kept."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from tests.fixtures.common import free_port, wait_for
+
+    ports = [free_port() for _ in range(2)]
+    slow = tcp_proxy(ports[0])  # core-0 as core-1 reaches it: 2 MiB/s
+    slow.throttle(2 * MiB)
+    servers = peered(2, ports=ports, advertise={0: slow.url})
+    relay_config(axon_home, servers, relay=True)
+    big_model = install_model(make_model_dir(weights_size=16 * MiB), "hf/cut-bert@v1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "axon", "publish", str(big_model), "-t", "prod", "--retries", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
+    wait_for(lambda: slow.bytes_down > 9 * MiB, timeout=30, what="core-1 pulling")
+    proc.send_signal(signal.SIGINT)
+    interrupted = time.monotonic()
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert time.monotonic() - interrupted < 4.0
+    assert not registered(servers[1], big_model)
+
+    def idle() -> bool:
+        relay = httpx.get(f"{servers[1].url}/health", timeout=5).json().get("relay", {})
+        return relay.get("pulls_running") == 0 and relay.get("pulls_queued") == 0
+
+    wait_for(idle, timeout=10, what="the pull on core-1 ended")
+    metrics = httpx.get(f"{servers[1].url}/metrics", timeout=5).text
+    assert 'mlos_relay_pulls_total{origin="request",result="cancelled"} 1' in metrics
+    assert not registered(servers[1], big_model)
+    kept = slow.bytes_down
+    slow.throttle(None)
+    again = run_axon("publish", str(big_model), "-t", "prod", "--json", "--retries", "0")
+    assert again.code == EXIT_OK, again.err
+    [member] = [
+        i for i in json.loads(again.out)["results"][0]["instances"] if i["target"] == "core-1"
+    ]
+    assert member["relay"]["how"] == "pulled"
+    assert member["relay"]["bytes"] < 16 * MiB - 4 * MiB, "the pull resumed, not started over"
+    assert kept > 9 * MiB
+    assert tree_of(servers[1], big_model) == tree_of_cache(axon_home, big_model)
