@@ -226,7 +226,7 @@ def test_ctrl_c_cancels_the_pulls_and_a_rerun_resumes_them(
 
     def idle() -> bool:
         relay = httpx.get(f"{servers[1].url}/health", timeout=5).json().get("relay", {})
-        return relay.get("pulls_running") == 0 and relay.get("pulls_queued") == 0
+        return bool(relay.get("pulls_running") == 0 and relay.get("pulls_queued") == 0)
 
     wait_for(idle, timeout=10, what="the pull on core-1 ended")
     metrics = httpx.get(f"{servers[1].url}/metrics", timeout=5).text
