@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import socket
 import sys
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from mlos_core.core import Core, ModelSource
+from mlos_core.errors import CoreError
 from mlos_core.integrations.discovery import DEFAULT_TTL, Registration, registered
 from mlos_core.integrations.s3_sync import S3Sync
+from mlos_core.relay import Relay
+from mlos_core.relay.peers import normalize
 from mlos_core.settings import (
     DEFAULT_MAX_DUPLICATES,
     DEFAULT_MAX_FILES,
@@ -288,6 +292,42 @@ def registration(
     help="Run up to N inference requests queued for one model together (dynamic batching, "
     "for models whose examples are independent along the first axis). 1: off.",
 )
+# ---- relay: pulls from peers (mlos_core.relay, docs/relay.md) ----
+@click.option(
+    "--peer",
+    "peers",
+    multiple=True,
+    help="An instance this one may pull models from (base URL, e.g. http://10.0.0.6:8080); "
+    "repeatable. The members of --cluster (with --discovery) are peers too.",
+)
+@click.option(
+    "--accept-from",
+    "accept_from",
+    multiple=True,
+    help="Also accept the members of this cluster (same --discovery) as pull sources "
+    "(promotion from staging); repeatable.",
+)
+@click.option(
+    "--peer-token-env",
+    metavar="VAR",
+    help="Environment variable holding the secret instances share to read each other's "
+    "blobs: sent to peers, and accepted (read-only) with --tokens.",
+)
+@click.option(
+    "--max-pulls",
+    default=2,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Pulls fetching at once; more wait queued.",
+)
+@click.option(
+    "--catch-up-interval",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds between two reads of the cluster's desired state (--cluster with an "
+    "etcd:// --discovery); lagging models are pulled from peers.",
+)
 def serve(
     host: str,
     port: int,
@@ -321,6 +361,11 @@ def serve(
     inference_threads: int | None,
     min_eval_examples: int,
     max_batch: int,
+    peers: tuple[str, ...],
+    accept_from: tuple[str, ...],
+    peer_token_env: str | None,
+    max_pulls: int,
+    catch_up_interval: float,
 ) -> None:
     """Run the MLOS Core HTTP server."""
     _start_logging(log_level, host, tokens_file)
@@ -356,6 +401,9 @@ def serve(
         inference_threads=inference_threads,
         min_eval_examples=min_eval_examples,
         max_batch=max_batch,
+        **_relay_settings(peers, accept_from, peer_token_env, cluster, discovery_uri),
+        max_pulls=max_pulls,
+        catch_up_interval=catch_up_interval,
     )
     app = _app(settings)
     from mlos_core.http import server  # uvicorn only for serve, not for --help
@@ -365,6 +413,42 @@ def serve(
         discovery_uri, settings, cluster=cluster, advertise=advertise, ttl=discovery_ttl
     ):
         server.serve(app, settings, log_level=log_level)
+
+
+def _relay_settings(
+    peers: tuple[str, ...],
+    accept_from: tuple[str, ...],
+    peer_token_env: str | None,
+    cluster: str | None,
+    discovery_uri: str | None,
+) -> dict[str, Any]:
+    """The relay's settings from its options, checked: a bad peer URL, --accept-from
+    without a discovery source, a peer token variable that is not set: a usage error."""
+    for url in peers:
+        try:
+            normalize(url)
+        except CoreError as exc:
+            raise click.BadParameter(str(exc), param_hint="--peer") from exc
+    if accept_from and not (cluster and discovery_uri):
+        raise click.BadParameter(
+            "needs --cluster and --discovery (the other cluster's members are read from the "
+            "same discovery source)",
+            param_hint="--accept-from",
+        )
+    token = None
+    if peer_token_env is not None:
+        token = os.environ.get(peer_token_env, "").strip()
+        if not token:
+            raise click.BadParameter(
+                f"environment variable {peer_token_env} is not set or empty",
+                param_hint="--peer-token-env",
+            )
+    return {"peers": peers, "accept_from": accept_from, "peer_token": token}
+
+
+def relay_for(core: Core) -> Relay:
+    """The relay of ``core``: its static --peer peers."""
+    return Relay(core)
 
 
 def _start_logging(log_level: str, host: str, tokens_file: Path | None) -> None:
@@ -383,7 +467,8 @@ def _app(settings: Settings) -> ASGIApp:
     from mlos_core.http.app import create_app  # Starlette only for serve, not for --help
 
     try:
-        return create_app(Core(settings, model_sources(settings)))
+        core = Core(settings, model_sources(settings))
+        return create_app(core, relay_for(core))
     except (TokensFileError, OSError, ConfigError) as exc:  # ConfigError: a trusted key
         raise click.ClickException(f"cannot start: {exc}") from exc
 

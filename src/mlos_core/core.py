@@ -478,6 +478,11 @@ class Core:
             and visible.ours(self.versions.path_for(ref))
         )
 
+    def visible_digest(self, ref: ModelRef) -> str | None:
+        """The manifest digest of ``ref``'s visible version (None: none, or not readable)."""
+        visible = self._visible(ref)
+        return visible.digest() if visible is not None else None
+
     def _visible(self, ref: ModelRef) -> _Visible | None:
         """The visible version's manifest (None: none, or not readable), read once while its
         file stays the same."""

@@ -58,6 +58,12 @@ class Settings:
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     s3_profile: str | None = None
+    # a cluster member (--cluster, --discovery): GET /v1/cluster/members lists the members
+    # the discovery source knows (mlos_core.integrations.discovery.list_members)
+    cluster: str | None = None
+    discovery_uri: str | None = None
+    advertise: str | None = None  # the URL this instance registers (set when it registers)
+
     # running models (mlos_core.inference): datasets for evaluation, loaded-model cap, threads
     datasets_dir: Path | None = None  # <dir>/<dataset>/*.npz or <dir>/<ns>/<dataset>/*.npz
     max_loaded_models: int = 4  # sessions kept loaded (least recently used out)
@@ -67,6 +73,14 @@ class Settings:
     # PEM public keys / CA certificates trusted to sign every namespace (--trusted-keys);
     # with it every model must be signed (mlos_core.signatures)
     trusted_keys: Path | None = None
+
+    # relay (mlos_core.relay): pull sources besides the cluster's members, the secret peers
+    # read each other's blobs with, pulls running at once, catch-up to the desired state
+    peers: tuple[str, ...] = ()  # --peer URLs
+    accept_from: tuple[str, ...] = ()  # other clusters (same discovery) accepted as sources
+    peer_token: str | None = None  # from --peer-token-env; sent to peers, accepted for reads
+    max_pulls: int = 2  # pulls fetching at once; more wait queued
+    catch_up_interval: float = 30.0  # seconds between two reads of the desired state
 
     @property
     def state_dir(self) -> Path:

@@ -20,9 +20,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlos_core import __version__
 from mlos_core.core import Core
-from mlos_core.http import routes, routes_inference, routes_v1
+from mlos_core.http import routes, routes_inference, routes_relay, routes_v1
 from mlos_core.http.errors import EXCEPTION_HANDLERS, CatchAll
 from mlos_core.http.routes_signing import ROUTES as SIGNING_ROUTES
+from mlos_core.relay import Relay
 
 log = logging.getLogger("mlos_core.http")
 
@@ -73,9 +74,10 @@ async def _sweeper(core: Core) -> None:
             log.exception("upload expiry sweep failed")
 
 
-def create_app(core: Core) -> ASGIApp:
+def create_app(core: Core, relay: Relay | None = None) -> ASGIApp:
     """The ASGI app serving ``core``; the lifespan starts it (crash recovery, first scan)."""
     settings = core.settings
+    relay = relay if relay is not None else Relay(core)  # static --peer peers only
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -87,7 +89,9 @@ def create_app(core: Core) -> ASGIApp:
             len(core.registry),
         )
         task = asyncio.create_task(_sweeper(core))
+        await relay.start()
         yield
+        await relay.stop()
         task.cancel()
 
     app = Starlette(
@@ -95,6 +99,7 @@ def create_app(core: Core) -> ASGIApp:
             *routes.ROUTES,
             *routes_v1.ROUTES,
             *routes_inference.ROUTES,
+            *routes_relay.ROUTES,
             *SIGNING_ROUTES,  # after the other /v1/models/... routes: GET /v1/models/{id}
             routes.MODEL_ROUTE,
         ],
@@ -105,5 +110,6 @@ def create_app(core: Core) -> ASGIApp:
         exception_handlers=EXCEPTION_HANDLERS,
     )
     app.state.core = core
+    app.state.relay = relay
     app.state.settings = settings
     return AccessLog(app, core)

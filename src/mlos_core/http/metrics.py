@@ -13,6 +13,9 @@ from mlos_core.metrics import Metrics
 async def metrics(request: Request) -> PlainTextResponse:
     core = core_of(request)
     text = render(core.metrics, models=len(core.registry), open_uploads=core.uploads.count())
+    relay = getattr(request.app.state, "relay", None)
+    if relay is not None:  # bytes pulled and served, catch-up (docs/relay.md)
+        text += relay.metrics_text()
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 

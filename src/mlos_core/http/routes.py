@@ -33,10 +33,17 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def health(_request: Request) -> JSONAnswer:
-    return JSONAnswer(
-        {"status": "healthy", "service": "mlos-core", "version": __version__, "timestamp": _now()}
-    )
+async def health(request: Request) -> JSONAnswer:
+    body = {
+        "status": "healthy",
+        "service": "mlos-core",
+        "version": __version__,
+        "timestamp": _now(),
+    }
+    relay = getattr(request.app.state, "relay", None)
+    if relay is not None:  # pulls and catch-up progress (docs/relay.md)
+        body["relay"] = relay.health()
+    return JSONAnswer(body)
 
 
 async def stats(request: Request) -> JSONAnswer:
