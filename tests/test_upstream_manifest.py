@@ -26,7 +26,8 @@ from tests.helpers import run_axon, write_config
 # What yaml.v3 writes for upstream's types.Manifest (4-space indent, time.Time as RFC 3339
 # plain scalars, float64 2.0 as 2, omitempty fields left out), after an install of
 # `up/tiny-bert` (no version: upstream's cache dir is `latest`, the registry's manifest says
-# 1.0.0). Sizes and digests are upstream's usual 0 and "".
+# 1.0.0). It lists what the registry named, with upstream's usual size 0 and sha256 "",
+# while the directory holds every file of the package.
 UPSTREAM_MANIFEST = """\
 apiVersion: v1
 kind: Model
@@ -48,13 +49,7 @@ spec:
         type: pytorch
         execution_format: safetensors
         files:
-            - path: config.json
-              size: 0
-              sha256: ""
             - path: model.safetensors
-              size: 0
-              sha256: ""
-            - path: tokenizer.json
               size: 0
               sha256: ""
     io:
@@ -101,7 +96,14 @@ distribution:
 
 CACHE_REF = ModelRef("up", "tiny-bert", "latest")  # the directory upstream installed into
 PACKAGE = "up-tiny-bert-latest.axon"
-MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+MODEL_FILES = (
+    "1_Pooling/config.json",
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+)
 
 
 def _home() -> Path:
@@ -115,6 +117,7 @@ def upstream_cache_dir(root: Path) -> Path:
     src = write_model_dir(model.parent / ".src")
     model.mkdir(parents=True)
     for rel in MODEL_FILES:
+        (model / rel).parent.mkdir(parents=True, exist_ok=True)
         (model / rel).write_bytes((src / rel).read_bytes())
     (model / "manifest.yaml").write_text(UPSTREAM_MANIFEST)
     meta = {
@@ -201,8 +204,8 @@ def test_publish_an_upstream_installed_model(
     assert result.ok, result.to_dict()
     written = read_back(CACHE_REF)
     _same_meaning(written)
-    listed = [f["path"] for f in _plain(written)["spec"]["format"]["files"]]
-    assert PACKAGE not in listed
+    stored = _plain(written)["spec"]["format"]["files"]
+    assert sorted(f["path"] for f in stored) == list(MODEL_FILES)  # not the package
 
 
 def _target(
@@ -249,6 +252,29 @@ def _target(
     return "bucket", from_s3
 
 
+# ---- the cache entry itself ---------------------------------------------------------------
+def test_verify_an_upstream_entry_checks_what_it_can() -> None:
+    model = upstream_cache_dir(_home() / "cache" / "models")
+    run = run_axon("verify", str(CACHE_REF))
+    assert run.code == EXIT_OK, run.err
+    assert "6 files present, written by the upstream axon: 6 of them without" in run.out
+    report = run_axon("verify", str(CACHE_REF), "--json").json()
+    assert report["upstream"] and report["extra"] == [] and len(report["unchecked"]) == 6
+    assert (model / PACKAGE).is_file()  # upstream's package: not a file of the model
+    (model / "model.safetensors").unlink()  # the one its manifest lists
+    gone = run_axon("verify", str(CACHE_REF), "--json")
+    assert gone.code == 5 and gone.json()["missing"] == ["model.safetensors"]
+    assert (model / "manifest.yaml").read_text() == UPSTREAM_MANIFEST  # left as upstream's
+
+
+def test_an_entry_of_ours_still_has_extra_files(make_model_dir: Any, install_model: Any) -> None:
+    ref = install_model(make_model_dir(), "hf/tiny-bert@v1")
+    stray = _home() / "cache" / "models" / ref.relpath / "notes.txt"
+    stray.write_text("not in the manifest")
+    run = run_axon("verify", str(ref), "--json")
+    assert run.code == 5 and run.json()["extra"] == ["notes.txt"]
+
+
 # ---- reinstalling an upstream cache dir ----------------------------------------------------
 @pytest.mark.parametrize("as_ref", [None, "up/tiny-bert@v2"])
 def test_reinstall_leaves_the_upstream_package_behind(tmp_path: Path, as_ref: str | None) -> None:
@@ -260,7 +286,7 @@ def test_reinstall_leaves_the_upstream_package_behind(tmp_path: Path, as_ref: st
     assert got["files"] == len(MODEL_FILES)
     model = Path(got["path"])
     assert sorted(p.name for p in model.iterdir()) == sorted(
-        [*MODEL_FILES, "manifest.yaml", ".axon_metadata.json"]
+        {f.split("/")[0] for f in MODEL_FILES} | {"manifest.yaml", ".axon_metadata.json"}
     )
     expected = ModelRef.parse(as_ref).version if as_ref else "1.0.0"
     _same_meaning((model / "manifest.yaml").read_text(), version=expected)

@@ -100,6 +100,10 @@ class VerifyReport:
     files_checked: int = 0
     files_hashed: int = 0
     bytes_hashed: int = 0
+    # the upstream Go axon wrote the manifest (:func:`upstream_written`): the directory is
+    # the file set; ``unchecked`` files are present but have no size/sha256 to compare with
+    upstream: bool = False
+    unchecked: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -124,12 +128,34 @@ class VerifyReport:
             "files_checked": self.files_checked,
             "files_hashed": self.files_hashed,
             "bytes_hashed": self.bytes_hashed,
+            "upstream": self.upstream,
+            "unchecked": self.unchecked,
         }
 
 
-def housekeeping_names(ref: ModelRef) -> set[str]:
-    """Top-level names in a model dir that are not model files."""
-    return {MANIFEST_NAME, METADATA_NAME, ref.archive_name}
+def housekeeping_names(ref: ModelRef, manifest: Manifest | None = None) -> set[str]:
+    """Top-level names in a model dir that are not model files: ours, and upstream's
+    ``<ns>-<name>-<ver>.axon`` package, named after the directory's reference (or, given
+    ``manifest``, the one it names: a registry's manifest may say 1.0.0 in ``latest/``)."""
+    names = {MANIFEST_NAME, METADATA_NAME, ref.archive_name}
+    if manifest is not None and manifest.namespace and manifest.name:
+        with contextlib.suppress(InvalidReferenceError):
+            named = ModelRef(manifest.namespace, manifest.name, manifest.version or ref.version)
+            names.add(named.archive_name)
+    return names
+
+
+def upstream_written(manifest: Manifest, metadata: dict[str, Any]) -> bool:
+    """Did the upstream Go axon write this cache entry? Its manifest lists what its registry
+    named (often one file with ``size: 0`` and ``sha256: ""``, or none), while the directory
+    holds every file of the package. True when a listed file has no sha256, none is listed,
+    or the entry is upstream's shape (``apiVersion: v1`` and an ``.axon_metadata.json``
+    without the ``source`` every install of ours records). For such an entry the directory
+    is the file set (:meth:`Cache.model_files`)."""
+    files = manifest.files
+    if not files or not all(f.known for f in files):
+        return True
+    return manifest.data.get("apiVersion") == "v1" and "source" not in metadata
 
 
 def walk_files(root: Path, *, skip_top: set[str] | frozenset[str] = frozenset()) -> Iterator[str]:
@@ -281,18 +307,24 @@ class Cache:
         """
         model = self.get(ref)
         report = VerifyReport(model.ref, model.path)
-        entries = model.manifest.files
         problems = model.manifest.problems()
-        if not problems and not entries:
-            entries = self._entries_from_dir(model)
         for problem in problems:
             report.corrupt.append(f"{MANIFEST_NAME}: {problem.field}: {problem.message}")
+        report.upstream = not problems and upstream_written(model.manifest, model.metadata)
+        # an upstream entry's directory is its file set: nothing in it is extra
+        entries = self.model_files(model) if report.upstream else model.manifest.files
         entries = [e for e in entries if _safe(e.path)]
         present, report.missing = _stat_files(model.path, entries)
-        listed = {e.path for e in entries}
-        skip = housekeeping_names(model.ref)
-        report.extra = [r for r in walk_files(model.path, skip_top=skip) if r not in listed]
-        report.files_checked = len(present)
+        if report.upstream:
+            # a file without a size or sha256 in the manifest: present, nothing to compare
+            blank = {e.path for e in entries if not (e.known or e.size)}
+            report.unchecked = [p for p in present if p in blank]
+            present = {p: found for p, found in present.items() if p not in blank}
+        else:
+            listed = {e.path for e in entries}
+            skip = housekeeping_names(model.ref)
+            report.extra = [r for r in walk_files(model.path, skip_top=skip) if r not in listed]
+        report.files_checked = len(present) + len(report.unchecked)
         digests = self._hash(present, full=full, on_bytes=on_bytes)
         for entry in entries:
             got = digests.get(entry.path)
@@ -318,10 +350,20 @@ class Cache:
         got = hash_stats(list(present.values()), index=self.index, full=full, on_bytes=on_bytes)
         return {rel: got[p] for rel, (p, _st) in present.items()}
 
-    def _entries_from_dir(self, model: CachedModel) -> _Entries:
-        # Upstream manifests sometimes list no files: the directory is then the truth.
-        skip = housekeeping_names(model.ref)
-        return [FileEntry(rel, 0, "") for rel in walk_files(model.path, skip_top=skip)]
+    def model_files(self, model: CachedModel) -> _Entries:
+        """The files of ``model``: its manifest's, and for an entry the upstream Go axon wrote
+        (:func:`upstream_written`) every regular file in its directory besides the
+        housekeeping (manifest, metadata, upstream's ``.axon`` package), listed ones with what
+        the manifest says of them (size 0 and ``""`` when nothing), sorted by path."""
+        listed = [e for e in model.manifest.files if _safe(e.path)]
+        if not upstream_written(model.manifest, model.metadata):
+            return listed
+        by_path = {e.path: e for e in listed}
+        skip = housekeeping_names(model.ref, model.manifest)
+        for rel in walk_files(model.path, skip_top=skip - set(by_path)):
+            if rel not in by_path and _safe(rel):
+                by_path[rel] = FileEntry(rel, 0, "")
+        return [by_path[p] for p in sorted(by_path)]
 
     def checked_manifest(
         self, ref: ModelRef | str, *, full: bool = False, on_bytes: OnBytes | None = None
@@ -348,7 +390,7 @@ class Cache:
         read again)."""
         model = ref if isinstance(ref, CachedModel) else self.get(ref)
         model.manifest.validate()
-        entries = model.manifest.files or self._entries_from_dir(model)
+        entries = self.model_files(model)
         present, missing = _stat_files(model.path, entries)
         problems: builtins.list[str] = [f"missing: {p}" for p in missing]
         digests = self._hash(present, full=full, on_bytes=on_bytes)

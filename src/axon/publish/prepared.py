@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from axon.cache import upstream_written
 from axon.errors import AxonError, IntegrityError
 from axon.progress import NULL_PROGRESS, BytesTo, Progress
 from modelpkg.manifest import FileEntry, Manifest
@@ -55,7 +56,7 @@ def prepare_model(
     cached = cache.get(ref)
     manifest = cached.manifest
     identities: dict[str, FileKey] = {}
-    if validate or full or not all(f.known for f in manifest.files):
+    if validate or full or upstream_written(manifest, cached.metadata):
         total = sum(f.size for f in manifest.files) or None
         progress.begin("verify", f"checking {ref}", total)
         try:
