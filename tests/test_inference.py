@@ -77,6 +77,20 @@ def test_minilm_outputs_equal_onnxruntime_in_process(minilm: Any) -> None:
     )
 
 
+def test_a_request_whose_outputs_would_be_too_large_is_refused_first(minilm: Any) -> None:
+    rows, length = 400, 512  # 400 x 512 x 384 float32s: 300 MiB of outputs
+    big = {
+        "input_ids": [[101] * length] * rows,
+        "attention_mask": [[1] * length] * rows,
+        "token_type_ids": [[0] * length] * rows,
+    }
+    r = infer(minilm.url, "nlp/minilm@v1", big)
+    assert r.status_code == 413, r.text
+    assert r.json()["code"] == "outputs_too_large"
+    assert "300 MiB" in r.json()["message"] and "fewer" in r.json()["message"]
+    assert infer(minilm.url, "nlp/minilm@v1", TOKENS_IN).status_code == 200
+
+
 def test_minilm_inputs_are_checked(minilm: Any) -> None:
     url, mid = minilm.url, "nlp/minilm@v1"
 

@@ -92,6 +92,23 @@ def test_metrics_equal_those_computed_by_hand_over_files_and_batches(
     assert set(r.json()["metrics"]) == {"mse", "mae"}
 
 
+def test_batches_are_bounded_by_their_outputs_too(mlos_server: Any, datasets: Path) -> None:
+    classes = 100_000  # 400 KB of logits per example: 83 examples make 32 MiB
+    w = np.zeros((4, classes))
+    w[0, 7] = 1.0
+    x = np.zeros((200, 4), np.float32)
+    x[:150, 0] = 1.0  # class 7 for 150 of them; all-zero logits: argmax 0 for the others
+    write_dataset(datasets, "fl/wide", {"x": x, "labels": np.full(200, 7)})
+    srv = mlos_server(datasets_dir=datasets, inference_threads=1)
+    assert upload(
+        srv.url, "fl/wide@v1", {"model.onnx": linear_onnx(w, np.zeros(classes))}
+    ).is_success
+    r = evaluate(srv.url, "fl/wide@v1", {"dataset": "fl/wide", "metrics": ["accuracy"]})
+    assert r.status_code == 200, r.text
+    assert r.json()["metrics"]["accuracy"] == 0.75
+    assert "200 examples in 1 file(s), 83 at a time" in srv.log()
+
+
 def test_one_logit_accuracy_is_its_sign(mlos_server: Any, datasets: Path) -> None:
     w = np.array([[1.0], [0.0], [0.0], [0.0]])
     x = np.array([[2, 0, 0, 0], [-1, 0, 0, 0], [3, 0, 0, 0], [-2, 0, 0, 0]] * 5, np.float32)

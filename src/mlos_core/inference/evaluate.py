@@ -43,7 +43,8 @@ from mlos_core.inference.runtime import OnnxModel, TensorSpec, to_array
 LABELS = "labels"
 METRICS = ("accuracy", "loss", "mse", "mae")
 CLASS_METRICS = ("accuracy", "loss")
-BATCH_BYTES = 4 * 1024 * 1024  # of inputs read at once (labels and outputs come on top)
+BATCH_BYTES = 4 * 1024 * 1024  # of inputs read at once (labels come on top)
+OUTPUT_BATCH_BYTES = 32 * 1024 * 1024  # of the outputs of one batch, when they can be told
 MAX_BATCH = 1024  # examples
 DEFAULT_MIN_EXAMPLES = 10
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}")
@@ -262,11 +263,27 @@ def plan(model: OnnxModel, root: Path, shown: str, metrics: list[str] | None) ->
                     code="bad_metric",
                 )
     assert chosen is not None
-    row_bytes = sum(max(1, f.members[i.name].row_bytes) for f in files[:1] for i in model.inputs)
+    first = files[0]
+    row_bytes = sum(max(1, first.members[i.name].row_bytes) for i in model.inputs)
     rows = max(1, min(MAX_BATCH, BATCH_BYTES // max(1, row_bytes)))
+    # the outputs of a batch count too (an encoder's are far larger than its inputs)
+    out_row = model.output_bytes(_one_row_sizes(model, first))
+    if out_row:
+        rows = max(1, min(rows, OUTPUT_BATCH_BYTES // out_row))
     if any(isinstance(i.shape[0], int) and i.shape[0] == 1 for i in model.inputs if i.shape):
         rows = 1  # a graph fixed to one example at a time
     return Plan(files, chosen, rows)
+
+
+def _one_row_sizes(model: OnnxModel, f: DataFile) -> dict[str, int]:
+    """The named axes' sizes for one example of ``f`` (the first axis: 1)."""
+    sizes: dict[str, int] = {}
+    for spec in model.inputs:
+        shape = f.members[spec.name].shape
+        for axis, dim in enumerate(spec.shape):
+            if isinstance(dim, str):
+                sizes.setdefault(dim, 1 if axis == 0 else shape[axis])
+    return sizes
 
 
 def _check_file(model: OnnxModel, f: DataFile) -> None:

@@ -25,9 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from mlos_core.errors import BadRequest, NotSupported, Unprocessable
+from mlos_core.errors import BadRequest, NotSupported, TooLarge, Unprocessable
 
 MODEL_FILE = "model.onnx"
+MiB = 1024 * 1024
+MAX_OUTPUT_BYTES = 256 * MiB  # the outputs of one request (its memory, before any JSON)
 # file suffixes of formats without a runtime here -> the name users know them by
 OTHER_FORMATS = {
     ".safetensors": "safetensors",
@@ -227,11 +229,22 @@ class OnnxModel:
                 code="invalid_input",
             )
         feeds = {i.name: to_array(i, body[i.name], where=f"input {i.name!r}") for i in self.inputs}
-        self.check_axes(feeds, where="input")
+        sizes = self.check_axes(feeds, where="input")
+        out = self.output_bytes(sizes)
+        if out is not None and out > MAX_OUTPUT_BYTES:
+            raise TooLarge(
+                f"the outputs of model {self.model_id} for this request would take "
+                f"{out / MiB:.0f} MiB, over this server's {MAX_OUTPUT_BYTES // MiB} MiB for one "
+                "request: send fewer or shorter examples at once",
+                code="outputs_too_large",
+            )
         return feeds
 
-    def check_axes(self, arrays: Mapping[str, np.ndarray[Any, Any]], *, where: str) -> None:
-        """Named dynamic axes (``batch``, ``sequence``) have one size across the inputs."""
+    def check_axes(
+        self, arrays: Mapping[str, np.ndarray[Any, Any]], *, where: str
+    ) -> dict[str, int]:
+        """Named dynamic axes (``batch``, ``sequence``) have one size across the inputs; their
+        sizes."""
         seen: dict[str, tuple[int, str]] = {}
         for spec in self.inputs:
             arr = arrays[spec.name]
@@ -248,6 +261,25 @@ class OnnxModel:
                         code="invalid_input",
                     )
                 seen.setdefault(dim, (size, spec.name))
+        return {dim: size for dim, (size, _) in seen.items()}
+
+    def output_bytes(self, sizes: Mapping[str, int]) -> int | None:
+        """What the outputs take for inputs whose named axes have ``sizes``; None when an
+        output's size cannot be told before running (an axis the inputs do not name)."""
+        total = 0
+        for spec in self.outputs:
+            if spec.dtype is None:
+                return None
+            n = 1
+            for dim in spec.shape:
+                if isinstance(dim, int):
+                    n *= dim
+                elif isinstance(dim, str) and dim in sizes:
+                    n *= sizes[dim]
+                else:
+                    return None
+            total += n * spec.dtype.itemsize
+        return total
 
     # ---- running ------------------------------------------------------------------------
     def run(self, feeds: Mapping[str, np.ndarray[Any, Any]]) -> list[np.ndarray[Any, Any]]:
