@@ -20,7 +20,9 @@ Per instance count and mode, fresh servers (no instance holds any blob before):
 
 Peak RSS: the largest VmHWM of any instance while it served and pulled (target < 150 MB),
 read from /proc before it stops. One run each (``AXON_BENCH_RELAY_MB``, default 256;
-``AXON_BENCH_QUICK=1``: 16; ``AXON_BENCH_RELAY_RATE``, default 25MB). Servers run with
+``AXON_BENCH_QUICK=1``: 16; ``AXON_BENCH_RELAY_RATE``, default 25MB;
+``AXON_BENCH_RELAY_FANOUT``, default 3; ``AXON_BENCH_RELAY_ONLY=1`` skips the direct pushes,
+to try settings). Servers run with
 ``--no-fsync``: this measures the relay, not the disk.
 """
 
@@ -125,8 +127,16 @@ def _start(models: Path, port: int, flags: tuple[str, ...]) -> Mlos:
     return Mlos(proc, port, models, log)
 
 
+FANOUT = int(os.environ.get("AXON_BENCH_RELAY_FANOUT", "3"))
+RELAY_ONLY = os.environ.get("AXON_BENCH_RELAY_ONLY", "") not in ("", "0")
+
+
 def _config(home: Path, clusters: dict[str, list[str]]) -> None:
-    body = {name: {"instances": urls, "storage_type": "api"} for name, urls in clusters.items()}
+    relay = {"fanout": FANOUT}
+    body = {
+        name: {"instances": urls, "storage_type": "api", "relay": relay}
+        for name, urls in clusters.items()
+    }
     (home / "config.yaml").write_text(yaml.safe_dump({"clusters": body}))
 
 
@@ -189,11 +199,13 @@ def run(workdir: Path) -> list[Row]:
             (n, relay): _one(workdir, env, throttle, rate, n, relay)
             for n in (1, 3, 10)
             for relay in (False, True)
+            if relay or not RELAY_ONLY
         }
         promotion = _promote(workdir, env, throttle, rate)
     one = runs[(1, True)].seconds
     for n in (1, 3, 10):
-        direct, relayed = runs[(n, False)], runs[(n, True)]
+        relayed = runs[(n, True)]
+        direct = runs.get((n, False), relayed)  # AXON_BENCH_RELAY_ONLY: no direct pushes
         rows.append(
             Row(
                 f"direct push {n} instance(s) @{rate_text}/s",
