@@ -455,10 +455,13 @@ class Cache:
         manifest: Manifest,
         *,
         source: str | None = None,
+        origin: dict[str, str] | None = None,
         validated: bool = False,
     ) -> None:
         """Write ``manifest.yaml`` and ``.axon_metadata.json`` into a staged model dir.
 
+        ``origin``: where the files came from (a Hub repo's ``url`` and ``revision``, the
+        commit), recorded as ``source_url`` / ``source_revision``.
         ``validated``: the caller just validated ``manifest`` strictly (it is not again)."""
         if not validated:
             manifest.validate(strict=True)
@@ -471,6 +474,8 @@ class Cache:
         }
         if source:
             meta["source"] = source
+        for key, value in (origin or {}).items():
+            meta[f"source_{key}"] = value
         atomic_write_text(staged / METADATA_NAME, json.dumps(meta, indent=2) + "\n", durable=False)
 
     def remember_digests(

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import tarfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
@@ -67,15 +69,16 @@ def install_source(
     follow = follow_symlinks
     if kind == "hf":
         repo, revision = parse_hf_source(source)
-        ref = ref or ModelRef("hf", repo, revision or "latest")
+        ref = ref or ModelRef("hf", repo, revision or DEFAULT_VERSION)  # as the user wrote it
         cache.check_no_overlap(ref)
-        local = download_hf(repo, revision, token=hf_token, progress=progress)
+        snapshot = download_hf(repo, revision, token=hf_token, progress=progress)
         return _install(
             cache,
             ref,
             source,
             progress,
-            lambda staged: copy_dir(local, staged, progress, follow_symlinks=follow),
+            lambda staged: copy_dir(snapshot.path, staged, progress, follow_symlinks=follow),
+            origin=snapshot.record(),
         )
     path = Path(source).expanduser()
     if kind == "dir":
@@ -136,6 +139,8 @@ def _install(
     source: str,
     progress: Progress,
     populate: Callable[[Path], dict[str, Digest]],
+    *,
+    origin: dict[str, str] | None = None,
 ) -> CachedModel:
     # Staged in a hidden dir under models/ (same filesystem as the final place, skipped by
     # listing); it becomes the model dir in one rename, or is removed on any failure.
@@ -154,7 +159,11 @@ def _install(
         _drop_housekeeping(staged, digests, final_ref, base, recorded)
         _check_against_base(base, digests, source)
         manifest = build_manifest(final_ref, staged, digests, base)
-        cache.write_package_files(staged, final_ref, manifest, source=source, validated=True)
+        if origin:  # where the files came from (the Hub: the repo's URL and commit)
+            manifest.data.setdefault("metadata", {})["source"] = origin
+        cache.write_package_files(
+            staged, final_ref, manifest, source=source, origin=origin, validated=True
+        )
         sync_tree(str(staged))  # every file written, then all made durable at once
         inodes = {f.path: _inode(staged / f.path) for f in manifest.files}
         cache.check_no_overlap(final_ref)  # again: another install may have run meanwhile
@@ -323,12 +332,43 @@ def build_manifest(
 
 
 # ---- Hugging Face Hub -------------------------------------------------------------------
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+@dataclass(frozen=True)
+class HubSnapshot:
+    """A snapshot of a Hub repo on disk: its directory, the commit its files are from (None
+    when the Hub did not say), and the Hub's URL of the repo."""
+
+    path: Path
+    commit: str | None
+    url: str
+
+    def record(self) -> dict[str, str]:
+        """What the manifest's ``metadata.source`` says of where the files came from."""
+        return {"url": self.url, **({"revision": self.commit} if self.commit else {})}
+
+
+def hub_revision(revision: str | None) -> str | None:
+    """The revision to ask the Hub for: None (the repo's default branch, whatever its name)
+    for no version and for ``latest``, which Hub repos do not have; else as given."""
+    return None if revision in (None, "", DEFAULT_VERSION) else revision
+
+
 def download_hf(
     repo: str, revision: str | None, *, token: str | None = None, progress: Progress = NULL_PROGRESS
-) -> Path:
-    """Download (or reuse from huggingface_hub's cache) a snapshot; return its directory."""
+) -> HubSnapshot:
+    """Download (or reuse from huggingface_hub's cache) a snapshot; return where it is.
+
+    No revision (or ``latest``) means the repo's default branch: its commit is asked of the
+    Hub first (``GET /api/models/<repo>``, as huggingface_hub does for ``revision=None``) and
+    every file is then fetched at that commit, so the snapshot is one commit's, named in the
+    result. Offline (``HF_HUB_OFFLINE``, no network), huggingface_hub's cache is used when it
+    holds the default branch's snapshot.
+    """
     try:
         import huggingface_hub
+        from huggingface_hub import constants as hf_constants
         from huggingface_hub import errors as hf_errors
         from huggingface_hub.utils import disable_progress_bars  # type: ignore[attr-defined]
     except ImportError:
@@ -337,26 +377,65 @@ def download_hf(
             hint="pip install 'axon-publish[hf]'",
         ) from None
     disable_progress_bars()  # the library never prints
-    progress.message(f"downloading {repo}@{revision or 'main'} from the Hugging Face Hub")
+    wanted = hub_revision(revision)
+    endpoint = str(hf_constants.ENDPOINT).rstrip("/")
+    shown = wanted or "its default branch"
+    progress.message(f"downloading {repo} ({shown}) from the Hugging Face Hub at {endpoint}")
     try:
-        path = huggingface_hub.snapshot_download(repo, revision=revision, token=token)
+        commit = _default_commit(repo, token) if wanted is None else None
+        path = Path(huggingface_hub.snapshot_download(repo, revision=commit or wanted, token=token))
     except (hf_errors.RepositoryNotFoundError, hf_errors.GatedRepoError) as exc:
         raise SourceError(
-            f"hf/{repo}: not found on the Hugging Face Hub (or it needs a token)",
+            f"hf/{repo}: not found on the Hugging Face Hub at {endpoint} (or it needs a token)",
             hint="check the repository name; for gated/private repos set HF_TOKEN",
         ) from exc
     except hf_errors.RevisionNotFoundError as exc:
         raise SourceError(
-            f"hf/{repo}: revision {revision!r} not found", hint="use a branch, tag or commit"
+            f"hf/{repo}: the Hub has no revision {wanted!r} of it",
+            hint="give a branch, tag or commit that exists (e.g. hf/<repo>@main), or no "
+            "version (or @latest) for the repo's default branch",
         ) from exc
     except Exception as exc:  # network down, proxy, offline mode: translate at this boundary
-        raise TargetUnreachableError(
-            f"cannot download hf/{repo}: {_first_line(exc)}",
-            target="huggingface.co",
-            hint="check the network, HF_ENDPOINT and HF_HUB_OFFLINE; "
-            "or install from a local directory or a .axon archive",
-        ) from exc
-    return Path(path)
+        raise _unreachable(repo, shown, endpoint, bool(hf_constants.HF_HUB_OFFLINE), exc) from exc
+    if commit is None and _COMMIT.fullmatch(path.name):
+        commit = path.name  # huggingface_hub's cache names a snapshot by its commit
+    return HubSnapshot(path, commit, f"{endpoint}/{repo}")
+
+
+def _default_commit(repo: str, token: str | None) -> str | None:
+    """The commit of ``repo``'s default branch, as the Hub's model API names it (``sha``);
+    None when it cannot be asked (offline: huggingface_hub then looks in its cache) or its
+    answer holds no commit id. Not-found errors are raised as they are."""
+    from huggingface_hub import HfApi
+    from huggingface_hub import errors as hf_errors
+
+    try:
+        info = HfApi(token=token).model_info(repo)
+    except (hf_errors.RepositoryNotFoundError, hf_errors.GatedRepoError):
+        raise
+    except (ConnectionError, OSError, hf_errors.HfHubHTTPError):
+        return None  # offline, Hub down: the snapshot download decides (cache or error)
+    sha = getattr(info, "sha", None)
+    return sha if isinstance(sha, str) and _COMMIT.fullmatch(sha) else None
+
+
+def _unreachable(
+    repo: str, shown: str, endpoint: str, offline: bool, exc: BaseException
+) -> TargetUnreachableError:
+    if offline:
+        return TargetUnreachableError(
+            f"cannot install hf/{repo}: HF_HUB_OFFLINE is set and huggingface_hub's cache holds "
+            f"no complete snapshot of {shown}",
+            target=endpoint,
+            hint="unset HF_HUB_OFFLINE (or download it once while online), or install from a "
+            "local directory or a .axon archive",
+        )
+    return TargetUnreachableError(
+        f"cannot download hf/{repo} ({shown}) from {endpoint}: {_first_line(exc)}",
+        target=endpoint,
+        hint="check the network, HF_ENDPOINT and HF_HUB_OFFLINE; "
+        "or install from a local directory or a .axon archive",
+    )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -365,8 +444,11 @@ def _first_line(exc: BaseException) -> str:
 
 
 __all__ = [
+    "HubSnapshot",
     "build_manifest",
     "classify_source",
+    "download_hf",
+    "hub_revision",
     "install_source",
     "parse_hf_source",
 ]
