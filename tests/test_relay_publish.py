@@ -243,3 +243,17 @@ def test_ctrl_c_cancels_the_pulls_and_a_rerun_resumes_them(
     assert member["relay"]["bytes"] < 16 * MiB - 4 * MiB, "the pull resumed, not started over"
     assert kept > 9 * MiB
     assert tree_of(servers[1], big_model) == tree_of_cache(axon_home, big_model)
+
+
+def test_batches_pull_from_the_members_of_earlier_batches(
+    peered: Any, big_model: ModelRef, axon_home: Path
+) -> None:
+    servers = peered(4)
+    names = relay_config(axon_home, servers, relay=True)
+    res = run_cluster(big_model, "prod", batch_size=2)
+    assert res.exit_code == EXIT_OK, res.summary()
+    assert res.batches == [names[:2], names[2:]]
+    assert [how(res, n)["how"] for n in names] == ["pushed", "pulled", "pulled", "pulled"]
+    assert res.publisher_bytes == sum(cached_sizes(axon_home, big_model))  # one copy
+    for server in servers:
+        assert tree_of(server, big_model) == tree_of_cache(axon_home, big_model)
