@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.fixtures.common import wait_for
-from tests.fixtures.hostile_server import HostileServer, Seen, json_reply, reply
+from tests.fixtures.hostile_server import Drip, HostileServer, Seen, head_only, json_reply, reply
 from tests.fixtures.mlos import ALPHA, BRAVO, TOKENS, manifest_for, upload_resumable
 
 MiB = 1024 * 1024
@@ -425,3 +425,25 @@ def test_a_pulled_model_passes_the_same_signature_check_as_an_upload(mlos_server
     job = pulled(b, "hf/m@v1", digest, [a.url])
     assert job["state"] == "failed" and job["code"] == "signature_required", job
     assert not visible(b, "hf/m@v1")
+
+
+def test_a_source_that_drips_is_left_for_another(mlos_server):
+    a = mlos_server(no_fsync=True)
+    digest = upload_resumable(a.url, "hf/m@v1", FILES)["manifest_sha256"]
+
+    def drip(req: Seen) -> Any:
+        if req.path.startswith("/v1/blobs/"):
+            real = httpx.get(f"{a.url}{req.raw_path}", timeout=30).content
+            return [head_only(200, {"Content-Length": str(len(real))}), Drip(real, every=0.01)]
+        text = httpx.get(f"{a.url}{req.raw_path}").content  # the manifest, honestly
+        return reply(200, text, content_type="application/yaml")
+
+    with HostileServer(drip) as slow:
+        b = mlos_server(no_fsync=True, peer=[slow.url, a.url], body_timeout=2)
+        started = time.monotonic()
+        job = pulled(b, "hf/m@v1", digest, [slow.url])
+        assert job["state"] == "committed", job
+        assert [t["code"] for t in job["tried"]] == ["source_too_slow"] * len(job["tried"])
+        assert job["tried"] and job["source"] == a.url
+        assert time.monotonic() - started < 30
+        assert held(b, "hf/m@v1") == FILES

@@ -466,8 +466,11 @@ class Puller:
                     if isinstance(skip, str):
                         raise self._refusal(source, response, skip or await _error_text(response))
                     job.source = source
-                    chunks = _source_chunks(response, skip)
-                    complete = await receive_blob(chunks, writer, on_bytes, idle=READ_TIMEOUT)
+                    settings = core.settings
+                    idle = min(READ_TIMEOUT, settings.body_timeout)
+                    pace = _Pace(source, url, settings.min_body_rate, settings.body_timeout)
+                    chunks = _source_chunks(response, skip, pace)
+                    complete = await receive_blob(chunks, writer, on_bytes, idle=idle)
             except BodyInterrupted:  # cut: what arrived is kept, resumed from there
                 return False, job.bytes_fetched > before
             except httpx.HTTPError as exc:
@@ -531,11 +534,37 @@ class Puller:
         return "; ".join(f"{t['source']}: {t['code']}: {t['message']}" for t in job.tried[-8:])
 
 
-async def _source_chunks(response: httpx.Response, skip: int) -> AsyncIterator[bytes]:
+class _Pace:
+    """A source's answer must average ``rate`` bytes/s with ``grace`` seconds in hand, as an
+    upload's body must (``--min-body-rate``, ``--body-timeout``): a peer that drips its bytes
+    is left for another rather than holding the pull for hours."""
+
+    def __init__(self, source: str, url: str, rate: int, grace: float) -> None:
+        self.source, self.url, self.rate, self.grace = source, url, rate, grace
+        self.start = time.monotonic()
+        self.received = 0
+
+    def check(self, n: int) -> None:
+        self.received += n
+        if not self.rate:
+            return
+        elapsed = time.monotonic() - self.start
+        if elapsed > self.grace and self.received < self.rate * (elapsed - self.grace):
+            raise SourceFailed(
+                self.source,
+                "source_too_slow",
+                f"{self.url}: {self.received} bytes in {elapsed:.0f} s, under the "
+                f"{self.rate} bytes/s a body must average (--min-body-rate); the bytes "
+                "received are kept",
+            )
+
+
+async def _source_chunks(response: httpx.Response, skip: int, pace: _Pace) -> AsyncIterator[bytes]:
     """The answer's body as storage receives it, the first ``skip`` bytes left out; a cut
     answer becomes :class:`SourceCut` (storage keeps what arrived)."""
     try:
         async for chunk in response.aiter_raw():
+            pace.check(len(chunk))
             if skip:
                 if len(chunk) <= skip:
                     skip -= len(chunk)
