@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from axon.cache import Cache
-from axon.errors import EXIT_INTEGRITY, EXIT_OK
+from axon.errors import EXIT_ALL_FAILED, EXIT_INTEGRITY, EXIT_OK, EXIT_PARTIAL
 from axon.publish import PublishOptions, publish
 from axon.publish.promote import promote
 from axon.publish.sync import sync
@@ -147,3 +147,21 @@ def test_sync_heals_a_lagging_member(
     assert "core-2: pulled from core-" in text
     run = run_axon("sync", "prod", str(installed_model))  # nothing left to do
     assert run.code == EXIT_OK and "nothing to do" in run.out
+
+
+def test_promote_to_members_that_do_not_accept_staging_fails_and_says_how_to_fix(
+    peered: Any, installed_model: ModelRef, axon_home: Path
+) -> None:
+    staging = peered(2)
+    prod = peered(2)  # each other's peers, but not staging's
+    relay_config(axon_home, staging, "staging", relay=True)
+    add_cluster(axon_home, prod, "prod", first=2, relay=True)
+    assert publish(installed_model, "staging", opts()).exit_code == EXIT_OK
+    run = run_axon(
+        "promote", str(installed_model), "--from", "staging", "--to", "prod", "--dry-run"
+    )
+    assert run.code == EXIT_PARTIAL and "would FAIL  core-2: accepts none of the sources" in run.out
+    run = run_axon("promote", str(installed_model), "--from", "staging", "--to", "prod")
+    assert run.code == EXIT_ALL_FAILED
+    assert "core-2 cannot pull the model" in run.out and "--accept-from" in run.out
+    assert not any(registered(s, installed_model) for s in prod)  # and nothing was pushed
