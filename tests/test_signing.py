@@ -333,3 +333,12 @@ def test_a_key_with_a_password(tmp_path: Path, installed_model: ModelRef) -> Non
                   env={"AXON_SIGNING_PASSWORD": "s3cret"})  # fmt: skip
     assert ok.code == EXIT_OK, ok.err
     assert verify_model(Cache.from_config(), installed_model, (keys.public,)).trusted_as
+
+
+def test_a_keyless_sigstore_bundle_is_refused_with_its_reason(tmp_path: Path) -> None:
+    keys = make_key(tmp_path, "alice")
+    bundle = json.loads(signing.sign(_entries(FILES), "m", signing.load_private_key(keys.private)))
+    bundle["verificationMaterial"] = {"certificate": {"rawBytes": "AAAA"}, "tlogEntries": [{}]}
+    with pytest.raises(SignatureError) as err:
+        signing.verify(json.dumps(bundle).encode(), _entries(FILES), _trusted(keys.public))
+    assert err.value.code == signing.INVALID and "keyless Sigstore" in str(err.value)
