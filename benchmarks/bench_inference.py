@@ -185,8 +185,13 @@ def _measure(workdir: Path, model: Path, threads: int, batch: int) -> list[Row]:
         target = f"/models/{MODEL_ID}/inference{query}"
 
         def call() -> bytes:
-            conn.request("POST", target, payload, headers)
-            r = conn.getresponse()
+            try:
+                conn.request("POST", target, payload, headers)
+                r = conn.getresponse()
+            except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+                conn.close()  # the server closed it after its keep-alive timeout: reopen
+                conn.request("POST", target, payload, headers)
+                r = conn.getresponse()
             data = r.read()
             if r.status != 200:
                 raise RuntimeError(f"inference answered {r.status}: {data[:300]!r}")
