@@ -37,7 +37,7 @@ def cli(debug: bool) -> None:
 
 @cli.group()
 def federated() -> None:
-    """Federated work: each participant uses its own data; only aggregates travel."""
+    """Federated evaluation: only aggregates leave each participant."""
 
 
 @federated.command("evaluate")
