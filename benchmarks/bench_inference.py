@@ -10,12 +10,15 @@ inputs as numpy arrays, in this process.
 
 Rows:
 
-- latency, 1 client: p50 and p99 of one request after another (the baseline: one run after
-  another); the HTTP overhead at p50 is the difference (target: at most 2 ms);
-- throughput, 4 clients: the same number of requests from 4 threads at once (the baseline:
-  4 threads calling run at once); seconds per request, so the ratio is the inverse of the
-  throughput ratio (target: at least 0.8x of in-process throughput, i.e. ratio <= 1.25);
-- the same with ``?include_outputs=true`` (16 x 384 floats as JSON), no target.
+- 1 client: p50 and p99 of one request after another (the baseline: one run after another);
+  the HTTP overhead at p50 is the difference (target: at most 2 ms); throughput;
+- 4 clients: the same number of requests from 4 threads at once (the baseline: 4 threads
+  calling run at once): p50, p99, throughput;
+- p50 and 4-client throughput with ``?include_outputs=true`` (16 x 384 floats as JSON), no
+  target.
+
+Throughput rows are in seconds per request, so their ratio is the inverse of the throughput
+ratio (target: at least 0.8x of in-process throughput, i.e. ratio <= 1.25).
 
 Then the same with ``--max-batch 4`` (requests queued for the model run together; the first
 thread count), rows marked ``batch 4``.
@@ -122,25 +125,24 @@ def _latencies(call: Callable[[], Any], n: int) -> list[float]:
     return out
 
 
-def _concurrent(make_call: Callable[[], Callable[[], Any]], n: int) -> float:
-    """Seconds for ``n`` calls from :data:`CLIENTS` threads at once (each its own caller)."""
+def _concurrent(make_call: Callable[[], Callable[[], Any]], n: int) -> tuple[float, list[float]]:
+    """Seconds for ``n`` calls from :data:`CLIENTS` threads at once (each its own caller), and
+    each call's latency."""
     calls = [make_call() for _ in range(CLIENTS)]
     for c in calls:
         c()  # connections open, caches warm
     barrier = threading.Barrier(CLIENTS + 1)
 
-    def client(call: Callable[[], Any]) -> None:
+    def client(call: Callable[[], Any]) -> list[float]:
         barrier.wait()
-        for _ in range(n // CLIENTS):
-            call()
+        return _latencies(call, n // CLIENTS)
 
     with ThreadPoolExecutor(CLIENTS) as pool:
         futures = [pool.submit(client, c) for c in calls]
         barrier.wait()
         started = time.perf_counter()
-        for f in futures:
-            f.result()
-        return time.perf_counter() - started
+        latencies = [x for f in futures for x in f.result()]
+        return time.perf_counter() - started, latencies
 
 
 def run(workdir: Path) -> list[Row]:
@@ -203,7 +205,8 @@ def _measure(workdir: Path, model: Path, threads: int, batch: int) -> list[Row]:
         return http_caller("?include_outputs=true")
 
     results: dict[str, list[float]] = {k: [] for k in ("p50", "p99", "bp50", "bp99")}
-    results.update(conc=[], bconc=[], op50=[], oconc=[])
+    for k in ("conc", "bconc", "op50", "oconc", "c50", "c99", "bc50", "bc99", "one", "bone"):
+        results[k] = []
     try:
         one = http_caller()
         with_outputs = http_caller("?include_outputs=true")
@@ -220,15 +223,23 @@ def _measure(workdir: Path, model: Path, threads: int, batch: int) -> list[Row]:
                     lat = _latencies(one, REQUESTS)
                     results["p50"].append(percentile(lat, 0.5))
                     results["p99"].append(percentile(lat, 0.99))
-                    results["conc"].append(_concurrent(http_caller, REQUESTS))
+                    results["one"].append(sum(lat))
+                    took, lat = _concurrent(http_caller, REQUESTS)
+                    results["conc"].append(took)
+                    results["c50"].append(percentile(lat, 0.5))
+                    results["c99"].append(percentile(lat, 0.99))
                     out_lat = _latencies(with_outputs, REQUESTS // 4)
                     results["op50"].append(percentile(out_lat, 0.5))
-                    results["oconc"].append(_concurrent(_with_outputs, REQUESTS // 4))
+                    results["oconc"].append(_concurrent(_with_outputs, REQUESTS // 4)[0])
                 else:
                     lat = _latencies(in_process, REQUESTS)
                     results["bp50"].append(percentile(lat, 0.5))
                     results["bp99"].append(percentile(lat, 0.99))
-                    results["bconc"].append(_concurrent(lambda: in_process, REQUESTS))
+                    results["bone"].append(sum(lat))
+                    took, lat = _concurrent(lambda: in_process, REQUESTS)
+                    results["bconc"].append(took)
+                    results["bc50"].append(percentile(lat, 0.5))
+                    results["bc99"].append(percentile(lat, 0.99))
         rss = server.peak_rss_mb()
     finally:
         server.stop()
@@ -260,6 +271,29 @@ def _measure(workdir: Path, model: Path, threads: int, batch: int) -> list[Row]:
             max(0.0, med["p50"] - med["bp50"]),
             note=f"{(med['p50'] - med['bp50']) * 1e3:.2f} ms added per request",
             target=Target(0.002, of="seconds"),
+        ),
+        Row(
+            f"inference throughput, 1 client, {thr}",
+            med["one"] / REQUESTS,
+            baseline="in-process, 1 thread",
+            baseline_seconds=med["bone"] / REQUESTS,
+            note=f"{REQUESTS / med['one']:.0f} vs {REQUESTS / med['bone']:.0f} req/s = "
+            f"{med['bone'] / med['one']:.2f}x of in-process (s per request)",
+            target=Target(1.25),
+        ),
+        Row(
+            f"inference p50, {CLIENTS} clients, {thr}",
+            med["c50"],
+            baseline="in-process p50",
+            baseline_seconds=med["bc50"],
+            note=f"{med['c50'] * 1e3:.2f} vs {med['bc50'] * 1e3:.2f} ms",
+        ),
+        Row(
+            f"inference p99, {CLIENTS} clients, {thr}",
+            med["c99"],
+            baseline="in-process p99",
+            baseline_seconds=med["bc99"],
+            note=f"{med['c99'] * 1e3:.2f} vs {med['bc99'] * 1e3:.2f} ms",
         ),
         Row(
             f"inference throughput, {CLIENTS} clients, {thr}",
