@@ -89,8 +89,6 @@ def test_status_of_s3(installed_model: ModelRef, s3: S3Server) -> None:
 
 
 def test_notify_instance_is_refused_for_instances(installed_model: ModelRef) -> None:
-    r = run_axon(
-        "publish", str(installed_model), "-t", "127.0.0.1:9", "--notify-instance", "x:1"
-    )
+    r = run_axon("publish", str(installed_model), "-t", "127.0.0.1:9", "--notify-instance", "x:1")
     assert r.code == 2 and r.out == ""
     assert "--notify-instance applies to network storage" in error_lines(r.err)[0]

@@ -236,9 +236,7 @@ def verify_cmd(
     with _progress(out) as progress:
         model = cache.get(ref)
         progress.begin("verify", f"verifying {model.ref}", model.total_size or None)
-        report = cache.verify(
-            model.ref, full=full, on_bytes=BytesTo(progress, "verify")
-        )
+        report = cache.verify(model.ref, full=full, on_bytes=BytesTo(progress, "verify"))
         progress.end("verify", ok=report.ok)
     if signature and report.ok:  # model.sig too (axon.cli.sign_cmds)
         report_signature(out, cache, report, trusted_keys)
