@@ -14,7 +14,6 @@ import pytest
 from axon.errors import (
     EXIT_INTEGRITY,
     EXIT_NOT_FOUND,
-    EXIT_NOT_NOTIFIED,
     EXIT_OK,
     EXIT_TRANSPORT,
 )
@@ -218,9 +217,10 @@ def test_status_and_register(mlos_server, installed_model) -> None:
     assert reg.code == EXIT_OK, reg.err
     assert "registered hf/tiny-bert@v1" in reg.out
     gone = run_axon("register", "hf/never-published@v1", "--target", srv.url)
-    assert gone.code == EXIT_NOT_NOTIFIED
+    assert gone.code == EXIT_NOT_FOUND  # nothing was published: no "not notified" here
     (line,) = error_lines(gone.err)
-    assert "not notified" in line and "axon register" in line
+    assert "has no files of hf/never-published@v1 to register" in line
+    assert "axon publish hf/never-published@v1" in line
 
 
 @pytest.mark.parametrize("spec", ["hf/tiny-bert@v1"])

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from axon.errors import InvalidReferenceError
-from modelpkg.refs import ModelRef
+from modelpkg.refs import DEFAULT_NAMESPACE, ModelRef, parse_request
 
 
 @pytest.mark.parametrize(
@@ -82,3 +82,46 @@ def test_any_accepted_reference_stays_inside_the_models_dir(text: str) -> None:
     assert all(p not in ("", ".", "..") and not p.startswith(".") for p in parts)
     assert all(ch.isprintable() for ch in "".join(parts))
     assert ModelRef.parse(str(ref)) == ref  # round trip
+
+
+# ---- bare names and what the user left out -------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "ref", "namespace_given", "version_given"),
+    [
+        ("federated-model@v1.0", "local/federated-model@v1.0", False, True),
+        ("federated-model", "local/federated-model@latest", False, False),
+        ("hf/bert", "hf/bert@latest", True, False),
+        ("hf/google/flan-t5@v2", "hf/google/flan-t5@v2", True, True),
+    ],
+)
+def test_parse_request_says_what_was_left_out(
+    text: str, ref: str, namespace_given: bool, version_given: bool
+) -> None:
+    asked = parse_request(text)
+    assert str(asked.ref) == ref
+    assert (asked.namespace_given, asked.version_given) == (namespace_given, version_given)
+    assert parse_request(text, default_namespace="team").ref.namespace in ("team", "hf")
+
+
+@pytest.mark.parametrize("text", ["", "@v1", "-x@v1", ".hidden", "x@", "a@b@c", "x y"])
+def test_a_bare_name_is_checked_like_any_other(text: str) -> None:
+    with pytest.raises(InvalidReferenceError):
+        parse_request(text)
+
+
+def test_without_a_default_namespace_a_bare_name_is_refused() -> None:
+    with pytest.raises(InvalidReferenceError, match="missing namespace"):
+        parse_request("federated-model@v1.0", default_namespace=None)
+    assert ModelRef.parse("m@v1", default_namespace=DEFAULT_NAMESPACE) == ModelRef(
+        "local", "m", "v1"
+    )
+
+
+@given(st.text(max_size=80))
+def test_bare_names_stay_inside_the_models_dir(text: str) -> None:
+    try:
+        ref = parse_request(text).ref
+    except InvalidReferenceError:
+        return
+    assert all(p not in ("", ".", "..") and not p.startswith(".") for p in ref.relpath.parts)
+    assert ModelRef.parse(str(ref)) == ref

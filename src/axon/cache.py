@@ -21,14 +21,21 @@ import builtins
 import contextlib
 import json
 import os
+import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from axon.errors import IntegrityError, InvalidReferenceError, ManifestError, ModelNotFoundError
+from axon.errors import (
+    EXIT_USAGE,
+    IntegrityError,
+    InvalidReferenceError,
+    ManifestError,
+    ModelNotFoundError,
+)
 from axon.hashing import FileKey, Hashed, HashIndex, absolute, file_key, hash_stats
 from modelpkg.atomic import (
     atomic_write_text,
@@ -39,7 +46,7 @@ from modelpkg.atomic import (
 from modelpkg.layout import OLD_TAG, is_leftover, overlapping_model
 from modelpkg.manifest import MANIFEST_NAME, FileEntry, Manifest, check_relpath
 from modelpkg.progress import OnBytes
-from modelpkg.refs import ModelRef
+from modelpkg.refs import DEFAULT_NAMESPACE, ModelRef, check_segment, parse_request
 
 if TYPE_CHECKING:
     from axon.config import Config
@@ -133,6 +140,104 @@ class VerifyReport:
         }
 
 
+class AmbiguousReferenceError(InvalidReferenceError):
+    """A reference without a version, of a model installed in several versions and not as
+    ``latest``: the user must name one (a usage error, exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A reference as the user wrote it, resolved: the model it means, and what was assumed
+    (the default namespace, the only installed version), each a note to show the user."""
+
+    ref: ModelRef
+    notes: tuple[str, ...] = ()
+
+
+def resolve_ref(
+    text: str | ModelRef,
+    cache: Cache,
+    *,
+    default_namespace: str = DEFAULT_NAMESPACE,
+    config_path: Path | None = None,
+    pick_version: bool = True,
+) -> Resolved:
+    """What ``[namespace/]name[@version]`` means for a command on a cached model (install
+    --as, info, verify, uninstall, publish, register, status).
+
+    * No namespace (``federated-model@v1.0``): ``default_namespace`` (the config's
+      ``default_namespace``, else ``local``), with a note saying so.
+    * No version: ``latest`` when that is installed (or nothing is: the caller reports it
+      missing, or asks an instance for it); else the only installed version, with a note;
+      several installed versions: :class:`AmbiguousReferenceError` (exit 2) listing them.
+
+    ``pick_version=False`` (``install --as``: it names what to write): no version means
+    ``latest``. A :class:`ModelRef` is taken as it is (already resolved).
+    """
+    if isinstance(text, ModelRef):
+        return Resolved(text)
+    asked = parse_request(text, default_namespace=default_namespace)
+    ref, notes = asked.ref, []
+    if not asked.namespace_given:
+        where = f" (default_namespace in {config_path})" if config_path else ""
+        notes.append(
+            f"{text}: no namespace given, using the default namespace {ref.namespace!r}{where}"
+        )
+    if asked.version_given or not pick_version:
+        return Resolved(ref, tuple(notes))
+    versions = cache.versions(ref)
+    if not versions or ref.version in versions:
+        return Resolved(ref, tuple(notes))
+    model = f"{ref.namespace}/{ref.name}"
+    if len(versions) == 1:
+        (only,) = versions
+        notes.append(f"{model}: no version given, using {only}, the only one installed")
+        return Resolved(ref.with_version(only), tuple(notes))
+    raise AmbiguousReferenceError(
+        f"{model}: no version given, and {len(versions)} versions are installed (none is "
+        f"{ref.version!r}): {', '.join(versions)}",
+        path=str(cache.path_for(ref).parent),
+        hint=f"name one, e.g. {model}@{versions[-1]}",
+    )
+
+
+def resolve_configured(
+    text: str | ModelRef,
+    *,
+    note: Callable[[str], None] | None = None,
+    config: Config | None = None,
+    pick_version: bool = True,
+) -> ModelRef:
+    """:func:`resolve_ref` with the config's cache and ``default_namespace`` (loaded when
+    not given), each note passed to ``note``: what a command given a reference calls."""
+    if config is None:
+        from axon.config import load_config
+
+        config = load_config()
+    found = resolve_ref(
+        text,
+        Cache(config.cache_dir),
+        default_namespace=config.default_namespace,
+        config_path=config.path,
+        pick_version=pick_version,
+    )
+    if note is not None:
+        for line in found.notes:
+            note(line)
+    return found.ref
+
+
+def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key: numbers as numbers (v2 before v10), the rest as text."""
+    return tuple(
+        (0, int(part)) if part.isdigit() else (1, part)
+        for part in re.split(r"(\d+)", version)
+        if part
+    )
+
+
 def housekeeping_names(ref: ModelRef, manifest: Manifest | None = None) -> set[str]:
     """Top-level names in a model dir that are not model files: ours, and upstream's
     ``<ns>-<name>-<ver>.axon`` package, named after the directory's reference (or, given
@@ -191,6 +296,14 @@ def _stat_files(
         else:
             missing.append(entry.path)
     return present, missing
+
+
+def _valid_version(name: str) -> bool:
+    try:
+        check_segment(name, what="version", ref=name)
+    except InvalidReferenceError:
+        return False
+    return True
 
 
 def _safe(path: str) -> bool:
@@ -252,13 +365,17 @@ class Cache:
             )
         return ref, path
 
-    def _not_found_hint(self, ref: ModelRef) -> str:
+    def versions(self, ref: ModelRef) -> builtins.list[str]:
+        """The installed versions of ``ref``'s ``namespace/name``, in version order."""
         parent = self.path_for(ref).parent
-        versions = (
-            sorted(p.name for p in parent.iterdir() if self._model_dir_ok(p))
-            if parent.is_dir()
-            else []
-        )
+        try:
+            found = [p.name for p in parent.iterdir() if self._model_dir_ok(p)]
+        except OSError:
+            return []
+        return sorted((v for v in found if _valid_version(v)), key=_version_key)
+
+    def _not_found_hint(self, ref: ModelRef) -> str:
+        versions = self.versions(ref)
         if versions:
             return f"installed versions of {ref.namespace}/{ref.name}: {', '.join(versions)}"
         return f"install it first: axon install SOURCE --as {ref}; `axon list` shows the cache"

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from axon.errors import ConfigError
+from axon.errors import ConfigError, InvalidReferenceError
+from modelpkg.refs import DEFAULT_NAMESPACE, check_segment
 
 CONFIG_NAME = "config.yaml"
 DEFAULT_TIMEOUT = 30.0
@@ -148,6 +149,8 @@ class Config:
     download: DownloadConfig = field(default_factory=DownloadConfig)
     mlos_targets: dict[str, TargetConfig] = field(default_factory=dict)
     clusters: dict[str, ClusterConfig] = field(default_factory=dict)
+    #: the namespace of a model reference written without one (``federated-model@v1.0``)
+    default_namespace: str = DEFAULT_NAMESPACE
     path: Path = field(default_factory=lambda: axon_home() / CONFIG_NAME)
 
     @property
@@ -185,10 +188,24 @@ def load_config(path: Path | None = None) -> Config:
     config = _validate(raw, cfg_path)
     config.path = cfg_path
     config.cache_dir = expand_path(raw.get("cache_dir") or "~/.axon/cache")
+    _check_namespace(config.default_namespace, cfg_path)
     for section in ("mlos_targets", "clusters"):
         for name, target in getattr(config, section).items():
             _finish_target(target, f"{section}.{name}", cfg_path, cluster=section == "clusters")
     return config
+
+
+def _check_namespace(value: str, cfg_path: Path) -> None:
+    """``default_namespace`` must be one reference segment (``local``, ``team-a``)."""
+    try:
+        check_segment(value, what="namespace", ref=f"{value}/NAME")
+    except InvalidReferenceError as exc:
+        raise ConfigError(
+            f"default_namespace: {value!r} is not a namespace ({exc.message})",
+            path=str(cfg_path),
+            key="default_namespace",
+            hint="one segment of letters, digits, '.', '_', '-', '+', e.g. local",
+        ) from None
 
 
 def _read_yaml(cfg_path: Path, *, explicit: bool) -> Any:
@@ -456,6 +473,7 @@ def write_default_config(path: Path, cache_dir: Path) -> None:
     text = (
         "# axon configuration (see docs/cache-and-config.md: 'The config file')\n"
         f"cache_dir: {cache_dir}\n"
+        f"# default_namespace: {DEFAULT_NAMESPACE}   # of a name given without one (my-model@v1)\n"
         "\n"
         "# Publish targets. Examples:\n"
         "# mlos_targets:\n"

@@ -56,7 +56,7 @@ from modelpkg.atomic import clean_leftovers, remove_tree
 from modelpkg.errors import ManifestError, PackageError
 from modelpkg.layout import REGISTRY_FILE
 from modelpkg.manifest import API_VERSION, MANIFEST_NAME, FileEntry, Manifest
-from modelpkg.refs import ModelRef
+from modelpkg.refs import DEFAULT_NAMESPACE, ModelRef
 from modelpkg.signing import (
     MAX_SIGNATURE_BYTES,
     REQUIRED,
@@ -82,7 +82,8 @@ def parse_ref(model_id: Any) -> ModelRef:
     if not isinstance(model_id, str) or not model_id:
         raise BadRequest("model_id is required: 'namespace/name@version'", code="invalid_id")
     try:
-        return ModelRef.parse(model_id)
+        # a bare name (federated-model@v1.0) is in the default namespace, as for axon
+        return ModelRef.parse(model_id, default_namespace=DEFAULT_NAMESPACE)
     except PackageError as exc:
         raise BadRequest(str(exc), code="invalid_id") from exc
 

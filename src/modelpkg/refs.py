@@ -5,6 +5,11 @@ namespace, the rest is the name (it may hold more ``/``: ``hf/google/flan-t5``),
 the version, no ``@`` means ``latest``. A reference maps to the directory
 ``<ns>/<name...>/<version>`` under a models root, so every segment is checked: nothing can
 escape that root.
+
+A bare name (``federated-model@v1.0``, as the seed writes it) has no namespace: where a
+default namespace is given (:data:`DEFAULT_NAMESPACE`, ``local``, unless configured
+otherwise) it means ``local/federated-model@v1.0``; :func:`parse_request` also says what the
+user left out, so the caller can say which namespace it took, or pick the installed version.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ from pathlib import PurePosixPath
 from modelpkg.errors import InvalidReferenceError
 
 DEFAULT_VERSION = "latest"
+#: the namespace of a reference written without one (``federated-model@v1.0``): ``local``,
+#: the namespace of models made here rather than pulled from a hub (``--as local/name``)
+DEFAULT_NAMESPACE = "local"
 MAX_SEGMENT = 128
 MAX_REF = 512
 
@@ -73,8 +81,26 @@ class ModelRef:
         check_segment(self.version, what="version", ref=ref)
 
     @classmethod
-    def parse(cls, text: str, *, default_version: str = DEFAULT_VERSION) -> ModelRef:
-        """Parse ``namespace/name[@version]``; raise InvalidReferenceError with a hint."""
+    def parse(
+        cls,
+        text: str,
+        *,
+        default_version: str = DEFAULT_VERSION,
+        default_namespace: str | None = None,
+    ) -> ModelRef:
+        """Parse ``namespace/name[@version]``; raise InvalidReferenceError with a hint.
+
+        ``default_namespace``: the namespace of a bare ``name[@version]`` (without it, a
+        reference without a namespace is refused)."""
+        return parse_request(
+            text, default_version=default_version, default_namespace=default_namespace
+        ).ref
+
+    @classmethod
+    def _parse(
+        cls, text: str, default_version: str, default_namespace: str | None
+    ) -> tuple[ModelRef, bool, bool]:
+        """(the reference, was a namespace written, was a version written)."""
         if not isinstance(text, str):
             raise InvalidReferenceError(f"invalid model reference {text!r}: not a string")
         if "\x00" in text:
@@ -98,11 +124,14 @@ class ModelRef:
             )
         namespace, slash, name = body.partition("/")
         if not slash:
-            raise InvalidReferenceError(
-                f"invalid model reference {text!r}: missing namespace",
-                hint="use namespace/name[@version], e.g. hf/bert-base-uncased@latest",
-            )
-        return cls(namespace, name, version if sep else default_version)
+            if default_namespace is None or not body:
+                raise InvalidReferenceError(
+                    f"invalid model reference {text!r}: missing namespace",
+                    hint="use namespace/name[@version], e.g. hf/bert-base-uncased@latest",
+                )
+            namespace, name = default_namespace, body
+        ref = cls(namespace, name, version if sep else default_version)
+        return ref, bool(slash), bool(sep)
 
     @classmethod
     def from_parts(cls, parts: tuple[str, ...] | list[str]) -> ModelRef:
@@ -135,3 +164,28 @@ class ModelRef:
 
     def __str__(self) -> str:
         return self.id
+
+
+@dataclass(frozen=True)
+class RefRequest:
+    """A reference as the user wrote it: the reference it means, and what was left out
+    (the namespace: the default one was taken; the version: ``latest`` was assumed)."""
+
+    text: str
+    ref: ModelRef
+    namespace_given: bool
+    version_given: bool
+
+
+def parse_request(
+    text: str,
+    *,
+    default_namespace: str | None = DEFAULT_NAMESPACE,
+    default_version: str = DEFAULT_VERSION,
+) -> RefRequest:
+    """Parse ``[namespace/]name[@version]`` (a bare name takes ``default_namespace``; None
+    refuses it); InvalidReferenceError with a hint."""
+    ref, namespace_given, version_given = ModelRef._parse(
+        text, default_version, default_namespace
+    )
+    return RefRequest(text, ref, namespace_given, version_given)

@@ -22,6 +22,17 @@ if TYPE_CHECKING:
 
     from axon.cache import Cache, CachedModel
     from axon.progress import Progress
+    from modelpkg.refs import ModelRef
+
+
+
+def resolve_ref(ref: str, quiet: bool = False, **kw: Any) -> ModelRef:
+    """The model ``ref`` means (default namespace, the only installed version: each said on
+    stderr unless ``quiet``): :func:`axon.cache.resolve_configured`."""
+    from axon.cache import resolve_configured
+    from axon.cli.output import note_line
+
+    return resolve_configured(ref, note=None if quiet else note_line, **kw)
 
 
 def _cache() -> Cache:
@@ -92,6 +103,8 @@ def install_cmd(
 
     out = Output(as_json=as_json, quiet=quiet)
     config = load_config()
+    if as_ref is not None:  # a bare name takes the default namespace (said on stderr)
+        as_ref = str(resolve_ref(as_ref, quiet, config=config, pick_version=False))
     with _progress(out) as progress:
         model = install_source(
             source,
@@ -169,7 +182,7 @@ def _upstream_keys(model: CachedModel) -> dict[str, Any]:
 def info_cmd(ref: str, as_json: bool) -> None:
     """Show a cached model: where it is, its format, io and files."""
     out = Output(as_json=as_json)
-    model = _cache().get(ref)
+    model = _cache().get(resolve_ref(ref))
     if as_json:
         out.json({**model.to_dict(), "metadata": model.metadata, "manifest": model.manifest.data,
                   "signature": signature_json(model)})  # fmt: skip
@@ -234,9 +247,11 @@ def verify_cmd(
     out = Output(as_json=as_json, quiet=quiet)
     cache = _cache()
     with _progress(out) as progress:
-        model = cache.get(ref)
+        model = cache.get(resolve_ref(ref, quiet))
         progress.begin("verify", f"verifying {model.ref}", model.total_size or None)
-        report = cache.verify(model.ref, full=full, on_bytes=BytesTo(progress, "verify"))
+        report = cache.verify(
+            model.ref, full=full, on_bytes=BytesTo(progress, "verify")
+        )
         progress.end("verify", ok=report.ok)
     if signature and report.ok:  # model.sig too (axon.cli.sign_cmds)
         report_signature(out, cache, report, trusted_keys)
@@ -278,6 +293,7 @@ def verify_cmd(
 def uninstall_cmd(ref: str, as_json: bool, quiet: bool) -> None:
     """Remove a model from the cache."""
     out = Output(as_json=as_json, quiet=quiet)
+    ref = str(resolve_ref(ref, quiet))
     path = _cache().uninstall(ref)
     if as_json:
         out.json({"removed": ref, "path": str(path)})

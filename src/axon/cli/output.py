@@ -99,6 +99,11 @@ def error_line(text: str) -> None:
     click.echo(f"axon: error: {text}", err=True)
 
 
+def note_line(text: str) -> None:
+    """A remark about what a command assumed (``axon: note: ...`` on stderr, any mode)."""
+    click.echo(f"axon: note: {text}", err=True)
+
+
 def _plain_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None) -> None:
     text_rows = [[("" if v is None else str(v)) for v in row] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in text_rows]) for i, c in enumerate(columns)]

@@ -24,11 +24,19 @@ from axon.errors import EXIT_INTEGRITY, EXIT_NOT_FOUND, AxonError, OptionError
 
 if TYPE_CHECKING:
     from axon.publish import PublishOptions, PublishResult
+    from modelpkg.refs import ModelRef
 
 # axon.publish (and through it the cache, targets, transports and the HTTP client) is
 # imported inside each command: `axon publish --help` stays as light as it was.
 
 DEFAULT_TARGET = "localhost"
+
+
+def _resolved(ref: str, quiet: bool = False) -> ModelRef:
+    """The model REF means (axon.cache.resolve_configured; its notes on stderr)."""
+    from axon.cli.cache_cmds import resolve_ref
+
+    return resolve_ref(ref, quiet)
 
 
 def _fail(exc: AxonError, as_json: bool) -> NoReturn:
@@ -124,11 +132,12 @@ def publish_cmd(ref: str, target: str, as_json: bool, quiet: bool, **values: Any
 
     try:
         options = build_options(**values)
+        model = _resolved(ref, quiet)  # default namespace, the only installed version
     except AxonError as exc:
         _fail(exc, as_json)
     try:
         with _progress(enabled=not (as_json or quiet or options.dry_run)) as progress:
-            result = publish(ref, target, options, progress)
+            result = publish(model, target, options, progress)
     except AxonError as exc:
         _fail(exc, as_json)
     if as_json:
@@ -220,7 +229,8 @@ def register_cmd(ref: str, target: str | None, as_json: bool) -> None:
 
     spec = target or os.environ.get("MLOS_CORE_ENDPOINT") or DEFAULT_TARGET
     try:
-        answer = register(ref, spec)
+        model = _resolved(ref)  # default namespace, the only installed version
+        answer = register(model, spec)
     except AxonError as exc:
         _fail(exc, as_json)
     if as_json:
@@ -229,7 +239,7 @@ def register_cmd(ref: str, target: str | None, as_json: bool) -> None:
         from axon.mlos_client import shown  # the server's text, made safe to print
 
         endpoint = answer.get("inference_endpoint")
-        click.echo(f"registered {ref} on {spec}" + (f" ({shown(endpoint)})" if endpoint else ""))
+        click.echo(f"registered {model} on {spec}" + (f" ({shown(endpoint)})" if endpoint else ""))
 
 
 @click.command("status", cls=GoFlagsCommand)
@@ -257,15 +267,16 @@ def status_cmd(
     from axon.publish.results import error_text
 
     try:
-        matrix = cluster_status_for(ref, target, full=full_verify)
+        model = _resolved(ref)  # default namespace, the only installed version
+        matrix = cluster_status_for(model, target, full=full_verify)
     except AxonError as exc:
         _fail(exc, as_json)
     if matrix is not None:
         click.echo(json.dumps(matrix.to_dict(), indent=2) if as_json else "\n".join(matrix.lines()))
         sys.exit(matrix.exit_code)
-    _storage_status(ref, target, as_json, full_verify, readers)
+    _storage_status(str(model), target, as_json, full_verify, readers)
     try:
-        st = status(ref, target, full=full_verify)
+        st = status(model, target, full=full_verify)
     except AxonError as exc:
         _fail(exc, as_json)
     code = 0 if st.ok else (EXIT_NOT_FOUND if not st.present else EXIT_INTEGRITY)

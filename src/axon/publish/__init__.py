@@ -168,7 +168,7 @@ def register(
         manifest = cache.get(ref).manifest
     with transport_for(target) as transport:
         path = transport.instance_path(ref)
-    return notify_instance(target, ref, path, manifest=manifest)
+    return notify_instance(target, ref, path, manifest=manifest, published=False)
 
 
 def status(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from axon.errors import AxonError, NotifyError
+from axon.errors import AxonError, ModelNotFoundError, NotifyError
 from axon.mlos_client import MlosClient, ProtocolError
 from modelpkg.signing import SignatureError
 
@@ -38,8 +38,13 @@ def notify_instance(
     *,
     manifest: Manifest | None = None,
     timeout: float | None = None,
+    published: bool = True,
 ) -> dict[str, Any]:
-    """``POST /models/register`` on ``target``; the answer, or NotifyError (exit 8)."""
+    """``POST /models/register`` on ``target``; the answer, or NotifyError (exit 8).
+
+    ``published=False`` (``axon register``: nothing was just published): the messages say
+    only what the instance answered, and an instance without the model's files (404) is
+    ModelNotFoundError (exit 3) saying to publish it first."""
     try:
         with registry_client(target, timeout) as client:
             return client.register(ref, instance_path, manifest)
@@ -48,12 +53,32 @@ def notify_instance(
         # registering again later cannot help
         raise
     except AxonError as exc:
+        if not published:
+            raise _not_registered(target, ref, exc) from exc
         raise NotifyError(
             f"{ref} was published but the instance was not notified: {exc.message}",
             target=target.name,
             url=f"{target.endpoint.rstrip('/')}/models/register",
             hint=f"once the instance is up run: axon register {ref} --target {target.name}",
         ) from exc
+
+
+def _not_registered(target: InstanceTarget, ref: ModelRef, exc: AxonError) -> AxonError:
+    """What ``axon register`` says when the instance did not register ``ref``."""
+    url = f"{target.endpoint.rstrip('/')}/models/register"
+    if getattr(exc, "status", None) == 404:
+        return ModelNotFoundError(
+            f"{target.name} has no files of {ref} to register: {exc.message}",
+            target=target.name,
+            url=url,
+            hint=f"publish it there first: axon publish {ref} --target {target.name}",
+        )
+    return NotifyError(
+        f"{target.name} did not register {ref}: {exc.message}",
+        target=target.name,
+        url=url,
+        hint=f"once the instance is up run again: axon register {ref} --target {target.name}",
+    )
 
 
 def is_registered(target: InstanceTarget, ref: ModelRef, *, timeout: float | None = None) -> bool:
