@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from modelpkg.refs import ModelRef
 
 
-
 def resolve_ref(ref: str, quiet: bool = False, **kw: Any) -> ModelRef:
     """The model ``ref`` means (default namespace, the only installed version: each said on
     stderr unless ``quiet``): :func:`axon.cache.resolve_configured`."""
@@ -249,9 +248,7 @@ def verify_cmd(
     with _progress(out) as progress:
         model = cache.get(resolve_ref(ref, quiet))
         progress.begin("verify", f"verifying {model.ref}", model.total_size or None)
-        report = cache.verify(
-            model.ref, full=full, on_bytes=BytesTo(progress, "verify")
-        )
+        report = cache.verify(model.ref, full=full, on_bytes=BytesTo(progress, "verify"))
         progress.end("verify", ok=report.ok)
     if signature and report.ok:  # model.sig too (axon.cli.sign_cmds)
         report_signature(out, cache, report, trusted_keys)
