@@ -263,6 +263,27 @@ def test_register_can_load_the_session_and_a_broken_graph_is_named(server: Any) 
     assert r.status_code == 422 and r.json()["code"] == "invalid_model_file", r.text
 
 
+def test_without_the_runtime_the_server_serves_and_inference_says_what_to_install(
+    mlos_server: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocked = tmp_path / "blocked"
+    for module in ("numpy", "onnxruntime"):  # as if the inference extra were not installed
+        (blocked / module).mkdir(parents=True)
+        (blocked / module / "__init__.py").write_text(f"raise ImportError('no {module} here')\n")
+    monkeypatch.setenv("PYTHONPATH", str(blocked))
+    srv = mlos_server()
+    assert upload(srv.url, "fl/m@v1", {"model.onnx": lin(1.0)}).status_code == 201
+    for r in (
+        infer(srv.url, "fl/m@v1", {"x": [[1, 2, 3, 4]]}),
+        httpx.post(f"{srv.url}/v1/models/fl/m@v1/evaluate", json={}),
+        httpx.post(f"{srv.url}/v1/models/fl/m@v1/load"),
+    ):
+        assert r.status_code == 501, r.text
+        assert r.json()["code"] == "no_runtime"
+        assert "pip install 'axon-publish[inference]'" in r.json()["message"]
+    assert httpx.get(f"{srv.url}/models/fl/m@v1").status_code == 200
+
+
 def test_unknown_model_and_bad_body(server: Any) -> None:
     r = infer(server.url, "fl/none@v1", {"x": [[1]]})
     assert r.status_code == 404 and "fl/none@v1" in r.json()["message"]

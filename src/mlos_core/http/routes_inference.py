@@ -19,7 +19,7 @@ import asyncio
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -32,15 +32,16 @@ from mlos_core.errors import (
     CoreError,
     Forbidden,
     NotFound,
+    NotSupported,
     Unprocessable,
 )
 from mlos_core.http.errors import JSONAnswer
 from mlos_core.http.request import core_of, json_body
-from mlos_core.inference import evaluate as ev
-from mlos_core.inference.runtime import identity
-from mlos_core.inference.sessions import Sessions, default_threads
 from modelpkg.manifest import MANIFEST_NAME, Manifest
 from modelpkg.refs import ModelRef
+
+if TYPE_CHECKING:
+    from mlos_core.inference.sessions import Sessions
 
 try:
     import orjson as _orjson  # the inference extra brings it
@@ -56,6 +57,16 @@ def sessions_of(request: Request) -> Sessions:
     state = request.app.state
     sessions: Sessions | None = getattr(state, "inference", None)
     if sessions is None:
+        try:  # numpy and onnxruntime come with the inference extra, imported on first use
+            import onnxruntime  # noqa: F401
+
+            from mlos_core.inference.sessions import Sessions, default_threads
+        except ImportError as exc:
+            raise NotSupported(
+                f"this instance has no inference runtime ({exc}): install it with "
+                "pip install 'axon-publish[inference]' and restart mlos-core",
+                code="no_runtime",
+            ) from None
         settings = state.settings
         sessions = Sessions(
             core_of(request),
@@ -188,6 +199,10 @@ async def evaluate(request: Request) -> JSONAnswer:
     ref = parse_ref(request.path_params["model_id"])
     may_read(core, request, ref.namespace, "evaluate the models")
     body = await json_body(request)
+    sessions = sessions_of(request)  # NotSupported without the runtime
+    from mlos_core.inference import evaluate as ev
+    from mlos_core.inference.runtime import identity
+
     unknown = sorted(set(body) - {"dataset", "metrics"})
     if unknown:
         raise BadRequest(
@@ -217,7 +232,6 @@ async def evaluate(request: Request) -> JSONAnswer:
         )
     directory = ev.dataset_dir(root, namespace, name)
     entry = core.get_entry(ref)
-    sessions = sessions_of(request)
     model = await sessions.model(entry)
     digest = await asyncio.to_thread(_manifest_digest, Path(entry.path))
     plan = await asyncio.to_thread(ev.plan, model, directory, shown, metrics)
