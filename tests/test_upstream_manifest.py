@@ -267,6 +267,19 @@ def test_verify_an_upstream_entry_checks_what_it_can() -> None:
     assert (model / "manifest.yaml").read_text() == UPSTREAM_MANIFEST  # left as upstream's
 
 
+def test_list_and_info_count_an_upstream_entrys_files() -> None:
+    model = upstream_cache_dir(_home() / "cache" / "models")
+    size = sum((model / rel).stat().st_size for rel in MODEL_FILES)
+    listed = run_axon("list", "--json")
+    assert listed.code == EXIT_OK, listed.err
+    (entry,) = listed.json()["models"]
+    assert (entry["ref"], entry["files"], entry["size"]) == (str(CACHE_REF), 6, size)
+    info = run_axon("info", str(CACHE_REF))
+    assert info.code == EXIT_OK, info.err
+    assert "in 6 files" in info.out and "1_Pooling/config.json" in info.out
+    assert PACKAGE not in info.out
+
+
 def test_an_entry_of_ours_still_has_extra_files(make_model_dir: Any, install_model: Any) -> None:
     ref = install_model(make_model_dir(), "hf/tiny-bert@v1")
     stray = _home() / "cache" / "models" / ref.relpath / "notes.txt"

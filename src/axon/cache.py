@@ -70,10 +70,18 @@ class CachedModel:
     path: Path
     manifest: Manifest
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: the directory's files when the upstream Go axon wrote the entry (its manifest lists
+    #: what its registry named): sizes from the files themselves (:meth:`Cache.get`)
+    dir_files: _Entries | None = field(default=None, repr=False)
+
+    @property
+    def files(self) -> _Entries:
+        """The model's files: the manifest's, or an upstream entry's directory's."""
+        return self.dir_files if self.dir_files is not None else self.manifest.files
 
     @property
     def total_size(self) -> int:
-        return self.manifest.total_size
+        return sum(f.size for f in self.files)
 
     @property
     def installed_at(self) -> str | None:
@@ -87,7 +95,7 @@ class CachedModel:
             "name": self.ref.name,
             "version": self.ref.version,
             "path": str(self.path),
-            "files": len(self.manifest.files),
+            "files": len(self.files),
             "size": self.total_size,
             "framework": self.manifest.framework,
             "format": self.manifest.execution_format,
@@ -298,6 +306,16 @@ def _stat_files(
     return present, missing
 
 
+def _sized(root: Path, entry: FileEntry) -> FileEntry:
+    """``entry`` with the size of its file when the manifest gives none (upstream's 0)."""
+    if entry.size:
+        return entry
+    try:
+        return FileEntry(entry.path, os.stat(root / entry.path).st_size, entry.sha256)
+    except (OSError, ValueError):
+        return entry
+
+
 def _valid_version(name: str) -> bool:
     try:
         check_segment(name, what="version", ref=name)
@@ -353,7 +371,10 @@ class Cache:
                 hint=f"reinstall it: axon uninstall {ref} && axon install SOURCE --as {ref}",
             )
         manifest = Manifest.load(path / MANIFEST_NAME)
-        return CachedModel(ref, path, manifest, self.metadata_of(path))
+        model = CachedModel(ref, path, manifest, self.metadata_of(path))
+        if upstream_written(manifest, model.metadata):
+            model.dir_files = [_sized(path, e) for e in self.model_files(model)]
+        return model
 
     def _installed(self, ref: ModelRef | str) -> tuple[ModelRef, Path]:
         """``ref`` parsed and its model directory; ModelNotFoundError when not installed."""

@@ -159,7 +159,7 @@ def list_cmd(fmt: str, as_json: bool) -> None:
         (
             str(m.ref),
             m.manifest.execution_format or "",
-            len(m.manifest.files),
+            len(m.files),
             human_bytes(m.total_size),
             m.installed_at or "",
         )
@@ -200,7 +200,7 @@ def _render_info(out: Output, model: CachedModel) -> None:
             ("description", m.metadata.get("description")),
             ("installed", model.installed_at),
             ("source", model.metadata.get("source")),
-            ("size", f"{human_bytes(model.total_size)} in {len(m.files)} files"),
+            ("size", f"{human_bytes(model.total_size)} in {len(model.files)} files"),
             ("signed", signature_field(model)),
         ]
     )
@@ -211,7 +211,7 @@ def _render_info(out: Output, model: CachedModel) -> None:
             if names:
                 out.line(f"{direction + ':':<12} {', '.join(names)}")
     out.line()
-    rows = [(f.path, human_bytes(f.size), f.sha256[:16] or "-") for f in m.files]
+    rows = [(f.path, human_bytes(f.size), f.sha256[:16] or "-") for f in model.files]
     out.table(["FILE", "SIZE", "SHA256"], rows)
 
 

@@ -97,7 +97,7 @@ def cache_stats_cmd(as_json: bool) -> None:
     stats: dict[str, Any] = {
         "cache_dir": str(cache.root),
         "models": len(models),
-        "files": sum(len(m.manifest.files) for m in models),
+        "files": sum(len(m.files) for m in models),
         "model_bytes": sum(m.total_size for m in models),
         "disk_bytes": disk,
         "hash_index": str(cache.index.path) if cache.index.path else None,
