@@ -109,6 +109,7 @@ def registration(
     if not advertise:
         shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
         advertise = f"http://{'[' + shown + ']' if ':' in shown else shown}:{port}"
+    settings.instance_id, settings.advertise = instance_id, advertise.rstrip("/")
     try:
         return registered(
             discovery_uri,
@@ -401,6 +402,8 @@ def serve(
         inference_threads=inference_threads,
         min_eval_examples=min_eval_examples,
         max_batch=max_batch,
+        cluster=cluster,
+        discovery_uri=discovery_uri,
         **_relay_settings(peers, accept_from, peer_token_env, cluster, discovery_uri),
         max_pulls=max_pulls,
         catch_up_interval=catch_up_interval,

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlos_core import __version__
 from mlos_core.core import Core
-from mlos_core.http import routes, routes_inference, routes_relay, routes_v1
+from mlos_core.http import routes, routes_cluster, routes_inference, routes_relay, routes_v1
 from mlos_core.http.errors import EXCEPTION_HANDLERS, CatchAll
 from mlos_core.http.routes_signing import ROUTES as SIGNING_ROUTES
 from mlos_core.relay import Relay
@@ -98,6 +98,7 @@ def create_app(core: Core, relay: Relay | None = None) -> ASGIApp:
         routes=[
             *routes.ROUTES,
             *routes_v1.ROUTES,
+            *routes_cluster.ROUTES,
             *routes_inference.ROUTES,
             *routes_relay.ROUTES,
             *SIGNING_ROUTES,  # after the other /v1/models/... routes: GET /v1/models/{id}

@@ -20,6 +20,11 @@ Backends (the same URIs ``axon`` discovers with):
 - ``k8s://...``: nothing to do: the Service's selector lists ready pods by itself.
 
 Registration never stops the server from serving: failures are logged and retried.
+
+The other way round, :func:`list_members` asks the same source which instances of this
+instance's cluster are registered (``GET /v1/cluster/members``): etcd's records under the
+cluster's prefix, consul's ``mlos-core`` services tagged with the cluster (with their check
+status); without a discovery source the member list is this instance alone.
 """
 
 from __future__ import annotations
@@ -33,10 +38,13 @@ import threading
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlsplit
 
 import httpx
+
+if TYPE_CHECKING:
+    from mlos_core.settings import Settings
 
 log = logging.getLogger("mlos_core.discovery")
 
@@ -278,3 +286,159 @@ def registered(
         raise ValueError("--discovery needs --cluster NAME")
     record = InstanceRecord(instance_id, advertise.rstrip("/"), cluster, storage_path)
     return Registration(registrar_for(uri, record, ttl), ttl)
+
+
+# ---- the members of this instance's cluster (GET /v1/cluster/members) ---------------------
+class DiscoveryUnavailable(ConnectionError):
+    """The discovery source could not be asked (unreachable, refused, answered garbage)."""
+
+
+@dataclass(frozen=True)
+class ClusterMember:
+    """One member as the discovery source lists it. ``status`` is the source's word for it:
+    ``registered`` (an etcd record, alive while its lease is), consul's check status
+    (``passing``, ``warning``, ``critical``), ``self`` (no discovery source)."""
+
+    instance_id: str
+    endpoint: str  # the URL it advertised, no trailing slash
+    storage_path: str | None
+    status: str
+    is_self: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class MemberList:
+    """What :func:`list_members` found: the members sorted by id, and one warning per record
+    that could not be used (one bad record never hides the others)."""
+
+    cluster: str
+    source: str  # "etcd", "consul" or "static"
+    members: list[ClusterMember]
+    warnings: list[str]
+
+
+def _record_member(data: Any, cluster: str, status: str) -> ClusterMember:
+    """A member from one instance record; ValueError saying what is wrong with it."""
+    if not isinstance(data, dict):
+        raise ValueError(f"not a JSON object but {type(data).__name__}")
+    instance_id, endpoint = data.get("instance_id"), data.get("endpoint")
+    if not isinstance(instance_id, str) or not instance_id.strip():
+        raise ValueError("instance_id is missing or not a non-empty string")
+    if not isinstance(endpoint, str):
+        raise ValueError("endpoint is missing or not a string")
+    try:
+        parts = urlsplit(endpoint)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"endpoint {endpoint[:200]!r} is not an http(s) URL")
+    if data.get("cluster_name") != cluster:
+        raise ValueError(
+            f"cluster_name is {str(data.get('cluster_name'))[:100]!r}, not {cluster!r}"
+        )
+    storage_path = data.get("storage_path") or None
+    if storage_path is not None and not isinstance(storage_path, str):
+        raise ValueError("storage_path is not a string")
+    return ClusterMember(instance_id, endpoint.rstrip("/"), storage_path, status)
+
+
+def _etcd_members(uri: str, cluster: str, timeout: float) -> tuple[list[ClusterMember], list[str]]:
+    placeholder = InstanceRecord("-", "-", cluster, None)
+    registrar = EtcdRegistrar(uri, placeholder, DEFAULT_TTL, timeout)
+    prefix = registrar.key.rsplit("/", 1)[0] + "/"
+    end = prefix[:-1] + "0"  # the key after every key under prefix ('0' is '/' + 1)
+    answer = registrar._post("/v3/kv/range", {"key": _b64(prefix), "range_end": _b64(end)})
+    kvs = answer.get("kvs", [])
+    if not isinstance(kvs, list):
+        raise DiscoveryUnavailable("etcd's range answer has no kvs list")
+    members, warnings = [], []
+    for kv in kvs:
+        try:
+            name = base64.b64decode(kv.get("key", "")).decode("utf-8", "replace")
+        except (ValueError, AttributeError):
+            name = "?"
+        try:
+            data = json.loads(base64.b64decode(kv.get("value", "")))
+            members.append(_record_member(data, cluster, "registered"))
+        except (ValueError, AttributeError) as exc:
+            warnings.append(f"{name[:200]}: malformed record: {exc}")
+    return members, warnings
+
+
+def _consul_members(
+    uri: str, cluster: str, timeout: float
+) -> tuple[list[ClusterMember], list[str]]:
+    placeholder = InstanceRecord("-", "-", cluster, None)
+    registrar = ConsulRegistrar(uri, placeholder, DEFAULT_TTL, timeout)
+    try:
+        response = httpx.get(
+            f"{registrar.base}/v1/health/service/mlos-core",
+            params={"tag": f"mlos-cluster={cluster}"},
+            headers=registrar.headers,
+            timeout=timeout,
+        )
+        response.raise_for_status()
+        entries = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise DiscoveryUnavailable(f"consul agent {registrar.base}: {exc}") from exc
+    if not isinstance(entries, list):
+        raise DiscoveryUnavailable(f"consul agent {registrar.base}: the answer is not a list")
+    members, warnings = [], []
+    for entry in entries:
+        service = entry.get("Service") if isinstance(entry, dict) else None
+        sid = str(service.get("ID", "?"))[:200] if isinstance(service, dict) else "?"
+        try:
+            if not isinstance(service, dict):
+                raise ValueError("entry has no Service object")
+            checks = entry.get("Checks") or []
+            states = {c.get("Status") for c in checks if isinstance(c, dict)}
+            status = next((s for s in ("critical", "warning") if s in states), "passing")
+            members.append(_record_member(service.get("Meta"), cluster, status))
+        except (ValueError, AttributeError) as exc:
+            warnings.append(f"service {sid}: malformed record: {exc}")
+    return members, warnings
+
+
+def list_members(settings: Settings, *, timeout: float = 5.0) -> MemberList:
+    """The members of the cluster ``settings`` says this instance belongs to, as its
+    discovery source lists them; this instance alone when it has no source.
+
+    ValueError when the instance is in no cluster (no ``--cluster``) or its source cannot be
+    listed from here (kubernetes: the Service's endpoints are the API server's to list);
+    DiscoveryUnavailable when the source cannot be asked."""
+    cluster = settings.cluster
+    if not cluster:
+        raise ValueError("this instance runs without --cluster: it is in no cluster")
+    own = settings.advertise or f"http://{settings.host}:{settings.port}"
+    uri = settings.discovery_uri
+    scheme = urlsplit(uri).scheme.lower() if uri else ""
+    if scheme in ("etcd", "etcd+http", "etcd+https"):
+        source = "etcd"
+        try:
+            members, warnings = _etcd_members(uri or "", cluster, timeout)
+        except ConnectionError as exc:
+            raise DiscoveryUnavailable(str(exc)) from exc
+    elif scheme in ("consul", "consul+http", "consul+https"):
+        source = "consul"
+        members, warnings = _consul_members(uri or "", cluster, timeout)
+    elif scheme:
+        raise ValueError(
+            f"this instance cannot list the members of a {scheme}:// discovery source (ask "
+            "it directly: `axon targets show CLUSTER` with the same discovery: URI)"
+        )
+    else:
+        source = "static"
+        storage = str(settings.models_dir)
+        members, warnings = [ClusterMember(settings.instance_id, own, storage, "self")], []
+    members = [
+        ClusterMember(m.instance_id, m.endpoint, m.storage_path, m.status, is_self=True)
+        if m.instance_id == settings.instance_id or m.endpoint == own
+        else m
+        for m in members
+    ]
+    members.sort(key=lambda m: m.instance_id)
+    return MemberList(cluster, source, members, warnings)
