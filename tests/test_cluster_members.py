@@ -1,14 +1,19 @@
 """Cluster members from an instance: ``GET /v1/cluster/members`` of a real ``mlos-core serve
---cluster C --discovery etcd://...`` (real etcd)."""
+--cluster C --discovery etcd://...`` (real etcd), and a cluster config that names an instance
+as its member source (``members_from:``): ``axon targets show`` and ``axon publish``."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+from axon.errors import EXIT_DISCOVERY, EXIT_OK
 from tests.fixtures.common import wait_for
 from tests.fixtures.discovery import EtcdServer
+from tests.helpers import error_lines, run_axon, write_config
 
 pytestmark = pytest.mark.slow
 TTL = 2
@@ -87,3 +92,45 @@ def test_an_instance_outside_a_cluster_or_without_its_source_says_so(
     down = members_of(member_of_etcd.url)
     assert down.status_code == 503 and down.json()["code"] == "discovery_unavailable"
     assert "etcd" in down.json()["message"]
+
+
+def test_a_cluster_takes_its_members_from_an_instance(
+    etcd_server: EtcdServer, mlos_server: Any, installed_model: Any, axon_home: Path
+) -> None:
+    """``members_from: core-1``: axon asks that instance for the members, shows them with
+    their health, and publishes to each (the configured instance's token goes along)."""
+    one, two = join(mlos_server, etcd_server, "core-1"), join(mlos_server, etcd_server, "core-2")
+    wait_members(one.url, ["core-1", "core-2"])
+    write_config(
+        axon_home,
+        {"core-1": {"endpoint": one.url}},
+        clusters={"prod": {"members_from": "core-1"}, "direct": {"members_from": two.url}},
+    )
+    shown = run_axon("targets", "show", "prod", "--json")
+    assert shown.code == EXIT_OK, shown.err
+    data = shown.json()
+    assert data["members_from"] == one.url
+    rows = {d["instance_id"]: d for d in data["discovered"]}
+    assert set(rows) == {"core-1", "core-2"}
+    assert rows["core-2"]["endpoint"] == two.url and rows["core-2"]["healthy"] is True
+    human = run_axon("targets", "show", "direct")
+    assert human.code == EXIT_OK and "core-2" in human.out and two.url in human.out
+    run = run_axon("publish", str(installed_model), "-t", "prod", "--json")
+    assert run.code == EXIT_OK, run.err
+    results = run.json()["results"][0]
+    published = {r["target"] for r in results["instances"]}
+    assert published == {"core-1", "core-2"}, results
+    for srv in (one, two):
+        assert (srv.models_dir / installed_model.relpath).is_dir()
+
+
+def test_a_member_source_that_cannot_list_fails_clearly(
+    mlos_server: Any, installed_model: Any, axon_home: Path
+) -> None:
+    plain = mlos_server(no_fsync=True)
+    write_config(axon_home, clusters={"prod": {"members_from": plain.url}})
+    run = run_axon("publish", str(installed_model), "-t", "prod")
+    assert run.code == EXIT_DISCOVERY, run.err
+    (line,) = error_lines(run.err)
+    assert "cannot list its cluster's members" in line and plain.url in line
+    assert "--cluster" in line

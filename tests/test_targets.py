@@ -1,7 +1,13 @@
-"""--target resolution: configured names, clusters (both forms), storage, addresses, errors."""
+"""--target resolution: configured names, clusters (both forms), storage, addresses, errors.
+
+Tests may ask no DNS server but loopback: host names typed as targets are looked up through
+``axon.targets.lookup_host``, which the autouse fixture answers from a table (the lookup with
+a real resolver is tested end to end in tests/test_target_names.py).
+"""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -60,8 +66,22 @@ CLUSTERS = {
         "max_parallel": 2,
     },
     "found": {"discovery": "etcd://127.0.0.1:2379", "access_method": "api", "token": "t0k"},
-    "mlos-core-2": {"instances": ["shadowed:1"]},
 }
+RESOLVING = {"mlos-core-9", "models.example.internal"}  # what the fake DNS knows
+
+
+@pytest.fixture(autouse=True)
+def fake_dns(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Host names in RESOLVING resolve, others do not (EAI_NONAME); returns the names asked."""
+    asked: list[str] = []
+
+    def lookup(host: str) -> None:
+        asked.append(host)
+        if host not in RESOLVING:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(targets_mod, "lookup_host", lookup)
+    return asked
 
 
 @pytest.fixture
@@ -89,8 +109,14 @@ def test_named_api_instance_keeps_token_but_never_prints_it(config: Config) -> N
     assert t.to_dict()["token"] == "***"
 
 
-def test_mlos_targets_win_over_clusters(config: Config) -> None:
-    assert isinstance(resolve_target("mlos-core-2", config), InstanceTarget)
+def test_a_name_under_both_sections_is_an_error_naming_both(axon_home: Path) -> None:
+    clusters = {**CLUSTERS, "mlos-core-2": {"instances": ["shadowed:1"]}}
+    write_config(axon_home, TARGETS, clusters=clusters)
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    text = str(info.value)
+    assert "mlos_targets.mlos-core-2" in text and "clusters.mlos-core-2" in text
+    assert info.value.exit_code == 6
 
 
 def test_local_storage_path_means_filesystem(config: Config) -> None:
@@ -106,7 +132,14 @@ def test_cluster_in_mlos_targets(config: Config) -> None:
     names = [i.name for i in c.instances]
     assert names == ["mlos-core-1", "mlos-core-3:8080", "http://10.1.1.1:7000", "[::1]:9000"]
     named, by_host, by_url, v6 = c.instances
-    assert named.ssh_user == "mlos"  # a named member keeps its own settings
+    # a named member keeps its own settings; the cluster's keys override them
+    assert (named.ssh_port, named.storage_path, named.ssh_user) == (
+        2222,
+        "/var/lib/mlos/models",
+        "deploy",
+    )
+    assert named.sources["ssh_port"] == "mlos_targets.mlos-core-1.ssh_port"
+    assert named.sources["ssh_user"] == "mlos_targets.mlos-cluster-prod.ssh_user"
     assert by_host.endpoint == "http://mlos-core-3:8080"
     assert (by_host.access_method, by_host.ssh_host, by_host.ssh_user) == (
         "ssh",
@@ -237,7 +270,7 @@ def test_cluster_member_must_be_an_instance(axon_home: Path) -> None:
     )
     with pytest.raises(ConfigError) as info:
         resolve_target("c", load_config())
-    assert info.value.key == "clusters.c.instances"
+    assert info.value.key == "clusters.c.instances[0]"
 
 
 def test_cluster_member_garbage(axon_home: Path) -> None:
@@ -269,3 +302,180 @@ def test_a_configured_target_that_cannot_be_built_is_a_config_error(axon_home: P
     with pytest.raises(ConfigError) as info:
         resolve_target("core-1", load_config())
     assert info.value.exit_code == 6 and "mlos_targets.core-1" in str(info.value)
+
+
+# ---- members that name configured instances (the seed's cluster config) --------------------
+SEED_TARGETS = {
+    "mlos-core-1": {
+        "endpoint": "http://mlos-core-1:8080",
+        "access_method": "ssh",
+        "ssh_user": "mlos",
+        "ssh_key": "/keys/id_mlos",
+        "storage_path": "/var/lib/mlos/models",
+        "token_env": "CORE1_TOKEN",
+        "dir_mode": 775,
+    },
+    "mlos-core-2": {"endpoint": "http://10.0.0.2:8080", "access_method": "api"},
+}
+
+
+def test_members_written_host_port_inherit_the_instance(
+    axon_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``mlos-core-1:8080`` names the configured instance: its access method, SSH user,
+    key, storage path, token and modes apply; the cluster's keys override; every value says
+    where it came from."""
+    monkeypatch.setenv("CORE1_TOKEN", "t-1")
+    clusters = {
+        "mlos-cluster-prod": {
+            "instances": ["mlos-core-1:8080", "mlos-core-2:9090", "http://mlos-core-1:8081"],
+            "timeout": 7,
+        },
+        "override": {"instances": ["mlos-core-1"], "ssh_user": "deploy"},
+    }
+    write_config(axon_home, SEED_TARGETS, clusters=clusters)
+    c = resolve_target("mlos-cluster-prod", load_config())
+    assert isinstance(c, ClusterTarget)
+    one, two, url = c.instances
+    assert (one.endpoint, one.access_method, one.ssh_host, one.ssh_user, one.ssh_key) == (
+        "http://mlos-core-1:8080",
+        "ssh",
+        "mlos-core-1",
+        "mlos",
+        "/keys/id_mlos",
+    )
+    assert (one.storage_path, one.token, one.dir_mode, one.timeout) == (
+        "/var/lib/mlos/models",
+        "t-1",
+        0o775,
+        7,
+    )
+    assert one.sources == {
+        "endpoint": "mlos_targets.mlos-core-1.endpoint",
+        "access_method": "mlos_targets.mlos-core-1.access_method",
+        "storage_path": "mlos_targets.mlos-core-1.storage_path",
+        "ssh_host": "inferred",
+        "ssh_user": "mlos_targets.mlos-core-1.ssh_user",
+        "ssh_key": "mlos_targets.mlos-core-1.ssh_key",
+        "token": "mlos_targets.mlos-core-1.token_env",
+        "dir_mode": "mlos_targets.mlos-core-1.dir_mode",
+        "timeout": "clusters.mlos-cluster-prod.timeout",
+    }
+    # another port on the configured host; the instance's own address (an IP) is kept
+    assert (two.endpoint, two.access_method) == ("http://10.0.0.2:9090", "api")
+    assert two.sources["endpoint"] == "clusters.mlos-cluster-prod.instances[1]"
+    # a URL naming the instance: that URL, the instance's settings
+    assert (url.endpoint, url.access_method, url.ssh_user) == (
+        "http://mlos-core-1:8081",
+        "ssh",
+        "mlos",
+    )
+    overridden = resolve_target("override", load_config())
+    assert isinstance(overridden, ClusterTarget)
+    member = overridden.instances[0]
+    assert (member.ssh_user, member.ssh_key) == ("deploy", "/keys/id_mlos")
+    assert member.sources["ssh_user"] == "clusters.override.ssh_user"
+
+
+def test_targets_show_says_where_member_values_came_from(
+    axon_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.helpers import run_axon
+
+    clusters = {"prod": {"instances": ["mlos-core-1:8080"], "ssh_user": "deploy"}}
+    write_config(axon_home, SEED_TARGETS, clusters=clusters)
+    run = run_axon("targets", "show", "prod", env={"CORE1_TOKEN": ""})
+    assert run.code == 0, run.err
+    rows = {tuple(line.split()[:2]): line for line in run.out.splitlines() if line.strip()}
+    assert rows[("mlos-core-1:8080", "ssh_user")].split()[2:] == [
+        "deploy",
+        "clusters.prod.ssh_user",
+    ]
+    assert rows[("mlos-core-1:8080", "storage_path")].split()[2:] == [
+        "/var/lib/mlos/models",
+        "mlos_targets.mlos-core-1.storage_path",
+    ]
+    assert rows[("mlos-core-1:8080", "dir_mode")].split()[2:] == [
+        "0775",
+        "mlos_targets.mlos-core-1.dir_mode",
+    ]
+    assert "$CORE1_TOKEN (not set" in rows[("mlos-core-1:8080", "token")]
+    shown = run_axon("targets", "show", "mlos-core-1")
+    assert shown.code == 0, shown.err
+    assert "dir_mode:" in shown.out and " 0775" in shown.out and "0o" not in shown.out
+
+
+# ---- a target name mistyped ----------------------------------------------------------------
+def test_a_mistyped_target_name_fails_at_once_with_suggestions(
+    axon_home: Path, fake_dns: list[str]
+) -> None:
+    write_config(axon_home, SEED_TARGETS, clusters={"mlos-cluster-prod": {"instances": ["a"]}})
+    with pytest.raises(TargetNotFoundError) as info:
+        resolve_target("mlos-cluster-prd", load_config())
+    assert fake_dns == ["mlos-cluster-prd"]  # looked up once
+    assert info.value.exit_code == EXIT_NOT_FOUND
+    assert "does not resolve" in info.value.message
+    assert info.value.hint is not None
+    assert "did you mean 'mlos-cluster-prod'?" in info.value.hint
+    assert "axon targets list" in info.value.hint
+
+
+def test_valid_host_names_ips_and_proxied_names_still_work(
+    axon_home: Path, fake_dns: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_config(axon_home, SEED_TARGETS)
+    config = load_config()
+    assert isinstance(resolve_target("mlos-core-9:9000", config), InstanceTarget)
+    assert isinstance(resolve_target("https://models.example.internal", config), InstanceTarget)
+    assert isinstance(resolve_target("10.9.9.9", config), InstanceTarget)
+    assert fake_dns == ["mlos-core-9", "models.example.internal"]  # IPs are not looked up
+    with pytest.raises(TargetNotFoundError):
+        resolve_target("http://no-such-host:8080", config)
+    # behind a proxy from the environment the proxy resolves names, not we
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert isinstance(resolve_target("http://no-such-host:8080", config), InstanceTarget)
+
+
+# ---- tokens ----------------------------------------------------------------------------------
+def test_an_unset_token_env_is_an_error_before_anything_is_sent(
+    axon_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CORE1_TOKEN", raising=False)
+    write_config(axon_home, SEED_TARGETS, clusters={"c": {"instances": ["mlos-core-1:8080"]}})
+    config = load_config()
+    for name in ("mlos-core-1", "c"):
+        with pytest.raises(ConfigError) as info:
+            resolve_target(name, config)
+        text = str(info.value)
+        assert "CORE1_TOKEN" in text and "not set" in text and "nothing was sent" in text
+        assert info.value.key == "mlos_targets.mlos-core-1.token_env"
+        assert "export CORE1_TOKEN=" in (info.value.hint or "")
+    shown = resolve_target("mlos-core-1", config, check=False)  # axon targets show
+    assert isinstance(shown, InstanceTarget) and shown.token_env == "CORE1_TOKEN"
+
+
+def test_ad_hoc_targets_take_token_env_option_or_axon_token(
+    axon_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CORE1_TOKEN", "t-1")
+    monkeypatch.setenv("AXON_TOKEN", "from-axon-token")
+    write_config(axon_home, SEED_TARGETS)
+    config = load_config()
+    url = resolve_target("http://127.0.0.1:8080", config)
+    assert isinstance(url, InstanceTarget) and url.token == "from-axon-token"
+    configured = resolve_target("mlos-core-2", config)  # AXON_TOKEN is never sent elsewhere
+    assert isinstance(configured, InstanceTarget) and configured.token is None
+    config.token_env_override = "MY_TOKEN"
+    with pytest.raises(ConfigError, match="--token-env MY_TOKEN: the environment variable"):
+        resolve_target("http://127.0.0.1:8080", config)
+    monkeypatch.setenv("MY_TOKEN", "mine")
+    for spec in ("http://127.0.0.1:8080", "mlos-core-1", "mlos-core-2"):
+        t = resolve_target(spec, config)
+        assert isinstance(t, InstanceTarget)
+        assert (t.token, t.token_env, t.sources["token"]) == (
+            "mine",
+            "MY_TOKEN",
+            "--token-env MY_TOKEN",
+        )

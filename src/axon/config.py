@@ -22,6 +22,7 @@ Compatible with the upstream Go axon (docs/compatibility.md): ``home_dir``, ``ca
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import os
@@ -42,6 +43,7 @@ StorageType = Literal["filesystem", "api", "nfs", "s3"]
 AccessMethod = Literal["filesystem", "ssh", "api", "nfs"]
 Strategy = Literal["all", "first-available", "round-robin"]
 STRATEGIES: tuple[str, ...] = typing.get_args(Strategy)  # the order --help lists them in
+RUNTIME_FIELDS = ("path", "token_env_override")  # Config fields the file cannot set
 
 
 def axon_home() -> Path:
@@ -116,6 +118,7 @@ class TargetConfig:
     instances: list[str] = field(default_factory=list)
     strategy: Strategy | None = None
     discovery: str | None = None
+    members_from: str | None = None  # an instance (name or URL) listing its cluster's members
     max_parallel: int | None = None
     relay: bool | RelayConfig | None = None  # clusters: members pull from members (relay.md)
     notify_instances: list[str] = field(default_factory=list)
@@ -152,11 +155,21 @@ class Config:
     #: the namespace of a model reference written without one (``federated-model@v1.0``)
     default_namespace: str = DEFAULT_NAMESPACE
     path: Path = field(default_factory=lambda: axon_home() / CONFIG_NAME)
+    #: ``--token-env NAME`` of the command being run (never read from the file): the bearer
+    #: token of every instance it talks to is ``$NAME`` (axon.targets.apply_tokens).
+    #: load_config() takes it from :data:`TOKEN_ENV_OPTION`, which the option sets.
+    token_env_override: str | None = None
 
     @property
     def target_names(self) -> list[str]:
         """Every configured target and cluster name, sorted."""
         return sorted(set(self.mlos_targets) | set(self.clusters))
+
+
+#: the ``--token-env`` given on the command line (set by the option's callback)
+TOKEN_ENV_OPTION: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "token_env_option", default=None
+)
 
 
 def default_config_path() -> Path:
@@ -173,7 +186,7 @@ def load_config(path: Path | None = None) -> Config:
     cfg_path = Path(path) if path is not None else default_config_path()
     raw = _read_yaml(cfg_path, explicit=explicit)
     if raw is None:
-        return Config(path=cfg_path)
+        return Config(path=cfg_path, token_env_override=TOKEN_ENV_OPTION.get())
     if not isinstance(raw, dict):
         raise ConfigError(
             f"top level is {type(raw).__name__}, expected a mapping of keys",
@@ -187,8 +200,17 @@ def load_config(path: Path | None = None) -> Config:
     _normalise_modes(raw, cfg_path)
     config = _validate(raw, cfg_path)
     config.path = cfg_path
+    config.token_env_override = TOKEN_ENV_OPTION.get()
     config.cache_dir = expand_path(raw.get("cache_dir") or "~/.axon/cache")
     _check_namespace(config.default_namespace, cfg_path)
+    for name in sorted(set(config.mlos_targets) & set(config.clusters)):
+        raise ConfigError(
+            f"{name!r} is defined twice, as mlos_targets.{name} and as clusters.{name}: "
+            "a --target name must mean one thing",
+            path=str(cfg_path),
+            key=f"clusters.{name}",
+            hint="rename or remove one of the two entries",
+        )
     for section in ("mlos_targets", "clusters"):
         for name, target in getattr(config, section).items():
             _finish_target(target, f"{section}.{name}", cfg_path, cluster=section == "clusters")
@@ -348,7 +370,7 @@ def _build(cls: type, raw: Any, key: str) -> Any:
     if not isinstance(raw, dict):
         raise _Invalid(key, f"should be a valid dictionary, got {_shown(raw)}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in fields(cls) if f.name != "path"}
+    names = {f.name for f in fields(cls) if f.name not in RUNTIME_FIELDS}
     values: dict[str, Any] = {}
     for name, value in raw.items():
         sub = _join(key, name)
@@ -433,18 +455,21 @@ def _finish_target(target: TargetConfig, key: str, cfg_path: Path, *, cluster: b
             hint="move it under mlos_targets:, or drop the type",
         )
     if target.type is None:
-        if cluster or target.instances or target.discovery:
+        if cluster or target.instances or target.discovery or target.members_from:
             target.type = "cluster"
         elif _looks_like_storage(target):
             target.type = "network_storage"
         else:
             target.type = "instance"
-    if target.type == "cluster" and not target.instances and not target.discovery:
+    if target.type == "cluster" and not (
+        target.instances or target.discovery or target.members_from
+    ):
         raise ConfigError(
-            "a cluster needs instances or a discovery source",
+            "a cluster needs instances, a discovery source or an instance to ask for members",
             path=str(cfg_path),
             key=f"{key}.instances",
-            hint="add `instances: [host:8080, ...]` or `discovery: etcd://host:2379`",
+            hint="add `instances: [host:8080, ...]`, `discovery: etcd://host:2379` or "
+            "`members_from: mlos-core-1` (an instance started with --cluster)",
         )
     if target.type == "network_storage" and not target.storage_path:
         raise ConfigError(

@@ -77,6 +77,7 @@ from urllib.parse import quote, urlsplit
 from axon.errors import (
     AuthenticationError,
     AxonError,
+    ConfigError,
     ManifestError,
     NoSpaceError,
     RemoteError,
@@ -1014,7 +1015,15 @@ class MlosClient:
     @classmethod
     def for_target(cls, target: InstanceTarget, timeout: float | None = None) -> MlosClient:
         """The client of instance ``target``: its endpoint, token (the config resolved
-        ``token_env`` into it) and timeout, unless ``timeout`` is given."""
+        ``token_env`` into it) and timeout, unless ``timeout`` is given. A ``token_env``
+        whose variable is unset is a ConfigError here, before any request."""
+        if target.token_env and not target.token:
+            raise ConfigError(
+                f"target {target.name!r} takes its token from the environment variable "
+                f"{target.token_env}, which is not set (or is empty): nothing was sent",
+                target=target.name,
+                hint=f"export {target.token_env}=<the instance's token> and run again",
+            )
         limit = timeout or float(target.timeout or DEFAULT_TIMEOUT)
         return cls(target.endpoint, token=target.token, timeout=limit, name=target.name)
 
@@ -1147,7 +1156,14 @@ class MlosClient:
                 text, code=code, hint=hint, target=self.name, url=url, status=status
             )
         if status == 401:
-            return make(AuthenticationError, "the instance refused the token: set token/token_env")
+            if "Authorization" not in self.headers:  # make() words it with this text
+                text = f"{what}: {self.endpoint} answered 401: it needs a token and none was sent"
+                return make(
+                    AuthenticationError,
+                    "configure token_env for this target, or for an address given on the "
+                    "command line pass --token-env NAME or set AXON_TOKEN",
+                )
+            return make(AuthenticationError, "the instance refused the token: check its value")
         if code == "not_a_peer":  # a pull naming a source the instance was not given
             return make(RemoteError, "give it that peer: mlos-core --peer URL or --accept-from C")
         if status == 403:

@@ -6,15 +6,29 @@ URLs; storage forms (an absolute path, ``file://``, ``nfs://server/export``,
 IPv6), which means that instance's API at port 8080 unless configured.
 Anything else is a :class:`~axon.errors.TargetNotFoundError` listing the configured targets.
 
-Nothing here touches the network: a cluster's ``discovery:`` URI is kept as data (resolved at
-publish time by :mod:`axon.discovery`), hostnames are not looked up.
+A host name typed as the target (``host[:port]`` or a URL's host) is looked up once, here:
+one that does not resolve is most often a mistyped target name, so it fails at once with the
+closest configured names, never as a transient error retried for seconds (unless a proxy
+from the environment will resolve it). Nothing else touches the network: a cluster's
+``discovery:`` URI is kept as data (resolved at publish time by :mod:`axon.discovery`).
+
+A cluster member that names a configured instance (``mlos-core-1``, ``mlos-core-1:8080``,
+``http://mlos-core-1:8080``) takes that instance's settings; the cluster's own instance keys
+override them. Each member records where every value came from (``sources``).
+
+Tokens: a configured ``token`` or ``token_env``; for targets typed on the command line the
+variable named by ``--token-env`` (:attr:`Config.token_env_override`, which also overrides
+configured ones) or ``AXON_TOKEN``. A ``token_env`` whose variable is unset is an error
+before anything is sent (:func:`check_tokens`).
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
+import socket
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -50,23 +64,32 @@ class InstanceTarget:
     ssh_options: list[str] = field(default_factory=list)
     ssh_persist: float | None = None  # keep the SSH connection open this long after a command
     token: str | None = None
+    token_env: str | None = None  # the variable the token is read from (never the value)
     dir_mode: int | None = None
     file_mode: int | None = None
     timeout: float = DEFAULT_TIMEOUT
     origin: str = "config"
+    #: where each setting came from: ``mlos_targets.core-1.ssh_user``, ``clusters.prod.
+    #: storage_path``, ``clusters.prod.instances[0]``, ``default``, ``inferred``, ...
+    sources: dict[str, str] = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
         return "instance"
 
     def to_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in self.__dict__.items() if v not in (None, [])}
+        data = {k: v for k, v in self.__dict__.items() if v not in (None, [], {})}
         if "token" in data:
             data["token"] = "***"  # never print secrets
         for mode in ("dir_mode", "file_mode"):
             if mode in data:
-                data[mode] = oct(data[mode])
+                data[mode] = format_mode(data[mode])
         return {"type": "instance", **data}
+
+
+def format_mode(mode: int) -> str:
+    """A file mode as ``chmod`` and ``stat`` write it: ``0775``."""
+    return f"{mode:04o}"
 
 
 @dataclass
@@ -80,6 +103,8 @@ class ClusterTarget:
     max_parallel: int | None = None
     #: access settings for discovered members (method, storage path, ssh, token, timeout)
     template: InstanceTarget | None = None
+    #: the instance whose ``GET /v1/cluster/members`` lists members (``members_from:``)
+    members_from: InstanceTarget | None = None
     #: ``relay:`` as configured: members pull from members (None: decided per publish)
     relay: bool | RelayConfig | None = None
 
@@ -94,6 +119,7 @@ class ClusterTarget:
             "strategy": self.strategy,
             "discovery": self.discovery,
             "max_parallel": self.max_parallel,
+            "members_from": self.members_from.endpoint if self.members_from else None,
             "instances": [i.to_dict() for i in self.instances],
         }
 
@@ -136,8 +162,18 @@ class StorageTarget:
 Target = InstanceTarget | ClusterTarget | StorageTarget
 
 
-def resolve_target(spec: str, config: Config) -> Target:
-    """Resolve ``--target SPEC`` (see the module docstring for the order)."""
+def resolve_target(spec: str, config: Config, *, check: bool = True) -> Target:
+    """Resolve ``--target SPEC`` (see the module docstring for the order) with its tokens.
+    ``check``: a ``token_env`` whose variable is unset is an error (:func:`check_tokens`;
+    ``axon targets show`` shows it instead)."""
+    target = _resolve(spec, config)
+    apply_tokens(target, config)
+    if check:
+        check_tokens(target, config)
+    return target
+
+
+def _resolve(spec: str, config: Config) -> Target:
     spec = spec.strip()
     if not spec:
         raise TargetNotFoundError("empty --target", hint=_known_hint(config))
@@ -166,7 +202,7 @@ def resolve_target(spec: str, config: Config) -> Target:
     except (ValueError, RuntimeError) as exc:  # urlsplit/ipaddress/expanduser on odd text
         raise TargetNotFoundError(
             f"target {spec!r}: not a valid host, URL or path ({exc})",
-            hint=_known_hint(config),
+            hint=_known_hint(config, spec),
         ) from None
 
 
@@ -174,7 +210,9 @@ def resolve_address(spec: str, config: Config | None = None) -> Target:
     """An unnamed target: URL, storage path/URL, localhost, host[:port] or IP."""
     scheme = spec.split("://", 1)[0].lower() if "://" in spec else ""
     if scheme in ("http", "https"):
-        return _instance_from_url(spec, spec, origin="url")
+        target = _instance_from_url(spec, spec, origin="url")
+        _check_resolves(urlsplit(target.endpoint).hostname or "", spec, config, scheme)
+        return target
     if scheme in ("file", "nfs", "s3") or spec.startswith(("/", "./", "../", "~")):
         return storage_from_location(spec, spec)
     if scheme:
@@ -186,19 +224,145 @@ def resolve_address(spec: str, config: Config | None = None) -> Target:
     if host is not None and host.lower() == "localhost":
         return local_instance(spec, port)
     if host is not None:
+        _check_resolves(host, spec, config, "http")
         url = f"http://{_url_host(host)}:{port or DEFAULT_PORT}"
         return InstanceTarget(name=spec, endpoint=url, access_method="api", origin="host")
     raise TargetNotFoundError(
         f"unknown target {spec!r}: not a configured target, host, URL or storage location",
-        hint=_known_hint(config),
+        hint=_known_hint(config, spec),
     )
 
 
-def _known_hint(config: Config | None) -> str:
+def _known_hint(config: Config | None, spec: str = "") -> str:
+    """Did you mean (the configured names closest to ``spec``), the configured names and
+    ``axon targets list``, the other forms a target takes."""
     names = config.target_names if config else []
     where = f" (in {config.path})" if config else ""
-    known = f"configured targets{where}: {', '.join(names)}" if names else "no targets configured"
-    return f"{known}; or give host[:port], http(s)://host:port, /path, nfs://... or s3://..."
+    if not names:
+        return (
+            f"no targets configured{where}; give host[:port], http(s)://host:port, /path, "
+            "nfs://... or s3://..., or add one under mlos_targets:"
+        )
+    close = suggestions(spec, names)
+    guess = f"did you mean {' or '.join(repr(n) for n in close)}? " if close else ""
+    shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+    return (
+        f"{guess}configured targets{where}: {shown} (`axon targets list` shows them); or give "
+        "host[:port], http(s)://host:port, /path, nfs://... or s3://..."
+    )
+
+
+def suggestions(spec: str, names: list[str]) -> list[str]:
+    """The configured names closest to ``spec`` (a typo: ``mlos-cluster-prd``), best first."""
+    if not spec:
+        return []
+    host = split_host_port(spec)[0] or spec
+    return difflib.get_close_matches(host, names, n=3, cutoff=0.6)
+
+
+def lookup_host(host: str) -> None:
+    """Resolve ``host`` once, as the connection would; ``socket.gaierror`` when it does not.
+    (Tests replace this: they may ask no DNS server but loopback.)"""
+    socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+
+
+def _check_resolves(host: str, spec: str, config: Config | None, scheme: str) -> None:
+    """A host name typed as a target that does not resolve fails now, with the configured
+    names it is closest to: it is most often a target name mistyped, and no retry helps."""
+    if not host or host.lower() == "localhost" or _is_ip(host) or _proxied(host, scheme):
+        return
+    try:
+        lookup_host(host)
+    except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise TargetNotFoundError(
+            f"unknown target {spec!r}: not a configured target, and {host!r} does not resolve "
+            f"as a host name ({reason})",
+            hint=_known_hint(config, spec),
+        ) from None
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _proxied(host: str, scheme: str) -> bool:
+    """A proxy from the environment will resolve ``host`` (not we): no lookup here."""
+    if not any(k.lower() in ("http_proxy", "https_proxy", "all_proxy") for k in os.environ):
+        return False
+    import urllib.request  # only when a proxy is set: it costs start-up time
+
+    proxies = urllib.request.getproxies_environment()
+    if scheme not in proxies and "all" not in proxies:
+        return False
+    bypass = getattr(urllib.request, "proxy_bypass_environment")  # noqa: B009 - not in typeshed
+    return not bypass(host, proxies)
+
+
+# ---- tokens -------------------------------------------------------------------------------
+ADHOC_ORIGINS = ("url", "host", "localhost")  # targets typed on the command line
+ADHOC_TOKEN_ENV = "AXON_TOKEN"
+
+
+def instances_of(target: Target) -> list[InstanceTarget]:
+    """Every instance a publish to ``target`` may send a request to."""
+    if isinstance(target, InstanceTarget):
+        return [target]
+    if isinstance(target, ClusterTarget):
+        extra = [t for t in (target.template, target.members_from) if t is not None]
+        return [*target.instances, *extra]
+    return list(target.notify_instances)
+
+
+def apply_tokens(target: Target, config: Config) -> None:
+    """``--token-env NAME`` (``config.token_env_override``): the token of every instance of
+    ``target`` is ``$NAME``; else targets typed on the command line take ``$AXON_TOKEN``.
+    A token's value is never taken from the command line (it would show in ``ps``)."""
+    name = config.token_env_override
+    value = None
+    if name:
+        value = os.environ.get(name)
+        if not value:
+            raise ConfigError(
+                f"--token-env {name}: the environment variable {name} is not set (or is empty)",
+                hint=f"export {name}=<the instance's token> first; axon reads the token from "
+                "the variable, never from the command line",
+            )
+    adhoc = os.environ.get(ADHOC_TOKEN_ENV) or None
+    for inst in instances_of(target):
+        if value:
+            inst.token, inst.token_env = value, name
+            inst.sources["token"] = f"--token-env {name}"
+        elif adhoc and inst.origin in ADHOC_ORIGINS and not inst.token:
+            inst.token, inst.token_env = adhoc, ADHOC_TOKEN_ENV
+            inst.sources["token"] = ADHOC_TOKEN_ENV
+
+
+def check_tokens(target: Target, config: Config) -> None:
+    """A ``token_env`` whose variable is unset: ConfigError naming the target, the variable
+    and where it is configured, before anything is sent (the instance would answer 401, and
+    the message would blame a token that was never sent)."""
+    for inst in instances_of(target):
+        if inst.token_env and not inst.token:
+            where = inst.sources.get("token")
+            configured = (
+                where if where and where.startswith(("mlos_targets.", "clusters.")) else None
+            )
+            raise ConfigError(
+                f"target {inst.name!r} takes its token from the environment variable "
+                f"{inst.token_env}"
+                + (f" ({configured})" if configured else "")
+                + ", which is not set (or is empty): nothing was sent",
+                path=str(config.path) if configured else None,
+                key=configured,
+                target=inst.name,
+                hint=f"export {inst.token_env}=<the instance's token> and run again, or remove "
+                "token_env from the config if the instance needs no token",
+            )
 
 
 # ---- addresses ----------------------------------------------------------------------------
@@ -323,10 +487,17 @@ def _from_config(name: str, conf: TargetConfig, config: Config, key: str) -> Tar
 
 
 def configured_instance(
-    name: str, conf: TargetConfig, key: str, config: Config | None = None
+    name: str,
+    conf: TargetConfig,
+    key: str,
+    config: Config | None = None,
+    origins: dict[str, str] | None = None,
 ) -> InstanceTarget:
     """An instance from its config entry: the access method and endpoint are inferred
-    from what is configured (see docs/cache-and-config.md, 'The config file')."""
+    from what is configured (see docs/cache-and-config.md, 'The config file').
+    ``origins`` says where each key of ``conf`` was set (default: ``key.<name>``)."""
+    if origins is None:
+        origins = {k: f"{key}.{k}" for k in _set_keys(conf)}
     endpoint = _endpoint_for(name, conf, key, config)
     host = urlsplit(endpoint).hostname or ""
     method = conf.access_method or _infer_method(conf, host)
@@ -334,7 +505,7 @@ def configured_instance(
     if method in ("filesystem", "ssh", "nfs") and not storage_path:
         storage_path = DEFAULT_MODELS_DIR
     ssh_host = conf.ssh_host or (host if method == "ssh" else None)
-    return InstanceTarget(
+    target = InstanceTarget(
         name=name,
         endpoint=endpoint,
         access_method=method,
@@ -346,11 +517,59 @@ def configured_instance(
         ssh_options=list(conf.ssh_options),
         ssh_persist=conf.ssh_persist,
         token=conf.resolved_token(),
+        token_env=conf.token_env if not conf.token else None,
         dir_mode=conf.dir_mode,
         file_mode=conf.file_mode,
         timeout=conf.timeout or DEFAULT_TIMEOUT,
         origin="config",
     )
+    target.sources = _sources(target, origins)
+    return target
+
+
+#: the settings of an InstanceTarget and the config keys that set them, first that is set wins
+_SETTING_KEYS: dict[str, tuple[str, ...]] = {
+    "endpoint": ("endpoint", "ssh_host"),
+    "access_method": ("access_method", "storage_type"),
+    "storage_path": ("storage_path",),
+    "ssh_host": ("ssh_host",),
+    "ssh_user": ("ssh_user",),
+    "ssh_port": ("ssh_port",),
+    "ssh_key": ("ssh_key",),
+    "ssh_options": ("ssh_options",),
+    "ssh_persist": ("ssh_persist",),
+    "token": ("token", "token_env"),
+    "dir_mode": ("dir_mode",),
+    "file_mode": ("file_mode",),
+    "timeout": ("timeout",),
+}
+#: keys only a cluster has; everything else of a cluster entry is a default for its members
+CLUSTER_ONLY = (
+    "type", "instances", "strategy", "discovery", "members_from", "max_parallel", "relay",
+    "notify_instances",
+)  # fmt: skip
+
+
+def _set_keys(conf: TargetConfig) -> list[str]:
+    return [f.name for f in fields(TargetConfig) if getattr(conf, f.name) not in (None, [])]
+
+
+def _sources(target: InstanceTarget, origins: dict[str, str]) -> dict[str, str]:
+    """Where each setting of ``target`` came from: the config key that set it, else
+    ``inferred`` (from other settings: the endpoint's host, the access method) or
+    ``default``."""
+    sources: dict[str, str] = {}
+    for setting, keys in _SETTING_KEYS.items():
+        value = getattr(target, setting)
+        if setting == "token":
+            value = value or target.token_env
+        if value in (None, []):
+            continue
+        found = next((origins[k] for k in keys if k in origins), None)
+        if found is None:
+            found = "default" if setting in ("storage_path", "timeout") else "inferred"
+        sources[setting] = found
+    return sources
 
 
 def _endpoint_for(name: str, conf: TargetConfig, key: str, config: Config | None) -> str:
@@ -383,8 +602,14 @@ def _infer_method(conf: TargetConfig, host: str) -> str:
 
 
 def _cluster(name: str, conf: TargetConfig, config: Config, key: str) -> ClusterTarget:
-    members = [_member(entry, conf, config, f"{key}.instances") for entry in conf.instances]
+    members = [
+        _member(entry, conf, config, f"{key}.instances[{i}]", cluster_key=key)
+        for i, entry in enumerate(conf.instances)
+    ]
     template = _member_template(name, conf, key, config)
+    source = None
+    if conf.members_from:
+        source = _member(conf.members_from, None, config, f"{key}.members_from", force_api=True)
     return ClusterTarget(
         name=name,
         instances=members,
@@ -393,6 +618,7 @@ def _cluster(name: str, conf: TargetConfig, config: Config, key: str) -> Cluster
         max_parallel=conf.max_parallel,
         template=template,
         relay=conf.relay,
+        members_from=source,
     )
 
 
@@ -407,6 +633,7 @@ def _defaults_only(conf: TargetConfig) -> TargetConfig:
     cluster_only = ("type", "instances", "strategy", "discovery", "max_parallel", "relay")
     for k in (*cluster_only, "notify_instances"):
         data.pop(k)
+    data.pop("members_from")
     data["type"] = "instance"
     if isinstance(conf, ClusterConfig) or conf.type == "cluster":
         data["endpoint"] = None
@@ -421,39 +648,79 @@ def _member(
     key: str,
     *,
     force_api: bool = False,
+    cluster_key: str | None = None,
 ) -> InstanceTarget:
-    """A cluster member / notified instance: a configured name, a URL or host[:port]; the
-    cluster's access settings apply to unnamed members."""
+    """A cluster member / notified instance: a configured name, a URL or host[:port].
+
+    When the entry, or its host, names a configured instance, the member starts from that
+    instance's settings (a port or URL in the entry replaces its endpoint's); the cluster's
+    own instance keys (``conf``, set under ``cluster_key``) override them, and apply alone to
+    members that name no configured instance. ``force_api``: reached through its API (a
+    notified instance), without the cluster's settings."""
     path = str(config.path) if config else None
-    if config is not None and entry in config.mlos_targets:
-        target = config.mlos_targets[entry]
-        if target.type != "instance":
+    name, endpoint = _member_address(entry, config, key)
+    blank = TargetConfig()
+    data: dict[str, Any] = {f.name: getattr(blank, f.name) for f in fields(TargetConfig)}
+    origins: dict[str, str] = {}
+    if name is not None:
+        assert config is not None
+        instance = config.mlos_targets[name]
+        if instance.type != "instance":
             raise ConfigError(
-                f"{entry!r} is a {target.type}, not an instance", path=path, key=key,
+                f"{entry!r} is a {instance.type}, not an instance", path=path, key=key,
                 hint="list instances (names, host:port or URLs) here, not clusters or storage",
             )  # fmt: skip
-        member = configured_instance(entry, target, f"mlos_targets.{entry}", config)
-        return _as_api(member) if force_api else member
-    url = entry if "://" in entry else None
-    if url is None:
-        host, port = split_host_port(entry)
-        if host is None:
-            raise ConfigError(
-                f"{entry!r} is neither a configured target, a host[:port] nor a URL",
-                path=path, key=key, hint=_known_hint(config),
-            )  # fmt: skip
-        url = f"http://{_url_host(host)}:{port or DEFAULT_PORT}"
-    try:
-        base = _instance_from_url(entry, url, origin="cluster")
-    except TargetNotFoundError as exc:
-        raise ConfigError(exc.message, path=path, key=key) from None
-    if conf is None or force_api:
-        return base
-    defaults = _defaults_only(conf)
-    defaults.endpoint = base.endpoint
-    member = configured_instance(entry, defaults, key, config)
-    member.origin = "cluster"
-    return member
+        data = {f.name: getattr(instance, f.name) for f in fields(TargetConfig)}
+        origins = {k: f"mlos_targets.{name}.{k}" for k in _set_keys(instance)}
+        if endpoint is not None:  # the entry gives a port or a URL
+            own = _endpoint_for(name, instance, f"mlos_targets.{name}", config)
+            if endpoint != own:
+                data["endpoint"] = endpoint
+                origins["endpoint"] = key
+    else:
+        data["endpoint"] = endpoint
+        origins["endpoint"] = key
+    if conf is not None and not force_api:
+        where = cluster_key or key.rsplit(".", 1)[0]
+        for k in _set_keys(conf):
+            if k not in CLUSTER_ONLY and k not in ("endpoint", "ssh_host"):
+                data[k] = getattr(conf, k)
+                origins[k] = f"{where}.{k}"
+    for k in CLUSTER_ONLY:
+        data.pop(k, None)
+    settings = TargetConfig(**data, type="instance")
+    member = configured_instance(entry, settings, key, config, origins)
+    member.origin = "config" if name is not None else "cluster"
+    return _as_api(member) if force_api else member
+
+
+def _member_address(entry: str, config: Config | None, key: str) -> tuple[str | None, str | None]:
+    """(the configured instance ``entry`` names, or None; the endpoint the entry itself
+    gives, or None when it is only a name). ConfigError for an entry that is neither."""
+    path = str(config.path) if config else None
+    targets = config.mlos_targets if config is not None else {}
+    if entry in targets:
+        return entry, None
+    if "://" in entry:
+        try:
+            url = _instance_from_url(entry, entry, origin="cluster").endpoint
+        except TargetNotFoundError as exc:
+            raise ConfigError(exc.message, path=path, key=key) from None
+        url_host = urlsplit(url).hostname or ""
+        return (url_host if url_host in targets else None), url
+    host, port = split_host_port(entry)
+    if host is None:
+        raise ConfigError(
+            f"{entry!r} is neither a configured target, a host[:port] nor a URL",
+            path=path, key=key, hint=_known_hint(config, entry),
+        )  # fmt: skip
+    if host in targets:
+        if port is None:
+            return host, None
+        own = _endpoint_for(host, targets[host], f"mlos_targets.{host}", config)
+        parts = urlsplit(own)
+        return host, f"{parts.scheme}://{_url_host(parts.hostname or host)}:{port}"
+    return None, f"http://{_url_host(host)}:{port or DEFAULT_PORT}"
 
 
 def _as_api(target: InstanceTarget) -> InstanceTarget:

@@ -19,6 +19,7 @@ import click
 
 from axon.cli.flags import GoFlagsCommand, bool_flag
 from axon.cli.output import Output, error_line
+from axon.cli.targets_cmds import token_env_option
 from axon.config import STRATEGIES
 from axon.errors import EXIT_INTEGRITY, EXIT_NOT_FOUND, AxonError, OptionError
 
@@ -120,6 +121,7 @@ def build_options(**values: Any) -> PublishOptions:
     help="Seconds per network operation (default: the target's, else 30).",
 )
 @bool_flag("--full-verify", help="Re-hash every file, ignoring the index.")
+@token_env_option
 @_with_target_options
 def publish_cmd(ref: str, target: str, as_json: bool, quiet: bool, **values: Any) -> None:
     """Publish a cached model REF (namespace/name[@version]) to an instance, a cluster or
@@ -222,6 +224,7 @@ def _render_results(result: PublishResult, quiet: bool) -> None:
     help="Instance to tell (default: $MLOS_CORE_ENDPOINT, else localhost).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the server's answer as JSON.")
+@token_env_option
 def register_cmd(ref: str, target: str | None, as_json: bool) -> None:
     """Register REF with an MLOS Core instance that already has its files (upstream
     compatible: POST /models/register)."""
@@ -254,6 +257,7 @@ def register_cmd(ref: str, target: str | None, as_json: bool) -> None:
     metavar="INSTANCE",
     help="Storage: also ask this instance whether it registered REF; repeatable.",
 )
+@token_env_option
 def status_cmd(
     ref: str, target: str, as_json: bool, full_verify: bool, readers: tuple[str, ...]
 ) -> None:

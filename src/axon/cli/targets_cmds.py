@@ -1,7 +1,10 @@
 """``axon targets list`` and ``axon targets show NAME``: what a ``--target`` resolves to.
 
 ``show`` of a cluster with a ``discovery:`` source also asks that source for the members and
-checks each one's ``GET /health`` (see :func:`discovered_members`); ``--no-discover`` skips it.
+checks each one's ``GET /health`` (see :func:`discovered_members`); one with ``members_from:``
+asks that instance (``GET /v1/cluster/members``); ``--no-discover`` skips both. For each
+configured member it says where every setting came from (the instance's entry, the cluster's,
+the member entry, a default). Modes are printed in octal (``0775``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,33 @@ from axon.errors import AxonError
 if TYPE_CHECKING:
     from axon.config import Config
     from axon.targets import ClusterTarget, InstanceTarget, StorageTarget, Target
+
+
+def _set_token_env(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    import re
+
+    from axon.config import TOKEN_ENV_OPTION
+
+    if value is not None:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise click.BadParameter(
+                f"{value!r} is not an environment variable name: give the NAME of a variable "
+                "that holds the token (export NAME=...; never the token itself)",
+                ctx,
+                param,
+            )
+        TOKEN_ENV_OPTION.set(value)
+
+
+#: ``--token-env NAME`` for the commands that talk to instances (publish, status, register)
+token_env_option = click.option(
+    "--token-env",
+    metavar="NAME",
+    expose_value=False,
+    callback=_set_token_env,
+    help="Send the bearer token held in the environment variable NAME (it overrides the "
+    "config's token/token_env). Without it, addresses given here use $AXON_TOKEN if set.",
+)
 
 
 @click.group("targets")
@@ -48,10 +78,12 @@ def list_cmd(as_json: bool) -> None:
 def _summary(name: str, config: Config) -> dict[str, Any]:
     from axon.targets import ClusterTarget, StorageTarget, resolve_target
 
-    target = resolve_target(name, config)
+    target = resolve_target(name, config, check=False)
     if isinstance(target, ClusterTarget):
         count = f"{len(target.instances)} instance(s)"
         where = f"{count} + {target.discovery}" if target.discovery else count
+        if target.members_from is not None:
+            where += f" + members of {target.members_from.endpoint}"
         return {"name": name, "type": "cluster", "where": where, "access": target.strategy}
     if isinstance(target, StorageTarget):
         return {
@@ -79,14 +111,18 @@ def show_cmd(name: str, no_discover: bool, timeout: float, as_json: bool) -> Non
     from axon.targets import ClusterTarget, resolve_target
 
     out = Output(as_json=as_json)
-    target = resolve_target(name, load_config())
+    target = resolve_target(name, load_config(), check=False)
     data = target.to_dict()
     discovered: list[dict[str, Any]] | None = None
     failure: AxonError | None = None
-    if isinstance(target, ClusterTarget) and target.discovery and not no_discover:
+    if isinstance(target, ClusterTarget) and not no_discover:
         try:
-            discovered = discovered_members(target, timeout=timeout)
-            data["discovered"] = discovered
+            if target.discovery:
+                discovered = discovered_members(target, timeout=timeout)
+            if target.members_from is not None:
+                discovered = (discovered or []) + api_members(target, timeout=timeout)
+            if discovered is not None:
+                data["discovered"] = discovered
         except AxonError as exc:  # still show what is configured, then fail
             failure = exc
             data["discovery_error"] = exc.to_dict()
@@ -113,6 +149,21 @@ def discovered_members(cluster: ClusterTarget, *, timeout: float = 5.0) -> list[
     return rows
 
 
+def api_members(cluster: ClusterTarget, *, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """The members ``cluster.members_from`` lists, with the health that instance saw, as the
+    rows of :func:`discovered_members` (``listed_by``: the instance asked)."""
+    from axon.publish.members import listed_members
+
+    listing = listed_members(cluster, timeout=timeout)
+    rows: list[dict[str, Any]] = []
+    for m in listing.members:
+        row = m.to_dict()
+        row["listed_by"] = listing.source
+        row["status"] = "healthy" if m.healthy else m.health or m.status
+        rows.append(row)
+    return rows + [{"warning": f"{listing.source}: {w}"} for w in listing.warnings]
+
+
 def _render(out: Output, target: Target, discovered: list[dict[str, Any]] | None) -> None:
     from axon.targets import ClusterTarget, InstanceTarget, StorageTarget
 
@@ -125,6 +176,8 @@ def _render(out: Output, target: Target, discovered: list[dict[str, Any]] | None
 
 
 def _render_instance(out: Output, t: InstanceTarget) -> None:
+    from axon.targets import format_mode
+
     ssh = None
     if t.access_method == "ssh":
         user = f"{t.ssh_user}@" if t.ssh_user else ""
@@ -137,13 +190,33 @@ def _render_instance(out: Output, t: InstanceTarget) -> None:
             ("access", t.access_method),
             ("storage_path", t.storage_path),
             ("ssh", ssh),
-            ("token", "set" if t.token else None),
-            ("dir_mode", oct(t.dir_mode) if t.dir_mode is not None else None),
-            ("file_mode", oct(t.file_mode) if t.file_mode is not None else None),
+            ("token", _token_text(t)),
+            ("dir_mode", format_mode(t.dir_mode) if t.dir_mode is not None else None),
+            ("file_mode", format_mode(t.file_mode) if t.file_mode is not None else None),
             ("timeout", f"{t.timeout:g} s"),
             ("from", t.origin),
         ]
     )
+
+
+def _token_text(t: InstanceTarget) -> str | None:
+    """How the token is given, never its value: ``set``, ``$VAR``, ``$VAR (not set!)``."""
+    if t.token_env:
+        return f"${t.token_env}" + ("" if t.token else " (not set: a publish would stop)")
+    return "set" if t.token else None
+
+
+def _setting_text(t: InstanceTarget, setting: str) -> str:
+    from axon.targets import format_mode
+
+    if setting == "token":
+        return _token_text(t) or ""
+    value = getattr(t, setting)
+    if setting in ("dir_mode", "file_mode"):
+        return format_mode(value)
+    if isinstance(value, list):
+        return " ".join(value)
+    return f"{value:g} s" if setting == "timeout" else str(value)
 
 
 def _render_storage(out: Output, t: StorageTarget) -> None:
@@ -171,9 +244,17 @@ def _render_cluster(out: Output, t: ClusterTarget, discovered: list[dict[str, An
             ("discovery", t.discovery),
         ]
     )
+    if t.members_from is not None:
+        out.fields([("members_from", f"{t.members_from.name} ({t.members_from.endpoint})")])
     if t.instances:
         rows = [(i.name, i.endpoint, i.access_method, i.storage_path or "") for i in t.instances]
         out.table(["INSTANCE", "ENDPOINT", "ACCESS", "STORAGE"], rows, title="configured")
+        settings = [
+            (i.name, setting, _setting_text(i, setting), where)
+            for i in t.instances
+            for setting, where in i.sources.items()
+        ]
+        out.table(["INSTANCE", "SETTING", "VALUE", "FROM"], settings, title="member settings")
     if discovered is not None:
         members = [d for d in discovered if "warning" not in d]
         rows = [
