@@ -45,12 +45,13 @@ from mlos_core.registration import find_model_dir
 from mlos_core.settings import Settings
 from mlos_core.signatures import SignatureRefused, TrustPolicy, refusal
 from mlos_core.storage.blobs import BlobStore, BlobWriter
+from mlos_core.storage.damage import Damage, DamageCheck
 from mlos_core.storage.locks import KeyedLocks
 from mlos_core.storage.placed import adopt_placed, written_by_a_publish
 from mlos_core.storage.registry import ModelEntry, Registry, entry_from_manifest, inference_endpoint
 from mlos_core.storage.tenancy import SentIndex, tenant_key
 from mlos_core.storage.uploads import Upload, UploadStore, expires_at, new_upload_id
-from mlos_core.storage.versions import VersionStore
+from mlos_core.storage.versions import FoundModel, VersionStore
 from mlos_core.tenants import Tenants
 from modelpkg.atomic import clean_leftovers, remove_tree
 from modelpkg.errors import ManifestError, PackageError
@@ -161,6 +162,7 @@ class Core:
         self._visible_cache: collections.OrderedDict[str, _Visible] = collections.OrderedDict()
         self._visible_lock = threading.Lock()
         self.metrics = Metrics()
+        self.damage = DamageCheck(self.blobs, self.state_dir)
         self._model_locks = KeyedLocks()
         self.blob_locks = KeyedLocks()
         self.gc_lock = asyncio.Lock()
@@ -195,11 +197,14 @@ class Core:
         return (found, new)."""
         for source in self.sources:  # first bring in what is new elsewhere
             source.pull(self)
-        found = self.versions.scan()
+        incomplete: list[FoundModel] = []
+        found = self.versions.scan(incomplete)
         self.versions.note_found(found)
+        damage = self._damage_everywhere(found, incomplete)
         entries = []
         for f in found:
             entry = entry_from_manifest(f.ref, f.path, f.manifest, "scan")
+            _mark_damaged(entry, damage)
             try:
                 entry.signer = self.verify_signature(f.ref, f.manifest, "scan", model_dir=f.path)
             except SignatureRefused:  # counted and logged; what it replaced is not served
@@ -209,6 +214,31 @@ class Core:
                 continue
             entries.append(entry)
         return len(found), self.registry.put_many(entries)
+
+    def check_damage(self, found: list[FoundModel]) -> Damage:
+        """Blobs another tool rewrote in place through these versions' hard links: taken
+        out of the store, and the versions holding them named (mlos_core.storage.damage)."""
+        damage = self.damage.check(found)
+        if damage.quarantined:
+            self.metrics.rewritten(len(damage.quarantined))
+        return damage
+
+    def _damage_everywhere(
+        self, found: list[FoundModel] | None = None, incomplete: list[FoundModel] | None = None
+    ) -> Damage:
+        """:meth:`check_damage` of every visible version, the versions a scan skips as
+        incomplete too (a rewrite may change sizes), their registrations updated."""
+        if found is None:
+            incomplete = []
+            found = self.versions.scan(incomplete)
+        versions = [*found, *(incomplete or [])]
+        damage = self.check_damage(versions)
+        for model in versions:
+            entry = self.registry.get(model.ref.id)
+            wrong = entry is not None and entry.damaged != damage.models.get(entry.id, [])
+            if entry is not None and wrong and Path(entry.path) == model.path:
+                self.registry.put(_mark_damaged(entry, damage))
+        return damage
 
     def expire_uploads(self) -> int:
         expired = self.uploads.expired()
@@ -473,10 +503,12 @@ class Core:
 
     def is_unchanged(self, ref: ModelRef, manifest: Manifest) -> bool:
         visible = self._visible(ref)
+        entry = self.registry.get(ref.id)
         return (
             visible is not None
             and visible.manifest.data == manifest.data
             and visible.ours(self.versions.path_for(ref))
+            and not (entry is not None and entry.damaged)
         )
 
     def visible_digest(self, ref: ModelRef) -> str | None:
@@ -519,7 +551,7 @@ class Core:
         entry = self.registry.get(ref.id)
         if visible is None or entry is None or visible.digest() != manifest_sha256:
             return None
-        if not visible.ours(self.versions.path_for(ref)):
+        if not visible.ours(self.versions.path_for(ref)) or entry.damaged:
             return None  # placed by another tool: an upload hashes its files (placed.py)
         if entry.signer is None and self.trust.required(ref.namespace):
             return None  # registered before signatures were required: a commit checks it
@@ -729,12 +761,29 @@ class Core:
             with contextlib.suppress(ManifestError):  # registered as it is, like upstream
                 manifest = Manifest.from_text(found.manifest, source=MANIFEST_NAME)
                 entry = entry_from_manifest(ref, Path(found.path), manifest, "register")
+        if found.manifest is not None and entry.files:  # another tool may have just copied
+            with contextlib.suppress(ManifestError):
+                placed = Manifest.from_text(found.manifest, source=MANIFEST_NAME)
+                damage = self.check_damage([FoundModel(ref, Path(found.path), placed)])
+                if damage.quarantined:  # other models may share those bytes: name them all
+                    damage = self._damage_everywhere()
+                _mark_damaged(entry, damage)
         entry.signer = signer
         entry.framework = body.get("framework") or entry.framework
         entry.execution_format = body.get("execution_format") or entry.execution_format
         entry.description = body.get("description") or entry.description
         existed = self.registry.put(entry)
         return register_answer(entry, "already registered" if existed else "registered")
+
+
+def _mark_damaged(entry: ModelEntry, damage: Damage) -> ModelEntry:
+    """``entry`` with the files ``damage`` names for it (status "damaged"), or none."""
+    entry.damaged = list(damage.models.get(entry.id, []))
+    if entry.damaged:
+        entry.status = "damaged"
+    elif entry.status == "damaged":
+        entry.status = "ready"
+    return entry
 
 
 class _Visible:

@@ -22,6 +22,7 @@ class Metrics:
         self.errors: dict[str, int] = defaultdict(int)
         # models refused for their signature, by (source, reason)
         self.signature_refusals: dict[tuple[str, str], int] = defaultdict(int)
+        self.blobs_rewritten = 0  # blobs another tool rewrote in place (storage/damage.py)
 
     def request(self, method: str, status: int) -> None:
         with self._lock:
@@ -36,6 +37,10 @@ class Metrics:
     def refused(self, source: str, reason: str) -> None:
         with self._lock:
             self.signature_refusals[(source, reason)] += 1
+
+    def rewritten(self, nblobs: int) -> None:
+        with self._lock:
+            self.blobs_rewritten += nblobs
 
     def received(self, nbytes: int) -> None:
         with self._lock:

@@ -7,12 +7,12 @@ member (:mod:`axon.publish.matrix`).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from axon.errors import AxonError
 from axon.mlos_client import HEALTH_TIMEOUT, MlosClient, ProtocolError
-from axon.publish.notify import is_registered
+from axon.publish.notify import registry_client
 from axon.publish.plan import compare, target_location
 from axon.publish.prepared import PreparedModel
 from axon.transports import transport_for
@@ -35,6 +35,8 @@ class InstanceStatus:
     mismatched: list[str]  # files that differ from (or are missing against) the cache
     registered: bool | None  # None when the instance's API could not be asked
     error: dict[str, Any] | None = None
+    # files the instance reports damaged: their bytes rewritten in place by another tool
+    damaged: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -72,7 +74,10 @@ def instance_status(model: PreparedModel, target: InstanceTarget) -> InstanceSta
         registered=None,
     )
     try:
-        status.registered = is_registered(target, model.ref)
+        with registry_client(target) as client:
+            info = client.model_info(model.ref)
+        status.registered = info is not None
+        _note_damage(status, info)
     except ProtocolError:
         raise  # not an MLOS Core answering: nothing it says about the model counts
     except AxonError as exc:
@@ -82,6 +87,18 @@ def instance_status(model: PreparedModel, target: InstanceTarget) -> InstanceSta
         status.present, status.checksums_match = True, False
         status.version = model.ref.version
     return status
+
+
+def _note_damage(status: InstanceStatus, info: dict[str, Any] | None) -> None:
+    """The files the instance's registration says are damaged (mlos-core: rewritten in
+    place by another tool) do not match the cache, whatever the manifest says."""
+    damaged = (info or {}).get("damaged")
+    if not isinstance(damaged, list):
+        return
+    status.damaged = [str(p)[:500] for p in damaged[:1000]]
+    if status.damaged:
+        status.mismatched += [p for p in status.damaged if p not in status.mismatched]
+        status.checksums_match = False if status.present else status.checksums_match
 
 
 def health_problem(target: InstanceTarget, timeout: float = HEALTH_TIMEOUT) -> str | None:

@@ -36,6 +36,9 @@ def render(counters: Metrics, *, models: int, open_uploads: int) -> str:
     dedup = "Bytes not sent because the server already held them."
     _metric(lines, "mlos_dedup_bytes_total", dedup, "counter")
     lines.append(f"mlos_dedup_bytes_total {counters.dedup_bytes}")
+    rewritten = "Blobs another tool rewrote in place, taken out of the store."
+    _metric(lines, "mlos_blobs_rewritten_total", rewritten, "counter")
+    lines.append(f"mlos_blobs_rewritten_total {counters.blobs_rewritten}")
     _metric(lines, "mlos_models", "Models registered.", "gauge")
     lines.append(f"mlos_models {models}")
     _metric(lines, "mlos_open_uploads", "Resumable uploads open.", "gauge")

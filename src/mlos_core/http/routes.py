@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -34,7 +35,7 @@ def _now() -> str:
 
 
 async def health(request: Request) -> JSONAnswer:
-    body = {
+    body: dict[str, Any] = {
         "status": "healthy",
         "service": "mlos-core",
         "version": __version__,
@@ -43,6 +44,13 @@ async def health(request: Request) -> JSONAnswer:
     relay = getattr(request.app.state, "relay", None)
     if relay is not None:  # pulls and catch-up progress (docs/relay.md)
         body["relay"] = relay.health()
+    damaged = [m for m in core_of(request).registry.all() if m.damaged]
+    if damaged:  # another tool rewrote stored bytes in place (mlos_core.storage.damage)
+        body["storage"] = {
+            "status": "degraded",
+            "damaged_models": len(damaged),
+            "damaged_files": sum(len(m.damaged) for m in damaged),
+        }
     return JSONAnswer(body)
 
 

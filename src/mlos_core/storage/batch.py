@@ -47,7 +47,7 @@ from mlos_core.errors import (
     UploadAborted,
     no_space,
 )
-from mlos_core.storage.blobs import BlobStore, BlobWriter
+from mlos_core.storage.blobs import BlobStore, BlobWriter, seal
 from mlos_core.storage.receive import IDLE_TIMEOUT, BodyInterrupted, StalledBody, receive_blob
 from mlos_core.storage.uploads import Upload
 from modelpkg.atomic import fsync_dir
@@ -442,6 +442,7 @@ class Batch:
             offset = 0
             while offset < len(view):
                 offset += os.pwrite(fd, view[offset:], offset)
+            seal(fd)  # the store's mtime (storage/damage.py), kept by the rename into it
         except OSError as exc:
             os.close(fd)
             path.unlink(missing_ok=True)

@@ -60,6 +60,17 @@ from modelpkg.layout import (
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 READ_CHUNK = 4 * 1024 * 1024
+#: the mtime of every blob in the store (2000-01-01T00:00:00Z): link and rename leave a
+#: file's mtime alone, any write sets it to now, so a blob some other tool rewrote in place
+#: through a version's hard link shows at one stat (:mod:`mlos_core.storage.damage`)
+SEALED_MTIME_NS = 946_684_800 * 1_000_000_000
+
+
+def seal(target: int | str | os.PathLike[str]) -> None:
+    """Give the blob ``target`` (a path, or an fd open on it) the store's mtime."""
+    os.utime(target, ns=(time.time_ns(), SEALED_MTIME_NS))
+
+
 # writes of one-shot upload files, beside the thread that hashes them
 _WRITERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mlos-mp-write")
 
@@ -225,6 +236,7 @@ class BlobStore:
                     "dropped; send it again, then commit again",
                 )
             os.chmod(tmp, 0o444)
+            seal(tmp)
             os.replace(tmp, final)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -244,6 +256,7 @@ class BlobStore:
             return final
         final.parent.mkdir(exist_ok=True)
         os.chmod(tmp, 0o444)
+        seal(tmp)
         os.replace(tmp, final)
         if self.durable and sync_dir:
             fsync_dir(final.parent)
@@ -273,7 +286,8 @@ class BlobStore:
                     st = blob.stat()
                 except FileNotFoundError:
                     continue
-                if st.st_nlink > 1 or blob.name in keep or now - st.st_mtime < min_age:
+                # age by ctime: a blob's mtime is the store's seal, link/rename set ctime
+                if st.st_nlink > 1 or blob.name in keep or now - st.st_ctime < min_age:
                     continue
                 with pin_lock or contextlib.nullcontext():
                     if pinned(blob.name):

@@ -43,6 +43,9 @@ class ModelEntry:
     # who signed it, as checked when it was made visible (None: its namespace needs no
     # signature); see mlos_core.signatures
     signer: dict[str, Any] | None = None
+    # files whose bytes another tool rewrote in place (status "damaged"): see
+    # mlos_core.storage.damage; a publish of the model replaces them
+    damaged: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -398,8 +398,9 @@ class VersionStore:
             d = d.parent
 
     # ---- finding ----------------------------------------------------------------------
-    def scan(self) -> list[FoundModel]:
-        """Every complete model under the models dir (manifest.yaml + every listed file)."""
+    def scan(self, incomplete: list[FoundModel] | None = None) -> list[FoundModel]:
+        """Every complete model under the models dir (manifest.yaml + every listed file);
+        the others that have a readable manifest are appended to ``incomplete``."""
         found: list[FoundModel] = []
         for dirpath, dirs, files in os.walk(self.models_dir):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -417,6 +418,8 @@ class VersionStore:
             missing = incomplete_files(path, manifest)
             if missing:
                 log.warning("scan: skipping incomplete %s: %s", path, ", ".join(missing[:5]))
+                if incomplete is not None:
+                    incomplete.append(FoundModel(ref, path, manifest))
                 continue
             found.append(FoundModel(ref, path, manifest))
         return found
