@@ -97,7 +97,10 @@ def test_a_mistyped_target_name_fails_at_once_and_host_names_still_work(
     resolves is published to."""
     write_config(
         axon_home,
-        {"mlos-core-1": {"endpoint": "http://127.0.0.1:9"}},
+        {
+            "mlos-core-1": {"endpoint": "http://127.0.0.1:9"},
+            "stale": {"endpoint": "http://gone.example.internal:8080"},  # a host since removed
+        },
         clusters={"mlos-cluster-prod": {"instances": ["mlos-core-1"]}},
     )
     results, dns_log = in_private_network(
@@ -106,9 +109,10 @@ def test_a_mistyped_target_name_fails_at_once_and_host_names_still_work(
             ["publish", str(installed_model), "--target", "mlos-cluster-prd"],
             ["status", str(installed_model), "-t", "http://mlos-clster-prod:8080"],
             ["publish", str(installed_model), "-t", "core.example.internal:CORE_PORT", "-q"],
+            ["publish", str(installed_model), "-t", "stale"],
         ],
     )
-    typo, url_typo, valid = results
+    typo, url_typo, valid, stale = results
     assert typo["code"] == EXIT_NOT_FOUND, typo
     assert typo["seconds"] < 5, typo  # no retries, no backoff
     (line,) = error_lines(typo["err"])
@@ -118,6 +122,10 @@ def test_a_mistyped_target_name_fails_at_once_and_host_names_still_work(
     assert url_typo["code"] == EXIT_NOT_FOUND and url_typo["seconds"] < 5, url_typo
     assert dns_log.count("query[A] mlos-clster-prod") == 1
     assert valid["code"] == EXIT_OK, valid  # core.example.internal resolves: published
+    # a configured endpoint whose name is gone: not retried either
+    assert stale["code"] == EXIT_TRANSPORT and stale["seconds"] < 5, stale
+    assert "'gone.example.internal'" in stale["err"] and "does not resolve" in stale["err"]
+    assert dns_log.count("query[A] gone.example.internal") == 1
 
 
 @pytest.fixture

@@ -957,6 +957,21 @@ class Health:
         return None if status == "healthy" else f"GET {self.url} says status {status!r}"
 
 
+def _unknown_host(exc: BaseException) -> bool:
+    """The connection failed because the host name does not exist in DNS (not a DNS server
+    that could not be reached: that may pass)."""
+    import socket
+
+    seen: BaseException | None = exc
+    for _ in range(8):  # httpx -> httpcore -> socket.gaierror
+        if seen is None:
+            return False
+        if isinstance(seen, socket.gaierror):
+            return seen.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", -5))
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _no_answer(exc: BaseException) -> NoAnswer:
     import httpx
 
@@ -1194,6 +1209,13 @@ class MlosClient:
                 did = "did not answer in time"
             text = f"{what}: {self.endpoint} {did} ({type(exc).__name__})"
             hint = "check the instance is up and reachable; re-running resumes"
+        elif _unknown_host(exc):  # no retry makes a name resolve: say so at once
+            host = urlsplit(self.endpoint).hostname
+            text = f"{what}: the host name {host!r} of {self.endpoint} does not resolve"
+            hint = f"check the endpoint of {self.name!r} (`axon targets show {self.name}`)"
+            return retryable(
+                TargetUnreachableError(text, target=self.name, url=url, hint=hint), False
+            )
         elif isinstance(exc, httpx.ConnectError | ConnectionRefusedError):
             text = f"{what}: cannot connect to {self.endpoint} ({shown(exc)})"
             hint = "check the instance is running and the endpoint/port is right"
