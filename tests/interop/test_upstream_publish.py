@@ -10,6 +10,7 @@ so they see the same path, as on a real host, and the machine's own /var/lib is 
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +162,47 @@ def test_our_publish_through_the_api_after_upstreams_sends_nothing(
     assert (result["files_sent"], result["bytes_sent"]) == (0, 0), result
     check_ours_replaced_upstreams(final, files)
     assert registered(bound_mlos)[REF.id]["path"] == f"{MODELS_DIR}/{REF.relpath}"
+
+
+# ---- upstream publish over a version our server built --------------------------------------
+def test_upstream_publish_over_our_version_is_found_and_our_publish_repairs_it(
+    upstream: Upstream,
+    upstream_install: UpstreamInstall,
+    bound_mlos: BoundServer,
+    install_model: Any,
+    make_model_dir: Any,
+    axon_home: Path,
+) -> None:
+    """Upstream copies over the files of a version mlos-core built (hard links into its
+    blob store), in place: the bytes of another model sharing them changed too. The scan
+    upstream asks for finds it: that model is damaged, `axon status` says so (exit 5), and
+    our publish of it sends the damaged file again."""
+    other = ModelRef.parse("acme/other@v1")
+    src = make_model_dir()
+    config = (src / "config.json").read_bytes()
+    for ref in (REF, other):
+        install_model(src, str(ref))
+        run = run_axon("publish", str(ref), "-t", bound_mlos.url, "-q")
+        assert run.code == 0, run.err
+    shutil.rmtree(axon_home / "cache" / "models" / REF.namespace / REF.name)
+    changed = files_under(src)
+    changed["config.json"] = config.replace(b"bert", b"gpt2")
+    upstream_install(REF, changed)
+    run = upstream.run_bound(
+        bound_mlos.models, "publish", str(REF), env={"MLOS_CORE_ENDPOINT": bound_mlos.url}
+    )
+    assert run.code == 0, run.out + run.err
+    assert (bound_mlos.models / other.relpath / "config.json").read_bytes() != config
+
+    def damaged() -> bool:
+        return registered(bound_mlos)[other.id]["status"] == "damaged"
+
+    wait_for(damaged, timeout=20, what="the damage found by the scan")
+    status = run_axon("status", str(other), "-t", bound_mlos.url)
+    assert status.code == 5 and "config.json" in status.out, status.out + status.err
+    repair = run_axon("publish", str(other), "-t", bound_mlos.url, "--json")
+    assert repair.code == 0, repair.out + repair.err
+    (result,) = repair.json()["results"]
+    assert (result["files_sent"], result["bytes_sent"]) == (1, len(config))
+    assert (bound_mlos.models / other.relpath / "config.json").read_bytes() == config
+    assert run_axon("status", str(other), "-t", bound_mlos.url).code == 0
