@@ -71,7 +71,9 @@ def test_publish_reaches_every_discovered_instance_and_follows_membership(
     wait_members(etcd_server, {"core-1", "core-3", "core-4"})
     v3 = install_model(make_model_dir(seed=3), "hf/tiny-bert@v3")
     assert publish_names(v3) == {"core-1": True, "core-3": True, "core-4": True}
-    assert registered(servers["core-4"], v3) and not registered(servers["core-4"], v2)
+    # v3 came from this publish; v2 core-4 may hold too: it catches up from the cluster's
+    # desired state by itself (docs/relay.md)
+    assert registered(servers["core-4"], v3)
 
 
 def test_targets_show_lists_discovered_members_with_health(

@@ -18,9 +18,9 @@ def peer(i: int, *, can_pull: bool = True, accepts: set[int] | None = None) -> P
         if accepts is None
         else frozenset(normal_url(f"http://127.0.0.1:{9000 + j}") for j in accepts)
     )
-    return Peer(
-        InstanceTarget(f"core-{i}", url), url, can_pull, allowed, "" if can_pull else "no peers"
-    )
+    address = url if can_pull else None  # one that cannot pull: an older server, no relay
+    why = "" if can_pull else "no relay"
+    return Peer(InstanceTarget(f"core-{i}", url), address, can_pull, allowed, why)
 
 
 class Recorded:

@@ -147,6 +147,7 @@ class _Tree:
     holders: list[Peer]
     fanout: int
     seeds: int
+    rank: dict[str, int] = field(default_factory=dict)  # ties go to the earlier listed
     seeded: int = 0
     serving: dict[str, int] = field(default_factory=dict)
 
@@ -160,7 +161,7 @@ class _Tree:
         usable = [h for h in self.holders if member.accepts_from(h)]
         free = [h for h in usable if self.serving[h.name] < self.fanout]
         if free:
-            first = min(free, key=lambda h: self.serving[h.name])
+            first = min(free, key=lambda h: (self.serving[h.name], self.rank.get(h.name, 0)))
             return PULL, [first, *(h for h in usable if h is not first)]
         if not self.holders and member.address is not None and self.seeded < self.seeds:
             return SEED, []  # nobody has it: the publisher sends it
@@ -209,9 +210,10 @@ def spread(
 
     ``sources`` have the model now; a member for which ``ok`` holds becomes one, a source
     named by ``gone`` (of an outcome: the sources its pull gave up on) is one no more. A puller
-    is given its sources in order of preference: the least busy first, then every other it
-    accepts (to carry on from, should the first fail). No source is first for more than
-    ``settings.fanout`` pullers at once: a puller waits for a free one. When nobody has the
+    is given its sources in order of preference: the least busy first (of equally busy ones,
+    the one listed first), then every other it accepts (to carry on from, should the first
+    fail). No source is first for more than ``settings.fanout`` pullers at once: a puller
+    waits for a free one. When nobody has the
     model, up to ``settings.seeds`` members get it from the publisher (role ``seed``); a
     member that cannot pull, or that accepts none of the members that could ever have it,
     gets a direct push (role ``push``). ``work`` never raises for the member's sake (an
@@ -219,7 +221,8 @@ def spread(
     Ctrl-C ``cancel`` is set and nothing more starts.
     """
     out: Spread[R] = Spread()
-    tree = _Tree(list(sources), settings.fanout, settings.seeds)
+    rank = {p.name: i for i, p in enumerate([*sources, *members])}
+    tree = _Tree(list(sources), settings.fanout, settings.seeds, rank)
     waiting = list(members)
     running: dict[Future[tuple[R | None, BaseException | None]], tuple[Peer, str, list[Peer]]] = {}
 
