@@ -354,9 +354,7 @@ def check_tokens(target: Target, config: Config) -> None:
             )
             raise ConfigError(
                 f"target {inst.name!r} takes its token from the environment variable "
-                f"{inst.token_env}"
-                + (f" ({configured})" if configured else "")
-                + ", which is not set (or is empty): nothing was sent",
+                f"{inst.token_env}, which is not set (or is empty): nothing was sent",
                 path=str(config.path) if configured else None,
                 key=configured,
                 target=inst.name,

@@ -245,7 +245,13 @@ def _render_cluster(out: Output, t: ClusterTarget, discovered: list[dict[str, An
         ]
     )
     if t.members_from is not None:
-        out.fields([("members_from", f"{t.members_from.name} ({t.members_from.endpoint})")])
+        source = t.members_from
+        shown = (
+            source.endpoint
+            if source.name == source.endpoint
+            else f"{source.name} ({source.endpoint})"
+        )
+        out.fields([("members_from", shown)])
     if t.instances:
         rows = [(i.name, i.endpoint, i.access_method, i.storage_path or "") for i in t.instances]
         out.table(["INSTANCE", "ENDPOINT", "ACCESS", "STORAGE"], rows, title="configured")
