@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from axon.errors import EXIT_DISCOVERY, EXIT_OK
-from tests.fixtures.common import wait_for
+from tests.fixtures.common import free_port, wait_for
 from tests.fixtures.discovery import EtcdServer
 from tests.helpers import error_lines, run_axon, write_config
 
@@ -134,3 +134,41 @@ def test_a_member_source_that_cannot_list_fails_clearly(
     (line,) = error_lines(run.err)
     assert "cannot list its cluster's members" in line and plain.url in line
     assert "--cluster" in line
+
+
+def test_an_instance_lists_its_cluster_from_consul(recorded_api: Any, mlos_server: Any) -> None:
+    """Consul (its agent's documented answers on a loopback server): each member with its
+    check status; a malformed record is a warning, not a hidden member."""
+    from tests.test_discovery_consul import entry, meta
+
+    down = free_port()
+    recorded_api.route("PUT", "/v1/agent/service/register", {})
+    recorded_api.route("GET", "/v1/agent/service/core-1", {"ID": "core-1"})
+    srv = mlos_server(
+        cluster="prod",
+        discovery=f"consul://{recorded_api.hostport}",
+        instance_id="core-1",
+        no_fsync=True,
+    )
+    critical = entry("core-2", down, meta("core-2", down))
+    critical["Checks"][0]["Status"] = "critical"
+    broken = entry("core-3", down, {"instance_id": "core-3", "endpoint": "ftp://x"})
+    recorded_api.route(
+        "GET",
+        "/v1/health/service/mlos-core",
+        [entry("core-1", srv.port, meta("core-1", srv.port)), critical, broken],
+    )
+    body = members_of(srv.url).json()
+    assert (body["source"], body["cluster"]) == ("consul", "prod")
+    by_id = {m["instance_id"]: m for m in body["members"]}
+    assert set(by_id) == {"core-1", "core-2"}
+    assert (by_id["core-1"]["status"], by_id["core-1"]["healthy"], by_id["core-1"]["is_self"]) == (
+        "passing",
+        True,
+        True,
+    )
+    assert (by_id["core-2"]["status"], by_id["core-2"]["healthy"]) == ("critical", False)
+    (warning,) = body["warnings"]
+    assert "core-3" in warning and "not an http(s) URL" in warning
+    asked = [r for r in recorded_api.requests if r.path == "/v1/health/service/mlos-core"]
+    assert asked and asked[-1].query["tag"] == ["mlos-cluster=prod"]
