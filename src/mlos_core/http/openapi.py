@@ -207,6 +207,18 @@ def _paths() -> dict[str, Any]:
         "/v1/models/{model_id}/rollback": {
             "post": {"parameters": [_ID], "responses": _ok("rolled back", "Registered")}
         },
+        "/v1/cluster/members": {
+            "get": {
+                "summary": "The members of this instance's cluster, from its discovery source",
+                "description": "each with its advertised endpoint, the source's status and a "
+                "/health probe (?probe=false skips it); 404 not_clustered without --cluster, "
+                "503 discovery_unavailable, 501 members_unlisted (docs/discovery.md)",
+                "parameters": [
+                    {"name": "probe", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": _ok("members"),
+            }
+        },
     }
 
 
