@@ -172,3 +172,50 @@ def test_an_instance_lists_its_cluster_from_consul(recorded_api: Any, mlos_serve
     assert "core-3" in warning and "not an http(s) URL" in warning
     asked = [r for r in recorded_api.requests if r.path == "/v1/health/service/mlos-core"]
     assert asked and asked[-1].query["tag"] == ["mlos-cluster=prod"]
+
+
+def test_an_instance_lists_its_cluster_from_kubernetes(
+    recorded_api: Any, mlos_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kubernetes (the API reference's EndpointSliceList on a loopback server, found through
+    MLOS_K8S_API as with `kubectl proxy`): each pod once, its readiness, the named port; a
+    malformed address is a warning."""
+    from tests.test_discovery_k8s import SLICES, slice_endpoint, slice_list
+
+    monkeypatch.setenv("MLOS_K8S_API", recorded_api.url)
+    monkeypatch.setenv("MLOS_K8S_TOKEN", "sa-token")
+    srv = mlos_server(
+        cluster="prod",
+        discovery="k8s://mlos/mlos-core?port=http&storage_path=/var/lib/mlos/models",
+        instance_id="core-a",
+        no_fsync=True,
+    )
+    port = srv.port  # the Service's endpoints are asked at each request: recorded now
+    endpoints = [
+        slice_endpoint("127.0.0.1", "core-a", True),
+        slice_endpoint("127.0.0.2", "core-b", False),
+        slice_endpoint("not-an-ip", "core-c", True),
+    ]
+    recorded_api.route("GET", SLICES, slice_list(port, endpoints))
+    body = members_of(srv.url).json()
+    assert (body["source"], body["cluster"]) == ("kubernetes", "prod"), body
+    by_id = {m["instance_id"]: m for m in body["members"]}
+    assert set(by_id) == {"core-a", "core-b"}
+    a, b = by_id["core-a"], by_id["core-b"]
+    assert (a["endpoint"], a["status"], a["healthy"], a["is_self"]) == (
+        f"http://127.0.0.1:{port}",
+        "ready",
+        True,
+        True,
+    )
+    assert a["storage_path"] == "/var/lib/mlos/models"
+    assert (b["endpoint"], b["status"], b["healthy"]) == (
+        f"http://127.0.0.2:{port}",
+        "not ready",
+        False,
+    )
+    (warning,) = body["warnings"]
+    assert "malformed" in warning
+    (asked, *_) = [r for r in recorded_api.requests if r.path == SLICES]
+    assert asked.query["labelSelector"] == ["kubernetes.io/service-name=mlos-core"]
+    assert asked.headers["authorization"] == "Bearer sa-token"

@@ -30,6 +30,7 @@ status); without a discovery source the member list is this instance alone.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import logging
 import os
@@ -39,7 +40,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 
@@ -403,13 +404,104 @@ def _consul_members(
     return members, warnings
 
 
+K8S_SERVICE_ACCOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _k8s_api() -> tuple[str, dict[str, str], str | bool]:
+    """(API server URL, headers, TLS verify) as client-go's in-cluster config finds them;
+    ``MLOS_K8S_API`` (and ``MLOS_K8S_TOKEN``) outside a cluster, e.g. ``kubectl proxy``."""
+    explicit = os.environ.get("MLOS_K8S_API")
+    if explicit:
+        token = os.environ.get("MLOS_K8S_TOKEN")
+        return explicit.rstrip("/"), {"Authorization": f"Bearer {token}"} if token else {}, True
+    host = os.environ.get("KUBERNETES_SERVICE_HOST")
+    if not host:
+        raise DiscoveryUnavailable(
+            "not running in a pod (no KUBERNETES_SERVICE_HOST) and MLOS_K8S_API is not set"
+        )
+    port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+    token = _read_text(f"{K8S_SERVICE_ACCOUNT}/token")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    ca = f"{K8S_SERVICE_ACCOUNT}/ca.crt"
+    shown = f"[{host}]" if ":" in host else host
+    return f"https://{shown}:{port}", headers, ca if os.path.exists(ca) else True
+
+
+def _k8s_members(uri: str, cluster: str, timeout: float) -> tuple[list[ClusterMember], list[str]]:
+    """The endpoints of the Service ``k8s://namespace/service[?port=&scheme=&storage_path=]``
+    (its EndpointSlices): each pod once, ``ready`` or ``not ready``."""
+    parts = urlsplit(uri)
+    namespace, service = parts.netloc, parts.path.strip("/")
+    namespace = namespace or _read_text(f"{K8S_SERVICE_ACCOUNT}/namespace") or ""
+    if not namespace or not service or "/" in service:
+        raise DiscoveryUnavailable(f"{uri!r} is not k8s://namespace/service")
+    opts = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    base, headers, verify = _k8s_api()
+    url = f"{base}/apis/discovery.k8s.io/v1/namespaces/{quote(namespace, safe='')}/endpointslices"
+    try:
+        response = httpx.get(
+            url,
+            params={"labelSelector": f"kubernetes.io/service-name={service}"},
+            headers=headers,
+            verify=verify,
+            timeout=timeout,
+        )
+        response.raise_for_status()
+        items = response.json().get("items") or []
+    except (httpx.HTTPError, ValueError, AttributeError) as exc:
+        raise DiscoveryUnavailable(f"kubernetes API {base}: {exc}") from exc
+    members: dict[str, ClusterMember] = {}
+    ranks: dict[str, tuple[bool, bool]] = {}
+    warnings: list[str] = []
+    scheme = opts.get("scheme", "http")
+    for item in items if isinstance(items, list) else []:
+        try:
+            ports = [
+                p for p in item.get("ports") or [] if opts.get("port") in (None, p.get("name"))
+            ]
+            if not ports:
+                warnings.append(
+                    f"slice {item.get('metadata', {}).get('name')}: no port {opts.get('port')!r}"
+                )
+                continue
+            port = int(ports[0]["port"])
+            for ep in item.get("endpoints") or []:
+                ip = str(ipaddress.ip_address((ep.get("addresses") or [""])[0]))
+                name = str((ep.get("targetRef") or {}).get("name") or ep.get("hostname") or ip)
+                ready = (ep.get("conditions") or {}).get("ready") is not False
+                record = {
+                    "instance_id": name,
+                    "endpoint": f"{scheme}://{'[' + ip + ']' if ':' in ip else ip}:{port}",
+                    "cluster_name": cluster,
+                    "storage_path": opts.get("storage_path"),
+                }
+                member = _record_member(record, cluster, "ready" if ready else "not ready")
+                # a dual-stack Service lists each pod in an IPv4 and an IPv6 slice: one
+                # member per pod, ready over not ready, then IPv4 over IPv6
+                rank = (ready, ":" not in ip)
+                if name not in ranks or rank > ranks[name]:
+                    members[name], ranks[name] = member, rank
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            warnings.append(f"service {namespace}/{service}: malformed EndpointSlice: {exc}")
+    return list(members.values()), warnings
+
+
 def list_members(settings: Settings, *, timeout: float = 5.0) -> MemberList:
     """The members of the cluster ``settings`` says this instance belongs to, as its
-    discovery source lists them; this instance alone when it has no source.
+    discovery source lists them (etcd, consul, the Kubernetes Service's endpoints); this
+    instance alone when it has no source.
 
     ValueError when the instance is in no cluster (no ``--cluster``) or its source cannot be
-    listed from here (kubernetes: the Service's endpoints are the API server's to list);
-    DiscoveryUnavailable when the source cannot be asked."""
+    listed (dns+srv: the zone's owner publishes it); DiscoveryUnavailable when the source
+    cannot be asked."""
     cluster = settings.cluster
     if not cluster:
         raise ValueError("this instance runs without --cluster: it is in no cluster")
@@ -425,6 +517,9 @@ def list_members(settings: Settings, *, timeout: float = 5.0) -> MemberList:
     elif scheme in ("consul", "consul+http", "consul+https"):
         source = "consul"
         members, warnings = _consul_members(uri or "", cluster, timeout)
+    elif scheme in ("k8s", "kubernetes"):
+        source = "kubernetes"
+        members, warnings = _k8s_members(uri or "", cluster, timeout)
     elif scheme:
         raise ValueError(
             f"this instance cannot list the members of a {scheme}:// discovery source (ask "
