@@ -68,7 +68,8 @@ class Build:
     pinned_by: str = "cache"  # "cache" (the local cache's build) or "agreement"
 
 
-def _held(ref: ModelRef, target: InstanceTarget) -> Manifest | None:
+def held_manifest(ref: ModelRef, target: InstanceTarget) -> Manifest | None:
+    """The manifest of ``ref`` ``target`` shows (None: it does not have the model)."""
     with MlosClient.for_target(target) as client:
         served, manifest = client.manifest(ref)
     if not served:
@@ -85,7 +86,7 @@ def source_build(
     """The build ``members`` hold of ``ref`` (see the module docstring); raises
     IntegrityError naming a member holding another build, ModelNotFoundError when none
     holds it."""
-    answers = parallel_map(members, lambda t: _held(ref, t), DEFAULT_MAX_PARALLEL)
+    answers = parallel_map(members, lambda t: held_manifest(ref, t), DEFAULT_MAX_PARALLEL)
     holding: dict[str, tuple[InstanceTarget, Manifest]] = {}
     notes = []
     for t in members:
@@ -227,7 +228,7 @@ def promote(
     config = config if config is not None else load_config()
     cache = cache if cache is not None else Cache.from_config(config)
     staging, prod = _clusters(config, source, target)
-    expected = _cached_digest(cache, ref)
+    expected = cached_digest(cache, ref)
     timeout = min(options.timeout, 10.0)
     build = source_build(ref, staging.name, cluster_members(staging, timeout=timeout), expected)
     members = cluster_members(prod, timeout=timeout)
@@ -242,7 +243,7 @@ def promote(
     if options.dry_run:
         promotion.plans = _plans(members, sources, parallel)
         return promotion
-    settings = settings or _settings(prod)
+    settings = settings or cluster_relay(prod)
     outcome = rollout_all(
         model, members, options, parallel, progress, settings, sources=sources, push=False
     )
@@ -256,7 +257,7 @@ def promote(
     return promotion
 
 
-def _cached_digest(cache: Cache, ref: ModelRef) -> str | None:
+def cached_digest(cache: Cache, ref: ModelRef) -> str | None:
     """The digest of the cache's build of ``ref`` (as published), or None when the cache
     does not have it. Files are not re-hashed: a promotion moves no bytes from here."""
     try:
@@ -282,7 +283,8 @@ def _sources(build: Build, parallel: int) -> list[Peer]:
     return usable
 
 
-def _settings(cluster: ClusterTarget) -> RelaySettings:
+def cluster_relay(cluster: ClusterTarget) -> RelaySettings:
+    """The cluster's ``relay:`` seeds and fanout (the defaults without a mapping)."""
     from axon.config import RelayConfig
 
     conf = cluster.relay
@@ -305,4 +307,12 @@ def _plans(members: list[InstanceTarget], sources: list[Peer], parallel: int) ->
     return lines
 
 
-__all__ = ["Build", "PromoteResult", "promote", "source_build"]
+__all__ = [
+    "Build",
+    "PromoteResult",
+    "cached_digest",
+    "cluster_relay",
+    "held_manifest",
+    "promote",
+    "source_build",
+]

@@ -25,7 +25,7 @@ from axon.progress import Progress
 from axon.publish.instance import publish_to_instance, stage_on_instance
 from axon.publish.pull import PullFailed, StagedPull, pull_onto
 from axon.publish.relay import PULL, SEED, Peer, RelaySettings, peer_names, spread
-from axon.publish.results import InstanceResult, error_dict, failed_result
+from axon.publish.results import InstanceResult, error_dict, failed_result, reason
 from axon.publish.rollout import InstanceLine, Outcome, PushStage, Staged
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ class Pusher:
     def push(self, target: InstanceTarget, how: dict[str, Any]) -> InstanceResult:
         line = self._line(target, how["text"])
         result = publish_to_instance(self.model, target, self.options, line)
-        line.finish(ok=result.ok, note=how["text"] if result.ok else str(result.error))
+        line.finish(ok=result.ok, note=how["text"] if result.ok else reason(result))
         how["bytes"] = result.bytes_sent
         result.relay = how
         return result

@@ -41,7 +41,7 @@ from axon.publish.matrix import StatusMatrix, status_matrix
 from axon.publish.members import cluster_members
 from axon.publish.options import PublishOptions
 from axon.publish.prepared import PreparedModel
-from axon.publish.promote import _cached_digest, _held, _settings
+from axon.publish.promote import cached_digest, cluster_relay, held_manifest
 from axon.publish.relay import survey
 from axon.publish.results import Line
 from axon.publish.rollout import parallel_map
@@ -229,12 +229,12 @@ def _sync_one(
     progress: Progress,
 ) -> ModelSync:
     one = ModelSync(ref.id)
-    answers = parallel_map(members, lambda t: _held(ref, t), DEFAULT_MAX_PARALLEL)
+    answers = parallel_map(members, lambda t: held_manifest(ref, t), DEFAULT_MAX_PARALLEL)
     held: dict[str, Manifest] = {
         t.name: m for t in members if (m := answers[t.name][0]) is not None
     }
     digests = {name: m.digest() for name, m in held.items()}
-    cached = _cached_digest(cache, ref)
+    cached = cached_digest(cache, ref)
     if cached:
         one.digest, one.chosen_by = cached, "the local cache's"
     elif ref.id in desired:
@@ -268,7 +268,7 @@ def _sync_one(
         return one
     peers = [p for p in survey(sources, max_parallel=parallel).values() if p.address]
     outcome = rollout_all(
-        model, lagging, options, parallel, progress, _settings(cluster), sources=peers,
+        model, lagging, options, parallel, progress, cluster_relay(cluster), sources=peers,
         push=False,
     )  # fmt: skip
     pulls = ClusterResult(cluster.name, "all", [], {}, len(lagging), len(lagging), relay=True)
