@@ -166,6 +166,11 @@ def test_tokens_unset_token_env_and_ad_hoc_targets(
         env={**no_token, "MY_TOKEN": "alpha-token"},
     )  # fmt: skip
     assert named.code == EXIT_OK, named.err
+    register = ("register", str(ref), "-t", srv.url)
+    unsent = run_axon(*register, env=no_token)
+    assert unsent.code != EXIT_OK and "none was sent" in unsent.err, unsent.err
+    registered = run_axon(*register, "--token-env", "MY_TOKEN", env={"MY_TOKEN": "alpha-token"})
+    assert registered.code == EXIT_OK, registered.err
     missing = run_axon("publish", str(ref), "-t", srv.url, "--token-env", "MY_TOKEN", env=no_token)
     assert missing.code == EXIT_CONFIG and "MY_TOKEN" in missing.err, missing.err
     value = run_axon("publish", str(ref), "-t", srv.url, "--token-env", "alpha-token", env=no_token)
