@@ -294,7 +294,7 @@ def _value(token: str) -> Any:
         return []
     if _INT.fullmatch(token):
         return int(token)
-    if token[:1].isdigit() and is_timestamp(token):
+    if token[4:5] == "-" and is_timestamp(token):  # YYYY-...: never a digest or a size
         return Timestamp(token)
     if token[:1] in ("'", '"'):
         return _quoted(token)
