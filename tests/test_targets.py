@@ -429,13 +429,14 @@ def test_valid_host_names_ips_and_proxied_names_still_work(
     assert isinstance(resolve_target("https://models.example.internal", config), InstanceTarget)
     assert isinstance(resolve_target("10.9.9.9", config), InstanceTarget)
     assert fake_dns == ["mlos-core-9", "models.example.internal"]  # IPs are not looked up
-    with pytest.raises(TargetNotFoundError):
-        resolve_target("http://no-such-host:8080", config)
+    with pytest.raises(TargetNotFoundError) as info:
+        resolve_target("http://mlos-core-l:8080", config)
+    assert "did you mean 'mlos-core-" in (info.value.hint or "")  # the host, not the URL
     # behind a proxy from the environment the proxy resolves names, not we
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:3128")
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
-    assert isinstance(resolve_target("http://no-such-host:8080", config), InstanceTarget)
+    assert isinstance(resolve_target("http://mlos-core-l:8080", config), InstanceTarget)
 
 
 # ---- tokens ----------------------------------------------------------------------------------

@@ -256,8 +256,11 @@ def suggestions(spec: str, names: list[str]) -> list[str]:
     """The configured names closest to ``spec`` (a typo: ``mlos-cluster-prd``), best first."""
     if not spec:
         return []
-    host = split_host_port(spec)[0] or spec
-    return difflib.get_close_matches(host, names, n=3, cutoff=0.6)
+    try:
+        host = urlsplit(spec).hostname if "://" in spec else split_host_port(spec)[0]
+    except ValueError:
+        host = None
+    return difflib.get_close_matches(host or spec, names, n=3, cutoff=0.6)
 
 
 def lookup_host(host: str) -> None:
