@@ -4,6 +4,8 @@
 # to a temp dir in private mount namespaces: nothing outside them is written); our mlos-core
 # registers it from upstream's /models/scan; then our axon publishes the same model there
 # and sends nothing again: the files upstream placed are hashed where they lie and used.
+# Then upstream rewrites, in place, a file mlos-core shares between two models: the copy is
+# found damaged (axon status exit 5) and our publish sends that one file again.
 # Skipped, saying why, without the binary ($AXON_UPSTREAM_BIN, ../shared/upstream-axon/axon,
 # /work/shared/upstream-axon/axon) or without user namespaces.
 set -euo pipefail
@@ -103,3 +105,21 @@ run axon list
 run axon verify "$REF"
 run axon publish "$REF" --target "$URL"
 ls -A "$models/acme/tiny-bert/v1"
+
+say "interop: a copy of it under another name shares its stored bytes (hard links to one blob)"
+COPY=acme/tiny-bert-copy@v1
+run axon install "$AXON_HOME/cache/models/acme/tiny-bert/v1" --as "$COPY" -q
+run axon publish "$COPY" --target "$URL" -q
+say "interop: upstream publishes an edited config.json over our version: it rewrites the file in place"
+printf '{"model_type": "bert", "hidden_size": 64}' >"$AXON_HOME/cache/models/acme/tiny-bert/v1/config.json"
+HOME="$work/home" TMPDIR="$work/tmp" MLOS_CORE_ENDPOINT="$URL" bound "$bin" publish "$REF" | tail -1
+say "interop: the scan it asks for finds the copy's stored bytes rewritten: damaged, status exit 5"
+for _ in $(seq 100); do  # the scan may outlast upstream's 2 s wait for its answer
+  curl -s "$URL/models/acme%2Ftiny-bert-copy%40v1" | grep -q '"damaged"' && break; sleep 0.1
+done
+curl -s "$URL/models/acme%2Ftiny-bert-copy%40v1" | python3 -c 'import json,sys; m=json.load(sys.stdin)["model"]; print(m["status"], m["damaged"])'
+code=0; axon status "$COPY" --target "$URL" || code=$?
+echo "(exit $code)"; [ "$code" = 5 ]
+say "interop: our publish sends the damaged file again, and only that"
+run axon publish "$COPY" --target "$URL"
+run axon status "$COPY" --target "$URL"
