@@ -116,3 +116,15 @@ def test_a_hub_that_cannot_be_reached_is_one_line(tmp_path: Path) -> None:
     assert run.code == EXIT_TRANSPORT
     (line,) = error_lines(run.err)
     assert f"cannot download hf/{REPO} (its default branch) from {dead}" in line
+
+
+def test_a_hub_that_names_no_default_commit_is_not_revision_none(
+    hub: FakeHub, tmp_path: Path
+) -> None:
+    """The model API failing, huggingface_hub falls back to 'main': the message says so."""
+    hub.failing[f"/api/models/{REPO}"] = 500
+    run = _install(hub, tmp_path, f"hf/{REPO}", HF_HUB_DOWNLOAD_TIMEOUT="5")
+    assert run.code == EXIT_INVALID, run.err
+    (line,) = error_lines(run.err)
+    assert "None" not in line
+    assert "the Hub has no revision 'main' (asked for it because the Hub named no commit" in line

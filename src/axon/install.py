@@ -390,8 +390,13 @@ def download_hf(
             hint="check the repository name; for gated/private repos set HF_TOKEN",
         ) from exc
     except hf_errors.RevisionNotFoundError as exc:
+        asked = (
+            repr(wanted)
+            if wanted
+            else ("'main' (asked for it because the Hub named no commit for the default branch)")
+        )
         raise SourceError(
-            f"hf/{repo}: the Hub has no revision {wanted!r} of it",
+            f"hf/{repo}: the Hub has no revision {asked} of it",
             hint="give a branch, tag or commit that exists (e.g. hf/<repo>@main), or no "
             "version (or @latest) for the repo's default branch",
         ) from exc
