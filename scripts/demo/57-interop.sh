@@ -115,7 +115,7 @@ printf '{"model_type": "bert", "hidden_size": 64}' >"$AXON_HOME/cache/models/acm
 HOME="$work/home" TMPDIR="$work/tmp" MLOS_CORE_ENDPOINT="$URL" bound "$bin" publish "$REF" | tail -1
 say "interop: the scan it asks for finds the copy's stored bytes rewritten: damaged, status exit 5"
 for _ in $(seq 100); do  # the scan may outlast upstream's 2 s wait for its answer
-  curl -s "$URL/models/acme%2Ftiny-bert-copy%40v1" | grep -q '"damaged"' && break; sleep 0.1
+  curl -s "$URL/models/acme%2Ftiny-bert-copy%40v1" | grep -q '"damaged": *\["' && break; sleep 0.1
 done
 curl -s "$URL/models/acme%2Ftiny-bert-copy%40v1" | python3 -c 'import json,sys; m=json.load(sys.stdin)["model"]; print(m["status"], m["damaged"])'
 code=0; axon status "$COPY" --target "$URL" || code=$?
