@@ -29,7 +29,7 @@ except FileNotFoundError:
 targets = conf.get("mlos_targets") or {}
 targets["local-fs"] = {  # this machine's models dir: copy, then notify
     "endpoint": fs_url, "access_method": "filesystem", "storage_path": fs_models,
-    "dir_mode": 0o755, "file_mode": 0o644}
+    "dir_mode": "0755", "file_mode": "0644"}
 targets["local-api"] = {"endpoint": api_url, "access_method": "api"}  # upload via the API
 conf["mlos_targets"] = targets
 yaml.safe_dump(conf, open(path, "w"), sort_keys=False)
