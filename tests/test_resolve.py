@@ -6,6 +6,8 @@ listing them, never a misleading message."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import quote
 
@@ -177,3 +179,26 @@ def test_register_of_a_model_the_instance_lacks_says_so(
     assert "has no files of team/absent@latest to register" in line
     assert "published" not in line.split("(")[0]
     assert "axon publish team/absent@latest --target" in line
+
+
+def test_mlos_federated_evaluate_takes_a_bare_name() -> None:
+    """The seed's `mlos federated evaluate federated-model@v1.1 --target ...`."""
+    from tests.fixtures.common import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    argv = [sys.executable, "-m", "axon.cli.mlos_main", "federated", "evaluate"]
+    run = subprocess.run(
+        [*argv, "federated-model@v1.1", "--target", dead], capture_output=True, text=True
+    )
+    assert "missing namespace" not in run.stderr
+    assert "evaluation of local/federated-model@v1.1" in run.stdout
+
+
+def test_register_without_a_token_says_which_to_set(mlos_server: ServerFactory) -> None:
+    from tests.fixtures.mlos import TOKENS
+
+    srv = mlos_server(no_fsync=True, tokens=TOKENS)
+    run = run_axon("register", "alpha/clf@v1", "--target", srv.url)
+    (line,) = error_lines(run.err)
+    assert "did not register alpha/clf@v1" in line
+    assert "once the instance is up" not in line  # the token's own hint instead

@@ -151,7 +151,7 @@ def evaluate(
     config: Config | None = None,
 ) -> Evaluation:
     """Evaluate ``model`` on every participant of ``target_spec`` (module docstring)."""
-    ref = _model_ref(model)
+    ref = _model_ref(model, config)
     for m in metrics or []:
         if m not in METRICS:
             raise OptionError(f"unknown metric {m!r}", hint=f"use one of {', '.join(METRICS)}")
@@ -201,8 +201,11 @@ def evaluate(
     return result
 
 
-def _model_ref(model: str) -> ModelRef:
-    return ModelRef.parse(model)
+def _model_ref(model: str, config: Config | None) -> ModelRef:
+    """``model`` parsed; a bare name (the seed's ``federated-model@v1.1``) takes the config's
+    ``default_namespace``, as in every axon command."""
+    namespace = (config if config is not None else load_config()).default_namespace
+    return ModelRef.parse(model, default_namespace=namespace)
 
 
 def _short(digest: str | None) -> str:

@@ -77,7 +77,8 @@ def _not_registered(target: InstanceTarget, ref: ModelRef, exc: AxonError) -> Ax
         f"{target.name} did not register {ref}: {exc.message}",
         target=target.name,
         url=url,
-        hint=f"once the instance is up run again: axon register {ref} --target {target.name}",
+        hint=exc.hint  # a refused token says which variable to set
+        or f"once the instance is up run again: axon register {ref} --target {target.name}",
     )
 
 
