@@ -24,11 +24,9 @@ before anything is sent (:func:`check_tokens`).
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import os
 import re
-import socket
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -260,12 +258,16 @@ def suggestions(spec: str, names: list[str]) -> list[str]:
         host = urlsplit(spec).hostname if "://" in spec else split_host_port(spec)[0]
     except ValueError:
         host = None
+    import difflib  # only for an error message
+
     return difflib.get_close_matches(host or spec, names, n=3, cutoff=0.6)
 
 
 def lookup_host(host: str) -> None:
     """Resolve ``host`` once, as the connection would; ``socket.gaierror`` when it does not.
     (Tests replace this: they may ask no DNS server but loopback.)"""
+    import socket  # a filesystem publish never needs it
+
     socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
 
 
