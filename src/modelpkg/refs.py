@@ -185,7 +185,5 @@ def parse_request(
 ) -> RefRequest:
     """Parse ``[namespace/]name[@version]`` (a bare name takes ``default_namespace``; None
     refuses it); InvalidReferenceError with a hint."""
-    ref, namespace_given, version_given = ModelRef._parse(
-        text, default_version, default_namespace
-    )
+    ref, namespace_given, version_given = ModelRef._parse(text, default_version, default_namespace)
     return RefRequest(text, ref, namespace_given, version_given)
