@@ -21,6 +21,11 @@ import click
 from mlos_core.core import Core, ModelSource
 from mlos_core.errors import CoreError
 from mlos_core.integrations.discovery import DEFAULT_TTL, Registration, registered
+from mlos_core.integrations.relay_sources import (
+    ETCD_SCHEMES,
+    DiscoveryMembers,
+    EtcdDesiredState,
+)
 from mlos_core.integrations.s3_sync import S3Sync
 from mlos_core.relay import Relay
 from mlos_core.relay.peers import normalize
@@ -298,6 +303,7 @@ def registration(
     "--peer",
     "peers",
     multiple=True,
+    metavar="URL",
     help="An instance this one may pull models from (base URL, e.g. http://10.0.0.6:8080); "
     "repeatable. The members of --cluster (with --discovery) are peers too.",
 )
@@ -305,6 +311,7 @@ def registration(
     "--accept-from",
     "accept_from",
     multiple=True,
+    metavar="CLUSTER",
     help="Also accept the members of this cluster (same --discovery) as pull sources "
     "(promotion from staging); repeatable.",
 )
@@ -450,8 +457,16 @@ def _relay_settings(
 
 
 def relay_for(core: Core) -> Relay:
-    """The relay of ``core``: its static --peer peers."""
-    return Relay(core)
+    """The relay of ``core``: its peers listed by the discovery source (with --cluster and
+    --discovery), and the cluster's desired state when that source is etcd."""
+    settings = core.settings
+    members = desired = None
+    if settings.cluster and settings.discovery_uri:
+        members = DiscoveryMembers(settings)
+        scheme = settings.discovery_uri.split(":", 1)[0].lower()
+        if scheme in ETCD_SCHEMES:
+            desired = EtcdDesiredState(settings.discovery_uri, settings.cluster)
+    return Relay(core, members=members, desired=desired)
 
 
 def _start_logging(log_level: str, host: str, tokens_file: Path | None) -> None:
