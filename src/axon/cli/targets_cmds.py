@@ -26,15 +26,14 @@ def _set_token_env(ctx: click.Context, param: click.Parameter, value: str | None
 
     from axon.config import TOKEN_ENV_OPTION
 
-    if value is not None:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
-            raise click.BadParameter(
-                f"{value!r} is not an environment variable name: give the NAME of a variable "
-                "that holds the token (export NAME=...; never the token itself)",
-                ctx,
-                param,
-            )
-        TOKEN_ENV_OPTION.set(value)
+    if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        raise click.BadParameter(
+            f"{value!r} is not an environment variable name: give the NAME of a variable "
+            "that holds the token (export NAME=...; never the token itself)",
+            ctx,
+            param,
+        )
+    TOKEN_ENV_OPTION.set(value)  # also None: a command run in-process after another
 
 
 #: ``--token-env NAME`` for the commands that talk to instances (publish, status, register)
