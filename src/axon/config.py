@@ -138,7 +138,7 @@ class TargetConfig:
 class ClusterConfig(TargetConfig):
     """One entry of ``clusters:`` (the first of the two cluster forms in docs/clusters.md).
     Same keys as a target; the instance keys (access_method, storage_path, ssh_*, token...)
-    are defaults for members."""
+    apply to every member, over the settings of a configured instance a member names."""
 
 
 @dataclass
