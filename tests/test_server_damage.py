@@ -146,3 +146,24 @@ def test_every_blob_enters_the_store_sealed(
     blobs = [p for p in (srv.models_dir / ".mlos/blobs/sha256").rglob("*") if p.is_file()]
     assert len(blobs) > 5
     assert {p.stat().st_mtime_ns for p in blobs} == {SEALED_MTIME_NS}
+
+
+def test_an_upload_after_a_rewrite_does_not_count_on_the_rewritten_blob(
+    two_published: Any, make_model_dir: MakeModelDir, install_model: InstallModel
+) -> None:
+    """No scan came (the other tool did not ask for one): a third model with the same
+    config.json is published. The server does not link the rewritten blob into it: asked
+    whether it has that content, it finds the blob unsealed, hashes it, takes it out and
+    marks the models holding it, and asks for the bytes."""
+    srv = two_published
+    config = (srv.models_dir / A.relpath / "config.json").read_bytes()
+    rewrite_in_place(srv.models_dir / A.relpath / "config.json", b"-" * len(config))
+    third = ModelRef.parse("hf/third@v1")
+    src = make_model_dir()
+    (src / "config.json").write_bytes(config)
+    install_model(src, str(third))
+    run = run_axon("publish", str(third), "-t", srv.url, "--json")
+    assert run.code == 0, run.out + run.err
+    assert (srv.models_dir / third.relpath / "config.json").read_bytes() == config
+    assert model(srv.url, A)["damaged"] == ["config.json"]
+    assert model(srv.url, B)["damaged"] == ["config.json"]

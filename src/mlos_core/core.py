@@ -465,6 +465,22 @@ class Core:
 
     def describe(self, upload: Upload) -> dict[str, Any]:
         """The answer to open / GET: what is still needed, what the server has."""
+        answer = self._describe(upload)
+        if self.blobs.unsealed and self._settle_unsealed():
+            answer = self._describe(upload)  # a blob it counted on left the store
+        return answer
+
+    def _settle_unsealed(self) -> bool:
+        """Check the blobs the store found without its seal (mlos_core.storage.damage):
+        True when one was rewritten in place, taken out, and the models holding it marked."""
+        shas, self.blobs.unsealed = self.blobs.unsealed, set()
+        taken = self.damage.settle(shas)
+        if taken:
+            self.metrics.rewritten(taken)
+            self._damage_everywhere()
+        return bool(taken)
+
+    def _describe(self, upload: Upload) -> dict[str, Any]:
         needed, have = [], []
         paths = upload.paths_by_blob()
         for sha, size in upload.blobs().items():

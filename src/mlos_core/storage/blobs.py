@@ -142,6 +142,9 @@ class BlobStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.partial_dir.mkdir(parents=True, exist_ok=True)
         self._copy_lock = threading.Lock()  # one fresh copy of a blob out of links at a time
+        # blobs :meth:`has` found without the store's seal (rewritten in place by another
+        # tool, or stored before seals existed): the core checks them (storage/damage.py)
+        self.unsealed: set[str] = set()
 
     def path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256
@@ -151,6 +154,8 @@ class BlobStore:
             st = os.stat(self.path(sha256))
         except FileNotFoundError:
             return False
+        if st.st_mtime_ns != SEALED_MTIME_NS:
+            self.unsealed.add(sha256)  # noted only: the stat was taken anyway
         return size is None or st.st_size == size
 
     def partial_path(self, sha256: str, scope: str | None = None) -> Path:

@@ -17,6 +17,10 @@ visible version:
   it keep their bytes), and each version whose manifest gives that sha256 to a file of that
   inode is *damaged* at that path.
 
+An upload does not wait for a scan: the store notes each blob it finds without the seal
+while answering what an upload needs (no extra system call), and the core settles those
+(:meth:`DamageCheck.settle`) before the answer counts on them.
+
 Quarantined inodes are remembered by the quarantine dir itself (``<sha256>-<id>``, the same
 inode), so a later check still names the damaged versions, until no version links one any
 more (then it is deleted). A publish of a damaged model sends the damaged files again (the
@@ -105,6 +109,25 @@ class DamageCheck:
             sha256[:12],
             dest,
         )
+
+    def settle(self, shas: Iterable[str]) -> int:
+        """Hash the blobs ``shas`` that lack the seal: seal those that still hold their
+        bytes, take the others out of the store; how many were taken out."""
+        taken = 0
+        for sha in sorted(shas):
+            path = self.blobs.path(sha)
+            try:
+                if os.stat(path).st_mtime_ns == SEALED_MTIME_NS:
+                    continue
+            except OSError:
+                continue
+            if _hashes_to(path, sha):
+                with contextlib.suppress(OSError):
+                    seal(path)
+            else:
+                self._take_out(sha)
+                taken += 1
+        return taken
 
     def check(self, found: Iterable[FoundModel]) -> Damage:
         """Check the files of the visible versions ``found`` (see the module docstring)."""
