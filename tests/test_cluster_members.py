@@ -12,7 +12,7 @@ import pytest
 
 from axon.errors import EXIT_DISCOVERY, EXIT_OK
 from tests.fixtures.common import free_port, wait_for
-from tests.fixtures.discovery import EtcdServer
+from tests.fixtures.discovery import EtcdServer, RecordedApi
 from tests.helpers import error_lines, run_axon, write_config
 
 pytestmark = pytest.mark.slow
@@ -125,15 +125,34 @@ def test_a_cluster_takes_its_members_from_an_instance(
 
 
 def test_a_member_source_that_cannot_list_fails_clearly(
-    mlos_server: Any, installed_model: Any, axon_home: Path
+    mlos_server: Any, installed_model: Any, axon_home: Path, recorded_api: Any
 ) -> None:
     plain = mlos_server(no_fsync=True)
-    write_config(axon_home, clusters={"prod": {"members_from": plain.url}})
+    recorded_api.route("GET", "/v1/cluster/members", {"status": "success", "members": "all"})
+    clusters = {
+        "prod": {"members_from": plain.url},  # runs without --cluster
+        "old": {"members_from": "http://127.0.0.1:9"},  # nothing listens
+        "liar": {"members_from": recorded_api.url},  # an answer no MLOS Core gives
+    }
+    write_config(axon_home, clusters=clusters)
     run = run_axon("publish", str(installed_model), "-t", "prod")
     assert run.code == EXIT_DISCOVERY, run.err
     (line,) = error_lines(run.err)
-    assert "cannot list its cluster's members" in line and plain.url in line
-    assert "--cluster" in line
+    assert "cannot list its cluster's members (HTTP 404 not_clustered)" in line
+    assert plain.url in line and "--cluster" in line
+    for name, words in (("old", "cannot connect"), ("liar", "not as MLOS Core does")):
+        run = run_axon("publish", str(installed_model), "-t", name)
+        assert run.code == EXIT_DISCOVERY, run.err
+        (line,) = error_lines(run.err)
+        assert f"cluster {name!r}: cannot list members from" in line and words in line, line
+    older = RecordedApi().start()  # a server without the route: 404, no error code
+    try:
+        write_config(axon_home, clusters={"older": {"members_from": older.url}})
+        run = run_axon("targets", "show", "older")
+        assert run.code == EXIT_DISCOVERY, run.err
+        assert "it has no GET /v1/cluster/members (an older mlos-core?)" in run.err
+    finally:
+        older.stop()
 
 
 def test_an_instance_lists_its_cluster_from_consul(recorded_api: Any, mlos_server: Any) -> None:

@@ -114,9 +114,12 @@ def listed_members(cluster: ClusterTarget, *, timeout: float = 5.0) -> MemberLis
             )
             if answer.status != 200:
                 code, message = answer.error_fields()
+                if answer.status == 404 and code != "not_clustered":
+                    message = "it has no GET /v1/cluster/members (an older mlos-core?)"
+                said = f"HTTP {answer.status}" + (f" {code}" if code else "")
                 raise DiscoveryError(
                     f"cluster {cluster.name!r}: {source.endpoint} cannot list its cluster's "
-                    f"members (HTTP {answer.status} {code or ''}): {message or 'no reason given'}",
+                    f"members ({said}): {message or 'no reason given'}",
                     hint=fix if answer.status in (404, 501) else "check its discovery source",
                     target=cluster.name,
                     url=source.endpoint + MEMBERS_PATH,
