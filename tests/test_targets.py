@@ -480,3 +480,55 @@ def test_ad_hoc_targets_take_token_env_option_or_axon_token(
             "MY_TOKEN",
             "--token-env MY_TOKEN",
         )
+
+
+def test_the_seeds_cluster_config_as_written(axon_home: Path) -> None:
+    """The seed's own config: mlos-core-1 by SSH, mlos-core-2 by the API ("no filesystem
+    access"), mlos-core-3 not configured; the cluster names storage_type/storage_path but no
+    access_method. Each member is reached as its instance says; the unnamed one takes the
+    cluster's storage settings (filesystem on another host: SSH)."""
+    path = axon_home / "config.yaml"
+    axon_home.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        """
+cache_dir: ~/.axon/cache
+mlos_targets:
+  mlos-core-1:
+    endpoint: http://mlos-core-1:8080
+    storage_type: filesystem  # or: api, nfs, s3
+    storage_path: /var/lib/mlos/models
+    access_method: ssh  # or: api, nfs
+  mlos-core-2:
+    endpoint: http://mlos-core-2:8080
+    storage_type: api
+    # No filesystem access, upload via API
+  mlos-cluster-prod:
+    instances:
+      - mlos-core-1:8080
+      - mlos-core-2:8080
+      - mlos-core-3:8080
+    storage_type: filesystem
+    storage_path: /var/lib/mlos/models
+  mlos-shared-repo:
+    storage_type: nfs
+    storage_path: nfs://mlos-repo/models
+"""
+    )
+    c = resolve_target("mlos-cluster-prod", load_config())
+    assert isinstance(c, ClusterTarget)
+    methods = {m.name: (m.access_method, m.sources["access_method"]) for m in c.instances}
+    assert methods == {
+        "mlos-core-1:8080": ("ssh", "mlos_targets.mlos-core-1.access_method"),
+        "mlos-core-2:8080": ("api", "mlos_targets.mlos-core-2.storage_type"),
+        "mlos-core-3:8080": ("ssh", "mlos_targets.mlos-cluster-prod.storage_type"),
+    }
+    # a cluster that names an access_method sets every member's
+    text = path.read_text().replace(
+        "    storage_type: filesystem\n    storage_path: /var/lib/mlos/models\n  mlos-shared",
+        "    storage_type: filesystem\n    storage_path: /var/lib/mlos/models\n"
+        "    access_method: ssh\n  mlos-shared",
+    )
+    path.write_text(text)
+    c = resolve_target("mlos-cluster-prod", load_config())
+    assert isinstance(c, ClusterTarget)
+    assert {m.access_method for m in c.instances} == {"ssh"}

@@ -685,10 +685,17 @@ def _member(
         origins["endpoint"] = key
     if conf is not None and not force_api:
         where = cluster_key or key.rsplit(".", 1)[0]
+        # an instance that says how it is reached (access_method, storage_type: api for one
+        # without filesystem access) keeps that unless the cluster names an access_method:
+        # a cluster's storage_type alone describes its other members' storage (the seed's)
+        declared = name is not None and bool(data["access_method"] or data["storage_type"])
         for k in _set_keys(conf):
-            if k not in CLUSTER_ONLY and k not in ("endpoint", "ssh_host"):
-                data[k] = getattr(conf, k)
-                origins[k] = f"{where}.{k}"
+            if k in CLUSTER_ONLY or k in ("endpoint", "ssh_host"):
+                continue
+            if k == "storage_type" and declared and not conf.access_method:
+                continue
+            data[k] = getattr(conf, k)
+            origins[k] = f"{where}.{k}"
     for k in CLUSTER_ONLY:
         data.pop(k, None)
     settings = TargetConfig(**data, type="instance")
