@@ -81,13 +81,14 @@ class NoSource(CoreError):
 
 @dataclass
 class _Blob:
-    """One blob being fetched, and which sources its bytes came from."""
+    """One blob being fetched: a mismatch is blamed on a source only when it sent every
+    byte of the blob in one answer."""
 
     sha256: str
     size: int
     what: str  # "path (sha256 abc...) of ns/name@v": for messages
-    sources: set[str] = field(default_factory=set)
-    restarted: bool = False
+    resumed: bool = False  # the last request went on from bytes held before it
+    refetched: set[str] = field(default_factory=set)  # sources asked again from byte 0
 
 
 @dataclass
@@ -395,11 +396,11 @@ class Puller:
                 job.notify()
                 return False
             except ChecksumMismatch:
-                blob.sources.add(source)
-                if len(blob.sources) > 1 and not blob.restarted:
-                    # bytes from two sources: blame neither yet, fetch it whole from this one
-                    blob.restarted = True
-                    blob.sources = set()
+                if blob.resumed and source not in blob.refetched:
+                    # bytes held before this request (another source, an earlier pull, a
+                    # cut liar) made the mismatch as much as this one: blame nobody, the
+                    # partial is dropped, fetch the whole blob again from this source
+                    blob.refetched.add(source)
                     continue
                 log.warning(
                     "peer %s served bytes for %s that do not hash to its sha256: dropped, "
@@ -418,7 +419,6 @@ class Puller:
                 )
                 job.notify()
                 return False
-            blob.sources.add(source)
             if held:
                 return True
             if not moved:
@@ -438,6 +438,7 @@ class Puller:
             if core.holds(upload.tenant, sha, size):
                 return True, False
             offset = core.blob_offset(upload, sha, size)
+            blob.resumed = offset > 0
             writer = core.blob_writer(upload, sha, size, offset)
             if offset >= size:  # all bytes arrived once, never checked: check them now
                 await asyncio.to_thread(writer.open)
