@@ -3,6 +3,7 @@ test ever reads or writes the developer's real ~/.axon."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,29 @@ pytest_plugins = [
     "tests.fixtures.proxy",
     "tests.fixtures.relay",
 ]
+
+
+def _hosts_file_only(host: str) -> None:
+    """axon.targets.lookup_host for tests, which ask no DNS server: a name resolves when
+    /etc/hosts lists it (localhost), else EAI_NONAME. tests/test_target_names.py runs the real
+    resolver against its own DNS server in a private network namespace."""
+    import socket
+
+    names = set()
+    with open("/etc/hosts", encoding="utf-8") as hosts:
+        for line in hosts:
+            names.update(line.split("#", 1)[0].split()[1:])
+    if host not in names:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known (tests ask no DNS)")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_dns_lookups() -> Iterator[None]:
+    import axon.targets
+
+    real, axon.targets.lookup_host = axon.targets.lookup_host, _hosts_file_only
+    yield
+    axon.targets.lookup_host = real
 
 
 @pytest.fixture(autouse=True)
