@@ -43,6 +43,9 @@ class NullProgress:
     def skip(self, key: str, nbytes: int) -> None:
         pass
 
+    def expect(self, target: str, total: int, done: int = 0) -> None:
+        pass
+
 
 NULL_PROGRESS: Progress = NullProgress()
 
@@ -56,6 +59,18 @@ def skip(progress: Progress, key: str, nbytes: int) -> None:
         method(key, nbytes)
     else:
         progress.advance(key, nbytes)
+
+
+def expect(progress: Progress, target: str, total: int, done: int = 0) -> None:
+    """Target ``target`` receives ``total`` bytes in all, of which ``done`` are there already
+    outside the tasks that follow (files an earlier attempt finished). Called by a publish
+    once it knows what it sends, before the tasks of its files begin (again on each retry,
+    with the same ``total``): a sink with an ``expect`` method takes it as the target's whole
+    total instead of adding up its tasks' totals as they begin. The tasks still report a
+    resumed offset through :func:`skip` (done, not sent)."""
+    method = getattr(progress, "expect", None)
+    if method is not None:
+        method(target, total, done)
 
 
 class BytesTo:
@@ -96,6 +111,9 @@ class PrefixedProgress:
 
     def skip(self, key: str, nbytes: int) -> None:
         skip(self.inner, f"{self.prefix}{key}", nbytes)
+
+    def expect(self, target: str, total: int, done: int = 0) -> None:
+        expect(self.inner, f"{self.prefix}{target}", total, done)
 
     def message(self, text: str) -> None:
         self.inner.message(f"{self.prefix}{text}")

@@ -4,7 +4,9 @@ A CI log cannot draw bars, and a publish that prints nothing for minutes looks h
 a terminal, :class:`PlainProgress` (a :class:`axon.progress.Progress` sink) folds the tasks
 of each target (one per file or batch of files, keyed ``"<target>:<what>"``) into one
 line per target and prints it when the target passes another 10% of its bytes, or every
-``AXON_PROGRESS_INTERVAL`` seconds (default 10) while it has not::
+``AXON_PROGRESS_INTERVAL`` seconds (default 10) while it has not. A publish tells the sink
+each target's whole total before its files begin (:meth:`PlainProgress.expect`), so the
+percentage is of everything the target receives and never steps back as files start::
 
     axon: progress: mlos-1: 40% (40.0 of 100.0 MiB, 12.3 MiB/s, 4 s)
     axon: progress: mlos-1: 40% (40.0 of 100.0 MiB), nothing moved for 10 s
@@ -82,6 +84,7 @@ class _Group:
     waiting: str = ""  # the last retry message, until bytes move again
     waiting_since: float = 0.0
     finished: bool = False
+    expected: bool = False  # the publish gave the whole total up front (expect)
 
     @property
     def percent(self) -> int | None:
@@ -150,11 +153,31 @@ class PlainProgress:
             group.aliases.add(key)
             if key not in group.open_tasks:
                 group.open_tasks.add(key)
-                if total is None:
+                if group.expected:  # its total is the whole target's, given up front
+                    pass
+                elif total is None:
                     group.unknown_total = True
-                else:  # a target's files start one after another: its total grows
+                else:  # no total up front: it grows as the target's files start
                     group.total += total
                     group.printed_step = (group.percent or 0) // STEP_PERCENT
+
+    def expect(self, target: str, total: int, done: int = 0) -> None:
+        """``target`` receives ``total`` bytes in all, ``done`` of them there already (see
+        :func:`axon.progress.expect`): its percentage is of the whole from the first line
+        on. Called again on a retry: the state is reset to what the target holds now."""
+        with self._lock:
+            group = self._groups.get(target)
+            if group is None or group.finished:  # a cluster member's line: keyed by its name
+                group = next(
+                    (g for g in self._groups.values() if not g.finished and target in g.aliases),
+                    None,
+                )
+            if group is None:
+                group = self._groups[target] = _Group(target, aliases={target})
+            group.expected, group.unknown_total = True, False
+            group.total, group.done = total, min(done, total)
+            group.failed.clear()  # a retry: what failed before is being sent again
+            group.printed_step = max(group.printed_step, (group.percent or 0) // STEP_PERCENT)
 
     def advance(self, key: str, nbytes: int) -> None:
         self._add(key, nbytes, worked=True)

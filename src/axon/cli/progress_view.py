@@ -125,6 +125,14 @@ class RichProgress:
         if task is not None:
             self._bars.advance(task, nbytes)
 
+    def expect(self, target: str, total: int, done: int = 0) -> None:
+        """A target's whole total (:func:`axon.progress.expect`): a target drawn as one bar
+        (a cluster member's line, keyed by its name) shows what it receives, not the model's
+        size; a single instance's per-file bars have their own totals."""
+        task = self._tasks.get(target)
+        if task is not None:
+            self._bars.update(task, total=total, completed=min(done, total))
+
     def rate_of(self, key: str) -> float | None:
         task = self._tasks.get(key)
         return self.rate_of_task(task) if task is not None else None

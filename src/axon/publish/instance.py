@@ -31,7 +31,7 @@ from axon.errors import (
     TargetUnreachableError,
     TransportError,
 )
-from axon.progress import NULL_PROGRESS, Progress, skip
+from axon.progress import NULL_PROGRESS, Progress, expect, skip
 from axon.publish.notify import notify_instance
 from axon.publish.options import PublishOptions
 from axon.publish.prepared import PreparedModel
@@ -103,6 +103,7 @@ class StagedPublish:
         self.counters = _Counters()
         self.started = time.monotonic()
         self._prepare = True
+        self._expected: int | None = None  # bytes this publish sends in all (first attempt)
 
     # ---- staging -------------------------------------------------------------------
     def stage(self, *, prepare: bool = True) -> None:
@@ -117,6 +118,7 @@ class StagedPublish:
         self.counters.attempts += 1
         session = self.transport.open(self.model.ref, self.model.manifest)
         self.session = session
+        self._expect(session)
         small = [e for e in session.needed if e.size < OWN_BAR]
         if small:
             self._send_many(session, small)
@@ -125,6 +127,18 @@ class StagedPublish:
                 self._send(session, entry)
         if self._prepare:
             session.prepare()
+
+    def _expect(self, session: Session) -> None:
+        """Tell the progress sink the target's whole total before its files begin, so its
+        percentage is of everything this publish sends (not of the files begun so far). A
+        retry keeps the first attempt's total; what it no longer needs is done. Resumed
+        offsets are reported by each file's task (done, not sent)."""
+        left = sum(e.size for e in session.needed)
+        if self._expected is None and not left:
+            return  # nothing to send: no progress to show
+        if self._expected is None or left > self._expected:
+            self._expected = left
+        expect(self.progress, self.target.name, self._expected, self._expected - left)
 
     def _send_many(self, session: Session, entries: list[FileEntry]) -> None:
         """Send the small files through one :meth:`Session.send_many`, under one progress

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from axon.errors import InterruptedPublish, RemoteError
-from axon.progress import Progress
+from axon.progress import Progress, expect, skip
 from axon.publish.results import (
     ABORTED,
     CANCELLED,
@@ -86,6 +86,21 @@ class InstanceLine:
             self.done += step
         if step:
             self.inner.advance(self.name, step)
+
+    def skip(self, key: str, nbytes: int) -> None:
+        """A resumed offset: done on the line, not sent (no rate)."""
+        with self._lock:
+            step = max(0, min(nbytes, self.total - self.done))
+            self.done += step
+        if step:
+            skip(self.inner, self.name, step)
+
+    def expect(self, target: str, total: int, done: int = 0) -> None:
+        """What the member receives in all (:func:`axon.progress.expect`): the line's total
+        becomes that instead of the model's size."""
+        with self._lock:
+            self.total, self.done = total, min(done, total)
+        expect(self.inner, self.name, total, done)
 
     def end(self, key: str, *, ok: bool = True, note: str = "") -> None:
         pass

@@ -1,0 +1,175 @@
+"""A target's progress line is a percentage of everything the target receives, from the
+first line on: a publish tells the sink each target's whole total before its files begin
+(:func:`axon.progress.expect`), so files of 8 MiB or more, which start one after another,
+neither grow the total nor make the percentage step back; a resumed part counts as done,
+not as sent. Real publishes through a throttled loopback proxy to a real mlos-core."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from axon.cli.progress_lines import PlainProgress
+from axon.progress import expect, skip
+from modelpkg.refs import ModelRef
+from tests.fixtures.mlos import ServerFactory
+from tests.fixtures.models import InstallModel, MakeModelDir
+from tests.fixtures.proxy import ProxyFactory
+
+MiB = 1024 * 1024
+LINE = re.compile(r": (\d+)% \(([\d.]+) (B|KiB|MiB|GiB) of ([\d.]+) (B|KiB|MiB|GiB)")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "AXON_PROGRESS"}
+    env.update(extra)
+    return env
+
+
+def _big_model(
+    make_model_dir: MakeModelDir, install_model: InstallModel, name: str
+) -> tuple[ModelRef, int]:
+    """Three files of 8 MiB or more (each its own task), plus the small ones (one batch)."""
+    shards = {f"shard-{i}.bin": bytes([i]) * (8 * MiB + i * 4096) for i in (2, 3)}
+    source = make_model_dir(name, weights_size=8 * MiB, extra=shards)
+    total = sum(p.stat().st_size for p in Path(source).rglob("*") if p.is_file())
+    return install_model(source, f"hf/{name}@v1"), total
+
+
+def _progress(stderr: str, url: str) -> list[tuple[int, str]]:
+    """(percent, "of" size text) of the target's percentage lines, in order."""
+    found = []
+    for line in stderr.splitlines():
+        if line.startswith(f"axon: progress: {url}: ") and (m := LINE.search(line)):
+            found.append((int(m.group(1)), f"{m.group(4)} {m.group(5)}"))
+    return found
+
+
+@pytest.mark.slow
+def test_whole_total_from_the_first_line_and_never_back(
+    make_model_dir: MakeModelDir,
+    install_model: InstallModel,
+    mlos_server: ServerFactory,
+    tcp_proxy: ProxyFactory,
+) -> None:
+    ref, total = _big_model(make_model_dir, install_model, "shards")
+    srv = mlos_server()
+    proxy = tcp_proxy(srv.port)
+    proxy.throttle(6 * MiB)  # ~4 s for ~24 MiB
+    proc = subprocess.run(
+        [sys.executable, "-m", "axon", "publish", str(ref), "-t", proxy.url],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=_env(AXON_PROGRESS_INTERVAL="0.4"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = _progress(proc.stderr, proxy.url)
+    assert len(lines) >= 3, proc.stderr
+    whole = f"{total / MiB:.1f} MiB"
+    assert lines[0][1] == whole, proc.stderr  # the first line already knows the whole
+    assert {of for _pct, of in lines} == {whole}, proc.stderr
+    percents = [pct for pct, _of in lines]
+    assert percents == sorted(percents), proc.stderr  # never steps back as files start
+    assert percents[0] < 50, proc.stderr  # it really was under way
+    assert f"axon: progress: {proxy.url}: done, {whole} in " in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+def test_a_resumed_publish_counts_the_resumed_part_as_done(
+    make_model_dir: MakeModelDir,
+    install_model: InstallModel,
+    mlos_server: ServerFactory,
+    tcp_proxy: ProxyFactory,
+) -> None:
+    ref, _total = _big_model(make_model_dir, install_model, "resumed")
+    srv = mlos_server()
+    proxy = tcp_proxy(srv.port)
+    proxy.throttle(4 * MiB)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "axon", "publish", str(ref), "-t", proxy.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(AXON_PROGRESS_INTERVAL="0.3"),
+    )
+    seen = ""
+    assert first.stderr is not None
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:  # stop it past the first big file, mid-way
+        line = first.stderr.readline()
+        seen += line
+        m = LINE.search(line)
+        if m and int(m.group(1)) >= 45:
+            break
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=30)
+    proxy.drop_all()  # the connection is gone: nothing of it still in flight reaches the server
+    time.sleep(1)
+    assert LINE.search(seen), seen
+
+    proxy.throttle(6 * MiB)
+    proc = subprocess.run(
+        [sys.executable, "-m", "axon", "publish", str(ref), "-t", proxy.url],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=_env(AXON_PROGRESS_INTERVAL="0.3"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = _progress(proc.stderr, proxy.url)
+    assert lines, proc.stderr
+    percents = [pct for pct, _of in lines]
+    assert percents == sorted(percents), proc.stderr
+    # the total is what this run needed (not every file: some were there), and the part
+    # the server kept of a half-sent file is done from the first line on, without work
+    needed = sum(8 * MiB + i * 4096 for i in (2, 3))  # killed mid-way through shard-2
+    assert lines[0][1] == f"{needed / MiB:.1f} MiB", (seen, proc.stderr)
+    assert percents[0] >= 5, proc.stderr
+    final = [x for x in proc.stderr.splitlines() if f"{proxy.url}: done" in x]
+    assert final and "needed no work" in final[-1], proc.stderr
+
+
+def test_expected_total_with_a_resumed_offset_and_a_retry() -> None:
+    """The sink on its own: the whole total up front; a resumed offset is done without
+    work (no rate); a retry's expect sets what is done to what the target holds."""
+    out = io.StringIO()
+    sink = PlainProgress(out, interval=60)
+    expect(sink, "core", 100 * MiB)
+    time.sleep(1.05)  # past the least gap between two lines
+    sink.begin("core:a.bin", "a.bin", 40 * MiB)
+    skip(sink, "core:a.bin", 20 * MiB)  # resumed: 20% done, nothing sent
+    first = out.getvalue().splitlines()
+    assert len(first) == 1 and "20% (20.0 MiB of 100.0 MiB, " in first[0], first
+    assert "/s" not in first[0]  # no rate from bytes that were not sent
+    time.sleep(1.05)
+    sink.advance("core:a.bin", 20 * MiB)
+    sink.end("core:a.bin")
+    sink.begin("core:b.bin", "b.bin", 60 * MiB)  # the second big file: the total stays
+    time.sleep(1.05)
+    sink.advance("core:b.bin", 10 * MiB)
+    assert "50% (50.0 MiB of 100.0 MiB" in out.getvalue(), out.getvalue()
+    sink.end("core:b.bin", ok=False, note="connection lost")
+    expect(sink, "core", 100 * MiB, 40 * MiB)  # the retry: a.bin is there, b.bin is not
+    sink.begin("core:b.bin", "b.bin", 60 * MiB)
+    skip(sink, "core:b.bin", 8 * MiB)  # the server kept 8 MiB of it
+    time.sleep(1.05)
+    sink.advance("core:b.bin", 30 * MiB)
+    assert "78% (78.0 MiB of 100.0 MiB" in out.getvalue(), out.getvalue()
+    sink.advance("core:b.bin", 22 * MiB)
+    sink.end("core:b.bin")
+    with sink:
+        pass
+    text = out.getvalue()
+    percents = [int(m.group(1)) for m in LINE.finditer(text)]
+    assert percents == sorted(percents), text
+    assert "of 100.0 MiB" in text and "of 60.0 MiB" not in text, text
+    assert "core: done, 100.0 MiB in " in text.splitlines()[-1], text
