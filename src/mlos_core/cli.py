@@ -40,7 +40,8 @@ from mlos_core.settings import (
     parse_size,
 )
 from mlos_core.tenants import TokensFileError
-from modelpkg.errors import ConfigError
+from modelpkg.errors import ConfigError, InvalidReferenceError
+from modelpkg.refs import DEFAULT_NAMESPACE, check_segment
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
@@ -59,6 +60,18 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> in
         return parse_size(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
+
+
+def _namespace(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """``--default-namespace``: one reference segment, as a model id's namespace."""
+    try:
+        check_segment(value, what="namespace", ref=f"{value}/NAME")
+    except InvalidReferenceError as exc:
+        raise click.BadParameter(
+            f"{value!r} is not a namespace ({exc.message}); use one segment of letters, "
+            "digits, '.', '_', '-', '+', e.g. local"
+        ) from None
+    return value
 
 
 def _is_loopback(host: str) -> bool:
@@ -161,6 +174,16 @@ def registration(
     "Per-tenant keys: trusted_keys in the --tokens file.",
 )
 @click.option("--instance-id", default="mlos-core", show_default=True)
+@click.option(
+    "--default-namespace",
+    default=DEFAULT_NAMESPACE,
+    show_default=True,
+    callback=_namespace,
+    metavar="NS",
+    help="Namespace of a model id written without one, in URL paths and request bodies "
+    "(federated-model@v1.0 means NS/federated-model@v1.0). Keep it equal to axon's "
+    "default_namespace.",
+)
 @click.option(
     "--max-upload-size",
     callback=_size,
@@ -344,6 +367,7 @@ def serve(
     register_roots: tuple[Path, ...],
     trusted_keys: Path | None,
     instance_id: str,
+    default_namespace: str,
     max_upload_size: int | None,
     upload_ttl: float,
     max_files: int,
@@ -389,6 +413,7 @@ def serve(
         register_roots=tuple(p.absolute() for p in register_roots),
         trusted_keys=trusted_keys.absolute() if trusted_keys else None,
         instance_id=instance_id,
+        default_namespace=default_namespace,
         max_upload_size=max_upload_size,
         upload_ttl=upload_ttl,
         max_files=max_files,

@@ -57,7 +57,7 @@ from modelpkg.atomic import clean_leftovers, remove_tree
 from modelpkg.errors import ManifestError, PackageError
 from modelpkg.layout import REGISTRY_FILE
 from modelpkg.manifest import API_VERSION, MANIFEST_NAME, FileEntry, Manifest
-from modelpkg.refs import DEFAULT_NAMESPACE, ModelRef
+from modelpkg.refs import ModelRef
 from modelpkg.signing import (
     MAX_SIGNATURE_BYTES,
     REQUIRED,
@@ -79,12 +79,14 @@ SOURCE_LOCK_TIMEOUT = 60.0
 VISIBLE_CACHED = 16  # visible manifests kept for the unchanged check (most recently used)
 
 
-def parse_ref(model_id: Any) -> ModelRef:
+def parse_ref(model_id: Any, *, default_namespace: str) -> ModelRef:
+    """A model id from a request (path or body): a bare name (``federated-model@v1.0``) is
+    in ``default_namespace``, as for axon. Routes call :meth:`Core.parse_ref`, which passes
+    the server's ``--default-namespace``; there is deliberately no default here."""
     if not isinstance(model_id, str) or not model_id:
         raise BadRequest("model_id is required: 'namespace/name@version'", code="invalid_id")
     try:
-        # a bare name (federated-model@v1.0) is in the default namespace, as for axon
-        return ModelRef.parse(model_id, default_namespace=DEFAULT_NAMESPACE)
+        return ModelRef.parse(model_id, default_namespace=default_namespace)
     except PackageError as exc:
         raise BadRequest(str(exc), code="invalid_id") from exc
 
@@ -702,6 +704,11 @@ class Core:
         return signer.to_dict()
 
     # ---- registry operations ----------------------------------------------------------
+    def parse_ref(self, model_id: Any) -> ModelRef:
+        """A model id from a request; a bare name is in this server's default namespace
+        (``--default-namespace``, ``local`` unless set: it must match axon's)."""
+        return parse_ref(model_id, default_namespace=self.settings.default_namespace)
+
     def get_entry(self, ref: ModelRef) -> ModelEntry:
         entry = self.registry.get(ref.id)
         if entry is None:
@@ -754,7 +761,7 @@ class Core:
         model's ``<ns>/<name>/<version>``, under a ``--register-root`` dir; it is walked and
         its manifest read without following links (:mod:`mlos_core.registration`).
         """
-        ref = parse_ref(body.get("model_id"))
+        ref = self.parse_ref(body.get("model_id"))
         for key in ("path", "model_path", "framework", "execution_format", "description"):
             if body.get(key) is not None and not isinstance(body[key], str):
                 raise BadRequest(f"{key} must be a string, got {type(body[key]).__name__}")

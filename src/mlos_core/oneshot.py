@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from mlos_core.core import Core, parse_manifest, parse_ref, register_answer
+from mlos_core.core import Core, parse_manifest, register_answer
 from mlos_core.errors import BadRequest, ChecksumMismatch, SizeMismatch, TooLarge
 from mlos_core.storage.blobs import Buffer, IncomingBlob
 from mlos_core.tenants import Tenant
@@ -57,7 +57,7 @@ class OneShotUpload:
 
     # ---- fields -----------------------------------------------------------------------
     def set_model_id(self, text: str) -> None:
-        self.ref = parse_ref(text.strip())
+        self.ref = self.core.parse_ref(text.strip())
         self.tenant = self.core.tenants.authorize(self.authorization, self.ref.namespace)
         self.core.check_overlap(self.ref)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from modelpkg import layout
 from modelpkg.layout import STATE_DIR
+from modelpkg.refs import DEFAULT_NAMESPACE
 
 DEFAULT_MODELS_DIR = Path(layout.DEFAULT_MODELS_DIR)
 DEFAULT_PORT = 8080
@@ -83,6 +84,10 @@ class Settings:
     catch_up_interval: float = 30.0  # seconds between two reads of the desired state
 
     @property
+    # the namespace of a model id written without one (federated-model@v1.0), in URL paths
+    # and request bodies (--default-namespace): Core.parse_ref; it must match axon's
+    default_namespace: str = DEFAULT_NAMESPACE
+
     def state_dir(self) -> Path:
         """Server housekeeping (blobs, staging, uploads) lives on the models filesystem."""
         return self.models_dir / STATE_DIR

@@ -18,7 +18,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mlos_core import __version__
-from mlos_core.core import parse_ref
 from mlos_core.errors import Forbidden, NotFound
 from mlos_core.http import routes_inference
 from mlos_core.http.errors import JSONAnswer
@@ -61,6 +60,7 @@ async def stats(request: Request) -> JSONAnswer:
         {
             "status": "success",
             "instance_id": core.settings.instance_id,
+            "default_namespace": core.settings.default_namespace,  # of a bare model id
             "uptime_seconds": round(time.time() - STARTED, 1),
             "models": len(models),
             "model_bytes": sum(m.size for m in models),
@@ -80,7 +80,7 @@ async def list_models(request: Request) -> JSONAnswer:
 async def register(request: Request) -> JSONAnswer:
     core = core_of(request)
     body = await json_body(request)
-    ref = parse_ref(body.get("model_id"))
+    ref = core.parse_ref(body.get("model_id"))
     core.tenants.authorize(request.headers.get("authorization"), ref.namespace)
     answer = await asyncio.to_thread(core.register, body)
     if body.get("load") is True:  # its session loaded now, not at the first inference
@@ -117,7 +117,7 @@ async def model_route(request: Request) -> Response:
         if not rest.endswith("/inference"):
             raise NotFound(f"no such endpoint: POST /models/{rest}")
         return await routes_inference.inference(request, rest.removesuffix("/inference"))
-    ref = parse_ref(rest)
+    ref = core.parse_ref(rest)
     if request.method == "DELETE":
         core.tenants.authorize(request.headers.get("authorization"), ref.namespace)
         answer = await core.delete_model(ref)

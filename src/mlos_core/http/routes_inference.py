@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mlos_core.core import Core, parse_ref
+from mlos_core.core import Core
 from mlos_core.errors import (
     BadRequest,
     Conflict,
@@ -97,7 +97,7 @@ def may_read(core: Core, request: Request, namespace: str, what: str) -> None:
 async def inference(request: Request, model_id: str) -> Response:
     """``POST /models/{id}/inference``: named tensors in, the model's outputs out."""
     core = core_of(request)
-    ref = parse_ref(model_id)
+    ref = core.parse_ref(model_id)
     may_read(core, request, ref.namespace, "run the models")
     entry = core.get_entry(ref)
     body = await json_body(request)
@@ -162,7 +162,7 @@ async def load_model(request: Request) -> JSONAnswer:
     """``POST /v1/models/{id}/load``: load the session now (not at the first inference);
     answers what the model takes and gives."""
     core = core_of(request)
-    ref = parse_ref(request.path_params["model_id"])
+    ref = core.parse_ref(request.path_params["model_id"])
     may_read(core, request, ref.namespace, "load the models")
     entry = core.get_entry(ref)
     sessions = sessions_of(request)
@@ -196,7 +196,7 @@ async def evaluate(request: Request) -> JSONAnswer:
     aggregates answer (docs/inference.md)."""
     core = core_of(request)
     settings = core.settings
-    ref = parse_ref(request.path_params["model_id"])
+    ref = core.parse_ref(request.path_params["model_id"])
     may_read(core, request, ref.namespace, "evaluate the models")
     body = await json_body(request)
     sessions = sessions_of(request)  # NotSupported without the runtime

@@ -14,7 +14,6 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.routing import Route
 
-from mlos_core.core import parse_ref
 from mlos_core.errors import BadRequest
 from mlos_core.http.errors import JSONAnswer
 from mlos_core.http.request import core_of
@@ -35,7 +34,7 @@ async def signing_policy(request: Request) -> JSONAnswer:
 
 async def model_record(request: Request) -> JSONAnswer:
     core = core_of(request)
-    ref = parse_ref(request.path_params["model_id"])
+    ref = core.parse_ref(request.path_params["model_id"])
     entry = core.get_entry(ref)
     data = entry.to_dict()
     return JSONAnswer(

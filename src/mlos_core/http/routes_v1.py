@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mlos_core.core import Core, parse_manifest, parse_ref
+from mlos_core.core import Core, parse_manifest
 from mlos_core.errors import BadRequest, CoreError, NotFound
 from mlos_core.http.errors import BodyTimeout, JSONAnswer
 from mlos_core.http.request import (
@@ -51,7 +51,7 @@ def owned_upload(core: Core, request: Request) -> Upload:
 async def open_upload(request: Request) -> JSONAnswer:
     core = core_of(request)
     body = await json_body(request)
-    ref = parse_ref(body.get("model_id"))
+    ref = core.parse_ref(body.get("model_id"))
     tenant = core.tenants.authorize(request.headers.get("authorization"), ref.namespace)
     claimed = body.get("manifest_sha256")
     if claimed is not None:  # a conditional open: nothing to do when that is what we show
@@ -219,7 +219,7 @@ async def abort_upload(request: Request) -> JSONAnswer:
 
 async def rollback_model(request: Request) -> JSONAnswer:
     core = core_of(request)
-    ref = parse_ref(request.path_params["model_id"])
+    ref = core.parse_ref(request.path_params["model_id"])
     core.tenants.authorize(request.headers.get("authorization"), ref.namespace)
     return JSONAnswer(await core.rollback(ref))
 
@@ -229,7 +229,7 @@ async def get_manifest(request: Request) -> Response:
     read where the model is registered the way a registration reads it: inside the models dir
     or a --register-root, through no symbolic link (:mod:`mlos_core.registration`)."""
     core = core_of(request)
-    ref = parse_ref(request.path_params["model_id"])
+    ref = core.parse_ref(request.path_params["model_id"])
     entry = core.registry.get(ref.id)
     try:
         found = await asyncio.to_thread(
