@@ -241,7 +241,7 @@ def test_an_unreachable_participant_and_tenants(
 
 def test_bad_command_lines(axon_home: Path) -> None:
     write_config(axon_home, {"one": {"endpoint": "http://127.0.0.1:9", "access_method": "api"}})
-    run = run_mlos("federated", "evaluate", "no-namespace", "--target", "one")
+    run = run_mlos("federated", "evaluate", "fl/-bad@v1", "--target", "one")
     assert run.code == 4 and "mlos: error: invalid model reference" in run.err
     run = run_mlos("federated", "evaluate", MODEL, "--target", "no_such_target")
     assert run.code == 3 and "mlos: error:" in run.err
