@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -173,3 +174,108 @@ def test_expected_total_with_a_resumed_offset_and_a_retry() -> None:
     assert percents == sorted(percents), text
     assert "of 100.0 MiB" in text and "of 60.0 MiB" not in text, text
     assert "core: done, 100.0 MiB in " in text.splitlines()[-1], text
+
+
+class Totals:
+    """A progress sink that records what a publish says about totals, in order."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.events: list[tuple[str, str, int | None, int]] = []
+        self.moved: dict[str, int] = {}  # key -> bytes advanced or skipped
+
+    def begin(self, key: str, description: str, total: int | None = None) -> None:
+        with self.lock:
+            self.events.append(("begin", key, total, 0))
+
+    def advance(self, key: str, nbytes: int) -> None:
+        with self.lock:
+            self.moved[key] = self.moved.get(key, 0) + nbytes
+
+    def skip(self, key: str, nbytes: int) -> None:
+        self.advance(key, nbytes)
+
+    def end(self, key: str, *, ok: bool = True, note: str = "") -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+    def expect(self, target: str, total: int, done: int = 0) -> None:
+        with self.lock:
+            self.events.append(("expect", target, total, done))
+
+
+def test_a_storage_publish_gives_its_whole_total_before_its_files(
+    make_model_dir: MakeModelDir, install_model: InstallModel, tmp_path: Path
+) -> None:
+    """Shared storage goes the same way as an instance: one expect, then the files."""
+    from axon.publish import PublishOptions, publish
+
+    ref, total = _big_model(make_model_dir, install_model, "stored")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    rec = Totals()
+    result = publish(ref, str(shared), PublishOptions(retries=0), rec)
+    assert result.exit_code == 0, result.to_dict()
+    expects = [e for e in rec.events if e[0] == "expect"]
+    assert len(expects) == 1 and expects[0][2:] == (total, 0), rec.events
+    target = expects[0][1]
+    files = [e for e in rec.events if e[0] == "begin" and e[1].startswith(f"{target}:")]
+    assert len(files) == 4, rec.events  # the small files together, then each big one
+    assert rec.events.index(expects[0]) < rec.events.index(files[0])
+    assert sum(rec.moved.get(e[1], 0) for e in files) == total
+
+
+@pytest.mark.slow
+def test_a_cluster_members_line_is_what_it_receives(
+    make_model_dir: MakeModelDir,
+    install_model: InstallModel,
+    mlos_server: ServerFactory,
+    axon_home: Path,
+) -> None:
+    """A member holding most of the model's bytes already: its line's total is what it
+    lacks, not the model's size (it would never pass a third of it)."""
+    from axon.publish import PublishOptions, publish
+    from tests.fixtures.cluster import cluster_of
+    from tests.helpers import write_config
+
+    first, _ = _big_model(make_model_dir, install_model, "first")
+    weights = 8 * MiB + 40960  # the second version's own weights: another content
+    shards = {f"shard-{i}.bin": bytes([i]) * (8 * MiB + i * 4096) for i in (2, 3)}
+    source = make_model_dir("second", weights_size=weights, extra=shards)
+    second = install_model(source, "hf/second@v1")
+    total = sum(p.stat().st_size for p in Path(source).rglob("*") if p.is_file())
+    own = (Path(source) / "model.safetensors").stat().st_size
+
+    holder, empty = mlos_server(no_fsync=True), mlos_server(no_fsync=True)
+    opts = PublishOptions(retries=0)
+    assert publish(first, holder.url, opts).exit_code == 0  # the shards and small files
+    write_config(axon_home, clusters={"prod": cluster_of(holder, empty)})
+    rec = Totals()
+    result = publish(second, "prod", opts, rec)
+    assert result.exit_code == 0, result.to_dict()
+    lines = {e[1]: e for e in rec.events if e[0] == "begin"}
+    expects = {e[1]: e for e in rec.events if e[0] == "expect"}
+    assert set(expects) == {holder.url, empty.url} <= set(lines), rec.events
+    assert lines[holder.url][2] == total  # the line starts at the model's size ...
+    assert expects[holder.url][2:] == (own, 0), rec.events  # ... then what it lacks
+    assert rec.moved[holder.url] == own
+    assert expects[empty.url][2:] == (total, 0) and rec.moved[empty.url] == total
+
+
+def test_a_member_line_takes_what_the_member_receives() -> None:
+    """A cluster member's one line (keyed by its name, labelled by its description) starts
+    at the model's size; the member's expect makes it what the member lacks."""
+    out = io.StringIO()
+    sink = PlainProgress(out, interval=60)
+    sink.begin("core-1", "core-1 (api)", 100 * MiB)
+    expect(sink, "core-1", 30 * MiB)
+    time.sleep(1.05)
+    sink.advance("core-1", 15 * MiB)
+    sink.end("core-1")
+    with sink:
+        pass
+    text = out.getvalue()
+    assert "core-1 (api): 50% (15.0 MiB of 30.0 MiB" in text, text
+    assert "core-1 (api): done, 15.0 MiB" in text, text
