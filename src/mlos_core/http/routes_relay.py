@@ -8,16 +8,17 @@ import contextlib
 import os
 import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from mlos_core.core import Core, parse_manifest
+from mlos_core.core import Core, parse_manifest, parse_ref
 from mlos_core.errors import BadRequest, NotFound
 from mlos_core.http.errors import JSONAnswer
-from mlos_core.http.request import core_of, json_body
+from mlos_core.http.request import byte_count, core_of, json_body
 from mlos_core.http.routes_v1 import check_digest
 from mlos_core.relay import PullJob, Relay
 from mlos_core.storage.blobs import check_sha256
@@ -62,7 +63,7 @@ async def start_pull(request: Request) -> JSONAnswer:
     core = core_of(request)
     relay = relay_of(request)
     body = await json_body(request)
-    ref = core.parse_ref(body.get("model_id"))
+    ref = parse_ref(body.get("model_id"))
     authorization = request.headers.get("authorization")
     tenant = core.tenants.authorize(authorization, ref.namespace)
     if "manifest_sha256" not in body:
@@ -212,9 +213,27 @@ async def get_blob(request: Request) -> Response:
         opened = await asyncio.to_thread(_open_blob, core, sha)
     hint = request.query_params.get("model")
     if opened is None and hint:  # a file of a model that was placed, not uploaded
-        ref = core.parse_ref(hint)
+        ref = parse_ref(hint)
         if relay.may_read_model(authorization, ref.namespace):
             opened = await asyncio.to_thread(relay.open_placed, ref, sha)
+    following: Path | None = None
+    if opened is None and request.query_params.get("follow") == "1":
+        size = byte_count(request.query_params.get("size", ""), "size")
+        incoming = await asyncio.to_thread(relay.incoming, authorization, sha, size)
+        if incoming == "pending":
+            return JSONAnswer(
+                {
+                    "status": "error",
+                    "code": "blob_pending",
+                    "message": f"blob {sha[:12]} is listed by an upload this instance is "
+                    "receiving, and none of its bytes has arrived yet: ask again",
+                },
+                status_code=503,
+                headers={"Retry-After": "1"},
+            )
+        if isinstance(incoming, Path):
+            opened = await asyncio.to_thread(_open_incoming, incoming, size)
+            following = incoming if opened is not None else None
     if opened is None:
         raise missing
     fd, size = opened
@@ -241,8 +260,12 @@ async def get_blob(request: Request) -> Response:
     if request.method == "HEAD":
         os.close(fd)
         return Response(status_code=status, headers=headers, media_type="application/octet-stream")
+    body = _read(fd, first, last + 1, relay)
+    if following is not None:
+        idle = core.settings.body_timeout
+        body = _follow(fd, first, last + 1, relay, following, core.blobs.path(sha), idle)
     return StreamingResponse(
-        _read(fd, first, last + 1, relay),
+        body,
         status_code=status,
         headers=headers,
         media_type="application/octet-stream",
@@ -271,3 +294,62 @@ ROUTES = [
     Route("/v1/pulls/{pull_id}", get_pull, methods=["GET"]),
     Route("/v1/pulls/{pull_id}", cancel_pull, methods=["DELETE"]),
 ]
+
+
+# ---- cut-through: a blob served while it is still being received ----------------------
+FOLLOW_POLL = 0.02  # seconds between two looks at a partial blob that has not grown
+
+
+def _open_incoming(path: Path, size: int) -> tuple[int, int] | None:
+    """(fd, size) of a partial blob being received, its final ``size`` to be served."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW), size
+    except OSError:
+        return None
+
+
+def _same_file(fd: int, *paths: Path) -> bool:
+    """Is the file open as ``fd`` still at one of ``paths`` (the partial blob, or the store,
+    where a verified blob is renamed)? False once it was dropped."""
+    ino = os.fstat(fd).st_ino
+    for path in paths:
+        try:
+            if os.stat(path).st_ino == ino:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+class _Dropped(Exception):
+    """The blob being followed was dropped, cut back or went quiet: the answer ends short
+    (the connection is closed mid-body) and the puller resumes or switches source."""
+
+
+async def _follow(
+    fd: int, start: int, end: int, relay: Relay, partial: Path, final: Path, idle: float
+) -> AsyncIterator[bytes]:
+    """Bytes ``start`` to ``end`` of a blob still being received, as they land: what is
+    written is read, then the file is watched until it grows. Unverified bytes are safe to
+    forward: the puller hashes every byte and stores nothing that does not match."""
+    loop = asyncio.get_running_loop()
+    offset = start
+    quiet_since = loop.time()
+    try:
+        while offset < end:
+            held = os.fstat(fd).st_size
+            if held > offset:
+                n = min(SERVE_CHUNK, held - offset, end - offset)
+                chunk = await asyncio.to_thread(os.pread, fd, n, offset)
+                offset += len(chunk)
+                relay.metrics.served(len(chunk))
+                quiet_since = loop.time()
+                yield chunk
+                continue
+            if held < offset or not _same_file(fd, partial, final):
+                raise _Dropped(f"blob {final.name[:12]} was dropped or cut back while followed")
+            if loop.time() - quiet_since > idle:
+                raise _Dropped(f"blob {final.name[:12]}: no byte arrived for {idle:g} s")
+            await asyncio.sleep(FOLLOW_POLL)
+    finally:
+        os.close(fd)

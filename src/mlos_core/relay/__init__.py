@@ -20,6 +20,7 @@ import stat
 import threading
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -249,6 +250,41 @@ class Relay:
             if opened is not None:
                 return opened
         return None
+
+    def incoming(self, authorization: str | None, sha256: str, size: int) -> Path | str | None:
+        """For a follower (``?follow=1``) of a blob this instance does not hold yet: the
+        partial file it is being received into (the largest, when several tenants receive
+        it), ``"pending"`` when an upload active within ``--body-timeout`` lists it with that
+        size but no byte of it has arrived, None otherwise (nothing to follow). With tokens a
+        tenant follows only its own partial blobs; the peer token any. Blocking."""
+        core = self.core
+        scopes: list[str | None]
+        if not core.tenants.enabled or self.is_peer(authorization):
+            scopes = [None]
+            if core.tenants.enabled and core.blobs.tenants_dir.is_dir():
+                scopes += [d.name for d in core.blobs.tenants_dir.iterdir()]
+        else:
+            scopes = [core.scope(core.tenants.authenticate(authorization).name)]
+        active = time.time() - self.settings.body_timeout
+        listed = [
+            u
+            for u in core.uploads.all()
+            if u.blobs().get(sha256) == size
+            and core.scope(u.tenant) in scopes
+            and core.uploads.last_activity(u.upload_id) >= active
+        ]
+        if not listed:
+            return None
+        best: tuple[int, Path] | None = None
+        for scope in {core.scope(u.tenant) for u in listed}:
+            path = core.blobs.partial_path(sha256, scope)
+            try:
+                held = os.stat(path).st_size
+            except OSError:
+                continue
+            if best is None or held > best[0]:
+                best = (held, path)
+        return best[1] if best is not None else "pending"
 
     def owner_of(self, namespace: str) -> str | None:
         """The tenant a catch-up pull of ``namespace`` is made for: the one owning it (a

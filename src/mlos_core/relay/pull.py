@@ -48,6 +48,7 @@ TOUCH_EVERY = 4 * 1024 * 1024  # bytes between two marks of the upload's activit
 ERROR_READ = 64 * 1024  # bytes of a source's error answer read for its message
 FINAL = ("committed", "prepared", "failed", "cancelled")
 ROUNDS = 3  # rounds over the sources for one blob before the pull fails
+PENDING_PAUSE = 0.2  # seconds before a blob a source is still receiving is asked for again
 ROUND_PAUSE = 1.0  # seconds before the second round, twice that before the third
 
 
@@ -73,6 +74,10 @@ class SourceFailed(Exception):
 class SourceCut(BodyInterrupted):
     """The source's answer stopped before its end (connection reset, peer killed, a read
     timeout): the bytes that arrived are kept, as for a cut upload."""
+
+
+class _Pending(Exception):
+    """The source is receiving the blob and has none of its bytes yet (``blob_pending``)."""
 
 
 class NoSource(CoreError):
@@ -349,7 +354,13 @@ class Puller:
                 need = queue.pop()
                 gate = large if need["size"] > SMALL_BLOB else contextlib.nullcontext()
                 async with gate:
-                    await self._fetch_blob(job, upload, need["sha256"], need["size"], need["paths"])
+                    held = await self._fetch_blob(
+                        job, upload, need["sha256"], need["size"], need["paths"]
+                    )
+                if not held:  # a source is receiving it: take the others first, come back
+                    queue.insert(0, need)
+                    await asyncio.sleep(PENDING_PAUSE)
+                    continue
                 job.blobs_done += 1
                 job.notify()
 
@@ -364,10 +375,12 @@ class Puller:
 
     async def _fetch_blob(
         self, job: PullJob, upload: Upload, sha: str, size: int, paths: list[str]
-    ) -> None:
-        """Fetch one blob until it is held: each source in turn (the one that served last
-        first), each asked once more after a cut that brought bytes; up to :data:`ROUNDS`
-        rounds over the sources, a pause between them (a restarting peer comes back)."""
+    ) -> bool:
+        """Fetch one blob until it is held (True): each source in turn (the one that served
+        last first), each asked once more after a cut that brought bytes; up to
+        :data:`ROUNDS` rounds over the sources, a pause between them (a restarting peer comes
+        back). False when no source has it yet but one is receiving it (``blob_pending``):
+        the caller comes back to it later."""
         what = f"{paths[0]} (sha256 {sha[:12]}) of {job.ref.id}"
         blob = _Blob(sha, size, what)
         for round_no in range(ROUNDS):
@@ -375,26 +388,34 @@ class Puller:
             if job.source in sources:
                 sources.remove(job.source)
                 sources.insert(0, job.source)
+            pending = False
             for source in sources:
                 if source in job.bad:
                     continue
-                if await self._try_source(job, upload, source, blob):
-                    return
+                outcome = await self._try_source(job, upload, source, blob)
+                if outcome == "held":
+                    return True
+                pending = pending or outcome == "pending"
+            if pending:
+                return False
             if not await self.candidates(job):
                 break
             if round_no + 1 < ROUNDS:
                 await asyncio.sleep(ROUND_PAUSE * (round_no + 1))
         raise NoSource(f"{what}: every source failed; {self._tried_text(job)}")
 
-    async def _try_source(self, job: PullJob, upload: Upload, source: str, blob: _Blob) -> bool:
-        """True once the blob is held; False to go on with the next source."""
+    async def _try_source(self, job: PullJob, upload: Upload, source: str, blob: _Blob) -> str:
+        """``"held"`` once the blob is held; ``"pending"`` when the source is receiving it
+        and has none of it yet; ``"next"`` to go on with the next source."""
         for _attempt in range(2):
             try:
                 held, moved = await self._fetch_from(job, upload, source, blob)
+            except _Pending:
+                return "pending"
             except SourceFailed as failure:
                 job.note_failure(failure)
                 job.notify()
-                return False
+                return "next"
             except ChecksumMismatch:
                 if blob.resumed and source not in blob.refetched:
                     # bytes held before this request (another source, an earlier pull, a
@@ -418,14 +439,14 @@ class Puller:
                     )
                 )
                 job.notify()
-                return False
+                return "next"
             if held:
-                return True
+                return "held"
             if not moved:
                 break  # cut before a byte came: no point asking it again now
         job.note_failure(SourceFailed(source, "source_cut", f"{source}: cut in {blob.what}"))
         job.notify()
-        return False
+        return "next"
 
     async def _fetch_from(
         self, job: PullJob, upload: Upload, source: str, blob: _Blob
@@ -447,7 +468,8 @@ class Puller:
             headers = self._headers(job)
             if offset:
                 headers["Range"] = f"bytes={offset}-"
-            url = f"{source}/v1/blobs/{sha}?model={quote(job.ref.id, safe='')}"
+            query = f"model={quote(job.ref.id, safe='')}&follow=1&size={size}"
+            url = f"{source}/v1/blobs/{sha}?{query}"
             before = job.bytes_fetched
             unmarked = 0
 
@@ -463,6 +485,11 @@ class Puller:
 
             try:
                 async with self.relay.client.stream("GET", url, headers=headers) as response:
+                    if response.status_code == 503:
+                        text = await _error_text(response)
+                        if "blob_pending" in text:
+                            raise _Pending()
+                        raise self._refusal(source, response, text)
                     skip = self._check_answer(url, response, offset, size)
                     if isinstance(skip, str):
                         raise self._refusal(source, response, skip or await _error_text(response))
