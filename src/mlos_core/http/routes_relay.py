@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from mlos_core.core import Core, parse_manifest, parse_ref
+from mlos_core.core import Core, parse_manifest
 from mlos_core.errors import BadRequest, NotFound
 from mlos_core.http.errors import JSONAnswer
 from mlos_core.http.request import byte_count, core_of, json_body
@@ -63,7 +63,7 @@ async def start_pull(request: Request) -> JSONAnswer:
     core = core_of(request)
     relay = relay_of(request)
     body = await json_body(request)
-    ref = parse_ref(body.get("model_id"))
+    ref = core.parse_ref(body.get("model_id"))
     authorization = request.headers.get("authorization")
     tenant = core.tenants.authorize(authorization, ref.namespace)
     if "manifest_sha256" not in body:
@@ -213,7 +213,7 @@ async def get_blob(request: Request) -> Response:
         opened = await asyncio.to_thread(_open_blob, core, sha)
     hint = request.query_params.get("model")
     if opened is None and hint:  # a file of a model that was placed, not uploaded
-        ref = parse_ref(hint)
+        ref = core.parse_ref(hint)
         if relay.may_read_model(authorization, ref.namespace):
             opened = await asyncio.to_thread(relay.open_placed, ref, sha)
     following: Path | None = None
