@@ -83,11 +83,11 @@ class Settings:
     max_pulls: int = 2  # pulls fetching at once; more wait queued
     catch_up_interval: float = 30.0  # seconds between two reads of the desired state
 
-    @property
     # the namespace of a model id written without one (federated-model@v1.0), in URL paths
     # and request bodies (--default-namespace): Core.parse_ref; it must match axon's
     default_namespace: str = DEFAULT_NAMESPACE
 
+    @property
     def state_dir(self) -> Path:
         """Server housekeeping (blobs, staging, uploads) lives on the models filesystem."""
         return self.models_dir / STATE_DIR
