@@ -306,3 +306,33 @@ def test_inference_needs_a_tenant_that_owns_the_namespace(mlos_server: Any) -> N
     assert r.status_code == 403 and "bravo" in r.json()["message"]
     assert infer(srv.url, "alpha/m@v1", x).status_code == 401
     assert httpx.post(f"{srv.url}/v1/models/alpha/m@v1/load", headers=BRAVO).status_code == 403
+
+
+def test_a_read_only_tenant_runs_a_namespace_it_may_not_write(mlos_server: Any) -> None:
+    """``read_namespaces``: inference and evaluation of another namespace's models, never a
+    write to it, nor its datasets."""
+    onnx_or_skip()
+    tokens = {
+        "tenants": {
+            **TOKENS["tenants"],
+            "reader": {"tokens": ["reader-token"], "namespaces": ["reader"],
+                       "read_namespaces": ["alph*"]},
+        }
+    }  # fmt: skip
+    reader = {"Authorization": "Bearer reader-token"}
+    srv = mlos_server(tokens=tokens, inference_threads=1)
+    assert upload(srv.url, "alpha/m@v1", {"model.onnx": lin(1.0)}, headers=ALPHA).status_code == 201
+    x = {"x": [[1, 2, 3, 4]]}
+    assert infer(srv.url, "alpha/m@v1", x, headers=reader).status_code == 200
+    assert httpx.post(f"{srv.url}/v1/models/alpha/m@v1/load", headers=reader).status_code == 200
+    # reading is not writing: the same tenant cannot publish into the namespace
+    r = upload(srv.url, "alpha/m@v2", {"model.onnx": lin(2.0)}, headers=reader)
+    assert r.status_code == 403, r.text
+    # nor read the namespace's datasets
+    r = httpx.post(
+        f"{srv.url}/v1/models/alpha/m@v1/evaluate",
+        json={"dataset": "alpha/data", "metrics": ["mse"]},
+        headers=reader,
+        timeout=30,
+    )
+    assert r.status_code == 403 and "dataset" in r.json()["message"], r.text

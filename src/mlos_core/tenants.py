@@ -7,6 +7,7 @@ The tokens file is YAML::
         tokens: ["s3cret-acme"]            # plain tokens, or
         token_sha256: ["9f86d08..."]       # sha256 hex of tokens (keeps secrets off disk)
         namespaces: ["acme", "acme-*"]     # shell-style patterns; "*" = every namespace
+        read_namespaces: ["shared-*"]      # also run/evaluate these (no writes)
       ops:
         tokens: ["s3cret-ops"]
         namespaces: ["*"]
@@ -15,7 +16,9 @@ Without a tokens file every write is allowed (and the server binds loopback by d
 With one, a write needs ``Authorization: Bearer <token>``: refused as unauthorized without or
 with an unknown token, as forbidden when the token's tenant does not own the model's
 namespace. A scan (``POST /models/scan``) registers the models of every namespace: it needs
-a tenant with the pattern ``"*"``. Reads stay open.
+a tenant with the pattern ``"*"``. Reads of models and files stay open; running a model
+(inference, evaluation) needs a tenant that owns its namespace or lists it under
+``read_namespaces``.
 """
 
 from __future__ import annotations
@@ -35,9 +38,16 @@ from mlos_core.errors import Forbidden, Unauthorized
 class Tenant:
     name: str
     namespaces: tuple[str, ...]
+    read_namespaces: tuple[str, ...] = ()  # run and evaluate only: no writes
 
     def owns(self, namespace: str) -> bool:
         return any(fnmatch.fnmatchcase(namespace, pat) for pat in self.namespaces)
+
+    def may_read(self, namespace: str) -> bool:
+        """May run (infer, evaluate) the models of ``namespace``: owned, or read-only."""
+        return self.owns(namespace) or any(
+            fnmatch.fnmatchcase(namespace, pat) for pat in self.read_namespaces
+        )
 
     @property
     def owns_every_namespace(self) -> bool:
@@ -83,10 +93,15 @@ class Tenants:
         for name, spec in tenants.items():
             if not isinstance(spec, dict):
                 raise TokensFileError(f"{path}: tenants.{name} must be a mapping")
-            namespaces = spec.get("namespaces") or []
-            if not isinstance(namespaces, list) or not all(isinstance(n, str) for n in namespaces):
-                raise TokensFileError(f"{path}: tenants.{name}.namespaces must be a list")
-            tenant = Tenant(str(name), tuple(namespaces))
+            patterns: dict[str, tuple[str, ...]] = {}
+            for key in ("namespaces", "read_namespaces"):
+                listed = spec.get(key) or []
+                if not isinstance(listed, list) or not all(isinstance(n, str) for n in listed):
+                    raise TokensFileError(
+                        f"{path}: tenants.{name}.{key} must be a list of namespace patterns"
+                    )
+                patterns[key] = tuple(listed)
+            tenant = Tenant(str(name), patterns["namespaces"], patterns["read_namespaces"])
             self.by_name[tenant.name] = tenant
             digests = [_digest(str(t)) for t in spec.get("tokens") or []]
             digests += [str(d).lower() for d in spec.get("token_sha256") or []]

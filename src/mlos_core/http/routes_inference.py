@@ -86,11 +86,12 @@ def forget(request: Request, model_id: str) -> None:
 
 
 def may_read(core: Core, request: Request, namespace: str, what: str) -> None:
-    """With tokens: Unauthorized / Forbidden unless the tenant owns ``namespace``."""
+    """With tokens: Unauthorized / Forbidden unless the tenant owns ``namespace`` or may
+    read it (``read_namespaces``)."""
     if not core.tenants.enabled:
         return
     tenant = core.tenants.authenticate(request.headers.get("authorization"))
-    if not tenant.owns(namespace):
+    if not tenant.may_read(namespace):
         raise Forbidden(f"tenant {tenant.name!r} may not {what} of namespace {namespace!r}")
 
 
