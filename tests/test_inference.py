@@ -68,6 +68,13 @@ def test_minilm_outputs_equal_onnxruntime_in_process(minilm: Any) -> None:
     r = infer(minilm.url, "nlp%2Fminilm%40v1", TOKENS_IN, outputs=False)
     assert r.status_code == 200 and "outputs" not in r.json()
 
+    # /metrics counts the runs and the loaded session
+    text = httpx.get(f"{minilm.url}/metrics", timeout=30).text
+    counted = dict(line.split(" ", 1) for line in text.splitlines() if line[:1] != "#")
+    assert int(counted["mlos_inference_requests_total"]) >= 2
+    assert float(counted["mlos_inference_seconds_total"]) > 0
+    assert counted["mlos_loaded_models"] == "1" and counted["mlos_model_loads_total"] == "1"
+
     # one unbatched example, as upstream clients send it: the batch axis is added
     one = {k: v[1] for k, v in TOKENS_IN.items()}
     r = infer(minilm.url, "nlp/minilm@v1", one)

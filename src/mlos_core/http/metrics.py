@@ -16,6 +16,9 @@ async def metrics(request: Request) -> PlainTextResponse:
     relay = getattr(request.app.state, "relay", None)
     if relay is not None:  # bytes pulled and served, catch-up (docs/relay.md)
         text += relay.metrics_text()
+    inference = getattr(request.app.state, "inference", None)
+    if inference is not None:  # once a model was run (docs/inference.md)
+        text += inference.metrics_text()
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 
@@ -36,16 +39,16 @@ def render(counters: Metrics, *, models: int, open_uploads: int) -> str:
     dedup = "Bytes not sent because the server already held them."
     _metric(lines, "mlos_dedup_bytes_total", dedup, "counter")
     lines.append(f"mlos_dedup_bytes_total {counters.dedup_bytes}")
+    refused = "Models refused for their signature, by source and reason."
+    _metric(lines, "mlos_signature_refusals_total", refused, "counter")
+    for (source, reason), n in sorted(counters.signature_refusals.items()):
+        lines.append(f'mlos_signature_refusals_total{{source="{source}",reason="{reason}"}} {n}')
     rewritten = "Blobs another tool rewrote in place, taken out of the store."
     _metric(lines, "mlos_blobs_rewritten_total", rewritten, "counter")
     lines.append(f"mlos_blobs_rewritten_total {counters.blobs_rewritten}")
     _metric(lines, "mlos_models", "Models registered.", "gauge")
     lines.append(f"mlos_models {models}")
     _metric(lines, "mlos_open_uploads", "Resumable uploads open.", "gauge")
-    refused = "Models refused for their signature, by source and reason."
-    _metric(lines, "mlos_signature_refusals_total", refused, "counter")
-    for (source, reason), n in sorted(counters.signature_refusals.items()):
-        lines.append(f'mlos_signature_refusals_total{{source="{source}",reason="{reason}"}} {n}')
     lines.append(f"mlos_open_uploads {open_uploads}")
     return "\n".join(lines) + "\n"
 

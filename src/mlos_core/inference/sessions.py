@@ -66,6 +66,8 @@ class Sessions:
         self._pruned = 0.0
         self.loads = 0
         self.evictions = 0
+        self.inferences = 0  # requests answered with outputs
+        self.inference_seconds = 0.0  # their run time in the runtime (not the queue)
 
     def __len__(self) -> int:
         return len(self._loaded)
@@ -148,6 +150,33 @@ class Sessions:
     async def infer(self, model: OnnxModel, feeds: Arrays) -> Ran:
         """``model``'s outputs for ``feeds``, run in the pool: with ``--max-batch`` over 1,
         together with other requests queued for the model (:mod:`.batching`)."""
+        ran = await self._infer(model, feeds)
+        self.inferences += 1
+        self.inference_seconds += ran.run
+        return ran
+
+    def metrics_text(self) -> str:
+        """The inference lines of ``GET /metrics`` (Prometheus text format)."""
+        lines = [
+            "# HELP mlos_inference_requests_total Inference requests answered.",
+            "# TYPE mlos_inference_requests_total counter",
+            f"mlos_inference_requests_total {self.inferences}",
+            "# HELP mlos_inference_seconds_total Seconds the runtime spent on them.",
+            "# TYPE mlos_inference_seconds_total counter",
+            f"mlos_inference_seconds_total {self.inference_seconds:.6f}",
+            "# HELP mlos_model_loads_total Model sessions loaded.",
+            "# TYPE mlos_model_loads_total counter",
+            f"mlos_model_loads_total {self.loads}",
+            "# HELP mlos_model_evictions_total Sessions dropped for --max-loaded-models.",
+            "# TYPE mlos_model_evictions_total counter",
+            f"mlos_model_evictions_total {self.evictions}",
+            "# HELP mlos_loaded_models Model sessions loaded now.",
+            "# TYPE mlos_loaded_models gauge",
+            f"mlos_loaded_models {len(self)}",
+        ]
+        return "\n".join(lines) + "\n"
+
+    async def _infer(self, model: OnnxModel, feeds: Arrays) -> Ran:
         if self.max_batch > 1 and batchable(model):
             batcher: Batcher | None = model.batcher
             if batcher is None:
