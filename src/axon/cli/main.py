@@ -38,7 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "promote": (
         "axon.cli.relay_cmds:promote_cmd",
-        "Promote a model between clusters: the target's members pull it from the source's.",
+        "Promote a model to another cluster (its members pull it).",
     ),
     "sync": (
         "axon.cli.relay_cmds:sync_cmd",
