@@ -188,3 +188,26 @@ def test_a_follower_gets_the_bytes_held_at_once_and_the_rest_as_they_arrive(mlos
     assert job["state"] == "committed", job
     assert held(b) == FILES
     assert job["bytes_fetched"] == job["bytes_total"], job
+
+
+def test_a_member_still_pulling_is_a_source_for_the_next(mlos_server):
+    a = mlos_server(no_fsync=True)
+    b = mlos_server(no_fsync=True, peer=[a.url])
+    c = mlos_server(no_fsync=True, peer=[b.url])
+    upload = SlowUpload(a.url, FILES)
+    digest = upload.opened["manifest_sha256"]
+    upload.send_small()
+    to_b = pull(b, a.url, digest)
+    to_c = pull(c, b.url, digest)  # b holds nothing yet: c follows b, which follows a
+    upload.start()
+    c_midway = False
+    while not upload.done():
+        job = job_of(c, to_c)
+        c_midway = c_midway or 0 < job["bytes_done"] < len(BIG) // 2
+        time.sleep(0.1)
+    assert upload.put_status == 201
+    job_b, job_c = finish(b, to_b), finish(c, to_c)
+    assert job_b["state"] == job_c["state"] == "committed", (job_b, job_c)
+    assert job_c["source"] == b.url and job_c["tried"] == [], job_c
+    assert c_midway, "c got no byte while a was still receiving the blob"
+    assert held(b) == held(c) == FILES
