@@ -79,7 +79,7 @@ def test_pull_is_bit_exact_and_only_fetches_what_is_missing(mlos_server):
     b = mlos_server(no_fsync=True, peer=[a.url])
     digest = upload_resumable(a.url, "hf/m@v1", FILES)["manifest_sha256"]
     info = httpx.get(f"{b.url}/v1/relay").json()
-    assert info["pull"] is True and info["peers"] == [a.url]
+    assert info["pull"] is True and info["peers"] == [a.url] and info["cut_through"] is True
 
     job = pulled(b, "hf/m@v1", digest, [a.url])
     assert job["state"] == "committed", job

@@ -306,6 +306,7 @@ class Relay:
             "cluster": settings.cluster,
             "pull": True,
             "blobs": True,
+            "cut_through": True,  # GET /v1/blobs/{sha}?follow=1 serves blobs still arriving
             "peers": await self.peers.current(),
             "accept_from": list(settings.accept_from),
             "catching_up": self.catch_up.catching_up if self.catch_up else False,
