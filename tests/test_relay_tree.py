@@ -6,12 +6,15 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from typing import Any
 
 from axon.publish.relay import PULL, PUSH, SEED, Peer, RelaySettings, normal_url, spread
 from axon.targets import InstanceTarget
 
 
-def peer(i: int, *, can_pull: bool = True, accepts: set[int] | None = None) -> Peer:
+def peer(
+    i: int, *, can_pull: bool = True, accepts: set[int] | None = None, follow: bool = False
+) -> Peer:
     url = f"http://127.0.0.1:{9000 + i}"
     allowed = (
         None
@@ -20,7 +23,7 @@ def peer(i: int, *, can_pull: bool = True, accepts: set[int] | None = None) -> P
     )
     address = url if can_pull else None  # one that cannot pull: an older server, no relay
     why = "" if can_pull else "no relay"
-    return Peer(InstanceTarget(f"core-{i}", url), address, can_pull, allowed, why)
+    return Peer(InstanceTarget(f"core-{i}", url), address, can_pull, allowed, why, follow)
 
 
 class Recorded:
@@ -33,7 +36,7 @@ class Recorded:
         self.calls: dict[str, tuple[str, list[str]]] = {}
         self.fail = fail or set()
 
-    def __call__(self, member: Peer, sources: list[Peer], role: str) -> bool:
+    def __call__(self, member: Peer, sources: list[Peer], role: str, ready: Any) -> bool:
         first = sources[0].name if sources else ""
         with self.lock:
             self.calls[member.name] = (role, [s.name for s in sources])
@@ -117,3 +120,30 @@ def test_seeds_two_members_get_the_publishers_bytes() -> None:
     spread(members, [], work, bool, settings=RelaySettings(seeds=2, fanout=3), max_parallel=8)
     roles = [work.calls[f"core-{i}"][0] for i in range(1, 6)]
     assert roles == [SEED, SEED, PULL, PULL, PULL]
+
+
+def test_a_member_serving_what_it_receives_is_a_source_before_it_is_done() -> None:
+    """Cut-through: the seed calls ready() when its first bytes arrive; pullers start from it
+    then, not when it has the whole model (and followers of followers likewise)."""
+    started: dict[str, float] = {}
+    ended: dict[str, float] = {}
+
+    def work(member: Peer, sources: list[Peer], role: str, ready: Any) -> bool:
+        started[member.name] = time.monotonic()
+        time.sleep(0.05)
+        ready()  # bytes are landing
+        time.sleep(0.5)
+        ended[member.name] = time.monotonic()
+        return True
+
+    members = [peer(i, follow=True) for i in range(1, 6)]
+    done = spread(members, [], work, bool, settings=RelaySettings(fanout=2), max_parallel=8)
+    assert all(value for value, _exc in done.outcomes.values())
+    assert started["core-2"] < ended["core-1"] and started["core-3"] < ended["core-1"]
+    assert started["core-4"] < ended["core-2"] or started["core-4"] < ended["core-3"]
+    # without cut-through nobody starts before its source is done
+    started.clear()
+    ended.clear()
+    plain = [peer(i) for i in range(1, 4)]
+    spread(plain, [], work, bool, settings=RelaySettings(fanout=2), max_parallel=8)
+    assert started["core-2"] >= ended["core-1"]

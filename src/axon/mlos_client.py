@@ -735,6 +735,8 @@ class RelayInfo:
     peers: tuple[str, ...] = ()
     accept_from: tuple[str, ...] = ()
     catching_up: bool = False
+    #: serves a blob it is still receiving (``GET /v1/blobs/{sha}?follow=1``)
+    cut_through: bool = False
 
     @property
     def can_pull(self) -> bool:
@@ -757,7 +759,8 @@ class RelayInfo:
         advertise = f.required_text("advertise")
         if not advertise.startswith(("http://", "https://")):
             raise Invalid(f"'advertise' {shown(advertise, 80)!r} is not an http(s) URL")
-        flags = {k: f.flag(k) if k in f.data else False for k in ("pull", "blobs", "catching_up")}
+        names = ("pull", "blobs", "catching_up", "cut_through")
+        flags = {k: f.flag(k) if k in f.data else False for k in names}
         lists = {k: tuple(f.texts(k)) if k in f.data else () for k in ("peers", "accept_from")}
         return cls(
             advertise.rstrip("/"),
@@ -768,6 +771,7 @@ class RelayInfo:
             tuple(p.rstrip("/") for p in lists["peers"]),
             lists["accept_from"],
             flags["catching_up"],
+            flags["cut_through"],
         )
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +81,8 @@ class _Follow:
         self.digest = manifest.as_uploaded(ref.namespace, ref.name, ref.version).digest()
         self.attempts = 0
         self.done = 0
+        self.ready: Callable[[], None] = lambda: None  # called once bytes have landed
+        self._told = False
 
     def client(self) -> MlosClient:
         return MlosClient.for_target(self.member.target, self.options.timeout + POLL)
@@ -156,6 +159,9 @@ class _Follow:
             with contextlib.suppress(InterruptedPublish):
                 self.line.advance("pull", status.bytes_done - self.done)
             self.done = status.bytes_done
+            if not self._told:
+                self._told = True
+                self.ready()
 
     def _cancel(self, client: MlosClient, status: PullStatus) -> None:
         if status.pull_id is not None:
@@ -185,16 +191,19 @@ def pull_onto(
     cancel: threading.Event | None = None,
     names: dict[str, str] | None = None,
     commit: bool = True,
+    ready: Callable[[], None] = lambda: None,
 ) -> InstanceResult | StagedPull:
     """``member`` pulls ``ref`` (exactly ``manifest``) from ``sources`` (preferred first).
 
     Returns the member's result (``commit``) or its :class:`StagedPull`; raises
     :class:`PullFailed` (or another AxonError) when the member did not get the model.
+    ``ready`` is called once bytes have landed on the member (it may serve them on).
     """
     line = InstanceLine(progress, member.name, total, cancel)
     first = sources[0].name if sources else "its peers"
     line.start(f"{member.name} (pull from {first})")
     follow = _Follow(member, ref, manifest, options, line)
+    follow.ready = ready
     try:
         pulled = follow.run([s.address for s in sources if s.address], commit=commit)
     except Exception as exc:

@@ -81,6 +81,8 @@ class Peer:
     can_pull: bool = False
     accepts: frozenset[str] | None = None
     why_not: str = ""
+    #: serves a blob while still receiving it (``?follow=1``): a source from its first byte
+    cut_through: bool = False
 
     @property
     def name(self) -> str:
@@ -114,7 +116,7 @@ def survey(members: list[InstanceTarget], *, max_parallel: int) -> dict[str, Pee
             return Peer(target, why_not="this mlos-core has no relay (GET /v1/relay: 404)")
         accepts = frozenset(normal_url(p) for p in info.peers)
         address = info.advertise if info.blobs else None
-        return Peer(target, address, info.can_pull, accepts, info.why_not)
+        return Peer(target, address, info.can_pull, accepts, info.why_not, info.cut_through)
 
     answers = parallel_map(members, ask, max_parallel)
     out: dict[str, Peer] = {}
@@ -128,7 +130,10 @@ def survey(members: list[InstanceTarget], *, max_parallel: int) -> dict[str, Pee
 
 
 # ---- the tree -------------------------------------------------------------------------------
-Work = Callable[["Peer", list["Peer"], str], R]  # (member, sources, role) -> outcome
+#: (member, sources, role, ready) -> outcome; ``ready()``: the member's bytes are arriving
+#: and it serves them as they land (cut-through): it may be a source before it is done
+Work = Callable[["Peer", list["Peer"], str, Callable[[], None]], R]
+EARLY_POLL = 0.1  # seconds between looks for members that became sources while receiving
 
 
 @dataclass
@@ -174,6 +179,12 @@ class _Tree:
                 return SEED, []  # every seed failed: a new one
         return PUSH, []  # no member it accepts has the model, nor will soon
 
+    def early(self, member: Peer) -> None:
+        """``member`` serves what it receives (cut-through): a source before it is done."""
+        if member.address is not None and member not in self.holders:
+            self.holders.append(member)
+            self.serving.setdefault(member.name, 0)
+
     def started(self, role: str, sources: list[Peer]) -> None:
         if role == PULL:
             self.serving[sources[0].name] += 1
@@ -189,9 +200,11 @@ class _Tree:
             self.serving[sources[0].name] -= 1
         if gone:
             self.holders = [h for h in self.holders if h.name not in gone]
-        if good and member.address is not None:
+        if not good and member in self.holders:  # a source while receiving, then failed
+            self.holders.remove(member)
+        if good and member.address is not None and member not in self.holders:
             self.holders.append(member)
-            self.serving[member.name] = 0
+            self.serving.setdefault(member.name, 0)
 
 
 def spread(
@@ -206,19 +219,21 @@ def spread(
     fail_fast: bool = False,
     cancel: threading.Event | None = None,
 ) -> Spread[R]:
-    """Run ``work(member, sources, role)`` for every member, as a tree.
+    """Run ``work(member, sources, role, ready)`` for every member, as a tree.
 
     ``sources`` have the model now; a member for which ``ok`` holds becomes one, a source
     named by ``gone`` (of an outcome: the sources its pull gave up on) is one no more. A puller
     is given its sources in order of preference: the least busy first (of equally busy ones,
     the one listed first), then every other it accepts (to carry on from, should the first
     fail). No source is first for more than ``settings.fanout`` pullers at once: a puller
-    waits for a free one. When nobody has the
-    model, up to ``settings.seeds`` members get it from the publisher (role ``seed``); a
-    member that cannot pull, or that accepts none of the members that could ever have it,
-    gets a direct push (role ``push``). ``work`` never raises for the member's sake (an
-    exception is its outcome). With ``fail_fast`` the first failure starts nothing more; on
-    Ctrl-C ``cancel`` is set and nothing more starts.
+    waits for a free one. A member whose work calls ``ready()`` while its bytes arrive is a
+    source from then on when it serves them as they land (``Peer.cut_through``), so the
+    pulls overlap the publisher's push. When nobody has the model, up to ``settings.seeds``
+    members get it from the publisher (role ``seed``); a member that cannot pull, or that
+    accepts none of the members that could ever have it, gets a direct push (role ``push``).
+    ``work`` never raises for the member's sake (an exception is its outcome). With
+    ``fail_fast`` the first failure starts nothing more; on Ctrl-C ``cancel`` is set and
+    nothing more starts.
     """
     out: Spread[R] = Spread()
     rank = {p.name: i for i, p in enumerate([*sources, *members])}
@@ -226,11 +241,22 @@ def spread(
     waiting = list(members)
     running: dict[Future[tuple[R | None, BaseException | None]], tuple[Peer, str, list[Peer]]] = {}
 
+    arrived: list[Peer] = []  # members that called ready(), for the loop to pick up
+    lock = threading.Lock()
+
+    def ready_of(member: Peer) -> Callable[[], None]:
+        def ready() -> None:
+            if member.cut_through:
+                with lock:
+                    arrived.append(member)
+
+        return ready
+
     def guarded(
         member: Peer, given: list[Peer], role: str
     ) -> tuple[R | None, BaseException | None]:
         try:
-            return work(member, given, role), None
+            return work(member, given, role, ready_of(member)), None
         except Exception as exc:
             return None, exc
 
@@ -257,7 +283,13 @@ def spread(
                 launch(pool)
                 if not running:
                     break  # pragma: no cover - choose() always starts someone when idle
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                done, _ = wait(running, EARLY_POLL, return_when=FIRST_COMPLETED)
+                with lock:
+                    early, arrived[:] = list(arrived), []
+                finished = {running[f][0].name for f in done}
+                for member in early:
+                    if member.name not in finished:
+                        tree.early(member)
                 for future in done:
                     member, role, given = running.pop(future)
                     value, exc = future.result()

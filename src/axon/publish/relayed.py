@@ -17,6 +17,7 @@ or pushed directly because it could not pull (and why). The same class serves
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from modelpkg.refs import ModelRef
 
 MAX_SOURCES = 16  # sources one pull request may name (docs/relay.md)
+Ready = Callable[[], None]  # a member's bytes are arriving (see axon.publish.relay.spread)
 
 
 class Pusher:
@@ -51,21 +53,26 @@ class Pusher:
     ) -> None:
         self.model, self.options, self.progress, self.cancel = model, options, progress, cancel
 
-    def _line(self, target: InstanceTarget, what: str) -> InstanceLine:
-        line = InstanceLine(self.progress, target.name, self.model.total_bytes, self.cancel)
+    def _line(self, target: InstanceTarget, what: str, ready: Ready) -> InstanceLine:
+        line = _ReadyLine(self.progress, target.name, self.model.total_bytes, self.cancel)
+        line.ready = ready
         line.start(f"{target.name} ({what})")
         return line
 
-    def push(self, target: InstanceTarget, how: dict[str, Any]) -> InstanceResult:
-        line = self._line(target, how["text"])
+    def push(
+        self, target: InstanceTarget, how: dict[str, Any], ready: Ready = lambda: None
+    ) -> InstanceResult:
+        line = self._line(target, how["text"], ready)
         result = publish_to_instance(self.model, target, self.options, line)
         line.finish(ok=result.ok, note=how["text"] if result.ok else reason(result))
         how["bytes"] = result.bytes_sent
         result.relay = how
         return result
 
-    def stage(self, target: InstanceTarget, how: dict[str, Any]) -> Staged:
-        line = self._line(target, f"staging; {how['text']}")
+    def stage(
+        self, target: InstanceTarget, how: dict[str, Any], ready: Ready = lambda: None
+    ) -> Staged:
+        line = self._line(target, f"staging; {how['text']}", ready)
         try:
             staged = stage_on_instance(self.model, target, self.options, line)
         except Exception as exc:
@@ -74,6 +81,20 @@ class Pusher:
         line.finish(ok=True, note="staged")
         how["bytes"] = staged.counters.bytes_sent
         return PushStage(staged, relay=how)
+
+
+class _ReadyLine(InstanceLine):
+    """A member's progress line that calls ``ready`` once its first bytes went out: from then
+    on it serves them to followers as they land (cut-through)."""
+
+    ready: Ready = staticmethod(lambda: None)
+    _told = False
+
+    def advance(self, key: str, nbytes: int) -> None:
+        super().advance(key, nbytes)
+        if nbytes and not self._told:
+            self._told = True
+            self.ready()
 
 
 def pushed(text: str) -> dict[str, Any]:
@@ -144,7 +165,7 @@ class Relay:
 
     # ---- one member ------------------------------------------------------------------
     def _pull(
-        self, member: Peer, sources: list[Peer], *, commit: bool
+        self, member: Peer, sources: list[Peer], ready: Ready, *, commit: bool
     ) -> InstanceResult | StagedPull:
         return pull_onto(
             member,
@@ -157,42 +178,48 @@ class Relay:
             cancel=self.cancel,
             names=self.names,
             commit=commit,
+            ready=ready,
         )
 
-    def _publish_one(self, member: Peer, sources: list[Peer], role: str) -> InstanceResult:
+    def _publish_one(
+        self, member: Peer, sources: list[Peer], role: str, ready: Ready
+    ) -> InstanceResult:
         if role == PULL:
             try:
-                result = self._pull(member, sources, commit=True)
+                result = self._pull(member, sources, ready, commit=True)
             except InterruptedPublish:
                 raise
             except AxonError as exc:
-                return self._push(member, f"direct push: the pull failed ({_short(exc)})", exc)
+                text = f"direct push: the pull failed ({_short(exc)})"
+                return self._push(member, text, ready, exc)
             assert isinstance(result, InstanceResult)
             return result
-        return self._push(member, _why_push(member, role))
+        return self._push(member, _why_push(member, role), ready)
 
-    def _push(self, member: Peer, text: str, cause: AxonError | None = None) -> InstanceResult:
+    def _push(
+        self, member: Peer, text: str, ready: Ready, cause: AxonError | None = None
+    ) -> InstanceResult:
         if self.pusher is None:
             raise cause or _cannot(member, text)
-        return self.pusher.push(member.target, pushed(text))
+        return self.pusher.push(member.target, pushed(text), ready)
 
-    def _stage_one(self, member: Peer, sources: list[Peer], role: str) -> Staged:
+    def _stage_one(self, member: Peer, sources: list[Peer], role: str, ready: Ready) -> Staged:
         if role == PULL:
             try:
-                staged = self._pull(member, sources, commit=False)
+                staged = self._pull(member, sources, ready, commit=False)
             except InterruptedPublish:
                 raise
             except AxonError as exc:
                 if self.pusher is None:
                     raise
                 text = f"direct push: the pull failed ({_short(exc)})"
-                return self.pusher.stage(member.target, pushed(text))
+                return self.pusher.stage(member.target, pushed(text), ready)
             assert isinstance(staged, StagedPull)
             return staged
         text = _why_push(member, role)
         if self.pusher is None:
             raise _cannot(member, text)
-        return self.pusher.stage(member.target, pushed(text))
+        return self.pusher.stage(member.target, pushed(text), ready)
 
 
 def _why_push(member: Peer, role: str) -> str:
