@@ -211,3 +211,22 @@ def test_a_member_still_pulling_is_a_source_for_the_next(mlos_server):
     assert job_c["source"] == b.url and job_c["tried"] == [], job_c
     assert c_midway, "c got no byte while a was still receiving the blob"
     assert held(b) == held(c) == FILES
+
+
+def test_a_blob_dropped_under_its_follower_ends_the_answer_short(mlos_server):
+    a = mlos_server(no_fsync=True)
+    b = mlos_server(no_fsync=True, peer=[a.url])
+    upload = SlowUpload(a.url, FILES)
+    upload.send_small()
+    pull_id = pull(b, a.url, upload.opened["manifest_sha256"])
+    upload.start(rate=4 * MiB)
+    while job_of(b, pull_id)["bytes_done"] < 2 * MiB:
+        time.sleep(0.05)
+    # the publisher gives up: the upload and its partial blob are dropped on a
+    assert httpx.delete(f"{a.url}/v1/uploads/{upload.upload_id}").status_code == 200
+    job = finish(b, pull_id)
+    assert job["state"] == "failed" and job["code"] == "no_source", job
+    assert held(b) == {}
+    log = a.log()
+    assert "cut-through answer ended short" in log and "was dropped" in log
+    assert "Traceback" not in log

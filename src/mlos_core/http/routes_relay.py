@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Send
 
 from mlos_core.core import Core, parse_manifest
 from mlos_core.errors import BadRequest, NotFound
@@ -22,6 +24,8 @@ from mlos_core.http.request import byte_count, core_of, json_body
 from mlos_core.http.routes_v1 import check_digest
 from mlos_core.relay import PullJob, Relay
 from mlos_core.storage.blobs import check_sha256
+
+log = logging.getLogger("mlos_core.relay")
 
 MAX_SOURCES = 16
 MAX_WAIT = 30.0  # seconds a GET /v1/pulls/{id}?wait= may hold the answer
@@ -264,7 +268,8 @@ async def get_blob(request: Request) -> Response:
     if following is not None:
         idle = core.settings.body_timeout
         body = _follow(fd, first, last + 1, relay, following, core.blobs.path(sha), idle)
-    return StreamingResponse(
+    answer = StreamingResponse if following is None else _FollowAnswer
+    return answer(
         body,
         status_code=status,
         headers=headers,
@@ -324,6 +329,25 @@ def _same_file(fd: int, *paths: Path) -> bool:
 class _Dropped(Exception):
     """The blob being followed was dropped, cut back or went quiet: the answer ends short
     (the connection is closed mid-body) and the puller resumes or switches source."""
+
+
+class _FollowAnswer(StreamingResponse):
+    """A followed blob's answer: when the blob is dropped or goes quiet under it, one warning
+    and the answer stops short (the server closes the connection: the follower sees a cut and
+    resumes), instead of an exception's traceback in the log."""
+
+    async def stream_response(self, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        try:
+            async for chunk in self.body_iterator:
+                assert isinstance(chunk, bytes)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except _Dropped as exc:
+            log.warning("cut-through answer ended short (the follower resumes): %s", exc)
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _follow(
