@@ -142,3 +142,49 @@ def test_bar_rates_leave_out_skipped_bytes(monkeypatch: pytest.MonkeyPatch) -> N
     assert "finishing" in bars.state_of("verify")
     bars.end("verify")
     assert "finishing" not in bars.state_of("verify")
+
+
+def test_bars_begin_while_another_thread_draws_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files begin (rich's add_task draws the bars) while another thread draws them (rich
+    holds its Live lock while our rate/state columns read the task's work): neither thread
+    may wait for the other forever. Fails (rather than hangs) within 60 s on a deadlock."""
+    from rich.console import Console
+
+    from axon.cli.progress_view import RichProgress
+
+    # The Live redirects stdout/stderr while it runs; a stuck one must not keep them.
+    monkeypatch.setattr(sys, "stdout", sys.stdout)
+    monkeypatch.setattr(sys, "stderr", sys.stderr)
+    for _round in range(3):
+        sink = RichProgress(Console(file=io.StringIO(), force_terminal=True, width=120))
+        sink.__enter__()
+        drawing = threading.Event()
+
+        def draw(sink: RichProgress = sink, drawing: threading.Event = drawing) -> None:
+            while not drawing.is_set():
+                sink._bars.refresh()  # what rich's refresh thread does, only more often
+                time.sleep(0.0005)
+
+        def worker(i: int, sink: RichProgress = sink) -> None:
+            for k in range(4):
+                key = f"inst:w{i}-f{k}.bin"
+                sink.begin(key, f"w{i}-f{k}.bin", 1000)
+                sink.advance(key, 500)
+                sink.end(key)
+
+        drawer = threading.Thread(target=draw, daemon=True)
+        workers = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(6)]
+        drawer.start()
+        for t in workers:
+            t.start()
+        deadline = time.monotonic() + 20
+        for t in workers:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        drawing.set()
+        drawer.join(timeout=5)
+        stuck = [t.name for t in [drawer, *workers] if t.is_alive()]
+        # On a deadlock, stopping the Live would wait for its lock forever: fail instead.
+        assert not stuck, f"progress threads stuck (deadlock): {stuck}"
+        sink.__exit__(None, None, None)
+        assert len(sink._bars.tasks) == 24
+        assert all(t.finished for t in sink._bars.tasks)

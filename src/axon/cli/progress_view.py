@@ -84,7 +84,13 @@ class RichProgress:
         )
         self._tasks: dict[str, TaskID] = {}
         self._work: dict[TaskID, _Work] = {}
+        # Two locks, so no thread ever waits for rich while holding what rich's drawing waits
+        # for: the refresh thread draws our columns while holding the Live's lock, and the
+        # columns take ``_lock``, so ``_lock`` is never held across a call into rich.
+        # ``_begin`` (one task per key) is held across ``add_task``, which draws, but drawing
+        # never takes it.
         self._lock = threading.Lock()
+        self._begin = threading.Lock()
 
     def __enter__(self) -> RichProgress:
         self._bars.start()
@@ -99,12 +105,15 @@ class RichProgress:
         self._bars.stop()
 
     def begin(self, key: str, description: str, total: int | None = None) -> None:
-        with self._lock:
+        with self._begin:
             task = self._tasks.get(key)
             if task is None:
-                task = self._tasks[key] = self._bars.add_task(description, total=total)
-                self._work[task] = _Work(since=time.monotonic())
+                task = self._bars.add_task(description, total=total)
+                with self._lock:
+                    self._work[task] = _Work(since=time.monotonic())
+                self._tasks[key] = task
                 return
+        with self._lock:
             self._work[task] = _Work(since=time.monotonic())
         self._bars.reset(task, total=total, description=description)
 
