@@ -659,7 +659,8 @@ def test_json_output_says_what_was_wrong(home: Path) -> None:
     with HostileServer(everywhere(json_reply(200, {"status": "success"}))()) as srv:
         run = run_measured(home, "publish", REF, "--target", srv.url, "--json", *FAST)
         paths = srv.paths()
-    assert run.code == 7 and run.err == ""
+    # --json keeps the error in its object and, as in every mode, adds the one stderr line
+    assert run.code == 7 and "'model_id' is missing" in run.error_line()
     data = json.loads(run.out)
     (result,) = data["results"]
     assert data["ok"] is False and result["ok"] is False and result["exit_code"] == 7
