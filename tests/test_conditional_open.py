@@ -16,6 +16,7 @@ from axon.mlos_client import Invalid, OpenAnswer
 from axon.publish import publish
 from modelpkg.manifest import Manifest
 from modelpkg.refs import ModelRef
+from tests.fixtures.common import wait_for
 from tests.fixtures.mlos import manifest_for, upload_resumable
 
 FILES = {"weights.bin": b"w" * 1000, "config.json": b'{"hidden": 8}'}
@@ -168,13 +169,16 @@ def test_axon_publish_unchanged_opens_nothing_and_commits_nothing(
     srv = mlos_server(no_fsync=True)
     assert publish(installed_model, srv.url).ok
     log = Path(srv.log_path)
+    # The server logs each request after answering it: count once the lines are there.
+    wait_for(lambda: "/commit" in log.read_text(), timeout=10, what="the commit's log line")
     commits = log.read_text().count("/commit")
     again = publish(installed_model, srv.url)
     (result,) = again.results
     assert again.ok and result.registered and result.files_sent == 0
     assert result.path == str(srv.models_dir / installed_model.relpath)
+    assert open_uploads(srv.url) == 0  # GET /metrics, sent after every request of the publish
+    wait_for(lambda: '"GET /metrics"' in log.read_text(), timeout=10, what="its log line")
     assert log.read_text().count("/commit") == commits
-    assert open_uploads(srv.url) == 0
 
 
 def _settled(**changes: Any) -> dict[str, Any]:
