@@ -266,3 +266,34 @@ def test_batches_pull_from_the_members_of_earlier_batches(
     assert res.publisher_bytes == sum(cached_sizes(axon_home, big_model))  # one copy
     for server in servers:
         assert tree_of(server, big_model) == tree_of_cache(axon_home, big_model)
+
+
+def test_pullers_start_while_the_seed_still_receives(
+    peered: Any, tcp_proxy: Any, big_model: ModelRef, axon_home: Path
+) -> None:
+    """Cut-through: the publisher's link to the seed is slow (a proxy at 1 MiB/s; the
+    instances reach each other directly), and the members pull from the seed while it is
+    still receiving: their pulls begin before the seed's push ends, and end right after it."""
+    from tests.helpers import write_config
+
+    servers = peered(3)
+    slow = tcp_proxy(servers[0].port)  # only the publisher goes through it
+    slow.throttle(1 * MiB)
+    names = ["core-0", "core-1", "core-2"]
+    urls = [slow.url, servers[1].url, servers[2].url]
+    targets = {n: {"endpoint": u, "storage_type": "api"} for n, u in zip(names, urls, strict=True)}
+    write_config(axon_home, targets, clusters={"prod": {"instances": names, "relay": True}})
+    recorder = Recorder()
+    res = run_cluster(big_model, "prod", recorder)
+    assert res.exit_code == EXIT_OK, res.summary()
+    assert [how(res, n)["how"] for n in names] == ["pushed", "pulled", "pulled"]
+    events = recorder.events
+    seed_end = next(
+        i for i, (kind, key) in enumerate(events) if kind == "end" and key.startswith("core-0:")
+    )
+    for name in names[1:]:
+        begun = events.index(("begin", name))
+        assert begun < seed_end, f"{name} began pulling only after the seed had everything"
+    assert res.publisher_bytes == sum(cached_sizes(axon_home, big_model))
+    for server in servers:
+        assert tree_of(server, big_model) == tree_of_cache(axon_home, big_model)
