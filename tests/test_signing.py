@@ -342,3 +342,27 @@ def test_a_keyless_sigstore_bundle_is_refused_with_its_reason(tmp_path: Path) ->
     with pytest.raises(SignatureError) as err:
         signing.verify(json.dumps(bundle).encode(), _entries(FILES), _trusted(keys.public))
     assert err.value.code == signing.INVALID and "keyless Sigstore" in str(err.value)
+
+
+def test_keyless_signing_hashes_the_files_a_publish_sends_for_an_upstream_entry(
+    tmp_path: Path,
+) -> None:
+    """An entry the upstream axon installed under ``latest/`` from a registry whose manifest
+    says 1.0.0 keeps its package as ``<ns>-<name>-1.0.0.axon``: the keyless signature (what
+    ``model_signing`` hashes, without the Sigstore round trip) leaves it out, as the checked
+    manifest a publish sends does, so the two agree."""
+    pytest.importorskip("model_signing")
+    from axon.signing import keyless_hashing
+    from tests.interop.shapes import place_like_upstream
+
+    cache = Cache(tmp_path / "cache")
+    final = cache.models_dir / "acme" / "tiny" / "latest"
+    place_like_upstream(final, ModelRef("acme", "tiny", "1.0.0"), FILES)
+    assert (final / "acme-tiny-1.0.0.axon").is_file()
+    model = cache.get("acme/tiny@latest")
+    manifest, _ids = cache.checked(model)
+    assert sorted(f.path for f in manifest.files) == sorted(FILES)
+    hashed = keyless_hashing(model).hash(model.path)
+    resources = {d.identifier: d.digest.digest_hex for d in hashed.resource_descriptors()}
+    assert sorted(resources) == sorted(FILES)
+    signing.compare(signing.Statement("", resources), manifest.files)

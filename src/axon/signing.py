@@ -34,6 +34,7 @@ from modelpkg.manifest import MANIFEST_NAME, FileEntry, Manifest
 from modelpkg.signing import SIGNATURE_NAME, SignatureError, Signer, TrustedKey
 
 if TYPE_CHECKING:
+    from axon.cache import CachedModel
     from axon.publish.prepared import PreparedModel
     from axon.targets import InstanceTarget
     from modelpkg.refs import ModelRef
@@ -102,7 +103,6 @@ def sign_model_keyless(cache: Cache, ref: ModelRef | str, *, staging: bool = Fal
     ``model_signing`` package; needs its network services and a browser or ambient OIDC
     token. The bundle is then checked to cover exactly the manifest's files."""
     try:
-        from model_signing import hashing as ms_hashing
         from model_signing import signing as ms_signing
     except ImportError as exc:
         raise ConfigError(
@@ -111,12 +111,10 @@ def sign_model_keyless(cache: Cache, ref: ModelRef | str, *, staging: bool = Fal
         ) from exc
     model = cache.get(ref)
     manifest, _identities = cache.checked(model)
-    ignored = sorted({*signing.IGNORED_PATHS, *housekeeping_names(model.ref)})
     with tempfile.TemporaryDirectory(prefix="axon-sign-") as tmp:
         out = Path(tmp) / SIGNATURE_NAME
         try:
-            hashing = ms_hashing.Config()  # type: ignore[no-untyped-call]
-            hashing.set_ignored_paths(paths=ignored, ignore_git_paths=False)
+            hashing = keyless_hashing(model)
             config = ms_signing.Config()  # type: ignore[no-untyped-call]
             config.use_sigstore_signer(use_staging=staging)
             config.set_hashing_config(hashing).sign(model.path, out)
@@ -130,6 +128,20 @@ def sign_model_keyless(cache: Cache, ref: ModelRef | str, *, staging: bool = Fal
     resources = _statement_resources(data)
     signing.compare(signing.Statement("", resources), manifest.files)
     return _install_signature(cache, model.ref, model.path, manifest, data, keyless=True)
+
+
+def keyless_hashing(model: CachedModel) -> Any:
+    """The ``model_signing`` hashing config a keyless signature of ``model`` is made with:
+    the directory less what is not the model's (ours and model.sig, and the upstream
+    ``.axon`` package, also when it is named after the version the manifest gives rather than
+    the directory's, as a registry's ``latest/`` may be), so it covers the files
+    :meth:`Cache.checked` lists."""
+    from model_signing import hashing as ms_hashing
+
+    ignored = sorted({*signing.IGNORED_PATHS, *housekeeping_names(model.ref, model.manifest)})
+    hashing = ms_hashing.Config()  # type: ignore[no-untyped-call]
+    hashing.set_ignored_paths(paths=ignored, ignore_git_paths=False)
+    return hashing
 
 
 def _statement_resources(data: bytes) -> dict[str, str]:
