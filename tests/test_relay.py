@@ -369,6 +369,10 @@ def test_tenant_isolation_across_pulls(mlos_server, monkeypatch):
     assert job["state"] == "committed", job
     assert job["bytes_total"] == len(secret) + 2 and job["bytes_fetched"] == len(secret) + 2
     assert held(b, "bravo/m@v1") == bravo_files
+    # each tenant lists its own pulls only
+    listed = httpx.get(f"{b.url}/v1/pulls", headers=BRAVO).json()["pulls"]
+    assert {p["model_id"] for p in listed} == {"bravo/m@v1"}
+    assert httpx.get(f"{b.url}/v1/pulls").status_code == 401
 
 
 def test_without_a_peer_token_the_callers_token_reads_its_own_content(mlos_server):

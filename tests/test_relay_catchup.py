@@ -144,3 +144,14 @@ def test_accept_from_admits_another_clusters_members_as_sources(mlos_server, etc
         what="the promotion pull",
     )
     assert files_of(prod, "hf/m@v1") == V1
+
+
+def test_a_desired_model_no_tenant_owns_is_reported_unowned(mlos_server, etcd_server):
+    from tests.fixtures.mlos import TOKENS
+
+    etcd = etcd_server
+    core1 = member(mlos_server, etcd, "core-1", tokens=TOKENS)
+    put_desired(etcd, "zulu/m@v1", "b" * 64)
+    wait_for(lambda: catch_up(core1)["unowned"] == ["zulu/m@v1"], timeout=30, what="unowned")
+    report = catch_up(core1)
+    assert report["lagging"] == ["zulu/m@v1"] and report["pulls"] == []
