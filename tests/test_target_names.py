@@ -100,6 +100,12 @@ def test_a_mistyped_target_name_fails_at_once_and_host_names_still_work(
         {
             "mlos-core-1": {"endpoint": "http://127.0.0.1:9"},
             "stale": {"endpoint": "http://gone.example.internal:8080"},  # a host since removed
+            "stale-ssh": {  # the same over SSH: ssh itself looks the name up
+                "endpoint": "http://127.0.0.1:9",
+                "access_method": "ssh",
+                "ssh_host": "gone-ssh.example.internal",
+                "storage_path": str(tmp_path / "nowhere"),
+            },
         },
         clusters={"mlos-cluster-prod": {"instances": ["mlos-core-1"]}},
     )
@@ -110,9 +116,10 @@ def test_a_mistyped_target_name_fails_at_once_and_host_names_still_work(
             ["status", str(installed_model), "-t", "http://mlos-clster-prod:8080"],
             ["publish", str(installed_model), "-t", "core.example.internal:CORE_PORT", "-q"],
             ["publish", str(installed_model), "-t", "stale"],
+            ["publish", str(installed_model), "-t", "stale-ssh"],
         ],
     )
-    typo, url_typo, valid, stale = results
+    typo, url_typo, valid, stale, stale_ssh = results
     assert typo["code"] == EXIT_NOT_FOUND, typo
     assert typo["seconds"] < 5, typo  # no retries, no backoff
     (line,) = error_lines(typo["err"])
@@ -126,6 +133,9 @@ def test_a_mistyped_target_name_fails_at_once_and_host_names_still_work(
     assert stale["code"] == EXIT_TRANSPORT and stale["seconds"] < 5, stale
     assert "'gone.example.internal'" in stale["err"] and "does not resolve" in stale["err"]
     assert dns_log.count("query[A] gone.example.internal") == 1
+    assert stale_ssh["code"] == EXIT_TRANSPORT and stale_ssh["seconds"] < 5, stale_ssh
+    (line,) = error_lines(stale_ssh["err"])
+    assert "'gone-ssh.example.internal' does not resolve" in line and "retry" not in line
 
 
 @pytest.fixture

@@ -82,6 +82,14 @@ def _helper_source() -> str:
 
 _HELPER = _helper_source()
 
+# getaddrinfo's words for a name that does not exist (EAI_NONAME, EAI_NODATA; glibc, musl, BSD)
+_NO_SUCH_NAME = (
+    "name or service not known",
+    "no address associated with hostname",
+    "nodename nor servname provided",
+    "name does not resolve",
+)
+
 _UNREACHABLE = (
     "connection refused",
     "connection timed out",
@@ -411,6 +419,17 @@ class SshTransport(StagedTransport):
             return AuthenticationError(
                 f"cannot read ssh key {self.key}", target=self.name, hint="fix ssh_key"
             )
+        if "could not resolve hostname" in low and any(m in low for m in _NO_SUCH_NAME):
+            # The name does not exist (not a resolver that is down, which ssh words as
+            # "Temporary failure in name resolution"): another attempt cannot help.
+            gone = TargetUnreachableError(
+                f"cannot reach {self.where} over ssh: the host name {self.host!r} does not "
+                f"resolve ({last})",
+                target=self.name,
+                hint="check the host name (ssh_host, or the endpoint's host) of this target: "
+                "axon targets show",
+            )
+            return retryable(gone, False)
         if any(marker in low for marker in _UNREACHABLE):
             return self._unreachable(last)
         return TargetUnreachableError(f"ssh to {self.where} failed: {last}", target=self.name)
