@@ -31,7 +31,7 @@ from axon.errors import (
     TargetUnreachableError,
     TransportError,
 )
-from axon.progress import NULL_PROGRESS, Progress, expect, skip
+from axon.progress import NULL_PROGRESS, BytesTo, Progress, expect, skip
 from axon.publish.notify import notify_instance
 from axon.publish.options import PublishOptions
 from axon.publish.prepared import PreparedModel
@@ -77,6 +77,19 @@ class _Counters:
     def add(self, n: int) -> None:
         with self.lock:
             self.bytes_sent += n
+
+
+class _TaskBytes(BytesTo):
+    """A file task's ``on_bytes``: the bytes count as sent, toward the result too; its
+    ``skip`` (done by another connection, :func:`axon.progress.skipped`) only toward the task."""
+
+    def __init__(self, progress: Progress, key: str, counters: _Counters) -> None:
+        super().__init__(progress, key)
+        self.counters = counters
+
+    def __call__(self, nbytes: int) -> None:
+        self.counters.add(nbytes)
+        super().__call__(nbytes)
 
 
 class StagedPublish:
@@ -148,10 +161,7 @@ class StagedPublish:
         self.progress.begin(key, what, sum(e.size for e in entries))
         if resumed := sum(session.offset(e) for e in entries):
             skip(self.progress, key, resumed)  # already there: no transfer rate
-
-        def on_bytes(n: int) -> None:
-            self.counters.add(n)
-            self.progress.advance(key, n)
+        on_bytes = _TaskBytes(self.progress, key, self.counters)
 
         def on_file(entry: FileEntry) -> None:
             self.counters.sent_sha.add(entry.sha256)
@@ -172,10 +182,7 @@ class StagedPublish:
         self.progress.begin(key, entry.path, entry.size)
         if offset:
             skip(self.progress, key, offset)
-
-        def on_bytes(n: int) -> None:
-            self.counters.add(n)
-            self.progress.advance(key, n)
+        on_bytes = _TaskBytes(self.progress, key, self.counters)
 
         try:
             session.send(

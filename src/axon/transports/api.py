@@ -51,6 +51,7 @@ from axon.mlos_client import (
     is_loopback,
     read_capped,
 )
+from axon.progress import skipped
 from axon.transports.base import CommitInfo, FileKey, Outgoing, Session, Transport
 from modelpkg.manifest import FileEntry, Manifest
 from modelpkg.progress import OnBytes, ignore_bytes
@@ -346,6 +347,32 @@ def _stream(pieces: Sequence[Piece], on_bytes: OnBytes) -> Iterator[bytes]:
                 on_bytes(len(chunk))
 
 
+class _CountedOnce:
+    """``on_bytes`` of one file sent from ``offset`` (which the caller reported already):
+    each byte of the file is reported once. A 409 re-sync (:meth:`resume_at`) may move the
+    next request below what the refused one had sent (its body went out before the answer
+    came: a buffering link, another connection still writing the blob): those bytes are
+    not reported again. Moved above it (another connection's bytes landed meanwhile), the
+    gap is reported as done without work (:func:`axon.progress.skipped`)."""
+
+    def __init__(self, on_bytes: OnBytes, offset: int) -> None:
+        self.on_bytes = on_bytes
+        self.position = offset  # where the bytes being sent now are in the file
+        self.counted = offset  # the highest offset reported so far
+
+    def resume_at(self, offset: int) -> None:
+        if offset > self.counted:
+            skipped(self.on_bytes, offset - self.counted)
+            self.counted = offset
+        self.position = offset
+
+    def __call__(self, nbytes: int) -> None:
+        self.position += nbytes
+        if self.position > self.counted:
+            self.on_bytes(self.position - self.counted)
+            self.counted = self.position
+
+
 # ---- one upload -----------------------------------------------------------------------------
 class ApiSession(Session):
     """One open upload (``upload_id``) on the server, from its checked open answer."""
@@ -403,10 +430,13 @@ class ApiSession(Session):
         *,
         verified: FileKey | None = None,
     ) -> None:
-        """PUT the blob from the server's offset; a 409 re-syncs the offset once."""
+        """PUT the blob from the server's offset; a 409 re-syncs the offset once. Each byte
+        of the file is reported to ``on_bytes`` once (:class:`_CountedOnce`)."""
         what = f"upload of {entry.path}"
+        counted = _CountedOnce(on_bytes, self.offset(entry))
         for _ in range(2):
             offset = self.offset(entry)
+            counted.resume_at(offset)
             if offset >= entry.size and entry.size > 0:
                 return
             try:
@@ -416,7 +446,7 @@ class ApiSession(Session):
                     source,
                     offset,
                     entry.size - offset,
-                    on_bytes,
+                    counted,
                     headers={"Upload-Offset": str(offset)},
                     what=what,
                     ok=(200, 201, 409),
