@@ -117,3 +117,13 @@ class PrefixedProgress:
 
     def message(self, text: str) -> None:
         self.inner.message(f"{self.prefix}{text}")
+
+
+def size_text(n: float, *, largest: str = "GiB") -> str:
+    """``4.2 MiB``-style sizes (binary units) for progress and summaries, in units up to
+    ``largest`` (``"GiB"`` or ``"TiB"``)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == largest:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from axon.progress import size_text
+
 if TYPE_CHECKING:
     from axon.publish.results import Line
 
@@ -20,12 +22,8 @@ F = Callable[..., Any]
 
 
 def human_bytes(n: float) -> str:
-    """``4.2 MiB``-style sizes (binary units, as ``du -h``)."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
+    """``4.2 MiB``-style sizes (binary units, as ``du -h``), up to TiB."""
+    return size_text(n, largest="TiB")
 
 
 @dataclass

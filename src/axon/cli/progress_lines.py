@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TextIO
 
+from axon.progress import size_text
+
 DEFAULT_INTERVAL = 10.0
 STEP_PERCENT = 10
 MIN_GAP = 1.0  # seconds: no 10% line sooner than this after the previous line
@@ -53,14 +55,6 @@ def interval_from_env() -> float:
         return max(0.05, float(os.environ.get("AXON_PROGRESS_INTERVAL", DEFAULT_INTERVAL)))
     except ValueError:
         return DEFAULT_INTERVAL
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"  # pragma: no cover
 
 
 @dataclass
@@ -260,8 +254,8 @@ class PlainProgress:
 
     def _amount(self, group: _Group) -> str:
         if group.percent is None:
-            return _size(group.done)
-        return f"{group.percent}% ({_size(group.done)} of {_size(group.total)}"
+            return size_text(group.done)
+        return f"{group.percent}% ({size_text(group.done)} of {size_text(group.total)}"
 
     def _status(self, group: _Group, now: float) -> str:
         group.printed = True
@@ -277,7 +271,7 @@ class PlainProgress:
         extra = ""
         if group.worked and now > group.started:
             rate = group.worked / (now - group.started)
-            extra = f", {_size(rate)}/s"
+            extra = f", {size_text(rate)}/s"
         elapsed = now - group.started
         if group.percent is None:
             return f"{head}{amount} ({elapsed:.0f} s{extra})"
@@ -289,8 +283,8 @@ class PlainProgress:
         if group.failed:
             return f"{head}stopped after {elapsed:.1f} s: {'; '.join(group.failed)}"
         skipped = group.done - group.worked
-        known = f", {_size(skipped)} needed no work" if skipped > 0 else ""
-        return f"{head}done, {_size(group.done)} in {elapsed:.1f} s{known}"
+        known = f", {size_text(skipped)} needed no work" if skipped > 0 else ""
+        return f"{head}done, {size_text(group.done)} in {elapsed:.1f} s{known}"
 
     def _print(self, text: str) -> None:
         try:

@@ -28,6 +28,7 @@ from axon.errors import (
     EXIT_TRANSPORT,
     AxonError,
 )
+from axon.progress import size_text
 
 if TYPE_CHECKING:
     from axon.publish.plan import InstancePlan
@@ -63,15 +64,6 @@ class TargetResult(Protocol):
     def lines(self, model_id: str) -> list[Line]:
         """The human summary of ``model_id``'s publish to this target."""
         ...
-
-
-def size_text(n: float) -> str:
-    """``4.2 MiB``-style sizes (binary units) for summaries."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"  # pragma: no cover
 
 
 def error_text(error: dict[str, Any], fallback_target: str) -> str:
