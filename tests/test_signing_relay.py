@@ -5,7 +5,6 @@ untrusted pull before anything is visible."""
 from __future__ import annotations
 
 import hashlib
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from modelpkg import signing
 from modelpkg.manifest import FileEntry, Manifest
 from modelpkg.signing import SIGNATURE_NAME
 from tests.fixtures.mlos import manifest_for
-from tests.fixtures.signing import KeyPair, make_key
+from tests.fixtures.signing import KeyPair, make_key, trusted_dir
 
 FILES = {"weights.bin": b"\x07" * 5000, "config.json": b'{"b": 2}\n'}
 
@@ -69,9 +68,7 @@ def keys(tmp_path: Path) -> dict[str, KeyPair]:
 
 
 def test_pulls_are_checked_like_uploads(peered, tmp_path: Path, keys: dict[str, KeyPair]) -> None:
-    trusted = tmp_path / "trusted"
-    trusted.mkdir()
-    shutil.copy(keys["alice"].public, trusted / "alice.pub")
+    trusted = trusted_dir(tmp_path / "trusted", keys["alice"])
     # core-0 takes anything; core-1 takes only what alice signed
     source, puller = peered(2, flags_for={1: {"trusted_keys": trusted}})
     if httpx.get(f"{puller.url}/v1/relay", timeout=5).status_code == 404:

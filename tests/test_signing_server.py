@@ -22,7 +22,7 @@ from modelpkg.manifest import FileEntry
 from modelpkg.refs import ModelRef
 from modelpkg.signing import SIGNATURE_NAME
 from tests.fixtures.mlos import manifest_for
-from tests.fixtures.signing import KeyPair, make_chain, make_key
+from tests.fixtures.signing import KeyPair, make_chain, make_key, trusted_dir
 from tests.helpers import run_axon, write_config
 
 FAST = PublishOptions(retries=0)
@@ -94,10 +94,7 @@ def keys(tmp_path: Path) -> dict[str, KeyPair]:
 @pytest.fixture
 def trusted(tmp_path: Path, keys: dict[str, KeyPair]) -> Path:
     """A --trusted-keys directory holding alice's public key only."""
-    directory = tmp_path / "trusted"
-    directory.mkdir()
-    shutil.copy(keys["alice"].public, directory / "alice.pub")
-    return directory
+    return trusted_dir(tmp_path / "trusted", keys["alice"])
 
 
 # ---- the upload API -------------------------------------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from pathlib import Path
 
 import httpx
@@ -24,7 +23,7 @@ from mlos_core.settings import Settings
 from modelpkg.refs import ModelRef
 from modelpkg.signing import SIGNATURE_NAME
 from tests.fixtures.s3 import S3Server
-from tests.fixtures.signing import KeyPair, make_key
+from tests.fixtures.signing import KeyPair, make_key, trusted_dir
 from tests.helpers import run_axon, write_config
 
 
@@ -39,10 +38,7 @@ def keys(tmp_path: Path) -> dict[str, KeyPair]:
 
 @pytest.fixture
 def trusted(tmp_path: Path, keys: dict[str, KeyPair]) -> Path:
-    directory = tmp_path / "trusted"
-    directory.mkdir()
-    shutil.copy(keys["alice"].public, directory / "alice.pub")
-    return directory
+    return trusted_dir(tmp_path / "trusted", keys["alice"])
 
 
 def _signer(url: str, ref: ModelRef) -> dict[str, str] | None:
