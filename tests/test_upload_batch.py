@@ -424,3 +424,31 @@ def test_a_faithful_server_with_batches_gets_one_batch(tmp_path: Path, install_m
         puts = [p for p in srv.paths() if p.startswith("PUT ")]
     assert result.ok, result.results[0].error
     assert len(puts) == 1 and puts[0].endswith("/blobs")
+
+
+@pytest.mark.parametrize(
+    ("release", "trusted"),
+    [("6.1.0-13-amd64", True), ("5.8.0", True), ("5.4.0-150-generic", False),
+     ("4.18.0-513.el8.x86_64", False), ("garbage", False)],
+)  # fmt: skip
+def test_a_batch_is_synced_file_by_file_where_syncfs_can_lose_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, release: str, trusted: bool
+) -> None:
+    """Before Linux 5.8 ``syncfs`` could return 0 after a failed write-back: there one
+    ``syncfs`` must not stand for the files' fsyncs. (This machine runs one kernel; the
+    release string is what an older one reports.)"""
+    from mlos_core.storage import batch
+    from modelpkg import atomic
+
+    files = [tmp_path / f"f{i}" for i in range(3)]
+    for f in files:
+        f.write_bytes(b"x")
+    fsynced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsynced.append(fd), real_fsync(fd))[1])
+    monkeypatch.setattr(
+        atomic.os, "uname", lambda: os.uname_result(("Linux", "h", release, "", ""))
+    )
+    batch.make_durable([str(f) for f in files])
+    assert atomic.syncfs_reports_errors() is trusted
+    assert len(fsynced) == (0 if trusted else len(files))

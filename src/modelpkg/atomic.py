@@ -64,6 +64,24 @@ def exchange(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     raise OSError(err, os.strerror(err), os.fspath(a))
 
 
+def syncfs_reports_errors(release: str | None = None) -> bool:
+    """May one ``syncfs(2)`` stand for an fsync of every file it covers? Only on Linux 5.8
+    and later: before, ``syncfs`` could return 0 after a write-back error, having lost the
+    data. ``release``: a kernel release string (``os.uname().release`` by default).
+
+    The SSH transport's target half (``axon/transports/stagedir.py``) keeps its own copy of
+    this test: it runs on the remote host, standard library only."""
+    if release is None:
+        if os.uname().sysname != "Linux":
+            return False
+        release = os.uname().release
+    parts = release.split(".")
+    try:
+        return (int(parts[0]), int(parts[1].split("-")[0])) >= (5, 8)
+    except (ValueError, IndexError):
+        return False
+
+
 def fsync_dir(path: str | os.PathLike[str]) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
