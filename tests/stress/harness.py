@@ -594,6 +594,53 @@ def kill_on_progress(
     return Kill(want, phase, seen.landed, total, elapsed, after, seen.building)
 
 
+def kill_trials(
+    trials: int,
+    attempts: int,
+    attempt: Callable[[int, str], Kill],
+    *,
+    after_trial: Callable[[], None] | None = None,
+) -> list[Kill]:
+    """Trial ``t`` aims at ``PHASES[t % 3]``: ``attempt(t, phase)`` kills one run at that
+    phase, checks what it left and returns the :class:`Kill`; it is called again until a
+    kill lands in the phase aimed at, at most ``attempts`` times. ``after_trial`` runs
+    after each trial. The kills, in order."""
+    kills: list[Kill] = []
+    for trial in range(trials):
+        want = PHASES[trial % len(PHASES)]
+        for _attempt in range(attempts):
+            kill = attempt(trial, want)
+            kills.append(kill)
+            if kill.phase == want:
+                break
+        if after_trial is not None:
+            after_trial()
+    return kills
+
+
+def published(home: Home) -> dict[str, str]:
+    """What a target holds of ``home``'s model once published: every file but axon's own
+    (``.axon*``)."""
+    return {k: v for k, v in home.content().items() if not k.startswith(".axon")}
+
+
+def rerun_replaces(
+    current: Home,
+    home: Home,
+    args: Iterable[str],
+    content: Callable[[], dict[str, str]],
+    where: str,
+) -> Home:
+    """The killed publish of ``home`` (``args``), run again, completes and the target holds
+    exactly its content (``content()`` reads what the target holds); ``current``, the home
+    it replaced, is removed. Returns ``home``: the current one now."""
+    rerun = run_axon(home, *args)
+    assert rerun.returncode == 0, f"{where}: re-run failed: {rerun.stderr}"
+    assert content() == published(home)
+    shutil.rmtree(current.path)
+    return home
+
+
 def tally_kills(kills: Iterable[Kill]) -> dict[str, int]:
     """Kills per landing, every landing named (zeros too) in :data:`LANDINGS` order."""
     counts = dict.fromkeys(LANDINGS, 0)

@@ -15,7 +15,6 @@ models the checker saw are counted and asserted to be none at the end, after the
 from __future__ import annotations
 
 import random
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +37,11 @@ from tests.stress.harness import (
     StagedDirProbe,
     calibrate,
     kill_on_progress,
+    kill_trials,
     make_home,
     process_victim,
-    run_axon,
+    published,
+    rerun_replaces,
     start_axon,
     tally_kills,
     transfer_points,
@@ -173,37 +174,33 @@ def test_kill_9_during_publish_leaves_only_whole_models(
 
     current = new_home()
     calibration = calibrate(current, args, setup.probe(current))
-    assert setup.content() == _expected(current, kind)
+    assert setup.content() == published(current)
     rng = random.Random(f"{kind}-8")
-    kills: list[Kill] = []
     partial: list[str] = []
-    for trial in range(TRIALS):
-        want = PHASES[trial % len(PHASES)]
-        for _attempt in range(ATTEMPTS):
-            home = new_home()
-            proc = start_axon(home, *args)
-            kill = kill_on_progress(
-                process_victim(proc),
-                proc,
-                setup.probe(home),
-                want,
-                rng,
-                timeline=calibration,
-            )
-            kills.append(kill)
-            seen, problems = setup.check()
-            partial += [f"trial {trial}, {kill}: {p}" for p in problems]
-            if seen < 1:  # the old version or the new one stays visible
-                partial.append(f"trial {trial}, {kill}: no version visible")
-            if setup.content() not in (_expected(current, kind), _expected(home, kind)):
-                partial.append(f"trial {trial}, {kill}: neither the old nor the new content")
-            rerun = run_axon(home, *args)
-            assert rerun.returncode == 0, f"trial {trial}, {kill}: re-run failed: {rerun.stderr}"
-            assert setup.content() == _expected(home, kind)
-            shutil.rmtree(current.path)
-            current = home
-            if kill.phase == want:
-                break
+
+    def attempt(trial: int, want: str) -> Kill:
+        nonlocal current
+        home = new_home()
+        proc = start_axon(home, *args)
+        kill = kill_on_progress(
+            process_victim(proc),
+            proc,
+            setup.probe(home),
+            want,
+            rng,
+            timeline=calibration,
+        )
+        where = f"trial {trial}, {kill}"
+        seen, problems = setup.check()
+        partial.extend(f"{where}: {p}" for p in problems)
+        if seen < 1:  # the old version or the new one stays visible
+            partial.append(f"{where}: no version visible")
+        if setup.content() not in (published(current), published(home)):
+            partial.append(f"{where}: neither the old nor the new content")
+        current = rerun_replaces(current, home, args, setup.content, where)
+        return kill
+
+    kills = kill_trials(TRIALS, ATTEMPTS, attempt)
     counts = tally_kills(kills)
     tally("kill_publish", "phases", counts)
     tally("kill_publish", f"{kind}_phases", counts)
@@ -213,8 +210,3 @@ def test_kill_9_during_publish_leaves_only_whole_models(
     assert partial == [], f"a reader saw {len(partial)} partial/mixed model(s): {partial}"
     missing = [p for p in PHASES if counts[p] == 0]
     assert not missing, f"no kill landed in {missing} in {ATTEMPTS} tries: {kills}"
-
-
-def _expected(home: Home, kind: str) -> dict[str, str]:
-    content = {k: v for k, v in home.content().items() if not k.startswith(".axon")}
-    return content

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import subprocess
 import threading
@@ -46,8 +45,11 @@ from tests.stress.harness import (
     Victim,
     calibrate,
     kill_on_progress,
+    kill_trials,
     make_home,
     make_homes,
+    published,
+    rerun_replaces,
     run_axon,
     start_axon,
     tally_kills,
@@ -104,51 +106,45 @@ def test_kill_9_of_mlos_core_mid_upload(mlos_server: ServerFactory, tmp_path: Pa
         current, args, ServerProbe(srv.models_dir, current.ref, current.manifest())
     )
     rng = random.Random(88)
-    kills: list[Kill] = []
     exits: dict[str, int] = {}
     partial: list[str] = []
-    for trial in range(TRIALS):
-        want = PHASES[trial % len(PHASES)]
-        for _attempt in range(ATTEMPTS):
-            home = new_home()
-            probe = ServerProbe(srv.models_dir, home.ref, home.manifest())
-            proc = start_axon(home, *args, stderr=subprocess.PIPE)
-            kill = kill_on_progress(
-                _server_victim(srv), proc, probe, want, rng, timeline=calibration, build=True
-            )
-            kills.append(kill)
-            try:
-                _out, err = proc.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
-                pytest.fail(f"trial {trial}, {kill}: the publisher hung after the server died")
-            code = proc.returncode
-            if kill.phase == "exited":  # the publish was done before the point: no kill
-                assert code == 0, f"trial {trial}, {kill}: publisher exit {code}: {err}"
-            else:  # exit 7 naming the server, or 0 when the server answered before it died
-                exits[str(code)] = exits.get(str(code), 0) + 1
-                assert code in (0, 7), f"trial {trial}, {kill}: publisher exit {code}: {err}"
-                if code:
-                    assert srv.url in err and "Traceback" not in err, (
-                        f"trial {trial}, {kill}: unclear error: {err}"
-                    )
-                srv.start()
-            n, problems = check_fs_root(srv.models_dir)
-            problems += check_registered(srv.url, srv.models_dir)
-            partial += [f"trial {trial}, {kill}: {p}" for p in problems]
-            if n != 1:  # the old model or the new one, always exactly one
-                partial.append(f"trial {trial}, {kill}: {n} models visible")
-            if _content(srv.models_dir) not in (_expected(current), _expected(home)):
-                partial.append(f"trial {trial}, {kill}: neither the old nor the new content")
-            assert _leftovers(srv.models_dir) == [], f"trial {trial}: leftovers after restart"
-            rerun = run_axon(home, *args)
-            assert rerun.returncode == 0, f"trial {trial}, {kill}: re-run failed: {rerun.stderr}"
-            assert _content(srv.models_dir) == _expected(home)
-            shutil.rmtree(current.path)
-            current = home
-            if kill.phase == want:
-                break
+
+    def attempt(trial: int, want: str) -> Kill:
+        nonlocal current
+        home = new_home()
+        probe = ServerProbe(srv.models_dir, home.ref, home.manifest())
+        proc = start_axon(home, *args, stderr=subprocess.PIPE)
+        kill = kill_on_progress(
+            _server_victim(srv), proc, probe, want, rng, timeline=calibration, build=True
+        )
+        where = f"trial {trial}, {kill}"
+        try:
+            _out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail(f"{where}: the publisher hung after the server died")
+        code = proc.returncode
+        if kill.phase == "exited":  # the publish was done before the point: no kill
+            assert code == 0, f"{where}: publisher exit {code}: {err}"
+        else:  # exit 7 naming the server, or 0 when the server answered before it died
+            exits[str(code)] = exits.get(str(code), 0) + 1
+            assert code in (0, 7), f"{where}: publisher exit {code}: {err}"
+            if code:
+                assert srv.url in err and "Traceback" not in err, f"{where}: unclear error: {err}"
+            srv.start()
+        n, problems = check_fs_root(srv.models_dir)
+        problems += check_registered(srv.url, srv.models_dir)
+        partial.extend(f"{where}: {p}" for p in problems)
+        if n != 1:  # the old model or the new one, always exactly one
+            partial.append(f"{where}: {n} models visible")
+        if _content(srv.models_dir) not in (published(current), published(home)):
+            partial.append(f"{where}: neither the old nor the new content")
+        assert _leftovers(srv.models_dir) == [], f"trial {trial}: leftovers after restart"
+        current = rerun_replaces(current, home, args, lambda: _content(srv.models_dir), where)
+        return kill
+
+    kills = kill_trials(TRIALS, ATTEMPTS, attempt)
     counts = tally_kills(kills)
     tally("kill_server", "phases", counts)
     tally("kill_server", "publisher_exits", exits)
@@ -161,10 +157,6 @@ def test_kill_9_of_mlos_core_mid_upload(mlos_server: ServerFactory, tmp_path: Pa
     assert partial == [], f"a reader saw {len(partial)} partial/mixed model(s): {partial}"
     missing = [p for p in PHASES if counts[p] == 0]
     assert not missing, f"no kill landed in {missing} in {ATTEMPTS} tries: {kills}"
-
-
-def _expected(home: Home) -> dict[str, str]:
-    return {k: v for k, v in home.content().items() if not k.startswith(".axon")}
 
 
 class Reader(threading.Thread):
@@ -272,7 +264,7 @@ def test_concurrent_publishers_one_complete_version_wins(
         n, found = check_fs_root(srv.models_dir)
         found += check_registered(srv.url, srv.models_dir)
         assert found == [] and n == 1, found
-        assert _content(srv.models_dir) in (_expected(a), _expected(b))
+        assert _content(srv.models_dir) in (published(a), published(b))
         # the reader read c first and a or b last: it read across at least one swap
         assert reader.swaps[0] >= 1 and reader.swaps[1] >= 1, (
             f"the reader saw no swap: {reader.disk_seen} {reader.http_seen}"

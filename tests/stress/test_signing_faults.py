@@ -21,11 +21,10 @@ import pytest
 
 from axon.cache import Cache
 from axon.signing import sign_model
-from tests.fixtures.signing import KeyPair, make_key
+from tests.fixtures.signing import KeyPair, make_key, trusted_dir
 from tests.stress.checkers import check_fs_root, check_registered, tree_digest
 from tests.stress.figures import record, scale, tally
 from tests.stress.harness import (
-    PHASES,
     Home,
     Kill,
     MiB,
@@ -33,8 +32,11 @@ from tests.stress.harness import (
     StagedDirProbe,
     calibrate,
     kill_on_progress,
+    kill_trials,
     make_home,
     process_victim,
+    published,
+    rerun_replaces,
     run_axon,
     start_axon,
     tally_kills,
@@ -59,10 +61,6 @@ def _content(models_dir: Path) -> dict[str, str]:
     return {k: v for k, v in tree_digest(root).items() if k != "manifest.yaml"}
 
 
-def _expected(home: Home) -> dict[str, str]:
-    return {k: v for k, v in home.content().items() if not k.startswith(".axon")}
-
-
 def _signer(url: str) -> dict[str, Any] | None:
     r = httpx.get(f"{url}/v1/models/hf%2Fsigned%40v1", timeout=10)
     if r.status_code != 200:
@@ -75,9 +73,7 @@ def _signer(url: str) -> dict[str, Any] | None:
 def test_kill_9_during_a_signed_publish(kind: str, mlos_server: Any, tmp_path: Path) -> None:
     alice = make_key(tmp_path / "keys", "alice")
     mallory = make_key(tmp_path / "keys", "mallory")
-    trusted = tmp_path / "trusted"
-    trusted.mkdir()
-    shutil.copy(alice.public, trusted / "alice.pub")
+    trusted = trusted_dir(tmp_path / "trusted", alice)
     srv = mlos_server(no_fsync=True, trusted_keys=trusted)
     if kind == "api":
         target, targets = srv.url, {}
@@ -99,40 +95,39 @@ def test_kill_9_during_a_signed_publish(kind: str, mlos_server: Any, tmp_path: P
 
     current = new_home()
     calibration = calibrate(current, args, probe(current))
-    assert _content(srv.models_dir) == _expected(current)
+    assert _content(srv.models_dir) == published(current)
     rng = random.Random(f"signed-{kind}")
-    kills: list[Kill] = []
     problems: list[str] = []
-    for trial in range(TRIALS):
-        want = PHASES[trial % len(PHASES)]
-        for _attempt in range(ATTEMPTS):
-            home = new_home()
-            proc = start_axon(home, *args)
-            kill = kill_on_progress(
-                process_victim(proc), proc, probe(home), want, rng, timeline=calibration
-            )
-            kills.append(kill)
-            _seen, found = check_fs_root(srv.models_dir)
-            problems += [f"trial {trial}, {kill}: {p}" for p in found]
-            problems += check_registered(srv.url, srv.models_dir)
-            if _content(srv.models_dir) not in (_expected(current), _expected(home)):
-                problems.append(f"trial {trial}, {kill}: neither the old nor the new content")
-            signer = _signer(srv.url)
-            if signer is None or signer.get("trusted_as") != "alice.pub":
-                problems.append(f"trial {trial}, {kill}: registered without its signer: {signer}")
-            rerun = run_axon(home, *args)
-            assert rerun.returncode == 0, f"trial {trial}, {kill}: re-run failed: {rerun.stderr}"
-            assert _content(srv.models_dir) == _expected(home)
-            shutil.rmtree(current.path)
-            current = home
-            if kill.phase == want:
-                break
-        # an untrusted signer in between: refused (exit 5), nothing visible changes
+
+    def attempt(trial: int, want: str) -> Kill:
+        nonlocal current
+        home = new_home()
+        proc = start_axon(home, *args)
+        kill = kill_on_progress(
+            process_victim(proc), proc, probe(home), want, rng, timeline=calibration
+        )
+        where = f"trial {trial}, {kill}"
+        _seen, found = check_fs_root(srv.models_dir)
+        problems.extend(f"{where}: {p}" for p in found)
+        problems.extend(check_registered(srv.url, srv.models_dir))
+        if _content(srv.models_dir) not in (published(current), published(home)):
+            problems.append(f"{where}: neither the old nor the new content")
+        signer = _signer(srv.url)
+        if signer is None or signer.get("trusted_as") != "alice.pub":
+            problems.append(f"{where}: registered without its signer: {signer}")
+        current = rerun_replaces(current, home, args, lambda: _content(srv.models_dir), where)
+        return kill
+
+    def untrusted_changes_nothing() -> None:
+        """Between trials, a publish signed by an untrusted key: refused (exit 5), nothing
+        visible changes."""
         rogue = new_home(mallory)
         refused = run_axon(rogue, *args)
         assert refused.returncode == 5, refused.stderr
-        assert _content(srv.models_dir) == _expected(current)
+        assert _content(srv.models_dir) == published(current)
         shutil.rmtree(rogue.path)
+
+    kills = kill_trials(TRIALS, ATTEMPTS, attempt, after_trial=untrusted_changes_nothing)
     counts = tally_kills(kills)
     tally("kill_signed_publish", f"{kind}_phases", counts)
     record("kill_signed_publish", f"{kind}_trials", TRIALS)
@@ -146,9 +141,7 @@ def test_kill_9_of_the_server_during_a_signed_upload(mlos_server: Any, tmp_path:
     scan checks every visible model's signature again) the visible version is whole and
     registered with its signer, and the publish completes on a re-run."""
     alice = make_key(tmp_path / "keys", "alice")
-    trusted = tmp_path / "trusted"
-    trusted.mkdir()
-    shutil.copy(alice.public, trusted / "alice.pub")
+    trusted = trusted_dir(tmp_path / "trusted", alice)
     srv = mlos_server(no_fsync=True, trusted_keys=trusted)
     args = ["publish", REF, "--target", srv.url, "-q", "--retries", "0"]
     rng = random.Random("server-kill")
@@ -166,14 +159,14 @@ def test_kill_9_of_the_server_during_a_signed_upload(mlos_server: Any, tmp_path:
         srv.restart()
         _seen, found = check_fs_root(srv.models_dir)
         problems += [f"kill {n}: {p}" for p in found] + check_registered(srv.url, srv.models_dir)
-        if _content(srv.models_dir) not in (_expected(current), _expected(home)):
+        if _content(srv.models_dir) not in (published(current), published(home)):
             problems.append(f"kill {n}: neither the old nor the new content")
         signer = _signer(srv.url)
         if signer is None or signer.get("trusted_as") != "alice.pub":
             problems.append(f"kill {n}: after the restart, registered without its signer")
         rerun = run_axon(home, *args)
         assert rerun.returncode == 0, rerun.stderr
-        assert _content(srv.models_dir) == _expected(home)
+        assert _content(srv.models_dir) == published(home)
         current = home
     record("kill_signed_publish", "server_kills", scale(3, 10))
     assert problems == [], problems
