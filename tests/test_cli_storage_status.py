@@ -92,3 +92,16 @@ def test_notify_instance_is_refused_for_instances(installed_model: ModelRef) -> 
     r = run_axon("publish", str(installed_model), "-t", "127.0.0.1:9", "--notify-instance", "x:1")
     assert r.code == 2 and r.out == ""
     assert "--notify-instance applies to network storage" in error_lines(r.err)[0]
+
+
+@pytest.mark.parametrize("spec", ["file://", "file://tmp/ra/adhoc"])
+def test_publish_to_a_file_url_never_writes_into_the_current_directory(
+    installed_model: ModelRef, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec: str
+) -> None:
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)  # the axon subprocess starts here
+    r = run_axon("publish", str(installed_model), "-t", spec)
+    assert r.code == 3, r.out + r.err
+    assert list(workdir.iterdir()) == []
+    assert r.out == "" and "file:///" in error_lines(r.err)[0]

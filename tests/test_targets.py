@@ -21,6 +21,7 @@ from axon.targets import (
     StorageTarget,
     resolve_target,
     split_host_port,
+    storage_from_location,
 )
 from tests.helpers import write_config
 
@@ -532,3 +533,52 @@ mlos_targets:
     c = resolve_target("mlos-cluster-prod", load_config())
     assert isinstance(c, ClusterTarget)
     assert {m.access_method for m in c.instances} == {"ssh"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "location"),
+    [
+        ("file:///tmp/ra/adhoc", "/tmp/ra/adhoc"),
+        ("file://localhost/tmp/ra/adhoc", "/tmp/ra/adhoc"),
+        ("file:///mnt/with%20space", "/mnt/with space"),
+        ("nfs://mlos-repo:/models", "nfs://mlos-repo:/models"),
+    ],
+)
+def test_storage_urls_keep_their_whole_path(config: Config, spec: str, location: str) -> None:
+    s = resolve_target(spec, config)
+    assert isinstance(s, StorageTarget)
+    assert s.location == location
+
+
+@pytest.mark.parametrize("spec", ["file://", "file://localhost"])
+def test_file_url_without_a_path_is_refused(config: Config, spec: str) -> None:
+    # Path("") is the current directory: a publish would land wherever axon was started.
+    with pytest.raises(TargetNotFoundError) as info:
+        resolve_target(spec, config)
+    assert info.value.exit_code == EXIT_NOT_FOUND
+    assert "file:// needs an absolute path: file:///mnt/..." in str(info.value)
+
+
+def test_file_url_with_a_host_part_names_the_path_meant(config: Config) -> None:
+    # file://tmp/ra/adhoc is host "tmp", path "/ra/adhoc": one slash short, not /ra/adhoc.
+    with pytest.raises(TargetNotFoundError) as info:
+        resolve_target("file://tmp/ra/adhoc", config)
+    assert info.value.exit_code == EXIT_NOT_FOUND
+    assert "file:///tmp/ra/adhoc" in str(info.value)
+    assert "host 'tmp'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("spec", "says"),
+    [
+        ("nfs://mlos-repo", "needs the export path"),
+        ("nfs://mlos-repo/", "needs the export path"),
+        ("nfs://:2049/export", "needs a server"),
+        ("file:/mnt/shared", "takes two slashes"),
+        ("nfs:/mlos-repo/models", "takes two slashes"),
+    ],
+)
+def test_storage_urls_that_would_write_elsewhere(config: Config, spec: str, says: str) -> None:
+    with pytest.raises(TargetNotFoundError) as info:
+        storage_from_location(spec, spec)
+    assert says in str(info.value)

@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from axon.config import DEFAULT_TIMEOUT, ClusterConfig, Config, RelayConfig, TargetConfig
 from axon.errors import AxonError, ConfigError, TargetNotFoundError
@@ -448,16 +448,33 @@ def storage_from_location(
     """A StorageTarget for a path or file://, nfs://, s3:// URL."""
     scheme = location.split("://", 1)[0].lower() if "://" in location else ""
     if scheme == "file":
-        location = urlsplit(location).path
+        location = _file_url_path(location)
         scheme = ""
+    elif not scheme and location.lower().startswith(("file:", "nfs:", "s3:")):
+        written = location.split(":", 1)[0].lower()
+        raise TargetNotFoundError(
+            f"{location!r} is not a {written}:// URL (a {written}: URL takes two slashes)",
+            hint={
+                "file": "file:///mnt/shared/models (or the path itself: /mnt/shared/models)",
+                "nfs": "nfs://server/export/path",
+                "s3": "s3://bucket/prefix",
+            }[written],
+        )
     if scheme == "s3" and not urlsplit(location).netloc:
         raise TargetNotFoundError(
             f"{location!r}: an s3:// target needs a bucket: s3://bucket/prefix"
         )
-    if scheme == "nfs" and not urlsplit(location).netloc:
-        raise TargetNotFoundError(
-            f"{location!r}: an nfs:// target needs a server: nfs://server/export"
-        )
+    if scheme == "nfs":
+        nfs = urlsplit(location)
+        if not nfs.hostname:
+            raise TargetNotFoundError(
+                f"{location!r}: an nfs:// target needs a server: nfs://server/export"
+            )
+        if not nfs.path.strip("/"):
+            raise TargetNotFoundError(
+                f"{location!r}: an nfs:// target needs the export path after the server: "
+                f"nfs://{nfs.netloc}/export/path"
+            )
     if not scheme:
         location = str(Path(location).expanduser().absolute())
     kind = scheme or "filesystem"
@@ -477,6 +494,27 @@ def storage_from_location(
         profile=conf.profile if conf else None,
         notify_instances=notify,
     )
+
+
+def _file_url_path(url: str) -> str:
+    """The absolute path of a ``file://`` URL. Refuses what would silently write elsewhere:
+    no path (``file://`` would be the current directory) and a host part other than
+    ``localhost`` (``file://tmp/x`` is host ``tmp``, path ``/x``: one slash short)."""
+    parts = urlsplit(url)
+    path = unquote(parts.path)
+    if parts.netloc and parts.netloc.lower() != "localhost":
+        meant = "/" + parts.netloc + path
+        raise TargetNotFoundError(
+            f"{url!r}: a file:// URL has no host part, and this one reads as host "
+            f"{parts.netloc!r}, path {path or '/'!r}",
+            hint=f"for the directory {meant} write file://{meant} (three slashes) or {meant}",
+        )
+    if not path.strip("/") and path != "/":
+        raise TargetNotFoundError(
+            f"{url!r}: file:// needs an absolute path: file:///mnt/...",
+            hint="for example file:///mnt/shared/mlos/models (three slashes), or the path itself",
+        )
+    return path
 
 
 # ---- configured targets -------------------------------------------------------------------
