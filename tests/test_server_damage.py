@@ -133,7 +133,7 @@ def test_every_blob_enters_the_store_sealed(
     another tool placed: each blob gets the store's mtime, so the check costs one stat per
     untouched file."""
     from mlos_core.storage.blobs import SEALED_MTIME_NS
-    from tests.interop.shapes import place_like_upstream
+    from tests.fixtures.upstream_entry import place_like_upstream
 
     srv = mlos_server.start()
     big = os.urandom(9 * 1024 * 1024)

@@ -3,7 +3,7 @@ publish copies its cache dir there) into its blob store when an upload needs the
 hashed first, never taken at a manifest's word, never through a symbolic link.
 
 The placed directories are written in the shape the binary leaves them
-(:mod:`tests.interop.shapes`; tests/interop checks that shape against the real binary).
+(:mod:`tests.fixtures.upstream_entry`; tests/interop checks that shape against the real binary).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import yaml
 
 from modelpkg.refs import ModelRef
 from tests.fixtures.mlos import ALPHA, TOKENS, manifest_for, upload_resumable
-from tests.interop.shapes import place_like_upstream
+from tests.fixtures.upstream_entry import place_like_upstream
 
 REF = ModelRef.parse("alpha/placed@v1")
 

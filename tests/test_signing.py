@@ -353,7 +353,7 @@ def test_keyless_signing_hashes_the_files_a_publish_sends_for_an_upstream_entry(
     manifest a publish sends does, so the two agree."""
     pytest.importorskip("model_signing")
     from axon.signing import keyless_hashing
-    from tests.interop.shapes import place_like_upstream
+    from tests.fixtures.upstream_entry import place_like_upstream
 
     cache = Cache(tmp_path / "cache")
     final = cache.models_dir / "acme" / "tiny" / "latest"

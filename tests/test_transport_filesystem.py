@@ -25,8 +25,8 @@ from axon.transports.filesystem import FilesystemTransport
 from modelpkg.refs import ModelRef
 from tests.conformance.transport import REF, base_files, dir_snapshot, publish, write_model
 from tests.fixtures.common import tmpfs
+from tests.fixtures.upstream_entry import place_like_upstream
 from tests.helpers import run_axon
-from tests.interop.shapes import place_like_upstream
 
 MiB = 1024 * 1024
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from modelpkg.manifest import Manifest
 from modelpkg.refs import ModelRef
 from tests.fixtures.mlos import ServerFactory
 from tests.fixtures.models import write_model_dir
+from tests.fixtures.upstream_entry import place_like_upstream
 from tests.helpers import run_axon, write_config
 
 # What yaml.v3 writes for upstream's types.Manifest (4-space indent, time.Time as RFC 3339
@@ -116,20 +116,15 @@ def upstream_cache_dir(root: Path) -> Path:
     model = root.joinpath(*CACHE_REF.parts)
     src = write_model_dir(model.parent / ".src")
     model.mkdir(parents=True)
-    for rel in MODEL_FILES:
-        (model / rel).parent.mkdir(parents=True, exist_ok=True)
-        (model / rel).write_bytes((src / rel).read_bytes())
-    (model / "manifest.yaml").write_text(UPSTREAM_MANIFEST)
-    meta = {
-        "installed_at": "2026-05-01T10:20:31+02:00",
-        "name": "tiny-bert",
-        "namespace": "up",
-        "version": "latest",
-    }
-    (model / ".axon_metadata.json").write_text(json.dumps(meta, indent="  "))
-    with tarfile.open(model / PACKAGE, "w:gz") as tar:  # the package the files came from
-        for rel in MODEL_FILES:
-            tar.add(model / rel, arcname=rel)
+    files = {rel: (src / rel).read_bytes() for rel in MODEL_FILES}
+    place_like_upstream(
+        model,
+        CACHE_REF,
+        files,
+        UPSTREAM_MANIFEST,
+        installed_at="2026-05-01T10:20:31+02:00",
+        package=True,  # the package the files came from
+    )
     return model
 
 

@@ -74,8 +74,8 @@ def check_published(manifest_text: str, ref: ModelRef, files: dict[str, bytes]) 
 def test_the_binary_writes_the_shapes_the_other_tests_copy(
     entry: tuple[ModelRef, dict[str, bytes], Path],
 ) -> None:
-    """What tests/interop/shapes.py copies, checked against the binary: the package file and
-    metadata beside the files, unquoted zero timestamps, 4-space indentation."""
+    """What tests/fixtures/upstream_entry.py copies, checked against the binary: the package
+    file and metadata beside the files, unquoted zero timestamps, 4-space indentation."""
     ref, files, path = entry
     names = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
     assert names == set(files) | {"manifest.yaml", ".axon_metadata.json", ref.archive_name}

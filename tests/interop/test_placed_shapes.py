@@ -1,6 +1,7 @@
 """Re-use of what upstream's publish placed, over SSH, without the binary: the directory is
-written in the shape the binary leaves (tests/interop/shapes.py, checked against the binary
-by test_ours_reads_upstream.py). The remote helper hashes the files where they lie."""
+written in the shape the binary leaves (tests/fixtures/upstream_entry.py, checked against
+the binary by test_ours_reads_upstream.py). The remote helper hashes the files where they
+lie."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conformance.transport import REF, base_files, dir_snapshot, publish, write_model
-from tests.interop.shapes import place_like_upstream
+from tests.fixtures.upstream_entry import place_like_upstream
 
 
 def test_over_ssh_files_upstream_placed_are_hashed_on_the_host_and_not_sent(
