@@ -12,6 +12,7 @@ import httpx
 import pytest
 import yaml
 
+from modelpkg.manifest import Manifest
 from tests.fixtures.common import wait_for
 from tests.fixtures.hostile_server import (
     Cut,
@@ -336,6 +337,17 @@ def test_tenant_isolation_across_pulls(mlos_server, monkeypatch):
     alpha_files = {"w.bin": secret, "c.json": b"{}"}
     digest = upload_resumable(a.url, "alpha/m@v1", alpha_files, headers=ALPHA)["manifest_sha256"]
 
+    # bravo knows the sha256 of alpha's file: a pull into bravo's own namespace with an
+    # inline manifest listing it must not fetch alpha's bytes (the source serves a peer only
+    # what the tenant the pull is for holds there)
+    steal = manifest_for("bravo/steal@v1", {"w.bin": secret})
+    steal_digest = Manifest(steal).digest()
+    job = pulled(b, "bravo/steal@v1", steal_digest, [a.url], headers=BRAVO, manifest=steal)
+    assert job["state"] == "failed", job
+    assert job["bytes_fetched"] == 0 and job["code"] == "no_source", job
+    assert not visible(b, "bravo/steal@v1")
+    assert not (b.models_dir / "bravo" / "steal").exists()
+
     # who may start a pull: a tenant owning the namespace
     assert start_pull(b, "alpha/m@v1", digest, [a.url]).status_code == 401
     r = start_pull(b, "alpha/m@v1", digest, [a.url], headers=BRAVO)
@@ -346,13 +358,18 @@ def test_tenant_isolation_across_pulls(mlos_server, monkeypatch):
     assert wait_pull(b, r.json()["pull_id"], headers=ALPHA)["state"] == "committed"
     assert held(b, "alpha/m@v1") == alpha_files
 
-    # who may read a blob: the peer token, or a tenant holding the content
+    # who may read a blob: a tenant holding the content, or the peer token reading for one
     blob = f"{a.url}/v1/blobs/{sha(secret)}"
     assert httpx.get(blob).status_code == 401
     assert httpx.get(blob, headers=BRAVO).json()["code"] == "unknown_blob"
     assert httpx.get(blob, headers=ALPHA).content == secret
     peer = {"Authorization": f"Bearer {PEER_TOKEN}"}
-    assert httpx.get(blob, headers=peer).content == secret
+    assert httpx.get(blob, headers=peer).json()["code"] == "unknown_blob"
+    for_bravo = {**peer, "X-Mlos-Tenant": "bravo"}
+    assert httpx.get(blob, headers=for_bravo).json()["code"] == "unknown_blob"
+    hinted = f"{blob}?model=alpha%2Fm%40v1&follow=1&size={len(secret)}"
+    assert httpx.get(hinted, headers=for_bravo).json()["code"] == "unknown_blob"
+    assert httpx.get(blob, headers={**peer, "X-Mlos-Tenant": "alpha"}).content == secret
     # the peer token reads, never writes
     r = httpx.post(
         f"{a.url}/v1/uploads",
@@ -371,7 +388,7 @@ def test_tenant_isolation_across_pulls(mlos_server, monkeypatch):
     assert held(b, "bravo/m@v1") == bravo_files
     # each tenant lists its own pulls only
     listed = httpx.get(f"{b.url}/v1/pulls", headers=BRAVO).json()["pulls"]
-    assert {p["model_id"] for p in listed} == {"bravo/m@v1"}
+    assert {p["model_id"] for p in listed} == {"bravo/m@v1", "bravo/steal@v1"}
     assert httpx.get(f"{b.url}/v1/pulls").status_code == 401
 
 

@@ -11,6 +11,7 @@ import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -22,7 +23,7 @@ from mlos_core.errors import BadRequest, NotFound
 from mlos_core.http.errors import JSONAnswer
 from mlos_core.http.request import byte_count, core_of, json_body
 from mlos_core.http.routes_v1 import check_digest
-from mlos_core.relay import PullJob, Relay
+from mlos_core.relay import ON_BEHALF, PullJob, Relay
 from mlos_core.storage.blobs import check_sha256
 
 log = logging.getLogger("mlos_core.relay")
@@ -208,22 +209,23 @@ async def get_blob(request: Request) -> Response:
     sha = check_sha256(request.path_params["sha256"])
     missing = NotFound(
         f"blob {sha} is not on this instance (only complete blobs are served, and with tokens "
-        "only to the peer token or a tenant that holds the content)",
+        "only to a tenant that holds the content, or to the peer token reading for one)",
         code="unknown_blob",
     )
     authorization = request.headers.get("authorization")
+    on_behalf = unquote(request.headers.get(ON_BEHALF, ""))  # read for, with the peer token
     opened = None
-    if relay.may_read(authorization, sha):
+    if relay.may_read(authorization, sha, on_behalf):
         opened = await asyncio.to_thread(_open_blob, core, sha)
     hint = request.query_params.get("model")
     if opened is None and hint:  # a file of a model that was placed, not uploaded
         ref = core.parse_ref(hint)
-        if relay.may_read_model(authorization, ref.namespace):
+        if relay.may_read_model(authorization, ref.namespace, on_behalf):
             opened = await asyncio.to_thread(relay.open_placed, ref, sha)
     following: Path | None = None
     if opened is None and request.query_params.get("follow") == "1":
         size = byte_count(request.query_params.get("size", ""), "size")
-        incoming = await asyncio.to_thread(relay.incoming, authorization, sha, size)
+        incoming = await asyncio.to_thread(relay.incoming, authorization, on_behalf, sha, size)
         if incoming == "pending":
             return JSONAnswer(
                 {

@@ -29,13 +29,13 @@ from mlos_core.core import Core
 from mlos_core.errors import NotFound
 from mlos_core.relay.catchup import CatchUp, DesiredSource
 from mlos_core.relay.peers import MemberSource, Peers
-from mlos_core.relay.pull import CONNECT_TIMEOUT, READ_TIMEOUT, Puller, PullJob
+from mlos_core.relay.pull import CONNECT_TIMEOUT, ON_BEHALF, READ_TIMEOUT, Puller, PullJob
 from mlos_core.tenants import ANONYMOUS
 from modelpkg.errors import ManifestError
 from modelpkg.manifest import MANIFEST_NAME, Manifest
 from modelpkg.refs import ModelRef
 
-__all__ = ["DesiredSource", "MemberSource", "PullJob", "Relay"]
+__all__ = ["ON_BEHALF", "DesiredSource", "MemberSource", "PullJob", "Relay"]
 
 log = logging.getLogger("mlos_core.relay")
 
@@ -187,28 +187,36 @@ class Relay:
                 self.jobs.pop(job.pull_id, None)
 
     # ---- who may read a blob ---------------------------------------------------------
-    def may_read(self, authorization: str | None, sha256: str) -> bool:
-        """May the caller read blob ``sha256``? Without a tokens file: yes. With one: the
-        peer token reads any blob; a tenant's token the content that tenant holds (False:
-        the caller learns nothing, the answer is the one for a blob the store lacks).
-        Unauthorized without a token or with an unknown one."""
-        tenants = self.core.tenants
-        if not tenants.enabled:
-            return True
+    def reader(self, authorization: str | None, on_behalf: str | None) -> str:
+        """The tenant a read is made for (with a tokens file): the caller's own, or, for the
+        peer token, the tenant named in :data:`ON_BEHALF` (the tenant the peer's pull is
+        for; '' when none is named: nothing is readable then). A peer pulls what the
+        requesting tenant could obtain by upload, never more. Unauthorized without a token
+        or with an unknown one."""
         if self.is_peer(authorization):
-            return True
-        tenant = tenants.authenticate(authorization)
-        return self.core.holds(tenant.name, sha256)
+            return (on_behalf or "").strip()
+        return self.core.tenants.authenticate(authorization).name
 
-    def may_read_model(self, authorization: str | None, namespace: str) -> bool:
+    def may_read(self, authorization: str | None, sha256: str, on_behalf: str | None) -> bool:
+        """May the caller read blob ``sha256``? Without a tokens file: yes. With one: when
+        the tenant it reads for (:meth:`reader`) holds the content here, by the rule of
+        per-tenant dedup (a file of one of its models, or a blob it sent; False: the caller
+        learns nothing, the answer is the one for a blob the store lacks)."""
+        if not self.core.tenants.enabled:
+            return True
+        tenant = self.reader(authorization, on_behalf)
+        return bool(tenant) and self.core.holds(tenant, sha256)
+
+    def may_read_model(
+        self, authorization: str | None, namespace: str, on_behalf: str | None
+    ) -> bool:
         """May the caller read the files of a model of ``namespace``? Without a tokens file:
-        yes; the peer token: yes; a tenant: if it owns the namespace."""
+        yes; with one: when the tenant it reads for (:meth:`reader`) owns the namespace."""
         tenants = self.core.tenants
         if not tenants.enabled:
             return True
-        if self.is_peer(authorization):
-            return True
-        return tenants.authenticate(authorization).owns(namespace)
+        tenant = tenants.by_name.get(self.reader(authorization, on_behalf))
+        return tenant is not None and tenant.owns(namespace)
 
     def is_peer(self, authorization: str | None) -> bool:
         """Does the request carry this instance's peer token (``--peer-token-env``)?"""
@@ -251,20 +259,21 @@ class Relay:
                 return opened
         return None
 
-    def incoming(self, authorization: str | None, sha256: str, size: int) -> Path | str | None:
+    def incoming(
+        self, authorization: str | None, on_behalf: str | None, sha256: str, size: int
+    ) -> Path | str | None:
         """For a follower (``?follow=1``) of a blob this instance does not hold yet: the
         partial file it is being received into (the largest, when several tenants receive
         it), ``"pending"`` when an upload active within ``--body-timeout`` lists it with that
-        size but no byte of it has arrived, None otherwise (nothing to follow). With tokens a
-        tenant follows only its own partial blobs; the peer token any. Blocking."""
+        size but no byte of it has arrived, None otherwise (nothing to follow). With tokens
+        only the partial blobs of the tenant read for (:meth:`reader`). Blocking."""
         core = self.core
-        scopes: list[str | None]
-        if not core.tenants.enabled or self.is_peer(authorization):
-            scopes = [None]
-            if core.tenants.enabled and core.blobs.tenants_dir.is_dir():
-                scopes += [d.name for d in core.blobs.tenants_dir.iterdir()]
-        else:
-            scopes = [core.scope(core.tenants.authenticate(authorization).name)]
+        scopes: list[str | None] = [None]
+        if core.tenants.enabled:
+            tenant = self.reader(authorization, on_behalf)
+            if not tenant:
+                return None
+            scopes = [core.scope(tenant)]
         active = time.time() - self.settings.body_timeout
         listed = [
             u

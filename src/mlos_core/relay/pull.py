@@ -44,6 +44,8 @@ READ_TIMEOUT = 30.0  # seconds without a byte from a source before it is given u
 CONNECT_TIMEOUT = 10.0
 SMALL_BLOB = 8 * 1024 * 1024
 PARALLEL = 4  # blobs fetched at once (only one of them over SMALL_BLOB)
+# the request header naming, percent-encoded, the tenant a peer's request reads for
+ON_BEHALF = "X-Mlos-Tenant"
 TOUCH_EVERY = 4 * 1024 * 1024  # bytes between two marks of the upload's activity
 ERROR_READ = 64 * 1024  # bytes of a source's error answer read for its message
 FINAL = ("committed", "prepared", "failed", "cancelled")
@@ -550,10 +552,13 @@ class Puller:
         return SourceFailed(source, "source_error", f"{source}: {text}")
 
     def _headers(self, job: PullJob) -> dict[str, str]:
+        """The peer token and the tenant the pull is for (the source serves only what that
+        tenant holds there), or without a peer token the caller's own token."""
         headers = {"Accept-Encoding": "identity"}
         token = self.relay.peer_token
         if token:
             headers["Authorization"] = f"Bearer {token}"
+            headers[ON_BEHALF] = quote(job.tenant, safe="")
         elif job.authorization:
             headers["Authorization"] = job.authorization
         return headers
