@@ -63,6 +63,39 @@ def run_axon(*args: str, timeout: float = 120, env: dict[str, str] | None = None
     return CliRun(proc.returncode, proc.stdout, proc.stderr)
 
 
+def progress_env(interval: float) -> dict[str, str]:
+    """The environment of an ``axon`` run whose stderr (no terminal) gets plain progress
+    lines every ``interval`` seconds: ``AXON_PROGRESS`` left out (auto), the interval set."""
+    env = {k: v for k, v in os.environ.items() if k != "AXON_PROGRESS"}
+    env["AXON_PROGRESS_INTERVAL"] = str(interval)
+    return env
+
+
+def start_publish(ref: object, target: str, *, interval: float) -> subprocess.Popen[str]:
+    """``axon publish REF -t TARGET`` started with progress lines (:func:`progress_env`);
+    stdout and stderr piped, as text."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "axon", "publish", str(ref), "-t", target],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=progress_env(interval),
+    )
+
+
+def run_publish(ref: object, target: str, *, interval: float, timeout: float = 180) -> CliRun:
+    """``axon publish REF -t TARGET`` run to its end with progress lines
+    (:func:`progress_env`)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "axon", "publish", str(ref), "-t", target],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=progress_env(interval),
+    )
+    return CliRun(proc.returncode, proc.stdout, proc.stderr)
+
+
 def error_lines(err: str) -> list[str]:
     """The ``axon: error`` lines of a run's stderr."""
     return [line for line in err.splitlines() if line.startswith("axon: error")]

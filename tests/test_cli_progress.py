@@ -5,9 +5,7 @@
 from __future__ import annotations
 
 import io
-import os
 import re
-import subprocess
 import sys
 import threading
 import time
@@ -17,14 +15,9 @@ import pytest
 from axon.cli.progress_lines import PlainProgress, progress_mode
 from tests.fixtures.mlos import ServerFactory
 from tests.fixtures.proxy import ProxyFactory
+from tests.helpers import run_publish, start_publish
 
 MiB = 1024 * 1024
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "AXON_PROGRESS"}
-    env.update(extra)
-    return env
 
 
 @pytest.mark.slow
@@ -35,23 +28,17 @@ def test_throttled_publish_prints_progress_lines(
     srv = mlos_server()
     proxy = tcp_proxy(srv.port)
     proxy.throttle(1 * MiB)  # ~3 s for the weights
-    proc = subprocess.run(
-        [sys.executable, "-m", "axon", "publish", str(ref), "-t", proxy.url],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=_env(AXON_PROGRESS_INTERVAL="0.5"),
-    )
-    assert proc.returncode == 0, proc.stderr
-    lines = [x for x in proc.stderr.splitlines() if x.startswith("axon: progress: ")]
+    proc = run_publish(ref, proxy.url, interval=0.5, timeout=120)
+    assert proc.code == 0, proc.err
+    lines = [x for x in proc.err.splitlines() if x.startswith("axon: progress: ")]
     ours = [x for x in lines if x.startswith(f"axon: progress: {proxy.url}: ")]
-    assert len(ours) >= 3, proc.stderr  # a line every 0.5 s or 10% over ~3 s
+    assert len(ours) >= 3, proc.err  # a line every 0.5 s or 10% over ~3 s
     percents = [int(m.group(1)) for x in ours if (m := re.search(r": (\d+)% \(", x))]
     assert percents and percents == sorted(percents), ours
     assert any("MiB/s" in x for x in ours), ours
     assert ours[-1].endswith(("s", "work")) and "done" in ours[-1], ours
-    assert "axon: progress" not in proc.stdout  # stdout is the result only
-    assert proc.stdout.startswith(f"published {ref} -> {proxy.url}")
+    assert "axon: progress" not in proc.out  # stdout is the result only
+    assert proc.out.startswith(f"published {ref} -> {proxy.url}")
 
 
 @pytest.mark.slow
@@ -61,13 +48,7 @@ def test_retry_waits_are_reported(
     srv = mlos_server()
     proxy = tcp_proxy(srv.port)
     proxy.refuse = True  # the instance is "down" for the first attempts
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "axon", "publish", str(installed_model), "-t", proxy.url],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(AXON_PROGRESS_INTERVAL="0.3"),
-    )
+    proc = start_publish(installed_model, proxy.url, interval=0.3)
     threading.Timer(2.5, lambda: setattr(proxy, "refuse", False)).start()
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err

@@ -14,8 +14,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -30,15 +28,10 @@ from modelpkg.refs import ModelRef
 from tests.fixtures.mlos import Server, ServerFactory, manifest_for
 from tests.fixtures.models import InstallModel, MakeModelDir
 from tests.fixtures.proxy import ProxyFactory
+from tests.helpers import run_publish, start_publish
 
 MiB = 1024 * 1024
 LINE = re.compile(r": (\d+)% \(([\d.]+ (?:B|KiB|MiB|GiB)) of ([\d.]+ (?:B|KiB|MiB|GiB))")
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "AXON_PROGRESS"}
-    env["AXON_PROGRESS_INTERVAL"] = "0.3"
-    return env
 
 
 def _resyncs(server: Server, sha256: str) -> int:
@@ -66,8 +59,7 @@ def test_bytes_in_flight_from_a_killed_run_are_not_counted_twice(
     srv = mlos_server()
     proxy = tcp_proxy(srv.port)
     proxy.throttle(2 * MiB)  # the proxy holds what the killed run had sent, and passes it on
-    command = [sys.executable, "-m", "axon", "publish", str(ref), "-t", proxy.url]
-    first = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=_env())
+    first = start_publish(ref, proxy.url, interval=0.3)
     assert first.stderr is not None
     seen, deadline = "", time.monotonic() + 90
     while time.monotonic() < deadline:  # kill it a quarter of the way in
@@ -80,17 +72,17 @@ def test_bytes_in_flight_from_a_killed_run_are_not_counted_twice(
     assert LINE.search(seen), seen
 
     # no drop_all(): the killed run's bytes still reach the server while this one opens
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=180, env=_env())
-    assert proc.returncode == 0, proc.stderr
+    proc = run_publish(ref, proxy.url, interval=0.3)
+    assert proc.code == 0, proc.err
     assert _resyncs(srv, sha256) >= 1, srv.log()  # the case under test happened
-    lines = [m.groups() for x in proc.stderr.splitlines() if (m := LINE.search(x))]
+    lines = [m.groups() for x in proc.err.splitlines() if (m := LINE.search(x))]
     whole = f"{size / MiB:.1f} MiB"
-    assert lines and {of for _pct, _done, of in lines} == {whole}, proc.stderr
+    assert lines and {of for _pct, _done, of in lines} == {whole}, proc.err
     for _pct, done, _of in lines:  # never more done than the whole
         value, unit = done.split()
-        assert unit != "GiB" and (unit != "MiB" or float(value) <= size / MiB), proc.stderr
-    final = [x for x in proc.stderr.splitlines() if f"{proxy.url}: done, " in x]
-    assert final and f"{proxy.url}: done, {whole} in " in final[-1], proc.stderr
+        assert unit != "GiB" and (unit != "MiB" or float(value) <= size / MiB), proc.err
+    final = [x for x in proc.err.splitlines() if f"{proxy.url}: done, " in x]
+    assert final and f"{proxy.url}: done, {whole} in " in final[-1], proc.err
 
 
 def _cut_put(url: str, upload_id: str, sha256: str, data: bytes, size: int) -> None:

@@ -7,11 +7,8 @@ not as sent. Real publishes through a throttled loopback proxy to a real mlos-co
 from __future__ import annotations
 
 import io
-import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,15 +21,10 @@ from modelpkg.refs import ModelRef
 from tests.fixtures.mlos import ServerFactory
 from tests.fixtures.models import InstallModel, MakeModelDir
 from tests.fixtures.proxy import ProxyFactory
+from tests.helpers import run_publish, start_publish
 
 MiB = 1024 * 1024
 LINE = re.compile(r": (\d+)% \(([\d.]+) (B|KiB|MiB|GiB) of ([\d.]+) (B|KiB|MiB|GiB)")
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "AXON_PROGRESS"}
-    env.update(extra)
-    return env
 
 
 def _big_model(
@@ -65,23 +57,17 @@ def test_whole_total_from_the_first_line_and_never_back(
     srv = mlos_server()
     proxy = tcp_proxy(srv.port)
     proxy.throttle(6 * MiB)  # ~4 s for ~24 MiB
-    proc = subprocess.run(
-        [sys.executable, "-m", "axon", "publish", str(ref), "-t", proxy.url],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=_env(AXON_PROGRESS_INTERVAL="0.4"),
-    )
-    assert proc.returncode == 0, proc.stderr
-    lines = _progress(proc.stderr, proxy.url)
-    assert len(lines) >= 3, proc.stderr
+    proc = run_publish(ref, proxy.url, interval=0.4)
+    assert proc.code == 0, proc.err
+    lines = _progress(proc.err, proxy.url)
+    assert len(lines) >= 3, proc.err
     whole = f"{total / MiB:.1f} MiB"
-    assert lines[0][1] == whole, proc.stderr  # the first line already knows the whole
-    assert {of for _pct, of in lines} == {whole}, proc.stderr
+    assert lines[0][1] == whole, proc.err  # the first line already knows the whole
+    assert {of for _pct, of in lines} == {whole}, proc.err
     percents = [pct for pct, _of in lines]
-    assert percents == sorted(percents), proc.stderr  # never steps back as files start
-    assert percents[0] < 50, proc.stderr  # it really was under way
-    assert f"axon: progress: {proxy.url}: done, {whole} in " in proc.stderr, proc.stderr
+    assert percents == sorted(percents), proc.err  # never steps back as files start
+    assert percents[0] < 50, proc.err  # it really was under way
+    assert f"axon: progress: {proxy.url}: done, {whole} in " in proc.err, proc.err
 
 
 @pytest.mark.slow
@@ -95,13 +81,7 @@ def test_a_resumed_publish_counts_the_resumed_part_as_done(
     srv = mlos_server()
     proxy = tcp_proxy(srv.port)
     proxy.throttle(4 * MiB)
-    first = subprocess.Popen(
-        [sys.executable, "-m", "axon", "publish", str(ref), "-t", proxy.url],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(AXON_PROGRESS_INTERVAL="0.3"),
-    )
+    first = start_publish(ref, proxy.url, interval=0.3)
     seen = ""
     assert first.stderr is not None
     deadline = time.monotonic() + 90
@@ -118,25 +98,19 @@ def test_a_resumed_publish_counts_the_resumed_part_as_done(
     assert LINE.search(seen), seen
 
     proxy.throttle(6 * MiB)
-    proc = subprocess.run(
-        [sys.executable, "-m", "axon", "publish", str(ref), "-t", proxy.url],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=_env(AXON_PROGRESS_INTERVAL="0.3"),
-    )
-    assert proc.returncode == 0, proc.stderr
-    lines = _progress(proc.stderr, proxy.url)
-    assert lines, proc.stderr
+    proc = run_publish(ref, proxy.url, interval=0.3)
+    assert proc.code == 0, proc.err
+    lines = _progress(proc.err, proxy.url)
+    assert lines, proc.err
     percents = [pct for pct, _of in lines]
-    assert percents == sorted(percents), proc.stderr
+    assert percents == sorted(percents), proc.err
     # the total is what this run needed (not every file: some were there), and the part
     # the server kept of a half-sent file is done from the first line on, without work
     needed = sum(8 * MiB + i * 4096 for i in (2, 3))  # killed mid-way through shard-2
-    assert lines[0][1] == f"{needed / MiB:.1f} MiB", (seen, proc.stderr)
-    assert percents[0] >= 5, proc.stderr
-    final = [x for x in proc.stderr.splitlines() if f"{proxy.url}: done" in x]
-    assert final and "needed no work" in final[-1], proc.stderr
+    assert lines[0][1] == f"{needed / MiB:.1f} MiB", (seen, proc.err)
+    assert percents[0] >= 5, proc.err
+    final = [x for x in proc.err.splitlines() if f"{proxy.url}: done" in x]
+    assert final and "needed no work" in final[-1], proc.err
 
 
 def test_expected_total_with_a_resumed_offset_and_a_retry() -> None:
