@@ -144,22 +144,17 @@ class Upstream:
 
     def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> CliRun:
         """``axon ARGS`` of upstream: exit code, stdout, stderr."""
-        proc = subprocess.run(
-            self.command(*args),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=self.env(env),
-            check=False,
-        )
-        return CliRun(proc.returncode, proc.stdout, proc.stderr)
+        return self._run(self.command(*args), env, timeout)
 
     def run_bound(
         self, models: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60
     ) -> CliRun:
         """Like :meth:`run`, with ``models`` bound at /var/lib/mlos/models for it alone."""
+        return self._run(bound_command(models, self.command(*args)), env, timeout)
+
+    def _run(self, command: list[str], env: dict[str, str] | None, timeout: float) -> CliRun:
         proc = subprocess.run(
-            bound_command(models, self.command(*args)),
+            command,
             capture_output=True,
             text=True,
             timeout=timeout,
