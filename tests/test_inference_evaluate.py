@@ -219,3 +219,52 @@ def test_tenants_evaluate_only_their_models_on_their_datasets(
     assert status("alpha/m@v1", "shared", ALPHA) == 403  # outside any namespace
     assert status("alpha/m@v1", "alpha/data", None) == 401
     assert status("bravo/m@v1", "bravo/data", BRAVO) == 200
+
+
+def test_a_value_the_runtime_refuses_is_not_quoted_back(mlos_server: Any, datasets: Path) -> None:
+    # onnxruntime's own words for a token id past MiniLM's vocabulary quote it
+    # ("idx=987654 must be within ..."): an evaluation answers the file, the rows and the
+    # node, never a value of the data; the runtime's words go to the server's log only
+    from tests.fixtures.onnx_models import minilm_path
+
+    data = minilm_path().read_bytes()
+    n, seq = 40, 8
+    ids = np.full((n, seq), 2023, np.int64)
+    ids[:, 0], ids[:, -1] = 101, 102
+    ids[27, 3] = 987654
+    arrays = {
+        "input_ids": ids,
+        "attention_mask": np.ones((n, seq), np.int64),
+        "token_type_ids": np.zeros((n, seq), np.int64),
+        "labels": np.zeros((n, seq * 384), np.float32),
+    }
+    write_dataset(datasets, "nlp/texts", arrays, file="texts.npz")
+    srv = mlos_server(datasets_dir=datasets, inference_threads=1)
+    assert upload(srv.url, "nlp/minilm@v1", {"model.onnx": data}).status_code == 201
+
+    r = evaluate(srv.url, "nlp/minilm@v1", {"dataset": "nlp/texts", "metrics": ["mse"]})
+    assert r.status_code == 400, r.text
+    message = r.json()["message"]
+    assert "987654" not in r.text
+    assert "30521" not in r.text  # nor what the runtime says around it
+    assert "nlp/texts/texts.npz" in message
+    assert "rows 0..39" in message
+    assert "Gather" in message
+    assert "987654" in srv.log()  # the server's own log keeps the runtime's words
+
+
+def test_a_dataset_value_out_of_the_input_s_range_is_not_quoted() -> None:
+    onnx_or_skip()
+    from mlos_core.errors import BadRequest
+    from mlos_core.inference.runtime import TensorSpec, to_array
+
+    spec = TensorSpec("ids", np.dtype(np.int32), "tensor(int32)", ("batch", 4))
+    rows = np.full((3, 4), 7, np.int64)
+    rows[1, 2] = 98765432109
+    with pytest.raises(BadRequest) as caught:
+        to_array(spec, rows, where="dataset file d/a.npz (rows 0..2): 'ids'", echo=False)
+    assert "98765432109" not in caught.value.message
+    assert "d/a.npz (rows 0..2): 'ids' holds a value outside int32" in caught.value.message
+    with pytest.raises(BadRequest) as caught:  # a caller's own request: its value is shown
+        to_array(spec, rows, where="input 'ids'")
+    assert "98765432109" in caught.value.message

@@ -255,7 +255,7 @@ async def evaluate(request: Request) -> JSONAnswer:
     loop = asyncio.get_running_loop()
 
     def run_batch(feeds: Any) -> Any:  # from the evaluation's thread, into the pool
-        done = asyncio.run_coroutine_threadsafe(sessions.run(lambda: model.run(feeds)), loop)
+        done = asyncio.run_coroutine_threadsafe(sessions.run(lambda: model.run_raw(feeds)), loop)
         return done.result()
 
     sums, seconds = await asyncio.to_thread(ev.evaluate, model, plan, run_batch)

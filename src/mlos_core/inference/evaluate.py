@@ -26,6 +26,7 @@ weighted mean of several instances' answers is the metric over all their example
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import time
@@ -37,8 +38,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from mlos_core.errors import BadRequest, NotFound, Unprocessable
-from mlos_core.inference.runtime import OnnxModel, TensorSpec, to_array
+from mlos_core.errors import BadRequest, CoreError, NotFound, Unprocessable
+from mlos_core.inference.runtime import OnnxModel, RunFailed, TensorSpec, to_array
 
 LABELS = "labels"
 METRICS = ("accuracy", "loss", "mse", "mae")
@@ -47,6 +48,7 @@ BATCH_BYTES = 4 * 1024 * 1024  # of inputs read at once (labels come on top)
 OUTPUT_BATCH_BYTES = 32 * 1024 * 1024  # of the outputs of one batch, when they can be told
 MAX_BATCH = 1024  # examples
 DEFAULT_MIN_EXAMPLES = 10
+log = logging.getLogger("mlos_core.inference")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}")
 
 
@@ -339,15 +341,49 @@ def evaluate(model: OnnxModel, p: Plan, run_batch: Any) -> tuple[Sums, float]:
     sums = Sums()
     names = [i.name for i in model.inputs]
     for f in p.files:
+        start = 0
         for batch in f.batches([*names, LABELS], p.rows_per_batch):
+            n = batch[LABELS].shape[0]
+            rows = f"rows {start}..{start + n - 1}"
             feeds = {
-                i.name: to_array(i, batch[i.name], where=f"dataset file {f.shown}: {i.name!r}")
+                i.name: to_array(
+                    i,
+                    batch[i.name],
+                    where=f"dataset file {f.shown} ({rows}): {i.name!r}",
+                    echo=False,
+                )
                 for i in model.inputs
             }
             model.check_axes(feeds, where=f"dataset file {f.shown}: array")
-            outputs = run_batch(feeds)
+            try:
+                outputs = run_batch(feeds)
+            except RunFailed as exc:
+                raise _refused(exc, model, f.shown, rows) from None
             _accumulate(sums, outputs[0], batch[LABELS], p.metrics, f.shown, model)
+            start += n
     return sums, time.perf_counter() - started
+
+
+def _refused(exc: RunFailed, model: OnnxModel, shown: str, rows: str) -> CoreError:
+    """The answer to a batch the runtime failed on: the file, its rows and the node, never
+    the runtime's words (they quote the data: "idx=987654 must be within ..."): those go to
+    this server's log only."""
+    log.warning(
+        "evaluating %s: dataset file %s, %s: onnxruntime: %s", model.model_id, shown, rows, exc.text
+    )
+    if exc.invalid:
+        return BadRequest(
+            f"model {model.model_id} refused an example of dataset file {shown} ({rows})"
+            f"{exc.where()}: a value is outside what the model takes (a token id past its "
+            "vocabulary?); the runtime's own words, which quote the data, are in this "
+            "instance's log only",
+            code="bad_dataset",
+        )
+    return Unprocessable(
+        f"model {model.model_id} failed on dataset file {shown} ({rows}){exc.where()}; the "
+        "runtime's own words, which may quote the data, are in this instance's log only",
+        code="inference_failed",
+    )
 
 
 def _accumulate(

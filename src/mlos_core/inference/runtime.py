@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -285,21 +286,55 @@ class OnnxModel:
     def run(self, feeds: Mapping[str, np.ndarray[Any, Any]]) -> list[np.ndarray[Any, Any]]:
         """The outputs for ``feeds`` (blocking: call it in the inference pool). The runtime's
         refusal of a value (a token id past the vocabulary) is a 400; any other failure a 422,
-        each with the runtime's own words."""
+        each with the runtime's own words, bounded (they may quote the caller's inputs: this
+        is for a caller's own request, never for a dataset's rows)."""
         try:
-            out = self.session.run(self.output_names, dict(feeds))
-        except Exception as exc:
-            kind = type(exc).__name__
-            if kind in ("InvalidArgument", "InvalidProtobuf") or "INVALID_ARGUMENT" in str(exc):
+            return self.run_raw(feeds)
+        except RunFailed as exc:
+            if exc.invalid:
                 raise BadRequest(
-                    f"model {self.model_id} refused the input: {_short(exc)}",
+                    f"model {self.model_id} refused the input: {exc.text}",
                     code="invalid_input",
                 ) from None
             raise Unprocessable(
-                f"model {self.model_id} failed on this input: {_short(exc)}",
+                f"model {self.model_id} failed on this input: {exc.text}",
                 code="inference_failed",
             ) from None
+
+    def run_raw(self, feeds: Mapping[str, np.ndarray[Any, Any]]) -> list[np.ndarray[Any, Any]]:
+        """As :meth:`run`, a failure raised as :class:`RunFailed` (the runtime's words apart
+        from what names the failing node), for a caller that must not answer them."""
+        try:
+            out = self.session.run(self.output_names, dict(feeds))
+        except Exception as exc:
+            raise RunFailed(exc) from None
         return [np.asarray(o) for o in out]
+
+
+class RunFailed(Exception):
+    """onnxruntime failed on an input: ``invalid`` (it refused a value: a 400) or not (a 422);
+    ``text``: its own words, bounded; ``node`` and ``op``: the failing node, when it says."""
+
+    def __init__(self, exc: BaseException) -> None:
+        kind = type(exc).__name__
+        self.invalid = kind in ("InvalidArgument", "InvalidProtobuf") or "INVALID_ARGUMENT" in str(
+            exc
+        )
+        self.text = _short(exc)
+        found = _NODE.search(str(exc))
+        self.op: str | None = found.group(1) if found else None
+        self.node: str | None = found.group(2)[:200] if found else None
+        super().__init__(self.text)
+
+    def where(self) -> str:
+        """The failing node as messages name it ("in node 'x' (Gather)"), or ""."""
+        if self.node is None:
+            return ""
+        return f" in node {self.node!r} ({self.op})"
+
+
+# onnxruntime: "Non-zero status code returned while running Gather node. Name:'/emb/Gather' ..."
+_NODE = re.compile(r"while running (\w+) node\. Name:'([^']*)'")
 
 
 @contextlib.contextmanager
@@ -330,9 +365,12 @@ def _short(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def to_array(spec: TensorSpec, value: Any, *, where: str) -> np.ndarray[Any, Any]:
+def to_array(
+    spec: TensorSpec, value: Any, *, where: str, echo: bool = True
+) -> np.ndarray[Any, Any]:
     """``value`` (nested lists, or an array read from a dataset) as an array of ``spec``'s
-    element type and shape; BadRequest naming ``where`` and what ``spec`` takes."""
+    element type and shape; BadRequest naming ``where`` and what ``spec`` takes (and, with
+    ``echo``, the value out of range: never for a dataset's rows)."""
     if spec.dtype is None:
         raise NotSupported(
             f"{where}: the model takes {spec.type_name}, which this server cannot feed",
@@ -362,9 +400,9 @@ def to_array(spec: TensorSpec, value: Any, *, where: str) -> np.ndarray[Any, Any
         info = np.iinfo(spec.dtype)
         low, high = arr.min(), arr.max()
         if low < info.min or high > info.max:
+            value_shown = f"{low if low < info.min else high}," if echo else "a value"
             raise BadRequest(
-                f"{where} holds {low if low < info.min else high}, outside {spec.dtype.name}; "
-                f"{takes}",
+                f"{where} holds {value_shown} outside {spec.dtype.name}; {takes}",
                 code="invalid_input",
             )
     if spec.dtype.kind == "b" and kind in "iu" and arr.size and not np.isin(arr, (0, 1)).all():
