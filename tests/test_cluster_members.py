@@ -158,7 +158,7 @@ def test_a_member_source_that_cannot_list_fails_clearly(
 def test_an_instance_lists_its_cluster_from_consul(recorded_api: Any, mlos_server: Any) -> None:
     """Consul (its agent's documented answers on a loopback server): each member with its
     check status; a malformed record is a warning, not a hidden member."""
-    from tests.test_discovery_consul import entry, meta
+    from tests.fixtures.discovery_answers import entry, meta
 
     down = free_port()
     recorded_api.route("PUT", "/v1/agent/service/register", {})
@@ -199,7 +199,7 @@ def test_an_instance_lists_its_cluster_from_kubernetes(
     """Kubernetes (the API reference's EndpointSliceList on a loopback server, found through
     MLOS_K8S_API as with `kubectl proxy`): each pod once, its readiness, the named port; a
     malformed address is a warning."""
-    from tests.test_discovery_k8s import SLICES, slice_endpoint, slice_list
+    from tests.fixtures.discovery_answers import SLICES, slice_endpoint, slice_list
 
     monkeypatch.setenv("MLOS_K8S_API", recorded_api.url)
     monkeypatch.setenv("MLOS_K8S_TOKEN", "sa-token")

@@ -17,49 +17,7 @@ from axon.errors import DiscoveryError
 from mlos_core.integrations.discovery import ConsulRegistrar, InstanceRecord
 from tests.fixtures.common import free_port, wait_for
 from tests.fixtures.discovery import RecordedApi
-
-
-def entry(service_id: str, port: int, meta: dict[str, Any] | None) -> dict[str, Any]:
-    """One element of ``GET /v1/health/service/:service`` as the Consul API docs show it."""
-    return {
-        "Node": {
-            "ID": "40e4a748-2192-161a-0510-9bf59fe950b5",
-            "Node": "node-1",
-            "Address": "127.0.0.1",
-            "Datacenter": "dc1",
-            "TaggedAddresses": {"lan": "127.0.0.1", "wan": "127.0.0.1"},
-            "Meta": {"somekey": "somevalue"},
-        },
-        "Service": {
-            "ID": service_id,
-            "Service": "mlos-core",
-            "Tags": ["mlos-cluster=prod"],
-            "Address": "127.0.0.1",
-            "Meta": meta,
-            "Port": port,
-            "Weights": {"Passing": 10, "Warning": 1},
-            "Namespace": "default",
-        },
-        "Checks": [
-            {
-                "Node": "node-1",
-                "CheckID": f"service:{service_id}",
-                "Name": f"Service '{service_id}' check",
-                "Status": "passing",
-                "ServiceID": service_id,
-                "ServiceName": "mlos-core",
-            }
-        ],
-    }
-
-
-def meta(instance_id: str, port: int, cluster: str = "prod") -> dict[str, str]:
-    return {
-        "instance_id": instance_id,
-        "endpoint": f"http://127.0.0.1:{port}",
-        "cluster_name": cluster,
-        "storage_path": "/var/lib/mlos/models",
-    }
+from tests.fixtures.discovery_answers import entry, meta
 
 
 def test_passing_instances_are_members(recorded_api: RecordedApi) -> None:

@@ -17,43 +17,9 @@ from axon.discovery import check_members, discover, lookup
 from axon.discovery.k8s import api_server
 from axon.errors import DiscoveryError
 from tests.fixtures.discovery import RecordedApi
+from tests.fixtures.discovery_answers import SLICES, slice_endpoint, slice_list
 
-SLICES = "/apis/discovery.k8s.io/v1/namespaces/mlos/endpointslices"
 ENDPOINTS = "/api/v1/namespaces/mlos/endpoints/mlos-core"
-
-
-def slice_endpoint(ip: str, pod: str, ready: bool | None) -> dict[str, Any]:
-    conditions = {} if ready is None else {"ready": ready, "serving": ready, "terminating": False}
-    return {
-        "addresses": [ip],
-        "conditions": conditions,
-        "targetRef": {"kind": "Pod", "namespace": "mlos", "name": pod, "uid": "d1b4c7a2"},
-        "nodeName": "node-1",
-        "zone": "zone-a",
-    }
-
-
-def slice_list(port: int, endpoints: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "kind": "EndpointSliceList",
-        "apiVersion": "discovery.k8s.io/v1",
-        "metadata": {"resourceVersion": "12345"},
-        "items": [
-            {
-                "metadata": {
-                    "name": "mlos-core-x7k2p",
-                    "namespace": "mlos",
-                    "labels": {"kubernetes.io/service-name": "mlos-core"},
-                },
-                "addressType": "IPv4",
-                "endpoints": endpoints,
-                "ports": [
-                    {"name": "metrics", "protocol": "TCP", "port": 9100},
-                    {"name": "http", "protocol": "TCP", "port": port},
-                ],
-            }
-        ],
-    }
 
 
 @pytest.fixture

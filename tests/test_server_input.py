@@ -7,60 +7,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from tests.fixtures.mlos import Server, ServerFactory, manifest_for, upload_resumable
+from tests.fixtures.raw_http import json_request, on_one_connection, request_bytes
 
 DATA = b"hello"
 SHA = hashlib.sha256(DATA).hexdigest()
 
 
-# ---- one keep-alive connection, request after request -----------------------------------
-def request_bytes(method: str, path: str, body: bytes = b"", **headers: str) -> bytes:
-    head = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"]
-    head += [f"{k.replace('_', '-')}: {v}" for k, v in headers.items()]
-    if body or method in ("POST", "PUT"):
-        head.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
-
-
-def json_request(method: str, path: str, body: Any, **headers: str) -> bytes:
-    raw = json.dumps(body).encode() if not isinstance(body, bytes) else body
-    return request_bytes(method, path, raw, Content_Type="application/json", **headers)
-
-
-def on_one_connection(url: str, requests: list[bytes]) -> list[tuple[int, dict[str, str], bytes]]:
-    """Send each request on one TCP connection, each after the previous answer was read
-    whole; (status, headers, body) of each. AssertionError when the server closes the
-    connection before answering one: what a keep-alive client then sees as a reset."""
-    host, port = urlsplit(url).hostname, urlsplit(url).port
-    answers = []
-    with socket.create_connection((host, port), timeout=30) as sock:
-        reader = sock.makefile("rb")
-        for i, raw in enumerate(requests):
-            sock.sendall(raw)
-            status_line = reader.readline()
-            assert status_line, f"connection closed before answer {i + 1} of {len(requests)}"
-            status = int(status_line.split()[1])
-            headers = {}
-            for line in iter(reader.readline, b"\r\n"):
-                assert line, f"connection closed inside answer {i + 1}"
-                key, _, value = line.decode("latin-1").partition(":")
-                headers[key.strip().lower()] = value.strip()
-            length = 0 if raw.startswith(b"HEAD ") else int(headers.get("content-length", "0"))
-            body = reader.read(length)
-            answers.append((status, headers, body))
-            assert headers.get("connection", "").lower() != "close", f"answer {i + 1} closes"
-    return answers
-
-
-# ---- helpers ------------------------------------------------------------------------------
 def manifest(files: list[dict[str, Any]], model_id: str = "ns/m@v1") -> dict[str, Any]:
     m = manifest_for(model_id, {})
     m["spec"]["format"]["files"] = files

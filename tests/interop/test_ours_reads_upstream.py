@@ -19,20 +19,13 @@ import pytest
 import yaml
 
 from modelpkg.refs import ModelRef
-from tests.fixtures.models import write_model_dir
+from tests.fixtures.models import model_files
 from tests.helpers import run_axon
 from tests.interop.conftest import SharedConfig, UpstreamInstall
 
 LISTED = ["all", "first"]
 #: upstream's "unknown" time, written unquoted: a YAML timestamp
 ZERO_TIME = dt.datetime(1, 1, 1, tzinfo=dt.UTC)
-
-
-def model_files(tmp_path: Path) -> dict[str, bytes]:
-    src = write_model_dir(tmp_path / "model-src")
-    return {
-        p.relative_to(src).as_posix(): p.read_bytes() for p in sorted(src.rglob("*")) if p.is_file()
-    }
 
 
 @pytest.fixture(params=LISTED)

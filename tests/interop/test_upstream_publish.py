@@ -20,9 +20,9 @@ import yaml
 
 from modelpkg.refs import ModelRef
 from tests.fixtures.common import wait_for
+from tests.fixtures.models import model_files
 from tests.helpers import run_axon
 from tests.interop.conftest import BoundServer, SharedConfig, UpstreamInstall
-from tests.interop.test_ours_reads_upstream import model_files
 from tests.interop.upstream import MODELS_DIR, Upstream
 
 REF = ModelRef.parse("acme/tiny-bert@v1")

@@ -18,10 +18,10 @@ import pytest
 
 from tests.fixtures.common import tmpfs
 from tests.fixtures.mlos import ServerFactory, manifest_for, upload_resumable
+from tests.fixtures.raw_http import json_request, on_one_connection, request_bytes
 from tests.stress.checkers import check_fs_root
 from tests.stress.figures import record
 from tests.stress.harness import MiB, make_homes, run_axon
-from tests.test_server_input import json_request, on_one_connection, request_bytes
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
