@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from axon.errors import EXIT_ALL_FAILED, EXIT_OK, EXIT_USAGE
+from axon.errors import EXIT_ALL_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 from axon.publish.results import ABORTED, FAILED, PUBLISHED
 from modelpkg.refs import ModelRef
 from tests.fixtures.cluster import Recorder, registered, run_cluster
@@ -297,3 +297,54 @@ def test_pullers_start_while_the_seed_still_receives(
     assert res.publisher_bytes == sum(cached_sizes(axon_home, big_model))
     for server in servers:
         assert tree_of(server, big_model) == tree_of_cache(axon_home, big_model)
+
+
+def test_a_member_that_cannot_pull_is_the_seed_and_the_dry_run_says_what_happens(
+    peered: Any, big_model: ModelRef, axon_home: Path
+) -> None:
+    """core-0 has no peers (it cannot pull), core-1 pulls from core-0: the publisher sends
+    the model once, to core-0 (a seed), and core-1 pulls it; the dry run says the same."""
+    from tests.fixtures.common import free_port
+
+    ports = [free_port(), free_port()]
+    peer_0 = {"peer": [f"http://127.0.0.1:{ports[0]}"]}
+    servers = peered(2, ports=ports, lone={0}, flags_for={1: peer_0})
+    names = relay_config(axon_home, servers, relay=True)
+    run = run_axon("publish", str(big_model), "--target", "prod", "--dry-run")
+    assert run.code == EXIT_OK, run.err
+    planned = {n: next(t for t in run.out.splitlines() if f"-> {n} (" in t) for n in names}
+    assert "relay: pushed (seed; it has no peers" in planned["core-0"], run.out
+    assert "relay: would pull from core-0" in planned["core-1"], run.out
+    assert "would send" not in planned["core-1"], run.out  # bytes from a member, not axon
+    res = run_cluster(big_model, "prod")
+    assert res.exit_code == EXIT_OK, res.summary()
+    assert how(res, "core-0")["how"] == "pushed"
+    assert how(res, "core-1")["how"] == "pulled"
+    assert how(res, "core-1")["source"] == "core-0"
+    assert "pushed (seed; it has no peers" in res.summary()
+    assert res.publisher_bytes == sum(cached_sizes(axon_home, big_model))  # one copy
+    for server in servers:
+        assert tree_of(server, big_model) == tree_of_cache(axon_home, big_model)
+
+
+def test_min_success_on_a_relayed_publish(
+    peered: Any, installed_model: ModelRef, axon_home: Path
+) -> None:
+    """A member that is down fails; the others get the model by relay, and --min-success
+    says whether that is enough (exit 0) or not (exit 9)."""
+    from tests.fixtures.common import free_port
+    from tests.helpers import write_config
+
+    servers = peered(2)
+    names = ["core-0", "core-1", "core-down"]
+    urls = [servers[0].url, servers[1].url, f"http://127.0.0.1:{free_port()}"]
+    targets = {n: {"endpoint": u, "storage_type": "api"} for n, u in zip(names, urls, strict=True)}
+    write_config(axon_home, targets, clusters={"prod": {"instances": names, "relay": True}})
+    res = run_cluster(installed_model, "prod", min_success="2")
+    assert res.exit_code == EXIT_OK, res.summary()
+    assert res.states["core-down"] == FAILED
+    assert sorted(how(res, n)["how"] for n in names[:2]) == ["pulled", "pushed"]
+    for server in servers:
+        assert tree_of(server, installed_model) == tree_of_cache(axon_home, installed_model)
+    res = run_cluster(installed_model, "prod", min_success="100%")
+    assert res.exit_code == EXIT_PARTIAL, res.summary()

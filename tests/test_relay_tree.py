@@ -8,7 +8,17 @@ import time
 from collections import Counter
 from typing import Any
 
-from axon.publish.relay import PULL, PUSH, SEED, Peer, RelaySettings, normal_url, spread
+from axon.publish.relay import (
+    PULL,
+    PUSH,
+    SEED,
+    Peer,
+    RelaySettings,
+    normal_url,
+    plan_roles,
+    push_text,
+    spread,
+)
 from axon.targets import InstanceTarget
 
 
@@ -147,3 +157,31 @@ def test_a_member_serving_what_it_receives_is_a_source_before_it_is_done() -> No
     plain = [peer(i) for i in range(1, 4)]
     spread(plain, [], work, bool, settings=RelaySettings(fanout=2), max_parallel=8)
     assert started["core-2"] >= ended["core-1"]
+
+
+def test_a_member_that_cannot_pull_but_serves_is_the_seed_and_the_plan_agrees() -> None:
+    """core-1 cannot pull (no peers) but core-2 and core-3 accept it: the publisher sends
+    its one copy to core-1 (it would push there anyway), the others pull from it; the dry
+    run's plan (:func:`plan_roles`) names the same roles and sources."""
+    lone = Peer(InstanceTarget("core-1", "http://127.0.0.1:9001"), "http://127.0.0.1:9001",
+                False, frozenset(), "it has no peers", True)  # fmt: skip
+    members = [peer(2, accepts={1, 3}, follow=True), lone, peer(3, accepts={1, 2}, follow=True)]
+    work = Recorded()
+    spread(members, [], work, bool, settings=RelaySettings(seeds=1, fanout=1), max_parallel=8)
+    assert work.calls["core-1"] == (SEED, [])
+    assert work.calls["core-2"][0] == PULL and work.calls["core-3"][0] == PULL
+    assert work.calls["core-2"][1][0] == "core-1"
+    planned = plan_roles(["core-2", "core-1", "core-3"], [], {m.name: m for m in members},
+                         RelaySettings(seeds=1, fanout=1))  # fmt: skip
+    assert {n: (role, [s.name for s in given][:1]) for n, (role, given) in planned.items()} == {
+        "core-1": (SEED, []),
+        "core-2": (PULL, ["core-1"]),
+        "core-3": (PULL, ["core-2"]),  # fanout 1: core-1 serves core-2, core-2 follows on
+    }
+    assert push_text(lone, SEED) == "pushed (seed; it has no peers)"
+    # nobody accepts a member that cannot pull: it is pushed, and a member that pulls seeds
+    alone = Peer(lone.target, lone.address, False, frozenset(), "it has no peers", True)
+    others = [peer(2, accepts={3}), alone, peer(3, accepts={2})]
+    work = Recorded()
+    spread(others, [], work, bool, settings=RelaySettings(seeds=1), max_parallel=8)
+    assert work.calls["core-1"] == (PUSH, []) and work.calls["core-2"] == (SEED, [])

@@ -191,6 +191,8 @@ def _render_plans(result: PublishResult) -> None:
 
     for plan in result.plans:
         state = "unchanged, nothing to send" if plan.unchanged else "would send"
+        if not plan.unchanged and "relay: would pull from" in plan.method:
+            state = "would pull"  # from the member named, not from the publisher
         click.echo(
             f"dry run: {result.model_id} -> {plan.target} ({plan.method}) {plan.location}: "
             f"{state} {plan.files_to_send}/{len(plan.files)} files, "

@@ -153,6 +153,8 @@ class _Tree:
     fanout: int
     seeds: int
     rank: dict[str, int] = field(default_factory=dict)  # ties go to the earlier listed
+    #: members that cannot pull whose address a member that can pull accepts
+    servable: frozenset[str] = frozenset()
     seeded: int = 0
     serving: dict[str, int] = field(default_factory=dict)
 
@@ -160,8 +162,15 @@ class _Tree:
         self.serving = {p.name: 0 for p in self.holders}
 
     def choose(self, member: Peer, running: list[Peer]) -> tuple[str, list[Peer]] | None:
-        """How ``member`` starts now: ``(role, sources)``, or None to wait for a source."""
+        """How ``member`` starts now: ``(role, sources)``, or None to wait for a source.
+
+        A member that cannot pull gets the publisher's bytes anyway: while nobody has the
+        model and seeds are wanted, it is a seed when a member that pulls accepts it as a
+        source, so the publisher does not send a second copy to a member that could have
+        pulled from it."""
         if not member.can_pull:
+            if not self.holders and member.name in self.servable and self.seeded < self.seeds:
+                return SEED, []
             return PUSH, []
         usable = [h for h in self.holders if member.accepts_from(h)]
         free = [h for h in usable if self.serving[h.name] < self.fanout]
@@ -207,6 +216,32 @@ class _Tree:
             self.serving.setdefault(member.name, 0)
 
 
+def _servable(members: list[Peer]) -> frozenset[str]:
+    """The members that cannot pull but can serve: a member that pulls accepts them."""
+    return frozenset(
+        m.name
+        for m in members
+        if not m.can_pull and any(o.can_pull and o.accepts_from(m) for o in members)
+    )
+
+
+def _seeds_first(members: list[Peer], servable: frozenset[str]) -> list[Peer]:
+    """``members`` in the order they are looked at: the ``servable`` ones first (the
+    publisher sends them the model anyway, so they are the seeds when nobody has it), the
+    others in their order."""
+    return sorted(members, key=lambda m: m.name not in servable)
+
+
+def push_text(member: Peer, role: str) -> str:
+    """How a member the publisher sends the model to is reported (``role`` SEED or PUSH)."""
+    why = member.why_not or "it cannot pull"
+    if role == SEED:
+        return "pushed (seed)" if member.can_pull else f"pushed (seed; {why})"
+    if not member.can_pull:
+        return f"direct push: {why}"
+    return "direct push: none of the members that have the model is its peer"
+
+
 def spread(
     members: list[Peer],
     sources: list[Peer],
@@ -237,8 +272,9 @@ def spread(
     """
     out: Spread[R] = Spread()
     rank = {p.name: i for i, p in enumerate([*sources, *members])}
-    tree = _Tree(list(sources), settings.fanout, settings.seeds, rank)
-    waiting = list(members)
+    servable = _servable(members)
+    tree = _Tree(list(sources), settings.fanout, settings.seeds, rank, servable)
+    waiting = _seeds_first(members, servable)
     running: dict[Future[tuple[R | None, BaseException | None]], tuple[Peer, str, list[Peer]]] = {}
 
     arrived: list[Peer] = []  # members that called ready(), for the loop to pick up
@@ -316,22 +352,61 @@ def relay_plans(
     max_parallel: int,
 ) -> None:
     """``--dry-run`` with relay: say in each plan's method how the member would get the
-    model (pushed as a seed, pulled from a peer, or pushed because it cannot pull)."""
+    model (pushed as a seed, pulled from which member, or pushed because it cannot pull),
+    by the choices a real run makes (:func:`spread`)."""
     peers = survey(members, max_parallel=max_parallel)
-    seeds = 0
+    lacking = [p.target for p in plans if not p.unchanged]
+    having = [p.target for p in plans if p.unchanged]
+    roles = plan_roles(lacking, having, peers, settings)
     for plan in plans:
         peer = peers.get(plan.target)
         if peer is None:
             continue
-        if plan.unchanged:
+        role, sources = roles.get(plan.target, ("has", []))
+        if role == "has":
             plan.method += ", relay: has it"
-        elif peer.address is not None and seeds < settings.seeds:
-            seeds += 1
-            plan.method += ", relay: pushed (seed)"
-        elif peer.can_pull:
-            plan.method += ", relay: would pull from a member that has it"
+        elif role == PULL:
+            plan.method += f", relay: would pull from {sources[0].name}"
         else:
-            plan.method += f", relay: direct push ({peer.why_not})"
+            plan.method += f", relay: {push_text(peer, role)}"
+
+
+def plan_roles(
+    lacking: list[str], having: list[str], peers: dict[str, Peer], settings: RelaySettings
+) -> dict[str, tuple[str, list[Peer]]]:
+    """``{member: (role, sources)}``: how each member named in ``lacking`` would get the
+    model from :func:`spread`, the members named in ``having`` having it, were every step to
+    succeed and every member take as long: members start in the order a real run starts
+    them, a cut-through member is a source once it starts, another once it is done."""
+    members = [peers[name] for name in lacking if name in peers]
+    sources = [peers[n] for n in having if n in peers and peers[n].address is not None]
+    rank = {p.name: i for i, p in enumerate([*sources, *members])}
+    servable = _servable(members)
+    tree = _Tree(sources, settings.fanout, settings.seeds, rank, servable)
+    out: dict[str, tuple[str, list[Peer]]] = {}
+    waiting = _seeds_first(members, servable)
+    running: list[tuple[Peer, str, list[Peer]]] = []
+    while waiting:
+        started = None
+        for member in waiting:
+            how = tree.choose(member, [m for m, _, _ in running])
+            if how is not None:
+                started = member, *how
+                break
+        if started is None and not running:  # pragma: no cover - choose() starts one
+            started = waiting[0], PUSH, []
+        if started is None:  # everyone waits for a source: the first started is done
+            member, role, given = running.pop(0)
+            tree.finished(member, role, given, True, [])
+            continue
+        member, role, given = started
+        waiting.remove(member)
+        out[member.name] = (role, given)
+        tree.started(role, given)
+        running.append((member, role, given))
+        if member.cut_through:
+            tree.early(member)
+    return out
 
 
 def peer_names(peers: list[Peer]) -> dict[str, str]:
@@ -351,6 +426,8 @@ __all__ = [
     "Spread",
     "normal_url",
     "peer_names",
+    "plan_roles",
+    "push_text",
     "relay_plans",
     "spread",
     "survey",

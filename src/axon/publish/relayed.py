@@ -25,7 +25,7 @@ from axon.errors import AxonError, InterruptedPublish
 from axon.progress import Progress
 from axon.publish.instance import publish_to_instance, stage_on_instance
 from axon.publish.pull import PullFailed, StagedPull, pull_onto
-from axon.publish.relay import PULL, SEED, Peer, RelaySettings, peer_names, spread
+from axon.publish.relay import PULL, Peer, RelaySettings, peer_names, push_text, spread
 from axon.publish.results import InstanceResult, error_dict, failed_result, reason
 from axon.publish.rollout import InstanceLine, Outcome, PushStage, Staged
 
@@ -223,11 +223,7 @@ class Relay:
 
 
 def _why_push(member: Peer, role: str) -> str:
-    if role == SEED:
-        return "pushed (seed)"
-    if not member.can_pull:
-        return f"direct push: {member.why_not or 'it cannot pull'}"
-    return "direct push: none of the members that have the model is its peer"
+    return push_text(member, role)
 
 
 def _cannot(member: Peer, text: str) -> PullFailed:
