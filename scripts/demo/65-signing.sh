@@ -63,3 +63,22 @@ run curl -s -X POST "$URL/models/register" -H 'Content-Type: application/json' \
 echo
 echo "\$ curl -s $URL/metrics | grep mlos_signature_refusals_total"
 curl -s "$URL/metrics" | grep '^mlos_signature_refusals_total'
+
+say "signing: a copy with one byte changed under its signed manifest, then a scan: refused too"
+bad="$work/models/demo/signed-bert/v3"
+cp -r "$work/models/demo/signed-bert/v1" "$bad"
+python3 - "$bad" <<'PY'
+import sys, yaml, pathlib
+root = pathlib.Path(sys.argv[1])
+weights = root / "model.safetensors"
+weights.write_bytes(b"\x00" + weights.read_bytes()[1:])  # a byte changed, the digests kept
+manifest = yaml.safe_load((root / "manifest.yaml").read_text())
+manifest["metadata"]["version"] = "v3"
+(root / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+PY
+run curl -s -X POST "$URL/models/scan"
+echo
+echo "\$ curl -s -o /dev/null -w '%{http_code}' $URL/v1/models/demo%2Fsigned-bert%40v3"
+curl -s -o /dev/null -w '%{http_code}\n' "$URL/v1/models/demo%2Fsigned-bert%40v3"
+echo "\$ curl -s $URL/metrics | grep -E '^mlos_signature_(refusals|hashed)'"
+curl -s "$URL/metrics" | grep -E '^mlos_signature_(refusals|hashed)'

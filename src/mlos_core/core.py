@@ -47,6 +47,7 @@ from mlos_core.signatures import SignatureRefused, TrustPolicy, refusal
 from mlos_core.storage.blobs import BlobStore, BlobWriter
 from mlos_core.storage.damage import Damage, DamageCheck
 from mlos_core.storage.locks import KeyedLocks
+from mlos_core.storage.ondisk import OnDisk
 from mlos_core.storage.placed import adopt_placed, written_by_a_publish
 from mlos_core.storage.registry import ModelEntry, Registry, entry_from_manifest, inference_endpoint
 from mlos_core.storage.tenancy import SentIndex, tenant_key
@@ -60,11 +61,13 @@ from modelpkg.manifest import API_VERSION, MANIFEST_NAME, FileEntry, Manifest
 from modelpkg.refs import ModelRef
 from modelpkg.signing import (
     MAX_SIGNATURE_BYTES,
+    MISMATCH,
     REQUIRED,
     SIGNATURE_NAME,
     SignatureError,
     check_signature_bytes,
     signature_entry,
+    unsigned_names,
 )
 from modelpkg.signing import verify as verify_bundle
 
@@ -165,6 +168,8 @@ class Core:
         self._visible_lock = threading.Lock()
         self.metrics = Metrics()
         self.damage = DamageCheck(self.blobs, self.state_dir)
+        # the files of signed directories another tool placed, hashed once (storage/ondisk.py)
+        self.ondisk = OnDisk(self.blobs, self.state_dir, self.metrics)
         self._model_locks = KeyedLocks()
         self.blob_locks = KeyedLocks()
         self.gc_lock = asyncio.Lock()
@@ -215,7 +220,18 @@ class Core:
                     self.registry.remove(f.ref.id)
                 continue
             entries.append(entry)
-        return len(found), self.registry.put_many(entries)
+        for f in incomplete:  # a signed model registered there lost files: refused
+            old = self.registry.get(f.ref.id)
+            if old is None or Path(old.path) != Path(f.path):
+                continue  # a copy in progress is not refused on every scan
+            if self.trust.required(f.ref.namespace):
+                with contextlib.suppress(SignatureRefused):  # counted and logged
+                    self.verify_signature(f.ref, f.manifest, "scan", model_dir=f.path)
+                self.registry.remove(f.ref.id)
+        new = self.registry.put_many(entries)
+        if self.trust.enabled:  # forget the hashes of files of models no longer registered
+            self.ondisk.retain(e.path for e in self.registry.all())
+        return len(found), new
 
     def check_damage(self, found: list[FoundModel]) -> Damage:
         """Blobs another tool rewrote in place through these versions' hard links: taken
@@ -647,9 +663,10 @@ class Core:
         cover exactly the manifest's files with their sha256s, or was made by a key not
         trusted for the namespace.
 
-        The manifest's digests are the ones checked: no byte of the model is read again.
-        ``model.sig`` is read from the blob store (its content arrived verified), or from
-        ``model_dir`` (a scan, a registration, a rollback), checked against its entry.
+        The manifest's digests are the ones checked. ``model.sig`` is read from the blob
+        store (its content arrived verified), or from ``model_dir`` (a scan, a registration,
+        a rollback), checked against its entry; a ``model_dir`` the server did not fill must
+        then hold exactly the manifest's files with those digests (:meth:`_check_on_disk`).
         """
         if not self.trust.required(ref.namespace):
             return None
@@ -661,9 +678,28 @@ class Core:
             if model_dir is not None:
                 check_signature_bytes(data, entry)
             signer = verify_bundle(data, manifest.files, self.trust.keys_for(ref.namespace))
+            if model_dir is not None:
+                self._check_on_disk(ref, manifest, model_dir)
         except SignatureError as exc:
             self._refuse(ref, source, exc)
         return signer.to_dict()
+
+    def _check_on_disk(self, ref: ModelRef, manifest: Manifest, model_dir: Path) -> None:
+        """SignatureError (``signature_mismatch``) unless ``model_dir`` holds exactly the
+        manifest's files with its sha256s: each file hashed once, then remembered by its
+        identity (:mod:`mlos_core.storage.ondisk`)."""
+        ignored = unsigned_names(ref, manifest)
+        problems = self.ondisk.check(model_dir, list(manifest.files), ignored)
+        if problems:
+            raise SignatureError(
+                "the files on disk are not the ones its manifest lists and its signature "
+                f"covers: {'; '.join(problems[:5])}"
+                + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""),
+                code=MISMATCH,
+                problems=problems,
+                hint="copy the signed model again as it was signed (or re-sign it: axon sign "
+                f"{ref.id} --key KEY.pem)",
+            )
 
     def _refuse(self, ref: ModelRef, source: str, exc: SignatureError) -> NoReturn:
         self.metrics.refused(source, exc.code)
@@ -683,7 +719,7 @@ class Core:
             return fh.read(MAX_SIGNATURE_BYTES + 1)
 
     def _verify_registered(
-        self, ref: ModelRef, manifest_text: bytes | None, signature: bytes | None
+        self, ref: ModelRef, manifest_text: bytes | None, signature: bytes | None, path: Path
     ) -> dict[str, Any] | None:
         """:meth:`verify_signature` of a directory named by ``POST /models/register``."""
         if manifest_text is None:
@@ -699,6 +735,7 @@ class Core:
         try:
             check_signature_bytes(signature, entry)
             signer = verify_bundle(signature, manifest.files, self.trust.keys_for(ref.namespace))
+            self._check_on_disk(ref, manifest, path)
         except SignatureError as exc:
             self._refuse(ref, "register", exc)
         return signer.to_dict()
@@ -773,7 +810,9 @@ class Core:
         signer = None
         if self.trust.required(ref.namespace):
             try:
-                signer = self._verify_registered(ref, found.manifest, found.signature)
+                signer = self._verify_registered(
+                    ref, found.manifest, found.signature, Path(found.path)
+                )
             except SignatureRefused:
                 old = self.registry.get(ref.id)
                 if old is not None and old.path == found.path:  # its bytes are what was refused

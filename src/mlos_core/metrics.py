@@ -23,6 +23,9 @@ class Metrics:
         # models refused for their signature, by (source, reason)
         self.signature_refusals: dict[tuple[str, str], int] = defaultdict(int)
         self.blobs_rewritten = 0  # blobs another tool rewrote in place (storage/damage.py)
+        # files of signed directories placed by another tool, hashed (storage/ondisk.py)
+        self.hashed_files = 0
+        self.hashed_bytes = 0
 
     def request(self, method: str, status: int) -> None:
         with self._lock:
@@ -41,6 +44,11 @@ class Metrics:
     def rewritten(self, nblobs: int) -> None:
         with self._lock:
             self.blobs_rewritten += nblobs
+
+    def hashed(self, nbytes: int) -> None:
+        with self._lock:
+            self.hashed_files += 1
+            self.hashed_bytes += nbytes
 
     def received(self, nbytes: int) -> None:
         with self._lock:

@@ -47,8 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelpkg.errors import ConfigError, IntegrityError
-from modelpkg.manifest import MANIFEST_NAME, FileEntry
+from modelpkg.errors import ConfigError, IntegrityError, InvalidReferenceError
+from modelpkg.manifest import MANIFEST_NAME, FileEntry, Manifest
+from modelpkg.refs import ModelRef
 
 if TYPE_CHECKING:  # pragma: no cover
     pass
@@ -758,6 +759,20 @@ def verify(
     if statement.model_name:
         signer = dataclasses.replace(signer, model_name=statement.model_name)
     return signer
+
+
+def unsigned_names(ref: ModelRef, manifest: Manifest | None = None) -> set[str]:
+    """Top-level names of a model directory that are not model files, so not signed: the
+    manifest, the metadata file, and upstream's ``<ns>-<name>-<ver>.axon`` package, named
+    after the directory's reference (or the one ``manifest`` names)."""
+    names = {MANIFEST_NAME, IGNORED_PATHS[2], ref.archive_name}
+    if manifest is not None and manifest.namespace and manifest.name:
+        try:
+            named = ModelRef(manifest.namespace, manifest.name, manifest.version or ref.version)
+        except InvalidReferenceError:
+            return names
+        names.add(named.archive_name)
+    return names
 
 
 def signature_entry(files: Iterable[FileEntry]) -> FileEntry | None:

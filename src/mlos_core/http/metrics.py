@@ -43,6 +43,11 @@ def render(counters: Metrics, *, models: int, open_uploads: int) -> str:
     _metric(lines, "mlos_signature_refusals_total", refused, "counter")
     for (source, reason), n in sorted(counters.signature_refusals.items()):
         lines.append(f'mlos_signature_refusals_total{{source="{source}",reason="{reason}"}} {n}')
+    hashed = "Files of signed model directories another tool placed, hashed against the manifest."
+    _metric(lines, "mlos_signature_hashed_files_total", hashed, "counter")
+    lines.append(f"mlos_signature_hashed_files_total {counters.hashed_files}")
+    _metric(lines, "mlos_signature_hashed_bytes_total", "Bytes of those files.", "counter")
+    lines.append(f"mlos_signature_hashed_bytes_total {counters.hashed_bytes}")
     rewritten = "Blobs another tool rewrote in place, taken out of the store."
     _metric(lines, "mlos_blobs_rewritten_total", rewritten, "counter")
     lines.append(f"mlos_blobs_rewritten_total {counters.blobs_rewritten}")
