@@ -21,6 +21,7 @@ from modelpkg import signing
 from modelpkg.manifest import FileEntry, Manifest
 from modelpkg.refs import ModelRef
 from modelpkg.signing import SIGNATURE_NAME, SignatureError
+from tests.fixtures.common import require_module, require_program
 from tests.fixtures.signing import make_chain, make_key
 from tests.helpers import run_axon
 
@@ -235,12 +236,23 @@ def test_certificate_signing_from_the_cli(tmp_path: Path, installed_model: Model
 
 
 # ---- the model_signing CLI, both ways -----------------------------------------------------
-needs_cli = pytest.mark.skipif(MODEL_SIGNING is None, reason="model_signing CLI not installed")
+
+
+@pytest.fixture
+def model_signing_cli() -> str:
+    """The ``model_signing`` CLI beside this Python (or on PATH): skips locally without it,
+    fails under CI=true."""
+    require_module("model_signing", "signing")
+    return MODEL_SIGNING or require_program("model_signing", "model-signing (pip, '.[signing]')")
+
+
+needs_cli = pytest.mark.usefixtures("model_signing_cli")
 
 
 def _ms(*args: str) -> subprocess.CompletedProcess[str]:
-    assert MODEL_SIGNING is not None
-    return subprocess.run([MODEL_SIGNING, *args], capture_output=True, text=True, timeout=120)
+    cli = MODEL_SIGNING or shutil.which("model_signing")
+    assert cli is not None
+    return subprocess.run([cli, *args], capture_output=True, text=True, timeout=120)
 
 
 @needs_cli
@@ -351,7 +363,7 @@ def test_keyless_signing_hashes_the_files_a_publish_sends_for_an_upstream_entry(
     says 1.0.0 keeps its package as ``<ns>-<name>-1.0.0.axon``: the keyless signature (what
     ``model_signing`` hashes, without the Sigstore round trip) leaves it out, as the checked
     manifest a publish sends does, so the two agree."""
-    pytest.importorskip("model_signing")
+    require_module("model_signing", "signing")
     from axon.signing import keyless_hashing
     from tests.fixtures.upstream_entry import place_like_upstream
 
