@@ -4,15 +4,19 @@ from healthy peers, after joining, a kill -9 and restart, or losing a model. Rea
 from __future__ import annotations
 
 import base64
+import json
 import os
+import time
 from typing import Any
 
 import httpx
 import pytest
 
+from axon.errors import EXIT_OK, EXIT_USAGE
 from modelpkg.desired import DesiredModel, desired_key
 from tests.fixtures.common import wait_for
-from tests.fixtures.mlos import upload_resumable
+from tests.fixtures.mlos import ALPHA, TOKENS, upload_resumable
+from tests.helpers import run_axon, write_config
 
 MiB = 1024 * 1024
 
@@ -147,11 +151,80 @@ def test_accept_from_admits_another_clusters_members_as_sources(mlos_server, etc
 
 
 def test_a_desired_model_no_tenant_owns_is_reported_unowned(mlos_server, etcd_server):
-    from tests.fixtures.mlos import TOKENS
-
     etcd = etcd_server
     core1 = member(mlos_server, etcd, "core-1", tokens=TOKENS)
     put_desired(etcd, "zulu/m@v1", "b" * 64)
     wait_for(lambda: catch_up(core1)["unowned"] == ["zulu/m@v1"], timeout=30, what="unowned")
     report = catch_up(core1)
     assert report["lagging"] == ["zulu/m@v1"] and report["pulls"] == []
+
+
+def test_sync_forget_removes_a_model_from_the_desired_state(mlos_server, etcd_server, axon_home):
+    """A model deleted from a member comes back by catch-up while the desired state lists
+    it; after `axon sync CLUSTER REF --forget` it does not, and the members keep the rest."""
+    etcd = etcd_server
+    core1 = member(mlos_server, etcd, "core-1")
+    core2 = member(mlos_server, etcd, "core-2")
+    digest = upload_resumable(core1.url, "hf/m@v1", V2)["manifest_sha256"]
+    put_desired(etcd, "hf/m@v1", digest)
+    wait_holds(core2, "hf/m@v1", V2)
+    discovered = {"discovery": etcd.discovery_uri, "storage_type": "api"}
+    write_config(axon_home, clusters={"prod": discovered})
+
+    run = run_axon("sync", "prod", "hf/m@v1", "--forget")
+    assert run.code == EXIT_OK, run.err
+    key = desired_key("prod", "hf/m@v1")
+    assert f"hf/m@v1: removed from the desired state of prod: {key} (build {digest[:12]}" in run.out
+    assert "DELETE <member>/models/hf/m@v1" in run.out
+    wait_for(lambda: catch_up(core2)["desired"] == 0, timeout=30, what="desired state re-read")
+    assert httpx.delete(f"{core2.url}/models/hf/m@v1").status_code == 200
+    time.sleep(4)  # several catch-up rounds (--catch-up-interval 1)
+    assert files_of(core2, "hf/m@v1") == {}
+    assert not catch_up(core2)["catching_up"]
+    assert files_of(core1, "hf/m@v1") == V2  # the members keep what they hold
+
+    run = run_axon("sync", "prod", "hf/m@v1", "--forget", "--json")
+    assert run.code == EXIT_OK, run.err
+    assert json.loads(run.out)["removed"] is None
+    run = run_axon("sync", "prod", "--forget")
+    assert run.code == EXIT_USAGE and "--forget needs the REF" in run.err
+    targets = {"c1": {"endpoint": core1.url, "storage_type": "api"}}
+    write_config(axon_home, targets, clusters={"static": {"instances": ["c1"]}})
+    run = run_axon("sync", "static", "hf/m@v1", "--forget")
+    assert run.code != EXIT_OK and "only a cluster discovered through etcd has one" in run.err
+
+
+def test_health_shows_a_catch_up_while_it_runs_with_tokens_and_the_peer_token(
+    mlos_server, etcd_server, tcp_proxy, monkeypatch
+):
+    """With tenants and the peer token, a catch-up pulls for the owner of the model's
+    namespace, and the source serves it what that owner holds; while it runs, /health says
+    catching_up with the bytes so far (the source is reached through a slow proxy)."""
+    monkeypatch.setenv("MLOS_PEER_TOKEN", "peer-secret-0123456789")
+    shared = {"tokens": TOKENS, "peer_token_env": "MLOS_PEER_TOKEN"}
+    source = mlos_server(no_fsync=True, **shared)
+    slow = tcp_proxy(source.port)
+    slow.throttle(1 * MiB)
+    core2 = member(mlos_server, etcd_server, "core-2", peer=[slow.url], **shared)
+    digest = upload_resumable(source.url, "alpha/m@v1", V1, headers=ALPHA)["manifest_sha256"]
+    put_desired(etcd_server, "alpha/m@v1", digest)
+
+    seen: dict[str, Any] = {}
+
+    def running() -> bool:
+        relay: dict[str, Any] = httpx.get(f"{core2.url}/health", timeout=10).json()["relay"]
+        if relay["catching_up"] and relay["pull_bytes_done"] > 0 and relay["catch_up"]["pulls"]:
+            seen.update(relay)
+            return True
+        return False
+
+    wait_for(running, timeout=30, what="a catch-up pull under way")
+    assert seen["catch_up"]["lagging"] == ["alpha/m@v1"]
+    assert 0 < seen["pull_bytes_done"] < seen["pull_bytes_total"] == sum(map(len, V1.values()))
+    [pull] = seen["catch_up"]["pulls"]
+    assert pull["state"] == "running" and 0 < pull["bytes_done"] <= pull["bytes_total"]
+    assert pull["source"] == slow.url
+    metrics = httpx.get(f"{core2.url}/metrics").text
+    assert "mlos_relay_catching_up 1" in metrics and "mlos_relay_lagging_models 1" in metrics
+    slow.throttle(None)
+    wait_holds(core2, "alpha/m@v1", V1)

@@ -121,4 +121,42 @@ def read_desired(uri: str, cluster: str, timeout: float) -> tuple[list[DesiredMo
     raise last
 
 
-__all__ = ["build_digest", "is_etcd", "put_desired", "read_desired", "record_desired"]
+def forget_desired(uri: str, cluster: str, ref: ModelRef, timeout: float) -> tuple[str, str | None]:
+    """Delete ``ref``'s record under ``cluster`` (each etcd address in turn until one
+    answers): ``(key, what was recorded)``, the second None when there was no record.
+    Raises httpx.HTTPError when no etcd address answers."""
+    bases, root = parse_uri(uri, cluster)
+    key = desired_key(cluster, ref.id, root)
+    last: Exception | None = None
+    for base in bases:
+        try:
+            answer = httpx.post(
+                f"{base}/v3/kv/deleterange",
+                json={"key": _b64(key), "prev_kv": True},
+                timeout=min(timeout, 10.0),
+            )
+            answer.raise_for_status()
+            prev = answer.json().get("prev_kvs") or []
+        except (httpx.HTTPError, ValueError) as exc:
+            last = exc
+            continue
+        if not isinstance(prev, list) or not prev:
+            return key, None
+        raw = base64.b64decode(prev[0].get("value", ""))
+        try:
+            record = parse_record(key, raw, desired_prefix(cluster, root))
+        except (DesiredStateError, ValueError):
+            return key, f"a record that was not one ({raw[:80]!r})"
+        return key, f"build {record.manifest_sha256[:12]}, recorded {record.published_at}"
+    assert last is not None
+    raise last
+
+
+__all__ = [
+    "build_digest",
+    "forget_desired",
+    "is_etcd",
+    "put_desired",
+    "read_desired",
+    "record_desired",
+]

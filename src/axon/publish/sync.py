@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
+
 from axon.cache import Cache
 from axon.config import load_config
 from axon.errors import (
@@ -32,11 +34,12 @@ from axon.errors import (
     EXIT_PARTIAL,
     AxonError,
     ConfigError,
+    DiscoveryError,
 )
 from axon.mlos_client import MlosClient
 from axon.progress import NULL_PROGRESS, Progress
 from axon.publish.cluster import DEFAULT_MAX_PARALLEL, ClusterResult, rollout_all
-from axon.publish.desired import is_etcd, read_desired, record_desired
+from axon.publish.desired import forget_desired, is_etcd, read_desired, record_desired
 from axon.publish.matrix import StatusMatrix, status_matrix
 from axon.publish.members import cluster_members
 from axon.publish.options import PublishOptions
@@ -281,4 +284,81 @@ def _sync_one(
     return one
 
 
-__all__ = ["ModelSync", "SyncResult", "sync"]
+@dataclass
+class ForgetResult:
+    """``axon sync CLUSTER REF --forget``: the desired-state record removed (``removed``:
+    what it said; None when there was none)."""
+
+    cluster: str
+    model_id: str
+    key: str
+    removed: str | None
+
+    ok = True
+    exit_code = EXIT_OK
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": "forget",
+            "cluster": self.cluster,
+            "model_id": self.model_id,
+            "key": self.key,
+            "removed": self.removed,
+            "ok": True,
+            "exit_code": EXIT_OK,
+        }
+
+    def lines(self, model_id: str = "") -> list[Line]:
+        if self.removed is None:
+            head = f"{self.model_id}: not in the desired state of {self.cluster} ({self.key})"
+        else:
+            head = f"{self.model_id}: removed from the desired state of {self.cluster}: " + (
+                f"{self.key} ({self.removed})"
+            )
+        return [
+            Line(head),
+            Line(
+                "  the members keep what they hold, and no longer catch up on it; to remove it "
+                f"from them too: DELETE <member>/models/{self.model_id} on each (curl -X DELETE, "
+                "with a tenant's token where the member has a tokens file)"
+            ),
+        ]
+
+
+def forget(
+    cluster_spec: str,
+    ref_or_str: ModelRef | str,
+    options: PublishOptions | None = None,
+    *,
+    config: Config | None = None,
+) -> ForgetResult:
+    """Remove ``ref`` from the desired state of ``cluster_spec`` (an etcd-discovered
+    cluster), so that its members stop catching up on it (docs/relay.md). The members are
+    left alone."""
+    options = options or PublishOptions()
+    config = config if config is not None else load_config()
+    ref = _ref(ref_or_str)
+    cluster = resolve_target(cluster_spec, config)
+    if not isinstance(cluster, ClusterTarget):
+        raise ConfigError(f"{cluster_spec!r} is not a cluster", target=cluster_spec)
+    if not is_etcd(cluster.discovery):
+        raise ConfigError(
+            f"cluster {cluster.name!r} has no desired state to forget {ref.id} from (only a "
+            "cluster discovered through etcd has one)",
+            target=cluster.name,
+            hint="delete the model from each member (DELETE <member>/models/ID) instead",
+        )
+    assert cluster.discovery is not None
+    try:
+        key, removed = forget_desired(cluster.discovery, cluster.name, ref, options.timeout)
+    except httpx.HTTPError as exc:
+        raise DiscoveryError(
+            f"cannot remove {ref.id} from the desired state of {cluster.name}: "
+            f"{cluster.discovery}: {type(exc).__name__}: {exc}",
+            target=cluster.name,
+            hint="check that etcd is up and retry; nothing was removed",
+        ) from exc
+    return ForgetResult(cluster.name, ref.id, key, removed)
+
+
+__all__ = ["ForgetResult", "ModelSync", "SyncResult", "forget", "sync"]
