@@ -82,16 +82,16 @@ def promote_cmd(
 @click.command("sync", cls=GoFlagsCommand)
 @click.argument("cluster")
 @click.argument("ref", required=False)
-@_with_rollout_options
-def sync_cmd(
-    cluster: str, ref: str | None, forget: bool, as_json: bool, quiet: bool, **values: Any
-) -> None:
 @click.option(
     "--forget",
     is_flag=True,
     help="Remove REF from the cluster's desired state (etcd) instead: members stop catching "
     "up on it; what they hold stays.",
 )
+@_with_rollout_options
+def sync_cmd(
+    cluster: str, ref: str | None, forget: bool, as_json: bool, quiet: bool, **values: Any
+) -> None:
     """Make the lagging members of CLUSTER pull REF (default: every model of the cluster's
     desired state, else every model a member has) from the members that have the right
     build; the status matrix before and after. With --forget: remove REF from the cluster's
@@ -99,18 +99,18 @@ def sync_cmd(
     from axon.publish.sync import forget as forget_model
     from axon.publish.sync import sync
 
-    try:
-        options = build_options(**values)
     if forget and not ref:
         raise click.UsageError("--forget needs the REF to remove from the desired state")
+    try:
+        options = build_options(**values)
     except AxonError as exc:
         _fail(exc, as_json)
     try:
-        with _progress(enabled=not (as_json or quiet)) as progress:
-            result = sync(cluster, ref, options, progress)
         if forget:
             assert ref is not None
             _render(forget_model(cluster, ref, options), as_json, quiet)
+        with _progress(enabled=not (as_json or quiet)) as progress:
+            result = sync(cluster, ref, options, progress)
     except AxonError as exc:
         _fail(exc, as_json)
     _render(result, as_json, quiet)
