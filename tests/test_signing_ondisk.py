@@ -82,7 +82,17 @@ def _missing(root: Path) -> str:
     return "tok/v.txt"
 
 
+def _link(root: Path) -> str:
+    """The same bytes, but through a link to a file outside the model (which may change)."""
+    outside = root.parent / f"outside-{root.name}.bin"
+    outside.write_bytes((root / "weights.bin").read_bytes())
+    (root / "weights.bin").unlink()
+    (root / "weights.bin").symlink_to(outside)
+    return "weights.bin"
+
+
 TAMPERINGS: dict[str, Callable[[Path], str]] = {
+    "symlink": _link,
     "changed_byte": _flip_byte,
     "renamed_file": _rename,
     "extra_file": _extra,
