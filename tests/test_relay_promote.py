@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from axon.cache import Cache
@@ -165,3 +166,38 @@ def test_promote_to_members_that_do_not_accept_staging_fails_and_says_how_to_fix
     assert run.code == EXIT_ALL_FAILED
     assert "core-2 cannot pull the model" in run.out and "--accept-from" in run.out
     assert not any(registered(s, installed_model) for s in prod)  # and nothing was pushed
+
+
+def test_promote_min_success_and_batch_size(
+    peered: Any, installed_model: ModelRef, axon_home: Path
+) -> None:
+    """--batch-size 1: one production member per batch, each pulling from staging or an
+    earlier batch; --min-success: a member that cannot pull fails the promotion unless
+    enough others succeed."""
+    staging = peered(2)
+    prod = peered(3, extra_peers=[s.url for s in staging])
+    lone = peered(1)  # no peers at all: it cannot pull
+    relay_config(axon_home, staging, "staging", relay=True)
+    add_cluster(axon_home, prod, "prod", first=2, relay=True)
+    add_cluster(axon_home, [*prod[:1], *lone], "mixed", first=10, relay=True)
+    assert publish(installed_model, "staging", opts()).exit_code == EXIT_OK
+
+    result = promote(installed_model, "staging", "prod", opts(batch_size=1))
+    text = "\n".join(line.text for line in result.lines())
+    assert result.exit_code == EXIT_OK, text
+    assert result.cluster.batches == [["core-2"], ["core-3"], ["core-4"]]
+    assert result.cluster.publisher_bytes == 0
+    for server in prod:
+        assert tree_of(server, installed_model) == cached_tree(installed_model)
+
+    # "mixed": core-10 (a prod member, accepts staging) and core-11 (cannot pull)
+    httpx.delete(f"{prod[0].url}/models/{installed_model}").raise_for_status()
+    result = promote(installed_model, "staging", "mixed", opts())
+    text = "\n".join(line.text for line in result.lines())
+    assert result.exit_code == EXIT_PARTIAL, text
+    assert "core-11 cannot pull the model" in text
+    result = promote(installed_model, "staging", "mixed", opts(min_success="1"))
+    text = "\n".join(line.text for line in result.lines())
+    assert result.exit_code == EXIT_OK, text
+    assert registered(prod[0], installed_model) and not registered(lone[0], installed_model)
+    assert result.cluster.publisher_bytes == 0
