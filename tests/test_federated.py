@@ -239,6 +239,100 @@ def test_an_unreachable_participant_and_tenants(
     assert "403" in run.out and "may not evaluate" in run.out
 
 
+class Silent:
+    """A participant that answers GET (the manifest a real one serves) and accepts every
+    POST without ever answering it: an evaluation that never ends."""
+
+    def __init__(self, manifest: bytes) -> None:
+        import socket
+        import threading
+
+        self.manifest = manifest
+        self.posted = threading.Event()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.held: list[Any] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                head += chunk
+            if head.startswith(b"GET "):
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(self.manifest)}\r\n".encode()
+                    + b"Connection: close\r\n\r\n"
+                    + self.manifest
+                )
+            else:
+                self.posted.set()  # and never a byte back
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+def test_ctrl_c_ends_at_once_while_a_participant_never_answers(
+    mlos_server: Any, tmp_path: Path, axon_home: Path, sites_data: Any
+) -> None:
+    """Ctrl-C while a participant has not answered its evaluation (it may take --timeout,
+    600 s): mlos stops at once, "aborted", exit 130, as axon publish does."""
+    import signal
+
+    import httpx
+
+    servers = start_sites(
+        mlos_server,
+        tmp_path,
+        axon_home,
+        {"site-a": sites_data["site-a"]},
+        linear_onnx(IDENTITY, np.zeros(3)),
+    )
+    manifest = httpx.get(f"{servers['site-a'].url}/v1/models/{MODEL}/manifest", timeout=30)
+    assert manifest.status_code == 200, manifest.text
+    silent = Silent(manifest.content)
+    try:
+        targets = {
+            "site-a": {"endpoint": servers["site-a"].url, "access_method": "api"},
+            "silent": {"endpoint": silent.url, "access_method": "api"},
+        }
+        write_config(axon_home, targets, clusters={"fed": {"instances": list(targets)}})
+        proc = subprocess.Popen(
+            mlos_cmd("federated", "evaluate", MODEL, "--target", "fed", "--timeout", "600"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert silent.posted.wait(60), proc.poll()
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+            interrupted = time.monotonic()
+            _out, err = proc.communicate(timeout=60)
+            stopped_after = time.monotonic() - interrupted
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 130, err
+        assert stopped_after < 3, f"took {stopped_after:.1f} s to stop after Ctrl-C"
+        assert "mlos: aborted" in err and "Traceback" not in err
+    finally:
+        silent.close()
+
+
 def test_bad_command_lines(axon_home: Path) -> None:
     write_config(axon_home, {"one": {"endpoint": "http://127.0.0.1:9", "access_method": "api"}})
     run = run_mlos("federated", "evaluate", "fl/-bad@v1", "--target", "one")

@@ -19,12 +19,15 @@ The outcome follows a cluster publish: enough participants answered (all, or
 from __future__ import annotations
 
 import collections
-import concurrent.futures
+import contextlib
 import json
 import math
+import queue
 import re
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from axon.config import Config, load_config
 from axon.errors import EXIT_ALL_FAILED, EXIT_OK, EXIT_PARTIAL, AxonError, OptionError
@@ -37,6 +40,7 @@ from modelpkg.refs import ModelRef
 METRICS = ("accuracy", "loss", "mse", "mae")
 DEFAULT_EVAL_TIMEOUT = 600.0  # seconds one participant may take to evaluate
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+T = TypeVar("T")
 
 
 @dataclass
@@ -170,28 +174,28 @@ def evaluate(
         )
     required = parse_min_success(min_success, len(members))
     parts = [Participant(m.name, m.endpoint) for m in members]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(members))) as pool:
-        list(pool.map(lambda pm: _read_build(pm[0], pm[1], ref), zip(parts, members, strict=True)))
-        build = _majority(parts)
+    run = _Parallel(min(16, len(members)))
+    run.each(lambda pm: _read_build(pm[0], pm[1], ref, run), list(zip(parts, members, strict=True)))
+    build = _majority(parts)
+    for p in parts:
+        if p.error is None and p.build != build:
+            p.left_out = (
+                f"holds another build of {ref} (manifest sha256 {_short(p.build)}, the "
+                f"others {_short(build)}): re-publish it to this participant"
+            )
+    result = Evaluation(ref.id, target_spec, dataset, build, parts, required)
+    if strict and any(not p.ok for p in parts):
         for p in parts:
-            if p.error is None and p.build != build:
-                p.left_out = (
-                    f"holds another build of {ref} (manifest sha256 {_short(p.build)}, the "
-                    f"others {_short(build)}): re-publish it to this participant"
-                )
-        result = Evaluation(ref.id, target_spec, dataset, build, parts, required)
-        if strict and any(not p.ok for p in parts):
-            for p in parts:
-                if p.ok:
-                    p.left_out = "not evaluated: --strict and another participant differs"
-            return result
-        body: dict[str, Any] = {}
-        if dataset:
-            body["dataset"] = dataset
-        if metrics:
-            body["metrics"] = metrics
-        todo = [(p, m) for p, m in zip(parts, members, strict=True) if p.ok]
-        list(pool.map(lambda pm: _evaluate_one(pm[0], pm[1], ref, body, timeout, build), todo))
+            if p.ok:
+                p.left_out = "not evaluated: --strict and another participant differs"
+        return result
+    body: dict[str, Any] = {}
+    if dataset:
+        body["dataset"] = dataset
+    if metrics:
+        body["metrics"] = metrics
+    todo = [(p, m) for p, m in zip(parts, members, strict=True) if p.ok]
+    run.each(lambda pm: _evaluate_one(pm[0], pm[1], ref, body, timeout, build, run), todo)
     names = list(metrics or [])
     if not names:  # the server chose them from the labels: the ones every answer has
         seen = [list(p.metrics) for p in result.answered]
@@ -199,6 +203,74 @@ def evaluate(
     result.aggregate = aggregate(parts, names)
     result.examples = sum(p.examples for p in result.answered)
     return result
+
+
+class _Parallel:
+    """A function over items on at most ``workers`` daemon threads, and the clients they
+    open. A Ctrl-C (KeyboardInterrupt in the waiting thread) returns at once: the clients are
+    closed, no item starts any more, and the threads, being daemons, do not hold the exit of
+    the process (a pool's workers would: the interpreter joins them, so a participant that
+    never answers kept ``mlos`` running for up to --timeout)."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = max(1, workers)
+        self.stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._clients: set[MlosClient] = set()
+
+    @contextlib.contextmanager
+    def client(self, member: InstanceTarget, timeout: float | None = None) -> Iterator[MlosClient]:
+        if self.stopped.is_set():
+            raise KeyboardInterrupt
+        with MlosClient.for_target(member, timeout=timeout) as client:
+            with self._lock:
+                self._clients.add(client)
+            try:
+                yield client
+            finally:
+                with self._lock:
+                    self._clients.discard(client)
+
+    def each(self, fn: Callable[[T], None], items: list[T]) -> None:
+        """``fn(item)`` for every item; the first exception ``fn`` raised, raised here."""
+        todo: queue.SimpleQueue[T] = queue.SimpleQueue()
+        for item in items:
+            todo.put(item)
+        failures: list[BaseException] = []
+
+        def work() -> None:
+            while not self.stopped.is_set():
+                try:
+                    item = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    fn(item)
+                except BaseException as exc:  # a bug: the waiting thread raises it
+                    failures.append(exc)
+
+        threads = [
+            threading.Thread(target=work, name="mlos-federated", daemon=True)
+            for _ in range(min(self.workers, len(items)))
+        ]
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                t.join()
+        except KeyboardInterrupt:
+            self.stop()
+            raise
+        if failures and not self.stopped.is_set():
+            raise failures[0]
+
+    def stop(self) -> None:
+        self.stopped.set()
+        with self._lock:
+            clients, self._clients = list(self._clients), set()
+        for client in clients:
+            with contextlib.suppress(Exception):
+                client.close()
 
 
 def _model_ref(model: str, config: Config | None) -> ModelRef:
@@ -220,9 +292,9 @@ def _majority(parts: list[Participant]) -> str | None:
     return next(p.build for p in parts if p.build and counts[p.build] == top)
 
 
-def _read_build(p: Participant, member: InstanceTarget, ref: ModelRef) -> None:
+def _read_build(p: Participant, member: InstanceTarget, ref: ModelRef, run: _Parallel) -> None:
     try:
-        with MlosClient.for_target(member) as client:
+        with run.client(member) as client:
             served, manifest = client.manifest(ref)
     except AxonError as exc:
         p.error = str(exc)
@@ -245,12 +317,13 @@ def _evaluate_one(
     body: dict[str, Any],
     timeout: float,
     build: str | None,
+    run: _Parallel,
 ) -> None:
     path = f"/v1/models/{quote_id(ref.id)}/evaluate"
     what = f"evaluate {ref}"
     content = json.dumps(body).encode()
     try:
-        with MlosClient.for_target(member, timeout=max(timeout, member.timeout)) as client:
+        with run.client(member, timeout=max(timeout, member.timeout)) as client:
             answer = client.exchange(
                 "POST",
                 path,
