@@ -9,6 +9,7 @@ import pytest
 
 from modelpkg.refs import ModelRef
 from tests.fixtures.mlos import ServerFactory
+from tests.fixtures.models import InstallModel, MakeModelDir
 from tests.fixtures.s3 import S3Server
 from tests.helpers import error_lines, run_axon, write_config
 
@@ -37,15 +38,24 @@ def test_status_of_a_shared_directory(
     assert ok.code == 0, ok.err + ok.out
     data = ok.json()
     assert data["present"] and data["checksums_match"] and data["files_checked"] == 6
+    assert data["checked"] == "sizes"
     assert [r["registered"] for r in data["readers"]] == [True]
+    human = run_axon("status", ref, "-t", str(shared))
+    assert "manifest and sizes match (not re-read; --full-verify hashes them)" in human.out
+    assert "checksums match" not in human.out  # nothing was hashed: claim no more
+    hashed = run_axon("status", ref, "-t", str(shared), "--full-verify", "--json")
+    assert hashed.code == 0 and hashed.json()["checked"] == "sha256", hashed.out + hashed.err
 
-    # A file on the share damaged in place (same size): only --full-verify reads it back.
+    # A file on the share changed in place (same size): only --full-verify reads it back.
     weights = shared / installed_model.relpath / "model.safetensors"
     weights.chmod(0o644)
     weights.write_bytes(b"\0" * weights.stat().st_size)
-    assert run_axon("status", ref, "-t", str(shared)).code == 0  # sizes still match
+    sizes = run_axon("status", ref, "-t", str(shared))
+    assert sizes.code == 0, sizes.out + sizes.err  # sizes still match, and it says only that
+    assert "manifest and sizes match (not re-read; --full-verify hashes them)" in sizes.out
     full = run_axon("status", ref, "-t", str(shared), "--full-verify")
     assert full.code == 5, full.out + full.err
+    assert "checksums match cache: NO" in full.out
     assert "missing or damaged: model.safetensors" in full.out
     weights.unlink()
     gone = run_axon("status", ref, "-t", str(shared))
@@ -69,6 +79,26 @@ def test_status_names_readers_that_did_not_register(
     assert f"reader {other.url}: NOT registered" in r.out
 
 
+def test_a_reader_that_registered_the_id_from_elsewhere_does_not_count(
+    installed_model: ModelRef, tmp_path: Path, mlos_server: ServerFactory
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    reader = mlos_server()  # its own models dir, not the share
+    ref = str(installed_model)
+    assert run_axon("publish", ref, "-t", reader.url).code == 0  # registered from its own dir
+    assert run_axon("publish", ref, "-t", str(shared)).code == 0  # on the share, nobody told
+    r = run_axon("status", ref, "-t", str(shared), "--notify-instance", reader.url)
+    assert r.code == 8, r.out + r.err  # GET /models/{id} answers 200, but not for this copy
+    line = next(x for x in r.out.splitlines() if x.startswith(f"  reader {reader.url}"))
+    assert "registered from another path" in line and str(shared) in line
+    data = run_axon(
+        "status", ref, "-t", str(shared), "--notify-instance", reader.url, "--json"
+    ).json()
+    assert data["readers"][0]["registered"] is False
+    assert data["readers"][0]["other"] == "another path"
+
+
 def test_status_of_s3(installed_model: ModelRef, s3: S3Server) -> None:
     bucket = s3.bucket()
     url = f"s3://{bucket}/prod"
@@ -78,6 +108,7 @@ def test_status_of_s3(installed_model: ModelRef, s3: S3Server) -> None:
     r = run_axon("status", str(installed_model), "-t", url, "--json", env=env)
     assert r.code == 0, r.err
     assert r.json()["method"] == "s3" and r.json()["checksums_match"] is True
+    assert r.json()["checked"] == "sizes"
     # A blob gone from the bucket: the manifest is there, the bytes are not.
     client = s3.client()
     listed = client.list_objects_v2(Bucket=bucket)["Contents"]
@@ -86,6 +117,31 @@ def test_status_of_s3(installed_model: ModelRef, s3: S3Server) -> None:
     broken = run_axon("status", str(installed_model), "-t", url, env=env)
     assert broken.code == 5, broken.out + broken.err
     assert "missing or damaged:" in broken.out
+
+
+def test_a_reader_serving_another_build_does_not_count(
+    installed_model: ModelRef,
+    make_model_dir: MakeModelDir,
+    install_model: InstallModel,
+    s3: S3Server,
+    mlos_server: ServerFactory,
+) -> None:
+    url = f"s3://{s3.bucket()}/prod"
+    env = {"AWS_ENDPOINT_URL": s3.endpoint_url}
+    reader = mlos_server(models_url=url, s3_endpoint_url=s3.endpoint_url)
+    ref = str(installed_model)
+    told = run_axon("publish", ref, "-t", url, "--notify-instance", reader.url, env=env)
+    assert told.code == 0, told.out + told.err  # the reader pulled build one
+    # build two of the same version replaces it in the bucket; the reader is not told
+    assert run_axon("uninstall", ref).code == 0
+    install_model(make_model_dir(seed=7), ref)
+    assert run_axon("publish", ref, "-t", url, "--no-notify", env=env).code == 0
+    r = run_axon("status", ref, "-t", url, "--notify-instance", reader.url, "--json", env=env)
+    assert r.code == 8, r.out + r.err  # the bucket matches the cache; the reader serves build one
+    (state,) = r.json()["readers"]
+    assert state["registered"] is False and state["other"] == "another build"
+    human = run_axon("status", ref, "-t", url, "--notify-instance", reader.url, env=env)
+    assert "registered from another build" in human.out
 
 
 def test_notify_instance_is_refused_for_instances(installed_model: ModelRef) -> None:

@@ -110,6 +110,9 @@ HEALTH_LIMIT = 64 * KiB
 MANIFEST_LIMIT = MAX_MANIFEST_BYTES  # a manifest download, a registration record
 HEAD_ROOM = 256 * KiB  # an answer's head (and interim 1xx heads) on top of its body
 SHOWN = 300  # characters of server-written text in a message
+#: characters of an error answer's own message: longer, as it often ends with what to do
+#: (cut at a sentence or clause end when over)
+ERROR_SHOWN = 600
 
 #: an upload id: what the client puts in paths; mlos-core's are ``u-`` + 24 hex digits
 UPLOAD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -174,6 +177,17 @@ def shown(value: object, limit: int = SHOWN) -> str:
     breaks) replaced, at most ``limit`` characters."""
     text = "".join(c if c.isprintable() else "?" for c in str(value)[: limit + 1])
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shown_message(value: str, limit: int = ERROR_SHOWN) -> str:
+    """:func:`shown` for an error answer's message: over ``limit``, cut after the last
+    sentence or clause that fits (so its advice is not cut mid-word), else at ``limit``."""
+    text = shown(value, limit)
+    if not text.endswith("...") or len(value) <= limit:
+        return text
+    head = text[: limit - 3]
+    end = max(head.rfind(". "), head.rfind("; "), head.rfind(": "))
+    return head[: end + 1] + " ..." if end >= limit // 2 else text
 
 
 class ProtocolError(RemoteError):
@@ -413,7 +427,7 @@ class Answer:
         code, message = data.get("code"), data.get("message")
         return (
             code if isinstance(code, str) else "",
-            shown(message) if isinstance(message, str) else "",
+            shown_message(message) if isinstance(message, str) else "",
         )
 
 

@@ -39,12 +39,14 @@ def notify_instance(
     manifest: Manifest | None = None,
     timeout: float | None = None,
     published: bool = True,
+    again: str | None = None,
 ) -> dict[str, Any]:
     """``POST /models/register`` on ``target``; the answer, or NotifyError (exit 8).
 
     ``published=False`` (``axon register``: nothing was just published): the messages say
     only what the instance answered, and an instance without the model's files (404) is
-    ModelNotFoundError (exit 3) saying to publish it first."""
+    ModelNotFoundError (exit 3) saying to publish it first. ``again``: what to run to tell
+    it later (default ``axon register REF --target NAME``)."""
     try:
         with registry_client(target, timeout) as client:
             return client.register(ref, instance_path, manifest)
@@ -59,8 +61,34 @@ def notify_instance(
             f"{ref} was published but the instance was not notified: {exc.message}",
             target=target.name,
             url=f"{target.endpoint.rstrip('/')}/models/register",
-            hint=f"once the instance is up run: axon register {ref} --target {target.name}",
+            hint=_notify_hint(target, ref, instance_path, exc, again),
         ) from exc
+
+
+def _notify_hint(
+    target: InstanceTarget,
+    ref: ModelRef,
+    instance_path: str | None,
+    exc: AxonError,
+    again: str | None,
+) -> str:
+    """What to do after a failed notification. No answer: tell it once it is up. An answer:
+    the refusal's own advice (a 401 says how to send a token), or, for a directory the
+    instance does not register from (404), how to make it read that directory."""
+    again = again or f"axon register {ref} --target {target.name}"
+    status = getattr(exc, "status", None)
+    if status is None:
+        return f"once the instance is up run: {again}"
+    if status == 404 and instance_path:
+        path = instance_path.rstrip("/")
+        root = path.removesuffix(f"/{ref.relpath}")
+        return (
+            f"this instance does not read {path}: start it with --register-root {root} "
+            f"(or mount that directory as its models dir), then run: {again}"
+        )
+    if exc.hint:
+        return f"{exc.hint}; then run: {again}"
+    return f"see the instance's log, then run: {again}"
 
 
 def _not_registered(target: InstanceTarget, ref: ModelRef, exc: AxonError) -> AxonError:

@@ -18,6 +18,7 @@ the manifest is written last (see :mod:`axon.transports.s3`). Retries and resume
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 import stat
 import time
 from collections.abc import Sequence
@@ -33,10 +34,10 @@ from axon.errors import (
     OptionError,
     TransportError,
 )
-from axon.mlos_client import MlosClient
+from axon.mlos_client import MlosClient, shown
 from axon.progress import NULL_PROGRESS, Progress
 from axon.publish.instance import StagedPublish, is_transient
-from axon.publish.notify import is_registered, notify_instance
+from axon.publish.notify import is_registered, notify_instance, registry_client
 from axon.publish.options import PublishOptions
 from axon.publish.plan import InstancePlan, PlannedFile, compare
 from axon.publish.prepared import PreparedModel
@@ -312,6 +313,8 @@ def notify_reader(
                 _reader_path(instance, model, written_path),
                 manifest=model.manifest,
                 timeout=timeout,
+                again=f"axon publish {model.ref} --target {storage.name} again (the files are "
+                "there: only the instances are told)",
             )
         notice.registered = True
     except AxonError as exc:
@@ -361,6 +364,11 @@ class ReaderStatus:
     endpoint: str
     registered: bool | None  # None: the instance could not be asked (see error)
     error: dict[str, Any] | None = None
+    #: why a reader that has the model id registered does not count: "another path" (it
+    #: registered the id from a directory other than this storage's) or "another build"
+    #: (its manifest lists other files than the storage's)
+    other: str | None = None
+    detail: str | None = None  # that, in words: which path / which files differ
 
 
 @dataclass
@@ -380,6 +388,9 @@ class StorageStatus:
     missing: list[str] = field(default_factory=list)  # listed, but its bytes are not there
     files_checked: int = 0
     bytes_hashed: int = 0  # --full-verify: bytes read back from the storage
+    #: what was compared with the cache: "sizes" (the manifest, and each file's presence and
+    #: size: a same-size change goes unnoticed) or "sha256" (--full-verify read every byte back)
+    checked: str = "sizes"
     readers: list[ReaderStatus] = field(default_factory=list)
 
     @property
@@ -412,14 +423,19 @@ class StorageStatus:
                 Line(f"{head}: not present at {self.location}"),
                 *self._reader_lines(),
             ]
-        match = {True: "yes", False: "NO", None: "unknown"}[self.checksums_match]
-        hashed = f", {size_text(self.bytes_hashed)} re-read" if self.bytes_hashed else ""
+        counted = f"{self.files_checked} files"
+        if self.checked == "sha256":
+            match = {True: "yes", False: "NO", None: "unknown"}[self.checksums_match]
+            verdict = f"checksums match cache: {match} ({counted} hashed, "
+            verdict += f"{size_text(self.bytes_hashed)} re-read)"
+        elif self.checksums_match:
+            verdict = "manifest and sizes match (not re-read; --full-verify hashes them), "
+            verdict += f"{counted} checked"
+        else:
+            verdict = f"matches cache: NO ({counted} checked by manifest and size)"
         out = [
             Line(f"{head}: present at {self.location}"),
-            Line(
-                f"  version: {self.version or '?'}  checksums match cache: {match} "
-                f"({self.files_checked} files checked{hashed})"
-            ),
+            Line(f"  version: {self.version or '?'}  {verdict}"),
         ]
         out += [Line(f"  differs: {p}") for p in self.mismatched]
         out += [Line(f"  missing or damaged: {p}") for p in self.missing]
@@ -433,6 +449,8 @@ class StorageStatus:
         for r in self.readers:
             who = r.target if r.target == r.endpoint else f"{r.target} ({r.endpoint})"
             state = {True: "registered", False: "NOT registered", None: "unknown"}[r.registered]
+            if r.other is not None:
+                state = f"registered from {r.other}, not from this storage ({r.detail})"
             out.append(Line(f"  reader {who}: {state}"))
             if r.error is not None:
                 out.append(Line(error_text(r.error, r.target), error=True))
@@ -464,16 +482,28 @@ def storage_status(
             location=f"{where}/{model.ref.relpath}",
             present=remote is not None,
         )
+        dir_root = _dir_root(transport)
         if remote is not None:
             status.version = remote.version
             ours = {f.path for f in model.manifest.files}
             status.mismatched = [f.path for f in compare(model, remote) if f.send]
             status.mismatched += sorted(f.path for f in remote.files if f.path not in ours)
             status.missing, status.bytes_hashed = _missing_bytes(transport, model, remote, full)
+            status.checked = "sha256" if full and dir_root is not None else "sizes"
             status.files_checked = len(remote.files)
             status.checksums_match = not status.mismatched and not status.missing
-    status.readers = [_reader_status(inst, model) for inst in storage.notify_instances]
+    status.readers = [
+        _reader_status(inst, model, dir_root, remote) for inst in storage.notify_instances
+    ]
     return status
+
+
+def _dir_root(transport: Transport) -> str | None:
+    """The storage's directory on this machine; None on S3. ``--full-verify`` reads a
+    directory's bytes back; S3 blobs are named by sha256 and checked by the store on write."""
+    from axon.transports.filesystem import FilesystemTransport
+
+    return str(transport.root) if isinstance(transport, FilesystemTransport) else None
 
 
 def _missing_bytes(
@@ -510,13 +540,57 @@ def _missing_bytes(
     return missing, hashed
 
 
-def _reader_status(instance: InstanceTarget, model: PreparedModel) -> ReaderStatus:
+def _reader_status(
+    instance: InstanceTarget,
+    model: PreparedModel,
+    dir_root: str | None,
+    remote: Manifest | None,
+) -> ReaderStatus:
+    """Has ``instance`` registered ``model`` *from this storage*? A 200 for the id is not
+    enough: it may have registered the same id from its own models dir (another path) or
+    another build of it (another manifest). ``dir_root``: the storage's directory here (None
+    on S3, where a reader keeps its own copy); ``remote``: the storage's manifest."""
     reader = ReaderStatus(instance.name, instance.endpoint, registered=None)
     try:
-        reader.registered = is_registered(instance, model.ref)
+        with registry_client(instance) as client:
+            record = client.model_info(model.ref)
+            reader.registered = record is not None
+            if record is None:
+                return reader
+            path = record.get("path")
+            expected = None
+            if dir_root is not None:
+                expected = _reader_path(instance, model, f"{dir_root}/{model.ref.relpath}")
+            if expected and isinstance(path, str) and path and _norm(path) != _norm(expected):
+                reader.registered = False
+                reader.other = "another path"
+                reader.detail = f"it reads {shown(path)}; this storage's copy is {expected}"
+                return reader
+            if remote is None:
+                return reader
+            served, theirs = client.manifest(model.ref)
+            if served and theirs is not None:
+                differ = sorted(_file_set(theirs) ^ _file_set(remote))
+                if differ:
+                    reader.registered = False
+                    reader.other = "another build"
+                    names = sorted({path for path, _size, _sha in differ})
+                    listed = ", ".join(shown(n, 80) for n in names[:3])
+                    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+                    reader.detail = f"its files differ from this storage's: {listed}{more}"
     except AxonError as exc:
         reader.error = {**exc.to_dict(), "exit_code": exc.exit_code}
     return reader
+
+
+def _file_set(manifest: Manifest) -> set[tuple[str, int, str]]:
+    """A build's files: (path, size, sha256) of each (the manifest's other fields, such as
+    timestamps, may be written differently by each side)."""
+    return {(f.path, f.size, f.sha256) for f in manifest.files}
+
+
+def _norm(path: str) -> str:
+    return posixpath.normpath(path)
 
 
 def storage_status_for(
