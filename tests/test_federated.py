@@ -136,6 +136,9 @@ def test_aggregate_is_the_example_weighted_mean(
     assert bad.code == 10, (bad.out, bad.err)
     assert "site-a  error:" in bad.out and "array 'x' has shape [20, 5]" in bad.out
     assert "site-b  error:" in bad.out and "dataset 'fl/bad' is not on this instance" in bad.out
+    # a refusal that explains itself is not sent to the server's log
+    assert "see the server's log" not in bad.out, bad.out
+    assert "mlos: error: 0 of 3 participants evaluated, needed 3: 3 failed" in bad.err
 
     human = run_mlos("federated", "evaluate", MODEL, "--target", "fed", "--metric", "accuracy")
     assert human.code == 0, human.err
@@ -157,7 +160,10 @@ def test_a_participant_with_another_build_is_named_and_left_out(
     assert run.code == 9, (run.out, run.err)
     assert "site-c  left out: holds another build of fl/federated-model@v1.0" in run.out
     assert "aggregate over 2 of 3 participants (140 examples): accuracy 0.8571" in run.out
-    assert "mlos: error: 1 of 3 participants did not answer (needed 3)" in run.err
+    assert "(build " in run.out and ", held by most participants)" in run.out
+    # left out for its build, not counted as a participant that did not answer
+    assert "mlos: error: 2 of 3 participants evaluated, needed 3: 1 left out (site-c)" in run.err
+    assert "failed" not in run.err and "did not answer" not in run.err
 
     assert run_mlos("federated", "evaluate", MODEL, "-t", "fed", "--min-success", "2").code == 0
 
@@ -230,6 +236,12 @@ def test_an_unreachable_participant_and_tenants(
     assert "cannot connect" in parts["site-b"]["error"]
     assert result["aggregate"]["examples"] == 100
     assert result["aggregate"]["metrics"]["accuracy"] == pytest.approx(42 / 100)
+    # --strict names the participant that failed and why, not "another differs"
+    strict = run_mlos("federated", "evaluate", MODEL, "--target", "fed", "--strict")
+    assert strict.code == 10, (strict.out, strict.err)
+    a_line = next(line for line in strict.out.splitlines() if "site-a" in line)
+    assert "not evaluated: --strict, and site-b failed: " in a_line
+    assert "cannot connect" in a_line and "differs" not in strict.out
 
     # a token whose tenant does not own the namespace evaluates nothing
     config = axon_home / "config.yaml"
@@ -237,6 +249,63 @@ def test_an_unreachable_participant_and_tenants(
     run = run_mlos("federated", "evaluate", MODEL, "--target", "fed")
     assert run.code == 10, (run.out, run.err)
     assert "403" in run.out and "may not evaluate" in run.out
+
+
+def test_the_local_cache_s_build_is_the_one_evaluated(
+    mlos_server: Any,
+    tmp_path: Path,
+    axon_home: Path,
+    sites_data: Any,
+    install_model: Any,
+) -> None:
+    """Two participants hold one build, the third the build the local cache holds (the one
+    axon publish sends and axon promote pins): the cache's build is evaluated, the
+    majority's holders are left out, and the header says why."""
+    two = {k: sites_data[k] for k in ("site-a", "site-b")}
+    servers = start_sites(mlos_server, tmp_path, axon_home, two, linear_onnx(IDENTITY, np.zeros(3)))
+    write_dataset(tmp_path / "data-site-c", "fl/federated-model", sites_data["site-c"])
+    servers["site-c"] = mlos_server(datasets_dir=tmp_path / "data-site-c", inference_threads=1)
+    targets = {n: {"endpoint": srv.url, "access_method": "api"} for n, srv in servers.items()}
+    write_config(axon_home, targets, clusters={"fed": {"instances": list(targets)}})
+    source = tmp_path / "cached-build"
+    source.mkdir()
+    (source / "model.onnx").write_bytes(linear_onnx(IDENTITY * 2, np.zeros(3)))
+    install_model(source, MODEL)
+    published = subprocess.run(
+        [sys.executable, "-m", "axon", "publish", MODEL, "--target", "site-c"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert published.returncode == 0, published.stderr
+
+    run = run_mlos("federated", "evaluate", MODEL, "--target", "fed")
+    assert run.code == 9, (run.out, run.err)
+    assert ", the local cache's) on fed" in run.out
+    assert "site-a  left out: holds another build of fl/federated-model@v1.0 than the local " in (
+        run.out
+    )
+    assert "aggregate over 1 of 3 participants (60 examples)" in run.out
+    assert "2 left out (site-a, site-b)" in run.err
+    assert servers["site-c"].log().count("evaluating fl/") == 1
+
+
+def test_a_tie_between_builds_is_named_and_nothing_is_evaluated(
+    mlos_server: Any, tmp_path: Path, axon_home: Path, sites_data: Any
+) -> None:
+    two = {k: sites_data[k] for k in ("site-a", "site-b")}
+    servers = start_sites(mlos_server, tmp_path, axon_home, two, linear_onnx(IDENTITY, np.zeros(3)))
+    other = linear_onnx(IDENTITY * 2, np.zeros(3))
+    assert upload(servers["site-b"].url, MODEL, {"model.onnx": other}).status_code == 201
+
+    run = run_mlos("federated", "evaluate", MODEL, "--target", "fed", "--json")
+    assert run.code == 10, (run.out, run.err)
+    result = run.json()
+    assert result["build"] is None and result["build_chosen_by"] == "tie"
+    for p in result["participants"]:
+        assert p["left_out"] and "in equal numbers (site-a: " in p["error"]
+        assert "site-b: " in p["error"] and "install the build you mean" in p["error"]
+    assert all(srv.log().count("evaluating fl/") == 0 for srv in servers.values())
 
 
 class Silent:

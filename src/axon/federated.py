@@ -7,8 +7,10 @@ its example count, its metrics and the time taken. The aggregate of each metric 
 example-weighted mean over the participants that answered, as in Flower's evaluate round
 (``sum(n_i * m_i) / sum(n_i)``), which is the metric over all their examples together.
 
-First, every participant's manifest digest is read (``GET /v1/models/{id}/manifest``): the
-build most participants hold is the one evaluated; a participant holding another build, or
+First, every participant's manifest digest is read (``GET /v1/models/{id}/manifest``). The
+build evaluated is the local cache's when it holds MODEL (what ``axon publish`` sends and
+``axon promote`` pins), else the one every holder agrees on, else the one most participants
+hold; a tie evaluates nothing and names the groups. A participant holding another build, or
 none, is named and left out (``strict``: nothing is evaluated). A participant's evaluation
 answer names the build it ran: one that changed in between is left out too.
 
@@ -85,12 +87,21 @@ class Evaluation:
     build: str | None
     participants: list[Participant]
     required: int
+    chosen: str = "all"  # how the build was chosen: cache, all, majority, tie, none
     aggregate: dict[str, float | None] = field(default_factory=dict)
     examples: int = 0
 
     @property
     def answered(self) -> list[Participant]:
         return [p for p in self.participants if p.ok]
+
+    @property
+    def left_out(self) -> list[Participant]:
+        return [p for p in self.participants if p.left_out is not None]
+
+    @property
+    def failed(self) -> list[Participant]:
+        return [p for p in self.participants if p.error is not None and p.left_out is None]
 
     @property
     def exit_code(self) -> int:
@@ -109,6 +120,7 @@ class Evaluation:
             "target": self.target,
             "dataset": self.dataset,
             "build": self.build,
+            "build_chosen_by": self.chosen,
             "outcome": self.outcome,
             "exit_code": self.exit_code,
             "required": self.required,
@@ -176,18 +188,17 @@ def evaluate(
     parts = [Participant(m.name, m.endpoint) for m in members]
     run = _Parallel(min(16, len(members)))
     run.each(lambda pm: _read_build(pm[0], pm[1], ref, run), list(zip(parts, members, strict=True)))
-    build = _majority(parts)
+    cached = _cached_build(ref, config)
+    build, chosen = _pick_build(parts, cached)
     for p in parts:
-        if p.error is None and p.build != build:
-            p.left_out = (
-                f"holds another build of {ref} (manifest sha256 {_short(p.build)}, the "
-                f"others {_short(build)}): re-publish it to this participant"
-            )
-    result = Evaluation(ref.id, target_spec, dataset, build, parts, required)
+        if p.error is None and p.left_out is None and p.build != build:
+            p.left_out = _other_build(ref, p, build, chosen, parts)
+    result = Evaluation(ref.id, target_spec, dataset, build, parts, required, chosen)
     if strict and any(not p.ok for p in parts):
+        why = "; ".join(f"{p.name} {_why_not(p)}" for p in parts if not p.ok)
         for p in parts:
             if p.ok:
-                p.left_out = "not evaluated: --strict and another participant differs"
+                p.left_out = f"not evaluated: --strict, and {why}"
         return result
     body: dict[str, Any] = {}
     if dataset:
@@ -284,12 +295,65 @@ def _short(digest: str | None) -> str:
     return digest[:12] if digest else "none"
 
 
-def _majority(parts: list[Participant]) -> str | None:
+def _cached_build(ref: ModelRef, config: Config) -> str | None:
+    """The build (manifest digest, as published) of ``ref`` in the local cache, the one
+    ``axon publish`` sends and ``axon promote`` pins; None when the cache does not hold it."""
+    from axon.cache import Cache
+    from axon.publish.promote import cached_digest
+
+    return cached_digest(Cache.from_config(config), ref)
+
+
+def _pick_build(parts: list[Participant], cached: str | None) -> tuple[str | None, str]:
+    """The build to evaluate and how it was chosen: ``cache`` (the local cache holds the
+    model: its build, whatever the participants hold), ``all`` (every holder agrees),
+    ``majority``, ``tie`` (no build has more holders than another: none is evaluated) or
+    ``none`` (no participant holds the model)."""
+    if cached is not None:
+        return cached, "cache"
     counts = collections.Counter(p.build for p in parts if p.error is None and p.build)
     if not counts:
-        return None
-    top = max(counts.values())
-    return next(p.build for p in parts if p.build and counts[p.build] == top)
+        return None, "none"
+    if len(counts) == 1:
+        return next(iter(counts)), "all"
+    ranked = counts.most_common()
+    if ranked[0][1] == ranked[1][1]:
+        return None, "tie"
+    return ranked[0][0], "majority"
+
+
+def _other_build(
+    ref: ModelRef, p: Participant, build: str | None, chosen: str, parts: list[Participant]
+) -> str:
+    """Why ``p``, holding a build other than ``build``, is left out."""
+    mine = f"manifest sha256 {_short(p.build)}"
+    if chosen == "cache":
+        return (
+            f"holds another build of {ref} than the local cache's ({mine}, the cache's "
+            f"{_short(build)}): publish it to this participant again"
+        )
+    if chosen == "tie":
+        groups: dict[str, list[str]] = {}
+        for q in parts:
+            if q.error is None and q.build:
+                groups.setdefault(q.build, []).append(q.name)
+        shown_groups = "; ".join(f"{', '.join(n)}: {_short(d)}" for d, n in groups.items())
+        return (
+            f"the participants hold different builds of {ref} in equal numbers "
+            f"({shown_groups}), so none is the one to evaluate: install the build you mean in "
+            "the local cache (then it is the one evaluated) or publish one build to all"
+        )
+    return (
+        f"holds another build of {ref} ({mine}, most participants {_short(build)}): "
+        "publish it to this participant again"
+    )
+
+
+def _why_not(p: Participant) -> str:
+    """A participant that is not evaluated, in a few words (for --strict's note)."""
+    if p.left_out is not None:
+        return "is left out: " + p.left_out.split(": ")[0]
+    return f"failed: {(p.error or '').removeprefix(f'{p.name}: ')}"
 
 
 def _read_build(p: Participant, member: InstanceTarget, ref: ModelRef, run: _Parallel) -> None:
@@ -297,7 +361,7 @@ def _read_build(p: Participant, member: InstanceTarget, ref: ModelRef, run: _Par
         with run.client(member) as client:
             served, manifest = client.manifest(ref)
     except AxonError as exc:
-        p.error = str(exc)
+        p.error = _error_text(exc)
         return
     if not served:
         p.error = (
@@ -334,7 +398,7 @@ def _evaluate_one(
             )
             parsed = client.parsed(answer, _parse_answer, what=what)
     except AxonError as exc:
-        p.error = str(exc)
+        p.error = _error_text(exc)
         return
     examples, metrics, seconds, digest = parsed
     if digest is not None and build is not None and digest != build:
@@ -344,6 +408,14 @@ def _evaluate_one(
         )
         return
     p.examples, p.metrics, p.seconds = examples, metrics, seconds
+
+
+def _error_text(exc: AxonError) -> str:
+    """``exc`` as one line: a refusal (4xx) carrying the server's own message says what went
+    wrong without the generic hint to read the server's log."""
+    if exc.status is not None and 400 <= exc.status < 500 and exc.hint == "see the server's log":
+        return str(AxonError(exc.message, target=exc.target))
+    return str(exc)
 
 
 def _in_range(metric: str, value: float) -> bool:

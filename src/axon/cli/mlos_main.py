@@ -17,9 +17,14 @@ import click
 from axon.cli.output import Output
 
 if TYPE_CHECKING:
-    from axon.federated import Evaluation
+    from axon.federated import Evaluation, Participant
 
 PROG = "mlos"
+CHOSEN = {  # how the evaluated build was chosen, as the header says it
+    "cache": ", the local cache's",
+    "majority": ", held by most participants",
+    "tie": ": participants hold different builds in equal numbers, none chosen",
+}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -101,8 +106,9 @@ def _fmt(metrics: dict[str, Any]) -> str:
 def _print(result: Evaluation) -> None:
     dataset = result.dataset or "each participant's default"
     build = (result.build or "none")[:12]
+    how = CHOSEN.get(result.chosen, "")
     click.echo(
-        f"federated evaluation of {result.model} (build {build}) on {result.target}, "
+        f"federated evaluation of {result.model} (build {build}{how}) on {result.target}, "
         f"dataset {dataset}:"
     )
     width = max(len(p.name) for p in result.participants)
@@ -125,11 +131,20 @@ def _print(result: Evaluation) -> None:
     else:
         click.echo(f"no participant answered (0 of {total}): no aggregate", err=True)
     if result.exit_code:
+        why = []
+        if result.left_out:
+            why.append(f"{len(result.left_out)} left out ({_names(result.left_out)})")
+        if result.failed:
+            why.append(f"{len(result.failed)} failed ({_names(result.failed)})")
         click.echo(
-            f"{PROG}: error: {total - answered} of {total} participants did not answer "
-            f"(needed {result.required})",
+            f"{PROG}: error: {answered} of {total} participants evaluated, needed "
+            f"{result.required}: {', '.join(why)}",
             err=True,
         )
+
+
+def _names(parts: list[Participant]) -> str:
+    return ", ".join(p.name for p in parts)
 
 
 def _debug() -> bool:
