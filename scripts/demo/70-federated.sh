@@ -6,9 +6,14 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-if ! python -c 'import onnx, onnxruntime, numpy' 2>/dev/null; then
-  say "federated: skipped (needs the inference and dev extras: pip install -e '.[all]')"
-  exit 0
+if ! missing=$(python -c '
+import importlib.util
+print(" ".join(m for m in ("onnx", "onnxruntime", "numpy") if importlib.util.find_spec(m) is None))
+') || [ -n "$missing" ]; then
+  echo "demo step 70 (federated) FAILED: python module(s) missing: ${missing:-?}." >&2
+  echo "  make venv installs them (the inference and dev extras); in another environment:" >&2
+  echo "  pip install -e '.[inference,dev]'" >&2
+  exit 1
 fi
 
 work="$DEMO_ROOT/federated"
@@ -97,9 +102,11 @@ run curl -s -X POST "$P1/models/fl/federated-model@v1.1/inference" \
 echo
 
 say "federated: a participant holding another build is named and left out (exit 9)"
-# site-c gets other bytes under the same version (v1.0's weights installed as v1.1)
-axon install "$work/src-v1.0" --as fl/federated-model@v1.1 -q
-run axon publish fl/federated-model@v1.1 --target site-c -q
+# site-c gets other bytes under the same version (v1.0's weights as v1.1), published from
+# another machine's cache (another AXON_HOME): this cache still holds the real v1.1, and the
+# cache's build is the one evaluated
+AXON_HOME="$work/elsewhere" axon install "$work/src-v1.0" --as fl/federated-model@v1.1 -q
+run env AXON_HOME="$work/elsewhere" axon publish fl/federated-model@v1.1 --target "$P3" -q
 set +e
 run mlos federated evaluate fl/federated-model@v1.1 --target mlos-federated-cluster
 echo "exit code: $? (9: site-c holds another build and did not take part)"
