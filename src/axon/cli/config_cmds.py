@@ -28,7 +28,7 @@ from typing import Any
 import click
 
 from axon.cli.flags import GoFlagsCommand
-from axon.cli.output import Output, json_option
+from axon.cli.output import Output, json_option, note_line
 from axon.errors import EXIT_NOT_FOUND, ConfigError
 
 SECTIONS_OF_TARGETS = ("mlos_targets", "clusters")
@@ -118,6 +118,7 @@ def _defaults() -> dict[str, Any]:
     return {
         "home_dir": str(axon_home()),
         "cache_dir": str(config.cache_dir),
+        "default_namespace": config.default_namespace,  # of a reference given without one
         "registry.enable_huggingface": config.registry.enable_huggingface,
         "download.verify_checksums": config.download.verify_checksums,
     }
@@ -232,10 +233,7 @@ def config_set_cmd(key: str, value: str, as_json: bool) -> None:
         return
     click.echo(f"{key} = {_text(_shown(key, parsed))} (in {path})")
     if backup is not None:
-        click.echo(
-            f"note: the comments of the old file were not kept; it is saved as {backup}",
-            err=True,
-        )
+        note_line(f"the comments of the old file were not kept; it is saved as {backup}")
 
 
 def _parse_value(key: str, text: str) -> Any:

@@ -138,6 +138,9 @@ def main(argv: list[str] | None = None) -> Any:
         return cli.main(args=argv, prog_name="axon", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except click.exceptions.NoArgsIsHelpError as exc:  # `axon cache`: its help, as upstream
+        click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+        sys.exit(0)
     except click.UsageError as exc:  # the usage line, then the error in the one shape
         if exc.ctx is not None and exc.cmd is not None and exc.cmd.name not in POINTERS:
             click.echo(exc.ctx.get_usage(), err=True)

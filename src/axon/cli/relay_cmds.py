@@ -18,6 +18,7 @@ import click
 from axon.cli.flags import GoFlagsCommand
 from axon.cli.output import Output
 from axon.cli.publish_cmds import _fail, _progress, build_options
+from axon.cli.targets_cmds import token_env_option
 from axon.errors import AxonError
 
 # the rollout options a promotion and a sync take (as axon publish does for a cluster)
@@ -36,6 +37,7 @@ ROLLOUT_OPTIONS: list[Callable[[Any], Any]] = [
         default=None,
         help="Seconds per network operation (default: each instance's, else 30).",
     ),
+    token_env_option,
 ]
 
 

@@ -27,16 +27,19 @@ def _set_token_env(ctx: click.Context, param: click.Parameter, value: str | None
     from axon.config import TOKEN_ENV_OPTION
 
     if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        # never echo it: a token typed here by mistake would land in logs and CI output
         raise click.BadParameter(
-            f"{value!r} is not an environment variable name: give the NAME of a variable "
-            "that holds the token (export NAME=...; never the token itself)",
+            f"the value given ({len(value)} characters) is not an environment variable name: "
+            "give the NAME of a variable that holds the token (export NAME=...; never the "
+            "token itself)",
             ctx,
             param,
         )
     TOKEN_ENV_OPTION.set(value)  # also None: a command run in-process after another
 
 
-#: ``--token-env NAME`` for the commands that talk to instances (publish, status, register)
+#: ``--token-env NAME`` for the commands that talk to instances (publish, status, register,
+#: promote, sync)
 token_env_option = click.option(
     "--token-env",
     metavar="NAME",
