@@ -80,6 +80,31 @@ def init_cmd(as_json: bool) -> None:
     out.line(f"cache:  {config.cache_dir}")
 
 
+#: upstream ``axon install --format`` values that ask for a conversion (or a conversion's
+#: choice of files): axon installs files as they are
+CONVERSION_FORMATS = ("pytorch", "onnx", "gguf", "safetensors", "tensorflow", "tflite", "coreml")
+
+
+def check_install_format(fmt: str) -> None:
+    """``--format auto|native`` (upstream's flag) is a no-op; a conversion format is refused
+    with a pointer (exit 2): axon does not convert models."""
+    from axon.errors import OptionError
+
+    value = fmt.strip().lower()
+    if value in ("auto", "native"):
+        return
+    if value in CONVERSION_FORMATS:
+        raise OptionError(
+            f"--format {fmt}: axon does not convert models; it installs the files as they are",
+            hint=f"convert it to {value} first (e.g. with your framework's exporter) and "
+            "install the result, or drop --format (auto and native keep the files as they are)",
+        )
+    raise OptionError(
+        f"--format {fmt!r} is not a format axon install knows",
+        hint="use auto or native (the files as they are); axon does not convert models",
+    )
+
+
 @click.command("install", cls=GoFlagsCommand)
 @click.argument("source")
 @click.option(
@@ -90,16 +115,27 @@ def init_cmd(as_json: bool) -> None:
     "--follow-symlinks", is_flag=True, help="Copy what a directory's symlinks point to, even "
     "outside it (default: only links to files inside it, or an HF snapshot's blobs/)."
 )  # fmt: skip
+@click.option(
+    "-f", "--format", "fmt", metavar="auto|native", default="auto", show_default=True,
+    help="Accepted for the upstream axon: the files are installed as they are (axon does not "
+    "convert models, so auto and native mean the same).",
+)  # fmt: skip
 @json_option
 @quiet_option
 def install_cmd(
-    source: str, as_ref: str | None, follow_symlinks: bool, as_json: bool, quiet: bool
+    source: str,
+    as_ref: str | None,
+    follow_symlinks: bool,
+    fmt: str,
+    as_json: bool,
+    quiet: bool,
 ) -> None:
     """Install SOURCE into the cache: a model directory, a .axon archive or hf/<repo>[@rev]."""
     from axon.cache import Cache
     from axon.config import load_config
     from axon.install import install_source
 
+    check_install_format(fmt)
     out = Output(as_json=as_json, quiet=quiet)
     config = load_config()
     if as_ref is not None:  # a bare name takes the default namespace (said on stderr)
