@@ -14,11 +14,16 @@ import pytest
 import yaml
 
 from axon.errors import EXIT_INVALID, EXIT_OK, EXIT_TRANSPORT
+from tests.fixtures.common import require_module
 from tests.fixtures.hfhub import FakeHub, FakeRepo, serve_fake_hub
 from tests.fixtures.models import write_model_dir
 from tests.helpers import CliRun, error_lines, run_axon
 
-pytest.importorskip("huggingface_hub", reason="the hf extra (huggingface_hub) is not installed")
+
+@pytest.fixture(autouse=True)
+def _huggingface_hub() -> None:
+    require_module("huggingface_hub", "hf")  # under CI=true a missing hf extra fails
+
 
 REPO = "acme/tiny-bert"
 
