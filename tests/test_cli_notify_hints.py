@@ -37,6 +37,7 @@ def test_a_reader_that_does_not_read_the_directory_is_told_how_to(
     assert f"this instance does not read {model_dir}" in hint
     assert f"--register-root {shared} " in hint
     assert "once the instance is up" not in r.err  # it is up: it answered
+    assert f"then run: axon publish {ref} --target {shared} --notify-instance {reader.url} " in hint
     # the server's own advice survives the cut of its message
     assert "copy the model there first" in message
 

@@ -313,14 +313,25 @@ def notify_reader(
                 _reader_path(instance, model, written_path),
                 manifest=model.manifest,
                 timeout=timeout,
-                again=f"axon publish {model.ref} --target {storage.name} again (the files are "
-                "there: only the instances are told)",
+                again=_publish_again(instance, storage, model),
             )
         notice.registered = True
     except AxonError as exc:
         notice.error = {**exc.to_dict(), "exit_code": exc.exit_code}
     notice.seconds = round(time.monotonic() - started, 3)
     return notice
+
+
+def _publish_again(instance: InstanceTarget, storage: StorageTarget, model: PreparedModel) -> str:
+    """The command that tells ``instance`` later: the same publish (the files are there, so
+    only the instances are told), naming the instance when it was typed for this publish."""
+    from axon.targets import ADHOC_ORIGINS
+
+    typed = f" --notify-instance {instance.name}" if instance.origin in ADHOC_ORIGINS else ""
+    return (
+        f"axon publish {model.ref} --target {storage.name}{typed} again (the files are there: "
+        "only the instances are told)"
+    )
 
 
 def _reader_path(instance: InstanceTarget, model: PreparedModel, written: str | None) -> str | None:
