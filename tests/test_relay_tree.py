@@ -185,3 +185,28 @@ def test_a_member_that_cannot_pull_but_serves_is_the_seed_and_the_plan_agrees() 
     work = Recorded()
     spread(others, [], work, bool, settings=RelaySettings(seeds=1), max_parallel=8)
     assert work.calls["core-1"] == (PUSH, []) and work.calls["core-2"] == (SEED, [])
+
+
+def test_the_plan_starts_members_as_the_real_run_launches_them() -> None:
+    """Members that start together do not pull from each other: with fanout 3 and a
+    cut-through seed, the two others both pull from the seed, in the plan as in a run."""
+    members = [peer(i, follow=True) for i in (1, 2, 3)]
+    planned = plan_roles(["core-1", "core-2", "core-3"], [], {m.name: m for m in members},
+                         RelaySettings())  # fmt: skip
+    firsts = {n: (role, [s.name for s in given][:1]) for n, (role, given) in planned.items()}
+    assert firsts == {"core-1": (SEED, []), "core-2": (PULL, ["core-1"]),
+                      "core-3": (PULL, ["core-1"])}  # fmt: skip
+
+    def work(member: Peer, sources: list[Peer], role: str, ready: Any) -> bool:
+        ready()
+        time.sleep(0.2)
+        return True
+
+    calls: dict[str, str] = {}
+
+    def recorded(member: Peer, sources: list[Peer], role: str, ready: Any) -> bool:
+        calls[member.name] = sources[0].name if sources else ""
+        return work(member, sources, role, ready)
+
+    spread(members, [], recorded, bool, settings=RelaySettings(), max_parallel=8)
+    assert calls == {"core-1": "", "core-2": "core-1", "core-3": "core-1"}

@@ -377,7 +377,8 @@ def plan_roles(
     """``{member: (role, sources)}``: how each member named in ``lacking`` would get the
     model from :func:`spread`, the members named in ``having`` having it, were every step to
     succeed and every member take as long: members start in the order a real run starts
-    them, a cut-through member is a source once it starts, another once it is done."""
+    them, a cut-through member is a source from the next launch after it starts (when its
+    first bytes arrive), another once it is done."""
     members = [peers[name] for name in lacking if name in peers]
     sources = [peers[n] for n in having if n in peers and peers[n].address is not None]
     rank = {p.name: i for i, p in enumerate([*sources, *members])}
@@ -387,25 +388,32 @@ def plan_roles(
     waiting = _seeds_first(members, servable)
     running: list[tuple[Peer, str, list[Peer]]] = []
     while waiting:
-        started = None
-        for member in waiting:
-            how = tree.choose(member, [m for m, _, _ in running])
-            if how is not None:
-                started = member, *how
+        started: list[Peer] = []
+        going = True
+        while going:  # one launch: every member that can start now, as spread() starts them
+            going = False
+            for member in waiting:
+                how = tree.choose(member, [m for m, _, _ in running])
+                if how is None:
+                    continue
+                role, given = how
+                waiting.remove(member)
+                out[member.name] = (role, given)
+                tree.started(role, given)
+                running.append((member, role, given))
+                started.append(member)
+                going = True
                 break
-        if started is None and not running:  # pragma: no cover - choose() starts one
-            started = waiting[0], PUSH, []
-        if started is None:  # everyone waits for a source: the first started is done
+        if started:  # their first bytes arrive: cut-through members serve from then on
+            for member in started:
+                if member.cut_through:
+                    tree.early(member)
+        elif running:  # everyone waits for a source: the first started is done
             member, role, given = running.pop(0)
             tree.finished(member, role, given, True, [])
-            continue
-        member, role, given = started
-        waiting.remove(member)
-        out[member.name] = (role, given)
-        tree.started(role, given)
-        running.append((member, role, given))
-        if member.cut_through:
-            tree.early(member)
+        else:  # pragma: no cover - choose() starts someone when nobody runs
+            member = waiting.pop(0)
+            out[member.name] = (PUSH, [])
     return out
 
 
