@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Demo step 75: relay. A staging cluster (2 instances) and a production cluster (3) register
 # in a real etcd on loopback. axon publishes to staging once (one seed, the other pulls it),
-# promotes to production (production pulls from staging: no model bytes from axon), and a
-# fourth production instance that joins later catches up from the desired state by itself.
+# promotes to production (production pulls from staging: no model bytes from axon), publishes
+# a second model to production, and a fourth production instance that joins later catches up
+# on both from the desired state by itself.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -71,13 +72,44 @@ else
   echo "(exit $?: refused, nothing changed on prod)"
 fi
 
-say "relay: core-4 joins prod later and catches up from the desired state by itself"
+say "relay: a second model, published to prod (by relay) before core-4 exists"
+other="$work/model2"
+mkdir -p "$other"
+printf '{"model_type": "gpt2", "n_embd": 8}' >"$other/config.json"
+head -c $((8 * 1024 * 1024)) /dev/urandom >"$other/model.safetensors"
+run axon install "$other" --as demo/relay-gpt@v1 --quiet
+run axon publish demo/relay-gpt@v1 --target prod --dry-run   # who would get it how
+run axon publish demo/relay-gpt@v1 --target prod
+
+say "relay: core-4 joins prod later and catches up on every model of the desired state by itself"
 join core-4 prod --accept-from staging --catch-up-interval 1
+held() {  # held ID: does core-4 show that model?
+  curl -sf "${URLS[core-4]}/models/$(python3 -c 'import sys,urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$1")" >/dev/null
+}
 for _ in $(seq 150); do
-  curl -sf "${URLS[core-4]}/models/demo%2Frelay-bert%40v1" >/dev/null && break; sleep 0.2
+  held demo/relay-bert@v1 && held demo/relay-gpt@v1 && break; sleep 0.2
 done
-curl -sf "${URLS[core-4]}/models/demo%2Frelay-bert%40v1" >/dev/null \
-  && echo "core-4 holds demo/relay-bert@v1: nobody published it again" \
-  || { echo "core-4 did not catch up:"; curl -s "${URLS[core-4]}/health"; exit 1; }
-curl -s "${URLS[core-4]}/health" | python3 -c \
-  'import json,sys; r=json.load(sys.stdin).get("relay",{}); print("core-4 relay:", json.dumps({k: r.get(k) for k in ("catching_up", "pull_bytes_done")}))'
+for id in demo/relay-bert@v1 demo/relay-gpt@v1; do
+  held "$id" && echo "core-4 holds $id: nobody published it again" \
+    || { echo "core-4 did not catch up on $id:"; curl -s "${URLS[core-4]}/health"; exit 1; }
+done
+for _ in $(seq 50); do  # the catch-up report settles at its next round
+  curl -s "${URLS[core-4]}/health" | python3 -c \
+    'import json,sys; sys.exit(json.load(sys.stdin)["relay"]["catching_up"])' && break; sleep 0.2
+done
+python3 - "${URLS[core-4]}" <<'PY'
+import json, sys, urllib.request
+url = sys.argv[1]
+relay = json.load(urllib.request.urlopen(f"{url}/health"))["relay"]
+report = relay["catch_up"]
+metrics = urllib.request.urlopen(f"{url}/metrics").read().decode()
+pulled = next(
+    int(line.split()[1]) for line in metrics.splitlines()
+    if line.startswith("mlos_relay_pulled_bytes_total ")
+)
+print(
+    f"core-4: catching_up {relay['catching_up']}, desired {report['desired']}, "
+    f"current {report['current']}, {pulled / 1024 / 1024:.1f} MiB pulled from its peers "
+    "(/metrics mlos_relay_pulled_bytes_total)"
+)
+PY
