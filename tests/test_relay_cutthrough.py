@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fixtures.mlos import manifest_for
+from tests.fixtures.mlos import ALPHA, BRAVO, TOKENS, manifest_for
 
 pytestmark = pytest.mark.slow
 
@@ -230,3 +230,42 @@ def test_a_blob_dropped_under_its_follower_ends_the_answer_short(mlos_server):
     log = a.log()
     assert "cut-through answer ended short" in log and "was dropped" in log
     assert "Traceback" not in log
+
+
+def test_with_tenants_a_follower_reads_only_the_partial_blobs_of_the_tenant_it_reads_for(
+    mlos_server: Any, monkeypatch: Any
+) -> None:
+    """alpha's blob is still arriving on a: the peer token reading for alpha follows it as it
+    lands; reading for bravo, or for nobody, it is a blob a does not have."""
+    monkeypatch.setenv("MLOS_PEER_TOKEN", "peer-secret-0123456789")
+    a = mlos_server(no_fsync=True, tokens=TOKENS, peer_token_env="MLOS_PEER_TOKEN")
+    manifest = manifest_for("alpha/m@v1", FILES)
+    opened = httpx.post(
+        f"{a.url}/v1/uploads", json={"model_id": "alpha/m@v1", "manifest": manifest}, headers=ALPHA
+    )
+    opened.raise_for_status()
+    upload_id = opened.json()["upload_id"]
+    started = threading.Event()
+
+    def send() -> None:
+        httpx.put(
+            f"{a.url}/v1/uploads/{upload_id}/blobs/{sha(BIG)}",
+            content=slowly(BIG, 6 * MiB, started),
+            headers=ALPHA,
+            timeout=120,
+        )
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    assert started.wait(10)
+    time.sleep(0.5)  # some bytes landed
+    url = f"{a.url}/v1/blobs/{sha(BIG)}?follow=1&size={len(BIG)}"
+    peer = {"Authorization": "Bearer peer-secret-0123456789"}
+    for headers in ({**peer, "X-Mlos-Tenant": "bravo"}, peer, BRAVO):
+        r = httpx.get(url, headers=headers, timeout=30)
+        assert r.status_code == 404 and r.json()["code"] == "unknown_blob", (headers, r.text)
+    with httpx.stream("GET", url, headers={**peer, "X-Mlos-Tenant": "alpha"}, timeout=60) as r:
+        assert r.status_code == 200
+        first = next(r.iter_raw(64 * 1024))
+    assert first == BIG[: len(first)] and first
+    sender.join(60)
