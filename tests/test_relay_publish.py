@@ -348,3 +348,34 @@ def test_min_success_on_a_relayed_publish(
         assert tree_of(server, installed_model) == tree_of_cache(axon_home, installed_model)
     res = run_cluster(installed_model, "prod", min_success="100%")
     assert res.exit_code == EXIT_PARTIAL, res.summary()
+
+
+def test_relay_with_tenants_and_the_peer_token(
+    peered: Any, install_model: Any, make_model_dir: Any, axon_home: Path, tmp_path: Path,
+    monkeypatch: Any,
+) -> None:  # fmt: skip
+    """With tokens and the peer token on every member, a tenant's relayed publish reaches
+    every member (the pullers read, with the peer token, for that tenant: what the seed
+    received from it, as it lands), and the publisher sends one copy."""
+    import yaml
+
+    from tests.fixtures.mlos import TOKENS
+    from tests.helpers import write_config
+
+    monkeypatch.setenv("MLOS_PEER_TOKEN", "peer-secret-0123456789")
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(yaml.safe_dump(TOKENS))
+    servers = peered(3, tokens=str(tokens), peer_token_env="MLOS_PEER_TOKEN")
+    ref = install_model(make_model_dir(weights_size=4 * MiB), "alpha/relay-bert@v1")
+    names = [f"core-{i}" for i in range(3)]
+    targets = {
+        n: {"endpoint": s.url, "storage_type": "api", "token": "alpha-token"}
+        for n, s in zip(names, servers, strict=True)
+    }
+    write_config(axon_home, targets, clusters={"prod": {"instances": names, "relay": True}})
+    res = run_cluster(ref, "prod")
+    assert res.exit_code == EXIT_OK, res.summary()
+    assert sorted(how(res, n)["how"] for n in names) == ["pulled", "pulled", "pushed"]
+    assert res.publisher_bytes == sum(cached_sizes(axon_home, ref))
+    for server in servers:
+        assert tree_of(server, ref) == tree_of_cache(axon_home, ref)
