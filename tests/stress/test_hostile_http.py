@@ -42,7 +42,7 @@ BAD_IDS = [
     "ns/x\n@v1",
     "ns/" + "a" * 600 + "@v1",
     "ns/x@.",
-    "ns",
+    "@v1",  # no name ("ns" alone is a bare name: the default namespace's, docs/server.md)
     "",
     "ns/x/../../..@v1",
     "ns/\u202ex@v1",
