@@ -32,14 +32,15 @@ REF=acme/tiny-bert@v1
 
 # in a private mount namespace: $models at /var/lib/mlos/models (a tmpfs over /var/lib
 # gives the mount point where the machine has none), then run "$@"
-bound() {
-  unshare --mount --map-root-user --propagation private sh -c '
+BOUND_SH='
     set -e
     if [ ! -d /var/lib/mlos/models ]; then
       mount -t tmpfs -o size=1m,mode=755 axon-demo /var/lib; mkdir -p /var/lib/mlos/models
     fi
     mount --bind "$0" /var/lib/mlos/models
-    exec "$@"' "$models" "$@"
+    exec "$@"'
+bound() {
+  unshare --mount --map-root-user --propagation private sh -c "$BOUND_SH" "$models" "$@"
 }
 
 say "interop: a registry on loopback serving $REF (a manifest and a tar.gz package)"
@@ -90,8 +91,11 @@ ls -A "$AXON_HOME/cache/models/acme/tiny-bert/v1"
 
 say "interop: our mlos-core, its models dir at /var/lib/mlos/models (bound, private namespace)"
 port=$(free_port)
-bound mlos-core serve --host 127.0.0.1 --port "$port" --models-dir /var/lib/mlos/models \
-  --instance-id interop --log-level warning >"$DEMO_ROOT/interop-core.log" 2>&1 &
+# exec all the way down (subshell -> unshare -> sh -> mlos-core): $! is the server itself,
+# so the demo's cleanup stops it
+(exec unshare --mount --map-root-user --propagation private sh -c "$BOUND_SH" "$models" \
+  mlos-core serve --host 127.0.0.1 --port "$port" --models-dir /var/lib/mlos/models \
+  --instance-id interop --log-level warning) >"$DEMO_ROOT/interop-core.log" 2>&1 &
 echo $! >>"$DEMO_PIDS_FILE"
 URL="http://127.0.0.1:$port"
 for _ in $(seq 200); do curl -sf "$URL/health" >/dev/null && break; sleep 0.1; done
