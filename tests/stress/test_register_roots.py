@@ -15,14 +15,15 @@ import httpx
 import pytest
 import yaml
 
+from tests.fixtures.common import require
 from tests.fixtures.mlos import ServerFactory, manifest_for, upload_resumable
+from tests.interop.upstream import find_upstream
 from tests.stress.figures import record
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 SECRET = "TOPSECRET=do-not-serve"
 FILES = {"w.bin": b"weights"}
-UPSTREAM_AXON = Path(__file__).resolve().parents[3] / "shared" / "upstream-axon" / "axon"
 
 
 def model_dir(root: Path, model_id: str, *, manifest: bool = True) -> Path:
@@ -244,12 +245,14 @@ def test_a_tenant_never_registers_another_namespaces_directory(
     record("register_roots", "cross_tenant_refused", 11, add=True)
 
 
-@pytest.mark.skipif(not UPSTREAM_AXON.exists(), reason=f"no upstream Go axon at {UPSTREAM_AXON}")
 def test_upstream_axon_register_sends_its_cache_path(
     mlos_server: ServerFactory, tmp_path: Path
 ) -> None:
     """The upstream Go ``axon register`` sends the developer's cache path on the same host:
-    registered when the operator names the cache as a root, refused (404) otherwise."""
+    registered when the operator names the cache as a root, refused (404) otherwise. (Found
+    as the interoperability suite finds it; under CI=true a missing binary fails.)"""
+    upstream, why = find_upstream()
+    require(upstream is not None, why)
     home = tmp_path / "home"
     cache = home / ".axon" / "cache" / "models"
     d = model_dir(cache, "upstreamtest/m@v1")
@@ -260,7 +263,7 @@ def test_upstream_axon_register_sends_its_cache_path(
 
     def upstream_register(srv: Any) -> subprocess.CompletedProcess[str]:
         env = {"HOME": str(home), "PATH": os.environ["PATH"], "MLOS_CORE_ENDPOINT": srv.url}
-        cmd = [str(UPSTREAM_AXON), "register", "upstreamtest/m@v1"]
+        cmd = [str(upstream), "register", "upstreamtest/m@v1"]
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
 
     refused = upstream_register(mlos_server())
