@@ -47,6 +47,7 @@ from modelpkg.layout import OLD_TAG, is_leftover, overlapping_model
 from modelpkg.manifest import MANIFEST_NAME, FileEntry, Manifest, check_relpath
 from modelpkg.progress import OnBytes
 from modelpkg.refs import DEFAULT_NAMESPACE, ModelRef, check_segment, parse_request
+from modelpkg.signing import unsigned_names
 
 if TYPE_CHECKING:
     from axon.config import Config
@@ -249,13 +250,9 @@ def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
 def housekeeping_names(ref: ModelRef, manifest: Manifest | None = None) -> set[str]:
     """Top-level names in a model dir that are not model files: ours, and upstream's
     ``<ns>-<name>-<ver>.axon`` package, named after the directory's reference (or, given
-    ``manifest``, the one it names: a registry's manifest may say 1.0.0 in ``latest/``)."""
-    names = {MANIFEST_NAME, METADATA_NAME, ref.archive_name}
-    if manifest is not None and manifest.namespace and manifest.name:
-        with contextlib.suppress(InvalidReferenceError):
-            named = ModelRef(manifest.namespace, manifest.name, manifest.version or ref.version)
-            names.add(named.archive_name)
-    return names
+    ``manifest``, the one it names: a registry's manifest may say 1.0.0 in ``latest/``).
+    The names a signature leaves out: one definition (:func:`modelpkg.signing.unsigned_names`)."""
+    return unsigned_names(ref, manifest)
 
 
 def upstream_written(manifest: Manifest, metadata: dict[str, Any]) -> bool:
